@@ -1,0 +1,22 @@
+//! Foundation L1 — the enhanced core services.
+//!
+//! Configuration, errors, a local service registry and resilience primitives that any tokio
+//! service can use on their own, without the actor runtime of `foundation-beam`. Core
+//! services shard their own work with plain tokio tasks: one writer task per configuration
+//! namespace, readers that never wait for it.
+//!
+//! # Modules
+//! * [`config`] — namespaced, layered, validated configuration with history and
+//!   subscriptions.
+//! * [`error`] — the crate's one error enum, with stable codes and retry advice.
+//! * [`budget`] — a work budget that makes long loops yield to the scheduler.
+//!
+//! # Feature flags
+//! * `assumptions` — compiles the heavy assumption tests
+//!   (`cargo test --workspace --features assumptions`).
+#![warn(missing_docs)]
+
+pub mod budget;
+pub mod error;
+
+pub use error::{Error, Limit, Result};
