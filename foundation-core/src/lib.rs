@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod budget;
+pub mod config;
 pub mod error;
 
 pub use error::{Error, Limit, Result};
