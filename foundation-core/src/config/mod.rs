@@ -76,6 +76,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::Budget;
 use crate::error::{Error, Result};
+/// The dynamic MessagePack value that validation rules inspect (re-exported `rmpv::Value`).
+pub use rmpv::Value;
 pub use validate::{CustomFn, Kind, Rule};
 use writer::{Command, Op, Writer};
 

@@ -36,7 +36,15 @@ pub(crate) fn to_value<T: Serialize + ?Sized>(path: &str, value: &T) -> Result<V
 }
 
 /// Decodes exactly one MessagePack value from `bytes`.
+///
+/// The bytes are walked first ([`check_wire`]), so a reserved marker or a length that
+/// claims more than the input holds is an error rather than a silent `nil` or a huge
+/// allocation.
 pub(crate) fn decode_value(path: &str, bytes: &[u8]) -> Result<Value> {
+    check_wire(bytes).map_err(|detail| Error::Encode {
+        path: path.to_string(),
+        detail: format!("not a MessagePack value: {detail}"),
+    })?;
     let mut rd = bytes;
     let v = rmpv::decode::read_value(&mut rd).map_err(|e| Error::Encode {
         path: path.to_string(),
@@ -49,6 +57,84 @@ pub(crate) fn decode_value(path: &str, bytes: &[u8]) -> Result<Value> {
         });
     }
     Ok(v)
+}
+
+/// Checks that `buf` holds exactly one well-formed MessagePack value: every marker is
+/// defined, and every declared length fits in the bytes that remain. Runs in constant
+/// memory whatever the input claims.
+pub(crate) fn check_wire(buf: &[u8]) -> std::result::Result<(), String> {
+    use rmp::Marker as M;
+    let mut rd = buf;
+    let mut pending: u64 = 1;
+    let take = |rd: &mut &[u8], n: u64| -> std::result::Result<u64, String> {
+        let n = usize::try_from(n).map_err(|_| "length overflows".to_string())?;
+        if rd.len() < n {
+            return Err(format!("value claims {n} bytes, {} remain", rd.len()));
+        }
+        let (head, tail) = rd.split_at(n);
+        *rd = tail;
+        Ok(head.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    };
+    while pending > 0 {
+        pending -= 1;
+        let marker =
+            rmp::decode::read_marker(&mut rd).map_err(|_| "unexpected end of input".to_string())?;
+        match marker {
+            M::Reserved => return Err("reserved marker 0xc1".into()),
+            M::FixPos(_) | M::FixNeg(_) | M::Null | M::True | M::False => {}
+            M::U8 | M::I8 => _ = take(&mut rd, 1)?,
+            M::U16 | M::I16 => _ = take(&mut rd, 2)?,
+            M::U32 | M::I32 | M::F32 => _ = take(&mut rd, 4)?,
+            M::U64 | M::I64 | M::F64 => _ = take(&mut rd, 8)?,
+            M::FixStr(n) => _ = take(&mut rd, u64::from(n))?,
+            M::Str8 | M::Bin8 => {
+                let n = take(&mut rd, 1)?;
+                take(&mut rd, n)?;
+            }
+            M::Str16 | M::Bin16 => {
+                let n = take(&mut rd, 2)?;
+                take(&mut rd, n)?;
+            }
+            M::Str32 | M::Bin32 => {
+                let n = take(&mut rd, 4)?;
+                take(&mut rd, n)?;
+            }
+            M::FixArray(n) => pending += u64::from(n),
+            M::Array16 => pending += take(&mut rd, 2)?,
+            M::Array32 => pending += take(&mut rd, 4)?,
+            M::FixMap(n) => pending += 2 * u64::from(n),
+            M::Map16 => pending += 2 * take(&mut rd, 2)?,
+            M::Map32 => pending += 2 * take(&mut rd, 4)?,
+            M::FixExt1 => _ = take(&mut rd, 2)?,
+            M::FixExt2 => _ = take(&mut rd, 3)?,
+            M::FixExt4 => _ = take(&mut rd, 5)?,
+            M::FixExt8 => _ = take(&mut rd, 9)?,
+            M::FixExt16 => _ = take(&mut rd, 17)?,
+            M::Ext8 => {
+                let n = take(&mut rd, 1)?;
+                take(&mut rd, n + 1)?;
+            }
+            M::Ext16 => {
+                let n = take(&mut rd, 2)?;
+                take(&mut rd, n + 1)?;
+            }
+            M::Ext32 => {
+                let n = take(&mut rd, 4)?;
+                take(&mut rd, n + 1)?;
+            }
+        }
+        // Every pending item needs at least one byte: a claim beyond that is a lie.
+        if pending > rd.len() as u64 {
+            return Err(format!(
+                "{pending} items claimed, {} bytes remain",
+                rd.len()
+            ));
+        }
+    }
+    if !rd.is_empty() {
+        return Err(format!("{} trailing bytes after the value", rd.len()));
+    }
+    Ok(())
 }
 
 /// Encodes a dynamic value to bytes.
@@ -264,6 +350,43 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn malformed_wire_bytes_are_rejected_without_allocating() {
+        assert!(check_wire(&[0xc1]).is_err(), "reserved marker");
+        assert!(check_wire(&[0x92, 0x01]).is_err(), "array short of items");
+        assert!(
+            check_wire(&[0xdd, 0xff, 0xff, 0xff, 0xff]).is_err(),
+            "4G-item array"
+        );
+        assert!(
+            check_wire(&[0xdb, 0xff, 0xff, 0xff, 0xff, b'a']).is_err(),
+            "4 GiB string"
+        );
+        assert!(check_wire(&[]).is_err());
+        assert!(check_wire(&encode(&Value::Array(vec![
+            Value::from("a"),
+            Value::from(1.5)
+        ])))
+        .is_ok());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn check_wire_agrees_with_the_decoder(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            if check_wire(&bytes).is_ok() {
+                let mut rd = &bytes[..];
+                proptest::prop_assert!(rmpv::decode::read_value(&mut rd).is_ok());
+                proptest::prop_assert!(rd.is_empty());
+            }
+        }
+
+        #[test]
+        fn encoded_values_pass_check_wire(n in proptest::num::i64::ANY, s in ".{0,40}", f in proptest::num::f64::ANY) {
+            let v = Value::Map(vec![(Value::from("n"), Value::from(n)), (Value::from("s"), Value::from(s)), (Value::from("f"), Value::from(f))]);
+            proptest::prop_assert!(check_wire(&encode(&v)).is_ok());
+        }
     }
 
     #[test]
