@@ -451,6 +451,14 @@ async fn layers_take_precedence_and_reset_returns_to_sources() {
     assert_eq!(ns.get::<u16>("http.backlog").unwrap(), 16);
 
     ns.set("http.port", &1).await.unwrap();
+    // A source value hidden under a run-time value is still validated: reset would
+    // make it current.
+    ns.add_rule("http.port", Rule::range(1.0, 65535.0)).await;
+    let e = config
+        .load_toml_str("file bad.toml", "[app.http]\nport = 0\n")
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, Error::Source { line: Some(2), .. }), "{e}");
     // A later lower-layer load does not override the higher layers.
     let r = config
         .load_toml_str("file again.toml", "[app.http]\nport = 7000\n")

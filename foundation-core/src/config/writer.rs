@@ -333,6 +333,10 @@ impl Writer {
             }
             let current_layer = meta.and_then(|m| m.layer);
             if !e.force && current_layer.is_some_and(|c| c > e.layer) {
+                // Stays hidden for now, but becomes current on reset: its own rules must hold.
+                if let Some((_, value)) = &e.put {
+                    self.check_leaf_rules(&e.path, value)?;
+                }
                 shadowed += 1;
                 continue;
             }
@@ -421,6 +425,18 @@ impl Writer {
         m.keys.set(self.shared.state.load().entries.len() as f64);
         self.notify(&ns, &planned, &mut budget).await;
         Ok(report)
+    }
+
+    fn check_leaf_rules(&self, path: &str, value: &Value) -> Result<()> {
+        for rule in self.rules.get(path).into_iter().flatten() {
+            rule.check(value).map_err(|reason| Error::Validation {
+                namespace: self.shared.name.to_string(),
+                path: path.to_string(),
+                rule: rule.to_string(),
+                reason,
+            })?;
+        }
+        Ok(())
     }
 
     async fn check_rules(&self, next: &State, edits: &[Edit], budget: &mut Budget) -> Result<()> {
