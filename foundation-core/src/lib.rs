@@ -19,5 +19,6 @@
 pub mod budget;
 pub mod config;
 pub mod error;
+pub mod events;
 
 pub use error::{Error, Limit, Result};
