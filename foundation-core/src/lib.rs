@@ -20,5 +20,6 @@ pub mod budget;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod telemetry;
 
 pub use error::{Error, Limit, Result};

@@ -255,7 +255,8 @@ impl Subscription {
 
 /// Pre-registered metric handles of one namespace.
 pub(crate) struct NsMetrics {
-    namespace: Arc<str>,
+    /// `foundation_config_rejected_total` by reason, in the order of [`REJECT_REASONS`].
+    rejected: [Counter; REJECT_REASONS.len()],
     updates: Counter,
     notifications: Counter,
     dropped: Counter,
@@ -265,11 +266,61 @@ pub(crate) struct NsMetrics {
     apply_seconds: Histogram,
 }
 
+/// Describes the configuration metrics (HELP lines) to the current recorder.
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "foundation_config_updates_total",
+        "Configuration keys changed by applied updates."
+    );
+    describe_counter!(
+        "foundation_config_rejected_total",
+        "Configuration updates rejected, by reason."
+    );
+    describe_counter!(
+        "foundation_config_notifications_total",
+        "Change notifications delivered to subscribers."
+    );
+    describe_counter!(
+        "foundation_config_notifications_dropped_total",
+        "Change notifications dropped because a subscriber's queue was full."
+    );
+    describe_gauge!(
+        "foundation_config_keys",
+        "Keys (leaves) in a configuration namespace."
+    );
+    describe_gauge!(
+        "foundation_config_subscribers",
+        "Subscribers of a configuration namespace."
+    );
+    describe_gauge!(
+        "foundation_config_writer_queue_depth",
+        "Updates queued for a namespace writer."
+    );
+    describe_histogram!(
+        "foundation_config_apply_seconds",
+        Unit::Seconds,
+        "Time a namespace writer spent applying one request."
+    );
+}
+
+/// Reasons a configuration update is rejected, as metric labels.
+const REJECT_REASONS: [&str; 6] = [
+    "validation",
+    "frozen",
+    "limit",
+    "path",
+    "not_found",
+    "other",
+];
+
 impl NsMetrics {
     fn new(namespace: &Arc<str>) -> Self {
         let ns = namespace.to_string();
         NsMetrics {
-            namespace: namespace.clone(),
+            rejected: REJECT_REASONS.map(|reason| {
+                metrics::counter!("foundation_config_rejected_total", "namespace" => ns.clone(), "reason" => reason)
+            }),
             updates: metrics::counter!("foundation_config_updates_total", "namespace" => ns.clone()),
             notifications: metrics::counter!("foundation_config_notifications_total", "namespace" => ns.clone()),
             dropped: metrics::counter!("foundation_config_notifications_dropped_total", "namespace" => ns.clone()),
@@ -280,19 +331,17 @@ impl NsMetrics {
         }
     }
 
-    /// Counts a rejected update by reason. Rejections are rare; the label lookup is fine.
+    /// Counts a rejected update by reason.
     fn rejected(&self, e: &Error) {
         let reason = match e {
-            Error::Validation { .. } => "validation",
-            Error::Frozen { .. } => "frozen",
-            Error::LimitExceeded { .. } => "limit",
-            Error::InvalidPath { .. } => "path",
-            Error::KeyNotFound { .. } | Error::VersionNotFound { .. } => "not_found",
-            _ => "other",
+            Error::Validation { .. } => 0,
+            Error::Frozen { .. } => 1,
+            Error::LimitExceeded { .. } => 2,
+            Error::InvalidPath { .. } => 3,
+            Error::KeyNotFound { .. } | Error::VersionNotFound { .. } => 4,
+            _ => 5,
         };
-        metrics::counter!("foundation_config_rejected_total",
-            "namespace" => self.namespace.to_string(), "reason" => reason)
-        .increment(1);
+        self.rejected[reason].increment(1);
     }
 }
 

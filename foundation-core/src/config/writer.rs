@@ -128,6 +128,7 @@ impl Writer {
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>, cancel: CancellationToken) {
+        let _live = crate::telemetry::TaskGuard::new();
         loop {
             let cmd = tokio::select! {
                 biased;
