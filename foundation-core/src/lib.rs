@@ -10,6 +10,10 @@
 //!   subscriptions.
 //! * [`error`] — the crate's one error enum, with stable codes and retry advice.
 //! * [`budget`] — a work budget that makes long loops yield to the scheduler.
+//! * [`registry`] — a local service registry: name → typed handle, with metadata, health
+//!   checks, and entries that disappear when their service stops.
+//! * [`resilience`] — circuit breaker, keyed rate limiter, retry with backoff and jitter,
+//!   and `execute_protected` that combines them.
 //!
 //! # Feature flags
 //! * `assumptions` — compiles the heavy assumption tests
@@ -18,5 +22,7 @@
 
 pub mod budget;
 pub mod error;
+pub mod registry;
+pub mod resilience;
 
 pub use error::{Error, Limit, Result};
