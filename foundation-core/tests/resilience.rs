@@ -638,3 +638,25 @@ async fn retry_composes_with_execute_protected() {
     assert_eq!(ran.load(Ordering::SeqCst), 2);
     assert_eq!(start.elapsed(), Duration::from_secs(3600));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_breaker_counts_every_concurrent_failure() {
+    let b = breaker(1_000_000, Duration::from_secs(10), 1);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                for _ in 0..250 {
+                    let _ = b.call(async { Err::<(), _>(()) }).await;
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(b.state(), BreakerState::Closed { failures: 2000 });
+    b.call(async { Ok::<_, ()>(()) }).await.unwrap();
+    assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
+}

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,14 +145,34 @@ struct Inner {
     name: String,
     settings: BreakerSettings,
     core: Mutex<Core>,
+    /// Lock-free summary of `core` for the hot path: `generation << 1 | clean`, where
+    /// `clean` means the state is `Closed { failures: 0 }`. Written only with `core`'s lock
+    /// held, after every change that can affect it.
+    ///
+    /// Why it is enough: in `Closed { failures: 0 }` every call is admitted and a success
+    /// changes nothing, so admission and success need only read this word. Failures and
+    /// every other state take the lock.
+    fast: AtomicU64,
     metrics: BreakerMetrics,
 }
 
+fn fast_word(core: &Core) -> u64 {
+    let clean = matches!(core.state, BreakerState::Closed { failures: 0 });
+    (core.generation << 1) | u64::from(clean)
+}
+
 impl Inner {
+    /// Publishes `core` to the hot path. Caller holds the lock.
+    fn publish(&self, core: &Core) {
+        // Ordering: Release pairs with the Acquire loads in `try_acquire` and `record`.
+        self.fast.store(fast_word(core), Ordering::Release);
+    }
+
     /// Moves to `to`. Caller holds the lock.
     fn transition(&self, core: &mut Core, to: BreakerState) {
         core.state = to;
         core.generation += 1;
+        self.publish(core);
         self.metrics.state.set(to.gauge_value());
         match to {
             BreakerState::Closed { .. } => &self.metrics.to_closed,
@@ -171,6 +192,10 @@ impl Inner {
     }
 
     fn record(&self, generation: u64, success: bool) {
+        // Hot path: a success on a clean closed breaker of the same generation is a no-op.
+        if success && self.fast.load(Ordering::Acquire) == (generation << 1) | 1 {
+            return;
+        }
         let mut core = self.core.lock();
         if core.generation != generation {
             return;
@@ -180,6 +205,7 @@ impl Inner {
             (BreakerState::Closed { failures }, true) => {
                 if failures != 0 {
                     core.state = BreakerState::Closed { failures: 0 };
+                    self.publish(&core);
                 }
             }
             (BreakerState::Closed { failures }, false) => {
@@ -189,6 +215,7 @@ impl Inner {
                     self.transition(&mut core, BreakerState::Open { since });
                 } else {
                     core.state = BreakerState::Closed { failures };
+                    self.publish(&core);
                 }
             }
             (
@@ -203,7 +230,7 @@ impl Inner {
                     self.transition(&mut core, BreakerState::Closed { failures: 0 });
                 } else {
                     core.state = BreakerState::HalfOpen {
-                        probes_in_flight: probes_in_flight - 1,
+                        probes_in_flight: probes_in_flight.saturating_sub(1),
                         successes,
                     };
                 }
@@ -241,8 +268,9 @@ impl Inner {
 /// (fail fast with [`Error::CircuitOpen`]), then lets a bounded number of probe calls
 /// through to find out whether the dependency has recovered.
 ///
-/// Cheap to clone; clones share state. In the closed state a call costs two uncontended
-/// `parking_lot` lock/unlock pairs and no allocation (see the `resilience` bench).
+/// Cheap to clone; clones share state. While closed with no recent failure, a call costs
+/// two atomic loads and no lock or allocation (see the `resilience` bench); failures and
+/// the other states go through a `parking_lot` mutex.
 ///
 /// ```
 /// use std::time::Duration;
@@ -295,14 +323,16 @@ impl CircuitBreaker {
         let name = name.into();
         let metrics = BreakerMetrics::new(&name);
         metrics.state.set(0.0);
+        let core = Core {
+            state: BreakerState::Closed { failures: 0 },
+            generation: 0,
+        };
         Self {
             inner: Arc::new(Inner {
                 name,
                 settings,
-                core: Mutex::new(Core {
-                    state: BreakerState::Closed { failures: 0 },
-                    generation: 0,
-                }),
+                fast: AtomicU64::new(fast_word(&core)),
+                core: Mutex::new(core),
                 metrics,
             }),
         }
@@ -332,6 +362,16 @@ impl CircuitBreaker {
     /// (`retry_after` is zero: a slot frees as soon as a probe ends).
     pub fn try_acquire(&self) -> Result<BreakerPermit<'_>, Error> {
         let inner = &*self.inner;
+        // Hot path: a clean closed breaker admits every call; no lock needed.
+        let word = inner.fast.load(Ordering::Acquire);
+        if word & 1 == 1 {
+            return Ok(BreakerPermit {
+                inner,
+                generation: word >> 1,
+                probe: false,
+                resolved: false,
+            });
+        }
         let mut core = inner.core.lock();
         let probe = match core.state {
             BreakerState::Closed { .. } => false,

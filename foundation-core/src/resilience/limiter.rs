@@ -140,7 +140,10 @@ struct Inner<E: Hash + Eq + Clone> {
     name: String,
     clock: TokioClock,
     default_quota: Quota,
-    operations: RwLock<HashMap<String, Operation<E>>>,
+    /// Operation names come from code, not from remote input, so the fast non-SipHash
+    /// hasher is fine here; entity keys (possibly attacker-chosen) keep `governor`'s
+    /// default `RandomState`.
+    operations: RwLock<HashMap<String, Operation<E>, foldhash::fast::RandomState>>,
     keys: metrics::Gauge,
 }
 
@@ -196,7 +199,10 @@ where
             start: Instant::now(),
         };
         let default_quota = settings.default.quota("default")?;
-        let mut operations = HashMap::with_capacity(settings.operations.len());
+        let mut operations = HashMap::with_capacity_and_hasher(
+            settings.operations.len(),
+            foldhash::fast::RandomState::default(),
+        );
         for (op, limit) in &settings.operations {
             let quota = limit.quota(op)?;
             operations.insert(op.clone(), Operation::new(&name, op, quota, &clock, true));
