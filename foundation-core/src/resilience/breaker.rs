@@ -191,11 +191,17 @@ impl Inner {
         }
     }
 
+    #[inline]
     fn record(&self, generation: u64, success: bool) {
         // Hot path: a success on a clean closed breaker of the same generation is a no-op.
         if success && self.fast.load(Ordering::Acquire) == (generation << 1) | 1 {
             return;
         }
+        self.record_slow(generation, success);
+    }
+
+    #[inline(never)]
+    fn record_slow(&self, generation: u64, success: bool) {
         let mut core = self.core.lock();
         if core.generation != generation {
             return;
@@ -360,6 +366,7 @@ impl CircuitBreaker {
     /// Fails with [`Error::CircuitOpen`] when the breaker is open (its `retry_after` is the
     /// time left until probes are allowed) or half-open with all probe slots taken
     /// (`retry_after` is zero: a slot frees as soon as a probe ends).
+    #[inline]
     pub fn try_acquire(&self) -> Result<BreakerPermit<'_>, Error> {
         let inner = &*self.inner;
         // Hot path: a clean closed breaker admits every call; no lock needed.
@@ -372,6 +379,12 @@ impl CircuitBreaker {
                 resolved: false,
             });
         }
+        self.try_acquire_slow()
+    }
+
+    #[inline(never)]
+    fn try_acquire_slow(&self) -> Result<BreakerPermit<'_>, Error> {
+        let inner = &*self.inner;
         let mut core = inner.core.lock();
         let probe = match core.state {
             BreakerState::Closed { .. } => false,
@@ -422,17 +435,13 @@ impl CircuitBreaker {
     where
         F: Future<Output = Result<T, E>>,
     {
-        let permit = self.try_acquire().map_err(Protected::Rejected)?;
-        match operation.await {
-            Ok(v) => {
-                permit.success();
-                Ok(v)
-            }
-            Err(e) => {
-                permit.failure();
-                Err(Protected::Failed(e))
-            }
-        }
+        let permit = match self.try_acquire() {
+            Ok(permit) => permit,
+            Err(rejection) => return Err(Protected::Rejected(rejection)),
+        };
+        let result = operation.await;
+        permit.resolve(result.is_ok());
+        result.map_err(Protected::Failed)
     }
 
     /// Like [`call`](Self::call), but on rejection or failure runs `fallback` with the
@@ -471,13 +480,22 @@ impl BreakerPermit<'_> {
         self.probe
     }
 
+    /// [`success`](Self::success) if `ok`, else [`failure`](Self::failure).
+    #[inline]
+    pub fn resolve(mut self, ok: bool) {
+        self.resolved = true;
+        self.inner.record(self.generation, ok);
+    }
+
     /// The call succeeded.
+    #[inline]
     pub fn success(mut self) {
         self.resolved = true;
         self.inner.record(self.generation, true);
     }
 
     /// The call failed.
+    #[inline]
     pub fn failure(mut self) {
         self.resolved = true;
         self.inner.record(self.generation, false);
@@ -494,6 +512,7 @@ impl fmt::Debug for BreakerPermit<'_> {
 }
 
 impl Drop for BreakerPermit<'_> {
+    #[inline]
     fn drop(&mut self) {
         if !self.resolved && self.probe {
             self.inner.release_probe(self.generation);
