@@ -1,8 +1,9 @@
 //! Cost of the resilience primitives on their hot paths, each beside a baseline measured in
 //! the same run:
 //!
-//! * `breaker_closed`: an async fn called bare vs through a closed `CircuitBreaker` vs
-//!   through `execute_protected` (limiter + breaker, no timeout);
+//! * `breaker_closed`: an async fn called bare vs through a closed `CircuitBreaker`
+//!   (`call`), the breaker's permit alone (`try_acquire` + `success`, no future), and
+//!   `execute_protected` (limiter + breaker, no timeout);
 //! * `limiter_check`: nothing (baseline) vs `RateLimiter::check` on one hot key vs on 1024
 //!   keys in turn.
 //!
@@ -67,6 +68,14 @@ fn breaker_closed(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             for i in 0..BATCH {
                 black_box(breaker.call(operation(i)).await.unwrap());
+            }
+        })
+    });
+    // The breaker's own bookkeeping without the async wrapper of `call`.
+    group.bench_function(BenchmarkId::new("permit_only", BATCH), |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                black_box(&breaker).try_acquire().unwrap().success();
             }
         })
     });
