@@ -309,7 +309,8 @@ impl Registry {
     where
         H: Clone + Send + Sync + 'static,
     {
-        let deadline = Instant::now() + timeout;
+        // `None`: the timeout is too long to represent; wait without a deadline.
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             // Ordering: enable the waiter *before* looking, so a registration between the
             // look-up and the await still wakes us.
@@ -320,11 +321,16 @@ impl Registry {
                 Err(Error::ServiceNotFound { .. }) => {}
                 other => return other,
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(Error::Timeout {
-                    operation: format!("wait for service `{name}`"),
-                    after: timeout,
-                });
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Err(Error::Timeout {
+                            operation: format!("wait for service `{name}`"),
+                            after: timeout,
+                        });
+                    }
+                }
+                None => notified.await,
             }
         }
     }
@@ -504,6 +510,18 @@ mod tests {
         assert!(new.is_registered());
         drop(new);
         assert!(registry.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_for_accepts_an_unrepresentable_timeout() {
+        let registry = Registry::new();
+        let waiter = {
+            let registry = registry.clone();
+            tokio::spawn(async move { registry.wait_for::<u8>("x", Duration::MAX).await })
+        };
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        let _reg = registry.register("x", 3u8, Metadata::new()).unwrap();
+        assert_eq!(waiter.await.unwrap().unwrap(), 3);
     }
 
     #[test]
