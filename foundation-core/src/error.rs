@@ -188,6 +188,16 @@ pub enum Error {
         /// What the check said.
         reason: String,
     },
+    /// A service is registered with a handle of another type than the one asked for.
+    #[error("service `{name}` has a handle of type `{actual}`, not `{expected}`")]
+    HandleTypeMismatch {
+        /// The service name.
+        name: String,
+        /// The handle type the caller asked for.
+        expected: &'static str,
+        /// The handle type the service was registered with.
+        actual: &'static str,
+    },
 
     // ---- resilience (3000..) ----
     /// The operation did not finish in time.
@@ -273,6 +283,7 @@ impl Error {
             Error::AlreadyRegistered { .. } => 2000,
             Error::ServiceNotFound { .. } => 2001,
             Error::Unhealthy { .. } => 2002,
+            Error::HandleTypeMismatch { .. } => 2003,
             Error::Timeout { .. } => 3000,
             Error::CircuitOpen { .. } => 3001,
             Error::RateLimited { .. } => 3002,
@@ -416,6 +427,11 @@ mod tests {
             Error::Unhealthy {
                 name: String::new(),
                 reason: String::new(),
+            },
+            Error::HandleTypeMismatch {
+                name: String::new(),
+                expected: "a",
+                actual: "b",
             },
             Error::Timeout {
                 operation: String::new(),

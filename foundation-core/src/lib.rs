@@ -10,6 +10,13 @@
 //!   subscriptions.
 //! * [`error`] — the crate's one error enum, with stable codes and retry advice.
 //! * [`budget`] — a work budget that makes long loops yield to the scheduler.
+//! * [`registry`] — a local service registry: name → typed handle, with metadata, health
+//!   checks, and entries that disappear when their service stops.
+//! * [`resilience`] — circuit breaker, keyed rate limiter, retry with backoff and jitter,
+//!   and `execute_protected` that combines them.
+//! * [`events`] — typed events with ids, timestamps, correlation and causality.
+//! * [`telemetry`] — a per-thread sharded metrics recorder, a Prometheus endpoint and
+//!   runtime metrics.
 //!
 //! # Feature flags
 //! * `assumptions` — compiles the heavy assumption tests
@@ -20,6 +27,8 @@ pub mod budget;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod registry;
+pub mod resilience;
 pub mod telemetry;
 
 pub use error::{Error, Limit, Result};

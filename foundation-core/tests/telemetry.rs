@@ -102,8 +102,17 @@ async fn endpoint_serves_exposition_that_promtool_accepts() {
         for i in 0..100 {
             metrics::histogram!("app_latency_seconds").record(i as f64 / 100.0);
         }
-        config.create_namespace("app").unwrap()
+        let registry = foundation_core::registry::Registry::new();
+        let _reg = registry.register("db", 1u32, Default::default()).unwrap();
+        let breaker = foundation_core::resilience::CircuitBreaker::new("db", Default::default());
+        let limiter =
+            foundation_core::resilience::RateLimiter::<String>::new("api", &Default::default())
+                .unwrap();
+        let _ = limiter.check(&"tenant".to_string(), "read");
+        (config.create_namespace("app").unwrap(), breaker)
     });
+    let (ns, breaker) = ns;
+    let _ = breaker.call(async { Err::<(), _>("boom") }).await;
     ns.add_rule("x", Rule::range(0.0, 1.0)).await;
     ns.set("x", &1).await.unwrap();
     assert!(ns.set("x", &5).await.is_err());

@@ -101,6 +101,8 @@ impl std::fmt::Debug for Telemetry {
 /// the current recorder. [`Telemetry::start`] calls it for its recorder.
 pub fn describe_foundation_metrics() {
     crate::config::describe_metrics();
+    crate::registry::describe_metrics();
+    crate::resilience::describe_metrics();
     runtime::describe_metrics();
 }
 
