@@ -219,10 +219,8 @@ async fn bad_requests_get_clear_answers_and_the_endpoint_keeps_serving() {
     let _idle = TcpStream::connect(addr).await.unwrap();
     scrape(&t).await;
     t.shutdown().await;
-    assert!(
-        TcpStream::connect(addr).await.is_err(),
-        "endpoint closed after shutdown"
-    );
+    // Not asserted: that connecting now fails. Tests run in parallel, and another test's
+    // endpoint may be given the freed port at once.
 }
 
 #[tokio::test]
