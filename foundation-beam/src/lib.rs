@@ -1,10 +1,21 @@
-//! Foundation L2 — BEAM-style process ecosystems on tokio.
+//! Foundation L2 — BEAM-style processes on tokio.
 //!
-//! This crate will hold processes with two-lane mailboxes, supervision, ecosystems,
-//! societies, message strategies and the yielding scheduler (see the workspace's
-//! `ARCHITECTURE.md`). Today it re-exports the layer below, so that code written against
-//! `foundation_beam::core` keeps compiling as the layer grows.
+//! Services built from many small processes instead of one big shared object: each
+//! [process](process) is a tokio task owning its state behind a two-lane
+//! [mailbox](mailbox); [supervisors](supervisor) restart the ones that fail;
+//! [ecosystems](ecosystem) run a coordinator and N workers as one resizable unit.
+//!
+//! The layer below is re-exported as [`core`].
 #![warn(missing_docs)]
 
+pub mod error;
+pub mod mailbox;
+pub mod process;
+
+pub use error::{Error, Result};
 /// The layer below: `foundation-core`.
 pub use foundation_core as core;
+pub use process::{
+    spawn, spawn_fn, spawn_with, Context, ExitReason, Handle, Monitor, Process, ProcessId, Reply,
+    SpawnOptions,
+};

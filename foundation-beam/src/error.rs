@@ -1,0 +1,76 @@
+//! The one error type of `foundation-beam`.
+//!
+//! Mailbox sends return [`SendError`](crate::mailbox::SendError) instead, which hands the
+//! unsent message back (like `tokio::sync::mpsc`).
+
+use std::time::Duration;
+
+use crate::process::ProcessId;
+
+/// Result alias of `foundation-beam`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors of `foundation-beam`. Codes continue `foundation-core`'s scheme (4000–4099).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A call got no answer in time. The late answer, if any, is dropped.
+    #[error("call to process {process} timed out after {after:?}")]
+    Timeout {
+        /// The process called.
+        process: ProcessId,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The process had stopped; the message was not delivered.
+    #[error("process {process} has stopped")]
+    Stopped {
+        /// The process.
+        process: ProcessId,
+    },
+    /// The process dropped the reply without answering (or stopped while handling it).
+    #[error("process {process} did not reply")]
+    NoReply {
+        /// The process.
+        process: ProcessId,
+    },
+    /// The mailbox was full and its policy refuses or drops new messages.
+    #[error("mailbox of process {process} is full")]
+    MailboxFull {
+        /// The process.
+        process: ProcessId,
+    },
+    /// An ecosystem or supervisor was asked for something it cannot do.
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+    /// The ecosystem or supervisor has shut down.
+    #[error("{0} has shut down")]
+    Shutdown(&'static str),
+    /// An error of the layer below.
+    #[error(transparent)]
+    Core(#[from] foundation_core::Error),
+}
+
+impl Error {
+    /// Stable numeric code.
+    pub fn code(&self) -> u16 {
+        match self {
+            Error::Timeout { .. } => 4000,
+            Error::Stopped { .. } => 4001,
+            Error::NoReply { .. } => 4002,
+            Error::MailboxFull { .. } => 4003,
+            Error::InvalidArgument(_) => 4004,
+            Error::Shutdown(_) => 4005,
+            Error::Core(e) => e.code(),
+        }
+    }
+
+    /// Whether trying again later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Timeout { .. } | Error::MailboxFull { .. } => true,
+            Error::Core(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,671 @@
+//! Processes: tokio tasks that own their state and are reached through handles.
+//!
+//! A process is a [`Process`] implementation (or a closure, [`spawn_fn`]) running in its
+//! own task with a two-lane [mailbox](crate::mailbox). Callers hold a [`Handle`]: cheap to
+//! clone, with `send`, `send_urgent`, `call` (request/reply with a timeout), `monitor`,
+//! `link` and `kill`. A process ends with an [`ExitReason`] — normal, shutdown, killed, a
+//! panic with its message, a linked process's failure, or a failure it reports itself —
+//! which monitors receive and links propagate.
+//!
+//! **What dropping handles does:** when the last handle (every [`Sender`]) of a process is
+//! dropped, its mailbox closes; the process handles what is queued and then stops with
+//! [`ExitReason::Normal`]. A process is never leaked by dropping handles, and is never
+//! stopped while someone can still send to it.
+//!
+//! ```
+//! use std::time::Duration;
+//! use foundation_beam::process::{spawn, Context, Process, Reply};
+//!
+//! enum Msg { Add(u64), Get(Reply<u64>) }
+//! struct Counter(u64);
+//!
+//! impl Process for Counter {
+//!     type Message = Msg;
+//!     async fn handle(&mut self, msg: Msg, _ctx: &mut Context<Msg>) {
+//!         match msg {
+//!             Msg::Add(n) => self.0 += n,
+//!             Msg::Get(reply) => reply.send(self.0),
+//!         }
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let counter = spawn(Counter(0));
+//! counter.send(Msg::Add(2)).await.unwrap();
+//! counter.send_urgent(Msg::Add(3)).await.unwrap();
+//! let total = counter.call(Msg::Get, Duration::from_secs(1)).await.unwrap();
+//! assert_eq!(total, 5);
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use foundation_core::registry::Registry;
+use foundation_core::telemetry::TaskGuard;
+use futures_util::FutureExt;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::mailbox::{self, Delivery, MemoryStrategy, Receiver, SendError, Sender};
+
+/// Unique id of a process within this OS process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProcessId(u64);
+
+impl ProcessId {
+    fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ProcessId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The number.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ProcessId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{}>", self.0)
+    }
+}
+
+/// Why a process stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitReason {
+    /// Its mailbox closed (every handle dropped) and it handled everything queued, or it
+    /// stopped itself normally.
+    Normal,
+    /// It was asked to stop ([`Handle::shutdown`], a supervisor or ecosystem stopping it).
+    Shutdown,
+    /// It was killed ([`Handle::kill`]).
+    Killed,
+    /// A handler panicked, with the panic message.
+    Panic(String),
+    /// A linked process stopped abnormally, so this one was stopped too.
+    Linked {
+        /// The linked process that failed.
+        peer: ProcessId,
+        /// Why it failed.
+        reason: Box<ExitReason>,
+    },
+    /// The process reported a failure ([`Context::stop`] with this reason), or a
+    /// supervisor gave up (restart intensity exceeded).
+    Failed(String),
+}
+
+impl ExitReason {
+    /// Whether this is a failure (links propagate it, transient children restart).
+    pub fn is_abnormal(&self) -> bool {
+        !matches!(self, ExitReason::Normal | ExitReason::Shutdown)
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitReason::Normal => f.write_str("normal"),
+            ExitReason::Shutdown => f.write_str("shutdown"),
+            ExitReason::Killed => f.write_str("killed"),
+            ExitReason::Panic(m) => write!(f, "panic: {m}"),
+            ExitReason::Linked { peer, reason } => {
+                write!(f, "linked process {peer} exited: {reason}")
+            }
+            ExitReason::Failed(m) => write!(f, "failed: {m}"),
+        }
+    }
+}
+
+/// A process: state owned by one task, changed only by the messages it handles.
+///
+/// `handle` runs for one message at a time; a panic in it stops the process with
+/// [`ExitReason::Panic`] (a supervisor can restart it).
+pub trait Process: Send + 'static {
+    /// The messages it handles.
+    type Message: Send + 'static;
+
+    /// Handles one message.
+    fn handle(
+        &mut self,
+        msg: Self::Message,
+        ctx: &mut Context<Self::Message>,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Runs once before the first message.
+    fn started(&mut self, _ctx: &mut Context<Self::Message>) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// What a running process knows about itself.
+pub struct Context<M> {
+    id: ProcessId,
+    name: Option<Arc<str>>,
+    myself: mailbox::WeakSender<M>,
+    stop: Option<ExitReason>,
+}
+
+impl<M> Context<M> {
+    /// This process's id.
+    pub fn id(&self) -> ProcessId {
+        self.id
+    }
+
+    /// This process's name, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// A sender to this process's own mailbox (`None` once it is closed). Holding it keeps
+    /// the mailbox open, so do not keep it in the process's own state.
+    pub fn myself(&self) -> Option<Sender<M>> {
+        self.myself.upgrade()
+    }
+
+    /// Stops the process after the current message, with `reason`.
+    pub fn stop(&mut self, reason: ExitReason) {
+        self.stop = Some(reason);
+    }
+}
+
+/// The reply half of a [`Handle::call`]: send the answer with [`Reply::send`].
+pub struct Reply<R>(oneshot::Sender<R>);
+
+impl<R> Reply<R> {
+    /// Answers the call. If the caller gave up (timed out), the answer is dropped.
+    pub fn send(self, value: R) {
+        let _ = self.0.send(value);
+    }
+
+    /// Whether the caller is still waiting.
+    pub fn is_waiting(&self) -> bool {
+        !self.0.is_closed()
+    }
+}
+
+impl<R> fmt::Debug for Reply<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Reply")
+    }
+}
+
+/// Life-cycle state of a process shared by its handles, monitors and links. A supervised
+/// child keeps one across restarts.
+pub(crate) struct Life {
+    pub(crate) id: ProcessId,
+    pub(crate) name: Option<Arc<str>>,
+    exit: watch::Sender<Option<ExitReason>>,
+    kill: Mutex<(CancellationToken, Option<ExitReason>)>,
+    links: Mutex<Vec<Weak<Life>>>,
+}
+
+impl Life {
+    pub(crate) fn new(name: Option<Arc<str>>) -> Arc<Life> {
+        Arc::new(Life {
+            id: ProcessId::next(),
+            name,
+            exit: watch::Sender::new(None),
+            kill: Mutex::new((CancellationToken::new(), None)),
+            links: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Stops the current incarnation with `reason` at its next await point.
+    pub(crate) fn kill(&self, reason: ExitReason) {
+        let mut k = self.kill.lock();
+        if k.1.is_none() {
+            k.1 = Some(reason);
+        }
+        k.0.cancel();
+    }
+
+    fn token(&self) -> CancellationToken {
+        self.kill.lock().0.clone()
+    }
+
+    fn take_kill_reason(&self) -> ExitReason {
+        self.kill.lock().1.take().unwrap_or(ExitReason::Killed)
+    }
+
+    /// Prepares for a new incarnation (a supervisor restart).
+    pub(crate) fn revive(&self) {
+        *self.kill.lock() = (CancellationToken::new(), None);
+        self.exit.send_replace(None);
+    }
+
+    /// Publishes the exit and propagates an abnormal one along links.
+    pub(crate) fn finish(&self, reason: ExitReason) {
+        if reason.is_abnormal() {
+            let links: Vec<Arc<Life>> =
+                self.links.lock().iter().filter_map(Weak::upgrade).collect();
+            for peer in links {
+                peer.kill(ExitReason::Linked {
+                    peer: self.id,
+                    reason: Box::new(reason.clone()),
+                });
+            }
+        }
+        self.exit.send_replace(Some(reason));
+    }
+
+    pub(crate) fn exit_reason(&self) -> Option<ExitReason> {
+        self.exit.borrow().clone()
+    }
+
+    pub(crate) fn monitor(&self) -> Monitor {
+        Monitor {
+            id: self.id,
+            rx: self.exit.subscribe(),
+        }
+    }
+}
+
+/// Watches a process's exit. Resolves once per incarnation.
+pub struct Monitor {
+    id: ProcessId,
+    rx: watch::Receiver<Option<ExitReason>>,
+}
+
+impl Monitor {
+    /// The monitored process.
+    pub fn id(&self) -> ProcessId {
+        self.id
+    }
+
+    /// Waits for the process to exit and returns why. Returns at once if it has exited.
+    pub async fn wait(&mut self) -> ExitReason {
+        loop {
+            if let Some(r) = self.rx.borrow_and_update().clone() {
+                return r;
+            }
+            if self.rx.changed().await.is_err() {
+                return self.rx.borrow().clone().unwrap_or(ExitReason::Killed);
+            }
+        }
+    }
+}
+
+/// A handle to a process: send to it, call it, monitor it, link to it, stop it.
+///
+/// Cheap to clone. See the [module docs](self) for what dropping the last handle does.
+pub struct Handle<M> {
+    tx: Sender<M>,
+    life: Arc<Life>,
+}
+
+impl<M> Clone for Handle<M> {
+    fn clone(&self) -> Self {
+        Handle {
+            tx: self.tx.clone(),
+            life: self.life.clone(),
+        }
+    }
+}
+
+impl<M> fmt::Debug for Handle<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("id", &self.life.id)
+            .field("name", &self.life.name)
+            .field("backlog", &self.tx.backlog())
+            .finish()
+    }
+}
+
+/// The default timeout of [`Handle::call`].
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl<M: Send + 'static> Handle<M> {
+    pub(crate) fn from_parts(tx: Sender<M>, life: Arc<Life>) -> Self {
+        Handle { tx, life }
+    }
+
+    /// The process's id.
+    pub fn id(&self) -> ProcessId {
+        self.life.id
+    }
+
+    /// The process's name, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.life.name.as_deref()
+    }
+
+    /// Sends `msg`, waiting for room if the mailbox is full under `Backpressure`.
+    pub async fn send(&self, msg: M) -> Result<Delivery, SendError<M>> {
+        self.tx.send(msg).await
+    }
+
+    /// Sends `msg` without waiting.
+    pub fn try_send(&self, msg: M) -> Result<Delivery, SendError<M>> {
+        self.tx.try_send(msg)
+    }
+
+    /// Sends `msg` through the urgent lane: it is handled before any normal message.
+    pub async fn send_urgent(&self, msg: M) -> Result<Delivery, SendError<M>> {
+        self.tx.send_urgent(msg).await
+    }
+
+    /// Sends `msg` through the urgent lane without waiting.
+    pub fn try_send_urgent(&self, msg: M) -> Result<Delivery, SendError<M>> {
+        self.tx.try_send_urgent(msg)
+    }
+
+    /// Request/reply: builds a message around a [`Reply`] with `make`, sends it and waits
+    /// up to `timeout` for the answer.
+    ///
+    /// Errors: [`Error::Timeout`] (the late answer is dropped), [`Error::NoReply`] (the
+    /// process dropped the `Reply` or stopped), [`Error::Stopped`] (it had stopped), or
+    /// [`Error::MailboxFull`] (full mailbox under `Reject`/`DropNewest`).
+    pub async fn call<R>(&self, make: impl FnOnce(Reply<R>) -> M, timeout: Duration) -> Result<R> {
+        self.call_inner(make, timeout, false).await
+    }
+
+    /// Like [`call`](Self::call), through the urgent lane.
+    pub async fn call_urgent<R>(
+        &self,
+        make: impl FnOnce(Reply<R>) -> M,
+        timeout: Duration,
+    ) -> Result<R> {
+        self.call_inner(make, timeout, true).await
+    }
+
+    async fn call_inner<R>(
+        &self,
+        make: impl FnOnce(Reply<R>) -> M,
+        timeout: Duration,
+        urgent: bool,
+    ) -> Result<R> {
+        let (tx, rx) = oneshot::channel();
+        let msg = make(Reply(tx));
+        let sent = if urgent {
+            self.tx.send_urgent(msg).await
+        } else {
+            self.tx.send(msg).await
+        };
+        match sent {
+            Ok(Delivery::DroppedNewest) => {
+                return Err(Error::MailboxFull {
+                    process: self.life.id,
+                })
+            }
+            Ok(_) => {}
+            Err(SendError::Full(_)) => {
+                return Err(Error::MailboxFull {
+                    process: self.life.id,
+                })
+            }
+            Err(SendError::Closed(_)) => {
+                return Err(Error::Stopped {
+                    process: self.life.id,
+                })
+            }
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(Error::NoReply {
+                process: self.life.id,
+            }),
+            Err(_) => Err(Error::Timeout {
+                process: self.life.id,
+                after: timeout,
+            }),
+        }
+    }
+
+    /// A monitor of the process's exit.
+    pub fn monitor(&self) -> Monitor {
+        self.life.monitor()
+    }
+
+    /// Links the two processes: when either stops abnormally, the other is stopped with
+    /// [`ExitReason::Linked`]. Links hold no strong reference.
+    pub fn link<N: Send + 'static>(&self, other: &Handle<N>) {
+        self.life.links.lock().push(Arc::downgrade(&other.life));
+        other.life.links.lock().push(Arc::downgrade(&self.life));
+    }
+
+    /// Stops the process at its next await point with [`ExitReason::Killed`]; queued
+    /// messages are dropped (and counted) unless a supervisor restarts it.
+    pub fn kill(&self) {
+        self.life.kill(ExitReason::Killed);
+    }
+
+    /// Stops the process at its next await point with [`ExitReason::Shutdown`].
+    pub fn shutdown(&self) {
+        self.life.kill(ExitReason::Shutdown);
+    }
+
+    /// Whether the process (its current incarnation) is running.
+    pub fn is_alive(&self) -> bool {
+        self.life.exit_reason().is_none()
+    }
+
+    /// Why the process stopped, if it has.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.life.exit_reason()
+    }
+
+    /// Messages queued and not yet handled.
+    pub fn backlog(&self) -> usize {
+        self.tx.backlog()
+    }
+
+    /// The mailbox's sending side.
+    pub fn sender(&self) -> &Sender<M> {
+        &self.tx
+    }
+}
+
+/// Options of [`spawn_with`].
+pub struct SpawnOptions<M> {
+    name: Option<String>,
+    memory: MemoryStrategy,
+    message_size: Option<fn(&M) -> usize>,
+    registry: Option<Registry>,
+}
+
+impl<M> Default for SpawnOptions<M> {
+    fn default() -> Self {
+        SpawnOptions {
+            name: None,
+            memory: MemoryStrategy::default(),
+            message_size: None,
+            registry: None,
+        }
+    }
+}
+
+impl<M> fmt::Debug for SpawnOptions<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpawnOptions")
+            .field("name", &self.name)
+            .field("memory", &self.memory)
+            .finish()
+    }
+}
+
+impl<M: Send + 'static> SpawnOptions<M> {
+    /// Default options: unnamed, a 1024-message mailbox per lane with backpressure.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Names the process (labels its metrics; registered if a registry is given).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The mailbox's memory strategy.
+    pub fn memory(mut self, memory: MemoryStrategy) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// How to measure a message for the byte budget (default: `size_of::<M>()`).
+    pub fn message_size(mut self, f: fn(&M) -> usize) -> Self {
+        self.message_size = Some(f);
+        self
+    }
+
+    /// Registers the process's [`Handle`] under its name in `registry` while it runs; the
+    /// entry disappears when the process stops.
+    pub fn register_in(mut self, registry: &Registry) -> Self {
+        self.registry = Some(registry.clone());
+        self
+    }
+}
+
+/// Spawns a process with default options. Needs a tokio runtime.
+pub fn spawn<P: Process>(process: P) -> Handle<P::Message> {
+    spawn_with(process, SpawnOptions::new()).expect("spawning without a registry cannot fail")
+}
+
+/// Spawns a process with options. Fails if the name is taken in the given registry.
+pub fn spawn_with<P: Process>(
+    process: P,
+    options: SpawnOptions<P::Message>,
+) -> Result<Handle<P::Message>> {
+    let name: Option<Arc<str>> = options.name.as_deref().map(Arc::from);
+    let label = name.as_deref().unwrap_or("anonymous");
+    let (tx, rx) = mailbox::channel(label, &options.memory, options.message_size);
+    let life = Life::new(name.clone());
+    let handle = Handle {
+        tx,
+        life: life.clone(),
+    };
+    let registration = match (&options.registry, &name) {
+        (Some(registry), Some(name)) => Some(
+            registry
+                .register(name.to_string(), handle.clone(), Default::default())
+                .map_err(Error::Core)?,
+        ),
+        (Some(_), None) => {
+            return Err(Error::Core(foundation_core::Error::InvalidArgument(
+                "a process registered in a registry needs a name".into(),
+            )))
+        }
+        _ => None,
+    };
+    tokio::spawn(async move {
+        let _live = TaskGuard::new();
+        let (reason, rx) = run(process, rx, &life).await;
+        drop(registration);
+        drop(rx); // closes the mailbox; queued messages are counted as dropped
+        life.finish(reason);
+    });
+    Ok(handle)
+}
+
+/// Runs one incarnation of `process` on `rx` until it stops; returns why, and the mailbox
+/// (with anything still queued) for a possible next incarnation.
+pub(crate) async fn run<P: Process>(
+    mut process: P,
+    mut rx: Receiver<P::Message>,
+    life: &Life,
+) -> (ExitReason, Receiver<P::Message>) {
+    let token = life.token();
+    let mut ctx = Context {
+        id: life.id,
+        name: life.name.clone(),
+        myself: rx.weak_sender(),
+        stop: None,
+    };
+    let reason = {
+        let body = async {
+            process.started(&mut ctx).await;
+            loop {
+                if let Some(reason) = ctx.stop.take() {
+                    return reason;
+                }
+                match rx.recv().await {
+                    Some(msg) => process.handle(msg, &mut ctx).await,
+                    None if rx.shutdown_requested() => return ExitReason::Shutdown,
+                    None => return ExitReason::Normal,
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => life.take_kill_reason(),
+            r = AssertUnwindSafe(body).catch_unwind() => r.unwrap_or_else(|p| ExitReason::Panic(panic_message(&*p))),
+        }
+    };
+    (reason, rx)
+}
+
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
+}
+
+/// The mailbox of a closure process ([`spawn_fn`]).
+pub struct Inbox<M> {
+    rx: Receiver<M>,
+}
+
+impl<M> Inbox<M> {
+    /// The next message, urgent first; `None` when every handle is gone and the mailbox is
+    /// empty — the closure should then return.
+    pub async fn recv(&mut self) -> Option<M> {
+        self.rx.recv().await
+    }
+}
+
+/// Spawns a closure process: `f` receives the process's [`Inbox`] and runs until it
+/// returns (normal exit) or panics.
+///
+/// ```
+/// use foundation_beam::process::spawn_fn;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+/// let echo = spawn_fn(|mut inbox| async move {
+///     let mut seen = Vec::new();
+///     while let Some(n) = inbox.recv().await { seen.push(n) }
+///     let _ = done_tx.send(seen);
+/// });
+/// echo.send(1u32).await.unwrap();
+/// echo.send(2).await.unwrap();
+/// drop(echo); // last handle: the inbox closes once drained
+/// assert_eq!(done_rx.await.unwrap(), vec![1, 2]);
+/// # }
+/// ```
+pub fn spawn_fn<M, F, Fut>(f: F) -> Handle<M>
+where
+    M: Send + 'static,
+    F: FnOnce(Inbox<M>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mailbox::channel("anonymous", &MemoryStrategy::default(), None);
+    let life = Life::new(None);
+    let handle = Handle {
+        tx,
+        life: life.clone(),
+    };
+    tokio::spawn(async move {
+        let _live = TaskGuard::new();
+        let token = life.token();
+        let body = AssertUnwindSafe(f(Inbox { rx })).catch_unwind();
+        let reason = tokio::select! {
+            biased;
+            _ = token.cancelled() => life.take_kill_reason(),
+            r = body => match r {
+                Ok(()) => ExitReason::Normal,
+                Err(p) => ExitReason::Panic(panic_message(&*p)),
+            },
+        };
+        life.finish(reason);
+    });
+    handle
+}
