@@ -11,6 +11,7 @@
 pub mod error;
 pub mod mailbox;
 pub mod process;
+pub mod supervisor;
 
 pub use error::{Error, Result};
 /// The layer below: `foundation-core`.
@@ -19,3 +20,12 @@ pub use process::{
     spawn, spawn_fn, spawn_with, Context, ExitReason, Handle, Monitor, Process, ProcessId, Reply,
     SpawnOptions,
 };
+
+/// Describes every metric of this layer and the layers below (the HELP lines of the
+/// Prometheus exposition) to the current recorder. Call it once after installing a
+/// recorder, or let `foundation_core::telemetry::Telemetry` call the core part.
+pub fn describe_metrics() {
+    foundation_core::telemetry::describe_foundation_metrics();
+    mailbox::describe_metrics();
+    supervisor::describe_metrics();
+}

@@ -227,11 +227,11 @@ impl Life {
         k.0.cancel();
     }
 
-    fn token(&self) -> CancellationToken {
+    pub(crate) fn token(&self) -> CancellationToken {
         self.kill.lock().0.clone()
     }
 
-    fn take_kill_reason(&self) -> ExitReason {
+    pub(crate) fn take_kill_reason(&self) -> ExitReason {
         self.kill.lock().1.take().unwrap_or(ExitReason::Killed)
     }
 

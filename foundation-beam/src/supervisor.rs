@@ -1,0 +1,714 @@
+//! Supervisors: restart failed processes by a strategy, within a restart intensity.
+//!
+//! A [`SupervisorSpec`] lists children (processes or other supervisors), each with a
+//! [`Restart`] policy, and a [`Strategy`]:
+//!
+//! * **one-for-one** — only the failed child is restarted;
+//! * **one-for-all** — every other child is stopped (last first), then all are started
+//!   again in order;
+//! * **rest-for-one** — the children started after the failed one are stopped, then it and
+//!   they are started again.
+//!
+//! A restarted child keeps its mailbox: its [`Handle`] stays valid across restarts and the
+//! messages queued for it wait for the next incarnation (only the message being handled
+//! when it failed is lost). If more than [`Intensity::max_restarts`] restarts happen within
+//! [`Intensity::period`], the supervisor stops all children and exits with
+//! [`ExitReason::Failed`] — *escalating* to its own supervisor, which applies its strategy
+//! in turn.
+//!
+//! ```
+//! use std::time::Duration;
+//! use foundation_beam::process::{Context, Process, Reply};
+//! use foundation_beam::supervisor::{Restart, Strategy, SupervisorSpec};
+//!
+//! struct Fragile;
+//! impl Process for Fragile {
+//!     type Message = (u32, Reply<u32>);
+//!     async fn handle(&mut self, (n, reply): (u32, Reply<u32>), _: &mut Context<Self::Message>) {
+//!         if n == 0 { panic!("zero") }
+//!         reply.send(100 / n);
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let mut spec = SupervisorSpec::new("root", Strategy::OneForOne);
+//! let worker = spec.child("fragile", Restart::Permanent, Default::default(), || Fragile);
+//! let sup = spec.start();
+//! let t = Duration::from_secs(1);
+//! assert!(worker.call(|r| (0, r), t).await.is_err()); // it panics...
+//! assert_eq!(worker.call(|r| (4, r), t).await.unwrap(), 25); // ...and is restarted
+//! assert_eq!(sup.restarts(), 1);
+//! sup.shutdown(t).await;
+//! # }
+//! ```
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use foundation_core::telemetry::TaskGuard;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use metrics::Counter;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::mailbox::{self, MemoryStrategy, Receiver, Sender};
+use crate::process::{self, panic_message, ExitReason, Handle, Life, Monitor, Process, ProcessId};
+
+/// Which children a failure restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Only the failed child.
+    #[default]
+    OneForOne,
+    /// All children.
+    OneForAll,
+    /// The failed child and those started after it.
+    RestForOne,
+}
+
+/// When a child is restarted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Restart {
+    /// Always, whatever the exit reason.
+    #[default]
+    Permanent,
+    /// Only after an abnormal exit.
+    Transient,
+    /// Never.
+    Temporary,
+}
+
+impl Restart {
+    fn should_restart(self, reason: &ExitReason) -> bool {
+        match self {
+            Restart::Permanent => true,
+            Restart::Transient => reason.is_abnormal(),
+            Restart::Temporary => false,
+        }
+    }
+}
+
+/// Restart intensity: at most `max_restarts` restarts within `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intensity {
+    /// Restarts allowed within `period`.
+    pub max_restarts: u32,
+    /// The sliding window.
+    pub period: Duration,
+}
+
+impl Default for Intensity {
+    fn default() -> Self {
+        Intensity {
+            max_restarts: 3,
+            period: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A child of a supervisor, type-erased.
+trait Child: Send {
+    fn name(&self) -> &str;
+    fn life(&self) -> &Arc<Life>;
+    fn restart(&self) -> Restart;
+    /// Starts a new incarnation; the future resolves with its exit reason.
+    fn start(&mut self) -> BoxFuture<'static, ExitReason>;
+    /// Closes the mailbox so the child stops after handling what is queued.
+    fn close_gracefully(&self);
+}
+
+struct ProcessChild<P: Process, F> {
+    name: String,
+    restart: Restart,
+    factory: F,
+    /// Keeps the mailbox open while the supervisor lives.
+    tx: Sender<P::Message>,
+    /// The mailbox between incarnations.
+    rx: Arc<Mutex<Option<Receiver<P::Message>>>>,
+    life: Arc<Life>,
+}
+
+impl<P, F> Child for ProcessChild<P, F>
+where
+    P: Process,
+    F: FnMut() -> P + Send + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn life(&self) -> &Arc<Life> {
+        &self.life
+    }
+
+    fn restart(&self) -> Restart {
+        self.restart
+    }
+
+    fn start(&mut self) -> BoxFuture<'static, ExitReason> {
+        let Some(rx) = self.rx.lock().take() else {
+            // Unreachable by construction: an incarnation returns the mailbox before its
+            // exit is reported, and only one runs at a time.
+            return futures_util::future::ready(ExitReason::Failed("mailbox still in use".into()))
+                .boxed();
+        };
+        rx.reopen();
+        self.life.revive();
+        let process = match std::panic::catch_unwind(AssertUnwindSafe(&mut self.factory)) {
+            Ok(p) => p,
+            Err(payload) => {
+                *self.rx.lock() = Some(rx);
+                let reason = ExitReason::Panic(format!("factory: {}", panic_message(&*payload)));
+                self.life.finish(reason.clone());
+                return futures_util::future::ready(reason).boxed();
+            }
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        let life = self.life.clone();
+        let slot = self.rx.clone();
+        tokio::spawn(async move {
+            let _live = TaskGuard::new();
+            let (reason, rx) = process::run(process, rx, &life).await;
+            *slot.lock() = Some(rx);
+            life.finish(reason.clone());
+            let _ = done_tx.send(reason);
+        });
+        async move { done_rx.await.unwrap_or(ExitReason::Killed) }.boxed()
+    }
+
+    fn close_gracefully(&self) {
+        self.tx.close_gracefully();
+    }
+}
+
+/// A supervisor nested as a child.
+struct SupervisorChild {
+    name: String,
+    restart: Restart,
+    config: Arc<SupConfig>,
+    children: Arc<Mutex<Option<Vec<Box<dyn Child>>>>>,
+    life: Arc<Life>,
+    commands: Arc<Mutex<Option<mpsc::Sender<Command>>>>,
+}
+
+impl Child for SupervisorChild {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn life(&self) -> &Arc<Life> {
+        &self.life
+    }
+
+    fn restart(&self) -> Restart {
+        self.restart
+    }
+
+    fn start(&mut self) -> BoxFuture<'static, ExitReason> {
+        let Some(children) = self.children.lock().take() else {
+            return futures_util::future::ready(ExitReason::Failed("children still in use".into()))
+                .boxed();
+        };
+        self.life.revive();
+        let (tx, rx) = mpsc::channel(16);
+        *self.commands.lock() = Some(tx);
+        let (done_tx, done_rx) = oneshot::channel();
+        let config = self.config.clone();
+        let slot = self.children.clone();
+        let life = self.life.clone();
+        tokio::spawn(async move {
+            let (reason, children) = supervise(config, children, rx, life.clone()).await;
+            *slot.lock() = Some(children);
+            life.finish(reason.clone());
+            let _ = done_tx.send(reason);
+        });
+        async move { done_rx.await.unwrap_or(ExitReason::Killed) }.boxed()
+    }
+
+    fn close_gracefully(&self) {
+        if let Some(tx) = self.commands.lock().clone() {
+            let _ = tx.try_send(Command::Shutdown {
+                grace: Duration::from_secs(5),
+                done: None,
+            });
+        }
+    }
+}
+
+struct SupConfig {
+    name: String,
+    strategy: Strategy,
+    intensity: Intensity,
+    restarts: AtomicU64,
+    metric: Counter,
+}
+
+/// What a supervisor is told by its handle.
+enum Command {
+    Children(oneshot::Sender<Vec<ChildInfo>>),
+    Add(Box<dyn Child>, oneshot::Sender<usize>),
+    /// Stops the child gracefully (drain, then kill after `grace`) and forgets it.
+    Remove {
+        name: String,
+        grace: Duration,
+        done: oneshot::Sender<bool>,
+    },
+    Shutdown {
+        grace: Duration,
+        done: Option<oneshot::Sender<()>>,
+    },
+}
+
+/// A child as a supervisor reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildInfo {
+    /// The child's name.
+    pub name: String,
+    /// Its process id (stable across restarts).
+    pub id: ProcessId,
+    /// Whether it is running.
+    pub alive: bool,
+    /// Why it last stopped, if it is not running.
+    pub exit: Option<ExitReason>,
+}
+
+/// The description of a supervisor and its children; [`start`](Self::start) runs it.
+pub struct SupervisorSpec {
+    config: Arc<SupConfig>,
+    children: Vec<Box<dyn Child>>,
+}
+
+impl std::fmt::Debug for SupervisorSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorSpec")
+            .field("name", &self.config.name)
+            .field("strategy", &self.config.strategy)
+            .field(
+                "children",
+                &self
+                    .children
+                    .iter()
+                    .map(|c| c.name().to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl SupervisorSpec {
+    /// A supervisor named `name` (labels its metrics) with `strategy` and the default
+    /// intensity (3 restarts in 5 s).
+    pub fn new(name: impl Into<String>, strategy: Strategy) -> Self {
+        SupervisorSpec {
+            config: Arc::new(SupConfig::new(name.into(), strategy, Intensity::default())),
+            children: Vec::new(),
+        }
+    }
+
+    /// Sets the restart intensity.
+    pub fn intensity(mut self, intensity: Intensity) -> Self {
+        let c = &self.config;
+        self.config = Arc::new(SupConfig::new(c.name.clone(), c.strategy, intensity));
+        self
+    }
+
+    /// Adds a process child, started by `factory` (called again for every restart), and
+    /// returns its handle, valid across restarts.
+    pub fn child<P, F>(
+        &mut self,
+        name: impl Into<String>,
+        restart: Restart,
+        memory: MemoryStrategy,
+        factory: F,
+    ) -> Handle<P::Message>
+    where
+        P: Process,
+        F: FnMut() -> P + Send + 'static,
+    {
+        let (child, handle) = process_child(name.into(), restart, memory, factory);
+        self.children.push(child);
+        handle
+    }
+
+    /// Adds a nested supervisor. Its failure (intensity exceeded) is a failure of this
+    /// child, handled by this supervisor's strategy.
+    pub fn supervisor(&mut self, restart: Restart, spec: SupervisorSpec) -> ProcessId {
+        let life = Life::new(Some(Arc::from(spec.config.name.as_str())));
+        let id = life.id;
+        self.children.push(Box::new(SupervisorChild {
+            name: spec.config.name.clone(),
+            restart,
+            config: spec.config,
+            children: Arc::new(Mutex::new(Some(spec.children))),
+            life,
+            commands: Arc::new(Mutex::new(None)),
+        }));
+        id
+    }
+
+    /// Starts the supervisor and its children (in order). Needs a tokio runtime.
+    pub fn start(self) -> Supervisor {
+        let life = Life::new(Some(Arc::from(self.config.name.as_str())));
+        let (tx, rx) = mpsc::channel(64);
+        let config = self.config.clone();
+        let l = life.clone();
+        let children = self.children;
+        tokio::spawn(async move {
+            let (reason, _children) = supervise(config, children, rx, l.clone()).await;
+            l.finish(reason);
+        });
+        Supervisor {
+            config: self.config,
+            life,
+            commands: tx,
+        }
+    }
+}
+
+fn process_child<P, F>(
+    name: String,
+    restart: Restart,
+    memory: MemoryStrategy,
+    factory: F,
+) -> (Box<dyn Child>, Handle<P::Message>)
+where
+    P: Process,
+    F: FnMut() -> P + Send + 'static,
+{
+    let (tx, rx) = mailbox::channel(&name, &memory, None);
+    let life = Life::new(Some(Arc::from(name.as_str())));
+    let handle = Handle::from_parts(tx.clone(), life.clone());
+    let child = ProcessChild {
+        name,
+        restart,
+        factory,
+        tx,
+        rx: Arc::new(Mutex::new(Some(rx))),
+        life,
+    };
+    (Box::new(child), handle)
+}
+
+impl SupConfig {
+    fn new(name: String, strategy: Strategy, intensity: Intensity) -> Self {
+        let metric =
+            metrics::counter!("foundation_supervisor_restarts_total", "supervisor" => name.clone());
+        SupConfig {
+            name,
+            strategy,
+            intensity,
+            restarts: AtomicU64::new(0),
+            metric,
+        }
+    }
+}
+
+/// Describes the supervisor metrics (HELP lines) to the current recorder.
+pub(crate) fn describe_metrics() {
+    metrics::describe_counter!(
+        "foundation_supervisor_restarts_total",
+        "Child restarts made by a supervisor."
+    );
+    metrics::describe_counter!(
+        "foundation_supervisor_escalations_total",
+        "Times a supervisor gave up because its restart intensity was exceeded."
+    );
+}
+
+/// A running supervisor.
+///
+/// Dropping it does not stop the supervisor; [`shutdown`](Self::shutdown) does (children
+/// last-started first). It stops by itself when its restart intensity is exceeded.
+pub struct Supervisor {
+    config: Arc<SupConfig>,
+    life: Arc<Life>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("name", &self.config.name)
+            .field("restarts", &self.restarts())
+            .finish()
+    }
+}
+
+impl Supervisor {
+    /// Restarts made so far.
+    pub fn restarts(&self) -> u64 {
+        self.config.restarts.load(Ordering::Relaxed)
+    }
+
+    /// A monitor of the supervisor's own exit (for example after an escalation).
+    pub fn monitor(&self) -> Monitor {
+        self.life.monitor()
+    }
+
+    /// Whether the supervisor is running.
+    pub fn is_alive(&self) -> bool {
+        self.life.exit_reason().is_none()
+    }
+
+    /// The children and their state.
+    pub async fn children(&self) -> Vec<ChildInfo> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Children(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Adds and starts a process child at run time.
+    pub async fn add_child<P, F>(
+        &self,
+        name: impl Into<String>,
+        restart: Restart,
+        memory: MemoryStrategy,
+        factory: F,
+    ) -> crate::Result<Handle<P::Message>>
+    where
+        P: Process,
+        F: FnMut() -> P + Send + 'static,
+    {
+        let (child, handle) = process_child(name.into(), restart, memory, factory);
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Add(child, tx))
+            .await
+            .map_err(|_| crate::Error::Shutdown("supervisor"))?;
+        rx.await.map_err(|_| crate::Error::Shutdown("supervisor"))?;
+        Ok(handle)
+    }
+
+    /// Stops the child `name` gracefully — its mailbox closes, it handles what is queued,
+    /// and is killed if that takes longer than `grace` — and removes it. Returns whether
+    /// such a child existed.
+    pub async fn remove_child(&self, name: &str, grace: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Remove {
+            name: name.to_string(),
+            grace,
+            done: tx,
+        };
+        if self.commands.send(cmd).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Stops every child, last-started first, each gracefully within `grace` (then
+    /// killed), and then the supervisor.
+    pub async fn shutdown(&self, grace: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Shutdown {
+                grace,
+                done: Some(tx),
+            })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+        let _ = self.life.monitor().wait().await;
+    }
+}
+
+type Running = FuturesUnordered<BoxFuture<'static, (usize, u64, ExitReason)>>;
+
+struct State {
+    config: Arc<SupConfig>,
+    children: Vec<Box<dyn Child>>,
+    /// Bumped whenever the supervisor stops a child itself, so that child's pending exit
+    /// is recognised as expected rather than a failure.
+    generation: Vec<u64>,
+    removed: Vec<bool>,
+    running: Running,
+    recent: VecDeque<Instant>,
+}
+
+impl State {
+    fn start(&mut self, i: usize) {
+        let gen = self.generation[i];
+        let exit = self.children[i].start();
+        self.running
+            .push(async move { (i, gen, exit.await) }.boxed());
+    }
+
+    /// Stops child `i` (drain within `grace`, then kill) and waits for it.
+    async fn stop(&mut self, i: usize, grace: Duration) {
+        self.generation[i] += 1;
+        let life = self.children[i].life().clone();
+        if life.exit_reason().is_some() {
+            return;
+        }
+        let mut monitor = life.monitor();
+        self.children[i].close_gracefully();
+        if tokio::time::timeout(grace, monitor.wait()).await.is_err() {
+            life.kill(ExitReason::Shutdown);
+            monitor.wait().await;
+        }
+    }
+
+    /// Kills child `i` at once (for restarts of siblings) and waits for it.
+    async fn kill(&mut self, i: usize) {
+        self.generation[i] += 1;
+        let life = self.children[i].life().clone();
+        if life.exit_reason().is_some() {
+            return;
+        }
+        let mut monitor = life.monitor();
+        life.kill(ExitReason::Shutdown);
+        monitor.wait().await;
+    }
+
+    async fn stop_all(&mut self, grace: Duration) {
+        for i in (0..self.children.len()).rev() {
+            if !self.removed[i] {
+                self.stop(i, grace).await;
+            }
+        }
+    }
+
+    /// Records a restart; false when the intensity is exceeded.
+    fn allow_restart(&mut self) -> bool {
+        let now = Instant::now();
+        let period = self.config.intensity.period;
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > period)
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        self.recent.len() as u32 <= self.config.intensity.max_restarts
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.config.restarts.fetch_add(1, Ordering::Relaxed);
+        self.config.metric.increment(1);
+        self.start(i);
+    }
+}
+
+async fn supervise(
+    config: Arc<SupConfig>,
+    children: Vec<Box<dyn Child>>,
+    mut commands: mpsc::Receiver<Command>,
+    life: Arc<Life>,
+) -> (ExitReason, Vec<Box<dyn Child>>) {
+    let _live = TaskGuard::new();
+    let n = children.len();
+    let mut s = State {
+        config,
+        children,
+        generation: vec![0; n],
+        removed: vec![false; n],
+        running: FuturesUnordered::new(),
+        recent: VecDeque::new(),
+    };
+    for i in 0..n {
+        s.start(i);
+    }
+    let token = life.token();
+    let reason = loop {
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => {
+                // Stopped by our own supervisor (or killed): stop the children first.
+                s.stop_all(Duration::from_secs(5)).await;
+                break life.take_kill_reason();
+            }
+            cmd = commands.recv() => match cmd {
+                None => {
+                    // Every handle is gone: keep supervising until the children stop.
+                    if s.running.is_empty() { break ExitReason::Normal }
+                    let Some((i, gen, reason)) = s.running.next().await else { break ExitReason::Normal };
+                    if let Some(r) = on_exit(&mut s, i, gen, reason).await { break r }
+                }
+                Some(Command::Children(reply)) => {
+                    let info = s.children.iter().enumerate().filter(|(i, _)| !s.removed[*i]).map(|(_, c)| {
+                        let exit = c.life().exit_reason();
+                        ChildInfo { name: c.name().to_string(), id: c.life().id, alive: exit.is_none(), exit }
+                    }).collect();
+                    let _ = reply.send(info);
+                }
+                Some(Command::Add(child, reply)) => {
+                    s.children.push(child);
+                    s.generation.push(0);
+                    s.removed.push(false);
+                    let i = s.children.len() - 1;
+                    s.start(i);
+                    let _ = reply.send(i);
+                }
+                Some(Command::Remove { name, grace, done }) => {
+                    let found = (0..s.children.len()).find(|i| !s.removed[*i] && s.children[*i].name() == name);
+                    if let Some(i) = found {
+                        s.removed[i] = true;
+                        s.stop(i, grace).await;
+                    }
+                    let _ = done.send(found.is_some());
+                }
+                Some(Command::Shutdown { grace, done }) => {
+                    s.stop_all(grace).await;
+                    if let Some(done) = done { let _ = done.send(()); }
+                    break ExitReason::Shutdown;
+                }
+            },
+            Some((i, gen, reason)) = s.running.next(), if !s.running.is_empty() => {
+                if let Some(r) = on_exit(&mut s, i, gen, reason).await { break r }
+            }
+        }
+    };
+    (reason, s.children)
+}
+
+/// Handles a child's exit; returns the supervisor's own exit reason when it gives up.
+async fn on_exit(s: &mut State, i: usize, gen: u64, reason: ExitReason) -> Option<ExitReason> {
+    if gen != s.generation[i] || s.removed[i] {
+        return None; // stopped by us on purpose
+    }
+    let child = &s.children[i];
+    if !child.restart().should_restart(&reason) {
+        tracing::debug!(supervisor = %s.config.name, child = child.name(), %reason, "child stopped; not restarted");
+        return None;
+    }
+    tracing::warn!(supervisor = %s.config.name, child = child.name(), %reason, "child failed; restarting");
+    if !s.allow_restart() {
+        let i = s.config.intensity;
+        metrics::counter!("foundation_supervisor_escalations_total", "supervisor" => s.config.name.clone()).increment(1);
+        s.stop_all(Duration::from_secs(5)).await;
+        return Some(ExitReason::Failed(format!(
+            "supervisor {}: more than {} restarts in {:?}",
+            s.config.name, i.max_restarts, i.period
+        )));
+    }
+    let n = s.children.len();
+    let affected: Vec<usize> = match s.config.strategy {
+        Strategy::OneForOne => vec![i],
+        Strategy::OneForAll => (0..n).filter(|j| !s.removed[*j]).collect(),
+        Strategy::RestForOne => (i..n).filter(|j| !s.removed[*j]).collect(),
+    };
+    for &j in affected.iter().rev() {
+        if j != i {
+            s.kill(j).await;
+        }
+    }
+    s.generation[i] += 1; // the failed incarnation is done
+    for &j in &affected {
+        s.restart(j);
+    }
+    None
+}
