@@ -8,6 +8,7 @@
 //! The layer below is re-exported as [`core`].
 #![warn(missing_docs)]
 
+pub mod ecosystem;
 pub mod error;
 pub mod mailbox;
 pub mod process;

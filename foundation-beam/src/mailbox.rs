@@ -286,7 +286,10 @@ pub(crate) fn channel<M>(
 
 enum Push<M> {
     Done(Delivery),
+    /// Full under backpressure: the sender may wait for room.
     Full(M),
+    /// Full and refused by the policy (or `try_send`): returned to the sender.
+    Rejected(M),
     Closed(M),
 }
 
@@ -318,7 +321,7 @@ impl<M> Shared<M> {
                 Overflow::Backpressure | Overflow::Reject => {
                     drop(lanes);
                     self.metrics.rejected.increment(1);
-                    return Push::Full(msg);
+                    return Push::Rejected(msg);
                 }
                 Overflow::DropNewest => {
                     drop(lanes);
@@ -397,7 +400,7 @@ impl<M> Sender<M> {
     fn try_push(&self, msg: M, urgent: bool) -> Result<Delivery, SendError<M>> {
         match self.shared.push(msg, urgent, false) {
             Push::Done(d) => Ok(d),
-            Push::Full(m) => Err(SendError::Full(m)),
+            Push::Full(m) | Push::Rejected(m) => Err(SendError::Full(m)),
             Push::Closed(m) => Err(SendError::Closed(m)),
         }
     }
@@ -422,6 +425,7 @@ impl<M> Sender<M> {
             match self.shared.push(msg, urgent, true) {
                 Push::Done(d) => return Ok(d),
                 Push::Closed(m) => return Err(SendError::Closed(m)),
+                Push::Rejected(m) => return Err(SendError::Full(m)),
                 Push::Full(m) => {
                     msg = m;
                     space.await;

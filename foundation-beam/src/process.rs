@@ -202,9 +202,27 @@ impl<R> fmt::Debug for Reply<R> {
 pub(crate) struct Life {
     pub(crate) id: ProcessId,
     pub(crate) name: Option<Arc<str>>,
-    exit: watch::Sender<Option<ExitReason>>,
+    exit: watch::Sender<ExitState>,
     kill: Mutex<(CancellationToken, Option<ExitReason>)>,
     links: Mutex<Vec<Weak<Life>>>,
+}
+
+/// Which incarnation runs, and how the last one that stopped ended. Counting incarnations
+/// lets a monitor see an exit even when a supervisor restarts the process before the
+/// monitor looks.
+#[derive(Debug, Clone, Default)]
+struct ExitState {
+    incarnation: u64,
+    last_exit: Option<(u64, ExitReason)>,
+}
+
+impl ExitState {
+    fn current_exit(&self) -> Option<&ExitReason> {
+        match &self.last_exit {
+            Some((inc, reason)) if *inc == self.incarnation => Some(reason),
+            _ => None,
+        }
+    }
 }
 
 impl Life {
@@ -212,7 +230,7 @@ impl Life {
         Arc::new(Life {
             id: ProcessId::next(),
             name,
-            exit: watch::Sender::new(None),
+            exit: watch::Sender::new(ExitState::default()),
             kill: Mutex::new((CancellationToken::new(), None)),
             links: Mutex::new(Vec::new()),
         })
@@ -238,7 +256,7 @@ impl Life {
     /// Prepares for a new incarnation (a supervisor restart).
     pub(crate) fn revive(&self) {
         *self.kill.lock() = (CancellationToken::new(), None);
-        self.exit.send_replace(None);
+        self.exit.send_modify(|s| s.incarnation += 1);
     }
 
     /// Publishes the exit and propagates an abnormal one along links.
@@ -253,25 +271,31 @@ impl Life {
                 });
             }
         }
-        self.exit.send_replace(Some(reason));
+        self.exit
+            .send_modify(|s| s.last_exit = Some((s.incarnation, reason)));
     }
 
     pub(crate) fn exit_reason(&self) -> Option<ExitReason> {
-        self.exit.borrow().clone()
+        self.exit.borrow().current_exit().cloned()
     }
 
     pub(crate) fn monitor(&self) -> Monitor {
+        let rx = self.exit.subscribe();
+        let incarnation = rx.borrow().incarnation;
         Monitor {
             id: self.id,
-            rx: self.exit.subscribe(),
+            incarnation,
+            rx,
         }
     }
 }
 
-/// Watches a process's exit. Resolves once per incarnation.
+/// Watches a process's exit: resolves when the incarnation running when the monitor was
+/// made stops (at once if it already has), even if a supervisor restarts it right away.
 pub struct Monitor {
     id: ProcessId,
-    rx: watch::Receiver<Option<ExitReason>>,
+    incarnation: u64,
+    rx: watch::Receiver<ExitState>,
 }
 
 impl Monitor {
@@ -283,11 +307,16 @@ impl Monitor {
     /// Waits for the process to exit and returns why. Returns at once if it has exited.
     pub async fn wait(&mut self) -> ExitReason {
         loop {
-            if let Some(r) = self.rx.borrow_and_update().clone() {
-                return r;
+            {
+                let state = self.rx.borrow_and_update();
+                if let Some((inc, reason)) = &state.last_exit {
+                    if *inc >= self.incarnation {
+                        return reason.clone();
+                    }
+                }
             }
             if self.rx.changed().await.is_err() {
-                return self.rx.borrow().clone().unwrap_or(ExitReason::Killed);
+                return ExitReason::Killed;
             }
         }
     }

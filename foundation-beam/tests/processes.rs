@@ -1,0 +1,253 @@
+//! Processes: send, urgent lane, call, exit reasons, monitors, links, names.
+
+use std::time::Duration;
+
+use foundation_beam::core::registry::Registry;
+use foundation_beam::mailbox::{MemoryStrategy, Overflow, SendError};
+use foundation_beam::process::{
+    spawn, spawn_fn, spawn_with, Context, ExitReason, Handle, Process, Reply, SpawnOptions,
+};
+use foundation_beam::Error;
+use tokio::sync::{mpsc, oneshot};
+
+const T: Duration = Duration::from_secs(5);
+
+enum Msg {
+    Log(u32),
+    Wait(oneshot::Receiver<()>),
+    Panic(&'static str),
+    Stop,
+    Get(Reply<Vec<u32>>),
+    Ignore(Reply<u32>),
+}
+
+#[derive(Default)]
+struct Recorder(Vec<u32>);
+
+impl Process for Recorder {
+    type Message = Msg;
+    async fn handle(&mut self, msg: Msg, ctx: &mut Context<Msg>) {
+        match msg {
+            Msg::Log(n) => self.0.push(n),
+            Msg::Wait(rx) => {
+                let _ = rx.await;
+            }
+            Msg::Panic(m) => panic!("{m}"),
+            Msg::Stop => ctx.stop(ExitReason::Failed("asked to".into())),
+            Msg::Get(r) => r.send(self.0.clone()),
+            Msg::Ignore(_) => {}
+        }
+    }
+}
+
+async fn blocked(h: &Handle<Msg>) -> oneshot::Sender<()> {
+    let (tx, rx) = oneshot::channel();
+    h.send(Msg::Wait(rx)).await.unwrap();
+    tx
+}
+
+#[tokio::test]
+async fn urgent_messages_overtake_queued_normal_ones() {
+    let h = spawn(Recorder::default());
+    let gate = blocked(&h).await;
+    for i in 0..5 {
+        h.send(Msg::Log(i)).await.unwrap();
+    }
+    h.send_urgent(Msg::Log(100)).await.unwrap();
+    h.send_urgent(Msg::Log(101)).await.unwrap();
+    gate.send(()).unwrap();
+    let log = h.call(Msg::Get, T).await.unwrap();
+    assert_eq!(log, vec![100, 101, 0, 1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn per_sender_order_is_kept() {
+    let h = spawn(Recorder::default());
+    let senders: Vec<_> = (0..4u32)
+        .map(|s| {
+            let h = h.clone();
+            tokio::spawn(async move {
+                for i in 0..500 {
+                    h.send(Msg::Log(s * 1000 + i)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let log = h.call(Msg::Get, T).await.unwrap();
+    assert_eq!(log.len(), 2000);
+    for s in 0..4 {
+        let mine: Vec<u32> = log.iter().copied().filter(|v| v / 1000 == s).collect();
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "sender {s} reordered");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_time_out_and_report_missing_replies() {
+    let h = spawn(Recorder::default());
+    let e = h
+        .call(Msg::Ignore, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NoReply { .. }), "{e}");
+    let gate = blocked(&h).await;
+    let e = h
+        .call(Msg::Get, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    drop(gate);
+    assert!(
+        h.call(Msg::Get, T).await.unwrap().is_empty(),
+        "the late reply was dropped; later calls work"
+    );
+}
+
+#[tokio::test]
+async fn exit_reasons_reach_monitors() {
+    let normal = spawn(Recorder::default());
+    let mut m = normal.monitor();
+    drop(normal);
+    assert_eq!(m.wait().await, ExitReason::Normal, "last handle dropped");
+
+    let p = spawn(Recorder::default());
+    let mut m = p.monitor();
+    p.send(Msg::Panic("boom")).await.unwrap();
+    assert_eq!(m.wait().await, ExitReason::Panic("boom".into()));
+    assert!(!p.is_alive());
+    assert!(matches!(
+        p.send(Msg::Log(1)).await,
+        Err(SendError::Closed(_))
+    ));
+    assert!(matches!(
+        p.call(Msg::Get, T).await,
+        Err(Error::Stopped { .. })
+    ));
+
+    let k = spawn(Recorder::default());
+    let mut m = k.monitor();
+    let _gate = blocked(&k).await;
+    k.kill(); // interrupts the handler that is waiting
+    assert_eq!(m.wait().await, ExitReason::Killed);
+
+    let s = spawn(Recorder::default());
+    let mut m = s.monitor();
+    s.shutdown();
+    assert_eq!(m.wait().await, ExitReason::Shutdown);
+
+    let f = spawn(Recorder::default());
+    let mut m = f.monitor();
+    f.send(Msg::Stop).await.unwrap();
+    assert_eq!(m.wait().await, ExitReason::Failed("asked to".into()));
+
+    let g = spawn(Recorder::default());
+    let mut m = g.monitor();
+    g.sender().close_gracefully();
+    assert_eq!(m.wait().await, ExitReason::Shutdown);
+}
+
+#[tokio::test]
+async fn links_propagate_abnormal_exits_only() {
+    let a = spawn(Recorder::default());
+    let b = spawn(Recorder::default());
+    let c = spawn(Recorder::default());
+    a.link(&b);
+    b.link(&c);
+    let (mut ma, mut mb, mut mc) = (a.monitor(), b.monitor(), c.monitor());
+    a.send(Msg::Panic("first")).await.unwrap();
+    assert_eq!(ma.wait().await, ExitReason::Panic("first".into()));
+    let rb = mb.wait().await;
+    assert!(
+        matches!(&rb, ExitReason::Linked { peer, reason } if *peer == a.id() && **reason == ExitReason::Panic("first".into())),
+        "{rb:?}"
+    );
+    let rc = mc.wait().await;
+    assert!(
+        matches!(&rc, ExitReason::Linked { peer, .. } if *peer == b.id()),
+        "{rc:?}"
+    );
+
+    let x = spawn(Recorder::default());
+    let y = spawn(Recorder::default());
+    x.link(&y);
+    let mut mx = x.monitor();
+    x.shutdown();
+    assert_eq!(mx.wait().await, ExitReason::Shutdown);
+    assert!(
+        y.call(Msg::Get, T).await.is_ok(),
+        "a normal shutdown does not take linked processes down"
+    );
+}
+
+#[tokio::test]
+async fn named_processes_live_in_the_registry_while_they_run() {
+    let registry = Registry::new();
+    let h = spawn_with(
+        Recorder::default(),
+        SpawnOptions::new().name("recorder").register_in(&registry),
+    )
+    .unwrap();
+    let found: Handle<Msg> = registry.lookup("recorder").unwrap();
+    found.send(Msg::Log(7)).await.unwrap();
+    assert_eq!(h.call(Msg::Get, T).await.unwrap(), vec![7]);
+    let dup = spawn_with(
+        Recorder::default(),
+        SpawnOptions::new().name("recorder").register_in(&registry),
+    );
+    assert!(dup.is_err(), "names are unique");
+    let mut m = h.monitor();
+    h.kill();
+    m.wait().await;
+    drop((found, h));
+    tokio::task::yield_now().await;
+    assert!(
+        registry.lookup::<Handle<Msg>>("recorder").is_err(),
+        "the entry left with the process"
+    );
+}
+
+#[tokio::test]
+async fn bounded_mailboxes_apply_their_policy() {
+    let h = spawn_with(
+        Recorder::default(),
+        SpawnOptions::new().memory(MemoryStrategy::bounded(2, Overflow::Reject)),
+    )
+    .unwrap();
+    let gate = blocked(&h).await;
+    tokio::task::yield_now().await; // the process takes the Wait message and blocks
+    h.try_send(Msg::Log(1)).unwrap();
+    h.try_send(Msg::Log(2)).unwrap();
+    assert!(matches!(
+        h.try_send(Msg::Log(3)),
+        Err(SendError::Full(Msg::Log(3)))
+    ));
+    assert!(matches!(
+        h.call(Msg::Get, T).await,
+        Err(Error::MailboxFull { .. })
+    ));
+    gate.send(()).unwrap();
+    while h.backlog() > 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(h.call(Msg::Get, T).await.unwrap(), vec![1, 2]);
+}
+
+#[tokio::test]
+async fn closure_processes_and_panics() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let h = spawn_fn(move |mut inbox| async move {
+        while let Some(n) = inbox.recv().await {
+            if n == 0 {
+                panic!("zero");
+            }
+            tx.send(n * 2).unwrap();
+        }
+    });
+    let mut m = h.monitor();
+    h.send(21u32).await.unwrap();
+    assert_eq!(rx.recv().await, Some(42));
+    h.send(0).await.unwrap();
+    assert_eq!(m.wait().await, ExitReason::Panic("zero".into()));
+}
