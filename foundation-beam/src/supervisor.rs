@@ -190,12 +190,15 @@ where
     }
 }
 
+/// A nested supervisor's children between its incarnations.
+type ChildrenSlot = Arc<Mutex<Option<Vec<Box<dyn Child>>>>>;
+
 /// A supervisor nested as a child.
 struct SupervisorChild {
     name: String,
     restart: Restart,
     config: Arc<SupConfig>,
-    children: Arc<Mutex<Option<Vec<Box<dyn Child>>>>>,
+    children: ChildrenSlot,
     life: Arc<Life>,
     commands: Arc<Mutex<Option<mpsc::Sender<Command>>>>,
 }
