@@ -10,6 +10,14 @@
 //!   subscriptions.
 //! * [`error`] — the crate's one error enum, with stable codes and retry advice.
 //! * [`budget`] — a work budget that makes long loops yield to the scheduler.
+//! * [`events`] — typed events with correlation and causality, and their correlation in
+//!   an external process.
+//! * [`port`] — an external program spoken to with 4-byte length-prefixed frames,
+//!   restarted when it fails.
+//!
+//! # Binaries
+//! * `foundation-correlator` — the event correlator run behind a [`port::Port`] by
+//!   [`events::Correlator`].
 //!
 //! # Feature flags
 //! * `assumptions` — compiles the heavy assumption tests
@@ -20,5 +28,6 @@ pub mod budget;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod port;
 
-pub use error::{Error, Limit, Result};
+pub use error::{Error, FrameDirection, Limit, Result};
