@@ -296,7 +296,7 @@ impl PortBuilder {
         let shared = Arc::new(Shared {
             name: name.clone(),
             state: AtomicU8::new(0),
-            pid: AtomicU32::new(0),
+            pid: AtomicU32::new(child.id().unwrap_or(0)),
             restarts: AtomicU64::new(0),
             frames_rejected: AtomicU64::new(0),
             late_replies: AtomicU64::new(0),
@@ -703,6 +703,9 @@ impl Owner {
             self.shared.metrics.restarts.increment(1);
             match spawn_child(&self.settings) {
                 Ok(c) => {
+                    self.shared
+                        .pid
+                        .store(c.id().unwrap_or(0), Ordering::Release);
                     tracing::info!(port = %self.shared.name, attempt = failures, "port child restarted");
                     child = Some(c);
                 }
