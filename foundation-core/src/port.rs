@@ -47,6 +47,8 @@
 //! `foundation_port_restarts_total`, `foundation_port_frames_rejected_total{reason}`,
 //! `foundation_port_late_replies_total`, `foundation_port_stderr_lines_total`.
 //!
+//! [`child`] has the child's side of the protocol for port programs written in Rust.
+//!
 //! # Example
 //! `cat` copies its stdin to its stdout, so it answers every frame with the same frame:
 //! ```
@@ -1136,6 +1138,83 @@ fn emit_stderr(port: &str, line: &[u8], truncated: bool, shared: &Shared) {
     shared.metrics.stderr_lines.increment(1);
 }
 
+pub mod child {
+    //! The child's side of the protocol, for port programs written in Rust: blocking
+    //! reads and writes of 4-byte big-endian length-prefixed frames on any `Read`/`Write`
+    //! (normally the locked stdin and stdout). The `foundation-correlator` binary uses it.
+    //!
+    //! ```
+    //! use foundation_core::port::child::{read_frame, write_frame, Incoming};
+    //!
+    //! let mut input: &[u8] = &[0, 0, 0, 2, b'h', b'i', 0, 0, 0, 1, b'!'];
+    //! let mut output = Vec::new();
+    //! while let Incoming::Frame(request) = read_frame(&mut input, 16)? {
+    //!     write_frame(&mut output, &request)?; // echo
+    //! }
+    //! assert_eq!(output, [0, 0, 0, 2, b'h', b'i', 0, 0, 0, 1, b'!']);
+    //! # Ok::<(), std::io::Error>(())
+    //! ```
+
+    use std::io::{self, Read, Write};
+
+    /// What [`read_frame`] read.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Incoming {
+        /// A complete frame's payload.
+        Frame(Vec<u8>),
+        /// A frame whose header announced this many bytes, more than the limit. Its body
+        /// was read and discarded, so the next frame can be read.
+        TooLarge(usize),
+        /// The stream ended cleanly, between frames.
+        End,
+    }
+
+    /// Reads one frame. A stream that ends inside a frame is an
+    /// [`io::ErrorKind::UnexpectedEof`] error.
+    pub fn read_frame<R: Read>(input: &mut R, max: usize) -> io::Result<Incoming> {
+        let mut header = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match input.read(&mut header[got..]) {
+                Ok(0) if got == 0 => return Ok(Incoming::End),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("stream ended inside a frame header ({got} of 4 bytes)"),
+                    ))
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let len = u32::from_be_bytes(header) as usize;
+        if len > max {
+            let skipped = io::copy(&mut input.take(len as u64), &mut io::sink())?;
+            if skipped < len as u64 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("stream ended inside an oversized frame ({skipped} of {len} bytes)"),
+                ));
+            }
+            return Ok(Incoming::TooLarge(len));
+        }
+        let mut payload = vec![0u8; len];
+        input.read_exact(&mut payload)?;
+        Ok(Incoming::Frame(payload))
+    }
+
+    /// Writes one frame (header and payload; the caller flushes). Fails with
+    /// [`io::ErrorKind::InvalidInput`] for a payload over 4 GiB − 1.
+    pub fn write_frame<W: Write>(output: &mut W, payload: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(payload.len()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB - 1")
+        })?;
+        output.write_all(&len.to_be_bytes())?;
+        output.write_all(payload)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1188,5 +1267,31 @@ mod tests {
             read_all(&[0, 0, 0, 17], 16).await,
             vec![Err("too large 17".into())]
         );
+    }
+
+    #[test]
+    fn child_side_reads_what_the_host_side_writes_and_skips_oversized_frames() {
+        use child::{read_frame, write_frame, Incoming};
+        let mut wire = Vec::new();
+        write_frame(&mut wire, b"abc").unwrap();
+        write_frame(&mut wire, &[9u8; 40]).unwrap();
+        write_frame(&mut wire, b"").unwrap();
+        let mut r = &wire[..];
+        assert_eq!(
+            read_frame(&mut r, 32).unwrap(),
+            Incoming::Frame(b"abc".to_vec())
+        );
+        assert_eq!(read_frame(&mut r, 32).unwrap(), Incoming::TooLarge(40));
+        assert_eq!(read_frame(&mut r, 32).unwrap(), Incoming::Frame(Vec::new()));
+        assert_eq!(read_frame(&mut r, 32).unwrap(), Incoming::End);
+        let mut short: &[u8] = &[0, 0, 0, 9, 1, 2];
+        assert_eq!(
+            read_frame(&mut short, 32).unwrap_err().kind(),
+            std::io::ErrorKind::UnexpectedEof
+        );
+        let mut short_oversized: &[u8] = &[0, 0, 1, 0, 1, 2];
+        assert!(read_frame(&mut short_oversized, 32).is_err());
+        let mut half_header: &[u8] = &[0, 0];
+        assert!(read_frame(&mut half_header, 32).is_err());
     }
 }
