@@ -635,6 +635,10 @@ fn spawn_child(settings: &PortBuilder) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
+/// How long replies are still read after the child exited or stopped reading (its
+/// stdout may hold complete replies, or end inside one).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
+
 /// A request sent to the child and not yet answered.
 struct Pending {
     /// Gone (closed) once the caller timed out or was dropped; the reply is then discarded.
@@ -795,6 +799,10 @@ impl Owner {
             .unwrap_or(self.settings.request_timeout);
         let mut last_frame = Instant::now();
         let mut shutdown_at: Option<Instant> = None;
+        // Set when the child exited or stopped reading: replies it wrote before that are
+        // still read (and a truncated one detected) until its stdout ends or the deadline.
+        let mut dying: Option<(Instant, String)> = None;
+        let mut exited = false;
 
         while let Some(r) = self.waiting.pop_front() {
             self.dispatch(r, &frames, &mut pending);
@@ -810,7 +818,10 @@ impl Owner {
             let hang_at = pending
                 .front()
                 .map(|p| p.deadline.max(last_frame) + hang_timeout);
-            let can_send = shutdown_at.is_none() && pending.len() < self.settings.max_inflight;
+            let can_send = shutdown_at.is_none()
+                && dying.is_none()
+                && pending.len() < self.settings.max_inflight;
+            let drain_until = dying.as_ref().map(|(at, _)| *at);
             tokio::select! {
                 _ = self.cancel.cancelled(), if shutdown_at.is_none() => {
                     shutdown_at = Some(Instant::now() + self.settings.shutdown_grace);
@@ -841,7 +852,10 @@ impl Owner {
                             }
                         }
                     }
-                    Ok(None) => break End::Failed { reason: "child closed its stdout".into(), head: None, exiting: true },
+                    Ok(None) => {
+                        let reason = dying.take().map_or_else(|| "child closed its stdout".to_string(), |(_, r)| r);
+                        break End::Failed { reason, head: None, exiting: true };
+                    }
                     Err(ReadError::TooLarge(size)) => {
                         self.shared.reject(&self.shared.metrics.rejected_reply_too_large);
                         break End::Failed {
@@ -866,11 +880,16 @@ impl Owner {
                     }
                     Err(ReadError::Io(e)) => break End::Failed { reason: format!("reading the child's stdout: {e}"), head: None, exiting: false },
                 },
-                status = child.wait() => {
+                status = child.wait(), if !exited => {
+                    exited = true;
                     let reason = match status {
                         Ok(s) => describe(s),
                         Err(e) => format!("waiting for the child: {e}"),
                     };
+                    dying.get_or_insert((Instant::now() + DRAIN_AFTER_EXIT, reason));
+                }
+                _ = tokio::time::sleep_until(drain_until.unwrap_or_else(Instant::now)), if drain_until.is_some() => {
+                    let reason = dying.take().map(|(_, r)| r).unwrap_or_default();
                     break End::Failed { reason, head: None, exiting: true };
                 }
                 _ = tokio::time::sleep_until(hang_at.unwrap_or_else(Instant::now)), if hang_at.is_some() => {
@@ -887,7 +906,7 @@ impl Owner {
                         Ok(Err(e)) => format!("writing to the child: {e}"),
                         Err(e) => format!("writer task failed: {e}"),
                     };
-                    break End::Failed { reason, head: None, exiting: true };
+                    dying.get_or_insert((Instant::now() + DRAIN_AFTER_EXIT, reason));
                 }
                 r = self.rx.recv(), if can_send => match r {
                     Some(r) => self.dispatch(r, &frames, &mut pending),

@@ -193,7 +193,7 @@ fn the_binary_answers_bad_requests_with_error_frames_and_exits_cleanly_at_eof() 
     })
     .unwrap();
     write_frame(&mut input, &request).unwrap();
-    write_frame(&mut input, &vec![0u8; 200]).unwrap(); // over the limit set below
+    write_frame(&mut input, &[0u8; 200]).unwrap(); // over the limit set below
     write_frame(&mut input, b"\x93\x01\x02\x03").unwrap();
 
     let output = run_binary(&input, &[("FOUNDATION_CORRELATOR_MAX_FRAME", "150")]);

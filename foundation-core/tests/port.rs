@@ -116,7 +116,9 @@ where
 
 #[tokio::test]
 async fn a_child_that_never_answers_times_out_and_is_restarted_as_hung() {
-    let port = sh("sleep 1000")
+    // `exec`: the port kills its direct child only, so the sleep must be that child.
+    let port = sh("exec sleep 1000")
+        .shutdown_grace(Duration::from_millis(100))
         .request_timeout(Duration::from_millis(200))
         .hang_timeout(Duration::from_millis(200))
         .spawn()
@@ -182,7 +184,7 @@ async fn a_crash_fails_every_pending_caller_at_once_and_the_port_restarts() {
 #[tokio::test]
 async fn an_oversized_reply_is_rejected_counted_and_the_port_recovers() {
     let (builder, _dir) =
-        once_then_cat(r"head -c 4 >/dev/null; printf '\377\377\377\377'; sleep 1000");
+        once_then_cat(r"head -c 4 >/dev/null; printf '\377\377\377\377'; exec sleep 1000");
     let port = builder.max_frame(1024).spawn().unwrap();
     let err = port
         .request(Bytes::from_static(b"hello"))
@@ -230,7 +232,7 @@ async fn a_truncated_reply_is_a_protocol_error_and_the_port_recovers() {
 #[tokio::test]
 async fn an_unsolicited_frame_is_rejected_and_the_child_restarted() {
     // Speaks before being asked: a reply with no request outstanding.
-    let (builder, _dir) = once_then_cat(r"printf '\000\000\000\001x'; sleep 1000");
+    let (builder, _dir) = once_then_cat(r"printf '\000\000\000\001x'; exec sleep 1000");
     let port = builder.spawn().unwrap();
     eventually("unexpected frame counted", || {
         port.stats().frames_rejected == 1
@@ -389,8 +391,11 @@ async fn dropping_the_last_handle_stops_the_child() {
 
 // ---- stderr forwarding, observed with a minimal tracing subscriber ----
 
+/// One captured event: its fields as (name, value) pairs.
+type Fieldset = Vec<(String, String)>;
+
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<Vec<(String, String)>>>>);
+struct Capture(Arc<Mutex<Vec<Fieldset>>>);
 
 struct Fields<'a>(&'a mut Vec<(String, String)>);
 
@@ -460,4 +465,19 @@ async fn stderr_lines_are_forwarded_to_tracing_and_cut_at_the_limit() {
     let events = capture.0.lock().clone();
     assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(field(&events[2], "message"), "no newline");
+}
+
+#[tokio::test]
+async fn a_reply_written_just_before_the_child_exits_is_delivered() {
+    // First run: echo exactly one 5-byte request frame (4 + 5 bytes), then exit 3.
+    let (builder, _dir) = once_then_cat("head -c 9; exit 3");
+    let port = builder.spawn().unwrap();
+    let reply = port.request(Bytes::from_static(b"hello")).await.unwrap();
+    assert_eq!(reply, Bytes::from_static(b"hello"));
+    eventually("restarted after the exit", || port.stats().restarts == 1).await;
+    assert_eq!(
+        port.request(Bytes::from_static(b"again")).await.unwrap(),
+        Bytes::from_static(b"again")
+    );
+    port.shutdown().await;
 }
