@@ -1,63 +1,8 @@
 //! Correlation of event batches, computed in an external process.
 //!
-//! [`Correlator`] runs the `foundation-correlator` binary behind a [`Port`]: a crash, a
-//! hang or a garbled answer of the correlator is an error for that one call, and the
-//! next call goes to a fresh correlator. [`correlate_events`] is the algorithm itself,
-//! which the binary runs (and which can be called in-process).
-//!
-//! # Grouping
-//! Only events of the batch are considered; ids outside it are ignored. Every group has
-//! at least two events, listed in **causal order**, defined over the whole batch:
-//! an event comes after its parent (when the parent is in the batch), and otherwise
-//! events are ordered by `(timestamp_us, id)`. (In a forged batch whose parent links
-//! form a cycle, the cycle is broken before its earliest event.)
-//!
-//! * [`GroupKind::Correlation`] — all events with the same correlation id, for every
-//!   correlation id that at least two events of the batch carry.
-//! * [`GroupKind::Chain`] — the parent chains: events linked by `parent_id` (in either
-//!   direction, transitively) form one tree; every tree of two or more events is a group,
-//!   its root (the event without a parent in the batch) first, parents before children.
-//!   Chains and correlation groups usually overlap; they answer different questions
-//!   (which flow, which causes).
-//! * [`GroupKind::TimeWindow`] — events close in time that share no correlation id: take
-//!   the events whose correlation id no other event of the batch carries, in time order;
-//!   the earliest starts a group, which takes every later such event at most
-//!   [`CorrelateOptions::window_us`] after it; the first event beyond that starts the next
-//!   group. So any two events of a time group are at most one window apart, and the
-//!   grouping is deterministic. Groups of one are dropped.
-//!
-//! Groups come in the order: correlation groups, chains, time groups; each kind ordered
-//! by its first event in causal order. The cost is O(n log n) in the batch size (hash
-//! maps, one sort, one heap pass); 10,000 events take milliseconds (see
-//! `benches/benches/port.rs`).
-//!
-//! # Wire protocol
-//! One request frame holds a MessagePack [`CorrelateRequest`] (a map with `events` and
-//! `options`); the reply frame holds a [`CorrelateReply`]: the groups, or an error
-//! message when the request could not be decoded.
-//!
-//! # Example
-//! ```
-//! use foundation_core::events::{correlate_events, CorrelateOptions, Event, GroupKind};
-//!
-//! let order = Event::new("user", &"order")?;
-//! let paid = Event::new("user", &"paid")?.caused_by(&order);
-//! let stray = Event::new("system", &"gc")?;
-//! let groups = correlate_events(&[paid.clone(), stray, order.clone()], &CorrelateOptions::default());
-//! assert_eq!(groups[0].kind, GroupKind::Correlation(order.correlation_id));
-//! assert_eq!(groups[0].events, vec![order.id, paid.id]); // parent first
-//! assert_eq!(groups[1].kind, GroupKind::Chain { root: order.id });
-//! # Ok::<(), foundation_core::Error>(())
-//! ```
-//! With the binary built, the same through the correlator process:
-//! ```no_run
-//! # use foundation_core::events::{Correlator, Event};
-//! # #[tokio::main] async fn main() -> foundation_core::Result<()> {
-//! let correlator = Correlator::spawn_next_to_current_exe()?;
-//! let batch = vec![Event::new("user", &1)?, Event::new("user", &2)?];
-//! let groups = correlator.correlate(&batch).await?;
-//! # Ok(()) }
-//! ```
+//! [`Correlator`] runs the `foundation-correlator` binary behind a [`Port`];
+//! [`correlate_events`] is the algorithm itself, which the binary runs. The grouping is
+//! defined on [`correlate_events`], the wire protocol on [`Correlator`].
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -74,7 +19,7 @@ use crate::port::{Port, PortBuilder};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CorrelateOptions {
-    /// Width of a time-window group, in microseconds (see the [module docs](self)).
+    /// Width of a time-window group, in microseconds (see [`correlate_events`]).
     /// Default 100,000 (100 ms).
     pub window_us: u64,
 }
@@ -141,7 +86,47 @@ pub enum CorrelateReply {
     Error(String),
 }
 
-/// Groups `events` as the [module docs](self) define. O(n log n).
+/// Groups `events`: by correlation id, by parent chain and by time window.
+///
+/// # Grouping
+/// Only events of the batch are considered; ids outside it are ignored. Every group has
+/// at least two events, listed in **causal order**, defined over the whole batch:
+/// an event comes after its parent (when the parent is in the batch), and otherwise
+/// events are ordered by `(timestamp_us, id)`. (In a forged batch whose parent links
+/// form a cycle, the cycle is broken before its earliest event.)
+///
+/// * [`GroupKind::Correlation`] — all events with the same correlation id, for every
+///   correlation id that at least two events of the batch carry.
+/// * [`GroupKind::Chain`] — the parent chains: events linked by `parent_id` (in either
+///   direction, transitively) form one tree; every tree of two or more events is a group,
+///   its root (the event without a parent in the batch) first, parents before children.
+///   Chains and correlation groups usually overlap; they answer different questions
+///   (which flow, which causes).
+/// * [`GroupKind::TimeWindow`] — events close in time that share no correlation id: take
+///   the events whose correlation id no other event of the batch carries, in time order;
+///   the earliest starts a group, which takes every later such event at most
+///   [`CorrelateOptions::window_us`] after it; the first event beyond that starts the next
+///   group. So any two events of a time group are at most one window apart, and the
+///   grouping is deterministic. Groups of one are dropped.
+///
+/// Groups come in the order: correlation groups, chains, time groups; each kind ordered
+/// by its first event in causal order. The cost is O(n log n) in the batch size (hash
+/// maps, one sort, one heap pass); 10,000 events take milliseconds (see
+/// `benches/benches/port.rs`).
+///
+/// # Example
+/// ```
+/// use foundation_core::events::{correlate_events, CorrelateOptions, Event, GroupKind};
+///
+/// let order = Event::new("user", &"order")?;
+/// let paid = Event::new("user", &"paid")?.caused_by(&order);
+/// let stray = Event::new("system", &"gc")?;
+/// let groups = correlate_events(&[paid.clone(), stray, order.clone()], &CorrelateOptions::default());
+/// assert_eq!(groups[0].kind, GroupKind::Correlation(order.correlation_id));
+/// assert_eq!(groups[0].events, vec![order.id, paid.id]); // parent first
+/// assert_eq!(groups[1].kind, GroupKind::Chain { root: order.id });
+/// # Ok::<(), foundation_core::Error>(())
+/// ```
 pub fn correlate_events(events: &[Event], options: &CorrelateOptions) -> Vec<CorrelationGroup> {
     let n = events.len();
     if n < 2 {
@@ -329,6 +314,22 @@ impl Dsu {
 /// name events not in the batch) makes that call fail — with [`Error::PortExited`],
 /// [`Error::Timeout`] or [`Error::Correlation`] — and is restarted; the next call goes to
 /// the new process. Dropping the last clone shuts the port down (see [`Port`]).
+///
+/// # Wire protocol
+/// One request frame holds a MessagePack [`CorrelateRequest`] (a map with `events` and
+/// `options`); the reply frame holds a [`CorrelateReply`]: the groups, or an error
+/// message when the request could not be decoded.
+///
+/// # Example
+/// With the binary built, correlate through the correlator process:
+/// ```no_run
+/// # use foundation_core::events::{Correlator, Event};
+/// # #[tokio::main] async fn main() -> foundation_core::Result<()> {
+/// let correlator = Correlator::spawn_next_to_current_exe()?;
+/// let batch = vec![Event::new("user", &1)?, Event::new("user", &2)?];
+/// let groups = correlator.correlate(&batch).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Correlator {
     port: Port,
