@@ -481,3 +481,65 @@ async fn a_reply_written_just_before_the_child_exits_is_delivered() {
     );
     port.shutdown().await;
 }
+
+#[test]
+fn requests_rejections_restarts_and_stderr_are_counted_in_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use std::collections::BTreeMap;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // The port registers its handles when spawned, so spawning under the local recorder
+    // binds them to it.
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (builder, _dir) = once_then_cat("echo oops >&2; head -c 4 >/dev/null; exit 3");
+            let port = builder.name("m").max_frame(8).spawn().unwrap();
+            assert!(port.request(Bytes::from_static(b"x")).await.is_err()); // crash
+            assert!(port.request(Bytes::from(vec![0u8; 9])).await.is_err()); // too large
+            port.request(Bytes::from_static(b"ok")).await.unwrap();
+            port.request(Bytes::from_static(b"ok")).await.unwrap();
+            port.shutdown().await;
+        });
+    });
+    let mut seen = BTreeMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let labels: Vec<String> = key
+            .key()
+            .labels()
+            .filter(|l| l.key() != "port")
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let v = match value {
+            DebugValue::Counter(c) => c as f64,
+            DebugValue::Gauge(g) => g.into_inner(),
+            DebugValue::Histogram(h) => h.len() as f64,
+        };
+        seen.insert(format!("{}{{{}}}", key.key().name(), labels.join(",")), v);
+    }
+    let get = |k: &str| seen.get(k).copied().unwrap_or(-1.0);
+    assert_eq!(
+        get("foundation_port_requests_total{result=ok}"),
+        2.0,
+        "{seen:?}"
+    );
+    assert_eq!(
+        get("foundation_port_requests_total{result=child_exited}"),
+        1.0
+    );
+    assert_eq!(
+        get("foundation_port_requests_total{result=frame_too_large}"),
+        1.0
+    );
+    assert_eq!(
+        get("foundation_port_frames_rejected_total{reason=request_too_large}"),
+        1.0
+    );
+    assert_eq!(get("foundation_port_restarts_total{}"), 1.0);
+    assert_eq!(get("foundation_port_stderr_lines_total{}"), 1.0);
+    assert_eq!(get("foundation_port_request_seconds{}"), 4.0);
+    assert_eq!(get("foundation_port_inflight{}"), 0.0);
+}
