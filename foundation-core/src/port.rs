@@ -1069,6 +1069,9 @@ enum ReadError {
     Io(std::io::Error),
 }
 
+/// Smallest read into the frame buffer: enough for many small frames per syscall.
+const READ_CHUNK: usize = 8 * 1024;
+
 /// Reads 4-byte big-endian length-prefixed frames.
 ///
 /// Cancel safe: the only await is `read_buf`, which appends to the buffer only when it
@@ -1083,7 +1086,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn new(inner: R, max: usize) -> Self {
         FrameReader {
             inner,
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::with_capacity(READ_CHUNK),
             max,
         }
     }
@@ -1100,9 +1103,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     self.buf.advance(4);
                     return Ok(Some(self.buf.split_to(len).freeze()));
                 }
-                self.buf.reserve(4 + len - self.buf.len());
+                self.buf.reserve((4 + len - self.buf.len()).max(READ_CHUNK));
             } else {
-                self.buf.reserve(4);
+                self.buf.reserve(READ_CHUNK);
             }
             let n = self
                 .inner
