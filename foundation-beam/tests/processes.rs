@@ -35,7 +35,7 @@ impl Process for Recorder {
             Msg::Panic(m) => panic!("{m}"),
             Msg::Stop => ctx.stop(ExitReason::Failed("asked to".into())),
             Msg::Get(r) => r.send(self.0.clone()),
-            Msg::Ignore(_) => {}
+            Msg::Ignore(reply) => drop(reply),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | range | area |
 //! |---|---|
 //! | 1000–1099 | configuration |
+//! | 1200–1299 | ports and event correlation |
 //! | 2000–2099 | service registry |
 //! | 3000–3099 | resilience (breaker, limiter, timeouts) |
 //! | 9000–9099 | general (shutdown, I/O, encoding) |
@@ -43,6 +44,24 @@ impl std::fmt::Display for Limit {
             Limit::ValueSize => "value size",
             Limit::NestingDepth => "nesting depth",
             Limit::KeyCount => "key count",
+        })
+    }
+}
+
+/// Which way a frame was going through a [`crate::port::Port`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameDirection {
+    /// A request, from this process to the child.
+    ToChild,
+    /// A reply, from the child to this process.
+    FromChild,
+}
+
+impl std::fmt::Display for FrameDirection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FrameDirection::ToChild => "request",
+            FrameDirection::FromChild => "reply",
         })
     }
 }
@@ -167,6 +186,62 @@ pub enum Error {
         version: u64,
     },
 
+    // ---- ports and correlation (1200..) ----
+    /// A frame is larger than the port's `max_frame`. For a request (`direction`
+    /// [`FrameDirection::ToChild`]) nothing was sent; for a reply the child was killed and
+    /// is restarted.
+    #[error("port `{port}`: {direction} frame of {size} bytes exceeds the limit of {max}")]
+    FrameTooLarge {
+        /// The port's name.
+        port: String,
+        /// Which way the frame was going.
+        direction: FrameDirection,
+        /// The frame's length (as declared by its header, for a reply).
+        size: usize,
+        /// The port's `max_frame`.
+        max: usize,
+    },
+    /// The child broke the framing protocol (a truncated frame, or a reply when no request
+    /// was outstanding). The child was killed and is restarted.
+    #[error("port `{port}`: protocol violation: {reason}")]
+    PortProtocol {
+        /// The port's name.
+        port: String,
+        /// What the child did.
+        reason: String,
+    },
+    /// The child exited or was killed while the request was outstanding. The port restarts
+    /// it; the request may or may not have been processed.
+    #[error("port `{port}`: child stopped with the request outstanding: {reason}")]
+    PortExited {
+        /// The port's name.
+        port: String,
+        /// How it stopped (exit status, signal, or why it was killed).
+        reason: String,
+    },
+    /// The child is being restarted and will not be running before the request's deadline.
+    #[error("port `{port}` is restarting; retry in {retry_after:?}")]
+    PortRestarting {
+        /// The port's name.
+        port: String,
+        /// Time until the next start attempt.
+        retry_after: Duration,
+    },
+    /// The child failed more often than the restart policy allows; the port is stopped.
+    #[error("port `{port}` gave up after {restarts} restarts without a healthy period")]
+    PortGaveUp {
+        /// The port's name.
+        port: String,
+        /// Consecutive restarts made before giving up.
+        restarts: u32,
+    },
+    /// The correlator answered with an error, or with a reply that could not be decoded.
+    #[error("correlation failed: {reason}")]
+    Correlation {
+        /// What went wrong.
+        reason: String,
+    },
+
     // ---- registry (2000..) ----
     /// A service with this name is already registered.
     #[error("service `{name}` is already registered")]
@@ -280,6 +355,12 @@ impl Error {
             Error::LimitExceeded { .. } => 1009,
             Error::Source { .. } => 1010,
             Error::VersionNotFound { .. } => 1011,
+            Error::FrameTooLarge { .. } => 1200,
+            Error::PortProtocol { .. } => 1201,
+            Error::PortExited { .. } => 1202,
+            Error::PortRestarting { .. } => 1203,
+            Error::PortGaveUp { .. } => 1204,
+            Error::Correlation { .. } => 1210,
             Error::AlreadyRegistered { .. } => 2000,
             Error::ServiceNotFound { .. } => 2001,
             Error::Unhealthy { .. } => 2002,
@@ -303,6 +384,9 @@ impl Error {
             Error::Timeout { .. }
             | Error::CircuitOpen { .. }
             | Error::RateLimited { .. }
+            | Error::PortProtocol { .. }
+            | Error::PortExited { .. }
+            | Error::PortRestarting { .. }
             | Error::Unhealthy { .. }
             | Error::ServiceNotFound { .. } => true,
             Error::Io { source, .. } => matches!(
@@ -340,9 +424,9 @@ impl Error {
         }
         let exp = capped_exponential(RETRY_BASE, RETRY_CAP, attempt);
         let floor = match self {
-            Error::RateLimited { retry_after, .. } | Error::CircuitOpen { retry_after, .. } => {
-                *retry_after
-            }
+            Error::RateLimited { retry_after, .. }
+            | Error::CircuitOpen { retry_after, .. }
+            | Error::PortRestarting { retry_after, .. } => *retry_after,
             _ => Duration::ZERO,
         };
         Some(exp.max(floor))
@@ -417,6 +501,31 @@ mod tests {
                 namespace: String::new(),
                 path: String::new(),
                 version: 1,
+            },
+            Error::FrameTooLarge {
+                port: String::new(),
+                direction: FrameDirection::ToChild,
+                size: 2,
+                max: 1,
+            },
+            Error::PortProtocol {
+                port: String::new(),
+                reason: String::new(),
+            },
+            Error::PortExited {
+                port: String::new(),
+                reason: String::new(),
+            },
+            Error::PortRestarting {
+                port: String::new(),
+                retry_after: Duration::ZERO,
+            },
+            Error::PortGaveUp {
+                port: String::new(),
+                restarts: 1,
+            },
+            Error::Correlation {
+                reason: String::new(),
             },
             Error::AlreadyRegistered {
                 name: String::new(),

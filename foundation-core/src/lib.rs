@@ -14,9 +14,16 @@
 //!   checks, and entries that disappear when their service stops.
 //! * [`resilience`] — circuit breaker, keyed rate limiter, retry with backoff and jitter,
 //!   and `execute_protected` that combines them.
-//! * [`events`] — typed events with ids, timestamps, correlation and causality.
 //! * [`telemetry`] — a per-thread sharded metrics recorder, a Prometheus endpoint and
 //!   runtime metrics.
+//! * [`events`] — typed events with correlation and causality, and their correlation in
+//!   an external process.
+//! * [`port`] — an external program spoken to with 4-byte length-prefixed frames,
+//!   restarted when it fails.
+//!
+//! # Binaries
+//! * `foundation-correlator` — the event correlator run behind a [`port::Port`] by
+//!   [`events::Correlator`].
 //!
 //! # Feature flags
 //! * `assumptions` — compiles the heavy assumption tests
@@ -27,8 +34,9 @@ pub mod budget;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod port;
 pub mod registry;
 pub mod resilience;
 pub mod telemetry;
 
-pub use error::{Error, Limit, Result};
+pub use error::{Error, FrameDirection, Limit, Result};

@@ -102,6 +102,7 @@ impl std::fmt::Debug for Telemetry {
 pub fn describe_foundation_metrics() {
     crate::config::describe_metrics();
     crate::registry::describe_metrics();
+    crate::port::describe_metrics();
     crate::resilience::describe_metrics();
     runtime::describe_metrics();
 }
