@@ -223,6 +223,7 @@ impl Stream {
             urgent: urgent_rx,
             normal: normal_rx,
             workers: lanes,
+            parked: None,
             cancel,
         };
         tasks.insert(0, runtime.spawn(dispatcher.run()));
@@ -282,6 +283,8 @@ struct Dispatcher {
     urgent: mpsc::Receiver<Event>,
     normal: mpsc::Receiver<Event>,
     workers: Vec<WorkerLanes>,
+    /// A normal event waiting for room in its worker's full normal lane.
+    parked: Option<(usize, Event)>,
     cancel: CancellationToken,
 }
 
@@ -302,10 +305,8 @@ impl Dispatcher {
     }
 
     async fn run(mut self) {
-        // A normal event waiting for room in its worker's full normal lane.
-        let mut parked: Option<(usize, Event)> = None;
         loop {
-            let parked_worker = parked.as_ref().map(|(w, _)| *w);
+            let parked_worker = self.parked.as_ref().map(|(w, _)| *w);
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => break,
@@ -327,8 +328,8 @@ impl Dispatcher {
                         }
                     }
                 }
-                permit = reserve_normal(&self.workers, parked_worker), if parked.is_some() => {
-                    let (_, e) = parked.take().expect("parked event");
+                permit = reserve_normal(&self.workers, parked_worker), if parked_worker.is_some() => {
+                    let (_, e) = self.parked.take().expect("parked event");
                     match permit {
                         Ok(permit) => permit.send(e),
                         Err(()) => {
@@ -337,12 +338,12 @@ impl Dispatcher {
                         }
                     }
                 }
-                Some(e) = self.normal.recv(), if parked.is_none() => {
+                Some(e) = self.normal.recv(), if parked_worker.is_none() => {
                     let w = self.worker_for(&e);
                     self.at_worker(Priority::Normal);
                     match self.workers[w].normal.try_send(e) {
                         Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(e)) => parked = Some((w, e)),
+                        Err(mpsc::error::TrySendError::Full(e)) => self.parked = Some((w, e)),
                         Err(mpsc::error::TrySendError::Closed(e)) => {
                             self.lost(Priority::Normal, e);
                             break;
@@ -352,22 +353,7 @@ impl Dispatcher {
                 else => break,
             }
         }
-        // Shutdown: take no more; everything still in the inbox is dropped and counted.
-        if let Some((_, e)) = parked {
-            self.lost(Priority::Normal, e);
-        }
-        self.urgent.close();
-        self.normal.close();
-        while let Ok(e) = self.urgent.try_recv() {
-            self.shared.metrics.dequeued(Priority::Urgent);
-            self.shared.metrics.dropped(DropReason::Shutdown, 1);
-            drop(e);
-        }
-        while let Ok(e) = self.normal.try_recv() {
-            self.shared.metrics.dequeued(Priority::Normal);
-            self.shared.metrics.dropped(DropReason::Shutdown, 1);
-            drop(e);
-        }
+        // Dropping `self` discards and counts what is left (see `Drop`).
     }
 
     /// An event that had reached the worker stage but could not be handed over.
@@ -378,6 +364,28 @@ impl Dispatcher {
         self.shared.metrics.dequeued(p);
         self.shared.metrics.dropped(DropReason::Shutdown, 1);
         drop(e);
+    }
+}
+
+impl Drop for Dispatcher {
+    /// Runs when the task ends or is aborted: everything still queued is dropped and
+    /// counted.
+    fn drop(&mut self) {
+        if let Some((_, e)) = self.parked.take() {
+            self.lost(Priority::Normal, e);
+        }
+        self.urgent.close();
+        self.normal.close();
+        let m = &self.shared.metrics;
+        for (p, rx) in [
+            (Priority::Urgent, &mut self.urgent),
+            (Priority::Normal, &mut self.normal),
+        ] {
+            while rx.try_recv().is_ok() {
+                m.dequeued(p);
+                m.dropped(DropReason::Shutdown, 1);
+            }
+        }
     }
 }
 
@@ -429,18 +437,26 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+impl Drop for Worker {
+    /// Runs when the task ends or is aborted: events left in the worker's lanes are
+    /// dropped and counted.
+    fn drop(&mut self) {
         self.urgent.close();
         self.normal.close();
+        let m = &self.shared.metrics;
         for (p, rx) in [
             (Priority::Urgent, &mut self.urgent),
             (Priority::Normal, &mut self.normal),
         ] {
             while rx.try_recv().is_ok() {
-                self.shared.metrics.lanes[lane_index(p)]
+                m.lanes[lane_index(p)]
                     .at_workers
                     .fetch_sub(1, Ordering::Relaxed);
-                self.shared.metrics.dequeued(p);
-                self.shared.metrics.dropped(DropReason::Shutdown, 1);
+                m.dequeued(p);
+                m.dropped(DropReason::Shutdown, 1);
             }
         }
     }
