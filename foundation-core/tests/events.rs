@@ -406,7 +406,7 @@ async fn shutdown_round(round: usize) {
     let mut emitters = Vec::new();
     for (i, t) in ["user", "custom", "error", "system"].into_iter().enumerate() {
         let events = events.clone();
-        emitters.push(tokio::spawn(async move {
+        emitters.push((t, tokio::spawn(async move {
             let mut n = 0u64;
             loop {
                 let e = Event::new(t, &n).unwrap();
@@ -417,7 +417,7 @@ async fn shutdown_round(round: usize) {
                     Err(other) => panic!("unexpected {other}"),
                 }
             }
-        }));
+        })));
     }
     until(|| handled.load(Ordering::SeqCst) >= 50).await;
     if round % 2 == 0 {
@@ -426,8 +426,11 @@ async fn shutdown_round(round: usize) {
     events.shutdown().await;
     after_shutdown.store(true, Ordering::SeqCst);
     let handled_at_shutdown = handled.load(Ordering::SeqCst);
-    for e in emitters {
-        assert!(e.await.unwrap() > 0);
+    let by_type = events.store().stats().by_type;
+    for (t, e) in emitters {
+        // Every acknowledged emit was stored; nothing else was.
+        let n = e.await.unwrap();
+        assert_eq!(by_type.get(t).copied().unwrap_or(0) as u64, n, "{t}");
     }
     for _ in 0..2_000 {
         tokio::task::yield_now().await;

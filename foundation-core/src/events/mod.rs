@@ -178,6 +178,11 @@ struct EventsInner {
     /// Subscriptions without a type condition: attached to every stream, present and future.
     wildcard: Mutex<Vec<Arc<Subscriber>>>,
     next_subscription: AtomicU64,
+    /// Whether emits are accepted. An emit holds the read lock from its final check until
+    /// its event is in the lane; shutdown closes intake under the write lock before it
+    /// stops the tasks, so no acknowledged event can be queued after a dispatcher drained
+    /// its lanes.
+    intake: RwLock<bool>,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shutdown_lock: tokio::sync::Mutex<()>,
@@ -249,6 +254,7 @@ impl Events {
                 streams: RwLock::new(HashMap::new()),
                 wildcard: Mutex::new(Vec::new()),
                 next_subscription: AtomicU64::new(1),
+                intake: RwLock::new(true),
                 cancel: CancellationToken::new(),
                 tasks: Mutex::new(Vec::new()),
                 shutdown_lock: tokio::sync::Mutex::new(()),
@@ -391,7 +397,8 @@ impl Events {
         permit: tokio::sync::mpsc::Permit<'_, Event>,
         event: Event,
     ) -> std::result::Result<EventId, (Error, Event)> {
-        if self.inner.cancel.is_cancelled() {
+        let open = self.inner.intake.read();
+        if !*open {
             stream.shared.metrics.dropped(DropReason::Shutdown, 1);
             return Err((Self::shut_down(), event));
         }
@@ -403,6 +410,7 @@ impl Events {
         m.emitted.increment(1);
         m.enqueued(event.priority);
         permit.send(event);
+        drop(open);
         Ok(id)
     }
 
@@ -464,6 +472,8 @@ impl Events {
     /// start. Calling it again (or concurrently) waits for the first call to finish.
     pub async fn shutdown(&self) {
         let _one_at_a_time = self.inner.shutdown_lock.lock().await;
+        // Close intake first and wait out emits in progress, then stop the tasks.
+        *self.inner.intake.write() = false;
         self.inner.cancel.cancel();
         // Wait out any stream creation in progress (it checks `cancel` under this lock).
         drop(self.inner.streams.write());
