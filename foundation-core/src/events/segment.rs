@@ -102,7 +102,8 @@ pub(crate) struct Log {
     segment_bytes: u64,
     max_record: u32,
     fsync: FsyncPolicy,
-    /// Ids of all segment files, ascending; the last is the active one.
+    /// Ids of the segment files in use, ascending; the last is the active one. A file with
+    /// a bad header is not listed, so it is never written to or deleted.
     segments: Vec<u64>,
     active: File,
     active_len: u64,
@@ -242,7 +243,6 @@ impl Log {
             File::open(&path)
                 .and_then(|mut f| f.read_to_end(&mut data))
                 .map_err(io(format!("reading {}", path.display())))?;
-            segments.push(id);
             let is_last = i + 1 == ids.len();
             last_usable = false;
             if data.len() < HEADER_LEN as usize {
@@ -264,6 +264,7 @@ impl Log {
                 f.write_all(&header())
                     .and_then(|()| f.sync_data())
                     .map_err(io(format!("rewriting {}", path.display())))?;
+                segments.push(id);
                 last_usable = true;
                 continue;
             }
@@ -294,6 +295,7 @@ impl Log {
                     .map_err(io(format!("truncating {}", path.display())))?;
             }
             restored.extend(events.into_iter().map(|e| (id, e)));
+            segments.push(id);
             last_usable = true;
         }
         let (active, active_len) = match segments.last().copied() {
@@ -309,8 +311,9 @@ impl Log {
                     .len();
                 (f, len)
             }
-            last => {
-                let id = last.map_or(0, |id| id + 1);
+            _ => {
+                // After every file present, including a skipped one with a bad header.
+                let id = ids.last().map_or(0, |id| id + 1);
                 segments.push(id);
                 (new_segment(dir, id, opts.fsync)?, HEADER_LEN)
             }
