@@ -478,7 +478,7 @@ impl EventStore {
     /// The event with this id, if held.
     pub fn get(&self, id: EventId) -> Option<Event> {
         let s = self.inner.state.lock();
-        // Store order is id order for events from this process; search, then fall back.
+        // A linear scan from the newest end: recent events are the ones usually asked for.
         s.mem
             .entries
             .iter()
