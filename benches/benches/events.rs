@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use foundation_core::events::{
-    CorrelationId, Event, EventStore, Events, EventsSettings, Filter, StoreOptions,
-    StreamSettings,
+    CorrelationId, Event, EventStore, Events, EventsSettings, Filter, StoreOptions, StreamSettings,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
@@ -158,6 +157,7 @@ fn flooded(rt: &tokio::runtime::Runtime) -> (Events, mpsc::UnboundedReceiver<Dur
             workers: 4,
             inbox_capacity: 1024,
             worker_capacity: 64,
+            ..StreamSettings::default()
         },
         ..EventsSettings::default()
     };

@@ -87,7 +87,10 @@ async fn retention_by_count_keeps_the_newest() {
     for n in 0..25 {
         store.append(&ev("user", n)).unwrap();
     }
-    assert_eq!(ids(&store.query(&Query::new())), (15..25).collect::<Vec<_>>());
+    assert_eq!(
+        ids(&store.query(&Query::new())),
+        (15..25).collect::<Vec<_>>()
+    );
     let s = store.stats();
     assert_eq!((s.stored, s.appended_total, s.pruned_total), (10, 25, 15));
 }
@@ -167,16 +170,25 @@ fn queries_by_type_time_correlation_with_limit_offset_and_order() {
     assert_eq!(q(Query::new().event_type("user")), vec![0, 3, 6, 9]);
     assert_eq!(q(Query::new().event_type("nothing")), Vec::<u32>::new());
     assert_eq!(q(Query::new().correlation(a)), vec![0, 2, 4, 6, 8, 10]);
-    assert_eq!(q(Query::new().correlation(CorrelationId::new())), Vec::<u32>::new());
+    assert_eq!(
+        q(Query::new().correlation(CorrelationId::new())),
+        Vec::<u32>::new()
+    );
     // [3000, 7000) holds events 2..=5.
-    assert_eq!(q(Query::new().between(us(3000), us(7000))), vec![2, 3, 4, 5]);
+    assert_eq!(
+        q(Query::new().between(us(3000), us(7000))),
+        vec![2, 3, 4, 5]
+    );
     assert_eq!(q(Query::new().since(us(11_000))), vec![10, 11]);
     assert_eq!(q(Query::new().until(us(2000))), vec![0]);
     // Limit, offset and order.
     assert_eq!(q(Query::new().limit(3)), vec![0, 1, 2]);
     assert_eq!(q(Query::new().offset(10)), vec![10, 11]);
     assert_eq!(q(Query::new().offset(4).limit(2)), vec![4, 5]);
-    assert_eq!(q(Query::new().order(Order::Descending).limit(3)), vec![11, 10, 9]);
+    assert_eq!(
+        q(Query::new().order(Order::Descending).limit(3)),
+        vec![11, 10, 9]
+    );
     assert_eq!(
         q(Query::new().order(Order::Descending).offset(1).limit(2)),
         vec![10, 9]
@@ -184,7 +196,10 @@ fn queries_by_type_time_correlation_with_limit_offset_and_order() {
     assert_eq!(q(Query::new().offset(50)), Vec::<u32>::new());
     assert_eq!(q(Query::new().limit(0)), Vec::<u32>::new());
     // Combinations.
-    assert_eq!(q(Query::new().event_type("user").correlation(b)), vec![3, 9]);
+    assert_eq!(
+        q(Query::new().event_type("user").correlation(b)),
+        vec![3, 9]
+    );
     assert_eq!(
         q(Query::new()
             .correlation(a)
@@ -215,7 +230,7 @@ fn chain_returns_the_flow_in_causal_order() {
     let a1 = at(ev("error", 3).caused_by(&a), 250); // earlier clock than its parent
     let b1 = at(ev("user", 4).caused_by(&b), 400);
     let other = at(ev("user", 5), 150); // another flow
-    // Stored out of causal order.
+                                        // Stored out of causal order.
     for e in [&b1, &a1, &other, &a, &b, &root] {
         store.append(e).unwrap();
     }
@@ -292,9 +307,7 @@ fn segments_roll_at_the_size_and_pruned_segments_are_deleted() {
     }
     let files = segments(dir.path());
     assert!(files.len() >= 3, "{} segments", files.len());
-    assert!(files[..files.len() - 1]
-        .iter()
-        .all(|f| file_len(f) <= 1024));
+    assert!(files[..files.len() - 1].iter().all(|f| file_len(f) <= 1024));
     assert_eq!(store.stats().segments, files.len());
     for n in 30..200 {
         store.append(&ev("user", n)).unwrap();
@@ -313,8 +326,14 @@ fn segments_roll_at_the_size_and_pruned_segments_are_deleted() {
     drop(store);
     let (store, report) = EventStore::open(dir.path(), opts).unwrap();
     assert!(report.is_clean());
-    assert_eq!(ids(&store.query(&Query::new())), (160..200).collect::<Vec<_>>());
-    assert!(report.pruned_on_open < 40, "only events of partly pruned segments");
+    assert_eq!(
+        ids(&store.query(&Query::new())),
+        (160..200).collect::<Vec<_>>()
+    );
+    assert!(
+        report.pruned_on_open < 40,
+        "only events of partly pruned segments"
+    );
 }
 
 #[test]
@@ -509,7 +528,11 @@ fn damaged_segment_headers_are_reported() {
     store.append(&ev("user", 2)).unwrap();
     drop(store);
     let (store, report) = EventStore::open(dir.path(), durable(FsyncPolicy::Never)).unwrap();
-    assert_eq!(report.problems.len(), 1, "the foreign header stays reported");
+    assert_eq!(
+        report.problems.len(),
+        1,
+        "the foreign header stays reported"
+    );
     assert_eq!(ids(&store.query(&Query::new())), vec![2]);
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use foundation_core::events::{
     CorrelationId, Event, EventId, EventStore, Events, EventsSettings, Filter, StoreOptions,
-    StreamSettings, TryEmitError,
+    StreamOrder, StreamSettings, TryEmitError,
 };
 use foundation_core::Error;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -18,6 +18,7 @@ fn settings(workers: usize, inbox: usize, worker_capacity: usize) -> EventsSetti
             workers,
             inbox_capacity: inbox,
             worker_capacity,
+            ..StreamSettings::default()
         },
         ..EventsSettings::default()
     }
@@ -77,6 +78,72 @@ async fn events_of_one_flow_are_handled_in_emit_order() {
     let stats = events.stream_stats("orders").unwrap();
     assert_eq!(stats.dispatched_normal, (FLOWS * PER_FLOW as usize) as u64);
     assert_eq!((stats.queued_normal, stats.dropped), (0, 0));
+    events.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_is_definable_per_stream() {
+    let mut s = settings(4, 64, 8);
+    s.streams.insert(
+        "ledger".into(),
+        StreamSettings {
+            order: StreamOrder::Total,
+            ..s.stream.clone()
+        },
+    );
+    s.streams.insert(
+        "metrics".into(),
+        StreamSettings {
+            order: StreamOrder::Unordered,
+            ..s.stream.clone()
+        },
+    );
+    let events = service(s);
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, u32)>();
+    let _sub = events
+        .subscribe(
+            Filter::of_type("ledger").or_type("metrics"),
+            move |e: Event| {
+                let tx = tx.clone();
+                async move {
+                    let n = e.payload::<u32>().unwrap();
+                    if n % 3 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    tx.send((e.event_type.to_string(), n)).unwrap();
+                }
+            },
+        )
+        .unwrap();
+    // Every event in its own flow: only Total keeps them in order.
+    for n in 0..300u32 {
+        events
+            .emit(Event::new("ledger", &n).unwrap())
+            .await
+            .unwrap();
+        events
+            .emit(Event::new("metrics", &n).unwrap())
+            .await
+            .unwrap();
+    }
+    let (mut ledger, mut metrics) = (Vec::new(), Vec::new());
+    for _ in 0..600 {
+        let (t, n) = rx.recv().await.unwrap();
+        if t == "ledger" {
+            ledger.push(n)
+        } else {
+            metrics.push(n)
+        }
+    }
+    assert_eq!(ledger, (0..300).collect::<Vec<_>>(), "total order");
+    assert_eq!(events.stream_stats("ledger").unwrap().workers, 1);
+    assert_eq!(events.stream_stats("metrics").unwrap().workers, 4);
+    metrics.sort_unstable();
+    assert_eq!(
+        metrics,
+        (0..300).collect::<Vec<_>>(),
+        "unordered: all handled once"
+    );
     events.shutdown().await;
 }
 
@@ -289,10 +356,18 @@ async fn try_emit_hands_the_event_back_when_the_lane_is_full_and_counts_it() {
     };
     // In the handler (1) + worker lane (1) + parked (1) + inbox (2).
     assert_eq!(accepted, 5);
-    assert_eq!(rejected.payload::<i32>().unwrap(), 5, "the same event comes back");
+    assert_eq!(
+        rejected.payload::<i32>().unwrap(),
+        5,
+        "the same event comes back"
+    );
     assert_eq!(events.store().len(), 5, "a refused event is not stored");
     let stats = events.stream_stats("user").unwrap();
-    assert_eq!((stats.dropped, stats.queued_normal), (1, 4), "one is in the handler");
+    assert_eq!(
+        (stats.dropped, stats.queued_normal),
+        (1, 4),
+        "one is in the handler"
+    );
     gate.add_permits(5);
     until(|| handled.load(Ordering::SeqCst) == 5).await;
     events.shutdown().await;
@@ -312,10 +387,7 @@ async fn emit_waits_for_room_instead_of_dropping() {
         })
         .unwrap();
     for i in 0..500u32 {
-        events
-            .emit(Event::new("user", &i).unwrap())
-            .await
-            .unwrap();
+        events.emit(Event::new("user", &i).unwrap()).await.unwrap();
     }
     let mut got = Vec::new();
     for _ in 0..500 {
@@ -354,10 +426,7 @@ async fn a_panicking_handler_is_counted_and_the_stream_goes_on() {
         })
         .unwrap();
     for i in 0..20u32 {
-        events
-            .emit(Event::new("user", &i).unwrap())
-            .await
-            .unwrap();
+        events.emit(Event::new("user", &i).unwrap()).await.unwrap();
     }
     let mut got = Vec::new();
     for _ in 0..20 {
@@ -404,20 +473,30 @@ async fn shutdown_round(round: usize) {
         );
     }
     let mut emitters = Vec::new();
-    for (i, t) in ["user", "custom", "error", "system"].into_iter().enumerate() {
+    for (i, t) in ["user", "custom", "error", "system"]
+        .into_iter()
+        .enumerate()
+    {
         let events = events.clone();
-        emitters.push((t, tokio::spawn(async move {
-            let mut n = 0u64;
-            loop {
-                let e = Event::new(t, &n).unwrap();
-                let e = if (n + i as u64) % 5 == 0 { e.urgent() } else { e };
-                match events.emit(e).await {
-                    Ok(_) => n += 1,
-                    Err(Error::Shutdown { .. }) => return n,
-                    Err(other) => panic!("unexpected {other}"),
+        emitters.push((
+            t,
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                loop {
+                    let e = Event::new(t, &n).unwrap();
+                    let e = if (n + i as u64) % 5 == 0 {
+                        e.urgent()
+                    } else {
+                        e
+                    };
+                    match events.emit(e).await {
+                        Ok(_) => n += 1,
+                        Err(Error::Shutdown { .. }) => return n,
+                        Err(other) => panic!("unexpected {other}"),
+                    }
                 }
-            }
-        })));
+            }),
+        ));
     }
     until(|| handled.load(Ordering::SeqCst) >= 50).await;
     if round % 2 == 0 {
@@ -492,8 +571,15 @@ async fn shutdown_aborts_a_handler_that_outlives_the_timeout() {
     started_rx.await.unwrap();
     events.shutdown().await;
     tokio::time::advance(std::time::Duration::from_secs(7200)).await;
-    assert!(!finished.load(Ordering::SeqCst), "the aborted handler never resumed");
-    assert_eq!(events.stream_stats("user").unwrap().dropped, 1, "the queued one");
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "the aborted handler never resumed"
+    );
+    assert_eq!(
+        events.stream_stats("user").unwrap().dropped,
+        1,
+        "the queued one"
+    );
 }
 
 #[tokio::test]
@@ -533,7 +619,10 @@ async fn unsubscribe_waits_for_a_running_invocation_and_stops_further_ones() {
     detached.store(true, Ordering::SeqCst);
     let calls_at_detach = calls.load(Ordering::SeqCst);
     for i in 0..20 {
-        events.emit(Event::new("system", &i).unwrap()).await.unwrap();
+        events
+            .emit(Event::new("system", &i).unwrap())
+            .await
+            .unwrap();
     }
     for _ in 0..40 {
         rx.recv().await.unwrap();
@@ -675,12 +764,18 @@ fn stream_and_drop_metrics_are_recorded() {
                     }
                 })
                 .unwrap();
-            events.emit(Event::new("user", &0u32).unwrap()).await.unwrap();
+            events
+                .emit(Event::new("user", &0u32).unwrap())
+                .await
+                .unwrap();
             events
                 .emit(Event::new("user", &1u32).unwrap().urgent())
                 .await
                 .unwrap();
-            events.emit(Event::new("user", &2u32).unwrap()).await.unwrap();
+            events
+                .emit(Event::new("user", &2u32).unwrap())
+                .await
+                .unwrap();
             rx.recv().await.unwrap();
             rx.recv().await.unwrap();
             // Fill: the inbox holds one, the next is refused.
@@ -717,7 +812,10 @@ fn stream_and_drop_metrics_are_recorded() {
     assert!(full >= 1.0);
     assert_eq!(urgent, 1.0);
     assert_eq!(urgent + normal + at_shutdown, emitted);
-    assert_eq!(seen["foundation_events_handler_panics_total{type=user}"], 1.0);
+    assert_eq!(
+        seen["foundation_events_handler_panics_total{type=user}"],
+        1.0
+    );
     assert_eq!(
         seen["foundation_events_queue_depth{type=user,lane=normal}"],
         0.0

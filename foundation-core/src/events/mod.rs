@@ -11,13 +11,16 @@
 //!   lane; whenever an urgent event is queued it is taken before any normal one
 //!   ([`Event::urgent`]). A flooded normal lane does not hold up urgent events at the
 //!   dispatcher either (see D20 in `docs/DECISIONS.md`).
-//! * **Order.** Events of one type, one correlation id and one lane are handled in the
-//!   order they were queued by `emit`/`try_emit` — for a single emitting task, program
-//!   order — by every subscription, one at a time: the dispatcher sends all events of
-//!   one flow to the same worker (a hash of the correlation id), and a worker runs the
-//!   handlers for one event, in subscription order, before taking the next. Nothing is
-//!   promised across flows (they run in parallel on different workers), across types, or
-//!   between lanes (an urgent event overtakes normal events of its flow).
+//! * **Order** is chosen per stream ([`StreamSettings::order`]). By default
+//!   ([`StreamOrder::PerFlow`]) events of one type, one correlation id and one lane are
+//!   handled in the order they were queued by `emit`/`try_emit` — for a single emitting
+//!   task, program order — by every subscription, one at a time: the dispatcher sends all
+//!   events of one flow to the same worker (a hash of the correlation id), and a worker
+//!   runs the handlers for one event, in subscription order, before taking the next.
+//!   Nothing is promised across flows (they run in parallel on different workers), across
+//!   types, or between lanes (an urgent event overtakes normal events of its flow).
+//!   [`StreamOrder::Total`] extends the promise to every event of the stream and lane (one
+//!   worker); [`StreamOrder::Unordered`] drops it (workers in turn).
 //! * **Bounded queues.** [`Events::emit`] waits while the event's lane is full
 //!   (backpressure); [`Events::try_emit`] hands the event back in
 //!   [`TryEmitError::Full`]. Events still queued when the service shuts down are
@@ -96,7 +99,7 @@ mod subscribe;
 pub use event::{CorrelationId, Event, EventId, EventType, Priority};
 pub use segment::{Damage, DamageKind, OpenReport, Recovery};
 pub use store::{EventStore, FsyncPolicy, Order, Query, StoreOptions, StoreStats};
-pub use stream::{StreamSettings, StreamStats};
+pub use stream::{StreamOrder, StreamSettings, StreamStats};
 pub use subscribe::{Filter, Subscription};
 
 use std::collections::HashMap;
@@ -374,10 +377,12 @@ impl Events {
         };
         let reserved = stream.try_reserve(event.priority);
         let outcome = match reserved {
-            Ok(permit) => self.queue(&stream, permit, event).map_err(|(e, event)| match e {
-                Error::Shutdown { .. } => TryEmitError::Shutdown(event),
-                e => TryEmitError::Refused(event, e),
-            }),
+            Ok(permit) => self
+                .queue(&stream, permit, event)
+                .map_err(|(e, event)| match e {
+                    Error::Shutdown { .. } => TryEmitError::Shutdown(event),
+                    e => TryEmitError::Refused(event, e),
+                }),
             Err(full) => {
                 if full {
                     stream.shared.metrics.dropped(DropReason::Full, 1);

@@ -501,7 +501,11 @@ mod tests {
         data[HEADER_LEN as usize + 3] ^= 0x01; // low byte of the first record's length
         let (mut got, mut problems) = (Vec::new(), Vec::new());
         scan(Path::new("s"), &data, 1 << 20, &mut got, &mut problems);
-        assert_eq!(got, vec![evs[1].clone()], "resynchronised on the second record");
+        assert_eq!(
+            got,
+            vec![evs[1].clone()],
+            "resynchronised on the second record"
+        );
         assert_eq!(problems[0].action, Recovery::Skipped);
     }
 }

@@ -363,7 +363,9 @@ impl EventStore {
         let wall_now = SystemTime::now();
         let mut mem = Memory::default();
         for (segment, event) in restored {
-            let age = wall_now.duration_since(event.time()).unwrap_or(Duration::ZERO);
+            let age = wall_now
+                .duration_since(event.time())
+                .unwrap_or(Duration::ZERO);
             if options.max_age.is_some_and(|max| age > max) {
                 report.pruned_on_open += 1;
                 mem.pruned_total += 1;

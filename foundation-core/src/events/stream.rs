@@ -28,11 +28,27 @@ use tokio_util::sync::CancellationToken;
 use super::event::{Event, EventType, Priority};
 use super::subscribe::{Delivery, Subscriber};
 
+/// Which events of a stream are handled in the order they were queued.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StreamOrder {
+    /// Events with the same correlation id (and lane) are handled in queue order; flows
+    /// run in parallel on the workers (a hash of the correlation id picks the worker).
+    #[default]
+    PerFlow,
+    /// Every event of the stream (per lane) is handled in queue order, one at a time: the
+    /// stream runs a single worker whatever `workers` says.
+    Total,
+    /// No order: events go to the workers in turn, for the most parallelism.
+    Unordered,
+}
+
 /// Settings of one event stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StreamSettings {
-    /// Worker tasks that run handlers. Default 4.
+    /// Which events are handled in queue order. Default [`StreamOrder::PerFlow`].
+    pub order: StreamOrder,
+    /// Worker tasks that run handlers. Default 4 (1 under [`StreamOrder::Total`]).
     pub workers: usize,
     /// Events each inbox lane (urgent, normal) holds before `emit` waits. Default 1024.
     pub inbox_capacity: usize,
@@ -44,6 +60,7 @@ pub struct StreamSettings {
 impl Default for StreamSettings {
     fn default() -> Self {
         StreamSettings {
+            order: StreamOrder::PerFlow,
             workers: 4,
             inbox_capacity: 1024,
             worker_capacity: 64,
@@ -190,7 +207,10 @@ impl Stream {
         runtime: &tokio::runtime::Handle,
         cancel: CancellationToken,
     ) -> (Stream, Vec<JoinHandle<()>>) {
-        let workers = settings.workers.max(1);
+        let workers = match settings.order {
+            StreamOrder::Total => 1,
+            _ => settings.workers.max(1),
+        };
         let shared = Arc::new(StreamShared {
             metrics: StreamMetrics::new(event_type.as_str()),
             event_type,
@@ -223,6 +243,8 @@ impl Stream {
             urgent: urgent_rx,
             normal: normal_rx,
             workers: lanes,
+            order: settings.order,
+            next: AtomicU64::new(0),
             parked: None,
             cancel,
         };
@@ -283,19 +305,32 @@ struct Dispatcher {
     urgent: mpsc::Receiver<Event>,
     normal: mpsc::Receiver<Event>,
     workers: Vec<WorkerLanes>,
+    order: StreamOrder,
+    /// Next worker under [`StreamOrder::Unordered`] (an atomic only so that `worker_for`
+    /// can take `&self` inside `select!` arms).
+    next: AtomicU64,
     /// A normal event waiting for room in its worker's full normal lane.
     parked: Option<(usize, Event)>,
     cancel: CancellationToken,
 }
 
 impl Dispatcher {
-    /// The worker for an event: all events of one flow go to the same worker.
+    /// The worker for an event. Under `PerFlow` all events of one flow go to the same
+    /// worker, which is what keeps them in order.
     fn worker_for(&self, e: &Event) -> usize {
-        if self.workers.len() == 1 {
+        let n = self.workers.len();
+        if n == 1 {
             return 0;
         }
-        let h = foldhash::fast::FixedState::with_seed(0x5eed).hash_one(e.correlation_id);
-        (h % self.workers.len() as u64) as usize
+        match self.order {
+            StreamOrder::PerFlow | StreamOrder::Total => {
+                let h = foldhash::fast::FixedState::with_seed(0x5eed).hash_one(e.correlation_id);
+                (h % n as u64) as usize
+            }
+            StreamOrder::Unordered => {
+                (self.next.fetch_add(1, Ordering::Relaxed) % n as u64) as usize
+            }
+        }
     }
 
     fn at_worker(&self, p: Priority) {

@@ -135,14 +135,15 @@ impl Subscriber {
             match catch_unwind(AssertUnwindSafe(|| self.filter.matches(event))) {
                 Err(_) => Delivery::Panicked,
                 Ok(false) => Delivery::Skipped,
-                Ok(true) => match catch_unwind(AssertUnwindSafe(|| (self.handler)(event.clone())))
-                {
-                    Err(_) => Delivery::Panicked,
-                    Ok(fut) => match (CatchUnwind { fut }).await {
-                        Ok(()) => Delivery::Handled,
-                        Err(()) => Delivery::Panicked,
-                    },
-                },
+                Ok(true) => {
+                    match catch_unwind(AssertUnwindSafe(|| (self.handler)(event.clone()))) {
+                        Err(_) => Delivery::Panicked,
+                        Ok(fut) => match (CatchUnwind { fut }).await {
+                            Ok(()) => Delivery::Handled,
+                            Err(()) => Delivery::Panicked,
+                        },
+                    }
+                }
             }
         };
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
