@@ -369,33 +369,43 @@ impl Events {
 
     /// Like [`emit`](Self::emit) but never waits: a full lane hands the event back in
     /// [`TryEmitError::Full`].
+    // The error hands the event back by value, as tokio's `TrySendError<T>` does; boxing
+    // it would allocate on exactly the path that is under pressure.
+    #[allow(clippy::result_large_err)]
     pub fn try_emit(&self, event: Event) -> std::result::Result<EventId, TryEmitError> {
         let stream = match self.stream(&event.event_type) {
             Ok(s) => s,
             Err(Error::Shutdown { .. }) => return Err(TryEmitError::Shutdown(event)),
             Err(e) => return Err(TryEmitError::Refused(event, e)),
         };
-        let reserved = stream.try_reserve(event.priority);
-        let outcome = match reserved {
+        self.try_queue(&stream, event)
+    }
+
+    #[allow(clippy::result_large_err)] // see `try_emit`
+    fn try_queue(
+        &self,
+        stream: &Stream,
+        event: Event,
+    ) -> std::result::Result<EventId, TryEmitError> {
+        match stream.try_reserve(event.priority) {
             Ok(permit) => self
-                .queue(&stream, permit, event)
+                .queue(stream, permit, event)
                 .map_err(|(e, event)| match e {
                     Error::Shutdown { .. } => TryEmitError::Shutdown(event),
                     e => TryEmitError::Refused(event, e),
                 }),
-            Err(full) => {
-                if full {
-                    stream.shared.metrics.dropped(DropReason::Full, 1);
-                    Err(TryEmitError::Full(event))
-                } else {
-                    stream.shared.metrics.dropped(DropReason::Shutdown, 1);
-                    Err(TryEmitError::Shutdown(event))
-                }
+            Err(true) => {
+                stream.shared.metrics.dropped(DropReason::Full, 1);
+                Err(TryEmitError::Full(event))
             }
-        };
-        outcome
+            Err(false) => {
+                stream.shared.metrics.dropped(DropReason::Shutdown, 1);
+                Err(TryEmitError::Shutdown(event))
+            }
+        }
     }
 
+    #[allow(clippy::result_large_err)] // the event goes back to the caller unboxed
     fn queue(
         &self,
         stream: &Stream,

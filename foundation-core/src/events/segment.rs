@@ -97,6 +97,9 @@ impl OpenReport {
     }
 }
 
+/// An opened log, the restored events with their segment ids, and the report.
+pub(crate) type Opened = (Log, Vec<(u64, Event)>, OpenReport);
+
 pub(crate) struct Log {
     dir: PathBuf,
     segment_bytes: u64,
@@ -214,10 +217,7 @@ fn scan(
 impl Log {
     /// Opens the directory, recovering every segment; returns the log, the restored
     /// events with their segment ids (in store order) and the report.
-    pub(crate) fn open(
-        dir: &Path,
-        opts: &StoreOptions,
-    ) -> Result<(Log, Vec<(u64, Event)>, OpenReport)> {
+    pub(crate) fn open(dir: &Path, opts: &StoreOptions) -> Result<Opened> {
         std::fs::create_dir_all(dir).map_err(io(format!(
             "creating event store directory {}",
             dir.display()
