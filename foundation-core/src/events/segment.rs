@@ -494,6 +494,59 @@ mod tests {
         );
     }
 
+    /// Record boundaries of `data_with(events)`: (start, end) per event.
+    fn bounds(events: &[Event]) -> Vec<(usize, usize)> {
+        (0..events.len())
+            .map(|i| {
+                (
+                    data_with(&events[..i]).len(),
+                    data_with(&events[..=i]).len(),
+                )
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// A cut anywhere keeps exactly the records that end before it, and reports a
+        /// truncation unless the cut falls on a record boundary.
+        #[test]
+        fn truncation_keeps_exactly_the_complete_records(n in 1usize..6, at in 0.0f64..1.0) {
+            let events: Vec<Event> = (0..n).map(|i| Event::new("p", &(i, "x".repeat(i * 7))).unwrap()).collect();
+            let data = data_with(&events);
+            let cut = HEADER_LEN as usize + ((data.len() - HEADER_LEN as usize) as f64 * at) as usize;
+            let (mut got, mut problems) = (Vec::new(), Vec::new());
+            let keep = scan(Path::new("s"), &data[..cut], 1 << 20, &mut got, &mut problems);
+            let b = bounds(&events);
+            let complete = b.iter().filter(|(_, end)| *end <= cut).count();
+            proptest::prop_assert_eq!(&got[..], &events[..complete]);
+            let on_boundary = cut == HEADER_LEN as usize || b.iter().any(|(_, end)| *end == cut);
+            proptest::prop_assert_eq!(problems.is_empty(), on_boundary);
+            proptest::prop_assert_eq!(keep.is_none(), on_boundary);
+        }
+
+        /// One flipped bit anywhere in the records loses exactly the record it hit; the
+        /// others are kept and nothing is invented.
+        #[test]
+        fn a_flipped_bit_loses_exactly_one_record(n in 1usize..6, at in 0.0f64..1.0, bit in 0u8..8) {
+            let events: Vec<Event> = (0..n).map(|i| Event::new("p", &(i, "y".repeat(i * 5))).unwrap()).collect();
+            let mut data = data_with(&events);
+            let pos = HEADER_LEN as usize + ((data.len() - HEADER_LEN as usize) as f64 * at) as usize;
+            let pos = pos.min(data.len() - 1);
+            data[pos] ^= 1 << bit;
+            let (mut got, mut problems) = (Vec::new(), Vec::new());
+            scan(Path::new("s"), &data, 1 << 20, &mut got, &mut problems);
+            let hit = bounds(&events).iter().position(|(s, e)| (*s..*e).contains(&pos)).unwrap();
+            let mut expect = events.clone();
+            expect.remove(hit);
+            proptest::prop_assert_eq!(got, expect);
+            proptest::prop_assert_eq!(problems.len(), 1);
+            let last = hit + 1 == n;
+            proptest::prop_assert_eq!(problems[0].action, if last { Recovery::Truncated } else { Recovery::Skipped });
+        }
+    }
+
     #[test]
     fn a_damaged_length_is_caught_by_the_checksum() {
         let evs: Vec<Event> = (0..2).map(|i| Event::new("user", &i).unwrap()).collect();
