@@ -112,6 +112,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use stream::{DropReason, Stream};
@@ -266,11 +267,14 @@ impl Events {
         for t in EventType::BUILT_IN {
             events.stream(&EventType::new(t)?)?;
         }
-        let pruner = events.inner.runtime.spawn(prune_periodically(
-            events.inner.store.clone(),
-            events.inner.settings.prune_interval,
-            events.inner.cancel.clone(),
-        ));
+        let pruner = events.inner.runtime.spawn(
+            prune_periodically(
+                events.inner.store.clone(),
+                events.inner.settings.prune_interval,
+                events.inner.cancel.clone(),
+            )
+            .instrument(tracing::debug_span!("events_pruner")),
+        );
         events.inner.tasks.lock().push(pruner);
         Ok(events)
     }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::event::{Event, EventType, Priority};
 use super::subscribe::{Delivery, Subscriber};
@@ -222,7 +223,7 @@ impl Stream {
         let (normal_tx, normal_rx) = mpsc::channel(inbox);
         let mut tasks = Vec::with_capacity(workers + 1);
         let mut lanes = Vec::with_capacity(workers);
-        for _ in 0..workers {
+        for index in 0..workers {
             let cap = settings.worker_capacity.max(1);
             let (u_tx, u_rx) = mpsc::channel(cap);
             let (n_tx, n_rx) = mpsc::channel(cap);
@@ -236,7 +237,9 @@ impl Stream {
                 normal: n_rx,
                 cancel: cancel.clone(),
             };
-            tasks.push(runtime.spawn(worker.run()));
+            let span =
+                tracing::debug_span!("events_worker", event_type = %shared.event_type, index);
+            tasks.push(runtime.spawn(worker.run().instrument(span)));
         }
         let dispatcher = Dispatcher {
             shared: shared.clone(),
@@ -248,7 +251,8 @@ impl Stream {
             parked: None,
             cancel,
         };
-        tasks.insert(0, runtime.spawn(dispatcher.run()));
+        let span = tracing::debug_span!("events_dispatcher", event_type = %shared.event_type);
+        tasks.insert(0, runtime.spawn(dispatcher.run().instrument(span)));
         let stream = Stream {
             shared,
             urgent: urgent_tx,
