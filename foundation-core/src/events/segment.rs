@@ -103,7 +103,6 @@ pub(crate) type Opened = (Log, Vec<(u64, Event)>, OpenReport);
 pub(crate) struct Log {
     dir: PathBuf,
     segment_bytes: u64,
-    max_record: u32,
     fsync: FsyncPolicy,
     /// Ids of the segment files in use, ascending; the last is the active one. A file with
     /// a bad header is not listed, so it is never written to or deleted.
@@ -112,7 +111,6 @@ pub(crate) struct Log {
     active_len: u64,
     unsynced: u32,
     oldest_unsynced: Option<Instant>,
-    buf: Vec<u8>,
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -142,6 +140,30 @@ fn checksum(len: &[u8], body: &[u8]) -> u32 {
     h.update(len);
     h.update(body);
     h.finalize()
+}
+
+/// The record for `event` (header and body), refused if the body exceeds `max` bytes.
+/// Done before the store's lock is taken.
+pub(crate) fn encode(event: &Event, max: u32) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(&[0; RECORD_HEADER]);
+    rmp_serde::encode::write_named(&mut buf, event).map_err(|e| Error::Encode {
+        path: format!("event {}", event.id),
+        detail: e.to_string(),
+    })?;
+    let len = buf.len() - RECORD_HEADER;
+    if len > max as usize {
+        return Err(Error::EventTooLarge {
+            id: event.id.to_string(),
+            size: len,
+            max: max as usize,
+        });
+    }
+    let len_bytes = (len as u32).to_be_bytes();
+    let crc = checksum(&len_bytes, &buf[RECORD_HEADER..]);
+    buf[..4].copy_from_slice(&len_bytes);
+    buf[4..8].copy_from_slice(&crc.to_be_bytes());
+    Ok(buf)
 }
 
 /// A valid record at `pos`: its total length and event.
@@ -321,46 +343,25 @@ impl Log {
         let log = Log {
             dir: dir.to_path_buf(),
             segment_bytes: opts.segment_bytes.max(HEADER_LEN + 1),
-            max_record: opts.max_record_bytes,
             fsync: opts.fsync,
             segments,
             active,
             active_len,
             unsynced: 0,
             oldest_unsynced: None,
-            buf: Vec::new(),
         };
         Ok((log, restored, report))
     }
 
-    /// Appends one record; returns the id of the segment it went to.
-    pub(crate) fn append(&mut self, event: &Event) -> Result<u64> {
-        self.buf.clear();
-        self.buf.extend_from_slice(&[0; RECORD_HEADER]);
-        rmp_serde::encode::write_named(&mut self.buf, event).map_err(|e| Error::Encode {
-            path: format!("event {}", event.id),
-            detail: e.to_string(),
-        })?;
-        let len = self.buf.len() - RECORD_HEADER;
-        if len > self.max_record as usize {
-            return Err(Error::EventTooLarge {
-                id: event.id.to_string(),
-                size: len,
-                max: self.max_record as usize,
-            });
-        }
-        let len_bytes = (len as u32).to_be_bytes();
-        let crc = checksum(&len_bytes, &self.buf[RECORD_HEADER..]);
-        self.buf[..4].copy_from_slice(&len_bytes);
-        self.buf[4..8].copy_from_slice(&crc.to_be_bytes());
-
+    /// Appends one record made by [`encode`]; returns the id of the segment it went to.
+    pub(crate) fn append(&mut self, record: &[u8]) -> Result<u64> {
         if self.active_len > HEADER_LEN
-            && self.active_len + self.buf.len() as u64 > self.segment_bytes
+            && self.active_len + record.len() as u64 > self.segment_bytes
         {
             self.roll()?;
         }
         let id = *self.segments.last().expect("an active segment");
-        if let Err(source) = self.active.write_all(&self.buf) {
+        if let Err(source) = self.active.write_all(record) {
             // Cut off a partly written record so later appends stay readable.
             let _ = self.active.set_len(self.active_len);
             return Err(Error::Io {
@@ -368,7 +369,7 @@ impl Log {
                 source,
             });
         }
-        self.active_len += self.buf.len() as u64;
+        self.active_len += record.len() as u64;
         self.unsynced += 1;
         self.oldest_unsynced.get_or_insert_with(Instant::now);
         match self.fsync {

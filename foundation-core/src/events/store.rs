@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::event::{CorrelationId, Event, EventId, EventType};
-use super::segment::{Log, OpenReport};
+use super::segment::{self, Log, OpenReport};
 use crate::error::Result;
 
 /// When a durable store forces appended records to stable storage (`fdatasync`).
@@ -296,6 +296,7 @@ struct State {
 
 struct StoreInner {
     options: StoreOptions,
+    durable: bool,
     state: Mutex<State>,
     metrics: StoreMetrics,
 }
@@ -384,6 +385,7 @@ impl EventStore {
         let store = EventStore {
             inner: Arc::new(StoreInner {
                 options,
+                durable: true,
                 state: Mutex::new(State {
                     mem,
                     log: Some(log),
@@ -403,6 +405,7 @@ impl EventStore {
         EventStore {
             inner: Arc::new(StoreInner {
                 options,
+                durable: state.log.is_some(),
                 state: Mutex::new(state),
                 metrics: StoreMetrics::new(),
             }),
@@ -416,19 +419,26 @@ impl EventStore {
 
     /// Whether events are written to segment files.
     pub fn is_durable(&self) -> bool {
-        self.inner.state.lock().log.is_some()
+        self.inner.durable
     }
 
     /// Stores `event`. For a durable store, `Ok` means acknowledged as described in
     /// [`FsyncPolicy`]; on error nothing was stored (a partly written record is cut off).
     pub fn append(&self, event: &Event) -> Result<()> {
+        // Encoding and allocation happen before the lock: it is shared by every emitter.
+        let record = if self.inner.durable {
+            Some(segment::encode(event, self.inner.options.max_record_bytes)?)
+        } else {
+            None
+        };
+        let shared = Arc::new(event.clone());
         let mut s = self.inner.state.lock();
-        let segment = match s.log.as_mut() {
-            Some(log) => log.append(event)?,
-            None => 0,
+        let segment = match (s.log.as_mut(), record) {
+            (Some(log), Some(record)) => log.append(&record)?,
+            _ => 0,
         };
         let now = Instant::now();
-        s.mem.insert(Arc::new(event.clone()), now, segment);
+        s.mem.insert(shared, now, segment);
         s.mem.appended_total += 1;
         let pruned = s.mem.prune(&self.inner.options, now);
         self.after_prune(&mut s, pruned);
