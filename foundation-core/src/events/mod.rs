@@ -128,7 +128,8 @@ pub struct EventsSettings {
     pub streams: HashMap<String, StreamSettings>,
     /// Most streams (event types) the service creates. Default 256.
     pub max_streams: usize,
-    /// How often the store is pruned (and a batched fsync is checked). Default 1 s.
+    /// How often the store is pruned. A durable store with [`FsyncPolicy::Batch`] is
+    /// also checked (and pruned) every `max_delay` if that is shorter. Default 1 s.
     pub prune_interval: Duration,
     /// How long [`Events::shutdown`] lets running handlers finish before aborting their
     /// tasks. Default 5 s.
@@ -267,10 +268,17 @@ impl Events {
         for t in EventType::BUILT_IN {
             events.stream(&EventType::new(t)?)?;
         }
+        // Tick often enough to honour a batched fsync's delay as well.
+        let every = match events.inner.store.options().fsync {
+            FsyncPolicy::Batch { max_delay, .. } if events.inner.store.is_durable() => {
+                events.inner.settings.prune_interval.min(max_delay)
+            }
+            _ => events.inner.settings.prune_interval,
+        };
         let pruner = events.inner.runtime.spawn(
             prune_periodically(
                 events.inner.store.clone(),
-                events.inner.settings.prune_interval,
+                every,
                 events.inner.cancel.clone(),
             )
             .instrument(tracing::debug_span!("events_pruner")),

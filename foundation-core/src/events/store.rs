@@ -27,8 +27,8 @@ pub enum FsyncPolicy {
     Always,
     /// Sync when `max_records` records are unsynced or the oldest unsynced record is
     /// `max_delay` old (checked on each append and by [`EventStore::sync_if_due`], which
-    /// the `Events` service calls on every prune tick). A machine crash loses at most the
-    /// records appended since the last sync.
+    /// the `Events` service calls at least every `max_delay`). A machine crash loses at
+    /// most the records appended since the last sync.
     Batch {
         /// Records between syncs.
         max_records: u32,
