@@ -10,6 +10,7 @@
 //! | range | area |
 //! |---|---|
 //! | 1000–1099 | configuration |
+//! | 1100–1199 | events (streams, store) |
 //! | 1200–1299 | ports and event correlation |
 //! | 2000–2099 | service registry |
 //! | 3000–3099 | resilience (breaker, limiter, timeouts) |
@@ -242,6 +243,26 @@ pub enum Error {
         reason: String,
     },
 
+    // ---- events (1100..) ----
+    /// A new event stream was needed but the configured number of streams is reached.
+    #[error("cannot create a stream for event type `{event_type}`: {max} streams exist")]
+    TooManyStreams {
+        /// The event type that needed a stream.
+        event_type: String,
+        /// The configured maximum number of streams.
+        max: usize,
+    },
+    /// An event's encoded record is larger than the store accepts.
+    #[error("event {id} is {size} bytes encoded; the store accepts at most {max}")]
+    EventTooLarge {
+        /// The event's id.
+        id: String,
+        /// Its encoded size in bytes.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+
     // ---- registry (2000..) ----
     /// A service with this name is already registered.
     #[error("service `{name}` is already registered")]
@@ -361,6 +382,8 @@ impl Error {
             Error::PortRestarting { .. } => 1203,
             Error::PortGaveUp { .. } => 1204,
             Error::Correlation { .. } => 1210,
+            Error::TooManyStreams { .. } => 1100,
+            Error::EventTooLarge { .. } => 1101,
             Error::AlreadyRegistered { .. } => 2000,
             Error::ServiceNotFound { .. } => 2001,
             Error::Unhealthy { .. } => 2002,
@@ -526,6 +549,15 @@ mod tests {
             },
             Error::Correlation {
                 reason: String::new(),
+            },
+            Error::TooManyStreams {
+                event_type: String::new(),
+                max: 1,
+            },
+            Error::EventTooLarge {
+                id: String::new(),
+                size: 2,
+                max: 1,
             },
             Error::AlreadyRegistered {
                 name: String::new(),

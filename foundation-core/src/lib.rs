@@ -1,6 +1,6 @@
 //! Foundation L1 — the enhanced core services.
 //!
-//! Configuration, errors, a local service registry and resilience primitives that any tokio
+//! Configuration, events, errors, a local service registry and resilience primitives that any tokio
 //! service can use on their own, without the actor runtime of `foundation-beam`. Core
 //! services shard their own work with plain tokio tasks: one writer task per configuration
 //! namespace, readers that never wait for it.
@@ -8,6 +8,8 @@
 //! # Modules
 //! * [`config`] — namespaced, layered, validated configuration with history and
 //!   subscriptions.
+//! * [`events`] — typed events: per-type streams with an urgent lane, filtered
+//!   subscriptions, and a bounded, queryable, optionally durable store.
 //! * [`error`] — the crate's one error enum, with stable codes and retry advice.
 //! * [`budget`] — a work budget that makes long loops yield to the scheduler.
 //! * [`registry`] — a local service registry: name → typed handle, with metadata, health

@@ -103,6 +103,7 @@ pub fn describe_foundation_metrics() {
     crate::config::describe_metrics();
     crate::registry::describe_metrics();
     crate::port::describe_metrics();
+    crate::events::describe_metrics();
     crate::resilience::describe_metrics();
     runtime::describe_metrics();
 }
