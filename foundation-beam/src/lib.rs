@@ -8,3 +8,6 @@
 
 /// The layer below: `foundation-core`.
 pub use foundation_core as core;
+
+pub mod scheduler;
+pub mod table;
