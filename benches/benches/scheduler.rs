@@ -162,7 +162,11 @@ async fn run(scenario: Scenario, items: usize) -> Row {
         Scenario::Spread => {
             let mut both = inputs.clone();
             both.extend_from_slice(&inputs);
-            black_box(spread_with(both, 2, Budget::new(UNITS), work).await.unwrap());
+            black_box(
+                spread_with(both, 2, Budget::new(UNITS), work)
+                    .await
+                    .unwrap(),
+            );
         }
     }
     let wall = start.elapsed();
@@ -194,6 +198,15 @@ fn ms(d: Duration) -> String {
 fn main() {
     let items = calibrate();
     let per_item = JOB / items as u32;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "machine: {} CPUs, load average {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     println!(
         "scheduler bench: 2 workers, {items} items/job (~{} ns/item), {ROUNDS} rounds, cpu_intensive units = {UNITS}",
         per_item.as_nanos()
@@ -207,13 +220,15 @@ fn main() {
         "{:<20} {:>5} {:>6} {:>10} {:>10} {:>10} {:>10}",
         "scenario", "round", "ticks", "p50 ms", "p99 ms", "worst ms", "wall ms"
     );
-    for scenario in [
-        Scenario::Idle,
-        Scenario::Plain,
-        Scenario::Budgeted,
-        Scenario::Spread,
-    ] {
-        for round in 1..=ROUNDS {
+    // Rounds outside, scenarios inside: a burst of load from elsewhere on the machine
+    // then hits every scenario alike rather than all rounds of one.
+    for round in 1..=ROUNDS {
+        for scenario in [
+            Scenario::Idle,
+            Scenario::Plain,
+            Scenario::Budgeted,
+            Scenario::Spread,
+        ] {
             let row = rt.block_on(run(scenario, items));
             println!(
                 "{:<20} {:>5} {:>6} {:>10} {:>10} {:>10} {:>10}",

@@ -207,7 +207,10 @@ where
             // Returning drops `set`, which aborts the other parts.
             Ok((_, Err(e))) => return Err(e),
             Err(e) => {
-                let part = ids.iter().position(|id| *id == e.id()).unwrap_or(usize::MAX);
+                let part = ids
+                    .iter()
+                    .position(|id| *id == e.id())
+                    .unwrap_or(usize::MAX);
                 return Err(WorkError::PartLost {
                     part,
                     reason: e.to_string(),

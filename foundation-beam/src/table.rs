@@ -261,9 +261,7 @@ struct Metrics {
 impl Metrics {
     fn new(name: &str) -> Self {
         let l = || ("table", name.to_owned());
-        let rejected = |limit: Capacity| {
-            metrics::counter!("foundation_table_rejected_total", "table" => name.to_owned(), "limit" => limit.label())
-        };
+        let rejected = |limit: Capacity| metrics::counter!("foundation_table_rejected_total", "table" => name.to_owned(), "limit" => limit.label());
         Metrics {
             entries: metrics::gauge!("foundation_table_entries", &[l()]),
             bytes: metrics::gauge!("foundation_table_bytes", &[l()]),
@@ -763,7 +761,10 @@ impl Shard {
     /// `u32::MAX` is retired (never reused), so no reference can ever match a newer entry.
     fn take(&mut self, local: usize) -> Entry {
         let slot = &mut self.slots[local];
-        let entry = slot.entry.take().expect("take() is called on an occupied slot");
+        let entry = slot
+            .entry
+            .take()
+            .expect("take() is called on an occupied slot");
         slot.generation += 1;
         if slot.generation < u32::MAX {
             self.free.push(local as u32);
@@ -820,10 +821,7 @@ pub fn describe_metrics() {
         "foundation_table_entries",
         "Entries stored in the table, including expired entries not yet swept."
     );
-    describe_gauge!(
-        "foundation_table_bytes",
-        "Value bytes stored in the table."
-    );
+    describe_gauge!("foundation_table_bytes", "Value bytes stored in the table.");
     describe_counter!(
         "foundation_table_inserted_total",
         "Entries inserted into the table."
@@ -866,7 +864,9 @@ mod tests {
     #[test]
     fn retired_slot_is_never_reused() {
         let table = Table::new(settings(4, 1)).unwrap();
-        let r = table.insert(Bytes::from_static(b"a"), Duration::MAX).unwrap();
+        let r = table
+            .insert(Bytes::from_static(b"a"), Duration::MAX)
+            .unwrap();
         // Bring the slot to its last generation, then remove the entry living in it.
         table.inner.shards[0].write().slots[0].generation = u32::MAX - 1;
         let last = TableRef {
@@ -875,10 +875,15 @@ mod tests {
         };
         assert_eq!(table.remove(&last), Some(Bytes::from_static(b"a")));
         let shard = table.inner.shards[0].read();
-        assert!(shard.free.is_empty(), "retired slot went back to the free list");
+        assert!(
+            shard.free.is_empty(),
+            "retired slot went back to the free list"
+        );
         assert_eq!(shard.slots[0].generation, u32::MAX);
         drop(shard);
-        let next = table.insert(Bytes::from_static(b"b"), Duration::MAX).unwrap();
+        let next = table
+            .insert(Bytes::from_static(b"b"), Duration::MAX)
+            .unwrap();
         assert_ne!(next.slot, r.slot);
         assert_eq!(table.get(&last), None);
     }

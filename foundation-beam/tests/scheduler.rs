@@ -78,7 +78,10 @@ async fn other_tasks_run_between_slices() {
         .await
         .unwrap();
     let first_seen = seen.iter().position(|s| *s).expect("the other task ran");
-    assert!(first_seen <= 10, "other task first ran at item {first_seen}");
+    assert!(
+        first_seen <= 10,
+        "other task first ran at item {first_seen}"
+    );
     other.await.unwrap();
 
     // Contrast: without yielding, the other task cannot run during the loop.
@@ -87,9 +90,7 @@ async fn other_tasks_run_between_slices() {
         let flag2 = flag2.clone();
         async move { flag2.store(true, Ordering::SeqCst) }
     });
-    let seen: Vec<bool> = (0..1_000)
-        .map(|_| flag2.load(Ordering::SeqCst))
-        .collect();
+    let seen: Vec<bool> = (0..1_000).map(|_| flag2.load(Ordering::SeqCst)).collect();
     assert!(seen.iter().all(|s| !s));
     other.await.unwrap();
 }

@@ -84,7 +84,10 @@ async fn the_sweeper_task_reclaims_expired_entries() {
     .unwrap();
     for _ in 0..10 {
         table
-            .insert(Bytes::from_static(b"0123456789"), Duration::from_millis(120))
+            .insert(
+                Bytes::from_static(b"0123456789"),
+                Duration::from_millis(120),
+            )
             .unwrap();
     }
     table.insert(Bytes::from_static(b"keep"), HOUR).unwrap();
