@@ -2,7 +2,7 @@
 //!
 //! On the BEAM a large message is stored once in an ETS table and a small reference is
 //! sent instead; the receivers look it up. A [`Table`] does the same for
-//! [`Bytes`](bytes::Bytes): [`Table::insert`] stores a value and returns a [`TableRef`]
+//! [`Bytes`]: [`Table::insert`] stores a value and returns a [`TableRef`]
 //! (12 bytes, `Copy`), [`Table::get`] hands back the value as a reference-count bump, never
 //! a copy. An entry leaves the table when
 //!
