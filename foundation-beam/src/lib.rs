@@ -3,7 +3,9 @@
 //! Services built from many small processes instead of one big shared object: each
 //! [process](process) is a tokio task owning its state behind a two-lane
 //! [mailbox](mailbox); [supervisors](supervisor) restart the ones that fail;
-//! [ecosystems](ecosystem) run a coordinator and N workers as one resizable unit.
+//! [ecosystems](ecosystem) run a coordinator and N workers as one resizable unit. The
+//! [scheduler] makes CPU-heavy work yield like the BEAM's reductions, and the
+//! [table] shares large values by reference, like ETS.
 //!
 //! The layer below is re-exported as [`core`].
 #![warn(missing_docs)]
@@ -12,7 +14,9 @@ pub mod ecosystem;
 pub mod error;
 pub mod mailbox;
 pub mod process;
+pub mod scheduler;
 pub mod supervisor;
+pub mod table;
 
 pub use error::{Error, Result};
 /// The layer below: `foundation-core`.
@@ -29,4 +33,6 @@ pub fn describe_metrics() {
     foundation_core::telemetry::describe_foundation_metrics();
     mailbox::describe_metrics();
     supervisor::describe_metrics();
+    scheduler::describe_metrics();
+    table::describe_metrics();
 }
