@@ -400,3 +400,30 @@ async fn the_binary_is_found_next_to_the_test_executable() {
     );
     correlator.shutdown().await;
 }
+
+#[tokio::test]
+async fn events_correlate_goes_through_the_attached_correlator() {
+    let events = foundation_core::events::Events::new().unwrap();
+    let parent = Event::new("user", &"order").unwrap();
+    let child = Event::new("user", &"paid").unwrap().caused_by(&parent);
+    let other = Event::new("system", &"tick").unwrap();
+    let batch = vec![child.clone(), other, parent.clone()];
+    let e = events.correlate(&batch).await.unwrap_err();
+    assert!(e.to_string().contains("no correlator attached"), "{e}");
+
+    for ev in &batch {
+        events.emit(ev.clone()).await.unwrap();
+    }
+    events.attach_correlator(Correlator::spawn(BIN).unwrap());
+    let groups = events.correlate(&batch).await.unwrap();
+    let with_parent = groups
+        .iter()
+        .find(|g| g.events.contains(&parent.id))
+        .expect("a group holds the parent");
+    let pos = |id| with_parent.events.iter().position(|e| *e == id).unwrap();
+    assert!(
+        pos(parent.id) < pos(child.id),
+        "parent before child: {groups:?}"
+    );
+    events.shutdown().await;
+}

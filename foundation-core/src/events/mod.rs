@@ -196,6 +196,8 @@ struct EventsInner {
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shutdown_lock: tokio::sync::Mutex<()>,
+    /// The external correlator used by [`Events::correlate`], once attached.
+    correlator: Mutex<Option<Correlator>>,
 }
 
 impl Drop for EventsInner {
@@ -263,6 +265,7 @@ impl Events {
                 runtime,
                 streams: RwLock::new(HashMap::new()),
                 wildcard: Mutex::new(Vec::new()),
+                correlator: Mutex::new(None),
                 next_subscription: AtomicU64::new(1),
                 intake: RwLock::new(true),
                 cancel: CancellationToken::new(),
@@ -295,6 +298,28 @@ impl Events {
     /// The store.
     pub fn store(&self) -> &EventStore {
         &self.inner.store
+    }
+
+    /// Attaches the external correlator that [`correlate`](Self::correlate) uses
+    /// (replacing one attached before).
+    pub fn attach_correlator(&self, correlator: Correlator) {
+        *self.inner.correlator.lock() = Some(correlator);
+    }
+
+    /// Groups `batch` by correlation id, parent chains and closeness in time, in the
+    /// external `foundation-correlator` process attached with
+    /// [`attach_correlator`](Self::attach_correlator). A correlator that crashes, hangs or
+    /// answers garbage gives an error here and is restarted; this service is unaffected.
+    pub async fn correlate(&self, batch: &[Event]) -> Result<Vec<CorrelationGroup>> {
+        let correlator =
+            self.inner
+                .correlator
+                .lock()
+                .clone()
+                .ok_or_else(|| Error::Correlation {
+                    reason: "no correlator attached (see Events::attach_correlator)".into(),
+                })?;
+        correlator.correlate(batch).await
     }
 
     /// The event types that have a stream, sorted.
