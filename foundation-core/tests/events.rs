@@ -484,7 +484,7 @@ async fn shutdown_round(round: usize) {
                 let mut n = 0u64;
                 loop {
                     let e = Event::new(t, &n).unwrap();
-                    let e = if (n + i as u64) % 5 == 0 {
+                    let e = if (n + i as u64).is_multiple_of(5) {
                         e.urgent()
                     } else {
                         e

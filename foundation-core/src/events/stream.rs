@@ -485,7 +485,7 @@ impl Worker {
                 }
             }
             handled = handled.wrapping_add(1);
-            if self.yield_every != 0 && handled % self.yield_every == 0 {
+            if self.yield_every != 0 && handled.is_multiple_of(self.yield_every) {
                 // A busy worker would otherwise keep its thread for tokio's whole
                 // cooperative budget (128 receives), delaying the dispatcher — and the
                 // urgent events it forwards — by that many handler runs.

@@ -1,0 +1,234 @@
+//! The assumption registry: each architectural assumption is a claim with a measurement,
+//! a threshold and an expected verdict, run by `cargo test --workspace --features
+//! assumptions` and written, with its numbers, into `docs/ASSUMPTIONS.md`.
+//!
+//! A refuted assumption is recorded as refuted, with what was measured — never tuned
+//! until it passes. The test that measures it then fails only if the verdict differs from
+//! the one expected, so a known refutation stays visible without breaking the run, and a
+//! surprise in either direction is loud.
+//!
+//! ```
+//! use foundation_testkit::assumptions::{Assumption, Verdict};
+//!
+//! let a = Assumption {
+//!     id: "A0-example",
+//!     claim: "adding is cheap",
+//!     threshold: "ratio <= 2.0",
+//!     expected: Verdict::Confirmed,
+//! };
+//! let evidence = a.judge(1.3, 1.3 <= 2.0, "ratio 1.30 (1.3 ns vs 1.0 ns)");
+//! assert_eq!(evidence.verdict, Verdict::Confirmed);
+//! assert!(evidence.to_markdown().contains("A0-example"));
+//! ```
+
+use std::fmt;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Whether the measurement supported the claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The measurement met the threshold.
+    Confirmed,
+    /// The measurement missed the threshold.
+    Refuted,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Confirmed => "confirmed",
+            Verdict::Refuted => "REFUTED",
+        })
+    }
+}
+
+/// An assumption of the design.
+#[derive(Debug, Clone, Copy)]
+pub struct Assumption {
+    /// Stable id (`A1-config-hot-read`).
+    pub id: &'static str,
+    /// What the design assumes.
+    pub claim: &'static str,
+    /// The threshold that decides, in words.
+    pub threshold: &'static str,
+    /// The verdict the design expects.
+    pub expected: Verdict,
+}
+
+/// The outcome of measuring an assumption.
+#[derive(Debug, Clone)]
+pub struct Evidence {
+    /// The assumption.
+    pub assumption: Assumption,
+    /// The deciding number (a ratio, a latency...).
+    pub value: f64,
+    /// Everything measured, in words, with units.
+    pub measured: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// When (Unix seconds) and where it was measured.
+    pub at_unix: u64,
+    /// `nproc` of the measuring machine.
+    pub cores: usize,
+}
+
+impl Assumption {
+    /// Judges a measurement: `met` says whether `value` met the threshold.
+    pub fn judge(&self, value: f64, met: bool, measured: impl Into<String>) -> Evidence {
+        Evidence {
+            assumption: *self,
+            value,
+            measured: measured.into(),
+            verdict: if met {
+                Verdict::Confirmed
+            } else {
+                Verdict::Refuted
+            },
+            at_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+impl Evidence {
+    /// The evidence as a Markdown section.
+    pub fn to_markdown(&self) -> String {
+        let a = &self.assumption;
+        let surprise = if self.verdict == a.expected {
+            ""
+        } else {
+            " (not the expected verdict)"
+        };
+        format!(
+            "### {id}: {claim}\n\n* threshold: {threshold}\n* measured: {measured}\n* verdict: **{verdict}**{surprise} (expected: {expected})\n* measured at Unix time {at} on {cores} cores\n",
+            id = a.id,
+            claim = a.claim,
+            threshold = a.threshold,
+            measured = self.measured,
+            verdict = self.verdict,
+            expected = a.expected,
+            at = self.at_unix,
+            cores = self.cores,
+        )
+    }
+
+    /// Writes this evidence into `docs/ASSUMPTIONS.md` (replacing the assumption's previous
+    /// section) and then fails the calling test if the verdict is not the expected one.
+    pub fn record_and_check(&self) {
+        let path = assumptions_file();
+        if let Err(e) = write_section(&path, self.assumption.id, &self.to_markdown()) {
+            panic!("cannot record evidence in {}: {e}", path.display());
+        }
+        eprintln!("{}", self.to_markdown());
+        assert_eq!(
+            self.verdict, self.assumption.expected,
+            "assumption {} was {} (expected {}): {}",
+            self.assumption.id, self.verdict, self.assumption.expected, self.measured
+        );
+    }
+}
+
+/// `docs/ASSUMPTIONS.md` of the workspace.
+pub fn assumptions_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .join("docs/ASSUMPTIONS.md")
+}
+
+const HEADER: &str = "# Assumptions and their evidence\n\nGenerated by `cargo test --workspace --features assumptions` \
+(`foundation_testkit::assumptions`); each section is rewritten when its test runs. \
+Numbers depend on the machine: compare ratios, which are measured against a baseline in \
+the same run.\n\n";
+
+/// Replaces (or appends) the section of `id` in the Markdown file, under an exclusive file
+/// lock so that tests running in parallel do not lose each other's sections.
+fn write_section(path: &Path, id: &str, body: &str) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    file.lock()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    if text.is_empty() {
+        text.push_str(HEADER);
+    }
+    let begin = format!("<!-- BEGIN {id} -->\n");
+    let end = format!("<!-- END {id} -->\n");
+    let section = format!("{begin}{body}{end}");
+    let updated = match (text.find(&begin), text.find(&end)) {
+        (Some(b), Some(e)) if e > b => {
+            format!("{}{}{}", &text[..b], section, &text[e + end.len()..])
+        }
+        _ => {
+            let mut t = text.clone();
+            if !t.ends_with("\n\n") {
+                t.push('\n');
+            }
+            t.push_str(&section);
+            t
+        }
+    };
+    file.set_len(0)?;
+    file.rewind()?;
+    file.write_all(updated.as_bytes())?;
+    file.unlock()
+}
+
+/// Runs `f` `rounds` times and returns the median duration (robust to a noisy machine).
+pub fn median_of(rounds: usize, mut f: impl FnMut() -> Duration) -> Duration {
+    let mut v: Vec<Duration> = (0..rounds.max(1)).map(|_| f()).collect();
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// Times `n` calls of `f`.
+pub fn time_n(n: u64, mut f: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    start.elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_replaced_not_duplicated() {
+        let dir =
+            std::env::temp_dir().join(format!("foundation-assumptions-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("A.md");
+        write_section(&file, "A1", "first\n").unwrap();
+        write_section(&file, "A2", "second\n").unwrap();
+        write_section(&file, "A1", "first again\n").unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(text.matches("BEGIN A1").count(), 1);
+        assert!(text.contains("first again") && !text.contains("first\n<!--"));
+        assert!(text.find("BEGIN A1") < text.find("BEGIN A2"), "order kept");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn refuted_evidence_says_so() {
+        let a = Assumption {
+            id: "X",
+            claim: "c",
+            threshold: "t",
+            expected: Verdict::Confirmed,
+        };
+        let e = a.judge(3.0, false, "ratio 3.0");
+        assert_eq!(e.verdict, Verdict::Refuted);
+        assert!(e.to_markdown().contains("REFUTED"));
+        assert!(e.to_markdown().contains("not the expected verdict"));
+    }
+}
