@@ -499,7 +499,7 @@ async fn shutdown_round(round: usize) {
         ));
     }
     until(|| handled.load(Ordering::SeqCst) >= 50).await;
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         subs.pop(); // a handle dropped mid-stream, just before shutdown
     }
     events.shutdown().await;
