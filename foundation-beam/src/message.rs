@@ -529,12 +529,14 @@ impl Messenger {
         };
         if opts.urgent {
             report.strategy = Strategy::Urgent;
-            self.count(Strategy::Urgent);
             let payload = Payload::Bytes(data);
             // A full urgent lane is waited for like a busy target (urgent lanes are
             // normally near-empty; the retry schedule is the same).
             return match target.try_deliver(&payload, true) {
-                Ok(d) => Ok(deliver_report(report, target.key(), d)),
+                Ok(d) => {
+                    self.count(Strategy::Urgent);
+                    Ok(deliver_report(report, target.key(), d))
+                }
                 Err(Refused::Closed) => Err(Error::TargetClosed {
                     target: target.key(),
                 }),
