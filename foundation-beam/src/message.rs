@@ -391,13 +391,10 @@ struct Metrics {
 
 impl Metrics {
     fn new() -> Metrics {
-        let flow = |action: &'static str| {
-            metrics::counter!("foundation_message_flow_control_total", "action" => action)
-        };
+        let flow = |action: &'static str| metrics::counter!("foundation_message_flow_control_total", "action" => action);
         Metrics {
-            strategy: STRATEGY_LABELS.map(
-                |s| metrics::counter!("foundation_message_strategy_total", "strategy" => s),
-            ),
+            strategy: STRATEGY_LABELS
+                .map(|s| metrics::counter!("foundation_message_strategy_total", "strategy" => s)),
             dropped: flow("drop"),
             queued: flow("queue"),
             redirected: flow("redirect"),
@@ -556,7 +553,9 @@ impl Messenger {
                 }
                 Err(Refused::Closed) => {
                     self.forget(&payload);
-                    return Err(Error::TargetClosed { target: target.key() });
+                    return Err(Error::TargetClosed {
+                        target: target.key(),
+                    });
                 }
                 Err(Refused::Full) => {}
             }
@@ -686,7 +685,9 @@ impl Messenger {
                             continue;
                         }
                         self.forget(&payload);
-                        return Err(Error::TargetClosed { target: target.key() });
+                        return Err(Error::TargetClosed {
+                            target: target.key(),
+                        });
                     }
                     Err(_) => {}
                 }

@@ -684,10 +684,7 @@ impl<M: Send + 'static> Society<M> {
 
     /// Whether a rewiring task is running (adaptive societies until shutdown or drop).
     pub fn is_rewiring(&self) -> bool {
-        self.task
-            .lock()
-            .as_ref()
-            .is_some_and(|t| !t.is_finished())
+        self.task.lock().as_ref().is_some_and(|t| !t.is_finished())
     }
 
     fn check(&self, member: MemberId) -> Result<()> {

@@ -284,7 +284,12 @@ async fn redirect_picks_the_least_loaded_alternative_with_room() {
     assert_eq!(r.delivered_to, Some(4));
     assert!(r.retry_delays.is_empty());
     assert_eq!(
-        (primary.received(), alts[0].received(), alts[1].received(), alts[2].received()),
+        (
+            primary.received(),
+            alts[0].received(),
+            alts[1].received(),
+            alts[2].received()
+        ),
         (0, 0, 0, 1)
     );
 }
@@ -476,9 +481,15 @@ async fn a_full_table_falls_back_to_shared_bytes() {
     .unwrap();
     let p = Probe::new(1, 0);
     let opts = MessageOptions::default();
-    let first = m.send_optimized(&p, bytes(100 * 1024), &opts).await.unwrap();
+    let first = m
+        .send_optimized(&p, bytes(100 * 1024), &opts)
+        .await
+        .unwrap();
     assert_eq!(first.strategy, Strategy::TableRef);
-    let second = m.send_optimized(&p, bytes(100 * 1024), &opts).await.unwrap();
+    let second = m
+        .send_optimized(&p, bytes(100 * 1024), &opts)
+        .await
+        .unwrap();
     assert_eq!(second.strategy, Strategy::SharedBytes);
     assert!(second.delivered);
     assert_eq!(p.received(), 2);
@@ -493,7 +504,16 @@ fn settings_load_from_toml() {
     assert_eq!(s.flow_control_backlog, 64);
     assert_eq!(s.high_frequency_per_sec, 250.0);
     assert_eq!(s.table.name, "blobs");
-    assert_eq!(s.shared_min_bytes, StrategySettings::default().shared_min_bytes);
+    assert_eq!(
+        s.shared_min_bytes,
+        StrategySettings::default().shared_min_bytes
+    );
     let o: MessageOptions = toml::from_str("urgent = true\non_busy = \"redirect\"").unwrap();
-    assert_eq!(o, MessageOptions { urgent: true, on_busy: FlowAction::Redirect });
+    assert_eq!(
+        o,
+        MessageOptions {
+            urgent: true,
+            on_busy: FlowAction::Redirect
+        }
+    );
 }

@@ -7,8 +7,7 @@ use foundation_beam::core::events::{Event, Events, Filter};
 use foundation_beam::mailbox::{MemoryStrategy, Overflow, SendError};
 use foundation_beam::process::{spawn_fn, spawn_with, Context, Process, SpawnOptions};
 use foundation_beam::society::{
-    AdaptiveSettings, Envelope, RewireReason, Society, SocietySendError, SocietySettings,
-    Topology,
+    AdaptiveSettings, Envelope, RewireReason, Society, SocietySendError, SocietySettings, Topology,
 };
 use foundation_beam::Handle;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
@@ -359,7 +358,9 @@ async fn metrics_count_messages_hops_and_rewirings() {
         if !key.name().starts_with("foundation_society_") {
             continue;
         }
-        assert!(key.labels().any(|l| l.key() == "society" && l.value() == "metered"));
+        assert!(key
+            .labels()
+            .any(|l| l.key() == "society" && l.value() == "metered"));
         assert!(help.is_some(), "{} described", key.name());
         let v = match value {
             DebugValue::Counter(c) => c as f64,
