@@ -46,6 +46,20 @@ pub enum Error {
     /// The ecosystem or supervisor has shut down.
     #[error("{0} has shut down")]
     Shutdown(&'static str),
+    /// A society was asked about a member it does not have.
+    #[error("society `{society}` has no member {member}")]
+    UnknownMember {
+        /// The society's name.
+        society: String,
+        /// The member index asked for.
+        member: usize,
+    },
+    /// A message target has stopped; the message was not delivered.
+    #[error("message target {target} has stopped")]
+    TargetClosed {
+        /// The target's key ([`Deliver::key`](crate::message::Deliver::key)).
+        target: u64,
+    },
     /// An error of the layer below.
     #[error(transparent)]
     Core(#[from] foundation_core::Error),
@@ -61,6 +75,8 @@ impl Error {
             Error::MailboxFull { .. } => 4003,
             Error::InvalidArgument(_) => 4004,
             Error::Shutdown(_) => 4005,
+            Error::UnknownMember { .. } => 4010,
+            Error::TargetClosed { .. } => 4011,
             Error::Core(e) => e.code(),
         }
     }

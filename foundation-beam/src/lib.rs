@@ -5,7 +5,9 @@
 //! [mailbox](mailbox); [supervisors](supervisor) restart the ones that fail;
 //! [ecosystems](ecosystem) run a coordinator and N workers as one resizable unit. The
 //! [scheduler] makes CPU-heavy work yield like the BEAM's reductions, and the
-//! [table] shares large values by reference, like ETS.
+//! [table] shares large values by reference, like ETS. [Societies](society) wire members
+//! as a mesh, ring, tree or adaptively, and [`message::Messenger`] picks how to send a
+//! payload (moved, shared, by table reference, urgent, or flow-controlled).
 //!
 //! The layer below is re-exported as [`core`].
 #![warn(missing_docs)]
@@ -13,8 +15,10 @@
 pub mod ecosystem;
 pub mod error;
 pub mod mailbox;
+pub mod message;
 pub mod process;
 pub mod scheduler;
+pub mod society;
 pub mod supervisor;
 pub mod table;
 
@@ -35,4 +39,6 @@ pub fn describe_metrics() {
     supervisor::describe_metrics();
     scheduler::describe_metrics();
     table::describe_metrics();
+    society::describe_metrics();
+    message::describe_metrics();
 }

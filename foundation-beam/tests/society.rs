@@ -1,0 +1,377 @@
+//! Behaviour of `foundation_beam::society`: wirings, routed sends, adaptive rewiring.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use foundation_beam::core::events::{Event, Events, Filter};
+use foundation_beam::mailbox::{MemoryStrategy, Overflow, SendError};
+use foundation_beam::process::{spawn_fn, spawn_with, Context, Process, SpawnOptions};
+use foundation_beam::society::{
+    AdaptiveSettings, Envelope, RewireReason, Society, SocietySendError, SocietySettings, Topology,
+};
+use foundation_beam::Handle;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tokio::sync::mpsc;
+use tokio::time::advance;
+
+/// The fields of the `system` event payload this test reads.
+#[derive(serde::Deserialize)]
+struct RewiredPayload {
+    society: String,
+    before: Vec<(usize, usize)>,
+    after: Vec<(usize, usize)>,
+}
+
+type Seen = (usize, usize, u32, u32);
+
+/// `n` members that report every envelope they receive.
+fn members(n: usize) -> (Vec<Handle<Envelope<u32>>>, mpsc::UnboundedReceiver<Seen>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handles = (0..n)
+        .map(|_| {
+            let tx = tx.clone();
+            spawn_fn(move |mut inbox| async move {
+                while let Some(env) = inbox.recv().await {
+                    let env: Envelope<u32> = env;
+                    let _ = tx.send((env.from, env.to, env.hops, env.msg));
+                }
+            })
+        })
+        .collect();
+    (handles, rx)
+}
+
+fn settings(name: &str, topology: Topology) -> SocietySettings {
+    SocietySettings {
+        name: name.into(),
+        topology,
+        ..Default::default()
+    }
+}
+
+fn adaptive(name: &str, adaptive: AdaptiveSettings) -> SocietySettings {
+    SocietySettings {
+        name: name.into(),
+        topology: Topology::Adaptive,
+        adaptive,
+    }
+}
+
+fn fast() -> AdaptiveSettings {
+    AdaptiveSettings {
+        interval_ms: 100,
+        top_pairs: 4,
+        max_degree: 4,
+        min_messages: 5,
+    }
+}
+
+#[tokio::test]
+async fn mesh_neighbours_everyone_at_one_hop() {
+    let (m, _rx) = members(5);
+    let s = Society::start(settings("mesh", Topology::Mesh), m).unwrap();
+    assert_eq!(s.neighbours(2).unwrap(), vec![0, 1, 3, 4]);
+    for a in 0..5 {
+        for b in 0..5 {
+            assert_eq!(s.hops(a, b).unwrap(), u32::from(a != b));
+        }
+    }
+    assert_eq!(s.topology().edges().len(), 10);
+    assert!(!s.is_rewiring());
+}
+
+#[tokio::test]
+async fn ring_neighbours_are_the_two_sides() {
+    let (m, _rx) = members(6);
+    let s = Society::start(settings("ring", Topology::Ring), m).unwrap();
+    assert_eq!(s.neighbours(0).unwrap(), vec![1, 5]);
+    assert_eq!(s.neighbours(3).unwrap(), vec![2, 4]);
+    assert_eq!(s.hops(0, 3).unwrap(), 3);
+    assert_eq!(s.hops(1, 5).unwrap(), 2);
+    assert_eq!(s.topology().path(0, 3), Some(vec![0, 1, 2, 3]));
+    assert_eq!(s.topology().edges().len(), 6);
+
+    let (two, _rx2) = members(2);
+    let s2 = Society::start(settings("ring2", Topology::Ring), two).unwrap();
+    assert_eq!(s2.neighbours(0).unwrap(), vec![1]);
+}
+
+#[tokio::test]
+async fn tree_neighbours_are_parent_and_children() {
+    let (m, _rx) = members(10);
+    let s = Society::start(settings("tree", Topology::Tree { fanout: 3 }), m).unwrap();
+    assert_eq!(s.neighbours(0).unwrap(), vec![1, 2, 3]);
+    assert_eq!(s.neighbours(1).unwrap(), vec![0, 4, 5, 6]);
+    assert_eq!(s.neighbours(3).unwrap(), vec![0]);
+    assert_eq!(s.neighbours(9).unwrap(), vec![2]);
+    // 4 → 1 → 0 → 2 → 9
+    assert_eq!(s.hops(4, 9).unwrap(), 4);
+    assert_eq!(s.topology().path(4, 9), Some(vec![4, 1, 0, 2, 9]));
+    assert_eq!(s.topology().edges().len(), 9);
+}
+
+#[tokio::test]
+async fn sends_are_routed_and_report_hops() {
+    let (m, mut rx) = members(8);
+    let s = Society::start(settings("route", Topology::Ring), m).unwrap();
+    let sent = s.send(0, 4, 7).await.unwrap();
+    assert_eq!(sent.hops, 4);
+    assert_eq!(sent.next_hop, 1);
+    assert_eq!(rx.recv().await, Some((0, 4, 4, 7)));
+
+    let sent = s.try_send(2, 3, 8).unwrap();
+    assert_eq!((sent.hops, sent.next_hop), (1, 3));
+    assert_eq!(rx.recv().await, Some((2, 3, 1, 8)));
+
+    let sent = s.send(5, 5, 9).await.unwrap();
+    assert_eq!((sent.hops, sent.next_hop), (0, 5));
+    assert_eq!(rx.recv().await, Some((5, 5, 0, 9)));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_members_and_bad_settings_are_errors() {
+    let (m, _rx) = members(3);
+    let s = Society::start(settings("bad", Topology::Ring), m).unwrap();
+    match s.send(0, 3, 42).await {
+        Err(SocietySendError::UnknownMember { member: 3, msg: 42 }) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(s.neighbours(7).unwrap_err().code(), 4010);
+    assert!(s.hops(9, 0).is_err());
+
+    assert!(Society::<u32>::start(settings("none", Topology::Ring), Vec::new()).is_err());
+    let (m, _rx) = members(3);
+    assert!(Society::start(settings("t0", Topology::Tree { fanout: 0 }), m).is_err());
+    let (m, _rx) = members(3);
+    let zero = AdaptiveSettings {
+        interval_ms: 0,
+        ..fast()
+    };
+    assert!(Society::start(adaptive("a0", zero), m).is_err());
+}
+
+/// A member that never reads its one-slot mailbox.
+struct Stuck;
+impl Process for Stuck {
+    type Message = Envelope<u32>;
+    async fn handle(&mut self, _: Envelope<u32>, _: &mut Context<Envelope<u32>>) {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[tokio::test]
+async fn a_refusing_mailbox_hands_the_message_back() {
+    let stuck = spawn_with(
+        Stuck,
+        SpawnOptions::new().memory(MemoryStrategy::bounded(1, Overflow::Reject)),
+    )
+    .unwrap();
+    let (mut m, _rx) = members(1);
+    m.push(stuck);
+    let s = Society::start(settings("full", Topology::Mesh), m).unwrap();
+    // The first is taken into `handle` (and never finishes), the second fills the slot.
+    s.try_send(0, 1, 1).unwrap();
+    tokio::task::yield_now().await;
+    s.try_send(0, 1, 2).unwrap();
+    match s.try_send(0, 1, 3) {
+        Err(SocietySendError::Mailbox(SendError::Full(3))) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_rewiring_makes_heavy_talkers_neighbours() {
+    let events = Events::new().unwrap();
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let _sub = events
+        .subscribe(Filter::of_type("system"), move |e: Event| {
+            let ev_tx = ev_tx.clone();
+            async move {
+                let _ = ev_tx.send(e);
+            }
+        })
+        .unwrap();
+    let (m, mut rx) = members(10);
+    let s = Society::start_with_events(adaptive("adapt", fast()), m, events.clone()).unwrap();
+    let mut rewirings = s.subscribe();
+    assert_eq!(s.neighbours(0).unwrap(), vec![1, 9]);
+    assert_eq!(s.hops(0, 5).unwrap(), 5);
+
+    for i in 0..20 {
+        let sent = s.send(0, 5, i).await.unwrap();
+        assert_eq!(sent.hops, 5);
+    }
+    for _ in 0..20 {
+        rx.recv().await.unwrap();
+    }
+    advance(Duration::from_millis(100)).await;
+    let rewired = rewirings.recv().await.unwrap();
+    assert_eq!(rewired.society, "adapt");
+    assert!(!rewired.before.contains(&(0, 5)));
+    assert!(rewired.after.contains(&(0, 5)));
+    match &rewired.reason {
+        RewireReason::Traffic { pairs } => {
+            assert_eq!(pairs.len(), 1);
+            assert_eq!((pairs[0].a, pairs[0].b, pairs[0].score), (0, 5, 20));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(s.neighbours(0).unwrap(), vec![1, 5, 9]);
+    assert_eq!(s.hops(0, 5).unwrap(), 1);
+    let sent = s.send(5, 0, 99).await.unwrap();
+    assert_eq!(sent.hops, 1);
+    assert_eq!(rx.recv().await, Some((5, 0, 1, 99)));
+    // Shortcuts help their neighbourhood too: 0 → 5 → 6.
+    assert_eq!(s.hops(0, 6).unwrap(), 2);
+
+    let event = tokio::time::timeout(Duration::from_secs(5), ev_rx.recv())
+        .await
+        .expect("a rewiring event")
+        .unwrap();
+    assert_eq!(event.event_type.as_str(), "system");
+    let payload: RewiredPayload = event.payload().unwrap();
+    assert_eq!(payload.society, "adapt");
+    assert_eq!(payload.before, rewired.before);
+    assert_eq!(payload.after, rewired.after);
+    s.shutdown().await;
+    events.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn quiet_pairs_lose_their_shortcut() {
+    let (m, _rx) = members(8);
+    let s = Society::start(adaptive("decay", fast()), m).unwrap();
+    let mut rewirings = s.subscribe();
+    for i in 0..20 {
+        s.try_send(2, 6, i).unwrap();
+    }
+    advance(Duration::from_millis(100)).await;
+    assert!(rewirings.recv().await.unwrap().after.contains(&(2, 6)));
+    // Score 20 → 10 → 5 → 2: below `min_messages` (5) at the third quiet period.
+    advance(Duration::from_millis(100)).await;
+    advance(Duration::from_millis(100)).await;
+    assert_eq!(s.hops(2, 6).unwrap(), 1);
+    advance(Duration::from_millis(100)).await;
+    let dropped = rewirings.recv().await.unwrap();
+    assert!(!dropped.after.contains(&(2, 6)));
+    assert_eq!(dropped.reason, RewireReason::Traffic { pairs: Vec::new() });
+    assert_eq!(s.hops(2, 6).unwrap(), 4);
+    assert_eq!(s.topology().edges().len(), 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rewiring_keeps_the_ring_and_bounds_the_degree() {
+    let settings = AdaptiveSettings {
+        interval_ms: 50,
+        top_pairs: 100,
+        max_degree: 3,
+        min_messages: 1,
+    };
+    let n = 12;
+    let (m, _rx) = members(n);
+    let s = Society::start(adaptive("bounded", settings), m).unwrap();
+    let mut rewirings = s.subscribe();
+    // Everyone talks to everyone, 0 and 1 most.
+    for a in 0..n {
+        for b in 0..n {
+            if a != b {
+                for _ in 0..(1 + usize::from(a < 2 && b < 2) * 50) {
+                    s.try_send(a, b, 0).unwrap();
+                }
+            }
+        }
+    }
+    advance(Duration::from_millis(50)).await;
+    let rewired = rewirings.recv().await.unwrap();
+    let wiring = s.topology();
+    assert!(wiring.is_connected());
+    assert!(wiring.max_degree() <= 3);
+    for i in 0..n {
+        let ring = (i.min((i + 1) % n), i.max((i + 1) % n));
+        assert!(rewired.after.contains(&ring), "ring edge {ring:?} kept");
+    }
+    // Every member has room for exactly one shortcut; 12 members → 6 shortcuts.
+    assert_eq!(rewired.after.len(), n + n / 2);
+    for a in 0..n {
+        for b in 0..n {
+            assert!(wiring.hops(a, b).is_some());
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_and_drop_stop_the_rewiring_task() {
+    let (m, _rx) = members(6);
+    let s = Society::start(adaptive("stop", fast()), m).unwrap();
+    let mut rewirings = s.subscribe();
+    assert!(s.is_rewiring());
+    s.shutdown().await;
+    assert!(!s.is_rewiring());
+    for i in 0..20 {
+        s.try_send(0, 3, i).unwrap();
+    }
+    advance(Duration::from_millis(500)).await;
+    assert!(matches!(
+        rewirings.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+    ));
+    assert_eq!(s.hops(0, 3).unwrap(), 3);
+
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let (m, _rx) = members(6);
+    let with_members = metrics.num_alive_tasks();
+    assert_eq!(with_members, before + 6);
+    let s = Society::start(adaptive("dropped", fast()), m).unwrap();
+    assert_eq!(metrics.num_alive_tasks(), with_members + 1);
+    drop(s); // also drops the member handles: they stop too
+    for _ in 0..20 {
+        if metrics.num_alive_tasks() == before {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(metrics.num_alive_tasks(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_count_messages_hops_and_rewirings() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    foundation_beam::describe_metrics();
+
+    let (m, _rx) = members(8);
+    let s = Society::start(adaptive("metered", fast()), m).unwrap();
+    let mut rewirings = s.subscribe();
+    for i in 0..10 {
+        s.try_send(0, 4, i).unwrap(); // 4 hops each
+    }
+    advance(Duration::from_millis(100)).await;
+    rewirings.recv().await.unwrap();
+    s.try_send(0, 4, 10).unwrap(); // 1 hop now
+
+    let mut seen = HashMap::new();
+    for (key, _, help, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        if !key.name().starts_with("foundation_society_") {
+            continue;
+        }
+        assert!(key
+            .labels()
+            .any(|l| l.key() == "society" && l.value() == "metered"));
+        assert!(help.is_some(), "{} described", key.name());
+        let v = match value {
+            DebugValue::Counter(c) => c as f64,
+            DebugValue::Gauge(g) => g.into_inner(),
+            DebugValue::Histogram(h) => h.len() as f64,
+        };
+        seen.insert(key.name().to_owned(), v);
+    }
+    assert_eq!(seen["foundation_society_messages_total"], 11.0);
+    assert_eq!(seen["foundation_society_hops_total"], 41.0);
+    assert_eq!(seen["foundation_society_hops"], 11.0);
+    assert_eq!(seen["foundation_society_rewirings_total"], 1.0);
+    assert_eq!(seen["foundation_society_edges"], 9.0);
+}
