@@ -1,8 +1,8 @@
 //! Foundation L2 — BEAM-style processes on tokio.
 //!
 //! Services built from many small processes instead of one big shared object: each
-//! [process](process) is a tokio task owning its state behind a two-lane
-//! [mailbox](mailbox); [supervisors](supervisor) restart the ones that fail;
+//! [process] is a tokio task owning its state behind a two-lane
+//! [mailbox]; [supervisors](supervisor) restart the ones that fail;
 //! [ecosystems](ecosystem) run a coordinator and N workers as one resizable unit. The
 //! [scheduler] makes CPU-heavy work yield like the BEAM's reductions, and the
 //! [table] shares large values by reference, like ETS. [Societies](society) wire members

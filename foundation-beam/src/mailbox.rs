@@ -55,7 +55,7 @@ impl Overflow {
 /// Rust has no per-process garbage collector to tune; what a process can bound is how
 /// much it lets pile up in its mailbox. `capacity` bounds each lane in messages;
 /// `byte_budget` bounds the bytes queued (as measured by the size function given to
-/// [`MemoryStrategy::with_message_size`], default `size_of::<M>()`). Either limit full
+/// `SpawnOptions::message_size`, default `size_of::<M>()`). Either limit full
 /// triggers the `overflow` policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

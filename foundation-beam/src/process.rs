@@ -1,7 +1,7 @@
 //! Processes: tokio tasks that own their state and are reached through handles.
 //!
 //! A process is a [`Process`] implementation (or a closure, [`spawn_fn`]) running in its
-//! own task with a two-lane [mailbox](crate::mailbox). Callers hold a [`Handle`]: cheap to
+//! own task with a two-lane mailbox ([`crate::mailbox`]). Callers hold a [`Handle`]: cheap to
 //! clone, with `send`, `send_urgent`, `call` (request/reply with a timeout), `monitor`,
 //! `link` and `kill`. A process ends with an [`ExitReason`] — normal, shutdown, killed, a
 //! panic with its message, a linked process's failure, or a failure it reports itself —
