@@ -5,6 +5,9 @@
 //! the layers below: `foundation_distributed::beam` and `foundation_distributed::core`.
 #![warn(missing_docs)]
 
+pub mod discovery;
+pub mod membership;
+
 /// The layer below: `foundation-beam`.
 pub use foundation_beam as beam;
 /// `foundation-core`, reached through the layer below.
