@@ -602,6 +602,9 @@ async fn finish(
 
 /// Counts and logs a failed handshake.
 pub(crate) fn count_failed(e: Error, peer_addr: &str) -> Error {
+    if matches!(e, Error::UnexpectedFrame { .. }) {
+        metrics::counter!(metric::FRAME_ERRORS, "reason" => "unexpected").increment(1);
+    }
     let result = result_label(&e);
     metrics::counter!(metric::HANDSHAKES, "result" => result).increment(1);
     tracing::warn!(addr = peer_addr, result, error = %e, "handshake failed");

@@ -188,7 +188,7 @@ pub(crate) enum Step {
 #[derive(Debug)]
 enum ServerState {
     AwaitHello,
-    AwaitProof { hello: Hello, challenge: Challenge },
+    AwaitProof(Box<(Hello, Challenge)>),
     Finished,
 }
 
@@ -239,10 +239,11 @@ impl ServerHandshake {
                     .into_bytes();
                 challenge.proof = Bytes::copy_from_slice(&proof);
                 let reply = Envelope::Challenge(challenge.clone());
-                self.state = ServerState::AwaitProof { hello, challenge };
+                self.state = ServerState::AwaitProof(Box::new((hello, challenge)));
                 Ok(Step::Reply(reply))
             }
-            (ServerState::AwaitProof { hello, challenge }, Envelope::Proof { proof }) => {
+            (ServerState::AwaitProof(pending), Envelope::Proof { proof }) => {
+                let (hello, challenge) = *pending;
                 transcript(&self.me.secret, b"client", &hello, &challenge)
                     .verify_slice(&proof)
                     .map_err(|_| refused(Refusal::Authentication))?;
@@ -260,7 +261,7 @@ impl ServerHandshake {
                 by_peer: true,
             }),
             (ServerState::AwaitHello, other) => Err(unexpected(&other, "awaiting Hello")),
-            (ServerState::AwaitProof { .. }, other) => Err(unexpected(&other, "awaiting Proof")),
+            (ServerState::AwaitProof(_), other) => Err(unexpected(&other, "awaiting Proof")),
             (ServerState::Finished, other) => Err(unexpected(&other, "finished")),
         }
     }
