@@ -385,7 +385,7 @@ impl ConnectionReceiver {
             };
         }
         loop {
-            let body = match self.decoder.next_frame() {
+            let body = match self.decoder.next_body() {
                 Ok(Some(body)) => body,
                 Ok(None) => {
                     match self.decoder.read_from(&mut self.reader).await {
@@ -414,7 +414,7 @@ impl ConnectionReceiver {
             self.meters
                 .bytes_in
                 .increment((body.len() + frame::HEADER_LEN) as u64);
-            return match frame::decode(body) {
+            return match frame::decode_mut(body) {
                 Ok(Envelope::Data { channel, payload }) => {
                     Ok(Some(Frame::Data { channel, payload }))
                 }

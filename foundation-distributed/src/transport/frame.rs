@@ -10,7 +10,7 @@
 //! of capacity. Data frames take a fast path in both directions that produces and accepts
 //! exactly the bytes `rmp-serde` does, without copying the payload.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -187,14 +187,21 @@ impl FrameDecoder {
 
     /// The next complete frame body, `None` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
+        Ok(self.next_body()?.map(BytesMut::freeze))
+    }
+
+    /// The next complete frame body, still mutable: the receive path trims the envelope
+    /// prefix off it without touching the reference count again.
+    pub(crate) fn next_body(&mut self) -> Result<Option<BytesMut>, FrameError> {
         let Some(len) = self.announced()? else {
             return Ok(None);
         };
         if self.buf.len() < HEADER_LEN + len {
             return Ok(None);
         }
-        let frame = self.buf.split_to(HEADER_LEN + len).freeze();
-        Ok(Some(frame.slice(HEADER_LEN..)))
+        let mut body = self.buf.split_to(HEADER_LEN + len);
+        body.advance(HEADER_LEN);
+        Ok(Some(body))
     }
 
     /// Copies as much of `data` as the buffer may take and returns how many bytes that
@@ -261,10 +268,29 @@ pub(crate) enum ReadError {
 
 /// Decodes one frame body into an envelope. Trailing bytes are an error.
 pub fn decode(body: Bytes) -> Result<Envelope, FrameError> {
-    if let Some(data) = decode_data_fast(&body) {
-        return Ok(data);
+    if let Some((channel, start)) = data_fast(&body) {
+        return Ok(Envelope::Data {
+            channel,
+            payload: body.slice(start..),
+        });
     }
-    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(&body[..]));
+    decode_general(&body)
+}
+
+/// [`decode`] for a body fresh from [`FrameDecoder::next_body`].
+pub(crate) fn decode_mut(mut body: BytesMut) -> Result<Envelope, FrameError> {
+    if let Some((channel, start)) = data_fast(&body) {
+        body.advance(start);
+        return Ok(Envelope::Data {
+            channel,
+            payload: body.freeze(),
+        });
+    }
+    decode_general(&body)
+}
+
+fn decode_general(body: &[u8]) -> Result<Envelope, FrameError> {
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(body));
     let envelope =
         Envelope::deserialize(&mut de).map_err(|e| FrameError::Undecodable(e.to_string()))?;
     if de.position() != body.len() as u64 {
@@ -280,9 +306,10 @@ pub fn decode(body: Bytes) -> Result<Envelope, FrameError> {
 /// fixarray(2).
 const DATA_PREFIX: [u8; 7] = [0x81, 0xa4, b'D', b'a', b't', b'a', 0x92];
 
-/// Decodes a data envelope without copying its payload; `None` for anything else (which
-/// the general decoder then handles, including data frames encoded another valid way).
-fn decode_data_fast(body: &Bytes) -> Option<Envelope> {
+/// Recognises a data envelope: its channel and where its payload starts; `None` for
+/// anything else (which the general decoder then handles, including data frames encoded
+/// another valid way).
+fn data_fast(body: &[u8]) -> Option<(u32, usize)> {
     let rest = body.strip_prefix(&DATA_PREFIX[..])?;
     let mut cursor = rest;
     let channel: u32 = rmp::decode::read_int(&mut cursor).ok()?;
@@ -290,11 +317,7 @@ fn decode_data_fast(body: &Bytes) -> Option<Envelope> {
     if cursor.len() != len {
         return None;
     }
-    let start = body.len() - len;
-    Some(Envelope::Data {
-        channel,
-        payload: body.slice(start..),
-    })
+    Some((channel, body.len() - len))
 }
 
 /// Writes the frame header and the envelope prefix of a data frame whose payload of
@@ -376,7 +399,7 @@ mod tests {
             let mut framed = (body.len() as u32).to_be_bytes().to_vec();
             framed.append(&mut body);
             assert_eq!(&encode_to_bytes(&env)[..], &framed[..]);
-            assert!(decode_data_fast(&Bytes::from(framed[4..].to_vec())).is_some());
+            assert!(data_fast(&framed[4..]).is_some());
         }
     }
 
