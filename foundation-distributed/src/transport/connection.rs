@@ -346,7 +346,16 @@ pub struct ConnectionReceiver {
     decoder: FrameDecoder,
     peer: Arc<Peer>,
     meters: Arc<Meters>,
-    closed: Option<String>,
+    closed: Option<Closed>,
+}
+
+/// How a receiver ended.
+#[derive(Debug)]
+enum Closed {
+    /// The peer closed: its `Close` reason, or `"end of stream"`.
+    Peer(String),
+    /// A local error ended the connection.
+    Failed(String),
 }
 
 impl std::fmt::Debug for ConnectionReceiver {
@@ -367,7 +376,10 @@ impl ConnectionReceiver {
     /// Why the connection closed, once [`recv`](Self::recv) has returned `Ok(None)` or an
     /// error: the peer's `Close` reason, `"end of stream"`, or the local error.
     pub fn close_reason(&self) -> Option<&str> {
-        self.closed.as_deref()
+        match &self.closed {
+            Some(Closed::Peer(reason) | Closed::Failed(reason)) => Some(reason),
+            None => None,
+        }
     }
 
     /// The next frame; `Ok(None)` once the peer has closed (a `Close` frame or the end
@@ -375,14 +387,14 @@ impl ConnectionReceiver {
     /// `foundation_transport_frame_errors_total`, logged, and returned as an error;
     /// after an error every call fails with [`Error::Closed`].
     pub async fn recv(&mut self) -> Result<Option<Frame>> {
-        if let Some(reason) = &self.closed {
-            return if reason.starts_with("error: ") {
-                Err(Error::Closed {
+        match &self.closed {
+            None => {}
+            Some(Closed::Peer(_)) => return Ok(None),
+            Some(Closed::Failed(reason)) => {
+                return Err(Error::Closed {
                     reason: reason.clone(),
                 })
-            } else {
-                Ok(None)
-            };
+            }
         }
         loop {
             let body = match self.decoder.next_body() {
@@ -390,7 +402,7 @@ impl ConnectionReceiver {
                 Ok(None) => {
                     match self.decoder.read_from(&mut self.reader).await {
                         Ok(0) if self.decoder.buffered() == 0 => {
-                            self.closed = Some("end of stream".into());
+                            self.closed = Some(Closed::Peer("end of stream".into()));
                             return Ok(None);
                         }
                         Ok(0) => {
@@ -421,7 +433,7 @@ impl ConnectionReceiver {
                 Ok(Envelope::Ping(v)) => Ok(Some(Frame::Ping(v))),
                 Ok(Envelope::Pong(v)) => Ok(Some(Frame::Pong(v))),
                 Ok(Envelope::Close { reason }) => {
-                    self.closed = Some(reason);
+                    self.closed = Some(Closed::Peer(reason));
                     Ok(None)
                 }
                 Ok(other) => {
@@ -439,7 +451,7 @@ impl ConnectionReceiver {
     }
 
     fn fail(&mut self, e: Error) -> Result<Option<Frame>> {
-        self.closed = Some(format!("error: {e}"));
+        self.closed = Some(Closed::Failed(e.to_string()));
         Err(e)
     }
 }

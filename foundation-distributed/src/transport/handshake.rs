@@ -78,7 +78,9 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// The shared cluster secret. `Debug` never prints it.
+/// The shared cluster secret. `Debug` never prints it, and it serializes as
+/// `"<redacted>"`; it deserializes from a string (its UTF-8 bytes), so settings load
+/// from TOML but never write the secret back out.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct ClusterSecret(Arc<[u8]>);
 
