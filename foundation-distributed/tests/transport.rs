@@ -245,6 +245,7 @@ both!(
     data_before_authentication_is_never_delivered,
     oversized_frame_on_an_established_connection_closes_it,
     connections_gauge_follows_open_connections,
+    frames_sent_right_after_the_handshake_are_kept,
 );
 
 async fn round_trip_after_handshake(kind: Kind) {
@@ -607,6 +608,39 @@ async fn connections_gauge_follows_open_connections(kind: Kind) {
     drop(rx);
     drop(client);
     assert_eq!(gauge(), 0.0);
+}
+
+/// Frames that arrive in the same read as the last handshake message are handed to the
+/// connection, not lost with the handshake's buffer (on loopback TCP they share a read
+/// with `Accepted`; a decoder dropped after the handshake fails this test).
+async fn frames_sent_right_after_the_handshake_are_kept(kind: Kind) {
+    let net = Net::new(kind);
+    let (a, b) = (net.node("a"), net.node("b"));
+    let mut listener = b.listen(&net.listen_addr("b")).await.unwrap();
+    let addr = listener.local_addr().to_owned();
+    let eager_server = async {
+        let mut conn = listener.accept().await.unwrap();
+        for i in 0..3u32 {
+            conn.feed(i, Bytes::from(vec![i as u8; 10])).await.unwrap();
+        }
+        conn.flush().await.unwrap();
+        conn
+    };
+    let (client, _server) = tokio::join!(a.connect(&addr, "c", 0), eager_server);
+    let mut client = client.unwrap();
+    for i in 0..3u32 {
+        // Bounded so that a lost frame fails the test instead of hanging it.
+        let got = tokio::time::timeout(Duration::from_secs(10), client.recv())
+            .await
+            .expect("frame lost after the handshake");
+        assert_eq!(
+            got.unwrap(),
+            Some(Frame::Data {
+                channel: i,
+                payload: Bytes::from(vec![i as u8; 10])
+            })
+        );
+    }
 }
 
 #[tokio::test]
