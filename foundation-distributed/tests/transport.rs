@@ -770,3 +770,66 @@ proptest! {
         });
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_write_leaves_the_sender_failed_not_torn() {
+    let net = Net::new(Kind::Memory);
+    let (a, b) = (net.node("a"), net.node("b"));
+    let mut listener = b.listen("mem://b").await.unwrap();
+    let mut client = a.connect("mem://b", "c", 0).await.unwrap();
+    let _server = listener.accept().await.unwrap();
+    // The server never reads: a 1 MiB frame cannot fit the 256 KiB stream buffer.
+    let big = Bytes::from(vec![0u8; 1 << 20]);
+    let sent = tokio::time::timeout(Duration::from_secs(1), client.send(1, big)).await;
+    assert!(sent.is_err(), "the write should have been stuck");
+    let err = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.send(2, Bytes::from_static(b"after")),
+    )
+    .await
+    .expect("must fail at once, not write behind a torn frame")
+    .unwrap_err();
+    assert!(matches!(err, Error::Closed { .. }), "{err:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_transport_metric_is_described() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    foundation_distributed::describe_metrics();
+    let net = Net::new(Kind::Memory);
+    let (a, b) = (net.node("a"), net.node("b"));
+    let mut listener = b.listen("mem://b").await.unwrap();
+    let mut client = a.connect("mem://b", "c", 0).await.unwrap();
+    let mut server = listener.accept().await.unwrap();
+    client.send(1, Bytes::from_static(b"x")).await.unwrap();
+    server.recv().await.unwrap();
+    let mut raw = net.raw("mem://b").await;
+    raw.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    read_to_end(&mut raw).await;
+    eventually("frame error recorded", || {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .iter()
+            .any(|(k, ..)| k.key().name() == "foundation_transport_frame_errors_total")
+    })
+    .await;
+    let described: Vec<String> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(_, _, help, _)| help.is_some())
+        .map(|(k, ..)| k.key().name().to_owned())
+        .collect();
+    for name in [
+        "foundation_transport_connections",
+        "foundation_transport_handshakes_total",
+        "foundation_transport_frames_total",
+        "foundation_transport_bytes_total",
+        "foundation_transport_frame_errors_total",
+    ] {
+        assert!(described.iter().any(|n| n == name), "{name}: {described:?}");
+    }
+}

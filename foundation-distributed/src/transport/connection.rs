@@ -198,6 +198,10 @@ impl Connection {
 }
 
 /// The sending half of a [`Connection`].
+///
+/// Cancel safety: `send`, `feed` and `flush` are not cancel safe. If one of their futures
+/// is dropped while writing, the stream may end inside a frame; the sender then refuses
+/// every further call with [`Error::Closed`] and the connection must be dropped.
 pub struct ConnectionSender {
     writer: BoxWrite,
     buf: BytesMut,
@@ -256,8 +260,12 @@ impl ConnectionSender {
             }
             return Ok(());
         }
+        // Set while writing: if this future is dropped mid-write the stream holds a torn
+        // frame, and every later call must fail instead of writing after it.
+        self.failed = true;
         let r = write_two(&mut self.writer, &self.buf, &payload).await;
         self.buf.clear();
+        self.failed = false;
         self.io_result(r)
     }
 
@@ -275,8 +283,11 @@ impl ConnectionSender {
     pub async fn flush(&mut self) -> Result<()> {
         self.check_open()?;
         if !self.buf.is_empty() {
+            // See `feed`: a write dropped half-way leaves the sender failed.
+            self.failed = true;
             let r = self.writer.write_all(&self.buf).await;
             self.buf.clear();
+            self.failed = false;
             self.io_result(r)?;
         }
         let r = self.writer.flush().await;
@@ -307,7 +318,7 @@ impl ConnectionSender {
     fn check_open(&self) -> Result<()> {
         if self.failed {
             return Err(Error::Closed {
-                reason: "connection failed earlier".into(),
+                reason: "an earlier write failed or was cancelled".into(),
             });
         }
         Ok(())
@@ -341,6 +352,9 @@ async fn write_two(w: &mut BoxWrite, mut a: &[u8], mut b: &[u8]) -> std::io::Res
 }
 
 /// The receiving half of a [`Connection`].
+///
+/// Cancel safety: `recv` is cancel safe; bytes already read stay buffered for the next
+/// call, so it can sit in a `select!`.
 pub struct ConnectionReceiver {
     reader: BoxRead,
     decoder: FrameDecoder,
