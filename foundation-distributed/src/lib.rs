@@ -1,22 +1,31 @@
 //! Foundation L3 — Partisan-style distribution.
 //!
-//! This crate will hold the authenticated transport, named parallel channels, overlay
-//! topologies and membership (see the workspace's `ARCHITECTURE.md`). Today it re-exports
-//! the layers below: `foundation_distributed::beam` and `foundation_distributed::core`.
+//! Nodes talk over a [`transport`]: authenticated, length-prefixed MessagePack frames on
+//! TCP, or on an in-memory network with the same semantics for simulated clusters.
+//! [`membership`] decides who has failed (φ-accrual), [`discovery`] finds seeds, and
+//! [`interpose`] injects faults for tests. Named parallel channels, overlay topologies and
+//! nodes build on these (see the
+//! workspace's `ARCHITECTURE.md`). The layers below are re-exported as [`beam`] and
+//! [`core`].
 #![warn(missing_docs)]
 
 pub mod discovery;
+pub mod error;
 pub mod interpose;
 pub mod membership;
+pub mod transport;
 
+pub use error::{Error, Result};
 /// The layer below: `foundation-beam`.
 pub use foundation_beam as beam;
 /// `foundation-core`, reached through the layer below.
 pub use foundation_beam::core;
 
 /// Describes every metric of this layer and the layers below (the HELP lines of the
-/// Prometheus exposition) to the current recorder.
+/// Prometheus exposition) to the current recorder. Call it once after installing a
+/// recorder.
 pub fn describe_metrics() {
     foundation_beam::describe_metrics();
+    transport::describe_metrics();
     interpose::describe_metrics();
 }
