@@ -172,22 +172,35 @@ where
                 return futures_util::future::ready(reason).boxed();
             }
         };
-        let (done_tx, done_rx) = oneshot::channel();
         let life = self.life.clone();
-        let slot = self.rx.clone();
-        tokio::spawn(async move {
-            let _live = TaskGuard::new();
-            let (reason, rx) = process::run(process, rx, &life).await;
-            *slot.lock() = Some(rx);
-            life.finish(reason.clone());
-            let _ = done_tx.send(reason);
-        });
-        async move { done_rx.await.unwrap_or(ExitReason::Killed) }.boxed()
+        spawn_incarnation(self.life.clone(), self.rx.clone(), async move {
+            process::run(process, rx, &life).await
+        })
     }
 
     fn close_gracefully(&self) {
         self.tx.close_gracefully();
     }
+}
+
+/// Runs one incarnation of a child in its own task: when `run` ends, puts what it hands
+/// back (the mailbox, or a supervisor's children) into `slot` for the next incarnation,
+/// publishes the exit, and resolves the returned future with the reason — in that order,
+/// so a restart always finds the slot filled.
+fn spawn_incarnation<T: Send + 'static>(
+    life: Arc<Life>,
+    slot: Arc<Mutex<Option<T>>>,
+    run: impl std::future::Future<Output = (ExitReason, T)> + Send + 'static,
+) -> BoxFuture<'static, ExitReason> {
+    let (done_tx, done_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let _live = TaskGuard::new();
+        let (reason, back) = run.await;
+        *slot.lock() = Some(back);
+        life.finish(reason.clone());
+        let _ = done_tx.send(reason);
+    });
+    async move { done_rx.await.unwrap_or(ExitReason::Killed) }.boxed()
 }
 
 /// A nested supervisor's children between its incarnations.
@@ -224,17 +237,11 @@ impl Child for SupervisorChild {
         self.life.revive();
         let (tx, rx) = mpsc::channel(16);
         *self.commands.lock() = Some(tx);
-        let (done_tx, done_rx) = oneshot::channel();
         let config = self.config.clone();
-        let slot = self.children.clone();
         let life = self.life.clone();
-        tokio::spawn(async move {
-            let (reason, children) = supervise(config, children, rx, life.clone()).await;
-            *slot.lock() = Some(children);
-            life.finish(reason.clone());
-            let _ = done_tx.send(reason);
-        });
-        async move { done_rx.await.unwrap_or(ExitReason::Killed) }.boxed()
+        spawn_incarnation(self.life.clone(), self.children.clone(), async move {
+            supervise(config, children, rx, life).await
+        })
     }
 
     fn close_gracefully(&self) {
