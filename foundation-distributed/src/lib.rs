@@ -3,7 +3,8 @@
 //! Nodes talk over a [`transport`]: authenticated, length-prefixed MessagePack frames on
 //! TCP, or on an in-memory network with the same semantics for simulated clusters.
 //! [`membership`] decides who has failed (φ-accrual), [`discovery`] finds seeds, and
-//! [`interpose`] injects faults for tests. Named parallel channels, overlay topologies and
+//! [`interpose`] injects faults for tests, and [`topology`] decides which peers to connect
+//! to and how to relay (full mesh, client-server, static). Named parallel channels and
 //! nodes build on these (see the
 //! workspace's `ARCHITECTURE.md`). The layers below are re-exported as [`beam`] and
 //! [`core`].
@@ -13,6 +14,7 @@ pub mod discovery;
 pub mod error;
 pub mod interpose;
 pub mod membership;
+pub mod topology;
 pub mod transport;
 
 pub use error::{Error, Result};
