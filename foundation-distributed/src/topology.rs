@@ -6,9 +6,8 @@
 //! connections to hold), [`next_hop`](PeerService::next_hop) (direct, through a relay, or
 //! unreachable) and [`broadcast_targets`](PeerService::broadcast_targets) (who gets a
 //! broadcast from here, and who a node forwards one to). Gossip-based managers (HyParView,
-//! Plumtree) also exchange their own protocol messages through
-//! [`on_message`](PeerService::on_message) and [`tick`](PeerService::tick); the managers
-//! here have none.
+//! Plumtree, in a later change) will also exchange protocol messages of their own; the
+//! managers here need none.
 //!
 //! * [`FullMesh`] — everyone connects to everyone; for small clusters.
 //! * [`ClientServer`] — servers form a full mesh; each client connects to `k` servers
@@ -302,7 +301,7 @@ impl PeerService for ClientServer {
                 Role::Server => Some(to.to_string()),
                 _ => {
                     let homes = self.home_servers(to);
-                    if homes.iter().any(|h| *h == self.view.local) {
+                    if homes.contains(&self.view.local) {
                         Some(to.to_string())
                     } else {
                         homes.into_iter().next()
