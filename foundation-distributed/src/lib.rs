@@ -3,12 +3,14 @@
 //! Nodes talk over a [`transport`]: authenticated, length-prefixed MessagePack frames on
 //! TCP, or on an in-memory network with the same semantics for simulated clusters.
 //! [`membership`] decides who has failed (φ-accrual), [`discovery`] finds seeds, and
-//! [`interpose`] injects faults for tests. Named parallel channels, overlay topologies and
-//! nodes build on these (see the
+//! [`interpose`] injects faults for tests. [`channel`] runs named channels of parallel
+//! connections per peer (no head-of-line blocking). Overlay topologies and nodes build
+//! on these (see the
 //! workspace's `ARCHITECTURE.md`). The layers below are re-exported as [`beam`] and
 //! [`core`].
 #![warn(missing_docs)]
 
+pub mod channel;
 pub mod discovery;
 pub mod error;
 pub mod interpose;
@@ -27,5 +29,6 @@ pub use foundation_beam::core;
 pub fn describe_metrics() {
     foundation_beam::describe_metrics();
     transport::describe_metrics();
+    channel::describe_metrics();
     interpose::describe_metrics();
 }
