@@ -839,6 +839,8 @@ pub struct Inbound {
     pub peer: Arc<str>,
     /// The channel it came on.
     pub channel: Arc<str>,
+    /// The index (`0..parallelism`) of the connection it came on.
+    pub connection: u16,
     /// Its partition key, if it had one.
     pub key: Option<u64>,
     /// The payload.
@@ -979,6 +981,7 @@ fn attach(shared: &Arc<InboxShared>, conn: Connection) {
 async fn read(conn: Connection, meters: Arc<InboxChannel>, out: mpsc::Sender<Inbound>) {
     let peer: Arc<str> = conn.peer().node.as_str().into();
     let name: Arc<str> = conn.peer().channel.as_str().into();
+    let connection = conn.peer().index;
     let (mut tx, mut rx) = conn.split();
     loop {
         let (tag, mut payload) = match rx.recv().await {
@@ -1009,6 +1012,7 @@ async fn read(conn: Connection, meters: Arc<InboxChannel>, out: mpsc::Sender<Inb
         let msg = Inbound {
             peer: peer.clone(),
             channel: name.clone(),
+            connection,
             key,
             payload,
         };
