@@ -590,10 +590,11 @@ impl ChannelsBuilder {
                     channel: spec.name.clone(),
                 });
                 let (tx, rx) = conn.split();
-                let writer = Writer {
+                let mut writer = Writer {
                     queue: queue.clone(),
                     meters: meters.clone(),
                     interpose,
+                    fairness: Fairness::new(spec.priority),
                 };
                 let token = cancel.clone();
                 tasks.push(tokio::spawn(async move {
@@ -637,10 +638,46 @@ struct Writer {
     queue: Arc<Queue>,
     meters: Arc<Meters>,
     interpose: Option<Interpose>,
+    fairness: Fairness,
+}
+
+/// Payload bytes a medium- or low-priority task moves before yielding to the scheduler.
+///
+/// Why: a socket with room and a queue with items never make a task wait, so without a
+/// voluntary yield a bulk task runs until tokio's co-operative budget (128 operations,
+/// several ms of 64 KiB copies) is spent, and the high-priority tasks on the same worker
+/// wait that long. High-priority tasks never yield voluntarily.
+const YIELD_EVERY: usize = 64 * 1024;
+
+/// Voluntary yielding of one task (see [`YIELD_EVERY`]).
+#[derive(Debug)]
+struct Fairness {
+    enabled: bool,
+    moved: usize,
+}
+
+impl Fairness {
+    fn new(priority: Priority) -> Self {
+        Fairness {
+            enabled: priority != Priority::High,
+            moved: 0,
+        }
+    }
+
+    async fn moved(&mut self, bytes: usize) {
+        if !self.enabled {
+            return;
+        }
+        self.moved += bytes;
+        if self.moved >= YIELD_EVERY {
+            self.moved = 0;
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 impl Writer {
-    async fn run(&self, mut tx: ConnectionSender, mut rx: ConnectionReceiver) {
+    async fn run(&mut self, mut tx: ConnectionSender, mut rx: ConnectionReceiver) {
         let peer = tx.peer().clone();
         let reason = loop {
             // Only wait on the receiver while idle: the peer sends nothing on a channel
@@ -664,6 +701,7 @@ impl Writer {
                     Err(e) => break e.to_string(),
                 },
             };
+            let len = item.payload.len();
             if let Err(e) = self.write(&mut tx, item).await {
                 break e.to_string();
             }
@@ -672,6 +710,7 @@ impl Writer {
                     break e.to_string();
                 }
             }
+            self.fairness.moved(len).await;
         };
         let lost = self.queue.fail(&reason);
         self.meters.dropped_failed.increment(lost as u64);
@@ -983,6 +1022,7 @@ async fn read(conn: Connection, meters: Arc<InboxChannel>, out: mpsc::Sender<Inb
     let name: Arc<str> = conn.peer().channel.as_str().into();
     let connection = conn.peer().index;
     let (mut tx, mut rx) = conn.split();
+    let mut fairness = Fairness::new(meters.priority);
     loop {
         let (tag, mut payload) = match rx.recv().await {
             Ok(Some(Frame::Data { channel, payload })) => (channel, payload),
@@ -1016,10 +1056,12 @@ async fn read(conn: Connection, meters: Arc<InboxChannel>, out: mpsc::Sender<Inb
             key,
             payload,
         };
+        let len = msg.payload.len();
         if out.send(msg).await.is_err() {
             meters.dropped_inbox_closed.increment(1);
             return;
         }
+        fairness.moved(len).await;
     }
 }
 
