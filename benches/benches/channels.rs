@@ -112,7 +112,7 @@ async fn run(layout: &Layout, total: usize) -> Outcome {
         bulk.send(None, chunk.clone()).await.expect("bulk send");
     }
     // The inbox lives until the prober has stopped, so its last send finds the link open.
-    let (mut latencies, end, inbox) = receiver.await.expect("receiver");
+    let (latencies, end, inbox) = receiver.await.expect("receiver");
     done.store(true, Ordering::Relaxed);
     prober.await.expect("prober");
     channels.shutdown().await;

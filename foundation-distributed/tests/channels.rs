@@ -67,10 +67,13 @@ async fn link_with(
     (builder.connect().await.unwrap(), inbox)
 }
 
+/// A metric name and its labels.
+type MetricKey = (String, Vec<(String, String)>);
+
 /// Metric values seen so far (the debugging recorder reports deltas per snapshot).
 struct Seen {
     snapshotter: Snapshotter,
-    values: RefCell<HashMap<(String, Vec<(String, String)>), f64>>,
+    values: RefCell<HashMap<MetricKey, f64>>,
 }
 
 fn recorder() -> (DebuggingRecorder, Seen) {
