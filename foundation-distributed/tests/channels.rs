@@ -641,3 +641,34 @@ fn settings_load_from_toml() {
     assert_eq!(settings.route, RouteOptions::default());
     settings.validate().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn inbox_closes_connections_for_unknown_channels() {
+    let network = MemoryNetwork::new();
+    let a = transport(Kind::Memory, &network, "a");
+    let b = transport(Kind::Memory, &network, "b");
+    let inbox = Inbox::new(&ChannelSettings::default()).unwrap();
+    inbox.serve(b.listen("mem://b").await.unwrap());
+    let (_tx, mut rx) = a.connect("mem://b", "nope", 0).await.unwrap().split();
+    assert_eq!(rx.recv().await.unwrap(), None);
+    assert_eq!(rx.close_reason(), Some("unknown channel"));
+    // A link whose table names a channel the peer does not know fails on first use.
+    let settings = ChannelSettings::default().with(ChannelSpec::new("nope", Priority::Low, 1));
+    let channels = Channels::builder(a, "mem://b")
+        .settings(settings)
+        .connect()
+        .await
+        .unwrap();
+    eventually("the refused connection is seen closed", || {
+        channels.closed_reason("nope", 0).is_some()
+    })
+    .await;
+    assert!(matches!(
+        channels.send("nope", None, Bytes::new()).await,
+        Err(Error::ChannelClosed { .. })
+    ));
+    channels
+        .send(GOSSIP, None, Bytes::from_static(b"fine"))
+        .await
+        .unwrap();
+}

@@ -563,6 +563,8 @@ impl ChannelsBuilder {
     pub async fn connect(self) -> Result<Channels> {
         self.settings.validate()?;
         let cancel = CancellationToken::new();
+        // Stops the sender tasks already started if a later connection fails.
+        let armed = cancel.clone().drop_guard();
         let mut tasks = Vec::new();
         let mut by_name = HashMap::new();
         let mut peer = String::new();
@@ -600,7 +602,10 @@ impl ChannelsBuilder {
                 tasks.push(tokio::spawn(async move {
                     let _guard = TaskGuard::new();
                     tokio::select! {
-                        _ = token.cancelled() => { writer.queue.fail("channels dropped"); }
+                        _ = token.cancelled() => {
+                            let lost = writer.queue.fail("channels dropped");
+                            writer.meters.dropped_failed.increment(lost as u64);
+                        }
                         _ = writer.run(tx, rx) => {}
                     }
                 }));
@@ -614,6 +619,7 @@ impl ChannelsBuilder {
             });
             by_name.insert(spec.name.clone(), ChannelSender { state });
         }
+        armed.disarm();
         Ok(Channels {
             peer,
             by_name,
@@ -847,6 +853,10 @@ impl Channels {
 
     /// Stops accepting messages, lets every sender task write what is queued and close
     /// its connection, and waits for them.
+    ///
+    /// This waits as long as the peer takes to read; to bound it, wrap it in
+    /// `tokio::time::timeout`: when the timeout drops the future, the `Channels` inside is
+    /// dropped, which stops the tasks at once (remaining messages are counted as dropped).
     pub async fn shutdown(mut self) {
         for s in self.by_name.values() {
             for q in &s.state.queues {
@@ -1007,6 +1017,11 @@ fn attach(shared: &Arc<InboxShared>, conn: Connection) {
     tasks.spawn(async move {
         let _guard = TaskGuard::new();
         let (Some(channel), Some(out)) = (channel, out) else {
+            tracing::warn!(
+                peer = %conn.peer().node,
+                channel = %conn.peer().channel,
+                "refusing a connection for an unknown channel"
+            );
             let _ = conn.close("unknown channel").await;
             return;
         };
