@@ -8,6 +8,7 @@
 //! | 5010–5019 | frames |
 //! | 5020–5029 | handshake |
 //! | 5030–5039 | established connections |
+//! | 5040–5049 | named channels |
 //!
 //! Errors of the layers below keep their own codes.
 
@@ -110,6 +111,31 @@ pub enum Error {
         /// The reason given by the peer, or what happened locally.
         reason: String,
     },
+    /// No channel of that name is configured.
+    #[error("unknown channel `{channel}`")]
+    UnknownChannel {
+        /// The name asked for.
+        channel: String,
+    },
+    /// A channel specification was rejected; nothing was started.
+    #[error("invalid channel `{channel}`: {reason}")]
+    InvalidChannel {
+        /// The channel's name.
+        channel: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The connection a message was routed to has closed or failed; the message was not
+    /// queued (it is counted in `foundation_channel_dropped_total{reason="closed"}`).
+    #[error("channel `{channel}` connection {index} is closed: {reason}")]
+    ChannelClosed {
+        /// The channel.
+        channel: String,
+        /// The connection index within the channel.
+        index: u16,
+        /// Why it closed.
+        reason: String,
+    },
     /// An error of `foundation-beam`.
     #[error(transparent)]
     Beam(#[from] foundation_beam::Error),
@@ -134,6 +160,9 @@ impl Error {
             Error::HandshakeTimeout { .. } => 5020,
             Error::Refused { .. } => 5021,
             Error::Closed { .. } => 5030,
+            Error::UnknownChannel { .. } => 5040,
+            Error::InvalidChannel { .. } => 5041,
+            Error::ChannelClosed { .. } => 5042,
             Error::Beam(e) => e.code(),
             Error::Core(e) => e.code(),
         }
@@ -201,6 +230,18 @@ mod tests {
                 by_peer: true,
             },
             Error::Closed {
+                reason: String::new(),
+            },
+            Error::UnknownChannel {
+                channel: String::new(),
+            },
+            Error::InvalidChannel {
+                channel: String::new(),
+                reason: String::new(),
+            },
+            Error::ChannelClosed {
+                channel: String::new(),
+                index: 0,
                 reason: String::new(),
             },
         ];

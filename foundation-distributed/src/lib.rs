@@ -3,17 +3,20 @@
 //! Nodes talk over a [`transport`]: authenticated, length-prefixed MessagePack frames on
 //! TCP, or on an in-memory network with the same semantics for simulated clusters.
 //! [`membership`] decides who has failed (φ-accrual), [`discovery`] finds seeds, and
-//! [`interpose`] injects faults for tests, and [`topology`] decides which peers to connect
-//! to and how to relay (full mesh, client-server, static). Named parallel channels and
-//! nodes build on these (see the
+//! [`interpose`] injects faults for tests, [`topology`] decides which peers to connect
+//! to and how to relay (full mesh, client-server, static), [`channel`] runs named
+//! channels of parallel connections per peer (no head-of-line blocking), and [`node`]
+//! puts it all together as a running cluster member (see the
 //! workspace's `ARCHITECTURE.md`). The layers below are re-exported as [`beam`] and
 //! [`core`].
 #![warn(missing_docs)]
 
+pub mod channel;
 pub mod discovery;
 pub mod error;
 pub mod interpose;
 pub mod membership;
+pub mod node;
 pub mod topology;
 pub mod transport;
 
@@ -29,5 +32,6 @@ pub use foundation_beam::core;
 pub fn describe_metrics() {
     foundation_beam::describe_metrics();
     transport::describe_metrics();
+    channel::describe_metrics();
     interpose::describe_metrics();
 }

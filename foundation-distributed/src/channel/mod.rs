@@ -1,0 +1,1109 @@
+//! Named channels: several parallel connections per peer, so that bulk traffic never
+//! blocks urgent traffic (no head-of-line blocking).
+//!
+//! A [`ChannelSpec`] names a channel and gives its [`Priority`], its `parallelism` (how
+//! many connections per peer it opens) and whether it is `monotonic`. The defaults
+//! ([`ChannelSettings::default`]) are `coordination` (high, 3 connections), `gossip`
+//! (low, 1) and `bulk_data` (medium, 5).
+//!
+//! * [`Channels`] is the sending side towards one peer: it opens every channel's
+//!   connections through an `Arc<dyn Transport>` (connection index `0..parallelism`) and
+//!   runs one sender task per connection, fed by a bounded queue. [`ChannelSender::send`]
+//!   waits for space (backpressure); [`ChannelSender::try_send`] hands the message back.
+//! * A message with a partition key goes to connection `hash(key) % parallelism`, so
+//!   messages of one key stay in order; a message without a key goes round-robin. One
+//!   message is one frame on one connection (large messages are not split).
+//! * On a monotonic channel a newer message for a key replaces an older one of the same
+//!   key that is still queued (in place: per-key order holds), counted in
+//!   `foundation_channel_superseded_total`.
+//! * [`Inbox`] is the receiving side: it accepts connections (from a
+//!   [`Listener`](crate::transport::Listener) or one by one) and merges every connection of
+//!   every channel into one stream of [`Inbound`] messages. Each priority has its own
+//!   bounded queue and [`Inbox::recv`] drains high before medium before low, so urgent
+//!   messages overtake bulk ones at the receiver too.
+//! * [`route`] picks a channel from a message's [`MessageMeta`] (see its rules).
+//! * An [`Interposer`] given to the [`ChannelsBuilder`] is applied on the send path.
+//!
+//! Compression is not implemented yet: payloads go as they are.
+//!
+//! A failed connection is not reconnected: its queued messages are dropped and counted
+//! (`reason="connection_failed"`), and every later send to it fails with
+//! [`Error::ChannelClosed`] (counted, `reason="closed"`). Reconnection belongs to the node
+//! layer, which owns peer lifecycles.
+//!
+//! # Metrics
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | `foundation_channel_messages_total` | counter | `channel`, `direction` (`out`, `in`) |
+//! | `foundation_channel_bytes_total` | counter | `channel`, `direction` (payload bytes) |
+//! | `foundation_channel_queue_depth` | gauge | `channel` (outbound, all connections) |
+//! | `foundation_channel_dropped_total` | counter | `channel`, `reason` (`full`, `closed`, `connection_failed`, `too_large`, `interposed`, `inbox_closed`, `malformed`) |
+//! | `foundation_channel_superseded_total` | counter | `channel` |
+//! | `foundation_channel_send_seconds` | histogram | `channel` (queued → written) |
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use foundation_distributed::channel::{ChannelSettings, Channels, Inbox};
+//! use foundation_distributed::transport::{
+//!     ClusterSecret, MemoryNetwork, MemoryTransport, Transport, TransportSettings,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> foundation_distributed::Result<()> {
+//! let network = MemoryNetwork::new();
+//! let node = |name: &str| -> foundation_distributed::Result<Arc<dyn Transport>> {
+//!     let settings = TransportSettings {
+//!         cluster: "demo".into(),
+//!         node: name.into(),
+//!         secret: ClusterSecret::new("a-secret-of-at-least-16-bytes"),
+//!         ..Default::default()
+//!     };
+//!     Ok(Arc::new(MemoryTransport::new(&network, settings)?))
+//! };
+//! let (a, b) = (node("a")?, node("b")?);
+//!
+//! let settings = ChannelSettings::default();
+//! let mut inbox = Inbox::new(&settings)?;
+//! inbox.serve(b.listen("mem://b").await?);
+//!
+//! let channels = Channels::builder(a, "mem://b").settings(settings).connect().await?;
+//! channels.send("coordination", Some(7), Bytes::from_static(b"hello")).await?;
+//!
+//! let msg = inbox.recv().await.expect("a message");
+//! assert_eq!((&*msg.channel, msg.key, &msg.payload[..]), ("coordination", Some(7), &b"hello"[..]));
+//! channels.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod queue;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use foundation_beam::core::telemetry::TaskGuard;
+use metrics::{counter, gauge, histogram, Counter, Histogram};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::interpose::{Action, Interposer};
+use crate::transport::{
+    Connection, ConnectionReceiver, ConnectionSender, Frame, Listener, Transport,
+};
+use crate::{Error, Result};
+use queue::{Item, Queue, Refused};
+
+pub(crate) mod metric {
+    pub const MESSAGES: &str = "foundation_channel_messages_total";
+    pub const BYTES: &str = "foundation_channel_bytes_total";
+    pub const QUEUE_DEPTH: &str = "foundation_channel_queue_depth";
+    pub const DROPPED: &str = "foundation_channel_dropped_total";
+    pub const SUPERSEDED: &str = "foundation_channel_superseded_total";
+    pub const SEND_SECONDS: &str = "foundation_channel_send_seconds";
+}
+
+/// Data frame tag: no partition key.
+const UNKEYED: u32 = 0;
+/// Data frame tag: the payload starts with an 8-byte big-endian partition key.
+const KEYED: u32 = 1;
+
+/// The name of the default channel for urgent, small control messages.
+pub const COORDINATION: &str = "coordination";
+/// The name of the default channel for background gossip.
+pub const GOSSIP: &str = "gossip";
+/// The name of the default channel for large payloads.
+pub const BULK_DATA: &str = "bulk_data";
+
+/// How urgent a channel's traffic is. The receiver drains higher priorities first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Control traffic.
+    High,
+    /// Ordinary and bulk traffic.
+    Medium,
+    /// Background traffic.
+    Low,
+}
+
+impl Priority {
+    fn slot(self) -> usize {
+        match self {
+            Priority::High => 0,
+            Priority::Medium => 1,
+            Priority::Low => 2,
+        }
+    }
+}
+
+fn default_queue_capacity() -> usize {
+    1024
+}
+
+fn default_parallelism() -> u16 {
+    1
+}
+
+/// One named channel.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ChannelSpec {
+    /// The channel's name (sent in the handshake of each of its connections).
+    pub name: String,
+    /// Its priority.
+    pub priority: Priority,
+    /// Connections per peer, at least 1.
+    #[serde(default = "default_parallelism")]
+    pub parallelism: u16,
+    /// Whether a newer message for a key replaces a queued older one.
+    #[serde(default)]
+    pub monotonic: bool,
+    /// Outbound queue capacity per connection, in messages, at least 1.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+impl ChannelSpec {
+    /// A channel with `priority` and `parallelism`, not monotonic, 1024 messages of queue
+    /// per connection.
+    pub fn new(name: &str, priority: Priority, parallelism: u16) -> Self {
+        ChannelSpec {
+            name: name.to_owned(),
+            priority,
+            parallelism,
+            monotonic: false,
+            queue_capacity: default_queue_capacity(),
+        }
+    }
+
+    /// Makes the channel monotonic.
+    pub fn monotonic(mut self) -> Self {
+        self.monotonic = true;
+        self
+    }
+
+    /// Sets the per-connection queue capacity.
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = capacity;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |reason: &str| {
+            Err(Error::InvalidChannel {
+                channel: self.name.clone(),
+                reason: reason.to_owned(),
+            })
+        };
+        if self.name.is_empty() {
+            return bad("the name is empty");
+        }
+        if self.parallelism == 0 {
+            return bad("parallelism is 0");
+        }
+        if self.queue_capacity == 0 || self.queue_capacity > tokio::sync::Semaphore::MAX_PERMITS {
+            return bad("queue_capacity must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The channel table, shared by both sides of a link.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ChannelSettings {
+    /// The channels. Names must be unique.
+    pub channels: Vec<ChannelSpec>,
+    /// Capacity of each of the [`Inbox`]'s three priority queues, in messages.
+    pub inbox_capacity: usize,
+    /// Routing options used by [`Channels::send_routed`].
+    pub route: RouteOptions,
+}
+
+impl Default for ChannelSettings {
+    fn default() -> Self {
+        ChannelSettings {
+            channels: vec![
+                ChannelSpec::new(COORDINATION, Priority::High, 3),
+                ChannelSpec::new(GOSSIP, Priority::Low, 1),
+                ChannelSpec::new(BULK_DATA, Priority::Medium, 5),
+            ],
+            inbox_capacity: 4096,
+            route: RouteOptions::default(),
+        }
+    }
+}
+
+impl ChannelSettings {
+    /// Adds a channel.
+    pub fn with(mut self, spec: ChannelSpec) -> Self {
+        self.channels.push(spec);
+        self
+    }
+
+    /// Checks every spec and that names are unique.
+    pub fn validate(&self) -> Result<()> {
+        if self.inbox_capacity == 0 {
+            return Err(Error::InvalidSettings {
+                reason: "inbox_capacity is 0".into(),
+            });
+        }
+        for (i, spec) in self.channels.iter().enumerate() {
+            spec.validate()?;
+            if self.channels[..i].iter().any(|s| s.name == spec.name) {
+                return Err(Error::InvalidChannel {
+                    channel: spec.name.clone(),
+                    reason: "defined twice".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How urgent a message is, for [`route`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Urgency {
+    /// Must not wait behind anything.
+    Urgent,
+    /// Ordinary.
+    #[default]
+    Normal,
+    /// May wait.
+    Background,
+}
+
+/// What [`route`] looks at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MessageMeta<'a> {
+    /// A channel named by the caller: always wins.
+    pub channel: Option<&'a str>,
+    /// Payload size in bytes.
+    pub size: usize,
+    /// Urgency.
+    pub urgency: Urgency,
+    /// Set for a state update that supersedes earlier ones of the same key.
+    pub monotonic_key: Option<u64>,
+}
+
+/// Options of [`route`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct RouteOptions {
+    /// Messages larger than this go to `bulk_channel`.
+    pub bulk_threshold: usize,
+    /// Urgent messages.
+    pub urgent_channel: String,
+    /// Large messages.
+    pub bulk_channel: String,
+    /// Background messages.
+    pub background_channel: String,
+    /// State updates; `None`: the first monotonic channel of the table, if any.
+    pub monotonic_channel: Option<String>,
+    /// Everything else.
+    pub default_channel: String,
+}
+
+impl Default for RouteOptions {
+    fn default() -> Self {
+        RouteOptions {
+            bulk_threshold: 1024,
+            urgent_channel: COORDINATION.into(),
+            bulk_channel: BULK_DATA.into(),
+            background_channel: GOSSIP.into(),
+            monotonic_channel: None,
+            default_channel: COORDINATION.into(),
+        }
+    }
+}
+
+/// Picks the channel for a message. The first rule that applies wins:
+///
+/// 1. a channel named in `meta.channel`;
+/// 2. [`Urgency::Urgent`] → `urgent_channel` (`coordination`), whatever the size;
+/// 3. a `monotonic_key` (a state update) → `monotonic_channel`, or else the first
+///    monotonic channel in `channels` (skipped when there is none);
+/// 4. `size > bulk_threshold` (1 KiB) → `bulk_channel` (`bulk_data`);
+/// 5. [`Urgency::Background`] → `background_channel` (`gossip`);
+/// 6. otherwise `default_channel` (`coordination`).
+pub fn route<'a>(
+    meta: &MessageMeta<'a>,
+    opts: &'a RouteOptions,
+    channels: &'a [ChannelSpec],
+) -> &'a str {
+    if let Some(c) = meta.channel {
+        return c;
+    }
+    if meta.urgency == Urgency::Urgent {
+        return &opts.urgent_channel;
+    }
+    if meta.monotonic_key.is_some() {
+        if let Some(c) = &opts.monotonic_channel {
+            return c;
+        }
+        if let Some(spec) = channels.iter().find(|s| s.monotonic) {
+            return &spec.name;
+        }
+    }
+    if meta.size > opts.bulk_threshold {
+        return &opts.bulk_channel;
+    }
+    if meta.urgency == Urgency::Background {
+        return &opts.background_channel;
+    }
+    &opts.default_channel
+}
+
+/// Pre-registered metric handles of one channel.
+#[derive(Debug)]
+struct Meters {
+    messages_out: Counter,
+    bytes_out: Counter,
+    dropped_full: Counter,
+    dropped_closed: Counter,
+    dropped_failed: Counter,
+    dropped_too_large: Counter,
+    dropped_interposed: Counter,
+    send_seconds: Histogram,
+}
+
+impl Meters {
+    fn new(channel: &str) -> Self {
+        let ch = channel.to_owned();
+        let dropped = |reason: &'static str| counter!(metric::DROPPED, "channel" => ch.clone(), "reason" => reason);
+        Meters {
+            messages_out: counter!(metric::MESSAGES, "channel" => ch.clone(), "direction" => "out"),
+            bytes_out: counter!(metric::BYTES, "channel" => ch.clone(), "direction" => "out"),
+            dropped_full: dropped("full"),
+            dropped_closed: dropped("closed"),
+            dropped_failed: dropped("connection_failed"),
+            dropped_too_large: dropped("too_large"),
+            dropped_interposed: dropped("interposed"),
+            send_seconds: histogram!(metric::SEND_SECONDS, "channel" => ch),
+        }
+    }
+}
+
+/// A message handed back by [`ChannelSender::try_send`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrySendError {
+    /// The connection's queue is full.
+    Full {
+        /// The partition key.
+        key: Option<u64>,
+        /// The payload.
+        payload: Bytes,
+    },
+    /// The connection has closed or failed.
+    Closed {
+        /// The partition key.
+        key: Option<u64>,
+        /// The payload.
+        payload: Bytes,
+        /// Why it closed.
+        reason: String,
+    },
+}
+
+impl TrySendError {
+    /// The rejected payload.
+    pub fn into_payload(self) -> Bytes {
+        match self {
+            TrySendError::Full { payload, .. } | TrySendError::Closed { payload, .. } => payload,
+        }
+    }
+}
+
+impl std::fmt::Display for TrySendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrySendError::Full { .. } => f.write_str("channel queue is full"),
+            TrySendError::Closed { reason, .. } => write!(f, "channel connection closed: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for TrySendError {}
+
+#[derive(Debug)]
+struct ChannelState {
+    spec: ChannelSpec,
+    queues: Vec<Arc<Queue>>,
+    next: AtomicUsize,
+    meters: Arc<Meters>,
+}
+
+impl ChannelState {
+    fn pick(&self, key: Option<u64>) -> usize {
+        let n = self.queues.len();
+        match key {
+            // Fibonacci hashing spreads sequential keys; the high bits are the good ones.
+            Some(k) => ((k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % n as u64) as usize,
+            None => self.next.fetch_add(1, Ordering::Relaxed) % n,
+        }
+    }
+
+    fn closed_error(&self, index: usize, reason: &str) -> Error {
+        self.meters.dropped_closed.increment(1);
+        Error::ChannelClosed {
+            channel: self.spec.name.clone(),
+            index: index as u16,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// A cheap, cloneable handle that sends on one channel of a [`Channels`].
+///
+/// Holding one does not keep the connections open: after [`Channels`] is dropped or shut
+/// down, sends fail with [`Error::ChannelClosed`].
+#[derive(Debug, Clone)]
+pub struct ChannelSender {
+    state: Arc<ChannelState>,
+}
+
+impl ChannelSender {
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        &self.state.spec.name
+    }
+
+    /// Which connection (`0..parallelism`) a message with `key` goes to; `None` (no key)
+    /// advances the round-robin cursor.
+    pub fn connection_for(&self, key: Option<u64>) -> usize {
+        self.state.pick(key)
+    }
+
+    /// Queues a message, waiting while its connection's queue is full. With a key the
+    /// message goes to the key's connection (per-key order), without one round-robin.
+    ///
+    /// Returns once queued, not once written. Fails with [`Error::ChannelClosed`] if the
+    /// connection has closed or failed.
+    pub async fn send(&self, key: Option<u64>, payload: Bytes) -> Result<()> {
+        let index = self.state.pick(key);
+        let item = Item {
+            key,
+            payload,
+            queued: Instant::now(),
+        };
+        match self.state.queues[index].push(item).await {
+            Ok(()) => Ok(()),
+            // `push` waits for space, so a refusal means the queue is closed.
+            Err(Refused::Closed(_, reason)) => Err(self.state.closed_error(index, &reason)),
+            Err(Refused::Full(_)) => Err(self.state.closed_error(index, "queue refused")),
+        }
+    }
+
+    /// Queues a message if its connection's queue has space now; otherwise hands it back.
+    /// A full queue is counted as a drop (`reason="full"`), as is a closed connection.
+    pub fn try_send(&self, key: Option<u64>, payload: Bytes) -> Result<(), TrySendError> {
+        let index = self.state.pick(key);
+        let item = Item {
+            key,
+            payload,
+            queued: Instant::now(),
+        };
+        match self.state.queues[index].try_push(item) {
+            Ok(()) => Ok(()),
+            Err(Refused::Full(item)) => {
+                self.state.meters.dropped_full.increment(1);
+                Err(TrySendError::Full {
+                    key: item.key,
+                    payload: item.payload,
+                })
+            }
+            Err(Refused::Closed(item, reason)) => {
+                self.state.meters.dropped_closed.increment(1);
+                Err(TrySendError::Closed {
+                    key: item.key,
+                    payload: item.payload,
+                    reason: reason.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// Builds a [`Channels`]; see [`Channels::builder`].
+#[derive(Debug)]
+pub struct ChannelsBuilder {
+    transport: Arc<dyn Transport>,
+    addr: String,
+    settings: ChannelSettings,
+    interposer: Option<(Arc<Interposer>, String)>,
+}
+
+impl ChannelsBuilder {
+    /// The channel table (default: [`ChannelSettings::default`]).
+    pub fn settings(mut self, settings: ChannelSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Applies `interposer` to every message before it is written, as sent from
+    /// `local_node` to the peer (named by its handshake). `Drop` discards the message
+    /// (counted, `reason="interposed"`); `Deliver` waits `delay` on that connection and
+    /// writes `copies` copies.
+    pub fn interposer(mut self, interposer: Arc<Interposer>, local_node: &str) -> Self {
+        self.interposer = Some((interposer, local_node.to_owned()));
+        self
+    }
+
+    /// Validates the settings and opens every connection of every channel. Fails (and
+    /// closes what was opened) if any connection fails.
+    pub async fn connect(self) -> Result<Channels> {
+        self.settings.validate()?;
+        let cancel = CancellationToken::new();
+        // Stops the sender tasks already started if a later connection fails.
+        let armed = cancel.clone().drop_guard();
+        let mut tasks = Vec::new();
+        let mut by_name = HashMap::new();
+        let mut peer = String::new();
+        for spec in &self.settings.channels {
+            let meters = Arc::new(Meters::new(&spec.name));
+            let depth = gauge!(metric::QUEUE_DEPTH, "channel" => spec.name.clone());
+            let superseded = counter!(metric::SUPERSEDED, "channel" => spec.name.clone());
+            let mut queues = Vec::with_capacity(spec.parallelism.into());
+            for index in 0..spec.parallelism {
+                let conn = self
+                    .transport
+                    .connect(&self.addr, &spec.name, index)
+                    .await?;
+                peer = conn.peer().node.clone();
+                let queue = Arc::new(Queue::new(
+                    spec.queue_capacity,
+                    spec.monotonic,
+                    depth.clone(),
+                    superseded.clone(),
+                ));
+                let interpose = self.interposer.as_ref().map(|(i, local)| Interpose {
+                    interposer: i.clone(),
+                    from: local.clone(),
+                    to: conn.peer().node.clone(),
+                    channel: spec.name.clone(),
+                });
+                let (tx, rx) = conn.split();
+                let mut writer = Writer {
+                    queue: queue.clone(),
+                    meters: meters.clone(),
+                    interpose,
+                    fairness: Fairness::new(spec.priority),
+                };
+                let token = cancel.clone();
+                tasks.push(tokio::spawn(async move {
+                    let _guard = TaskGuard::new();
+                    tokio::select! {
+                        _ = token.cancelled() => {
+                            let lost = writer.queue.fail("channels dropped");
+                            writer.meters.dropped_failed.increment(lost as u64);
+                        }
+                        _ = writer.run(tx, rx) => {}
+                    }
+                }));
+                queues.push(queue);
+            }
+            let state = Arc::new(ChannelState {
+                spec: spec.clone(),
+                queues,
+                next: AtomicUsize::new(0),
+                meters,
+            });
+            by_name.insert(spec.name.clone(), ChannelSender { state });
+        }
+        armed.disarm();
+        Ok(Channels {
+            peer,
+            by_name,
+            route: self.settings.route.clone(),
+            specs: self.settings.channels,
+            cancel,
+            tasks,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Interpose {
+    interposer: Arc<Interposer>,
+    from: String,
+    to: String,
+    channel: String,
+}
+
+/// The sender task of one connection.
+struct Writer {
+    queue: Arc<Queue>,
+    meters: Arc<Meters>,
+    interpose: Option<Interpose>,
+    fairness: Fairness,
+}
+
+/// Payload bytes a medium- or low-priority task moves before yielding to the scheduler.
+///
+/// Why: a socket with room and a queue with items never make a task wait, so without a
+/// voluntary yield a bulk task runs until tokio's co-operative budget (128 operations,
+/// several ms of 64 KiB copies) is spent, and the high-priority tasks on the same worker
+/// wait that long. High-priority tasks never yield voluntarily.
+const YIELD_EVERY: usize = 64 * 1024;
+
+/// Voluntary yielding of one task (see [`YIELD_EVERY`]).
+#[derive(Debug)]
+struct Fairness {
+    enabled: bool,
+    moved: usize,
+}
+
+impl Fairness {
+    fn new(priority: Priority) -> Self {
+        Fairness {
+            enabled: priority != Priority::High,
+            moved: 0,
+        }
+    }
+
+    async fn moved(&mut self, bytes: usize) {
+        if !self.enabled {
+            return;
+        }
+        self.moved += bytes;
+        if self.moved >= YIELD_EVERY {
+            self.moved = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+impl Writer {
+    async fn run(&mut self, mut tx: ConnectionSender, mut rx: ConnectionReceiver) {
+        let peer = tx.peer().clone();
+        let reason = loop {
+            // Only wait on the receiver while idle: the peer sends nothing on a channel
+            // connection but pings and `Close`, and a write must not be cancelled.
+            let item = tokio::select! {
+                biased;
+                item = self.queue.pop() => match item {
+                    Some(item) => item,
+                    None => {
+                        let _ = tx.close("shutdown").await;
+                        return;
+                    }
+                },
+                frame = rx.recv() => match frame {
+                    Ok(Some(Frame::Ping(v))) => match tx.pong(v).await {
+                        Ok(()) => continue,
+                        Err(e) => break e.to_string(),
+                    },
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break format!("closed by peer: {}", rx.close_reason().unwrap_or("")),
+                    Err(e) => break e.to_string(),
+                },
+            };
+            let len = item.payload.len();
+            if let Err(e) = self.write(&mut tx, item).await {
+                break e.to_string();
+            }
+            if self.queue.is_empty() {
+                if let Err(e) = tx.flush().await {
+                    break e.to_string();
+                }
+            }
+            self.fairness.moved(len).await;
+        };
+        let lost = self.queue.fail(&reason);
+        self.meters.dropped_failed.increment(lost as u64);
+        tracing::warn!(
+            peer = %peer.node,
+            channel = %peer.channel,
+            index = peer.index,
+            lost,
+            %reason,
+            "channel connection failed"
+        );
+    }
+
+    async fn write(&self, tx: &mut ConnectionSender, item: Item) -> Result<()> {
+        let mut copies = 1;
+        if let Some(i) = &self.interpose {
+            match i.interposer.decide(&i.from, &i.to, &i.channel) {
+                Action::Drop => {
+                    self.meters.dropped_interposed.increment(1);
+                    return Ok(());
+                }
+                Action::Deliver { copies: c, delay } => {
+                    copies = c;
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+        let len = item.payload.len() as u64;
+        let (tag, body) = match item.key {
+            None => (UNKEYED, item.payload),
+            Some(key) => {
+                let mut b = BytesMut::with_capacity(8 + item.payload.len());
+                b.put_u64(key);
+                b.extend_from_slice(&item.payload);
+                (KEYED, b.freeze())
+            }
+        };
+        for _ in 0..copies {
+            match tx.feed(tag, body.clone()).await {
+                Ok(()) => {}
+                // Refused before anything was written: the connection stays usable.
+                Err(Error::FrameTooLarge { .. }) => {
+                    self.meters.dropped_too_large.increment(1);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+            self.meters.messages_out.increment(1);
+            self.meters.bytes_out.increment(len);
+        }
+        self.meters
+            .send_seconds
+            .record(item.queued.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+/// The sending side of a link to one peer: every channel's connections and their sender
+/// tasks.
+///
+/// Dropping it stops the sender tasks at once (queued messages are dropped and counted,
+/// `reason="connection_failed"`); [`shutdown`](Self::shutdown) drains the queues first.
+#[derive(Debug)]
+pub struct Channels {
+    peer: String,
+    by_name: HashMap<String, ChannelSender>,
+    specs: Vec<ChannelSpec>,
+    route: RouteOptions,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Channels {
+    /// Starts building the link to the peer listening at `addr`.
+    pub fn builder(transport: Arc<dyn Transport>, addr: &str) -> ChannelsBuilder {
+        ChannelsBuilder {
+            transport,
+            addr: addr.to_owned(),
+            settings: ChannelSettings::default(),
+            interposer: None,
+        }
+    }
+
+    /// The peer's node name, from the handshake.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// The channel table.
+    pub fn specs(&self) -> &[ChannelSpec] {
+        &self.specs
+    }
+
+    /// A sending handle for channel `name`: look it up once, send many times.
+    pub fn sender(&self, name: &str) -> Result<ChannelSender> {
+        self.by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownChannel {
+                channel: name.to_owned(),
+            })
+    }
+
+    /// Sends on channel `name`; see [`ChannelSender::send`].
+    pub async fn send(&self, name: &str, key: Option<u64>, payload: Bytes) -> Result<()> {
+        match self.by_name.get(name) {
+            Some(s) => s.send(key, payload).await,
+            None => Err(Error::UnknownChannel {
+                channel: name.to_owned(),
+            }),
+        }
+    }
+
+    /// The channel [`route`] picks for `meta` with this link's options and table.
+    pub fn route<'a>(&'a self, meta: &MessageMeta<'a>) -> &'a str {
+        route(meta, &self.route, &self.specs)
+    }
+
+    /// Sends on the channel [`route`] picks (`meta.size` is taken from the payload;
+    /// the key is `meta.monotonic_key`, or `key` if that is `None`).
+    pub async fn send_routed(
+        &self,
+        mut meta: MessageMeta<'_>,
+        key: Option<u64>,
+        payload: Bytes,
+    ) -> Result<()> {
+        meta.size = payload.len();
+        let key = meta.monotonic_key.or(key);
+        let name = route(&meta, &self.route, &self.specs).to_owned();
+        self.send(&name, key, payload).await
+    }
+
+    /// Stops accepting messages, lets every sender task write what is queued and close
+    /// its connection, and waits for them.
+    ///
+    /// This waits as long as the peer takes to read; to bound it, wrap it in
+    /// `tokio::time::timeout`: when the timeout drops the future, the `Channels` inside is
+    /// dropped, which stops the tasks at once (remaining messages are counted as dropped).
+    pub async fn shutdown(mut self) {
+        for s in self.by_name.values() {
+            for q in &s.state.queues {
+                q.close("shut down");
+            }
+        }
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+
+    /// Whether connection `index` of channel `name` has closed, and why.
+    pub fn closed_reason(&self, name: &str, index: usize) -> Option<String> {
+        let s = self.by_name.get(name)?;
+        s.state.queues.get(index)?.closed().map(|r| r.to_string())
+    }
+}
+
+impl Drop for Channels {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// A message received on a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// The sending node.
+    pub peer: Arc<str>,
+    /// The channel it came on.
+    pub channel: Arc<str>,
+    /// The index (`0..parallelism`) of the connection it came on.
+    pub connection: u16,
+    /// Its partition key, if it had one.
+    pub key: Option<u64>,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+#[derive(Debug)]
+struct InboxChannel {
+    priority: Priority,
+    messages_in: Counter,
+    bytes_in: Counter,
+    dropped_inbox_closed: Counter,
+    dropped_malformed: Counter,
+}
+
+#[derive(Debug)]
+struct InboxShared {
+    channels: HashMap<String, Arc<InboxChannel>>,
+    queues: [mpsc::Sender<Inbound>; 3],
+    cancel: CancellationToken,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+/// The receiving side: merges every accepted channel connection into one stream.
+///
+/// Connections for channels not in the table are closed (`reason="unknown channel"`).
+/// A full priority queue makes the connections feeding it wait (backpressure to the
+/// sender), never the other priorities. Dropping the inbox stops its accept and reader
+/// tasks.
+#[derive(Debug)]
+pub struct Inbox {
+    shared: Arc<InboxShared>,
+    queues: [mpsc::Receiver<Inbound>; 3],
+}
+
+impl Inbox {
+    /// An inbox for the channels of `settings`.
+    pub fn new(settings: &ChannelSettings) -> Result<Inbox> {
+        settings.validate()?;
+        let channels = settings
+            .channels
+            .iter()
+            .map(|spec| {
+                let ch = spec.name.clone();
+                let dropped = |reason: &'static str| {
+                    counter!(metric::DROPPED, "channel" => ch.clone(), "reason" => reason)
+                };
+                let c = InboxChannel {
+                    priority: spec.priority,
+                    messages_in: counter!(metric::MESSAGES, "channel" => ch.clone(), "direction" => "in"),
+                    bytes_in: counter!(metric::BYTES, "channel" => ch.clone(), "direction" => "in"),
+                    dropped_inbox_closed: dropped("inbox_closed"),
+                    dropped_malformed: dropped("malformed"),
+                };
+                (spec.name.clone(), Arc::new(c))
+            })
+            .collect();
+        let cap = settings.inbox_capacity;
+        let (h, hr) = mpsc::channel(cap);
+        let (m, mr) = mpsc::channel(cap);
+        let (l, lr) = mpsc::channel(cap);
+        Ok(Inbox {
+            shared: Arc::new(InboxShared {
+                channels,
+                queues: [h, m, l],
+                cancel: CancellationToken::new(),
+                tasks: Mutex::new(JoinSet::new()),
+            }),
+            queues: [hr, mr, lr],
+        })
+    }
+
+    /// Accepts every connection of `listener` until the inbox is dropped.
+    pub fn serve(&self, mut listener: Listener) {
+        let shared = self.shared.clone();
+        let cancel = self.shared.cancel.clone();
+        self.shared.tasks.lock().spawn(async move {
+            let _guard = TaskGuard::new();
+            loop {
+                let conn = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    c = listener.accept() => match c {
+                        Ok(c) => c,
+                        Err(_) => return,
+                    },
+                };
+                attach(&shared, conn);
+            }
+        });
+    }
+
+    /// Reads `conn` (an accepted channel connection) into this inbox.
+    pub fn attach(&self, conn: Connection) {
+        attach(&self.shared, conn);
+    }
+
+    /// The next message, higher priorities first; `None` once nothing can arrive any more
+    /// (never while the inbox lives, as it holds the senders itself).
+    pub async fn recv(&mut self) -> Option<Inbound> {
+        let [h, m, l] = &mut self.queues;
+        tokio::select! {
+            biased;
+            Some(x) = h.recv() => Some(x),
+            Some(x) = m.recv() => Some(x),
+            Some(x) = l.recv() => Some(x),
+            else => None,
+        }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+fn attach(shared: &Arc<InboxShared>, conn: Connection) {
+    let channel = shared.channels.get(&conn.peer().channel).cloned();
+    let cancel = shared.cancel.clone();
+    let out = channel
+        .as_ref()
+        .map(|c| shared.queues[c.priority.slot()].clone());
+    let mut tasks = shared.tasks.lock();
+    while tasks.try_join_next().is_some() {}
+    tasks.spawn(async move {
+        let _guard = TaskGuard::new();
+        let (Some(channel), Some(out)) = (channel, out) else {
+            tracing::warn!(
+                peer = %conn.peer().node,
+                channel = %conn.peer().channel,
+                "refusing a connection for an unknown channel"
+            );
+            let _ = conn.close("unknown channel").await;
+            return;
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = read(conn, channel, out) => {}
+        }
+    });
+}
+
+async fn read(conn: Connection, meters: Arc<InboxChannel>, out: mpsc::Sender<Inbound>) {
+    let peer: Arc<str> = conn.peer().node.as_str().into();
+    let name: Arc<str> = conn.peer().channel.as_str().into();
+    let connection = conn.peer().index;
+    let (mut tx, mut rx) = conn.split();
+    let mut fairness = Fairness::new(meters.priority);
+    loop {
+        let (tag, mut payload) = match rx.recv().await {
+            Ok(Some(Frame::Data { channel, payload })) => (channel, payload),
+            Ok(Some(Frame::Ping(v))) => {
+                if tx.pong(v).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(Some(Frame::Pong(_))) => continue,
+            Ok(None) | Err(_) => return,
+        };
+        let key = match tag {
+            UNKEYED => None,
+            KEYED if payload.len() >= 8 => {
+                let k = payload.split_to(8);
+                Some(u64::from_be_bytes(k[..].try_into().expect("8 bytes")))
+            }
+            _ => {
+                meters.dropped_malformed.increment(1);
+                let _ = tx.close("malformed channel message").await;
+                return;
+            }
+        };
+        meters.messages_in.increment(1);
+        meters.bytes_in.increment(payload.len() as u64);
+        let msg = Inbound {
+            peer: peer.clone(),
+            channel: name.clone(),
+            connection,
+            key,
+            payload,
+        };
+        let len = msg.payload.len();
+        if out.send(msg).await.is_err() {
+            meters.dropped_inbox_closed.increment(1);
+            return;
+        }
+        fairness.moved(len).await;
+    }
+}
+
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        metric::MESSAGES,
+        "Channel messages, by channel and direction (out: written, in: received)."
+    );
+    describe_counter!(
+        metric::BYTES,
+        "Channel payload bytes, by channel and direction."
+    );
+    describe_gauge!(
+        metric::QUEUE_DEPTH,
+        "Messages queued for sending, by channel (all connections to all peers)."
+    );
+    describe_counter!(
+        metric::DROPPED,
+        "Channel messages not delivered, by channel and reason (full, closed, connection_failed, too_large, interposed, inbox_closed, malformed)."
+    );
+    describe_counter!(
+        metric::SUPERSEDED,
+        "Queued messages replaced by a newer one of the same key on a monotonic channel."
+    );
+    describe_histogram!(
+        metric::SEND_SECONDS,
+        "Time from queueing a channel message to writing it to its connection, by channel."
+    );
+}

@@ -1,0 +1,167 @@
+//! Nodes on the in-memory transport (and one on loopback TCP): membership, send, relay,
+//! request/reply, broadcast, failure detection, partition and heal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use foundation_distributed::interpose::Interposer;
+use foundation_distributed::node::{MembershipEvent, Node, NodeSettings, SendOptions};
+use foundation_distributed::topology::{Role, TopologyKind};
+use foundation_distributed::transport::{ClusterSecret, MemoryNetwork, MemoryTransport, TcpTransport, Transport, TransportSettings};
+
+fn settings(node: &str) -> TransportSettings {
+    TransportSettings {
+        cluster: "test".into(),
+        node: node.into(),
+        secret: ClusterSecret::new("0123456789abcdef-secret"),
+        ..TransportSettings::default()
+    }
+}
+
+async fn mem_node(net: &MemoryNetwork, name: &str, role: Role, topology: TopologyKind) -> Node {
+    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings(name)).unwrap());
+    let s = NodeSettings { listen: format!("mem://{name}"), role, topology, ..NodeSettings::default() };
+    Node::start(t, name, s).await.unwrap()
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("not reached within 10 s: {what}");
+}
+
+fn up_names(n: &Node) -> Vec<String> {
+    n.members().into_iter().filter(|m| m.up).map(|m| m.name).collect()
+}
+
+#[tokio::test]
+async fn three_nodes_converge_send_request_and_broadcast() {
+    let net = MemoryNetwork::new();
+    let a = mem_node(&net, "a", Role::Peer, TopologyKind::FullMesh).await;
+    let b = mem_node(&net, "b", Role::Peer, TopologyKind::FullMesh).await;
+    let c = mem_node(&net, "c", Role::Peer, TopologyKind::FullMesh).await;
+    b.join(&[a.addr()]).await.unwrap();
+    c.join(&[b.addr()]).await.unwrap();
+    for n in [&a, &b, &c] {
+        eventually("full membership", || up_names(n) == ["a", "b", "c"]).await;
+    }
+
+    let mut inbox = c.register::<String>("inbox");
+    a.send("c", "inbox", "hello", SendOptions::default()).await.unwrap();
+    assert_eq!(inbox.recv().await.unwrap(), ("a".to_string(), "hello".to_string()));
+
+    b.serve("double", |_from, n: u32| async move { n * 2 });
+    let r: u32 = a.request("b", "double", &21u32, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(r, 42);
+    let e = a.request::<_, u32>("b", "missing", &1u32, Duration::from_secs(5)).await.unwrap_err();
+    assert!(e.to_string().contains("no server named"), "{e}");
+
+    let mut news_b = b.register::<u64>("news");
+    let mut news_c = c.register::<u64>("news");
+    a.broadcast("news", &7u64).await.unwrap();
+    assert_eq!(news_b.recv().await.unwrap(), ("a".to_string(), 7));
+    assert_eq!(news_c.recv().await.unwrap(), ("a".to_string(), 7));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(news_b.try_recv().is_err() && news_c.try_recv().is_err(), "delivered once");
+
+    let mut events = a.subscribe();
+    c.shutdown().await;
+    loop {
+        if let MembershipEvent::Left(n) = events.recv().await.unwrap() {
+            assert_eq!(n, "c");
+            break;
+        }
+    }
+    for n in [&a, &b] {
+        eventually("c left", || !n.members().iter().any(|m| m.name == "c")).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_killed_node_is_marked_down_within_the_detector_bound() {
+    let net = MemoryNetwork::new();
+    let a = mem_node(&net, "a", Role::Peer, TopologyKind::FullMesh).await;
+    let b = mem_node(&net, "b", Role::Peer, TopologyKind::FullMesh).await;
+    b.join(&[a.addr()]).await.unwrap();
+    eventually("joined", || up_names(&a) == ["a", "b"]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // let the detector learn the rhythm
+    let bound = a.detection_bound("b").expect("a watches b");
+    let mut events = a.subscribe();
+    let killed_at = tokio::time::Instant::now();
+    drop(b); // no goodbye: a crash
+    loop {
+        if let MembershipEvent::Down(n) = events.recv().await.unwrap() {
+            assert_eq!(n, "b");
+            break;
+        }
+    }
+    let took = killed_at.elapsed();
+    let interval = NodeSettings::default().heartbeat;
+    assert!(took <= bound + 2 * interval, "down after {took:?}; bound {bound:?} + one heartbeat round");
+}
+
+#[tokio::test]
+async fn a_partition_is_detected_and_heals() {
+    let net = MemoryNetwork::new();
+    let faults = Arc::new(Interposer::with_seed(1));
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
+        let s = NodeSettings { listen: format!("mem://{name}"), interposer: Some(faults.clone()), ..NodeSettings::default() };
+        nodes.push(Node::start(t, name, s).await.unwrap());
+    }
+    nodes[1].join(&[nodes[0].addr()]).await.unwrap();
+    nodes[2].join(&[nodes[0].addr()]).await.unwrap();
+    for n in &nodes {
+        eventually("full membership", || up_names(n) == ["a", "b", "c"]).await;
+    }
+    let cut = faults.partition(&["a"], &["b", "c"]);
+    eventually("a sees b and c down", || up_names(&nodes[0]) == ["a"]).await;
+    eventually("b sees a down", || up_names(&nodes[1]) == ["b", "c"]).await;
+    faults.remove(cut);
+    for n in &nodes {
+        eventually("healed", || up_names(n) == ["a", "b", "c"]).await;
+    }
+}
+
+#[tokio::test]
+async fn client_server_relays_client_to_client_messages() {
+    let net = MemoryNetwork::new();
+    let cs = TopologyKind::ClientServer { servers_per_client: 1 };
+    let s1 = mem_node(&net, "s1", Role::Server, cs).await;
+    let s2 = mem_node(&net, "s2", Role::Server, cs).await;
+    s2.join(&[s1.addr()]).await.unwrap();
+    let c1 = mem_node(&net, "c1", Role::Client, cs).await;
+    let c2 = mem_node(&net, "c2", Role::Client, cs).await;
+    c1.join(&[s1.addr()]).await.unwrap();
+    c2.join(&[s2.addr()]).await.unwrap();
+    for n in [&s1, &s2, &c1, &c2] {
+        eventually("membership", || up_names(n).len() == 4).await;
+    }
+    let mut inbox = c2.register::<String>("inbox");
+    c1.send("c2", "inbox", "via a server", SendOptions::default()).await.unwrap();
+    assert_eq!(inbox.recv().await.unwrap(), ("c1".to_string(), "via a server".to_string()));
+    let r: String = c1.request("c2", "missing", &0u8, Duration::from_secs(5)).await.map(|_: ()| String::new()).unwrap_or_else(|e| e.to_string());
+    assert!(r.contains("no server named"), "{r}");
+}
+
+#[tokio::test]
+async fn nodes_talk_over_loopback_tcp() {
+    let start = |name: &'static str| async move {
+        let t: Arc<dyn Transport> = Arc::new(TcpTransport::new(settings(name)).unwrap());
+        Node::start(t, name, NodeSettings::default()).await.unwrap()
+    };
+    let a = start("a").await;
+    let b = start("b").await;
+    b.join(&[a.addr()]).await.unwrap();
+    eventually("joined", || up_names(&a) == ["a", "b"]).await;
+    let mut inbox = a.register::<Vec<u8>>("blob");
+    b.send("a", "blob", &vec![7u8; 64 * 1024], SendOptions::default()).await.unwrap();
+    assert_eq!(inbox.recv().await.unwrap().1.len(), 64 * 1024);
+    a.shutdown().await;
+    b.shutdown().await;
+}
