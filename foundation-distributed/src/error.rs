@@ -136,6 +136,31 @@ pub enum Error {
         /// Why it closed.
         reason: String,
     },
+    /// No route to the node: unknown, down, or not reachable in the current topology.
+    #[error("no route to node `{node}`")]
+    UnknownNode {
+        /// The node.
+        node: String,
+    },
+    /// A request got no reply in time.
+    #[error("request to node `{node}` timed out after {after:?}")]
+    RequestTimeout {
+        /// The node.
+        node: String,
+        /// The timeout.
+        after: std::time::Duration,
+    },
+    /// The remote node answered a request with an error.
+    #[error("node `{node}` failed the request: {reason}")]
+    RemoteFailed {
+        /// The node.
+        node: String,
+        /// What it said.
+        reason: String,
+    },
+    /// An API was used in a way it does not support.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// An error of `foundation-beam`.
     #[error(transparent)]
     Beam(#[from] foundation_beam::Error),
@@ -163,6 +188,10 @@ impl Error {
             Error::UnknownChannel { .. } => 5040,
             Error::InvalidChannel { .. } => 5041,
             Error::ChannelClosed { .. } => 5042,
+            Error::UnknownNode { .. } => 5050,
+            Error::RequestTimeout { .. } => 5051,
+            Error::RemoteFailed { .. } => 5052,
+            Error::InvalidArgument(_) => 5053,
             Error::Beam(e) => e.code(),
             Error::Core(e) => e.code(),
         }
@@ -176,7 +205,9 @@ impl Error {
             Error::NoListener { .. }
             | Error::Io { .. }
             | Error::HandshakeTimeout { .. }
-            | Error::Closed { .. } => true,
+            | Error::Closed { .. }
+            | Error::UnknownNode { .. }
+            | Error::RequestTimeout { .. } => true,
             Error::Refused { reason, .. } => matches!(reason, Refusal::Busy),
             Error::Beam(e) => e.is_retryable(),
             Error::Core(e) => e.is_retryable(),

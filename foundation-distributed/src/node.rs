@@ -66,13 +66,36 @@ pub struct MemberInfo {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Wire {
-    Hello { members: Vec<(String, String, Role)> },
+    /// The sender's view: (name, address, role, incarnation) per member.
+    Hello {
+        members: Vec<(String, String, Role, u64)>,
+    },
     Heartbeat,
     Leave,
-    Send { to_node: String, to_name: String, from: String, body: Bytes },
-    Request { id: u64, to_node: String, to_name: String, from: String, body: Bytes },
-    Reply { id: u64, to_node: String, body: std::result::Result<Bytes, String> },
-    Broadcast { origin: String, id: u64, to_name: String, body: Bytes },
+    Send {
+        to_node: String,
+        to_name: String,
+        from: String,
+        body: Bytes,
+    },
+    Request {
+        id: u64,
+        to_node: String,
+        to_name: String,
+        from: String,
+        body: Bytes,
+    },
+    Reply {
+        id: u64,
+        to_node: String,
+        body: std::result::Result<Bytes, String>,
+    },
+    Broadcast {
+        origin: String,
+        id: u64,
+        to_name: String,
+        body: Bytes,
+    },
 }
 
 /// Options of a [`Node::send`].
@@ -84,7 +107,15 @@ pub struct SendOptions {
     pub key: Option<u64>,
 }
 
-type Handler = Arc<dyn Fn(String, Bytes) -> Option<futures_util::future::BoxFuture<'static, std::result::Result<Bytes, String>>> + Send + Sync>;
+type Handler = Arc<
+    dyn Fn(
+            String,
+            Bytes,
+        )
+            -> Option<futures_util::future::BoxFuture<'static, std::result::Result<Bytes, String>>>
+        + Send
+        + Sync,
+>;
 
 /// Settings of a node.
 #[derive(Debug, Clone)]
@@ -115,27 +146,39 @@ impl Default for NodeSettings {
             topology: TopologyKind::FullMesh,
             channels: ChannelSettings::default(),
             heartbeat: Duration::from_millis(200),
-            detector: PhiSettings { min_std_dev_ms: 50, first_heartbeat_estimate_ms: 200, ..PhiSettings::default() },
+            detector: PhiSettings {
+                min_std_dev_ms: 50,
+                first_heartbeat_estimate_ms: 200,
+                ..PhiSettings::default()
+            },
             receiver_capacity: 1024,
             interposer: None,
         }
     }
 }
 
+/// Broadcasts already delivered, by (origin, id), oldest first for eviction.
+type SeenBroadcasts = (HashSet<(String, u64)>, VecDeque<(String, u64)>);
+
 struct Inner {
     name: String,
     addr: String,
     transport: Arc<dyn Transport>,
     settings: NodeSettings,
-    /// Known members: name → (addr, role).
-    members: RwLock<HashMap<String, (String, Role)>>,
+    /// Known members: name → (addr, role, incarnation). The incarnation is the member's
+    /// start time (µs since the epoch): a restarted node has a larger one.
+    members: RwLock<HashMap<String, (String, Role, u64)>>,
+    /// Members that left, with the incarnation that left: gossip about that incarnation
+    /// (or an older one) is ignored, so a departed node is not resurrected by a stale
+    /// view, while a restart (a newer incarnation) is accepted.
+    departed: Mutex<HashMap<String, u64>>,
     down: Mutex<HashSet<String>>,
     links: tokio::sync::Mutex<HashMap<String, Arc<Channels>>>,
     topology: Mutex<Topology>,
     detector: Mutex<FailureDetector<String>>,
     handlers: RwLock<HashMap<String, Handler>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<std::result::Result<Bytes, String>>>>,
-    seen: Mutex<(HashSet<(String, u64)>, VecDeque<(String, u64)>)>,
+    seen: Mutex<SeenBroadcasts>,
     next_id: AtomicU64,
     events: broadcast::Sender<MembershipEvent>,
     cancel: CancellationToken,
@@ -151,7 +194,10 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("name", &self.inner.name).field("addr", &self.inner.addr).finish()
+        f.debug_struct("Node")
+            .field("name", &self.inner.name)
+            .field("addr", &self.inner.addr)
+            .finish()
     }
 }
 
@@ -159,6 +205,12 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+fn incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 fn encode(w: &Wire) -> Bytes {
@@ -173,7 +225,11 @@ fn body<T: Serialize + ?Sized>(v: &T) -> Result<Bytes> {
 
 impl Node {
     /// Starts a node named by `transport`'s settings, listening at `settings.listen`.
-    pub async fn start(transport: Arc<dyn Transport>, name: &str, settings: NodeSettings) -> Result<Node> {
+    pub async fn start(
+        transport: Arc<dyn Transport>,
+        name: &str,
+        settings: NodeSettings,
+    ) -> Result<Node> {
         let listener = transport.listen(&settings.listen).await?;
         let addr = listener.local_addr().to_string();
         let inbox = Inbox::new(&settings.channels)?;
@@ -183,7 +239,11 @@ impl Node {
             name: name.to_string(),
             addr: addr.clone(),
             transport,
-            members: RwLock::new(HashMap::from([(name.to_string(), (addr, settings.role))])),
+            members: RwLock::new(HashMap::from([(
+                name.to_string(),
+                (addr, settings.role, incarnation()),
+            )])),
+            departed: Mutex::new(HashMap::new()),
             down: Mutex::new(HashSet::new()),
             links: tokio::sync::Mutex::new(HashMap::new()),
             topology: Mutex::new(Topology::new(settings.topology, name, &[me])),
@@ -262,7 +322,12 @@ impl Node {
             .members
             .read()
             .iter()
-            .map(|(n, (a, r))| MemberInfo { name: n.clone(), addr: a.clone(), role: *r, up: !down.contains(n) })
+            .map(|(n, (a, r, _))| MemberInfo {
+                name: n.clone(),
+                addr: a.clone(),
+                role: *r,
+                up: !down.contains(n),
+            })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
@@ -281,7 +346,10 @@ impl Node {
     /// Registers a receiver of `T` messages under `name`; messages that do not decode as
     /// `T` are dropped and counted. Messages beyond the queue's capacity are dropped and
     /// counted too.
-    pub fn register<T: DeserializeOwned + Send + 'static>(&self, name: &str) -> mpsc::Receiver<(String, T)> {
+    pub fn register<T: DeserializeOwned + Send + 'static>(
+        &self,
+        name: &str,
+    ) -> mpsc::Receiver<(String, T)> {
         let (tx, rx) = mpsc::channel(self.inner.settings.receiver_capacity.max(1));
         let handler: Handler = Arc::new(move |from, bytes| {
             match rmp_serde::from_slice::<T>(&bytes) {
@@ -290,11 +358,17 @@ impl Node {
                         metrics::counter!("foundation_node_dropped_total", "reason" => "receiver_full").increment(1);
                     }
                 }
-                Err(_) => metrics::counter!("foundation_node_dropped_total", "reason" => "undecodable").increment(1),
+                Err(_) => {
+                    metrics::counter!("foundation_node_dropped_total", "reason" => "undecodable")
+                        .increment(1)
+                }
             }
             None
         });
-        self.inner.handlers.write().insert(name.to_string(), handler);
+        self.inner
+            .handlers
+            .write()
+            .insert(name.to_string(), handler);
         rx
     }
 
@@ -310,28 +384,67 @@ impl Node {
         let handler: Handler = Arc::new(move |from, bytes| {
             let f = f.clone();
             Some(Box::pin(async move {
-                let q: Q = rmp_serde::from_slice(&bytes).map_err(|e| format!("bad request: {e}"))?;
+                let q: Q =
+                    rmp_serde::from_slice(&bytes).map_err(|e| format!("bad request: {e}"))?;
                 let r = f(from, q).await;
-                rmp_serde::to_vec_named(&r).map(Bytes::from).map_err(|e| format!("bad reply: {e}"))
+                rmp_serde::to_vec_named(&r)
+                    .map(Bytes::from)
+                    .map_err(|e| format!("bad reply: {e}"))
             }))
         });
-        self.inner.handlers.write().insert(name.to_string(), handler);
+        self.inner
+            .handlers
+            .write()
+            .insert(name.to_string(), handler);
     }
 
     /// Sends `msg` to receiver `name` on node `node`, directly or through the topology's
     /// relay.
-    pub async fn send<T: Serialize + ?Sized>(&self, node: &str, name: &str, msg: &T, opts: SendOptions) -> Result<()> {
-        let wire = Wire::Send { to_node: node.into(), to_name: name.into(), from: self.inner.name.clone(), body: body(msg)? };
+    pub async fn send<T: Serialize + ?Sized>(
+        &self,
+        node: &str,
+        name: &str,
+        msg: &T,
+        opts: SendOptions,
+    ) -> Result<()> {
+        let wire = Wire::Send {
+            to_node: node.into(),
+            to_name: name.into(),
+            from: self.inner.name.clone(),
+            body: body(msg)?,
+        };
         self.forward(node, wire, opts).await
     }
 
     /// Request/reply with the server registered under `name` on `node`.
-    pub async fn request<Q: Serialize + ?Sized, R: DeserializeOwned>(&self, node: &str, name: &str, msg: &Q, timeout: Duration) -> Result<R> {
+    pub async fn request<Q: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        node: &str,
+        name: &str,
+        msg: &Q,
+        timeout: Duration,
+    ) -> Result<R> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.inner.pending.lock().insert(id, tx);
-        let wire = Wire::Request { id, to_node: node.into(), to_name: name.into(), from: self.inner.name.clone(), body: body(msg)? };
-        if let Err(e) = self.forward(node, wire, SendOptions { urgency: Urgency::Urgent, key: None }).await {
+        let wire = Wire::Request {
+            id,
+            to_node: node.into(),
+            to_name: name.into(),
+            from: self.inner.name.clone(),
+            body: body(msg)?,
+        };
+        if let Err(e) = self
+            .forward(
+                node,
+                wire,
+                SendOptions {
+                    urgency: Urgency::Urgent,
+                    key: None,
+                },
+            )
+            .await
+        {
             self.inner.pending.lock().remove(&id);
             return Err(e);
         }
@@ -340,11 +453,20 @@ impl Node {
             Ok(Err(_)) => return Err(Error::InvalidArgument("node shut down".into())),
             Err(_) => {
                 self.inner.pending.lock().remove(&id);
-                return Err(Error::RequestTimeout { node: node.to_string(), after: timeout });
+                return Err(Error::RequestTimeout {
+                    node: node.to_string(),
+                    after: timeout,
+                });
             }
         };
-        let bytes = reply.map_err(|reason| Error::RemoteFailed { node: node.to_string(), reason })?;
-        rmp_serde::from_slice(&bytes).map_err(|e| Error::RemoteFailed { node: node.to_string(), reason: format!("undecodable reply: {e}") })
+        let bytes = reply.map_err(|reason| Error::RemoteFailed {
+            node: node.to_string(),
+            reason,
+        })?;
+        rmp_serde::from_slice(&bytes).map_err(|e| Error::RemoteFailed {
+            node: node.to_string(),
+            reason: format!("undecodable reply: {e}"),
+        })
     }
 
     /// Broadcasts `msg` to receiver `name` on every node (this one excluded), along the
@@ -352,7 +474,12 @@ impl Node {
     pub async fn broadcast<T: Serialize + ?Sized>(&self, name: &str, msg: &T) -> Result<()> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         self.mark_seen(&self.inner.name, id);
-        let wire = Wire::Broadcast { origin: self.inner.name.clone(), id, to_name: name.into(), body: body(msg)? };
+        let wire = Wire::Broadcast {
+            origin: self.inner.name.clone(),
+            id,
+            to_name: name.into(),
+            body: body(msg)?,
+        };
         let targets = self.inner.topology.lock().broadcast_targets(None);
         for t in targets {
             let _ = self.send_wire(&t, &wire, SendOptions::default()).await;
@@ -362,15 +489,20 @@ impl Node {
 
     /// Says goodbye to the peers and stops this node's tasks and links.
     pub async fn shutdown(&self) {
-        let links: Vec<(String, Arc<Channels>)> = self.inner.links.lock().await.drain().collect();
-        for (_, link) in &links {
-            let _ = link.send("coordination", None, encode(&Wire::Leave)).await;
-        }
-        drop(links);
+        // Stop our own tasks first, so nothing else holds or uses a link.
         self.inner.cancel.cancel();
         let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock());
         for t in tasks {
             let _ = t.await;
+        }
+        let links: Vec<(String, Arc<Channels>)> = self.inner.links.lock().await.drain().collect();
+        for (_, link) in links {
+            let _ = link.send("coordination", None, encode(&Wire::Leave)).await;
+            // Drain the queues (the goodbye included) before closing; a link still
+            // borrowed by a caller's in-flight send is closed when that send ends.
+            if let Ok(link) = Arc::try_unwrap(link) {
+                link.shutdown().await;
+            }
         }
     }
 
@@ -393,13 +525,19 @@ impl Node {
         let _ = self.inner.events.send(e);
     }
 
-    fn view(&self) -> Vec<(String, String, Role)> {
-        self.inner.members.read().iter().map(|(n, (a, r))| (n.clone(), a.clone(), *r)).collect()
+    fn view(&self) -> Vec<(String, String, Role, u64)> {
+        self.inner
+            .members
+            .read()
+            .iter()
+            .map(|(n, (a, r, i))| (n.clone(), a.clone(), *r, *i))
+            .collect()
     }
 
     /// Links to the node at `addr` (if not linked) and says hello; returns its name.
     async fn link_addr(&self, addr: &str) -> Result<String> {
-        let mut builder = Channels::builder(self.inner.transport.clone(), addr).settings(self.inner.settings.channels.clone());
+        let mut builder = Channels::builder(self.inner.transport.clone(), addr)
+            .settings(self.inner.settings.channels.clone());
         if let Some(i) = &self.inner.settings.interposer {
             builder = builder.interposer(i.clone(), &self.inner.name);
         }
@@ -413,7 +551,15 @@ impl Node {
             }
             links.insert(peer.clone(), channels.clone());
         }
-        channels.send("coordination", None, encode(&Wire::Hello { members: self.view() })).await?;
+        channels
+            .send(
+                "coordination",
+                None,
+                encode(&Wire::Hello {
+                    members: self.view(),
+                }),
+            )
+            .await?;
         Ok(peer)
     }
 
@@ -426,16 +572,29 @@ impl Node {
             .members
             .read()
             .get(peer)
-            .map(|(a, _)| a.clone())
-            .ok_or_else(|| Error::UnknownNode { node: peer.to_string() })?;
+            .map(|(a, _, _)| a.clone())
+            .ok_or_else(|| Error::UnknownNode {
+                node: peer.to_string(),
+            })?;
         self.link_addr(&addr).await?;
-        self.inner.links.lock().await.get(peer).cloned().ok_or_else(|| Error::UnknownNode { node: peer.to_string() })
+        self.inner
+            .links
+            .lock()
+            .await
+            .get(peer)
+            .cloned()
+            .ok_or_else(|| Error::UnknownNode {
+                node: peer.to_string(),
+            })
     }
 
     async fn send_wire(&self, peer: &str, wire: &Wire, opts: SendOptions) -> Result<()> {
         let link = self.link(peer).await?;
         let payload = encode(wire);
-        let meta = MessageMeta { urgency: opts.urgency, ..MessageMeta::default() };
+        let meta = MessageMeta {
+            urgency: opts.urgency,
+            ..MessageMeta::default()
+        };
         let r = link.send_routed(meta, opts.key, payload).await;
         if r.is_err() {
             // A failed link is dropped; the next send reconnects.
@@ -448,7 +607,14 @@ impl Node {
         if to == self.inner.name {
             return Err(Error::InvalidArgument("sending to this node itself".into()));
         }
-        let hop = self.inner.topology.lock().next_hop(to).ok_or_else(|| Error::UnknownNode { node: to.to_string() })?;
+        let hop = self
+            .inner
+            .topology
+            .lock()
+            .next_hop(to)
+            .ok_or_else(|| Error::UnknownNode {
+                node: to.to_string(),
+            })?;
         self.send_wire(&hop, &wire, opts).await
     }
 
@@ -460,7 +626,8 @@ impl Node {
             self.emit(MembershipEvent::Up(peer.clone()));
         }
         let Ok(wire) = rmp_serde::from_slice::<Wire>(&msg.payload) else {
-            metrics::counter!("foundation_node_dropped_total", "reason" => "undecodable").increment(1);
+            metrics::counter!("foundation_node_dropped_total", "reason" => "undecodable")
+                .increment(1);
             return;
         };
         match wire {
@@ -475,16 +642,28 @@ impl Node {
                 }
             }
             Wire::Leave => {
-                self.inner.members.write().remove(&peer);
+                if let Some((_, _, inc)) = self.inner.members.write().remove(&peer) {
+                    self.inner.departed.lock().insert(peer.clone(), inc);
+                }
                 self.inner.links.lock().await.remove(&peer);
                 self.inner.detector.lock().remove(&peer);
-                self.inner.topology.lock().update(Change::Left(peer.clone()));
+                self.inner
+                    .topology
+                    .lock()
+                    .update(Change::Left(peer.clone()));
                 self.emit(MembershipEvent::Left(peer));
             }
-            Wire::Send { ref to_node, ref to_name, ref from, ref body } => {
+            Wire::Send {
+                ref to_node,
+                ref to_name,
+                ref from,
+                ref body,
+            } => {
                 if *to_node != self.inner.name {
                     let to = to_node.clone();
-                    let _ = self.forward(&to, wire.clone(), SendOptions::default()).await;
+                    let _ = self
+                        .forward(&to, wire.clone(), SendOptions::default())
+                        .await;
                     return;
                 }
                 let handler = self.inner.handlers.read().get(to_name).cloned();
@@ -495,10 +674,25 @@ impl Node {
                     None => metrics::counter!("foundation_node_dropped_total", "reason" => "no_receiver").increment(1),
                 }
             }
-            Wire::Request { id, ref to_node, ref to_name, ref from, ref body } => {
+            Wire::Request {
+                id,
+                ref to_node,
+                ref to_name,
+                ref from,
+                ref body,
+            } => {
                 if *to_node != self.inner.name {
                     let to = to_node.clone();
-                    let _ = self.forward(&to, wire.clone(), SendOptions { urgency: Urgency::Urgent, key: None }).await;
+                    let _ = self
+                        .forward(
+                            &to,
+                            wire.clone(),
+                            SendOptions {
+                                urgency: Urgency::Urgent,
+                                key: None,
+                            },
+                        )
+                        .await;
                     return;
                 }
                 let handler = self.inner.handlers.read().get(to_name).cloned();
@@ -509,23 +703,57 @@ impl Node {
                 tokio::spawn(async move {
                     let reply = match handler.and_then(|h| h(from.clone(), body)) {
                         Some(fut) => fut.await,
-                        None => Err(format!("no server named `{to_name}` on {}", node.inner.name)),
+                        None => Err(format!(
+                            "no server named `{to_name}` on {}",
+                            node.inner.name
+                        )),
                     };
-                    let w = Wire::Reply { id, to_node: from.clone(), body: reply };
-                    let _ = node.forward(&from, w, SendOptions { urgency: Urgency::Urgent, key: None }).await;
+                    let w = Wire::Reply {
+                        id,
+                        to_node: from.clone(),
+                        body: reply,
+                    };
+                    let _ = node
+                        .forward(
+                            &from,
+                            w,
+                            SendOptions {
+                                urgency: Urgency::Urgent,
+                                key: None,
+                            },
+                        )
+                        .await;
                 });
             }
-            Wire::Reply { id, ref to_node, ref body } => {
+            Wire::Reply {
+                id,
+                ref to_node,
+                ref body,
+            } => {
                 if *to_node != self.inner.name {
                     let to = to_node.clone();
-                    let _ = self.forward(&to, wire.clone(), SendOptions { urgency: Urgency::Urgent, key: None }).await;
+                    let _ = self
+                        .forward(
+                            &to,
+                            wire.clone(),
+                            SendOptions {
+                                urgency: Urgency::Urgent,
+                                key: None,
+                            },
+                        )
+                        .await;
                     return;
                 }
                 if let Some(tx) = self.inner.pending.lock().remove(&id) {
                     let _ = tx.send(body.clone());
                 }
             }
-            Wire::Broadcast { ref origin, id, ref to_name, ref body } => {
+            Wire::Broadcast {
+                ref origin,
+                id,
+                ref to_name,
+                ref body,
+            } => {
                 if *origin == self.inner.name || !self.mark_seen(origin, id) {
                     return;
                 }
@@ -541,16 +769,24 @@ impl Node {
     }
 
     /// Merges a peer's view; links to the new members the topology wants.
-    async fn merge(&self, members: Vec<(String, String, Role)>) {
+    async fn merge(&self, members: Vec<(String, String, Role, u64)>) {
         let mut new = Vec::new();
         {
+            let departed = self.inner.departed.lock();
             let mut known = self.inner.members.write();
-            for (name, addr, role) in members {
-                if name == self.inner.name {
+            for (name, addr, role, inc) in members {
+                if name == self.inner.name || departed.get(&name).is_some_and(|left| inc <= *left) {
                     continue;
                 }
-                if known.insert(name.clone(), (addr, role)).is_none() {
-                    new.push(Member::new(name, role));
+                match known.get(&name) {
+                    Some((_, _, have)) if *have >= inc => {}
+                    Some(_) => {
+                        known.insert(name.clone(), (addr, role, inc)); // restarted
+                    }
+                    None => {
+                        known.insert(name.clone(), (addr, role, inc));
+                        new.push(Member::new(name, role));
+                    }
                 }
             }
         }
@@ -575,14 +811,23 @@ impl Node {
             }
         }
         let links: Vec<Arc<Channels>> = self.inner.links.lock().await.values().cloned().collect();
-        let hello = encode(&Wire::Hello { members: self.view() });
+        let hello = encode(&Wire::Hello {
+            members: self.view(),
+        });
         for l in links {
             let _ = l.send("coordination", None, hello.clone()).await;
         }
     }
 
     async fn heartbeat_round(&self) {
-        let links: Vec<(String, Arc<Channels>)> = self.inner.links.lock().await.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let links: Vec<(String, Arc<Channels>)> = self
+            .inner
+            .links
+            .lock()
+            .await
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let beat = encode(&Wire::Heartbeat);
         for (peer, link) in links {
             if link.send("coordination", None, beat.clone()).await.is_err() {
@@ -611,6 +856,10 @@ impl Node {
 
     /// The detector's current bound on detecting a stopped `peer`, if watched.
     pub fn detection_bound(&self, peer: &str) -> Option<Duration> {
-        self.inner.detector.lock().detector(&peer.to_string()).map(|d| d.detection_bound())
+        self.inner
+            .detector
+            .lock()
+            .detector(&peer.to_string())
+            .map(|d| d.detection_bound())
     }
 }

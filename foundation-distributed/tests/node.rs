@@ -7,7 +7,9 @@ use std::time::Duration;
 use foundation_distributed::interpose::Interposer;
 use foundation_distributed::node::{MembershipEvent, Node, NodeSettings, SendOptions};
 use foundation_distributed::topology::{Role, TopologyKind};
-use foundation_distributed::transport::{ClusterSecret, MemoryNetwork, MemoryTransport, TcpTransport, Transport, TransportSettings};
+use foundation_distributed::transport::{
+    ClusterSecret, MemoryNetwork, MemoryTransport, TcpTransport, Transport, TransportSettings,
+};
 
 fn settings(node: &str) -> TransportSettings {
     TransportSettings {
@@ -20,7 +22,12 @@ fn settings(node: &str) -> TransportSettings {
 
 async fn mem_node(net: &MemoryNetwork, name: &str, role: Role, topology: TopologyKind) -> Node {
     let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings(name)).unwrap());
-    let s = NodeSettings { listen: format!("mem://{name}"), role, topology, ..NodeSettings::default() };
+    let s = NodeSettings {
+        listen: format!("mem://{name}"),
+        role,
+        topology,
+        ..NodeSettings::default()
+    };
     Node::start(t, name, s).await.unwrap()
 }
 
@@ -35,7 +42,11 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn up_names(n: &Node) -> Vec<String> {
-    n.members().into_iter().filter(|m| m.up).map(|m| m.name).collect()
+    n.members()
+        .into_iter()
+        .filter(|m| m.up)
+        .map(|m| m.name)
+        .collect()
 }
 
 #[tokio::test]
@@ -51,13 +62,24 @@ async fn three_nodes_converge_send_request_and_broadcast() {
     }
 
     let mut inbox = c.register::<String>("inbox");
-    a.send("c", "inbox", "hello", SendOptions::default()).await.unwrap();
-    assert_eq!(inbox.recv().await.unwrap(), ("a".to_string(), "hello".to_string()));
+    a.send("c", "inbox", "hello", SendOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        inbox.recv().await.unwrap(),
+        ("a".to_string(), "hello".to_string())
+    );
 
     b.serve("double", |_from, n: u32| async move { n * 2 });
-    let r: u32 = a.request("b", "double", &21u32, Duration::from_secs(5)).await.unwrap();
+    let r: u32 = a
+        .request("b", "double", &21u32, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(r, 42);
-    let e = a.request::<_, u32>("b", "missing", &1u32, Duration::from_secs(5)).await.unwrap_err();
+    let e = a
+        .request::<_, u32>("b", "missing", &1u32, Duration::from_secs(5))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("no server named"), "{e}");
 
     let mut news_b = b.register::<u64>("news");
@@ -66,7 +88,10 @@ async fn three_nodes_converge_send_request_and_broadcast() {
     assert_eq!(news_b.recv().await.unwrap(), ("a".to_string(), 7));
     assert_eq!(news_c.recv().await.unwrap(), ("a".to_string(), 7));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(news_b.try_recv().is_err() && news_c.try_recv().is_err(), "delivered once");
+    assert!(
+        news_b.try_recv().is_err() && news_c.try_recv().is_err(),
+        "delivered once"
+    );
 
     let mut events = a.subscribe();
     c.shutdown().await;
@@ -101,7 +126,10 @@ async fn a_killed_node_is_marked_down_within_the_detector_bound() {
     }
     let took = killed_at.elapsed();
     let interval = NodeSettings::default().heartbeat;
-    assert!(took <= bound + 2 * interval, "down after {took:?}; bound {bound:?} + one heartbeat round");
+    assert!(
+        took <= bound + 2 * interval,
+        "down after {took:?}; bound {bound:?} + one heartbeat round"
+    );
 }
 
 #[tokio::test]
@@ -111,7 +139,11 @@ async fn a_partition_is_detected_and_heals() {
     let mut nodes = Vec::new();
     for name in ["a", "b", "c"] {
         let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
-        let s = NodeSettings { listen: format!("mem://{name}"), interposer: Some(faults.clone()), ..NodeSettings::default() };
+        let s = NodeSettings {
+            listen: format!("mem://{name}"),
+            interposer: Some(faults.clone()),
+            ..NodeSettings::default()
+        };
         nodes.push(Node::start(t, name, s).await.unwrap());
     }
     nodes[1].join(&[nodes[0].addr()]).await.unwrap();
@@ -131,7 +163,9 @@ async fn a_partition_is_detected_and_heals() {
 #[tokio::test]
 async fn client_server_relays_client_to_client_messages() {
     let net = MemoryNetwork::new();
-    let cs = TopologyKind::ClientServer { servers_per_client: 1 };
+    let cs = TopologyKind::ClientServer {
+        servers_per_client: 1,
+    };
     let s1 = mem_node(&net, "s1", Role::Server, cs).await;
     let s2 = mem_node(&net, "s2", Role::Server, cs).await;
     s2.join(&[s1.addr()]).await.unwrap();
@@ -143,9 +177,18 @@ async fn client_server_relays_client_to_client_messages() {
         eventually("membership", || up_names(n).len() == 4).await;
     }
     let mut inbox = c2.register::<String>("inbox");
-    c1.send("c2", "inbox", "via a server", SendOptions::default()).await.unwrap();
-    assert_eq!(inbox.recv().await.unwrap(), ("c1".to_string(), "via a server".to_string()));
-    let r: String = c1.request("c2", "missing", &0u8, Duration::from_secs(5)).await.map(|_: ()| String::new()).unwrap_or_else(|e| e.to_string());
+    c1.send("c2", "inbox", "via a server", SendOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        inbox.recv().await.unwrap(),
+        ("c1".to_string(), "via a server".to_string())
+    );
+    let r: String = c1
+        .request("c2", "missing", &0u8, Duration::from_secs(5))
+        .await
+        .map(|_: ()| String::new())
+        .unwrap_or_else(|e| e.to_string());
     assert!(r.contains("no server named"), "{r}");
 }
 
@@ -160,7 +203,9 @@ async fn nodes_talk_over_loopback_tcp() {
     b.join(&[a.addr()]).await.unwrap();
     eventually("joined", || up_names(&a) == ["a", "b"]).await;
     let mut inbox = a.register::<Vec<u8>>("blob");
-    b.send("a", "blob", &vec![7u8; 64 * 1024], SendOptions::default()).await.unwrap();
+    b.send("a", "blob", &vec![7u8; 64 * 1024], SendOptions::default())
+        .await
+        .unwrap();
     assert_eq!(inbox.recv().await.unwrap().1.len(), 64 * 1024);
     a.shutdown().await;
     b.shutdown().await;
