@@ -672,3 +672,57 @@ async fn inbox_closes_connections_for_unknown_channels() {
         .await
         .unwrap();
 }
+
+/// The central claim: a stalled bulk transfer does not hold back coordination messages,
+/// whereas on one connection they wait behind it.
+#[tokio::test(start_paused = true)]
+async fn stalled_bulk_traffic_does_not_block_coordination() {
+    let settings = ChannelSettings {
+        inbox_capacity: 1,
+        ..Default::default()
+    };
+    let (channels, mut inbox) = link(Kind::Memory, settings).await;
+    let bulk = channels.sender(BULK_DATA).unwrap();
+    let big = Bytes::from(vec![0u8; 2 * 1024 * 1024]);
+    // Three 2 MiB messages per bulk connection: more than the inbox and the streams hold.
+    for _ in 0..15 {
+        bulk.send(None, big.clone()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    channels
+        .send(COORDINATION, None, Bytes::from_static(b"urgent"))
+        .await
+        .unwrap();
+    // The bulk connections stay stalled (nobody reads); the urgent message gets through
+    // and, being high priority, is handed out before the bulk message already waiting.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let first = recv(&mut inbox).await;
+    assert_eq!(
+        (&*first.channel, first.payload.len()),
+        (COORDINATION, b"urgent".len())
+    );
+
+    // The same traffic on one connection: the urgent message waits behind the bulk.
+    let single = ChannelSettings {
+        channels: vec![ChannelSpec::new("single", Priority::Medium, 1)],
+        inbox_capacity: 1,
+        ..Default::default()
+    };
+    let (channels, mut inbox) = link(Kind::Memory, single).await;
+    let single = channels.sender("single").unwrap();
+    for _ in 0..3 {
+        single.send(None, big.clone()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    single
+        .send(None, Bytes::from_static(b"urgent"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let first = recv(&mut inbox).await;
+    assert!(first.payload.len() == big.len(), "bulk comes first");
+    for _ in 0..2 {
+        assert_eq!(recv(&mut inbox).await.payload.len(), big.len());
+    }
+    assert!(recv(&mut inbox).await.payload[..] == b"urgent"[..]);
+}

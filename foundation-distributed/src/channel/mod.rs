@@ -17,7 +17,7 @@
 //!   key that is still queued (in place: per-key order holds), counted in
 //!   `foundation_channel_superseded_total`.
 //! * [`Inbox`] is the receiving side: it accepts connections (from a
-//!   [`Listener`](crate::transport::Listener) or one by one) and merges every connection of
+//!   [`Listener`] or one by one) and merges every connection of
 //!   every channel into one stream of [`Inbound`] messages. Each priority has its own
 //!   bounded queue and [`Inbox::recv`] drains high before medium before low, so urgent
 //!   messages overtake bulk ones at the receiver too.
