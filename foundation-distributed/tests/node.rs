@@ -210,3 +210,64 @@ async fn nodes_talk_over_loopback_tcp() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_tcp_nodes_keep_order_per_key_and_heal_a_partition() {
+    let faults = Arc::new(Interposer::with_seed(2));
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let t: Arc<dyn Transport> = Arc::new(TcpTransport::new(settings(name)).unwrap());
+        let s = NodeSettings {
+            interposer: Some(faults.clone()),
+            ..NodeSettings::default()
+        };
+        nodes.push(Node::start(t, name, s).await.unwrap());
+    }
+    let seed = nodes[0].addr().to_string();
+    nodes[1].join(&[&seed]).await.unwrap();
+    nodes[2].join(&[&seed]).await.unwrap();
+    for n in &nodes {
+        eventually("full membership", || up_names(n) == ["a", "b", "c"]).await;
+    }
+
+    // Per-(sender, key) order across the parallel connections of a channel.
+    let mut inbox = nodes[2].register::<(u64, u64)>("seq");
+    for i in 0..200u64 {
+        let key = i % 8;
+        nodes[0]
+            .send(
+                "c",
+                "seq",
+                &(key, i),
+                SendOptions {
+                    key: Some(key),
+                    ..SendOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let mut last = [None::<u64>; 8];
+    for _ in 0..200 {
+        let (_, (key, i)) = inbox.recv().await.unwrap();
+        assert!(
+            last[key as usize].is_none_or(|p| p < i),
+            "key {key}: {i} after {:?}",
+            last[key as usize]
+        );
+        last[key as usize] = Some(i);
+    }
+
+    let cut = faults.partition(&["c"], &["a", "b"]);
+    eventually("c cut off", || {
+        up_names(&nodes[0]) == ["a", "b"] && up_names(&nodes[2]) == ["c"]
+    })
+    .await;
+    faults.remove(cut);
+    for n in &nodes {
+        eventually("healed", || up_names(n) == ["a", "b", "c"]).await;
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
