@@ -34,4 +34,5 @@ pub fn describe_metrics() {
     transport::describe_metrics();
     channel::describe_metrics();
     interpose::describe_metrics();
+    node::describe_metrics();
 }

@@ -183,6 +183,8 @@ struct Inner {
     events: broadcast::Sender<MembershipEvent>,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Reconnect backoff per peer: (next attempt, current delay).
+    backoff: Mutex<HashMap<String, (Instant, Duration)>>,
 }
 
 /// A running cluster member. Cheap to clone; [`shutdown`](Self::shutdown) stops it (and
@@ -255,6 +257,7 @@ impl Node {
             events: broadcast::channel(256).0,
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
+            backoff: Mutex::new(HashMap::new()),
             settings,
         });
         let node = Node { inner };
@@ -300,6 +303,14 @@ impl Node {
     /// The address this node listens on.
     pub fn addr(&self) -> &str {
         &self.inner.addr
+    }
+
+    /// Resolves `seeds` (static addresses and DNS names) and joins through them.
+    pub async fn join_seeds(&self, seeds: &crate::discovery::Seeds) -> Result<()> {
+        let resolved = seeds.resolve().await;
+        let addrs: Vec<String> = resolved.addresses.iter().map(ToString::to_string).collect();
+        let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        self.join(&refs).await
     }
 
     /// Joins the cluster through `seeds` (addresses of any members).
@@ -838,10 +849,34 @@ impl Node {
         // healed partition is noticed (their first message marks them up again).
         let mut wanted = self.inner.topology.lock().wanted();
         wanted.extend(self.inner.down.lock().iter().cloned());
+        let now = Instant::now();
         for peer in wanted {
             let linked = self.inner.links.lock().await.contains_key(&peer);
-            if !linked {
-                let _ = self.link(&peer).await;
+            if linked {
+                continue;
+            }
+            // Exponential backoff per peer (heartbeat interval doubling up to 32x), reset
+            // by a successful link.
+            let due = self
+                .inner
+                .backoff
+                .lock()
+                .get(&peer)
+                .is_none_or(|(at, _)| *at <= now);
+            if !due {
+                continue;
+            }
+            match self.link(&peer).await {
+                Ok(_) => {
+                    self.inner.backoff.lock().remove(&peer);
+                }
+                Err(_) => {
+                    let base = self.inner.settings.heartbeat;
+                    let mut b = self.inner.backoff.lock();
+                    let next = b.get(&peer).map_or(base, |(_, d)| (*d * 2).min(base * 32));
+                    b.insert(peer, (now + next, next));
+                    metrics::counter!("foundation_node_reconnect_failures_total").increment(1);
+                }
             }
         }
         let suspects = self.inner.detector.lock().suspects(Instant::now());
@@ -862,4 +897,16 @@ impl Node {
             .detector(&peer.to_string())
             .map(|d| d.detection_bound())
     }
+}
+
+/// Describes the node metrics (HELP lines) to the current recorder.
+pub(crate) fn describe_metrics() {
+    metrics::describe_counter!(
+        "foundation_node_dropped_total",
+        "Messages a node dropped: no receiver, receiver queue full, or undecodable."
+    );
+    metrics::describe_counter!(
+        "foundation_node_reconnect_failures_total",
+        "Failed attempts to link to a peer."
+    );
 }

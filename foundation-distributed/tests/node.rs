@@ -225,7 +225,11 @@ async fn three_tcp_nodes_keep_order_per_key_and_heal_a_partition() {
     }
     let seed = nodes[0].addr().to_string();
     nodes[1].join(&[&seed]).await.unwrap();
-    nodes[2].join(&[&seed]).await.unwrap();
+    // Seeds by DNS name: `localhost` resolves to the listening address (and maybe ::1,
+    // where nobody listens; join tries each).
+    let port: u16 = seed.rsplit(':').next().unwrap().parse().unwrap();
+    let seeds = foundation_distributed::discovery::Seeds::new().dns("localhost", port);
+    nodes[2].join_seeds(&seeds).await.unwrap();
     for n in &nodes {
         eventually("full membership", || up_names(n) == ["a", "b", "c"]).await;
     }
