@@ -71,6 +71,10 @@ enum Wire {
         members: Vec<(String, String, Role, u64)>,
     },
     Heartbeat,
+    /// A protocol message of the topology manager.
+    Topology {
+        payload: Bytes,
+    },
     Leave,
     Send {
         to_node: String,
@@ -643,6 +647,10 @@ impl Node {
         };
         match wire {
             Wire::Heartbeat => {}
+            Wire::Topology { payload } => {
+                let out = self.inner.topology.lock().on_message(&peer, &payload);
+                self.send_topology(out).await;
+            }
             Wire::Hello { members } => {
                 self.merge(members).await;
                 // Links are two-way: answer a peer that linked to us with our own link, so
@@ -830,7 +838,34 @@ impl Node {
         }
     }
 
+    async fn send_topology(&self, out: Vec<(String, Vec<u8>)>) {
+        for (to, payload) in out {
+            let w = Wire::Topology {
+                payload: Bytes::from(payload),
+            };
+            let _ = self
+                .send_wire(
+                    &to,
+                    &w,
+                    SendOptions {
+                        urgency: Urgency::Urgent,
+                        key: None,
+                    },
+                )
+                .await;
+        }
+    }
+
+    /// Installs a custom topology manager (an application's own, or a [`Static`] list).
+    ///
+    /// [`Static`]: crate::topology::Static
+    pub fn install_topology(&self, service: Box<dyn crate::topology::PeerService>) {
+        self.inner.topology.lock().install(service);
+    }
+
     async fn heartbeat_round(&self) {
+        let out = self.inner.topology.lock().tick();
+        self.send_topology(out).await;
         let links: Vec<(String, Arc<Channels>)> = self
             .inner
             .links

@@ -6,8 +6,9 @@
 //! connections to hold), [`next_hop`](PeerService::next_hop) (direct, through a relay, or
 //! unreachable) and [`broadcast_targets`](PeerService::broadcast_targets) (who gets a
 //! broadcast from here, and who a node forwards one to). Gossip-based managers (HyParView,
-//! Plumtree, in a later change) will also exchange protocol messages of their own; the
-//! managers here need none.
+//! Plumtree) also exchange protocol messages of their own through
+//! [`on_message`](PeerService::on_message) and [`tick`](PeerService::tick), which the node
+//! delivers; the managers here need none.
 //!
 //! * [`FullMesh`] — everyone connects to everyone; for small clusters.
 //! * [`ClientServer`] — servers form a full mesh; each client connects to `k` servers
@@ -112,6 +113,20 @@ pub trait PeerService: Send + Sync + std::fmt::Debug {
     fn broadcast_targets(&self, from: Option<&str>) -> Vec<String>;
     /// The known members that are not down.
     fn alive(&self) -> Vec<Member>;
+
+    /// Handles a protocol message of this manager from peer `from` (gossip-based managers
+    /// such as HyParView exchange join, shuffle and repair messages); returns the messages
+    /// to send in answer, as (peer, payload). The node delivers them on `coordination`.
+    /// Managers without a protocol keep the default, which ignores them.
+    fn on_message(&mut self, _from: &str, _payload: &[u8]) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
+
+    /// Called once per heartbeat round (periodic shuffles, repairs); returns messages to
+    /// send, as (peer, payload).
+    fn tick(&mut self) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
 }
 
 /// What every manager here keeps: the local node and the members with their state.
@@ -451,6 +466,16 @@ impl Topology {
     /// See [`PeerService::broadcast_targets`].
     pub fn broadcast_targets(&self, from: Option<&str>) -> Vec<String> {
         self.service.broadcast_targets(from)
+    }
+
+    /// See [`PeerService::on_message`].
+    pub fn on_message(&mut self, from: &str, payload: &[u8]) -> Vec<(String, Vec<u8>)> {
+        self.service.on_message(from, payload)
+    }
+
+    /// See [`PeerService::tick`].
+    pub fn tick(&mut self) -> Vec<(String, Vec<u8>)> {
+        self.service.tick()
     }
 }
 

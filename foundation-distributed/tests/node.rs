@@ -275,3 +275,82 @@ async fn three_tcp_nodes_keep_order_per_key_and_heal_a_partition() {
         n.shutdown().await;
     }
 }
+
+/// A manager with a protocol of its own: a full mesh that pings its peers each round and
+/// answers pings with pongs, recording what it hears.
+#[derive(Debug)]
+struct Pinging {
+    mesh: foundation_distributed::topology::FullMesh,
+    heard: Arc<parking_lot::Mutex<Vec<(String, String)>>>,
+}
+
+impl foundation_distributed::topology::PeerService for Pinging {
+    fn kind(&self) -> TopologyKind {
+        self.mesh.kind()
+    }
+    fn update(&mut self, change: foundation_distributed::topology::Change) {
+        self.mesh.update(change)
+    }
+    fn wanted(&self) -> std::collections::BTreeSet<String> {
+        self.mesh.wanted()
+    }
+    fn next_hop(&self, to: &str) -> Option<String> {
+        self.mesh.next_hop(to)
+    }
+    fn broadcast_targets(&self, from: Option<&str>) -> Vec<String> {
+        self.mesh.broadcast_targets(from)
+    }
+    fn alive(&self) -> Vec<foundation_distributed::topology::Member> {
+        self.mesh.alive()
+    }
+    fn on_message(&mut self, from: &str, payload: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let text = String::from_utf8_lossy(payload).to_string();
+        self.heard.lock().push((from.to_string(), text.clone()));
+        if text == "ping" {
+            vec![(from.to_string(), b"pong".to_vec())]
+        } else {
+            Vec::new()
+        }
+    }
+    fn tick(&mut self) -> Vec<(String, Vec<u8>)> {
+        self.wanted()
+            .into_iter()
+            .map(|p| (p, b"ping".to_vec()))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn topology_managers_exchange_their_own_protocol_messages() {
+    use foundation_distributed::topology::{FullMesh, Member, PeerService};
+    let net = MemoryNetwork::new();
+    let a = mem_node(&net, "a", Role::Peer, TopologyKind::FullMesh).await;
+    let b = mem_node(&net, "b", Role::Peer, TopologyKind::FullMesh).await;
+    b.join(&[a.addr()]).await.unwrap();
+    eventually("joined", || {
+        up_names(&a) == ["a", "b"] && up_names(&b) == ["a", "b"]
+    })
+    .await;
+    let members = [Member::new("a", Role::Peer), Member::new("b", Role::Peer)];
+    let heard_a = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let heard_b = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let pa = Pinging {
+        mesh: FullMesh::new("a", &members),
+        heard: heard_a.clone(),
+    };
+    assert_eq!(pa.wanted().len(), 1);
+    a.install_topology(Box::new(pa));
+    b.install_topology(Box::new(Pinging {
+        mesh: FullMesh::new("b", &members),
+        heard: heard_b.clone(),
+    }));
+    eventually("a heard b's ping and pong", || {
+        let h = heard_a.lock();
+        h.contains(&("b".into(), "ping".into())) && h.contains(&("b".into(), "pong".into()))
+    })
+    .await;
+    eventually("b heard a's pong", || {
+        heard_b.lock().contains(&("a".into(), "pong".into()))
+    })
+    .await;
+}
