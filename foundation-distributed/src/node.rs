@@ -102,6 +102,25 @@ enum Wire {
     },
 }
 
+impl Wire {
+    /// The node this message must be relayed to, and how, when it is addressed to a node
+    /// other than `me`.
+    fn relay_to(&self, me: &str) -> Option<(&str, SendOptions)> {
+        let (to, opts) = match self {
+            Wire::Send { to_node, .. } => (to_node, SendOptions::default()),
+            Wire::Request { to_node, .. } | Wire::Reply { to_node, .. } => (to_node, URGENT),
+            _ => return None,
+        };
+        (to != me).then_some((to.as_str(), opts))
+    }
+}
+
+/// Requests and replies go urgent, unkeyed.
+const URGENT: SendOptions = SendOptions {
+    urgency: Urgency::Urgent,
+    key: None,
+};
+
 /// Options of a [`Node::send`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SendOptions {
@@ -449,17 +468,7 @@ impl Node {
             from: self.inner.name.clone(),
             body: body(msg)?,
         };
-        if let Err(e) = self
-            .forward(
-                node,
-                wire,
-                SendOptions {
-                    urgency: Urgency::Urgent,
-                    key: None,
-                },
-            )
-            .await
-        {
+        if let Err(e) = self.forward(node, wire, URGENT).await {
             self.inner.pending.lock().remove(&id);
             return Err(e);
         }
@@ -645,6 +654,15 @@ impl Node {
                 .increment(1);
             return;
         };
+        // Messages for another node are relayed (this node is a hop on their route).
+        if let Some((to, opts)) = wire.relay_to(&self.inner.name) {
+            let to = to.to_string();
+            if self.forward(&to, wire, opts).await.is_err() {
+                metrics::counter!("foundation_node_dropped_total", "reason" => "relay_failed")
+                    .increment(1);
+            }
+            return;
+        }
         match wire {
             Wire::Heartbeat => {}
             Wire::Topology { payload } => {
@@ -673,18 +691,11 @@ impl Node {
                 self.emit(MembershipEvent::Left(peer));
             }
             Wire::Send {
-                ref to_node,
+                to_node: _,
                 ref to_name,
                 ref from,
                 ref body,
             } => {
-                if *to_node != self.inner.name {
-                    let to = to_node.clone();
-                    let _ = self
-                        .forward(&to, wire.clone(), SendOptions::default())
-                        .await;
-                    return;
-                }
                 let handler = self.inner.handlers.read().get(to_name).cloned();
                 match handler {
                     Some(h) => {
@@ -695,25 +706,11 @@ impl Node {
             }
             Wire::Request {
                 id,
-                ref to_node,
+                to_node: _,
                 ref to_name,
                 ref from,
                 ref body,
             } => {
-                if *to_node != self.inner.name {
-                    let to = to_node.clone();
-                    let _ = self
-                        .forward(
-                            &to,
-                            wire.clone(),
-                            SendOptions {
-                                urgency: Urgency::Urgent,
-                                key: None,
-                            },
-                        )
-                        .await;
-                    return;
-                }
                 let handler = self.inner.handlers.read().get(to_name).cloned();
                 let from = from.clone();
                 let body = body.clone();
@@ -732,37 +729,14 @@ impl Node {
                         to_node: from.clone(),
                         body: reply,
                     };
-                    let _ = node
-                        .forward(
-                            &from,
-                            w,
-                            SendOptions {
-                                urgency: Urgency::Urgent,
-                                key: None,
-                            },
-                        )
-                        .await;
+                    let _ = node.forward(&from, w, URGENT).await;
                 });
             }
             Wire::Reply {
                 id,
-                ref to_node,
+                to_node: _,
                 ref body,
             } => {
-                if *to_node != self.inner.name {
-                    let to = to_node.clone();
-                    let _ = self
-                        .forward(
-                            &to,
-                            wire.clone(),
-                            SendOptions {
-                                urgency: Urgency::Urgent,
-                                key: None,
-                            },
-                        )
-                        .await;
-                    return;
-                }
                 if let Some(tx) = self.inner.pending.lock().remove(&id) {
                     let _ = tx.send(body.clone());
                 }
@@ -843,16 +817,7 @@ impl Node {
             let w = Wire::Topology {
                 payload: Bytes::from(payload),
             };
-            let _ = self
-                .send_wire(
-                    &to,
-                    &w,
-                    SendOptions {
-                        urgency: Urgency::Urgent,
-                        key: None,
-                    },
-                )
-                .await;
+            let _ = self.send_wire(&to, &w, URGENT).await;
         }
     }
 
