@@ -7,13 +7,22 @@
 //! gauge (`foundation_mailbox_backlog{process}`).
 //!
 //! The receiving process takes messages from the shared queue in batches (up to
-//! [`BATCH`] per lock) and serves them from a private buffer; before each normal message it
+//! [`BATCH`] per lock) and serves them from a private buffer; before each message it
 //! checks an atomic count of urgent messages, so an urgent message waits at most for the
 //! message being handled. Senders take the lock once per message; the receiver is woken
 //! only when its queue goes from empty to non-empty.
+//!
+//! **Bounds.** A message counts against its lane's capacity and the byte budget from
+//! the moment it is queued until the process takes it out of the mailbox (`recv`); a
+//! batch the receiver has moved into its private buffer still counts. So at every instant
+//! each lane holds at most `capacity` messages and both lanes together at most
+//! `byte_budget` bytes, whatever the interleaving of urgent and normal sends. Under
+//! [`Overflow::DropOldest`] the receiver takes one message per lock instead of a batch, so
+//! that the oldest queued message is always in reach of the sender that drops it.
+//! [`Sender::dropped`] and [`Sender::rejected`] count what the policies did.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use metrics::{Counter, Gauge};
@@ -156,7 +165,6 @@ impl<M> SendError<M> {
 struct Lanes<M> {
     urgent: VecDeque<M>,
     normal: VecDeque<M>,
-    bytes: usize,
 }
 
 pub(crate) struct MailboxMetrics {
@@ -194,10 +202,21 @@ pub(crate) fn describe_metrics() {
 
 pub(crate) struct Shared<M> {
     lanes: Mutex<Lanes<M>>,
-    /// Messages in the shared urgent lane; read without the lock before each normal message.
+    /// Messages in the shared urgent lane; read without the lock before each message.
     urgent_pending: AtomicUsize,
-    /// Messages in both shared lanes plus the receiver's private buffer.
-    backlog: AtomicUsize,
+    /// Urgent messages accepted and not yet handed to the process (shared lane plus the
+    /// receiver's buffer). Raised by senders under the lock, lowered by the receiver.
+    urgent_len: AtomicUsize,
+    /// The same for the normal lane.
+    normal_len: AtomicUsize,
+    /// Bytes of the messages counted in `urgent_len` and `normal_len` (with a budget).
+    bytes: AtomicUsize,
+    /// Senders waiting for room; the receiver wakes them when it takes a message.
+    space_waiters: AtomicUsize,
+    /// Messages dropped by the policy (and queued messages dropped with the mailbox).
+    dropped: AtomicU64,
+    /// Messages returned to their sender because the mailbox was full.
+    rejected: AtomicU64,
     recv: Notify,
     space: Notify,
     closed: AtomicBool,
@@ -207,6 +226,9 @@ pub(crate) struct Shared<M> {
     capacity: usize,
     byte_budget: usize,
     overflow: Overflow,
+    /// Messages the receiver takes from a shared lane per lock: [`BATCH`], or 1 under
+    /// `DropOldest`, whose senders must see every queued message to drop the oldest.
+    batch: usize,
     size_of: fn(&M) -> usize,
     metrics: MailboxMetrics,
 }
@@ -257,18 +279,27 @@ pub(crate) fn channel<M>(
         lanes: Mutex::new(Lanes {
             urgent: VecDeque::new(),
             normal: VecDeque::new(),
-            bytes: 0,
         }),
         urgent_pending: AtomicUsize::new(0),
-        backlog: AtomicUsize::new(0),
+        urgent_len: AtomicUsize::new(0),
+        normal_len: AtomicUsize::new(0),
+        bytes: AtomicUsize::new(0),
+        space_waiters: AtomicUsize::new(0),
+        dropped: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
         recv: Notify::new(),
         space: Notify::new(),
         closed: AtomicBool::new(false),
         shutdown: AtomicBool::new(false),
         senders: AtomicUsize::new(1),
-        capacity: strategy.capacity.unwrap_or(usize::MAX),
+        capacity: strategy.capacity.map_or(usize::MAX, |c| c.max(1)),
         byte_budget: strategy.byte_budget.unwrap_or(usize::MAX),
         overflow: strategy.overflow,
+        batch: if strategy.overflow == Overflow::DropOldest {
+            1
+        } else {
+            BATCH
+        },
         size_of: size_of.unwrap_or(default_size::<M>),
         metrics: MailboxMetrics::new(process, strategy.overflow),
     });
@@ -294,8 +325,28 @@ enum Push<M> {
 }
 
 impl<M> Shared<M> {
+    #[inline]
     fn accounted(&self) -> bool {
         self.byte_budget != usize::MAX
+    }
+
+    #[inline]
+    fn lane_len(&self, urgent: bool) -> &AtomicUsize {
+        if urgent {
+            &self.urgent_len
+        } else {
+            &self.normal_len
+        }
+    }
+
+    fn drop_counted(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        self.metrics.dropped.increment(n);
+    }
+
+    fn reject_counted(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.metrics.rejected.increment(1);
     }
 
     fn push(&self, msg: M, urgent: bool, may_wait: bool) -> Push<M> {
@@ -308,81 +359,143 @@ impl<M> Shared<M> {
         if self.closed.load(Ordering::Acquire) {
             return Push::Closed(msg);
         }
-        let lane_len = if urgent {
-            lanes.urgent.len()
-        } else {
-            lanes.normal.len()
-        };
-        let full = lane_len >= self.capacity || lanes.bytes.saturating_add(size) > self.byte_budget;
+        // SeqCst pairs with the receiver's decrement and `space_waiters` check: a sender
+        // that registered as a waiter and then sees a full lane is woken by the take that
+        // makes room.
+        let full = self.over(urgent, size);
         let mut delivery = Delivery::Queued;
         if full {
+            // A message larger than the whole budget can never fit: no policy can queue it.
+            let never_fits = size > self.byte_budget;
             match self.overflow {
-                Overflow::Backpressure if may_wait => return Push::Full(msg),
+                Overflow::Backpressure if may_wait && !never_fits => return Push::Full(msg),
                 Overflow::Backpressure | Overflow::Reject => {
                     drop(lanes);
-                    self.metrics.rejected.increment(1);
+                    self.reject_counted();
                     return Push::Rejected(msg);
                 }
                 Overflow::DropNewest => {
                     drop(lanes);
-                    self.metrics.dropped.increment(1);
+                    self.drop_counted(1);
+                    return Push::Done(Delivery::DroppedNewest);
+                }
+                Overflow::DropOldest if never_fits => {
+                    drop(lanes);
+                    self.drop_counted(1);
                     return Push::Done(Delivery::DroppedNewest);
                 }
                 Overflow::DropOldest => {
-                    // Make room in this lane: drop its oldest messages until the new one fits.
-                    loop {
-                        let lane = if urgent {
-                            &mut lanes.urgent
-                        } else {
-                            &mut lanes.normal
-                        };
-                        let Some(old) = lane.pop_front() else { break };
-                        let old_size = if self.accounted() {
-                            (self.size_of)(&old)
-                        } else {
-                            0
-                        };
-                        lanes.bytes -= old_size;
-                        if urgent {
-                            self.urgent_pending.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        self.backlog.fetch_sub(1, Ordering::Relaxed);
-                        self.metrics.dropped.increment(1);
-                        delivery = Delivery::DroppedOldest;
-                        let len = if urgent {
-                            lanes.urgent.len()
-                        } else {
-                            lanes.normal.len()
-                        };
-                        if len < self.capacity
-                            && lanes.bytes.saturating_add(size) <= self.byte_budget
-                        {
+                    // Under DropOldest the receiver takes one message at a time and counts
+                    // it as handed out when it takes it, so every queued message is in the
+                    // shared lanes. Drop the oldest of this lane until the new one fits;
+                    // if the byte budget still does not fit it, the oldest of the other
+                    // lane too.
+                    let mut dropped = 0u64;
+                    while self.over(urgent, size) {
+                        if !self.drop_front(&mut lanes, urgent) {
                             break;
                         }
+                        dropped += 1;
                     }
-                    if lanes.bytes.saturating_add(size) > self.byte_budget {
-                        // A single message larger than the whole budget can never fit.
+                    if self.lane_len(urgent).load(Ordering::SeqCst) < self.capacity {
+                        while self.over(urgent, size) {
+                            if !self.drop_front(&mut lanes, !urgent) {
+                                break;
+                            }
+                            dropped += 1;
+                        }
+                    }
+                    if dropped > 0 {
+                        self.drop_counted(dropped);
+                        delivery = Delivery::DroppedOldest;
+                    }
+                    if self.over(urgent, size) {
+                        // Unreachable: with both lanes empty any message within the
+                        // budget fits. Refuse rather than exceed a bound.
                         drop(lanes);
-                        self.metrics.dropped.increment(1);
+                        self.drop_counted(1);
                         return Push::Done(Delivery::DroppedNewest);
                     }
                 }
             }
         }
         let was_empty = lanes.urgent.is_empty() && lanes.normal.is_empty();
-        lanes.bytes += size;
+        if size > 0 {
+            self.bytes.fetch_add(size, Ordering::SeqCst);
+        }
+        self.lane_len(urgent).fetch_add(1, Ordering::SeqCst);
         if urgent {
             lanes.urgent.push_back(msg);
             self.urgent_pending.fetch_add(1, Ordering::Release);
         } else {
             lanes.normal.push_back(msg);
         }
-        self.backlog.fetch_add(1, Ordering::Relaxed);
         drop(lanes);
         if was_empty {
             self.recv.notify_one();
         }
         Push::Done(delivery)
+    }
+
+    /// Whether a message of `size` bytes does not fit in the lane (by count or bytes).
+    #[inline]
+    fn over(&self, urgent: bool, size: usize) -> bool {
+        self.lane_len(urgent).load(Ordering::SeqCst) >= self.capacity
+            || self.bytes.load(Ordering::SeqCst).saturating_add(size) > self.byte_budget
+    }
+
+    /// Drops the oldest message of a shared lane (caller holds the lock and counts the
+    /// drop); false if the lane is empty.
+    fn drop_front(&self, lanes: &mut Lanes<M>, urgent: bool) -> bool {
+        let lane = if urgent {
+            &mut lanes.urgent
+        } else {
+            &mut lanes.normal
+        };
+        let Some(old) = lane.pop_front() else {
+            return false;
+        };
+        if self.accounted() {
+            self.bytes.fetch_sub((self.size_of)(&old), Ordering::SeqCst);
+        }
+        self.lane_len(urgent).fetch_sub(1, Ordering::SeqCst);
+        if urgent {
+            self.urgent_pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Accounts one message handed to the process: it no longer counts against the lane's
+    /// capacity or the byte budget; a sender waiting for room is woken.
+    #[inline]
+    fn taken(&self, msg: &M, urgent: bool) {
+        self.lane_len(urgent).fetch_sub(1, Ordering::SeqCst);
+        if self.accounted() {
+            self.bytes.fetch_sub((self.size_of)(msg), Ordering::SeqCst);
+        }
+        if self.space_waiters.load(Ordering::SeqCst) > 0 {
+            self.space.notify_waiters();
+        }
+    }
+
+    fn backlog(&self) -> usize {
+        self.urgent_len.load(Ordering::Relaxed) + self.normal_len.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a sender as waiting for room while it lives (so a cancelled send stops counting).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -397,6 +510,7 @@ impl<M> Sender<M> {
         self.try_push(msg, true)
     }
 
+    #[inline]
     fn try_push(&self, msg: M, urgent: bool) -> Result<Delivery, SendError<M>> {
         match self.shared.push(msg, urgent, false) {
             Push::Done(d) => Ok(d),
@@ -406,6 +520,10 @@ impl<M> Sender<M> {
     }
 
     /// Sends, waiting for room if the mailbox is full and its policy is `Backpressure`.
+    ///
+    /// A message larger than the whole byte budget can never fit and is returned at once
+    /// as [`SendError::Full`]. Cancel-safe: dropping the future before it completes drops
+    /// the message without queueing it.
     pub async fn send(&self, msg: M) -> Result<Delivery, SendError<M>> {
         self.push_wait(msg, false).await
     }
@@ -415,9 +533,21 @@ impl<M> Sender<M> {
         self.push_wait(msg, true).await
     }
 
-    async fn push_wait(&self, mut msg: M, urgent: bool) -> Result<Delivery, SendError<M>> {
+    #[inline]
+    async fn push_wait(&self, msg: M, urgent: bool) -> Result<Delivery, SendError<M>> {
+        // Fast path: room (or a policy that never waits) costs one lock, like `try_send`.
+        match self.shared.push(msg, urgent, true) {
+            Push::Done(d) => Ok(d),
+            Push::Closed(m) => Err(SendError::Closed(m)),
+            Push::Rejected(m) => Err(SendError::Full(m)),
+            Push::Full(m) => self.wait_for_room(m, urgent).await,
+        }
+    }
+
+    async fn wait_for_room(&self, mut msg: M, urgent: bool) -> Result<Delivery, SendError<M>> {
+        let _waiting = Waiting::new(&self.shared.space_waiters);
         loop {
-            // Register interest before trying, so a receiver freeing room in between is
+            // Register interest before trying, so a receiver making room in between is
             // not missed.
             let space = self.shared.space.notified();
             tokio::pin!(space);
@@ -434,10 +564,25 @@ impl<M> Sender<M> {
         }
     }
 
-    /// Messages queued and not yet handled (both lanes, including the batch the process
-    /// holds).
+    /// Messages queued and not yet handed to the process (both lanes, including the batch
+    /// the process has taken but not yet handled). Never more than twice the capacity
+    /// (one capacity per lane).
     pub fn backlog(&self) -> usize {
-        self.shared.backlog.load(Ordering::Relaxed)
+        self.shared.backlog()
+    }
+
+    /// Messages this mailbox dropped so far: by its `DropOldest`/`DropNewest` policy, and
+    /// those still queued when its process stopped for good. Also exported as
+    /// `foundation_mailbox_dropped_total`.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Messages returned to their sender because the mailbox was full (`Reject`, or
+    /// `try_send` under `Backpressure`). Also exported as
+    /// `foundation_mailbox_rejected_total`.
+    pub fn rejected(&self) -> u64 {
+        self.shared.rejected.load(Ordering::Relaxed)
     }
 
     /// Whether the mailbox is closed (the process stopped or is stopping).
@@ -461,9 +606,10 @@ impl<M> Sender<M> {
         self.shared.space.notify_waiters();
     }
 
-    /// Bytes queued, when a byte budget is set (0 otherwise).
+    /// Bytes queued (as counted for the byte budget, including the batch the process has
+    /// taken but not yet handled), when a byte budget is set (0 otherwise).
     pub fn bytes_queued(&self) -> usize {
-        self.shared.lanes.lock().bytes
+        self.shared.bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -506,50 +652,51 @@ impl<M> Receiver<M> {
 
     #[inline]
     fn next_ready(&mut self) -> Option<M> {
-        if self.shared.urgent_pending.load(Ordering::Acquire) > 0 {
+        if self.urgent.is_empty() && self.shared.urgent_pending.load(Ordering::Acquire) > 0 {
             self.refill();
         }
-        let m = self
-            .urgent
-            .pop_front()
-            .or_else(|| self.normal.pop_front())?;
-        self.shared.backlog.fetch_sub(1, Ordering::Relaxed);
+        let (m, urgent) = match self.urgent.pop_front() {
+            Some(m) => (m, true),
+            None => (self.normal.pop_front()?, false),
+        };
+        if self.shared.batch > 1 {
+            self.shared.taken(&m, urgent);
+        }
         Some(m)
     }
 
-    /// Moves queued messages into the private buffer: all urgent ones, up to `BATCH`
-    /// normal ones. Returns whether anything was moved.
+    /// Moves queued messages into the private buffer: up to `batch` urgent ones, and up to
+    /// `batch` normal ones when the buffer has none. Returns whether anything was moved.
+    ///
+    /// The moved messages still count against the capacity and the byte budget until
+    /// they are handed out (except under `DropOldest`, which moves one message at a time
+    /// and counts it as handed out here, so that its senders see every queued message).
     fn refill(&mut self) -> bool {
-        let mut lanes = self.shared.lanes.lock();
-        let n_urgent = lanes.urgent.len();
-        let n_normal = lanes.normal.len().min(BATCH);
+        let shared = &*self.shared;
+        let mut lanes = shared.lanes.lock();
+        let n_urgent = lanes.urgent.len().min(shared.batch);
+        let n_normal = if self.normal.is_empty() && n_urgent == 0 {
+            lanes.normal.len().min(shared.batch)
+        } else {
+            0
+        };
         if n_urgent + n_normal == 0 {
             return false;
         }
-        let accounted = self.shared.accounted();
-        let mut freed = 0;
-        for m in lanes.urgent.drain(..) {
-            if accounted {
-                freed += (self.shared.size_of)(&m);
-            }
-            self.urgent.push_back(m);
+        self.urgent.extend(lanes.urgent.drain(..n_urgent));
+        shared
+            .urgent_pending
+            .store(lanes.urgent.len(), Ordering::Release);
+        self.normal.extend(lanes.normal.drain(..n_normal));
+        if shared.batch == 1 {
+            let (m, urgent) = match self.urgent.back() {
+                Some(m) if n_urgent == 1 => (m, true),
+                _ => (self.normal.back().expect("one message moved"), false),
+            };
+            shared.taken(m, urgent);
         }
-        self.shared.urgent_pending.store(0, Ordering::Release);
-        for m in lanes.normal.drain(..n_normal) {
-            if accounted {
-                freed += (self.shared.size_of)(&m);
-            }
-            self.normal.push_back(m);
-        }
-        lanes.bytes -= freed;
         drop(lanes);
-        self.shared
-            .metrics
-            .backlog
-            .set(self.shared.backlog.load(Ordering::Relaxed) as f64);
-        if self.shared.capacity != usize::MAX || accounted {
-            self.shared.space.notify_waiters();
-        }
+        shared.metrics.backlog.set(shared.backlog() as f64);
         true
     }
 
@@ -571,7 +718,7 @@ impl<M> Receiver<M> {
 
     /// Messages queued and not yet handled.
     pub fn backlog(&self) -> usize {
-        self.shared.backlog.load(Ordering::Relaxed)
+        self.shared.backlog()
     }
 
     /// A sender that does not keep the mailbox open.
@@ -603,6 +750,14 @@ pub(crate) struct WeakSender<M> {
     shared: Arc<Shared<M>>,
 }
 
+impl<M> Clone for WeakSender<M> {
+    fn clone(&self) -> Self {
+        WeakSender {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
 impl<M> WeakSender<M> {
     /// A sender, unless the mailbox is closed.
     pub(crate) fn upgrade(&self) -> Option<Sender<M>> {
@@ -624,12 +779,16 @@ impl<M> Drop for Receiver<M> {
     fn drop(&mut self) {
         self.close();
         // Messages still queued are dropped with the mailbox; count them.
-        let left = self.urgent.len() + self.normal.len() + {
-            let l = self.shared.lanes.lock();
-            l.urgent.len() + l.normal.len()
-        };
+        let mut lanes = self.shared.lanes.lock();
+        let left = self.urgent.len() + self.normal.len() + lanes.urgent.len() + lanes.normal.len();
+        lanes.urgent.clear();
+        lanes.normal.clear();
+        self.shared.urgent_len.store(0, Ordering::SeqCst);
+        self.shared.normal_len.store(0, Ordering::SeqCst);
+        self.shared.bytes.store(0, Ordering::SeqCst);
+        drop(lanes);
         if left > 0 {
-            self.shared.metrics.dropped.increment(left as u64);
+            self.shared.drop_counted(left as u64);
         }
     }
 }
@@ -722,9 +881,16 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().len(), 6);
         assert_eq!(
             tx.bytes_queued(),
-            0,
-            "the whole queue is in the receiver's batch"
+            4,
+            "a message the receiver has batched but not handed out still counts"
         );
+        assert!(matches!(tx.try_send(vec![0; 7]), Err(SendError::Full(_))));
+        tx.try_send(vec![0; 6]).unwrap();
+        assert!(
+            matches!(tx.try_send(vec![0; 11]), Err(SendError::Full(_))),
+            "larger than the whole budget"
+        );
+        assert_eq!(tx.rejected(), 3);
     }
 
     #[tokio::test]
@@ -733,5 +899,280 @@ mod tests {
         drop(rx);
         assert_eq!(tx.try_send(1), Err(SendError::Closed(1)));
         assert!(tx.is_closed());
+    }
+
+    /// A reference model of a mailbox: per-lane queues in which everything queued counts,
+    /// and the overflow policies as documented.
+    struct Model {
+        urgent: VecDeque<(u32, usize)>,
+        normal: VecDeque<(u32, usize)>,
+        capacity: usize,
+        budget: usize,
+        overflow: Overflow,
+        dropped: u64,
+        rejected: u64,
+    }
+
+    impl Model {
+        fn bytes(&self) -> usize {
+            self.urgent.iter().chain(&self.normal).map(|m| m.1).sum()
+        }
+
+        fn lane(&mut self, urgent: bool) -> &mut VecDeque<(u32, usize)> {
+            if urgent {
+                &mut self.urgent
+            } else {
+                &mut self.normal
+            }
+        }
+
+        fn over(&mut self, urgent: bool, size: usize) -> bool {
+            self.bytes() + size > self.budget || self.lane(urgent).len() >= self.capacity
+        }
+
+        /// `Ok(delivery)` or `Err(())` for a message handed back as full.
+        fn send(&mut self, msg: (u32, usize), urgent: bool) -> Result<Delivery, ()> {
+            let size = msg.1;
+            let mut delivery = Delivery::Queued;
+            if self.over(urgent, size) {
+                match self.overflow {
+                    Overflow::Backpressure | Overflow::Reject => {
+                        self.rejected += 1;
+                        return Err(());
+                    }
+                    Overflow::DropNewest => {
+                        self.dropped += 1;
+                        return Ok(Delivery::DroppedNewest);
+                    }
+                    Overflow::DropOldest if size > self.budget => {
+                        self.dropped += 1;
+                        return Ok(Delivery::DroppedNewest);
+                    }
+                    Overflow::DropOldest => {
+                        while self.over(urgent, size) && self.lane(urgent).pop_front().is_some() {
+                            self.dropped += 1;
+                            delivery = Delivery::DroppedOldest;
+                        }
+                        while self.over(urgent, size) && self.lane(!urgent).pop_front().is_some() {
+                            self.dropped += 1;
+                            delivery = Delivery::DroppedOldest;
+                        }
+                    }
+                }
+            }
+            self.lane(urgent).push_back(msg);
+            Ok(delivery)
+        }
+
+        fn recv(&mut self) -> Option<(u32, usize)> {
+            self.urgent.pop_front().or_else(|| self.normal.pop_front())
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Send { urgent: bool, size: usize },
+        Recv(usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (proptest::bool::weighted(0.3), 1usize..40)
+                .prop_map(|(urgent, size)| Op::Send { urgent, size }),
+            1 => (1usize..6).prop_map(Op::Recv),
+        ]
+    }
+
+    fn policy() -> impl proptest::strategy::Strategy<Value = Overflow> {
+        proptest::sample::select(vec![
+            Overflow::Backpressure,
+            Overflow::DropOldest,
+            Overflow::DropNewest,
+            Overflow::Reject,
+        ])
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any interleaving of urgent and normal sends and receives: the mailbox behaves
+        /// exactly like the model (same outcomes, same order, same drop and reject
+        /// counts), and the bounds hold after every step, counting the receiver's batch.
+        #[test]
+        fn bounds_and_drop_counts_hold_under_any_interleaving(
+            capacity in 1usize..8,
+            budget in proptest::option::of(30usize..150),
+            overflow in policy(),
+            ops in proptest::collection::vec(op(), 1..300),
+        ) {
+            let mut strategy = MemoryStrategy::bounded(capacity, overflow);
+            strategy.byte_budget = budget;
+            let (tx, mut rx) =
+                channel::<(u32, usize)>("prop", &strategy, Some(|m: &(u32, usize)| m.1));
+            let mut model = Model {
+                urgent: VecDeque::new(),
+                normal: VecDeque::new(),
+                capacity,
+                budget: budget.unwrap_or(usize::MAX),
+                overflow,
+                dropped: 0,
+                rejected: 0,
+            };
+            let mut next_id = 0u32;
+            for op in ops {
+                match op {
+                    Op::Send { urgent, size } => {
+                        next_id += 1;
+                        let msg = (next_id, size);
+                        let got = if urgent { tx.try_send_urgent(msg) } else { tx.try_send(msg) };
+                        let want = model.send(msg, urgent);
+                        match (got, want) {
+                            (Ok(g), Ok(w)) => proptest::prop_assert_eq!(g, w),
+                            (Err(SendError::Full(m)), Err(())) => proptest::prop_assert_eq!(m, msg),
+                            (g, w) => proptest::prop_assert!(false, "mailbox {g:?}, model {w:?}"),
+                        }
+                    }
+                    Op::Recv(k) => {
+                        for _ in 0..k {
+                            proptest::prop_assert_eq!(rx.try_recv(), model.recv());
+                        }
+                    }
+                }
+                let shared = &*tx.shared;
+                let lanes = shared.lanes.lock();
+                // What the mailbox really holds, the receiver's private batch included.
+                let held_urgent = lanes.urgent.len() + rx.urgent.len();
+                let held_normal = lanes.normal.len() + rx.normal.len();
+                let held_bytes: usize = lanes
+                    .urgent
+                    .iter()
+                    .chain(&lanes.normal)
+                    .chain(&rx.urgent)
+                    .chain(&rx.normal)
+                    .map(|m| m.1)
+                    .sum();
+                drop(lanes);
+                proptest::prop_assert!(held_urgent <= capacity && held_normal <= capacity);
+                proptest::prop_assert!(held_bytes <= model.budget);
+                proptest::prop_assert_eq!(held_urgent, model.urgent.len());
+                proptest::prop_assert_eq!(held_normal, model.normal.len());
+                proptest::prop_assert_eq!(tx.backlog(), model.urgent.len() + model.normal.len());
+                if budget.is_some() {
+                    proptest::prop_assert_eq!(tx.bytes_queued(), model.bytes());
+                }
+                proptest::prop_assert_eq!(tx.dropped(), model.dropped);
+                proptest::prop_assert_eq!(tx.rejected(), model.rejected);
+            }
+        }
+    }
+
+    /// The scenario: a slow process, one urgent message among every ten normal
+    /// ones, capacity 100 per lane under `Reject`. The mailbox never holds more than its
+    /// capacity, rejects the excess, and the normal lane is still served.
+    #[test]
+    fn urgent_traffic_does_not_lift_the_bound() {
+        let (tx, mut rx) =
+            channel::<u32>("t", &MemoryStrategy::bounded(100, Overflow::Reject), None);
+        let mut received_normal = 0;
+        let mut attempts = 0u64;
+        let mut received = 0u64;
+        for round in 0..2_000u32 {
+            for i in 0..10 {
+                attempts += 1;
+                let _ = tx.try_send(round * 10 + i);
+            }
+            attempts += 1;
+            let _ = tx.try_send_urgent(u32::MAX);
+            // The slow process handles two messages per round (urgent ones go first).
+            for _ in 0..2 {
+                if let Some(m) = rx.try_recv() {
+                    received += 1;
+                    if m != u32::MAX {
+                        received_normal += 1;
+                    }
+                }
+            }
+            assert!(tx.backlog() <= 200, "backlog {}", tx.backlog());
+            assert!(rx.normal.len() + tx.shared.lanes.lock().normal.len() <= 100);
+        }
+        assert!(tx.rejected() > 10_000, "rejected {}", tx.rejected());
+        assert!(
+            received_normal >= 1_900,
+            "the normal lane starved: {received_normal}"
+        );
+        assert_eq!(attempts, received + tx.rejected() + tx.backlog() as u64);
+    }
+
+    /// Several threads sending urgent and normal messages while the receiver takes them:
+    /// the mailbox never holds more than its bounds, and every message is accounted for.
+    #[test]
+    fn bounds_hold_with_concurrent_senders() {
+        for overflow in [Overflow::DropOldest, Overflow::DropNewest, Overflow::Reject] {
+            let strategy = MemoryStrategy::bounded(16, overflow).with_byte_budget(24 * 8);
+            let (tx, mut rx) = channel::<u64>("t", &strategy, Some(|_: &u64| 8));
+            let senders: Vec<_> = (0..4)
+                .map(|t| {
+                    let tx = tx.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..20_000u64 {
+                            let _ = if (i + t) % 7 == 0 {
+                                tx.try_send_urgent(i)
+                            } else {
+                                tx.try_send(i)
+                            };
+                        }
+                    })
+                })
+                .collect();
+            let mut received = 0u64;
+            while senders.iter().any(|s| !s.is_finished()) || rx.backlog() > 0 {
+                if rx.try_recv().is_some() {
+                    received += 1;
+                }
+                let lanes = tx.shared.lanes.lock();
+                let urgent = lanes.urgent.len() + rx.urgent.len();
+                let normal = lanes.normal.len() + rx.normal.len();
+                drop(lanes);
+                assert!(
+                    urgent <= 16 && normal <= 16,
+                    "{overflow:?}: {urgent} {normal}"
+                );
+                assert!((urgent + normal) * 8 <= 24 * 8, "{overflow:?}: byte budget");
+            }
+            for s in senders {
+                s.join().unwrap();
+            }
+            while rx.try_recv().is_some() {
+                received += 1;
+            }
+            assert_eq!(
+                4 * 20_000,
+                received + tx.dropped() + tx.rejected(),
+                "{overflow:?}: every message handled, dropped or rejected"
+            );
+        }
+    }
+
+    /// A backpressured sender waiting for room is woken when the receiver takes a message
+    /// from its batch (not only when it refills).
+    #[tokio::test]
+    async fn waiting_sender_is_woken_by_a_take_from_the_batch() {
+        let (tx, mut rx) = channel::<u32>(
+            "t",
+            &MemoryStrategy::bounded(2, Overflow::Backpressure),
+            None,
+        );
+        tx.send(1).await.unwrap();
+        tx.send(2).await.unwrap();
+        let t2 = tx.clone();
+        let waiter = tokio::spawn(async move { t2.send(3).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        assert_eq!(rx.recv().await, Some(1)); // batch of two taken, one handed out
+        waiter.await.unwrap().unwrap();
+        assert_eq!(tx.backlog(), 2);
+        assert_eq!(rx.recv().await, Some(2));
+        assert_eq!(rx.recv().await, Some(3));
     }
 }

@@ -388,7 +388,9 @@ impl<M: Send + 'static> Handle<M> {
     }
 
     /// Request/reply: builds a message around a [`Reply`] with `make`, sends it and waits
-    /// up to `timeout` for the answer.
+    /// for the answer. `timeout` bounds the whole call: waiting for room in a full
+    /// backpressured mailbox as well as waiting for the reply. A call that times out while
+    /// waiting for room never queued its message.
     ///
     /// Errors: [`Error::Timeout`] (the late answer is dropped), [`Error::NoReply`] (the
     /// process dropped the `Reply` or stopped), [`Error::Stopped`] (it had stopped), or
@@ -412,12 +414,29 @@ impl<M: Send + 'static> Handle<M> {
         timeout: Duration,
         urgent: bool,
     ) -> Result<R> {
+        let timed_out = || Error::Timeout {
+            process: self.life.id,
+            after: timeout,
+        };
+        // One deadline covers waiting for room in the mailbox and waiting for the reply.
+        // `None`: too far in the future to represent; wait without a deadline.
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
         let (tx, rx) = oneshot::channel();
         let msg = make(Reply(tx));
-        let sent = if urgent {
-            self.tx.send_urgent(msg).await
-        } else {
-            self.tx.send(msg).await
+        let send = async {
+            if urgent {
+                self.tx.send_urgent(msg).await
+            } else {
+                self.tx.send(msg).await
+            }
+        };
+        let sent = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, send).await {
+                Ok(sent) => sent,
+                // The message was never queued (sends are cancel-safe).
+                Err(_) => return Err(timed_out()),
+            },
+            None => send.await,
         };
         match sent {
             Ok(Delivery::DroppedNewest) => {
@@ -437,16 +456,16 @@ impl<M: Send + 'static> Handle<M> {
                 })
             }
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) => Err(Error::NoReply {
-                process: self.life.id,
-            }),
-            Err(_) => Err(Error::Timeout {
-                process: self.life.id,
-                after: timeout,
-            }),
-        }
+        let reply = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(reply) => reply,
+                Err(_) => return Err(timed_out()),
+            },
+            None => rx.await,
+        };
+        reply.map_err(|_| Error::NoReply {
+            process: self.life.id,
+        })
     }
 
     /// A monitor of the process's exit.

@@ -251,3 +251,41 @@ async fn closure_processes_and_panics() {
     h.send(0).await.unwrap();
     assert_eq!(m.wait().await, ExitReason::Panic("zero".into()));
 }
+
+/// A call on a stuck process whose backpressured mailbox is full returns by its timeout:
+/// the timeout covers waiting for room as well as waiting for the reply (paused time).
+#[tokio::test(start_paused = true)]
+async fn call_timeout_covers_waiting_for_room() {
+    for urgent in [false, true] {
+        let h = spawn_with(
+            Recorder::default(),
+            SpawnOptions::new().memory(MemoryStrategy::bounded(2, Overflow::Backpressure)),
+        )
+        .unwrap();
+        let _gate = blocked(&h).await; // stuck in a handler, forever
+        h.send(Msg::Log(1)).await.unwrap();
+        h.send(Msg::Log(2)).await.unwrap();
+        h.send_urgent(Msg::Log(3)).await.unwrap();
+        h.send_urgent(Msg::Log(4)).await.unwrap();
+        assert!(matches!(h.try_send(Msg::Log(5)), Err(SendError::Full(_))));
+        assert!(matches!(
+            h.try_send_urgent(Msg::Log(5)),
+            Err(SendError::Full(_))
+        ));
+        let start = tokio::time::Instant::now();
+        let timeout = Duration::from_secs(1);
+        let call = if urgent {
+            h.call_urgent(Msg::Get, timeout).await
+        } else {
+            h.call(Msg::Get, timeout).await
+        };
+        let e = call.unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        assert_eq!(
+            start.elapsed(),
+            timeout,
+            "returned at its deadline, not later"
+        );
+        assert_eq!(h.backlog(), 4, "the timed-out call queued nothing");
+    }
+}
