@@ -2,8 +2,13 @@
 //! instead (`ractor`, `kameo`), in one run, on a 2-worker multi-thread runtime.
 //!
 //! * `fire_and_forget`: one producer sends `N` messages to one consumer; the time until
-//!   the consumer has handled the last one. Baseline: `tokio::sync::mpsc::unbounded_channel`.
-//!   Every mailbox is unbounded, so no one waits for room.
+//!   the consumer has handled the last one. Baselines: `tokio::sync::mpsc::unbounded_channel`
+//!   (`send`) and `mpsc::channel(1024)` (`send().await`). Foundation is measured through
+//!   the public API both ways: `Handle::try_send` and `Handle::send().await` into an
+//!   unbounded mailbox (always room: the async path's own cost), and `send().await` into
+//!   the default 1024-per-lane backpressured mailbox (like for like with the bounded
+//!   channel: the producer waits for room). `ractor` `cast` and `kameo` `tell` (unbounded
+//!   mailboxes) for the peers.
 //! * `request_reply`: `N` sequential round trips. Baseline: `mpsc` + `oneshot`.
 //! * `spawn_ecosystem_1000`: starting a 1,000-worker ecosystem (until every worker runs)
 //!   vs spawning 1,000 tokio tasks with a channel each and waiting until they run.
@@ -182,6 +187,34 @@ fn fire_and_forget(c: &mut Criterion) {
         })
     });
 
+    g.bench_function("baseline_tokio_bounded_1024_mpsc_send_await", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (tx, mut rx) = mpsc::channel::<u64>(1024);
+                let (done_tx, done_rx) = oneshot::channel();
+                tokio::spawn(async move {
+                    let mut left = N;
+                    while let Some(v) = rx.recv().await {
+                        black_box(v);
+                        left -= 1;
+                        if left == 0 {
+                            let _ = done_tx.send(());
+                            break;
+                        }
+                    }
+                });
+                let start = Instant::now();
+                for i in 0..N {
+                    tx.send(i).await.unwrap();
+                }
+                done_rx.await.unwrap();
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+
     let fh = rt.block_on(async {
         spawn_with(
             FCounter::default(),
@@ -189,7 +222,7 @@ fn fire_and_forget(c: &mut Criterion) {
         )
         .unwrap()
     });
-    g.bench_function("foundation_process", |b| {
+    g.bench_function("foundation_process_try_send", |b| {
         b.to_async(&rt).iter_custom(|iters| {
             let fh = fh.clone();
             async move {
@@ -209,8 +242,49 @@ fn fire_and_forget(c: &mut Criterion) {
         })
     });
 
+    g.bench_function("foundation_process_send_await", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let fh = fh.clone();
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (done_tx, done_rx) = oneshot::channel();
+                    fh.send(FMsg::Start(N, done_tx)).await.unwrap();
+                    let start = Instant::now();
+                    for i in 0..N {
+                        fh.send(FMsg::Tick(i)).await.unwrap();
+                    }
+                    done_rx.await.unwrap();
+                    total += start.elapsed();
+                }
+                total
+            }
+        })
+    });
+
+    let fb = rt.block_on(async { spawn_with(FCounter::default(), SpawnOptions::new()).unwrap() });
+    g.bench_function("foundation_process_send_await_bounded_1024", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let fb = fb.clone();
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (done_tx, done_rx) = oneshot::channel();
+                    fb.send(FMsg::Start(N, done_tx)).await.unwrap();
+                    let start = Instant::now();
+                    for i in 0..N {
+                        fb.send(FMsg::Tick(i)).await.unwrap();
+                    }
+                    done_rx.await.unwrap();
+                    total += start.elapsed();
+                }
+                total
+            }
+        })
+    });
+
     let (rh, _rj) = rt.block_on(async { ractor::Actor::spawn(None, RCounter, ()).await.unwrap() });
-    g.bench_function("ractor", |b| {
+    g.bench_function("ractor_cast", |b| {
         b.to_async(&rt).iter_custom(|iters| {
             let rh = rh.clone();
             async move {
@@ -233,7 +307,7 @@ fn fire_and_forget(c: &mut Criterion) {
     let kh = rt.block_on(async {
         KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
     });
-    g.bench_function("kameo", |b| {
+    g.bench_function("kameo_tell", |b| {
         b.to_async(&rt).iter_custom(|iters| {
             let kh = kh.clone();
             async move {

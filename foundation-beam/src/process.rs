@@ -10,7 +10,9 @@
 //! **What dropping handles does:** when the last handle (every [`Sender`]) of a process is
 //! dropped, its mailbox closes; the process handles what is queued and then stops with
 //! [`ExitReason::Normal`]. A process is never leaked by dropping handles, and is never
-//! stopped while someone can still send to it.
+//! stopped while someone can still send to it. A registry entry made by
+//! [`SpawnOptions::register_in`] is weak and does not count as a handle: a named process
+//! stops like any other when the last handle outside the registry is dropped.
 //!
 //! ```
 //! use std::time::Duration;
@@ -564,8 +566,12 @@ impl<M: Send + 'static> SpawnOptions<M> {
         self
     }
 
-    /// Registers the process's [`Handle`] under its name in `registry` while it runs; the
-    /// entry disappears when the process stops.
+    /// Registers the process under its name in `registry` while it runs: `registry.lookup::<Handle<M>>(name)`
+    /// returns a handle. The entry is **weak**: it does not keep the process alive. When
+    /// the last handle held outside the registry is dropped, the mailbox closes as for
+    /// any process, lookups fail from then on, and the process stops (with
+    /// [`ExitReason::Normal`] once it has handled what is queued); the entry disappears
+    /// when it stops.
     pub fn register_in(mut self, registry: &Registry) -> Self {
         self.registry = Some(registry.clone());
         self
@@ -591,11 +597,21 @@ pub fn spawn_with<P: Process>(
         life: life.clone(),
     };
     let registration = match (&options.registry, &name) {
-        (Some(registry), Some(name)) => Some(
-            registry
-                .register(name.to_string(), handle.clone(), Default::default())
-                .map_err(Error::Core)?,
-        ),
+        (Some(registry), Some(name)) => {
+            // A weak entry: the registry must not keep the process alive (see the
+            // module docs); a lookup upgrades it while the mailbox is open.
+            let weak = rx.weak_sender();
+            let weak_life = Arc::downgrade(&life);
+            let upgrade = move || {
+                let life = weak_life.upgrade()?;
+                weak.upgrade().map(|tx| Handle { tx, life })
+            };
+            Some(
+                registry
+                    .register_weak(name.to_string(), upgrade, Default::default())
+                    .map_err(Error::Core)?,
+            )
+        }
         (Some(_), None) => {
             return Err(Error::Core(foundation_core::Error::InvalidArgument(
                 "a process registered in a registry needs a name".into(),

@@ -289,3 +289,41 @@ async fn call_timeout_covers_waiting_for_room() {
         assert_eq!(h.backlog(), 4, "the timed-out call queued nothing");
     }
 }
+
+/// The registry holds a weak entry: a named process stops when the last handle held
+/// outside the registry is dropped, as for any process, and leaves the registry.
+#[tokio::test]
+async fn named_processes_stop_when_their_last_handle_is_dropped() {
+    let registry = Registry::new();
+    let h = spawn_with(
+        Recorder::default(),
+        SpawnOptions::new().name("weak").register_in(&registry),
+    )
+    .unwrap();
+    let mut monitor = h.monitor();
+    // A handle from the registry keeps it alive like any other handle.
+    let found: Handle<Msg> = registry.lookup("weak").unwrap();
+    drop(h);
+    found.send(Msg::Log(1)).await.unwrap();
+    assert_eq!(found.call(Msg::Get, T).await.unwrap(), vec![1]);
+    assert!(found.is_alive());
+    drop(found);
+    assert_eq!(monitor.wait().await, ExitReason::Normal);
+    assert!(registry.lookup::<Handle<Msg>>("weak").is_err());
+    tokio::task::yield_now().await;
+    assert!(
+        !registry.contains("weak"),
+        "the entry left with the process"
+    );
+    // The name is free again.
+    let again = spawn_with(
+        Recorder::default(),
+        SpawnOptions::new().name("weak").register_in(&registry),
+    );
+    assert!(again.is_ok());
+    // A lookup with the wrong type is still a type mismatch, not "not found".
+    assert!(matches!(
+        registry.lookup::<Handle<u32>>("weak"),
+        Err(foundation_beam::core::Error::HandleTypeMismatch { .. })
+    ));
+}

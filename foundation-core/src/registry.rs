@@ -105,9 +105,18 @@ pub struct ServiceInfo {
     pub has_health_check: bool,
 }
 
+type Upgrade = Box<dyn Fn() -> Option<Box<dyn Any + Send + Sync>> + Send + Sync>;
+
+/// What an entry holds: the handle itself, or a way to get one while the service lives.
+enum Stored {
+    Strong(Box<dyn Any + Send + Sync>),
+    /// A weak entry ([`Registry::register_weak`]): does not keep the service alive.
+    Weak(Upgrade),
+}
+
 struct Entry {
     id: u64,
-    handle: Box<dyn Any + Send + Sync>,
+    handle: Stored,
     handle_type: &'static str,
     metadata: Metadata,
     health_check: Option<HealthCheckFn>,
@@ -210,7 +219,43 @@ impl Registry {
     where
         H: Clone + Send + Sync + 'static,
     {
-        self.insert(name.into(), handle, metadata, None)
+        self.insert(
+            name.into(),
+            Stored::Strong(Box::new(handle)),
+            type_name::<H>(),
+            metadata,
+            None,
+        )
+    }
+
+    /// Registers a **weak** entry under `name`: the registry keeps `upgrade`, not a
+    /// handle, and [`lookup`](Self::lookup) calls it. While `upgrade` returns `Some`, the
+    /// entry behaves like a [`register`](Self::register)ed one; when it returns `None` (the
+    /// service is gone), lookups fail with [`Error::ServiceNotFound`] as if the entry had
+    /// been removed. Use it for handles whose service stops when the last *user* handle
+    /// goes away (processes): the registry then never keeps the service alive.
+    ///
+    /// `upgrade` runs under the registry's read lock and must be cheap and non-blocking.
+    /// Otherwise like [`register`](Self::register) (the guard still removes the entry).
+    pub fn register_weak<H, F>(
+        &self,
+        name: impl Into<String>,
+        upgrade: F,
+        metadata: Metadata,
+    ) -> Result<Registration>
+    where
+        H: Clone + Send + Sync + 'static,
+        F: Fn() -> Option<H> + Send + Sync + 'static,
+    {
+        let upgrade: Upgrade =
+            Box::new(move || upgrade().map(|h| Box::new(h) as Box<dyn Any + Send + Sync>));
+        self.insert(
+            name.into(),
+            Stored::Weak(upgrade),
+            type_name::<H>(),
+            metadata,
+            None,
+        )
     }
 
     /// Registers `handle` under `name` with a health check, run by
@@ -231,19 +276,23 @@ impl Registry {
         Fut: Future<Output = std::result::Result<(), String>> + Send + 'static,
     {
         let check: HealthCheckFn = Arc::new(move || Box::pin(health_check()) as HealthFuture);
-        self.insert(name.into(), handle, metadata, Some(check))
+        self.insert(
+            name.into(),
+            Stored::Strong(Box::new(handle)),
+            type_name::<H>(),
+            metadata,
+            Some(check),
+        )
     }
 
-    fn insert<H>(
+    fn insert(
         &self,
         name: String,
-        handle: H,
+        handle: Stored,
+        handle_type: &'static str,
         metadata: Metadata,
         health_check: Option<HealthCheckFn>,
-    ) -> Result<Registration>
-    where
-        H: Clone + Send + Sync + 'static,
-    {
+    ) -> Result<Registration> {
         if name.is_empty() {
             return Err(Error::InvalidArgument(
                 "service name must not be empty".into(),
@@ -259,8 +308,8 @@ impl Registry {
                 name.clone(),
                 Entry {
                     id,
-                    handle: Box::new(handle),
-                    handle_type: type_name::<H>(),
+                    handle,
+                    handle_type,
                     metadata,
                     health_check,
                     health: Health::Unknown,
@@ -289,15 +338,25 @@ impl Registry {
         let entry = services.get(name).ok_or_else(|| Error::ServiceNotFound {
             name: name.to_owned(),
         })?;
-        entry
-            .handle
-            .downcast_ref::<H>()
-            .cloned()
-            .ok_or_else(|| Error::HandleTypeMismatch {
-                name: name.to_owned(),
-                expected: type_name::<H>(),
-                actual: entry.handle_type,
-            })
+        let mismatch = || Error::HandleTypeMismatch {
+            name: name.to_owned(),
+            expected: type_name::<H>(),
+            actual: entry.handle_type,
+        };
+        match &entry.handle {
+            Stored::Strong(h) => h.downcast_ref::<H>().cloned().ok_or_else(mismatch),
+            Stored::Weak(upgrade) => {
+                if entry.handle_type != type_name::<H>() {
+                    return Err(mismatch());
+                }
+                match upgrade() {
+                    Some(h) => h.downcast::<H>().map(|h| *h).map_err(|_| mismatch()),
+                    None => Err(Error::ServiceNotFound {
+                        name: name.to_owned(),
+                    }),
+                }
+            }
+        }
     }
 
     /// Waits until a service named `name` is registered and returns its handle.

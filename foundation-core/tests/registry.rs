@@ -293,3 +293,31 @@ async fn concurrent_registrations_of_one_name_admit_exactly_one() {
     assert_eq!(winners.len(), 1);
     assert!(winners[0].is_registered());
 }
+
+/// A weak entry hands out the handle while its upgrade succeeds and reads as absent once
+/// the service is gone; it never keeps the service alive.
+#[test]
+fn weak_entries_do_not_keep_the_service_alive() {
+    let registry = Registry::new();
+    let service = Arc::new(41u32);
+    let weak = Arc::downgrade(&service);
+    let _registration = registry
+        .register_weak("svc", move || weak.upgrade(), BTreeMap::new())
+        .unwrap();
+    let got: Arc<u32> = registry.lookup("svc").unwrap();
+    assert_eq!(*got, 41);
+    assert!(matches!(
+        registry.lookup::<String>("svc"),
+        Err(Error::HandleTypeMismatch { .. })
+    ));
+    drop(got);
+    drop(service);
+    assert!(matches!(
+        registry.lookup::<Arc<u32>>("svc"),
+        Err(Error::ServiceNotFound { .. })
+    ));
+    assert!(
+        registry.contains("svc"),
+        "the entry stays until its guard drops"
+    );
+}
