@@ -208,7 +208,10 @@ fn worker_name(eco: &str, i: usize) -> String {
 
 impl<P: Process> Ecosystem<P> {
     /// Starts the coordinator and the workers (`factory(i)` makes worker `i`, and is called
-    /// again when it is restarted), and waits until all are running.
+    /// again when it is restarted), and waits until all are running: every worker's
+    /// task has started and its [`Process::started`] hook has returned (a worker that
+    /// stops while starting is restarted by the coordinator as usual; `start` then does
+    /// not wait for it further). Messages sent before a worker runs wait in its mailbox.
     pub async fn start(
         spec: EcosystemSpec,
         factory: impl Fn(usize) -> P + Send + Sync + 'static,
@@ -230,7 +233,9 @@ impl<P: Process> Ecosystem<P> {
             })
             .collect();
         let coordinator = sup.start();
-        coordinator.children().await; // answered once every worker has been started
+        for w in &workers {
+            w.life().wait_started().await;
+        }
         Ok(Ecosystem {
             spec,
             workers: ArcSwap::from_pointee(workers),
@@ -395,9 +400,12 @@ impl<P: Process> Ecosystem<P> {
         Ok(())
     }
 
-    /// Stops the workers (each drains its queue within `grace`, then is killed) and the
-    /// coordinator.
+    /// Stops the workers and the coordinator within one deadline, `grace` from now: all
+    /// workers are asked at once and drain their queues in parallel; those still running
+    /// at the deadline are killed. (Workers are independent, so OTP's one-by-one ordered
+    /// shutdown — up to workers × grace — does not apply; see
+    /// [`Supervisor::shutdown_together`](crate::supervisor::Supervisor::shutdown_together).)
     pub async fn shutdown(&self, grace: Duration) {
-        self.coordinator.shutdown(grace).await;
+        self.coordinator.shutdown_together(grace).await;
     }
 }

@@ -216,6 +216,8 @@ pub(crate) struct Life {
 struct ExitState {
     incarnation: u64,
     last_exit: Option<(u64, ExitReason)>,
+    /// The last incarnation whose `started` hook returned (supervised children only).
+    started: Option<u64>,
 }
 
 impl ExitState {
@@ -275,6 +277,31 @@ impl Life {
         }
         self.exit
             .send_modify(|s| s.last_exit = Some((s.incarnation, reason)));
+    }
+
+    /// Records that the current incarnation's `started` hook returned.
+    pub(crate) fn mark_started(&self) {
+        self.exit.send_modify(|s| s.started = Some(s.incarnation));
+    }
+
+    /// Waits until the current incarnation has run its `started` hook, or has stopped.
+    /// Returns whether it is running.
+    pub(crate) async fn wait_started(&self) -> bool {
+        let mut rx = self.exit.subscribe();
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                if s.started == Some(s.incarnation) {
+                    return true;
+                }
+                if s.current_exit().is_some() {
+                    return false;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return false;
+            }
+        }
     }
 
     pub(crate) fn exit_reason(&self) -> Option<ExitReason> {
@@ -357,6 +384,10 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 impl<M: Send + 'static> Handle<M> {
     pub(crate) fn from_parts(tx: Sender<M>, life: Arc<Life>) -> Self {
         Handle { tx, life }
+    }
+
+    pub(crate) fn life(&self) -> &Arc<Life> {
+        &self.life
     }
 
     /// The process's id.
@@ -621,7 +652,7 @@ pub fn spawn_with<P: Process>(
     };
     tokio::spawn(async move {
         let _live = TaskGuard::new();
-        let (reason, rx) = run(process, rx, &life).await;
+        let (reason, rx) = run(process, rx, &life, false).await;
         drop(registration);
         drop(rx); // closes the mailbox; queued messages are counted as dropped
         life.finish(reason);
@@ -631,10 +662,14 @@ pub fn spawn_with<P: Process>(
 
 /// Runs one incarnation of `process` on `rx` until it stops; returns why, and the mailbox
 /// (with anything still queued) for a possible next incarnation.
+///
+/// With `report_started`, the incarnation's start is published (see
+/// [`Life::wait_started`]) once its `started` hook has returned.
 pub(crate) async fn run<P: Process>(
     mut process: P,
     mut rx: Receiver<P::Message>,
     life: &Life,
+    report_started: bool,
 ) -> (ExitReason, Receiver<P::Message>) {
     let token = life.token();
     let mut ctx = Context {
@@ -646,6 +681,9 @@ pub(crate) async fn run<P: Process>(
     let reason = {
         let body = async {
             process.started(&mut ctx).await;
+            if report_started {
+                life.mark_started();
+            }
             loop {
                 if let Some(reason) = ctx.stop.take() {
                     return reason;

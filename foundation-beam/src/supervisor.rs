@@ -174,7 +174,7 @@ where
         };
         let life = self.life.clone();
         spawn_incarnation(self.life.clone(), self.rx.clone(), async move {
-            process::run(process, rx, &life).await
+            process::run(process, rx, &life, true).await
         })
     }
 
@@ -247,7 +247,7 @@ impl Child for SupervisorChild {
     fn close_gracefully(&self) {
         if let Some(tx) = self.commands.lock().clone() {
             let _ = tx.try_send(Command::Shutdown {
-                grace: Duration::from_secs(5),
+                plan: StopPlan::ordered(DEFAULT_GRACE),
                 done: None,
             });
         }
@@ -273,9 +273,43 @@ enum Command {
         done: oneshot::Sender<bool>,
     },
     Shutdown {
-        grace: Duration,
+        plan: StopPlan,
         done: Option<oneshot::Sender<()>>,
     },
+}
+
+/// Grace per child when a supervisor stops its children on its own (it was stopped by
+/// its own supervisor, or gave up).
+const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+/// How a supervisor stops its children.
+#[derive(Debug, Clone, Copy)]
+enum StopPlan {
+    /// OTP's ordered shutdown: last-started first, each drains within `grace` (then is
+    /// killed) before the next is asked; with `deadline`, no child waits past it.
+    Ordered {
+        grace: Duration,
+        deadline: Option<Instant>,
+    },
+    /// All at once: every child drains in parallel until `deadline`, then those still
+    /// running are killed.
+    Together { deadline: Instant },
+}
+
+impl StopPlan {
+    fn ordered(grace: Duration) -> Self {
+        StopPlan::Ordered {
+            grace,
+            deadline: None,
+        }
+    }
+}
+
+/// `now + d`, saturating at a far-future instant instead of overflowing.
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// A child as a supervisor reports it.
@@ -517,13 +551,41 @@ impl Supervisor {
     }
 
     /// Stops every child, last-started first, each gracefully within `grace` (then
-    /// killed), and then the supervisor.
+    /// killed), and then the supervisor: OTP's ordered shutdown. It can take up to
+    /// `children × grace`; see [`shutdown_within`](Self::shutdown_within) for one overall
+    /// deadline and [`shutdown_together`](Self::shutdown_together) for independent
+    /// children.
     pub async fn shutdown(&self, grace: Duration) {
+        self.shutdown_with(StopPlan::ordered(grace)).await
+    }
+
+    /// Ordered shutdown (last-started first, each child drains before the next is asked)
+    /// bounded by one overall deadline `within` from now: a child still draining at the
+    /// deadline is killed, and so are the children not yet asked.
+    pub async fn shutdown_within(&self, within: Duration) {
+        self.shutdown_with(StopPlan::Ordered {
+            grace: within,
+            deadline: Some(deadline_after(within)),
+        })
+        .await
+    }
+
+    /// Stops every child at once: all drain what is queued in parallel, those still
+    /// running `within` from now are killed, then the supervisor stops. For independent
+    /// children (a worker pool) this bounds the whole shutdown by one deadline.
+    pub async fn shutdown_together(&self, within: Duration) {
+        self.shutdown_with(StopPlan::Together {
+            deadline: deadline_after(within),
+        })
+        .await
+    }
+
+    async fn shutdown_with(&self, plan: StopPlan) {
         let (tx, rx) = oneshot::channel();
         if self
             .commands
             .send(Command::Shutdown {
-                grace,
+                plan,
                 done: Some(tx),
             })
             .await
@@ -535,36 +597,48 @@ impl Supervisor {
     }
 }
 
-type Running = FuturesUnordered<BoxFuture<'static, (usize, u64, ExitReason)>>;
+type Running = FuturesUnordered<BoxFuture<'static, (ProcessId, u64, ExitReason)>>;
+
+/// A child and the generation of its current incarnation.
+struct Slot {
+    child: Box<dyn Child>,
+    /// Bumped whenever the supervisor stops the child itself, so that its pending exit is
+    /// recognised as expected rather than a failure.
+    generation: u64,
+}
 
 struct State {
     config: Arc<SupConfig>,
-    children: Vec<Box<dyn Child>>,
-    /// Bumped whenever the supervisor stops a child itself, so that child's pending exit
-    /// is recognised as expected rather than a failure.
-    generation: Vec<u64>,
-    removed: Vec<bool>,
+    /// The children in start order. A removed child is taken out (and forgotten); its
+    /// pending exit, identified by process id, then matches no slot and is ignored.
+    children: Vec<Slot>,
     running: Running,
     recent: VecDeque<Instant>,
 }
 
 impl State {
+    fn index_of(&self, id: ProcessId) -> Option<usize> {
+        self.children.iter().position(|s| s.child.life().id == id)
+    }
+
     fn start(&mut self, i: usize) {
-        let gen = self.generation[i];
-        let exit = self.children[i].start();
+        let slot = &mut self.children[i];
+        let gen = slot.generation;
+        let id = slot.child.life().id;
+        let exit = slot.child.start();
         self.running
-            .push(async move { (i, gen, exit.await) }.boxed());
+            .push(async move { (id, gen, exit.await) }.boxed());
     }
 
     /// Stops child `i` (drain within `grace`, then kill) and waits for it.
     async fn stop(&mut self, i: usize, grace: Duration) {
-        self.generation[i] += 1;
-        let life = self.children[i].life().clone();
+        self.children[i].generation += 1;
+        let life = self.children[i].child.life().clone();
         if life.exit_reason().is_some() {
             return;
         }
         let mut monitor = life.monitor();
-        self.children[i].close_gracefully();
+        self.children[i].child.close_gracefully();
         if tokio::time::timeout(grace, monitor.wait()).await.is_err() {
             life.kill(ExitReason::Shutdown);
             monitor.wait().await;
@@ -573,8 +647,8 @@ impl State {
 
     /// Kills child `i` at once (for restarts of siblings) and waits for it.
     async fn kill(&mut self, i: usize) {
-        self.generation[i] += 1;
-        let life = self.children[i].life().clone();
+        self.children[i].generation += 1;
+        let life = self.children[i].child.life().clone();
         if life.exit_reason().is_some() {
             return;
         }
@@ -583,10 +657,36 @@ impl State {
         monitor.wait().await;
     }
 
-    async fn stop_all(&mut self, grace: Duration) {
-        for i in (0..self.children.len()).rev() {
-            if !self.removed[i] {
-                self.stop(i, grace).await;
+    async fn stop_all(&mut self, plan: StopPlan) {
+        match plan {
+            StopPlan::Ordered { grace, deadline } => {
+                for i in (0..self.children.len()).rev() {
+                    let grace = match deadline {
+                        Some(d) => grace.min(d.saturating_duration_since(Instant::now())),
+                        None => grace,
+                    };
+                    self.stop(i, grace).await;
+                }
+            }
+            StopPlan::Together { deadline } => {
+                let mut monitors = Vec::with_capacity(self.children.len());
+                for slot in &mut self.children {
+                    slot.generation += 1;
+                    let life = slot.child.life().clone();
+                    if life.exit_reason().is_none() {
+                        monitors.push((life.monitor(), life));
+                        slot.child.close_gracefully();
+                    }
+                }
+                let all = futures_util::future::join_all(monitors.iter_mut().map(|m| m.0.wait()));
+                if tokio::time::timeout_at(deadline, all).await.is_err() {
+                    for (_, life) in &monitors {
+                        if life.exit_reason().is_none() {
+                            life.kill(ExitReason::Shutdown);
+                        }
+                    }
+                    futures_util::future::join_all(monitors.iter_mut().map(|m| m.0.wait())).await;
+                }
             }
         }
     }
@@ -623,9 +723,13 @@ async fn supervise(
     let n = children.len();
     let mut s = State {
         config,
-        children,
-        generation: vec![0; n],
-        removed: vec![false; n],
+        children: children
+            .into_iter()
+            .map(|child| Slot {
+                child,
+                generation: 0,
+            })
+            .collect(),
         running: FuturesUnordered::new(),
         recent: VecDeque::new(),
     };
@@ -638,59 +742,63 @@ async fn supervise(
             biased;
             _ = token.cancelled() => {
                 // Stopped by our own supervisor (or killed): stop the children first.
-                s.stop_all(Duration::from_secs(5)).await;
+                s.stop_all(StopPlan::ordered(DEFAULT_GRACE)).await;
                 break life.take_kill_reason();
             }
             cmd = commands.recv() => match cmd {
                 None => {
                     // Every handle is gone: keep supervising until the children stop.
                     if s.running.is_empty() { break ExitReason::Normal }
-                    let Some((i, gen, reason)) = s.running.next().await else { break ExitReason::Normal };
-                    if let Some(r) = on_exit(&mut s, i, gen, reason).await { break r }
+                    let Some((id, gen, reason)) = s.running.next().await else { break ExitReason::Normal };
+                    if let Some(r) = on_exit(&mut s, id, gen, reason).await { break r }
                 }
                 Some(Command::Children(reply)) => {
-                    let info = s.children.iter().enumerate().filter(|(i, _)| !s.removed[*i]).map(|(_, c)| {
+                    let info = s.children.iter().map(|slot| {
+                        let c = &slot.child;
                         let exit = c.life().exit_reason();
                         ChildInfo { name: c.name().to_string(), id: c.life().id, alive: exit.is_none(), exit }
                     }).collect();
                     let _ = reply.send(info);
                 }
                 Some(Command::Add(child, reply)) => {
-                    s.children.push(child);
-                    s.generation.push(0);
-                    s.removed.push(false);
+                    s.children.push(Slot { child, generation: 0 });
                     let i = s.children.len() - 1;
                     s.start(i);
                     let _ = reply.send(i);
                 }
                 Some(Command::Remove { name, grace, done }) => {
-                    let found = (0..s.children.len()).find(|i| !s.removed[*i] && s.children[*i].name() == name);
+                    let found = s.children.iter().position(|slot| slot.child.name() == name);
                     if let Some(i) = found {
-                        s.removed[i] = true;
                         s.stop(i, grace).await;
+                        // Forget it: its factory, mailbox and state go with it.
+                        s.children.remove(i);
                     }
                     let _ = done.send(found.is_some());
                 }
-                Some(Command::Shutdown { grace, done }) => {
-                    s.stop_all(grace).await;
+                Some(Command::Shutdown { plan, done }) => {
+                    s.stop_all(plan).await;
                     if let Some(done) = done { let _ = done.send(()); }
                     break ExitReason::Shutdown;
                 }
             },
-            Some((i, gen, reason)) = s.running.next(), if !s.running.is_empty() => {
-                if let Some(r) = on_exit(&mut s, i, gen, reason).await { break r }
+            Some((id, gen, reason)) = s.running.next(), if !s.running.is_empty() => {
+                if let Some(r) = on_exit(&mut s, id, gen, reason).await { break r }
             }
         }
     };
-    (reason, s.children)
+    let children = s.children.into_iter().map(|slot| slot.child).collect();
+    (reason, children)
 }
 
 /// Handles a child's exit; returns the supervisor's own exit reason when it gives up.
-async fn on_exit(s: &mut State, i: usize, gen: u64, reason: ExitReason) -> Option<ExitReason> {
-    if gen != s.generation[i] || s.removed[i] {
+async fn on_exit(s: &mut State, id: ProcessId, gen: u64, reason: ExitReason) -> Option<ExitReason> {
+    let Some(i) = s.index_of(id) else {
+        return None; // removed meanwhile
+    };
+    if gen != s.children[i].generation {
         return None; // stopped by us on purpose
     }
-    let child = &s.children[i];
+    let child = &s.children[i].child;
     if !child.restart().should_restart(&reason) {
         tracing::debug!(supervisor = %s.config.name, child = child.name(), %reason, "child stopped; not restarted");
         return None;
@@ -699,7 +807,7 @@ async fn on_exit(s: &mut State, i: usize, gen: u64, reason: ExitReason) -> Optio
     if !s.allow_restart() {
         let i = s.config.intensity;
         metrics::counter!("foundation_supervisor_escalations_total", "supervisor" => s.config.name.clone()).increment(1);
-        s.stop_all(Duration::from_secs(5)).await;
+        s.stop_all(StopPlan::ordered(DEFAULT_GRACE)).await;
         return Some(ExitReason::Failed(format!(
             "supervisor {}: more than {} restarts in {:?}",
             s.config.name, i.max_restarts, i.period
@@ -708,15 +816,15 @@ async fn on_exit(s: &mut State, i: usize, gen: u64, reason: ExitReason) -> Optio
     let n = s.children.len();
     let affected: Vec<usize> = match s.config.strategy {
         Strategy::OneForOne => vec![i],
-        Strategy::OneForAll => (0..n).filter(|j| !s.removed[*j]).collect(),
-        Strategy::RestForOne => (i..n).filter(|j| !s.removed[*j]).collect(),
+        Strategy::OneForAll => (0..n).collect(),
+        Strategy::RestForOne => (i..n).collect(),
     };
     for &j in affected.iter().rev() {
         if j != i {
             s.kill(j).await;
         }
     }
-    s.generation[i] += 1; // the failed incarnation is done
+    s.children[i].generation += 1; // the failed incarnation is done
     for &j in &affected {
         s.restart(j);
     }

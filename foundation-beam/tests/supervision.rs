@@ -375,3 +375,138 @@ async fn key_hash_keeps_a_key_on_one_worker_and_info_reports_restarts() {
     assert_eq!(eco.info().restarts, 1);
     assert!(eco.resize(0).await.is_err());
 }
+
+fn stuck_worker(starts: &Arc<AtomicUsize>) -> Worker {
+    Worker::new(starts)
+}
+
+/// 1,000 workers, each stuck in a handler: the ecosystem's shutdown asks them all at once
+/// and returns at its one deadline (not 1,000 × grace), with every worker stopped.
+#[tokio::test(start_paused = true)]
+async fn ecosystem_of_1000_workers_shuts_down_within_one_deadline() {
+    let starts = Arc::new(AtomicUsize::new(0));
+    let s = starts.clone();
+    let spec = EcosystemSpec::new("stuck").workers(Workers::Fixed(1000));
+    let eco = Ecosystem::start(spec, move |_| stuck_worker(&s))
+        .await
+        .unwrap();
+    let mut gates = Vec::new();
+    for w in eco.workers() {
+        let (gate, rx) = oneshot::channel();
+        w.send(Job::Slow(rx, 0)).await.unwrap();
+        gates.push(gate); // never opened
+    }
+    tokio::task::yield_now().await;
+    let grace = Duration::from_secs(2);
+    let start = tokio::time::Instant::now();
+    eco.shutdown(grace).await;
+    let took = start.elapsed();
+    assert!(
+        took >= grace && took < grace + Duration::from_millis(100),
+        "{took:?}"
+    );
+    assert_eq!(eco.info().alive, 0, "every worker stopped");
+    assert_eq!(starts.load(Ordering::SeqCst), 1000, "none restarted");
+
+    // Idle workers drain at once: the shutdown does not wait for the deadline.
+    let s = starts.clone();
+    let spec = EcosystemSpec::new("idle").workers(Workers::Fixed(1000));
+    let eco = Ecosystem::start(spec, move |_| stuck_worker(&s))
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    eco.shutdown(grace).await;
+    assert!(start.elapsed() < Duration::from_millis(100));
+    assert_eq!(eco.info().alive, 0);
+}
+
+/// OTP's ordered shutdown, with one overall deadline: three stuck children are stopped
+/// last-started first, and the whole shutdown ends at the deadline instead of 3 × grace.
+#[tokio::test(start_paused = true)]
+async fn ordered_shutdown_with_an_overall_deadline() {
+    let starts = Arc::new(AtomicUsize::new(0));
+    let mut spec = SupervisorSpec::new("ordered", Strategy::OneForOne);
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            let s = starts.clone();
+            spec.child(
+                format!("c{i}"),
+                Restart::Permanent,
+                Default::default(),
+                move || Worker::new(&s),
+            )
+        })
+        .collect();
+    let sup = spec.start();
+    let mut gates = Vec::new();
+    for c in &children {
+        let (gate, rx) = oneshot::channel();
+        c.send(Job::Slow(rx, 0)).await.unwrap();
+        gates.push(gate);
+    }
+    tokio::task::yield_now().await;
+    let mut monitors: Vec<_> = children.iter().map(|c| c.monitor()).collect();
+    let start = tokio::time::Instant::now();
+    sup.shutdown_within(Duration::from_secs(3)).await;
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    for m in &mut monitors {
+        assert_eq!(m.wait().await, ExitReason::Shutdown);
+    }
+}
+
+/// A removed child is forgotten: not listed, and its factory (with whatever it
+/// captured) is dropped.
+#[tokio::test]
+async fn removed_children_are_forgotten() {
+    let starts = Arc::new(AtomicUsize::new(0));
+    let sup = SupervisorSpec::new("forget", Strategy::OneForOne).start();
+    let captured = Arc::new(());
+    for i in 0..10 {
+        let s = starts.clone();
+        let c = captured.clone();
+        sup.add_child(
+            format!("w{i}"),
+            Restart::Permanent,
+            Default::default(),
+            move || {
+                let _ = &c;
+                Worker::new(&s)
+            },
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(Arc::strong_count(&captured), 11);
+    for i in 0..10 {
+        assert!(sup.remove_child(&format!("w{i}"), T).await);
+    }
+    assert!(sup.children().await.is_empty());
+    assert_eq!(Arc::strong_count(&captured), 1, "factories dropped");
+    assert!(!sup.remove_child("w0", T).await);
+    sup.shutdown(T).await;
+}
+
+struct SlowStarter(Arc<AtomicUsize>);
+
+impl Process for SlowStarter {
+    type Message = ();
+    async fn started(&mut self, _: &mut Context<()>) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+    async fn handle(&mut self, _: (), _: &mut Context<()>) {}
+}
+
+/// `Ecosystem::start` returns once every worker runs (its `started` hook returned).
+#[tokio::test(start_paused = true)]
+async fn ecosystem_start_returns_when_every_worker_runs() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let r = running.clone();
+    let spec = EcosystemSpec::new("starters").workers(Workers::Fixed(100));
+    let eco = Ecosystem::start(spec, move |_| SlowStarter(r.clone()))
+        .await
+        .unwrap();
+    assert_eq!(running.load(Ordering::SeqCst), 100);
+    assert_eq!(eco.health(), Health::Healthy);
+    eco.shutdown(T).await;
+}
