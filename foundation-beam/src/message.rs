@@ -73,6 +73,7 @@
 
 use std::fmt;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,14 +99,48 @@ pub enum Payload {
         table: Arc<Table>,
         /// The entry.
         reference: TableRef,
+        /// Which holder this payload (and every clone of it) acknowledges for.
+        holder: Holder,
     },
+}
+
+/// One holder of a table reference: the payload delivered to one target, shared by all
+/// its clones. A holder acknowledges the entry at most once, however many clones take it.
+#[derive(Debug, Clone, Default)]
+pub struct Holder(Arc<AtomicBool>);
+
+impl Holder {
+    /// A new holder that has not acknowledged yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Marks the acknowledgement as given; false if it already was.
+    fn claim(&self) -> bool {
+        !self.0.swap(true, AtomicOrdering::AcqRel)
+    }
+}
+
+/// A receiver read a table reference whose entry has left the table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "table reference {reference:?} of table `{table}` is no longer valid: its entry expired, \
+     was acknowledged by every holder, or was removed"
+)]
+pub struct PayloadGone {
+    /// The table's name.
+    pub table: String,
+    /// The reference.
+    pub reference: TableRef,
 }
 
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Payload::Bytes(b) => write!(f, "Payload::Bytes({} bytes)", b.len()),
-            Payload::Table { table, reference } => f
+            Payload::Table {
+                table, reference, ..
+            } => f
                 .debug_struct("Payload::Table")
                 .field("table", &table.name())
                 .field("reference", reference)
@@ -115,33 +150,85 @@ impl fmt::Debug for Payload {
 }
 
 impl Payload {
+    /// A table-reference payload with a new [`Holder`].
+    pub fn table(table: Arc<Table>, reference: TableRef) -> Self {
+        Payload::Table {
+            table,
+            reference,
+            holder: Holder::new(),
+        }
+    }
+
+    /// The same payload for another holder: inline bytes are shared as they are; a table
+    /// reference gets a new [`Holder`], which acknowledges separately. A [`Messenger`]
+    /// hands each target its own holder.
+    pub fn for_holder(&self) -> Self {
+        match self {
+            Payload::Bytes(b) => Payload::Bytes(b.clone()),
+            Payload::Table {
+                table, reference, ..
+            } => Payload::table(table.clone(), *reference),
+        }
+    }
+
     /// The bytes, without acknowledging a table reference; `None` if the entry has left
     /// the table (expired, acknowledged by every target, removed).
     pub fn get(&self) -> Option<Bytes> {
         match self {
             Payload::Bytes(b) => Some(b.clone()),
-            Payload::Table { table, reference } => table.get(reference),
+            Payload::Table {
+                table, reference, ..
+            } => table.get(reference),
         }
     }
 
-    /// The bytes, acknowledging a table reference (the entry leaves the table after the
-    /// last expected acknowledgement). Call it once per received payload.
+    /// The bytes, acknowledging a table reference for this payload's holder (the entry
+    /// leaves the table after the last expected holder acknowledged; taking several
+    /// clones of one holder's payload acknowledges once). `None` if the entry has left the
+    /// table; [`try_take`](Self::try_take) says so with an error.
     pub fn take(self) -> Option<Bytes> {
+        self.try_take().ok()
+    }
+
+    /// Like [`take`](Self::take), with a clear error when the entry has left the table
+    /// (expired before this receiver read it, acknowledged by every holder, or removed).
+    pub fn try_take(self) -> Result<Bytes, PayloadGone> {
         match self {
-            Payload::Bytes(b) => Some(b),
-            Payload::Table { table, reference } => {
+            Payload::Bytes(b) => Ok(b),
+            Payload::Table {
+                table,
+                reference,
+                holder,
+            } => {
                 let value = table.get(&reference);
-                table.ack(&reference);
-                value
+                if value.is_some() && holder.claim() {
+                    table.ack(&reference);
+                }
+                value.ok_or_else(|| PayloadGone {
+                    table: table.name().to_owned(),
+                    reference,
+                })
             }
         }
     }
 
-    /// Acknowledges a table reference without reading it (`None` for inline bytes).
+    /// Acknowledges a table reference for this payload's holder without reading it:
+    /// `None` for inline bytes, [`Ack::AlreadyAcknowledged`] if this holder (through any
+    /// clone) already did.
     pub fn ack(&self) -> Option<Ack> {
         match self {
             Payload::Bytes(_) => None,
-            Payload::Table { table, reference } => Some(table.ack(reference)),
+            Payload::Table {
+                table,
+                reference,
+                holder,
+            } => {
+                if holder.claim() {
+                    Some(table.ack(reference))
+                } else {
+                    Some(Ack::AlreadyAcknowledged)
+                }
+            }
         }
     }
 }
@@ -592,13 +679,15 @@ impl Messenger {
         };
         for target in targets {
             self.observe(target.key());
-            match target.try_deliver(&payload, false) {
+            // Each target is its own holder: it acknowledges once, whatever it clones.
+            let mine = payload.for_holder();
+            match target.try_deliver(&mine, false) {
                 Ok(_) => {
                     report.delivered += 1;
                     self.count(strategy);
                 }
                 Err(_) => {
-                    payload.ack();
+                    mine.ack();
                     report.refused.push(target.key());
                 }
             }
@@ -624,10 +713,7 @@ impl Messenger {
             match self.table.insert_with_acks(data, ttl, acks) {
                 Ok(reference) => {
                     report.table_ref = Some(reference);
-                    let payload = Payload::Table {
-                        table: self.table.clone(),
-                        reference,
-                    };
+                    let payload = Payload::table(self.table.clone(), reference);
                     return (Strategy::TableRef, payload);
                 }
                 Err(e) => {
@@ -708,7 +794,10 @@ impl Messenger {
 
     /// Releases the table entry of a payload nobody will receive.
     fn forget(&self, payload: &Payload) {
-        if let Payload::Table { table, reference } = payload {
+        if let Payload::Table {
+            table, reference, ..
+        } = payload
+        {
             table.remove(reference);
         }
     }

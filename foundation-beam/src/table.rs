@@ -201,6 +201,9 @@ pub enum Ack {
     /// The reference is not in the table (expired, acknowledged, removed, or from
     /// another table). Counted as a miss.
     Unknown,
+    /// Not counted: this holder of a [`Payload`](crate::message::Payload) had already
+    /// acknowledged (through this or another clone). Never returned by [`Table::ack`].
+    AlreadyAcknowledged,
 }
 
 /// A sharded, bounded table of `Bytes` values addressed by [`TableRef`]s.

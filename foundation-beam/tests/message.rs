@@ -517,3 +517,52 @@ fn settings_load_from_toml() {
         }
     );
 }
+
+/// Acknowledgements count per holder: a target that clones its payload and takes it
+/// twice acknowledges once, so the entry stays for the other holders until each of them
+/// has taken it.
+#[tokio::test(start_paused = true)]
+async fn table_refs_are_acknowledged_per_holder() {
+    let m = Messenger::new(settings()).unwrap();
+    let targets: Vec<Probe> = (1..=3).map(|k| Probe::new(k, 0)).collect();
+    let data = bytes(2048);
+    let r = m.broadcast(&targets, data.clone());
+    assert_eq!(r.strategy, Strategy::TableRef);
+    let reference = r.table_ref.unwrap();
+    let payloads: Vec<Payload> = targets.iter().map(|t| t.got.lock()[0].0.clone()).collect();
+
+    // Holder 1 takes its payload twice (two clones) and acknowledges a third time.
+    let again = payloads[0].clone();
+    assert_eq!(payloads[0].clone().take().unwrap(), data);
+    assert_eq!(again.clone().try_take().unwrap(), data);
+    assert_eq!(again.ack(), Some(Ack::AlreadyAcknowledged));
+    assert!(m.table().get(&reference).is_some(), "others still need it");
+
+    // Holder 2 acknowledges without reading; holder 3 still reads it.
+    assert_eq!(payloads[1].ack(), Some(Ack::Pending { remaining: 1 }));
+    assert_eq!(payloads[1].ack(), Some(Ack::AlreadyAcknowledged));
+    assert_eq!(payloads[2].clone().take().unwrap(), data);
+    assert_eq!(m.table().len(), 0, "gone after every holder acknowledged");
+
+    // A late clone now gets a clear error, not a silent `None`.
+    let e = payloads[2].clone().try_take().unwrap_err();
+    assert_eq!(e.reference, reference);
+    assert!(e.to_string().contains("no longer valid"), "{e}");
+}
+
+/// A receiver that comes after the entry's TTL gets a clear error naming the table and
+/// the reference, even though the other holders never acknowledged.
+#[tokio::test(start_paused = true)]
+async fn a_receiver_after_expiry_gets_a_clear_error() {
+    let m = Messenger::new(settings()).unwrap();
+    let targets: Vec<Probe> = (1..=4).map(|k| Probe::new(k, 0)).collect();
+    let r = m.broadcast(&targets, bytes(4096));
+    assert_eq!(r.strategy, Strategy::TableRef);
+    let early = targets[0].got.lock()[0].0.clone();
+    assert!(early.try_take().is_ok());
+    advance(Duration::from_millis(m.settings().table_ttl_ms)).await;
+    let late = targets[1].got.lock()[0].0.clone();
+    let e = late.try_take().unwrap_err();
+    assert_eq!(e.table, m.table().name());
+    assert_eq!(Some(e.reference), r.table_ref);
+}
