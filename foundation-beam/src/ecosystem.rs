@@ -43,6 +43,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::group::MetricsGroup;
 use crate::mailbox::{Delivery, MemoryStrategy, SendError};
 use crate::process::{Handle, Process, Reply};
 use crate::supervisor::{Intensity, Restart, Strategy, Supervisor, SupervisorSpec};
@@ -220,7 +221,8 @@ impl<P: Process> Ecosystem<P> {
         let n = spec.workers.count();
         let mut sup =
             SupervisorSpec::new(format!("{}.coordinator", spec.name), Strategy::OneForOne)
-                .intensity(spec.intensity);
+                .intensity(spec.intensity)
+                .metrics_group(&MetricsGroup::new(spec.name.as_str()));
         let workers: Vec<Handle<P::Message>> = (0..n)
             .map(|i| {
                 let f = factory.clone();

@@ -14,6 +14,7 @@
 
 pub mod ecosystem;
 pub mod error;
+pub mod group;
 pub mod mailbox;
 pub mod message;
 pub mod process;

@@ -2,9 +2,10 @@
 //!
 //! A mailbox has an **urgent lane** that is always served before the **normal lane**, a
 //! capacity and an [`Overflow`] policy (from the process's [`MemoryStrategy`]), and an
-//! optional byte budget. Every message dropped by a policy is counted
-//! (`foundation_mailbox_dropped_total{process,policy}`), and the backlog is exported as a
-//! gauge (`foundation_mailbox_backlog{process}`).
+//! optional byte budget. Every message dropped by a policy is counted, per mailbox
+//! ([`Sender::dropped`]) and in the process's metrics group
+//! (`foundation_mailbox_dropped_total{group,policy}`); the group's backlog is exported as
+//! a gauge (`foundation_mailbox_backlog{group}`, see [`crate::group`]).
 //!
 //! The receiving process takes messages from the shared queue in batches (up to
 //! [`BATCH`] per lock) and serves them from a private buffer; before each message it
@@ -25,9 +26,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use metrics::{Counter, Gauge};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+
+use crate::group::{GroupMetrics, MetricsGroup};
 use tokio::sync::Notify;
 
 /// Messages a receiver takes from the shared queue per lock.
@@ -49,7 +51,7 @@ pub enum Overflow {
 }
 
 impl Overflow {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Overflow::Backpressure => "backpressure",
             Overflow::DropOldest => "drop_oldest",
@@ -167,37 +169,10 @@ struct Lanes<M> {
     normal: VecDeque<M>,
 }
 
-pub(crate) struct MailboxMetrics {
-    dropped: Counter,
-    rejected: Counter,
-    backlog: Gauge,
-}
-
-impl MailboxMetrics {
-    pub(crate) fn new(process: &str, overflow: Overflow) -> Self {
-        let p = process.to_string();
-        MailboxMetrics {
-            dropped: metrics::counter!("foundation_mailbox_dropped_total", "process" => p.clone(), "policy" => overflow.label()),
-            rejected: metrics::counter!("foundation_mailbox_rejected_total", "process" => p.clone()),
-            backlog: metrics::gauge!("foundation_mailbox_backlog", "process" => p),
-        }
-    }
-}
-
-/// Describes the mailbox metrics (HELP lines) to the current recorder.
+/// Describes the mailbox metrics (HELP lines) to the current recorder: they belong to
+/// the process's [`MetricsGroup`] (see [`crate::group`]).
 pub(crate) fn describe_metrics() {
-    metrics::describe_counter!(
-        "foundation_mailbox_dropped_total",
-        "Messages dropped by a mailbox overflow policy."
-    );
-    metrics::describe_counter!(
-        "foundation_mailbox_rejected_total",
-        "Messages returned to the sender because a mailbox was full."
-    );
-    metrics::describe_gauge!(
-        "foundation_mailbox_backlog",
-        "Messages waiting in a process's mailbox."
-    );
+    crate::group::describe_metrics();
 }
 
 pub(crate) struct Shared<M> {
@@ -230,7 +205,10 @@ pub(crate) struct Shared<M> {
     /// `DropOldest`, whose senders must see every queued message to drop the oldest.
     batch: usize,
     size_of: fn(&M) -> usize,
-    metrics: MailboxMetrics,
+    /// The series this mailbox's numbers are aggregated into (shared by its group).
+    group: Arc<GroupMetrics>,
+    /// This mailbox's share of the group's backlog gauge.
+    reported: AtomicUsize,
 }
 
 /// The sending side of a mailbox. Cloning it is cheap; when the last clone is dropped the
@@ -269,9 +247,20 @@ fn default_size<M>(_: &M) -> usize {
     std::mem::size_of::<M>()
 }
 
-/// Creates a mailbox for a process named `process` (the name labels its metrics).
+/// Creates a mailbox in the default metrics group (`_process` names it in tests only:
+/// metrics are never labelled with a process name).
+#[cfg(test)]
 pub(crate) fn channel<M>(
-    process: &str,
+    _process: &str,
+    strategy: &MemoryStrategy,
+    size_of: Option<fn(&M) -> usize>,
+) -> (Sender<M>, Receiver<M>) {
+    channel_in(&MetricsGroup::default_group(), strategy, size_of)
+}
+
+/// Creates a mailbox whose metrics are aggregated into `group`.
+pub(crate) fn channel_in<M>(
+    group: &MetricsGroup,
     strategy: &MemoryStrategy,
     size_of: Option<fn(&M) -> usize>,
 ) -> (Sender<M>, Receiver<M>) {
@@ -301,7 +290,8 @@ pub(crate) fn channel<M>(
             BATCH
         },
         size_of: size_of.unwrap_or(default_size::<M>),
-        metrics: MailboxMetrics::new(process, strategy.overflow),
+        group: group.metrics().clone(),
+        reported: AtomicUsize::new(0),
     });
     (
         Sender {
@@ -341,12 +331,12 @@ impl<M> Shared<M> {
 
     fn drop_counted(&self, n: u64) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
-        self.metrics.dropped.increment(n);
+        self.group.dropped(self.overflow, n);
     }
 
     fn reject_counted(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
-        self.metrics.rejected.increment(1);
+        self.group.rejected();
     }
 
     fn push(&self, msg: M, urgent: bool, may_wait: bool) -> Push<M> {
@@ -423,7 +413,12 @@ impl<M> Shared<M> {
         if size > 0 {
             self.bytes.fetch_add(size, Ordering::SeqCst);
         }
-        self.lane_len(urgent).fetch_add(1, Ordering::SeqCst);
+        let queued = self.lane_len(urgent).fetch_add(1, Ordering::SeqCst) + 1;
+        if queued >= 2 && queued.is_power_of_two() {
+            // A growing queue (a stuck or slow process) shows in the group's backlog
+            // gauge within a factor of two, at O(log n) reports as it fills.
+            self.report_backlog();
+        }
         if urgent {
             lanes.urgent.push_back(msg);
             self.urgent_pending.fetch_add(1, Ordering::Release);
@@ -480,6 +475,20 @@ impl<M> Shared<M> {
 
     fn backlog(&self) -> usize {
         self.urgent_len.load(Ordering::Relaxed) + self.normal_len.load(Ordering::Relaxed)
+    }
+
+    /// Moves the group's backlog gauge by this mailbox's change since its last report.
+    /// Called when the receiver takes a batch or goes idle, and when a sender's push
+    /// makes a lane's length a power of two — not per message. Concurrent reports swap
+    /// their value in, so the deltas they apply always add up to the last one reported.
+    #[inline]
+    fn report_backlog(&self) {
+        let now = self.backlog();
+        if self.reported.load(Ordering::Relaxed) == now {
+            return;
+        }
+        let was = self.reported.swap(now, Ordering::Relaxed);
+        self.group.backlog_moved(was, now);
     }
 }
 
@@ -635,6 +644,7 @@ impl<M> Receiver<M> {
                 }
                 return None;
             }
+            self.shared.report_backlog();
             notified.await;
         }
     }
@@ -696,7 +706,7 @@ impl<M> Receiver<M> {
             shared.taken(m, urgent);
         }
         drop(lanes);
-        shared.metrics.backlog.set(shared.backlog() as f64);
+        shared.report_backlog();
         true
     }
 
@@ -726,6 +736,11 @@ impl<M> Receiver<M> {
         WeakSender {
             shared: self.shared.clone(),
         }
+    }
+
+    /// The metrics this mailbox's process is aggregated into.
+    pub(crate) fn group(&self) -> &Arc<GroupMetrics> {
+        &self.shared.group
     }
 
     /// Whether the mailbox was closed by a graceful stop.
@@ -787,6 +802,8 @@ impl<M> Drop for Receiver<M> {
         self.shared.normal_len.store(0, Ordering::SeqCst);
         self.shared.bytes.store(0, Ordering::SeqCst);
         drop(lanes);
+        let was = self.shared.reported.swap(0, Ordering::Relaxed);
+        self.shared.group.backlog_moved(was, 0);
         if left > 0 {
             self.shared.drop_counted(left as u64);
         }

@@ -51,10 +51,10 @@ use foundation_core::registry::Registry;
 use foundation_core::telemetry::TaskGuard;
 use futures_util::FutureExt;
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{oneshot, Notify};
 
 use crate::error::{Error, Result};
+use crate::group::MetricsGroup;
 use crate::mailbox::{self, Delivery, MemoryStrategy, Receiver, SendError, Sender};
 
 /// Unique id of a process within this OS process.
@@ -201,26 +201,38 @@ impl<R> fmt::Debug for Reply<R> {
 
 /// Life-cycle state of a process shared by its handles, monitors and links. A supervised
 /// child keeps one across restarts.
+///
+/// One allocation per process: the state sits behind one small lock, and two `Notify`s
+/// wake the running incarnation when it is killed and the monitors when it exits. (It
+/// used to hold a `watch` channel and a `CancellationToken` — three allocations and about
+/// 500 bytes more per process.)
 pub(crate) struct Life {
     pub(crate) id: ProcessId,
     pub(crate) name: Option<Arc<str>>,
-    exit: watch::Sender<ExitState>,
-    kill: Mutex<(CancellationToken, Option<ExitReason>)>,
-    links: Mutex<Vec<Weak<Life>>>,
+    state: Mutex<LifeState>,
+    /// Woken when the current incarnation is asked to stop.
+    kill: Notify,
+    /// Woken when an incarnation exits or has started.
+    changed: Notify,
 }
 
-/// Which incarnation runs, and how the last one that stopped ended. Counting incarnations
-/// lets a monitor see an exit even when a supervisor restarts the process before the
-/// monitor looks.
-#[derive(Debug, Clone, Default)]
-struct ExitState {
+/// Which incarnation runs, whether it was asked to stop, and how the last one that
+/// stopped ended. Counting incarnations lets a monitor see an exit even when a supervisor
+/// restarts the process before the monitor looks.
+#[derive(Default)]
+struct LifeState {
     incarnation: u64,
+    /// The current incarnation was asked to stop.
+    killed: bool,
+    /// Why it was asked to stop (taken by the incarnation as its exit reason).
+    kill_reason: Option<ExitReason>,
     last_exit: Option<(u64, ExitReason)>,
     /// The last incarnation whose `started` hook returned (supervised children only).
     started: Option<u64>,
+    links: Vec<Weak<Life>>,
 }
 
-impl ExitState {
+impl LifeState {
     fn current_exit(&self) -> Option<&ExitReason> {
         match &self.last_exit {
             Some((inc, reason)) if *inc == self.incarnation => Some(reason),
@@ -234,40 +246,63 @@ impl Life {
         Arc::new(Life {
             id: ProcessId::next(),
             name,
-            exit: watch::Sender::new(ExitState::default()),
-            kill: Mutex::new((CancellationToken::new(), None)),
-            links: Mutex::new(Vec::new()),
+            state: Mutex::new(LifeState::default()),
+            kill: Notify::new(),
+            changed: Notify::new(),
         })
     }
 
     /// Stops the current incarnation with `reason` at its next await point.
     pub(crate) fn kill(&self, reason: ExitReason) {
-        let mut k = self.kill.lock();
-        if k.1.is_none() {
-            k.1 = Some(reason);
+        {
+            let mut s = self.state.lock();
+            if s.kill_reason.is_none() && !s.killed {
+                s.kill_reason = Some(reason);
+            }
+            s.killed = true;
         }
-        k.0.cancel();
+        self.kill.notify_waiters();
     }
 
-    pub(crate) fn token(&self) -> CancellationToken {
-        self.kill.lock().0.clone()
+    /// Resolves once the current incarnation is asked to stop.
+    pub(crate) async fn killed(&self) {
+        loop {
+            let notified = self.kill.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.state.lock().killed {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub(crate) fn take_kill_reason(&self) -> ExitReason {
-        self.kill.lock().1.take().unwrap_or(ExitReason::Killed)
+        self.state
+            .lock()
+            .kill_reason
+            .take()
+            .unwrap_or(ExitReason::Killed)
     }
 
     /// Prepares for a new incarnation (a supervisor restart).
     pub(crate) fn revive(&self) {
-        *self.kill.lock() = (CancellationToken::new(), None);
-        self.exit.send_modify(|s| s.incarnation += 1);
+        let mut s = self.state.lock();
+        s.killed = false;
+        s.kill_reason = None;
+        s.incarnation += 1;
     }
 
     /// Publishes the exit and propagates an abnormal one along links.
     pub(crate) fn finish(&self, reason: ExitReason) {
         if reason.is_abnormal() {
-            let links: Vec<Arc<Life>> =
-                self.links.lock().iter().filter_map(Weak::upgrade).collect();
+            let links: Vec<Arc<Life>> = self
+                .state
+                .lock()
+                .links
+                .iter()
+                .filter_map(Weak::upgrade)
+                .collect();
             for peer in links {
                 peer.kill(ExitReason::Linked {
                     peer: self.id,
@@ -275,22 +310,31 @@ impl Life {
                 });
             }
         }
-        self.exit
-            .send_modify(|s| s.last_exit = Some((s.incarnation, reason)));
+        {
+            let mut s = self.state.lock();
+            s.last_exit = Some((s.incarnation, reason));
+        }
+        self.changed.notify_waiters();
     }
 
     /// Records that the current incarnation's `started` hook returned.
     pub(crate) fn mark_started(&self) {
-        self.exit.send_modify(|s| s.started = Some(s.incarnation));
+        {
+            let mut s = self.state.lock();
+            s.started = Some(s.incarnation);
+        }
+        self.changed.notify_waiters();
     }
 
     /// Waits until the current incarnation has run its `started` hook, or has stopped.
     /// Returns whether it is running.
     pub(crate) async fn wait_started(&self) -> bool {
-        let mut rx = self.exit.subscribe();
         loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             {
-                let s = rx.borrow_and_update();
+                let s = self.state.lock();
                 if s.started == Some(s.incarnation) {
                     return true;
                 }
@@ -298,23 +342,23 @@ impl Life {
                     return false;
                 }
             }
-            if rx.changed().await.is_err() {
-                return false;
-            }
+            notified.await;
         }
     }
 
     pub(crate) fn exit_reason(&self) -> Option<ExitReason> {
-        self.exit.borrow().current_exit().cloned()
+        self.state.lock().current_exit().cloned()
     }
 
-    pub(crate) fn monitor(&self) -> Monitor {
-        let rx = self.exit.subscribe();
-        let incarnation = rx.borrow().incarnation;
+    pub(crate) fn link(&self, other: &Arc<Life>) {
+        self.state.lock().links.push(Arc::downgrade(other));
+    }
+
+    pub(crate) fn monitor(self: &Arc<Self>) -> Monitor {
+        let incarnation = self.state.lock().incarnation;
         Monitor {
-            id: self.id,
+            life: self.clone(),
             incarnation,
-            rx,
         }
     }
 }
@@ -322,31 +366,28 @@ impl Life {
 /// Watches a process's exit: resolves when the incarnation running when the monitor was
 /// made stops (at once if it already has), even if a supervisor restarts it right away.
 pub struct Monitor {
-    id: ProcessId,
+    life: Arc<Life>,
     incarnation: u64,
-    rx: watch::Receiver<ExitState>,
 }
 
 impl Monitor {
     /// The monitored process.
     pub fn id(&self) -> ProcessId {
-        self.id
+        self.life.id
     }
 
     /// Waits for the process to exit and returns why. Returns at once if it has exited.
     pub async fn wait(&mut self) -> ExitReason {
         loop {
-            {
-                let state = self.rx.borrow_and_update();
-                if let Some((inc, reason)) = &state.last_exit {
-                    if *inc >= self.incarnation {
-                        return reason.clone();
-                    }
+            let notified = self.life.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some((inc, reason)) = &self.life.state.lock().last_exit {
+                if *inc >= self.incarnation {
+                    return reason.clone();
                 }
             }
-            if self.rx.changed().await.is_err() {
-                return ExitReason::Killed;
-            }
+            notified.await;
         }
     }
 }
@@ -509,8 +550,8 @@ impl<M: Send + 'static> Handle<M> {
     /// Links the two processes: when either stops abnormally, the other is stopped with
     /// [`ExitReason::Linked`]. Links hold no strong reference.
     pub fn link<N: Send + 'static>(&self, other: &Handle<N>) {
-        self.life.links.lock().push(Arc::downgrade(&other.life));
-        other.life.links.lock().push(Arc::downgrade(&self.life));
+        self.life.link(&other.life);
+        other.life.link(&self.life);
     }
 
     /// Stops the process at its next await point with [`ExitReason::Killed`]; queued
@@ -551,6 +592,7 @@ pub struct SpawnOptions<M> {
     memory: MemoryStrategy,
     message_size: Option<fn(&M) -> usize>,
     registry: Option<Registry>,
+    group: Option<MetricsGroup>,
 }
 
 impl<M> Default for SpawnOptions<M> {
@@ -560,6 +602,7 @@ impl<M> Default for SpawnOptions<M> {
             memory: MemoryStrategy::default(),
             message_size: None,
             registry: None,
+            group: None,
         }
     }
 }
@@ -569,6 +612,7 @@ impl<M> fmt::Debug for SpawnOptions<M> {
         f.debug_struct("SpawnOptions")
             .field("name", &self.name)
             .field("memory", &self.memory)
+            .field("group", &self.group)
             .finish()
     }
 }
@@ -579,9 +623,17 @@ impl<M: Send + 'static> SpawnOptions<M> {
         Self::default()
     }
 
-    /// Names the process (labels its metrics; registered if a registry is given).
+    /// Names the process (registered under it if a registry is given). The name does not
+    /// label metrics: those belong to the process's [group](Self::group).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// The metrics group the process's numbers are aggregated into (default:
+    /// [`MetricsGroup::default_group`]); see [`crate::group`].
+    pub fn group(mut self, group: &MetricsGroup) -> Self {
+        self.group = Some(group.clone());
         self
     }
 
@@ -620,8 +672,12 @@ pub fn spawn_with<P: Process>(
     options: SpawnOptions<P::Message>,
 ) -> Result<Handle<P::Message>> {
     let name: Option<Arc<str>> = options.name.as_deref().map(Arc::from);
-    let label = name.as_deref().unwrap_or("anonymous");
-    let (tx, rx) = mailbox::channel(label, &options.memory, options.message_size);
+    let group = match options.group {
+        Some(g) => g,
+        None => MetricsGroup::default_group(),
+    };
+    let (tx, rx) = mailbox::channel_in(&group, &options.memory, options.message_size);
+    drop(group);
     let life = Life::new(name.clone());
     let handle = Handle {
         tx,
@@ -650,10 +706,12 @@ pub fn spawn_with<P: Process>(
         }
         _ => None,
     };
+    rx.group().process_started();
     tokio::spawn(async move {
         let _live = TaskGuard::new();
         let (reason, rx) = run(process, rx, &life, false).await;
         drop(registration);
+        rx.group().process_exited(&reason);
         drop(rx); // closes the mailbox; queued messages are counted as dropped
         life.finish(reason);
     });
@@ -671,7 +729,6 @@ pub(crate) async fn run<P: Process>(
     life: &Life,
     report_started: bool,
 ) -> (ExitReason, Receiver<P::Message>) {
-    let token = life.token();
     let mut ctx = Context {
         id: life.id,
         name: life.name.clone(),
@@ -697,7 +754,7 @@ pub(crate) async fn run<P: Process>(
         };
         tokio::select! {
             biased;
-            _ = token.cancelled() => life.take_kill_reason(),
+            _ = life.killed() => life.take_kill_reason(),
             r = AssertUnwindSafe(body).catch_unwind() => r.unwrap_or_else(|p| ExitReason::Panic(panic_message(&*p))),
         }
     };
@@ -749,24 +806,30 @@ where
     F: FnOnce(Inbox<M>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = mailbox::channel("anonymous", &MemoryStrategy::default(), None);
+    let (tx, rx) = mailbox::channel_in(
+        &MetricsGroup::default_group(),
+        &MemoryStrategy::default(),
+        None,
+    );
     let life = Life::new(None);
     let handle = Handle {
         tx,
         life: life.clone(),
     };
+    let group = rx.group().clone();
+    group.process_started();
     tokio::spawn(async move {
         let _live = TaskGuard::new();
-        let token = life.token();
         let body = AssertUnwindSafe(f(Inbox { rx })).catch_unwind();
         let reason = tokio::select! {
             biased;
-            _ = token.cancelled() => life.take_kill_reason(),
+            _ = life.killed() => life.take_kill_reason(),
             r = body => match r {
                 Ok(()) => ExitReason::Normal,
                 Err(p) => ExitReason::Panic(panic_message(&*p)),
             },
         };
+        group.process_exited(&reason);
         life.finish(reason);
     });
     handle

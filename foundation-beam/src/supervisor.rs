@@ -45,7 +45,7 @@
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use foundation_core::telemetry::TaskGuard;
@@ -58,6 +58,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::group::MetricsGroup;
 use crate::mailbox::{self, MemoryStrategy, Receiver, Sender};
 use crate::process::{self, panic_message, ExitReason, Handle, Life, Monitor, Process, ProcessId};
 
@@ -173,8 +174,11 @@ where
             }
         };
         let life = self.life.clone();
+        rx.group().process_started();
         spawn_incarnation(self.life.clone(), self.rx.clone(), async move {
-            process::run(process, rx, &life, true).await
+            let (reason, rx) = process::run(process, rx, &life, true).await;
+            rx.group().process_exited(&reason);
+            (reason, rx)
         })
     }
 
@@ -260,6 +264,8 @@ struct SupConfig {
     intensity: Intensity,
     restarts: AtomicU64,
     metric: Counter,
+    /// The metrics group of the process children (made on first use).
+    group: OnceLock<MetricsGroup>,
 }
 
 /// What a supervisor is told by its handle.
@@ -361,7 +367,20 @@ impl SupervisorSpec {
     /// Sets the restart intensity.
     pub fn intensity(mut self, intensity: Intensity) -> Self {
         let c = &self.config;
-        self.config = Arc::new(SupConfig::new(c.name.clone(), c.strategy, intensity));
+        let mut config = SupConfig::new(c.name.clone(), c.strategy, intensity);
+        config.group = c.group.clone();
+        self.config = Arc::new(config);
+        self
+    }
+
+    /// The metrics group of this supervisor's process children (see [`crate::group`]);
+    /// by default a group named after the supervisor. Set it before adding children: the
+    /// children added before keep the group they were given.
+    pub fn metrics_group(mut self, group: &MetricsGroup) -> Self {
+        let c = &self.config;
+        let mut config = SupConfig::new(c.name.clone(), c.strategy, c.intensity);
+        config.group = OnceLock::from(group.clone());
+        self.config = Arc::new(config);
         self
     }
 
@@ -378,7 +397,8 @@ impl SupervisorSpec {
         P: Process,
         F: FnMut() -> P + Send + 'static,
     {
-        let (child, handle) = process_child(name.into(), restart, memory, factory);
+        let (child, handle) =
+            process_child(self.config.group(), name.into(), restart, memory, factory);
         self.children.push(child);
         handle
     }
@@ -419,6 +439,7 @@ impl SupervisorSpec {
 }
 
 fn process_child<P, F>(
+    group: &MetricsGroup,
     name: String,
     restart: Restart,
     memory: MemoryStrategy,
@@ -428,7 +449,7 @@ where
     P: Process,
     F: FnMut() -> P + Send + 'static,
 {
-    let (tx, rx) = mailbox::channel(&name, &memory, None);
+    let (tx, rx) = mailbox::channel_in(group, &memory, None);
     let life = Life::new(Some(Arc::from(name.as_str())));
     let handle = Handle::from_parts(tx.clone(), life.clone());
     let child = ProcessChild {
@@ -452,7 +473,13 @@ impl SupConfig {
             intensity,
             restarts: AtomicU64::new(0),
             metric,
+            group: OnceLock::new(),
         }
+    }
+
+    fn group(&self) -> &MetricsGroup {
+        self.group
+            .get_or_init(|| MetricsGroup::new(self.name.as_str()))
     }
 }
 
@@ -524,7 +551,8 @@ impl Supervisor {
         P: Process,
         F: FnMut() -> P + Send + 'static,
     {
-        let (child, handle) = process_child(name.into(), restart, memory, factory);
+        let (child, handle) =
+            process_child(self.config.group(), name.into(), restart, memory, factory);
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Add(child, tx))
@@ -736,11 +764,10 @@ async fn supervise(
     for i in 0..n {
         s.start(i);
     }
-    let token = life.token();
     let reason = loop {
         tokio::select! {
             biased;
-            _ = token.cancelled() => {
+            _ = life.killed() => {
                 // Stopped by our own supervisor (or killed): stop the children first.
                 s.stop_all(StopPlan::ordered(DEFAULT_GRACE)).await;
                 break life.take_kill_reason();
