@@ -10,9 +10,12 @@
 //! default options and keeps their handles (as a user would); then it waits for the
 //! runtime to settle and reads `VmRSS` from `/proc/self/status`. Reported per process:
 //!
-//! * `avg ns` — wall time of the whole spawn loop / N;
-//! * `last10% ns` — wall time of the last 10% of the spawns / (N/10): the cost of a spawn
-//!   when about N processes are alive already;
+//! * `wall ns/spawn (avg)` — wall time of the whole spawn loop / N;
+//! * `wall ns/spawn (last 10%)` — wall time of the last 10% of the spawns / (N/10): the
+//!   cost of a spawn when about N processes are alive already;
+//! * `CPU ns/spawn` — the same with the CPU time of all the process's threads (from
+//!   `/proc/self/task/*/schedstat`): on a shared machine wall time also counts time other
+//!   programs held the cores, CPU time does not (page faults and first polls included);
 //! * `bytes` — RSS after spawning and settling minus RSS before, / N (handles included).
 //!
 //! Each figure is the median of `SPAWN_BENCH_REPS` runs (default 3). The peer crates run
@@ -45,6 +48,20 @@ fn status_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU time used by every thread of this process so far, in ns (the first field of
+/// `/proc/self/task/*/schedstat`). The machine may be shared: CPU time, unlike wall time,
+/// does not count the time other programs held the cores.
+fn cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 fn mem_available_kb() -> Option<u64> {
@@ -83,9 +100,16 @@ impl ractor::Actor for RIdle {
 #[derive(kameo::Actor)]
 struct KIdle;
 
+/// Wall and CPU time of a stretch of spawns.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cost {
+    wall: Duration,
+    cpu_ns: u64,
+}
+
 /// Spawns `n` processes with `spawn_one`, keeping what it returns; returns the handles,
-/// the time of the whole loop and the time of its last 10%.
-async fn spawn_many<H, F, Fut>(n: usize, mut spawn_one: F) -> (Vec<H>, Duration, Duration)
+/// the cost of the whole loop and the cost of its last 10%.
+async fn spawn_many<H, F, Fut>(n: usize, mut spawn_one: F) -> (Vec<H>, Cost, Cost)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = H>,
@@ -93,15 +117,29 @@ where
     let mut keep = Vec::with_capacity(n);
     let tail_from = n - n / 10;
     let start = Instant::now();
+    let cpu_start = cpu_ns();
     let mut tail_start = start;
+    let mut tail_cpu = cpu_start;
     for i in 0..n {
         if i == tail_from {
             tail_start = Instant::now();
+            tail_cpu = cpu_ns();
         }
         keep.push(spawn_one().await);
     }
     let end = Instant::now();
-    (keep, end - start, end - tail_start)
+    let cpu_end = cpu_ns();
+    (
+        keep,
+        Cost {
+            wall: end - start,
+            cpu_ns: cpu_end - cpu_start,
+        },
+        Cost {
+            wall: end - tail_start,
+            cpu_ns: cpu_end - tail_cpu,
+        },
+    )
 }
 
 /// One measurement, in this (child) process. Prints one `RESULT` line.
@@ -156,9 +194,11 @@ fn child(kind: &str, n: usize) {
     let rss_after = status_kb("VmRSS:").expect("VmRSS");
     let bytes = (rss_after.saturating_sub(rss_before) * 1024) as f64 / n as f64;
     println!(
-        "RESULT {kind} {n} {:.0} {:.0} {:.0}",
-        total.as_nanos() as f64 / n as f64,
-        tail.as_nanos() as f64 / (n / 10) as f64,
+        "RESULT {kind} {n} {:.0} {:.0} {:.0} {:.0} {:.0}",
+        total.wall.as_nanos() as f64 / n as f64,
+        tail.wall.as_nanos() as f64 / (n / 10) as f64,
+        total.cpu_ns as f64 / n as f64,
+        tail.cpu_ns as f64 / (n / 10) as f64,
         bytes
     );
     // Tear down without waiting for a million destructors: the figures are taken.
@@ -178,6 +218,8 @@ async fn rt_spawned<T: Send + 'static>(
 struct Figures {
     avg_ns: f64,
     tail_ns: f64,
+    cpu_ns: f64,
+    tail_cpu_ns: f64,
     bytes: f64,
 }
 
@@ -212,12 +254,16 @@ fn run_child(kind: &str, n: usize, reps: usize) -> Option<Figures> {
         runs.push(Figures {
             avg_ns: f[0],
             tail_ns: f[1],
-            bytes: f[2],
+            cpu_ns: f[2],
+            tail_cpu_ns: f[3],
+            bytes: f[4],
         });
     }
     Some(Figures {
         avg_ns: median(runs.iter().map(|r| r.avg_ns).collect()),
         tail_ns: median(runs.iter().map(|r| r.tail_ns).collect()),
+        cpu_ns: median(runs.iter().map(|r| r.cpu_ns).collect()),
+        tail_cpu_ns: median(runs.iter().map(|r| r.tail_cpu_ns).collect()),
         bytes: median(runs.iter().map(|r| r.bytes).collect()),
     })
 }
@@ -244,8 +290,8 @@ fn main() {
         .unwrap_or(3)
         .max(1);
     println!("spawn: 2-worker runtime, idle processes kept alive, median of {reps} runs, each in a fresh process");
-    println!("| live | impl | avg ns/spawn | last10% ns/spawn | bytes/process | avg vs tokio | last10% vs tokio | bytes vs tokio |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| live | impl | wall ns/spawn (avg) | wall ns/spawn (last 10%) | CPU ns/spawn (avg) | CPU ns/spawn (last 10%) | bytes/process | CPU avg vs tokio | CPU last 10% vs tokio | wall avg vs tokio | bytes vs tokio |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut bytes_seen: std::collections::HashMap<String, f64> = Default::default();
     for &n in &sizes {
         let mut tokio_fig: Option<Figures> = None;
@@ -260,7 +306,7 @@ fn main() {
                 let avail = mem_available_kb().unwrap_or(0) as f64;
                 if estimate_kb > avail / 2.0 {
                     println!(
-                        "| {n} | {kind} | skipped: needs ~{:.1} GB, {:.1} GB available | | | | | |",
+                        "| {n} | {kind} | skipped: needs ~{:.1} GB, {:.1} GB available | | | | | | | | |",
                         estimate_kb / 1024.0 / 1024.0,
                         avail / 1024.0 / 1024.0
                     );
@@ -268,7 +314,7 @@ fn main() {
                 }
             }
             let Some(f) = run_child(kind, n, reps) else {
-                println!("| {n} | {kind} | failed | | | | | |");
+                println!("| {n} | {kind} | failed | | | | | | | | |");
                 continue;
             };
             bytes_seen.insert(kind.clone(), f.bytes);
@@ -280,12 +326,15 @@ fn main() {
                 _ => "-".into(),
             };
             println!(
-                "| {n} | {kind} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
+                "| {n} | {kind} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
                 f.avg_ns,
                 f.tail_ns,
+                f.cpu_ns,
+                f.tail_cpu_ns,
                 f.bytes,
+                ratio(f.cpu_ns, tokio_fig.map(|t| t.cpu_ns)),
+                ratio(f.tail_cpu_ns, tokio_fig.map(|t| t.tail_cpu_ns)),
                 ratio(f.avg_ns, tokio_fig.map(|t| t.avg_ns)),
-                ratio(f.tail_ns, tokio_fig.map(|t| t.tail_ns)),
                 ratio(f.bytes, tokio_fig.map(|t| t.bytes)),
             );
         }

@@ -258,6 +258,13 @@ pub(crate) fn channel<M>(
     channel_in(&MetricsGroup::default_group(), strategy, size_of)
 }
 
+/// The heap bytes of a mailbox's shared part (its `Arc` allocation), for footprint
+/// tests.
+#[cfg(test)]
+pub(crate) fn shared_size<M>() -> usize {
+    std::mem::size_of::<Shared<M>>() + 2 * std::mem::size_of::<usize>()
+}
+
 /// Creates a mailbox whose metrics are aggregated into `group`.
 pub(crate) fn channel_in<M>(
     group: &MetricsGroup,

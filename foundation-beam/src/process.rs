@@ -43,12 +43,14 @@
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
-use foundation_core::registry::Registry;
+use foundation_core::registry::{Registration, Registry};
 use foundation_core::telemetry::TaskGuard;
+use futures_util::task::AtomicWaker;
 use futures_util::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
@@ -149,8 +151,7 @@ pub trait Process: Send + 'static {
 
 /// What a running process knows about itself.
 pub struct Context<M> {
-    id: ProcessId,
-    name: Option<Arc<str>>,
+    life: Arc<Life>,
     myself: mailbox::WeakSender<M>,
     stop: Option<ExitReason>,
 }
@@ -158,12 +159,12 @@ pub struct Context<M> {
 impl<M> Context<M> {
     /// This process's id.
     pub fn id(&self) -> ProcessId {
-        self.id
+        self.life.id
     }
 
     /// This process's name, if it has one.
     pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.life.name.as_deref()
     }
 
     /// A sender to this process's own mailbox (`None` once it is closed). Holding it keeps
@@ -202,33 +203,36 @@ impl<R> fmt::Debug for Reply<R> {
 /// Life-cycle state of a process shared by its handles, monitors and links. A supervised
 /// child keeps one across restarts.
 ///
-/// One allocation per process: the state sits behind one small lock, and two `Notify`s
-/// wake the running incarnation when it is killed and the monitors when it exits. (It
-/// used to hold a `watch` channel and a `CancellationToken` — three allocations and about
-/// 500 bytes more per process.)
+/// One allocation per process: the state sits behind one small lock; the running
+/// incarnation's waker (for a kill) sits in an `AtomicWaker`, and one `Notify` wakes
+/// monitors when an incarnation exits or has started. (It used to hold a `watch` channel
+/// and a `CancellationToken`: three allocations and about 500 bytes more per process.)
 pub(crate) struct Life {
     pub(crate) id: ProcessId,
     pub(crate) name: Option<Arc<str>>,
+    /// The current incarnation was asked to stop (read on every wake-up, so not under
+    /// the lock).
+    killed: AtomicBool,
+    /// The task of the current incarnation, woken by a kill. One waiter only: the
+    /// incarnation's task (or a supervisor's own loop).
+    kill_waker: AtomicWaker,
     state: Mutex<LifeState>,
-    /// Woken when the current incarnation is asked to stop.
-    kill: Notify,
     /// Woken when an incarnation exits or has started.
     changed: Notify,
 }
 
-/// Which incarnation runs, whether it was asked to stop, and how the last one that
-/// stopped ended. Counting incarnations lets a monitor see an exit even when a supervisor
-/// restarts the process before the monitor looks.
+/// Which incarnation runs, why it was asked to stop, and how the last one that stopped
+/// ended. Counting incarnations lets a monitor see an exit even when a supervisor restarts
+/// the process before the monitor looks.
 #[derive(Default)]
 struct LifeState {
     incarnation: u64,
-    /// The current incarnation was asked to stop.
-    killed: bool,
-    /// Why it was asked to stop (taken by the incarnation as its exit reason).
+    /// Why the current incarnation was asked to stop (taken as its exit reason).
     kill_reason: Option<ExitReason>,
     last_exit: Option<(u64, ExitReason)>,
-    /// The last incarnation whose `started` hook returned (supervised children only).
-    started: Option<u64>,
+    /// The last incarnation whose `started` hook returned, plus one (0: none; supervised
+    /// children only).
+    started: u64,
     links: Vec<Weak<Life>>,
 }
 
@@ -241,13 +245,33 @@ impl LifeState {
     }
 }
 
+/// Resolves once the current incarnation is asked to stop ([`Life::killed`]).
+pub(crate) struct Killed<'a>(&'a Life);
+
+impl Future for Killed<'_> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let life = self.0;
+        if life.killed.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        life.kill_waker.register(cx.waker());
+        if life.killed.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
 impl Life {
     pub(crate) fn new(name: Option<Arc<str>>) -> Arc<Life> {
         Arc::new(Life {
             id: ProcessId::next(),
             name,
+            killed: AtomicBool::new(false),
+            kill_waker: AtomicWaker::new(),
             state: Mutex::new(LifeState::default()),
-            kill: Notify::new(),
             changed: Notify::new(),
         })
     }
@@ -256,25 +280,18 @@ impl Life {
     pub(crate) fn kill(&self, reason: ExitReason) {
         {
             let mut s = self.state.lock();
-            if s.kill_reason.is_none() && !s.killed {
+            if !self.killed.load(Ordering::Relaxed) && s.kill_reason.is_none() {
                 s.kill_reason = Some(reason);
             }
-            s.killed = true;
+            self.killed.store(true, Ordering::Release);
         }
-        self.kill.notify_waiters();
+        self.kill_waker.wake();
     }
 
-    /// Resolves once the current incarnation is asked to stop.
-    pub(crate) async fn killed(&self) {
-        loop {
-            let notified = self.kill.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.state.lock().killed {
-                return;
-            }
-            notified.await;
-        }
+    /// Resolves once the current incarnation is asked to stop. Only one task may wait
+    /// at a time (the incarnation's own).
+    pub(crate) fn killed(&self) -> Killed<'_> {
+        Killed(self)
     }
 
     pub(crate) fn take_kill_reason(&self) -> ExitReason {
@@ -288,7 +305,7 @@ impl Life {
     /// Prepares for a new incarnation (a supervisor restart).
     pub(crate) fn revive(&self) {
         let mut s = self.state.lock();
-        s.killed = false;
+        self.killed.store(false, Ordering::Release);
         s.kill_reason = None;
         s.incarnation += 1;
     }
@@ -321,7 +338,7 @@ impl Life {
     pub(crate) fn mark_started(&self) {
         {
             let mut s = self.state.lock();
-            s.started = Some(s.incarnation);
+            s.started = s.incarnation + 1;
         }
         self.changed.notify_waiters();
     }
@@ -335,7 +352,7 @@ impl Life {
             notified.as_mut().enable();
             {
                 let s = self.state.lock();
-                if s.started == Some(s.incarnation) {
+                if s.started == s.incarnation + 1 {
                     return true;
                 }
                 if s.current_exit().is_some() {
@@ -693,11 +710,11 @@ pub fn spawn_with<P: Process>(
                 let life = weak_life.upgrade()?;
                 weak.upgrade().map(|tx| Handle { tx, life })
             };
-            Some(
+            Some(Box::new(
                 registry
                     .register_weak(name.to_string(), upgrade, Default::default())
                     .map_err(Error::Core)?,
-            )
+            ))
         }
         (Some(_), None) => {
             return Err(Error::Core(foundation_core::Error::InvalidArgument(
@@ -707,15 +724,26 @@ pub fn spawn_with<P: Process>(
         _ => None,
     };
     rx.group().process_started();
-    tokio::spawn(async move {
+    tokio::spawn(process_task(process, rx, life, registration));
+    Ok(handle)
+}
+
+/// The task of a process spawned by [`spawn_with`]: runs it, then publishes its exit.
+fn process_task<P: Process>(
+    mut process: P,
+    mut rx: Receiver<P::Message>,
+    life: Arc<Life>,
+    registration: Option<Box<Registration>>,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
         let _live = TaskGuard::new();
-        let (reason, rx) = run(process, rx, &life, false).await;
+        let reason = run_in(&mut process, &mut rx, &life, false).await;
+        drop(process);
         drop(registration);
         rx.group().process_exited(&reason);
         drop(rx); // closes the mailbox; queued messages are counted as dropped
         life.finish(reason);
-    });
-    Ok(handle)
+    }
 }
 
 /// Runs one incarnation of `process` on `rx` until it stops; returns why, and the mailbox
@@ -726,39 +754,47 @@ pub fn spawn_with<P: Process>(
 pub(crate) async fn run<P: Process>(
     mut process: P,
     mut rx: Receiver<P::Message>,
-    life: &Life,
+    life: &Arc<Life>,
     report_started: bool,
 ) -> (ExitReason, Receiver<P::Message>) {
+    let reason = run_in(&mut process, &mut rx, life, report_started).await;
+    (reason, rx)
+}
+
+/// [`run`] on borrowed state: the caller's future keeps the process and its mailbox, so
+/// they are not stored twice in it (an idle process's task is mostly this future).
+pub(crate) async fn run_in<P: Process>(
+    process: &mut P,
+    rx: &mut Receiver<P::Message>,
+    life: &Arc<Life>,
+    report_started: bool,
+) -> ExitReason {
     let mut ctx = Context {
-        id: life.id,
-        name: life.name.clone(),
+        life: life.clone(),
         myself: rx.weak_sender(),
         stop: None,
     };
-    let reason = {
-        let body = async {
-            process.started(&mut ctx).await;
-            if report_started {
-                life.mark_started();
+    let body = async {
+        process.started(&mut ctx).await;
+        if report_started {
+            life.mark_started();
+        }
+        loop {
+            if let Some(reason) = ctx.stop.take() {
+                return reason;
             }
-            loop {
-                if let Some(reason) = ctx.stop.take() {
-                    return reason;
-                }
-                match rx.recv().await {
-                    Some(msg) => process.handle(msg, &mut ctx).await,
-                    None if rx.shutdown_requested() => return ExitReason::Shutdown,
-                    None => return ExitReason::Normal,
-                }
+            match rx.recv().await {
+                Some(msg) => process.handle(msg, &mut ctx).await,
+                None if rx.shutdown_requested() => return ExitReason::Shutdown,
+                None => return ExitReason::Normal,
             }
-        };
-        tokio::select! {
-            biased;
-            _ = life.killed() => life.take_kill_reason(),
-            r = AssertUnwindSafe(body).catch_unwind() => r.unwrap_or_else(|p| ExitReason::Panic(panic_message(&*p))),
         }
     };
-    (reason, rx)
+    tokio::select! {
+        biased;
+        _ = life.killed() => life.take_kill_reason(),
+        r = AssertUnwindSafe(body).catch_unwind() => r.unwrap_or_else(|p| ExitReason::Panic(panic_message(&*p))),
+    }
 }
 
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -833,4 +869,51 @@ where
         life.finish(reason);
     });
     handle
+}
+
+#[cfg(test)]
+mod footprint {
+    use super::*;
+
+    struct Idle;
+
+    impl Process for Idle {
+        type Message = u64;
+        async fn handle(&mut self, msg: u64, _: &mut Context<u64>) {
+            std::hint::black_box(msg);
+        }
+    }
+
+    /// Where the bytes of an idle process go (struct sizes; the allocator rounds each
+    /// allocation up, and tokio aligns a task to 128 bytes on x86-64).
+    #[tokio::test]
+    async fn an_idle_process_is_small() {
+        let group = MetricsGroup::default_group();
+        let (tx, rx) = mailbox::channel_in::<u64>(&group, &MemoryStrategy::default(), None);
+        let life = Life::new(None);
+        let task = process_task(Idle, rx, life.clone(), None);
+        let sizes = [
+            ("task future", std::mem::size_of_val(&task)),
+            ("mailbox (Arc'd Shared)", mailbox::shared_size::<u64>()),
+            ("life (Arc'd Life)", std::mem::size_of::<Life>() + 16),
+            ("handle", std::mem::size_of::<Handle<u64>>()),
+        ];
+        for (what, size) in sizes {
+            println!("{what}: {size} B");
+        }
+        let task_size = std::mem::size_of_val(&task);
+        drop((task, tx));
+        assert!(
+            std::mem::size_of::<Life>() + 16 <= 224,
+            "the life-cycle state should stay small"
+        );
+        // Future layouts differ in debug builds; the bound is for optimized builds, as
+        // users run them (`cargo test --release -p foundation-beam --lib footprint`).
+        if !cfg!(debug_assertions) {
+            assert!(
+                task_size <= 448,
+                "an idle process's task future grew to {task_size} B"
+            );
+        }
+    }
 }

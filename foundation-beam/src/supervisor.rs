@@ -128,7 +128,6 @@ trait Child: Send {
 }
 
 struct ProcessChild<P: Process, F> {
-    name: String,
     restart: Restart,
     factory: F,
     /// Keeps the mailbox open while the supervisor lives.
@@ -144,7 +143,8 @@ where
     F: FnMut() -> P + Send + 'static,
 {
     fn name(&self) -> &str {
-        &self.name
+        // The name lives once, in the life-cycle state (shared with the handles).
+        self.life.name.as_deref().unwrap_or_default()
     }
 
     fn life(&self) -> &Arc<Life> {
@@ -450,10 +450,9 @@ where
     F: FnMut() -> P + Send + 'static,
 {
     let (tx, rx) = mailbox::channel_in(group, &memory, None);
-    let life = Life::new(Some(Arc::from(name.as_str())));
+    let life = Life::new(Some(Arc::from(name)));
     let handle = Handle::from_parts(tx.clone(), life.clone());
     let child = ProcessChild {
-        name,
         restart,
         factory,
         tx,
