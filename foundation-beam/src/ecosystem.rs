@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::group::MetricsGroup;
 use crate::mailbox::{Delivery, MemoryStrategy, SendError};
-use crate::process::{Handle, Process, Reply};
+use crate::process::{Handle, Process, ProcessInfo, Reply};
 use crate::supervisor::{Intensity, Restart, Strategy, Supervisor, SupervisorSpec};
 
 /// How many workers an ecosystem runs.
@@ -328,6 +328,13 @@ impl<P: Process> Ecosystem<P> {
             workers[self.pick(&workers, None)].clone()
         };
         worker.call(make, timeout).await
+    }
+
+    /// Each worker's own numbers (backlog, drops, state), read now, in worker order:
+    /// the per-process view an observer shows. Metrics carry only the ecosystem's
+    /// aggregates (its metrics group, see [`crate::group`]).
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        self.workers.load().iter().map(Handle::info).collect()
     }
 
     /// The workers' handles, in worker order.

@@ -27,8 +27,8 @@ pub use error::{Error, Result};
 /// The layer below: `foundation-core`.
 pub use foundation_core as core;
 pub use process::{
-    spawn, spawn_fn, spawn_with, Context, ExitReason, Handle, Monitor, Process, ProcessId, Reply,
-    SpawnOptions,
+    spawn, spawn_fn, spawn_with, Context, ExitReason, Handle, Monitor, Process, ProcessId,
+    ProcessInfo, Reply, SpawnOptions,
 };
 
 /// Describes every metric of this layer and the layers below (the HELP lines of the

@@ -409,6 +409,26 @@ impl Monitor {
     }
 }
 
+/// One process's numbers at one moment ([`Handle::info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProcessInfo {
+    /// The process.
+    pub id: ProcessId,
+    /// Its name, if it has one.
+    pub name: Option<String>,
+    /// Whether its current incarnation runs.
+    pub alive: bool,
+    /// Why it stopped, if it has.
+    pub exit: Option<ExitReason>,
+    /// Messages queued and not yet handled.
+    pub backlog: usize,
+    /// Messages its mailbox dropped so far (policy, or queued when it stopped for good).
+    pub dropped: u64,
+    /// Messages returned to their senders because its mailbox was full.
+    pub rejected: u64,
+}
+
 /// A handle to a process: send to it, call it, monitor it, link to it, stop it.
 ///
 /// Cheap to clone. See the [module docs](self) for what dropping the last handle does.
@@ -597,6 +617,22 @@ impl<M: Send + 'static> Handle<M> {
         self.tx.backlog()
     }
 
+    /// A snapshot of this process's own numbers, read on demand (the per-process view
+    /// an observer shows; metrics only carry aggregates per group, see
+    /// [`crate::group`]).
+    pub fn info(&self) -> ProcessInfo {
+        let exit = self.life.exit_reason();
+        ProcessInfo {
+            id: self.life.id,
+            name: self.life.name.as_deref().map(str::to_string),
+            alive: exit.is_none(),
+            exit,
+            backlog: self.tx.backlog(),
+            dropped: self.tx.dropped(),
+            rejected: self.tx.rejected(),
+        }
+    }
+
     /// The mailbox's sending side.
     pub fn sender(&self) -> &Sender<M> {
         &self.tx
@@ -729,6 +765,9 @@ pub fn spawn_with<P: Process>(
 }
 
 /// The task of a process spawned by [`spawn_with`]: runs it, then publishes its exit.
+// Not an `async fn`: its parameters would be stored twice in the future (as arguments
+// and as the locals they are moved into), 472 B instead of 384 B for an idle process.
+#[allow(clippy::manual_async_fn)]
 fn process_task<P: Process>(
     mut process: P,
     mut rx: Receiver<P::Message>,
@@ -746,23 +785,13 @@ fn process_task<P: Process>(
     }
 }
 
-/// Runs one incarnation of `process` on `rx` until it stops; returns why, and the mailbox
-/// (with anything still queued) for a possible next incarnation.
+/// Runs one incarnation of `process` on `rx` until it stops; returns why. The mailbox
+/// (with anything still queued) stays with the caller for a possible next incarnation.
+/// On borrowed state: the caller's future keeps the process and its mailbox, so they are
+/// not stored twice in the task (an idle process's task is mostly this future).
 ///
 /// With `report_started`, the incarnation's start is published (see
 /// [`Life::wait_started`]) once its `started` hook has returned.
-pub(crate) async fn run<P: Process>(
-    mut process: P,
-    mut rx: Receiver<P::Message>,
-    life: &Arc<Life>,
-    report_started: bool,
-) -> (ExitReason, Receiver<P::Message>) {
-    let reason = run_in(&mut process, &mut rx, life, report_started).await;
-    (reason, rx)
-}
-
-/// [`run`] on borrowed state: the caller's future keeps the process and its mailbox, so
-/// they are not stored twice in it (an idle process's task is mostly this future).
 pub(crate) async fn run_in<P: Process>(
     process: &mut P,
     rx: &mut Receiver<P::Message>,

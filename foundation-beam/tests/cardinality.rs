@@ -91,6 +91,14 @@ fn series_count_stays_constant_while_10000_processes_come_and_go() {
         let eco = Ecosystem::start(spec, |_| Echo).await.unwrap();
         assert_eq!(eco.call(|r| (3, r), T).await.unwrap(), 3);
 
+        // Per-process numbers: on demand, from handles and the ecosystem.
+        let workers = eco.processes();
+        assert_eq!(workers.len(), 4);
+        assert!(workers
+            .iter()
+            .all(|w| w.alive && w.backlog == 0 && w.dropped == 0));
+        assert_eq!(q.info().name.as_deref(), Some("first"));
+
         let before = totals.read(&snapshotter);
         assert!(
             before
