@@ -198,7 +198,7 @@ fn child(kind: &str, n: usize) {
                             .lines()
                             .filter(|l| !l.starts_with('#'))
                             .count();
-                        eprintln!("{n} named processes: {series} series rendered");
+                        println!("NOTE {n} named processes alive, recorder renders {series} series");
                         (Box::new((k, telemetry)), t, l)
                     }
                     "ractor" => {
@@ -261,7 +261,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn run_child(kind: &str, n: usize, reps: usize) -> Option<Figures> {
+fn run_child(kind: &str, n: usize, reps: usize, notes: &mut Vec<String>) -> Option<Figures> {
     let exe = std::env::current_exe().expect("current exe");
     let mut runs = Vec::new();
     for _ in 0..reps {
@@ -270,6 +270,9 @@ fn run_child(kind: &str, n: usize, reps: usize) -> Option<Figures> {
             .output()
             .expect("run child");
         let text = String::from_utf8_lossy(&out.stdout);
+        for note in text.lines().filter(|l| l.starts_with("NOTE ")) {
+            notes.push(note[5..].to_string());
+        }
         let line = text.lines().find(|l| l.starts_with("RESULT "));
         let Some(line) = line else {
             eprintln!(
@@ -326,6 +329,7 @@ fn main() {
     println!("| live | impl | wall ns/spawn (avg) | wall ns/spawn (last 10%) | CPU ns/spawn (avg) | CPU ns/spawn (last 10%) | bytes/process | CPU avg vs tokio | CPU last 10% vs tokio | wall avg vs tokio | bytes vs tokio |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut bytes_seen: std::collections::HashMap<String, f64> = Default::default();
+    let mut notes = Vec::new();
     for &n in &sizes {
         let mut tokio_fig: Option<Figures> = None;
         for kind in &impls {
@@ -346,7 +350,7 @@ fn main() {
                     continue;
                 }
             }
-            let Some(f) = run_child(kind, n, reps) else {
+            let Some(f) = run_child(kind, n, reps, &mut notes) else {
                 println!("| {n} | {kind} | failed | | | | | | | | |");
                 continue;
             };
@@ -371,5 +375,9 @@ fn main() {
                 ratio(f.bytes, tokio_fig.map(|t| t.bytes)),
             );
         }
+    }
+    notes.dedup();
+    for note in notes {
+        println!("note: {note}");
     }
 }
