@@ -81,7 +81,8 @@
 //! not stopped by either: the society holds handles to them, and they stop when their
 //! last handle is gone (see [`process`](crate::process)).
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -420,6 +421,55 @@ impl Wiring {
         w
     }
 
+    /// The adaptive wiring (ring plus `shortcuts`), built like [`Wiring::new`] but
+    /// yielding on `budget` (one unit per member).
+    async fn adaptive(n: usize, shortcuts: &[(MemberId, MemberId)], budget: &mut Budget) -> Wiring {
+        let mut adjacency = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut list = match n {
+                1 => Vec::new(),
+                2 => vec![1 - i],
+                _ => vec![(i + n - 1) % n, (i + 1) % n],
+            };
+            list.sort_unstable();
+            adjacency.push(list);
+            budget.tick().await;
+        }
+        for &(a, b) in shortcuts {
+            adjacency[a].push(b);
+            adjacency[b].push(a);
+        }
+        for &(a, b) in shortcuts {
+            for m in [a, b] {
+                adjacency[m].sort_unstable();
+                adjacency[m].dedup();
+            }
+        }
+        let mut w = Wiring {
+            topology: Topology::Adaptive,
+            adjacency,
+            portals: Vec::new(),
+            portal_dist: Vec::new(),
+            portal_next: Vec::new(),
+            shortcuts: shortcuts.to_vec(),
+        };
+        w.shortcuts.sort_unstable();
+        if !shortcuts.is_empty() {
+            w.build_portals(n, shortcuts);
+        }
+        w
+    }
+
+    /// [`edges`](Self::edges), yielding on `budget` (one unit per member).
+    async fn edges_yielding(&self, budget: &mut Budget) -> Vec<(MemberId, MemberId)> {
+        let mut edges = Vec::new();
+        for (a, list) in self.adjacency.iter().enumerate() {
+            edges.extend(list.iter().filter(|&&b| b > a).map(|&b| (a, b)));
+            budget.tick().await;
+        }
+        edges
+    }
+
     /// Floyd–Warshall over the shortcut endpoints: edges are ring distances and the
     /// shortcuts themselves (1 hop).
     fn build_portals(&mut self, n: usize, shortcuts: &[(MemberId, MemberId)]) {
@@ -669,6 +719,8 @@ struct Shared {
     /// Messages per pair since the last rewiring (adaptive only), sharded by pair, at
     /// most [`MAX_TRACKED_PAIRS`] pairs in all.
     talk: Box<[Mutex<foldhash::HashMap<u64, u64>>]>,
+    /// Decayed talk scores per pair (adaptive only); held by one rewiring round at a time.
+    scores: tokio::sync::Mutex<foldhash::HashMap<u64, u64>>,
     members: usize,
     rewired: broadcast::Sender<Rewired>,
     events: Option<Events>,
@@ -772,6 +824,7 @@ impl<M: Send + 'static> Society<M> {
             talk: (0..talk_shards)
                 .map(|_| Mutex::new(foldhash::HashMap::default()))
                 .collect(),
+            scores: tokio::sync::Mutex::new(foldhash::HashMap::default()),
             members: n,
             rewired: broadcast::Sender::new(REWIRED_CAPACITY),
             events,
@@ -881,6 +934,26 @@ impl<M: Send + 'static> Society<M> {
         }
     }
 
+    /// Runs one rewiring round now, as the rewiring task does every `interval_ms`
+    /// (decay, then this period's talk), and publishes the change like it. Returns the
+    /// change, or `None` if the wiring stayed as it was.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the society is not adaptive.
+    pub async fn rewire_now(&self) -> Result<Option<Rewired>> {
+        if self.shared.talk.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "society `{}` is not adaptive",
+                self.shared.name
+            )));
+        }
+        let rewired = rewire(&self.shared).await;
+        if let Some(r) = &rewired {
+            publish(&self.shared, r).await;
+        }
+        Ok(rewired)
+    }
+
     /// Whether a rewiring task is running (adaptive societies until shutdown or drop).
     pub fn is_rewiring(&self) -> bool {
         self.task.lock().as_ref().is_some_and(|t| !t.is_finished())
@@ -960,36 +1033,39 @@ async fn rewirer(shared: Arc<Shared>, stop: CancellationToken) {
     let interval = Duration::from_millis(shared.adaptive.interval_ms);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut scores = foldhash::HashMap::default();
-    let mut budget = Budget::new(REWIRE_BUDGET);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let Some(rewired) = rewire(&shared, &mut scores, &mut budget).await else {
+        let Some(rewired) = rewire(&shared).await else {
             continue;
         };
-        shared.m.rewirings.increment(1);
-        tracing::info!(
-            society = %shared.name,
-            edges = rewired.after.len(),
-            "society rewired"
-        );
-        let _ = shared.rewired.send(rewired.clone());
-        if let Some(events) = &shared.events {
-            match Event::new("system", &rewired) {
-                Ok(event) => {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        r = events.emit(event) => if let Err(e) = r {
-                            tracing::warn!(society = %shared.name, error = %e, "rewiring event not emitted");
-                        }
-                    }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = publish(&shared, &rewired) => {}
+        }
+    }
+}
+
+/// Tells the world about a rewiring: metric, broadcast, log and event.
+async fn publish(shared: &Shared, rewired: &Rewired) {
+    shared.m.rewirings.increment(1);
+    tracing::info!(
+        society = %shared.name,
+        edges = rewired.after.len(),
+        "society rewired"
+    );
+    let _ = shared.rewired.send(rewired.clone());
+    if let Some(events) = &shared.events {
+        match Event::new("system", rewired) {
+            Ok(event) => {
+                if let Err(e) = events.emit(event).await {
+                    tracing::warn!(society = %shared.name, error = %e, "rewiring event not emitted");
                 }
-                Err(e) => {
-                    tracing::warn!(society = %shared.name, error = %e, "rewiring event not encoded")
-                }
+            }
+            Err(e) => {
+                tracing::warn!(society = %shared.name, error = %e, "rewiring event not encoded")
             }
         }
     }
@@ -1005,20 +1081,20 @@ fn candidate_limit(top_pairs: usize) -> usize {
 ///
 /// Work: `O(tracked pairs + n)` (never `O(n²)`), yielding to the runtime every
 /// [`REWIRE_BUDGET`] units.
-async fn rewire(
-    shared: &Shared,
-    scores: &mut foldhash::HashMap<u64, u64>,
-    budget: &mut Budget,
-) -> Option<Rewired> {
+async fn rewire(shared: &Shared) -> Option<Rewired> {
+    let mut scores = shared.scores.lock().await;
+    let scores = &mut *scores;
+    let mut budget = Budget::new(REWIRE_BUDGET);
     let settings = &shared.adaptive;
     let current = shared.wiring.load_full();
     let n = current.len();
-    // Decay, then add this period's messages.
-    for score in scores.values_mut() {
-        *score /= 2;
+    // Decay (pairs whose score reaches 0 are forgotten), then add this period's messages.
+    for (key, score) in std::mem::take(scores) {
+        if score / 2 > 0 {
+            scores.insert(key, score / 2);
+        }
+        budget.tick().await;
     }
-    budget.spend((scores.len() / 8) as u32).await;
-    scores.retain(|_, s| *s > 0);
     for shard in shared.talk.iter() {
         let fresh = std::mem::take(&mut *shard.lock());
         for (key, count) in fresh {
@@ -1026,24 +1102,26 @@ async fn rewire(
             budget.tick().await;
         }
     }
-    let mut candidates: Vec<TalkingPair> = Vec::new();
+    // The best `limit` candidates, kept in a heap whose top is the worst of them.
+    let limit = candidate_limit(settings.top_pairs);
+    let mut best: BinaryHeap<(Reverse<u64>, (MemberId, MemberId))> =
+        BinaryHeap::with_capacity(limit + 1);
     for (&key, &score) in scores.iter() {
         if score >= settings.min_messages {
             let (a, b) = ((key / n as u64) as usize, (key % n as u64) as usize);
-            candidates.push(TalkingPair { a, b, score });
+            best.push((Reverse(score), (a, b)));
+            if best.len() > limit {
+                best.pop();
+            }
         }
+        budget.tick().await;
     }
-    budget.spend((scores.len() / 8) as u32).await;
     // Best first; ties by lower indices, so a rewiring is a function of the counts.
-    let order =
-        |x: &TalkingPair, y: &TalkingPair| y.score.cmp(&x.score).then((x.a, x.b).cmp(&(y.a, y.b)));
-    let limit = candidate_limit(settings.top_pairs);
-    if candidates.len() > limit {
-        candidates.select_nth_unstable_by(limit, order);
-        candidates.truncate(limit);
-        budget.spend(REWIRE_BUDGET).await;
-    }
-    candidates.sort_unstable_by(order);
+    let mut candidates: Vec<TalkingPair> = best
+        .into_iter()
+        .map(|(Reverse(score), (a, b))| TalkingPair { a, b, score })
+        .collect();
+    candidates.sort_unstable_by(|x, y| y.score.cmp(&x.score).then((x.a, x.b).cmp(&(y.a, y.b))));
     let ring_degree = n.saturating_sub(1).min(2);
     let mut degree: foldhash::HashMap<MemberId, usize> = foldhash::HashMap::default();
     let mut shortcuts: Vec<(MemberId, MemberId)> = Vec::new();
@@ -1071,12 +1149,10 @@ async fn rewire(
     if before_shortcuts == shortcuts {
         return None;
     }
-    budget.spend(REWIRE_BUDGET).await;
-    let wiring = Wiring::new(Topology::Adaptive, n, &shortcuts);
+    let wiring = Wiring::adaptive(n, &shortcuts, &mut budget).await;
     debug_assert!(n > 10_000 || wiring.is_connected());
-    budget.spend(REWIRE_BUDGET).await;
-    let before = current.edges();
-    let after = wiring.edges();
+    let before = current.edges_yielding(&mut budget).await;
+    let after = wiring.edges_yielding(&mut budget).await;
     shared.m.edges.set(after.len() as f64);
     shared.wiring.store(Arc::new(wiring));
     Some(Rewired {
@@ -1185,7 +1261,14 @@ mod tests {
                 .collect();
             shortcuts.sort_unstable();
             shortcuts.dedup();
-            check_routes(&Wiring::new(Topology::Adaptive, n, &shortcuts))?;
+            let w = Wiring::new(Topology::Adaptive, n, &shortcuts);
+            check_routes(&w)?;
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let mut budget = Budget::new(3);
+            let built = rt.block_on(Wiring::adaptive(n, &shortcuts, &mut budget));
+            proptest::prop_assert!(built == w, "the yielding builder builds the same wiring");
+            let edges = rt.block_on(w.edges_yielding(&mut budget));
+            proptest::prop_assert_eq!(edges, w.edges());
         }
     }
 }
