@@ -10,8 +10,15 @@
 //!   channel: the producer waits for room). `ractor` `cast` and `kameo` `tell` (unbounded
 //!   mailboxes) for the peers.
 //! * `request_reply`: `N` sequential round trips. Baseline: `mpsc` + `oneshot`.
-//! * `spawn_ecosystem_1000`: starting a 1,000-worker ecosystem (until every worker runs)
-//!   vs spawning 1,000 tokio tasks with a channel each and waiting until they run.
+//! * `spawn_ecosystem_1000`: starting a 1,000-worker ecosystem (until every worker runs:
+//!   its `started` hook returned) vs spawning 1,000 tokio tasks with a channel each and
+//!   waiting until each has signalled that it runs.
+//! * `society_send/<members>`: `Society::try_send` between random members (routing,
+//!   counting, then the target's mailbox) per wiring — ring, tree (fan-out 4), mesh (1,000
+//!   only: meshes are capped), adaptive with its shortcuts in place — at 1,000 and 10,000
+//!   members, beside `Handle::try_send` to the same members (no society) in the same run.
+//! * `society_rewire/<members>`: one adaptive rewiring round (`Society::rewire_now`) after
+//!   20,000 messages over random pairs, at 1,000 and 10,000 members.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -20,6 +27,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use foundation_beam::ecosystem::{Ecosystem, EcosystemSpec, Workers};
 use foundation_beam::mailbox::MemoryStrategy;
 use foundation_beam::process::{spawn_with, Context, Process, Reply, SpawnOptions};
+use foundation_beam::society::{AdaptiveSettings, Envelope, Society, SocietySettings, Topology};
+use foundation_beam::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 const N: u64 = 100_000;
@@ -452,5 +461,168 @@ fn spawn_ecosystem(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, fire_and_forget, request_reply, spawn_ecosystem);
+struct Sink;
+
+impl Process for Sink {
+    type Message = Envelope<u64>;
+    async fn handle(&mut self, msg: Envelope<u64>, _: &mut Context<Envelope<u64>>) {
+        black_box(msg);
+    }
+}
+
+fn sinks(n: usize) -> Vec<Handle<Envelope<u64>>> {
+    (0..n)
+        .map(|_| {
+            spawn_with(
+                Sink,
+                SpawnOptions::new().memory(MemoryStrategy::unbounded()),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+/// Pseudo-random member pairs (an LCG: the same sequence every run).
+fn pairs(n: usize, count: usize) -> Vec<(usize, usize)> {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    (0..count)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((x >> 33) as usize % n, (x >> 13) as usize % n)
+        })
+        .collect()
+}
+
+fn adaptive_settings() -> AdaptiveSettings {
+    AdaptiveSettings {
+        interval_ms: 3_600_000, // rewired by the bench only
+        top_pairs: 8,
+        max_degree: 4,
+        min_messages: 2,
+    }
+}
+
+fn society_send(c: &mut Criterion) {
+    let rt = runtime();
+    for n in [1_000usize, 10_000] {
+        let mut g = c.benchmark_group(format!("society_send/{n}"));
+        g.throughput(Throughput::Elements(1));
+        g.sample_size(20);
+        let route = pairs(n, 4096);
+        let members = rt.block_on(async { sinks(n) });
+        g.bench_function("baseline_handle_try_send", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for i in 0..iters as usize {
+                    let (_, to) = route[i % route.len()];
+                    let _ = black_box(members[to].try_send(Envelope {
+                        from: 0,
+                        to,
+                        hops: 0,
+                        msg: i as u64,
+                    }));
+                }
+                start.elapsed()
+            })
+        });
+        let mut wirings = vec![
+            ("ring", Topology::Ring),
+            ("tree_4", Topology::Tree { fanout: 4 }),
+            ("adaptive", Topology::Adaptive),
+        ];
+        if n <= foundation_beam::society::MAX_MESH_MEMBERS {
+            wirings.push(("mesh", Topology::Mesh));
+        }
+        for (name, topology) in wirings {
+            let society = rt.block_on(async {
+                let s = Society::start(
+                    SocietySettings {
+                        name: format!("bench-{name}-{n}"),
+                        topology,
+                        adaptive: adaptive_settings(),
+                    },
+                    members.clone(),
+                )
+                .unwrap();
+                if topology == Topology::Adaptive {
+                    // Put shortcuts in place: 8 heavy pairs.
+                    for k in 0..8 {
+                        for _ in 0..10 {
+                            let _ = s.try_send(k * 7, n / 2 + k * 13, 0);
+                        }
+                    }
+                    s.rewire_now().await.unwrap();
+                }
+                s
+            });
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for i in 0..iters as usize {
+                        let (from, to) = route[i % route.len()];
+                        let _ = black_box(society.try_send(from, to, i as u64));
+                    }
+                    start.elapsed()
+                })
+            });
+            rt.block_on(society.shutdown());
+        }
+        g.finish();
+    }
+}
+
+fn society_rewire(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("society_rewire");
+    g.sample_size(10);
+    for n in [1_000usize, 10_000] {
+        let society = rt.block_on(async {
+            Society::start(
+                SocietySettings {
+                    name: format!("bench-rewire-{n}"),
+                    topology: Topology::Adaptive,
+                    adaptive: adaptive_settings(),
+                },
+                sinks(n),
+            )
+            .unwrap()
+        });
+        let traffic = pairs(n, 20_000);
+        g.bench_function(format!("{n}_members_20000_msgs"), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let society = &society;
+                let traffic = &traffic;
+                async move {
+                    let mut total = Duration::ZERO;
+                    for it in 0..iters as usize {
+                        for &(a, b) in traffic {
+                            let _ = society.try_send(a, b, 0);
+                        }
+                        // A heavy pair that changes every round, so every round rewires.
+                        for _ in 0..40 {
+                            let _ = society.try_send(it % 97, n / 2 + it % 89, 0);
+                        }
+                        let start = Instant::now();
+                        black_box(society.rewire_now().await.unwrap());
+                        total += start.elapsed();
+                    }
+                    total
+                }
+            })
+        });
+        rt.block_on(society.shutdown());
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    fire_and_forget,
+    request_reply,
+    spawn_ecosystem,
+    society_send,
+    society_rewire
+);
 criterion_main!(benches);

@@ -93,7 +93,7 @@ fn update_notify(c: &mut Criterion) {
         subscriber_capacity: 4096,
         ..ConfigSettings::default()
     };
-    let config = Config::with_settings(settings);
+    let config = Config::with_settings(settings).unwrap();
     let (quiet, loud) = rt.block_on(async {
         let quiet = config.create_namespace("quiet").unwrap();
         let loud = config.create_namespace("loud").unwrap();

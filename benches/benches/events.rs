@@ -11,6 +11,11 @@
 //!   One probe is outstanding at a time. Criterion reports the mean; the bench also prints
 //!   p50/p99/max over every probe it sent and the p99 of the `emit` call alone (store
 //!   append and lane; the rest is dispatch), as a table after the group (`eprintln!`).
+//! * `events_emit_durable`: `emit().await` throughput into a durable store per fsync policy
+//!   (`never`, `batch` = the default 64 records / 100 ms, `always`), with 1 and 16
+//!   concurrent emitters (16 lets the writer thread's group commit share one sync among
+//!   many records), beside the in-memory store in the same run. Measured until every
+//!   `emit` returned (acknowledged per the policy). Files go under the system temp dir.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use foundation_core::events::{
-    CorrelationId, Event, EventStore, Events, EventsSettings, Filter, StoreOptions, StreamSettings,
+    CorrelationId, Event, EventStore, Events, EventsSettings, Filter, FsyncPolicy, StoreOptions,
+    StreamSettings,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
@@ -277,5 +283,70 @@ fn urgent_latency(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, emit_to_handler, urgent_latency);
+fn emit_durable(c: &mut Criterion) {
+    let rt = runtime();
+    let templates = Arc::new(templates());
+    let mut g = c.benchmark_group("events_emit_durable");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10);
+    let policies: [(&str, Option<FsyncPolicy>); 4] = [
+        ("in_memory", None),
+        ("never", Some(FsyncPolicy::Never)),
+        ("batch", Some(FsyncPolicy::default())),
+        ("always", Some(FsyncPolicy::Always)),
+    ];
+    for (name, policy) in policies {
+        let dir = std::env::temp_dir().join(format!(
+            "foundation-bench-events-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let options = StoreOptions {
+            max_events: 100_000,
+            max_age: None,
+            fsync: policy.unwrap_or(FsyncPolicy::Never),
+            ..StoreOptions::default()
+        };
+        let store = match policy {
+            None => EventStore::in_memory(options),
+            Some(_) => EventStore::open(&dir, options).unwrap().0,
+        };
+        let events =
+            rt.block_on(async { Events::with_store(EventsSettings::default(), store).unwrap() });
+        for emitters in [1u64, 16] {
+            g.bench_function(format!("{name}/{emitters}_emitters"), |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        let tasks: Vec<_> = (0..emitters)
+                            .map(|k| {
+                                let n = iters / emitters + u64::from(k < iters % emitters);
+                                let events = events.clone();
+                                let templates = templates.clone();
+                                tokio::spawn(async move {
+                                    for i in 0..n {
+                                        events
+                                            .emit(templates[i as usize % 64].clone())
+                                            .await
+                                            .unwrap();
+                                    }
+                                })
+                            })
+                            .collect();
+                        for t in tasks {
+                            t.await.unwrap();
+                        }
+                        start.elapsed()
+                    })
+                })
+            });
+        }
+        rt.block_on(events.shutdown());
+        drop(events);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, emit_to_handler, urgent_latency, emit_durable);
 criterion_main!(benches);

@@ -35,7 +35,7 @@ fn settings_with_capacity(subscriber_capacity: usize) -> ConfigSettings {
 async fn concurrent_writers_end_at_n_times_m_and_subscribers_see_versions_in_order() {
     const N: u64 = 8;
     const M: u64 = 250;
-    let config = Config::with_settings(settings_with_capacity((N * M) as usize + 16));
+    let config = Config::with_settings(settings_with_capacity((N * M) as usize + 16)).unwrap();
     let ns = config.create_namespace("app").unwrap();
 
     let mut subs = Vec::new();
@@ -599,7 +599,7 @@ async fn files_load_from_disk() {
 
 #[tokio::test]
 async fn slow_subscribers_are_told_what_they_missed() {
-    let config = Config::with_settings(settings_with_capacity(4));
+    let config = Config::with_settings(settings_with_capacity(4)).unwrap();
     let ns = config.create_namespace("app").unwrap();
     let mut sub = ns.subscribe("k").await.unwrap();
     for i in 0..10 {
@@ -707,7 +707,8 @@ fn updates_and_rejections_are_counted_in_metrics() {
                     ..Limits::default()
                 },
                 ..settings_with_capacity(1)
-            });
+            })
+            .unwrap();
             let ns = config.create_namespace("m").unwrap();
             ns.add_rule("x", Rule::Type(Kind::Integer)).await;
             let _sub = ns.subscribe("").await.unwrap();
@@ -761,4 +762,83 @@ fn updates_and_rejections_are_counted_in_metrics() {
     assert_eq!(seen["foundation_config_keys{namespace=m}"], 1.0);
     assert_eq!(seen["foundation_config_subscribers{namespace=m}"], 1.0);
     assert_eq!(seen["foundation_config_apply_seconds{namespace=m}"], 4.0);
+}
+
+/// A load over two namespaces races a writer that freezes and unfreezes one of them and
+/// sets other keys in both: every load is all-or-nothing — either both namespaces got
+/// the loaded value or neither did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_across_namespaces_are_atomic_under_concurrent_writers() {
+    let config = Config::new();
+    let a = config.create_namespace("alpha").unwrap();
+    let b = config.create_namespace("beta").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let racer = {
+        let (a, b, stop) = (a.clone(), b.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                b.freeze("x").await.unwrap();
+                a.set("other", &i).await.unwrap();
+                tokio::task::yield_now().await;
+                b.unfreeze("x").await.unwrap();
+                b.set("other", &i).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let (mut ok, mut refused) = (0, 0);
+    for i in 1..=300u64 {
+        let doc = format!("[alpha]\nx = {i}\n[beta]\nx = {i}\n");
+        let loaded = config.load_toml_str("file race.toml", &doc).await;
+        let got_a = a.get::<u64>("x").ok();
+        let got_b = b.get::<u64>("x").ok();
+        match loaded {
+            Ok(_) => {
+                ok += 1;
+                assert_eq!((got_a, got_b), (Some(i), Some(i)), "load {i}");
+            }
+            Err(e) => {
+                refused += 1;
+                assert!(e.to_string().contains("frozen"), "{e}");
+                assert!(
+                    got_a != Some(i) && got_b != Some(i),
+                    "partial load {i}: {got_a:?} {got_b:?}"
+                );
+                assert_eq!(got_a, got_b, "load {i} left the namespaces apart");
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    racer.await.unwrap();
+    assert!(ok > 0, "no load went through ({refused} refused)");
+}
+
+#[test]
+fn settings_out_of_range_are_refused() {
+    for bad in [
+        ConfigSettings {
+            history_depth: 0,
+            ..ConfigSettings::default()
+        },
+        ConfigSettings {
+            writer_queue: 0,
+            ..ConfigSettings::default()
+        },
+        ConfigSettings {
+            limits: Limits {
+                max_keys: 0,
+                ..Limits::default()
+            },
+            ..ConfigSettings::default()
+        },
+    ] {
+        let e = Config::with_settings(bad).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument(ref m) if m.contains("at least 1")),
+            "{e}"
+        );
+    }
+    assert!(ConfigSettings::default().validate().is_ok());
 }

@@ -577,3 +577,44 @@ async fn the_service_stores_durably_and_a_restart_restores_the_flow() {
     assert!(report.is_clean());
     assert_eq!(ids(&store.chain(flow)), vec![0, 1]);
 }
+
+/// Many concurrent emits on a durable store that syncs every record, on a single-thread
+/// runtime: the writer thread takes them in groups (one sync per group) while the
+/// runtime keeps running other tasks; every event is stored, in the store and on disk.
+#[tokio::test(flavor = "current_thread")]
+async fn durable_appends_are_written_off_the_runtime_in_groups() {
+    let dir = TempDir::new("groups");
+    {
+        let (store, _) = EventStore::open(dir.path(), durable(FsyncPolicy::Always)).unwrap();
+        let events = Events::with_store(EventsSettings::default(), store.clone()).unwrap();
+        let ticks = std::sync::Arc::new(AtomicU64::new(0));
+        let ticker = {
+            let ticks = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let emits: Vec<_> = (0..200)
+            .map(|i| {
+                let events = events.clone();
+                tokio::spawn(async move { events.emit(ev("user", i)).await })
+            })
+            .collect();
+        for e in emits {
+            e.await.unwrap().unwrap();
+        }
+        assert!(
+            ticks.load(Ordering::Relaxed) > 0,
+            "the runtime ran other tasks while records were written"
+        );
+        ticker.abort();
+        assert_eq!(store.len(), 200);
+        events.shutdown().await;
+    }
+    let (store, report) = EventStore::open(dir.path(), durable(FsyncPolicy::Never)).unwrap();
+    assert_eq!(report.restored, 200);
+    assert_eq!(store.len(), 200);
+}

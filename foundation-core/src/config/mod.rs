@@ -115,7 +115,8 @@ impl Default for Limits {
 pub struct ConfigSettings {
     /// Size limits.
     pub limits: Limits,
-    /// Versions kept per key for [`Namespace::history`] and rollback. Default 16.
+    /// Versions kept per key for [`Namespace::history`] and rollback (at least 1).
+    /// Default 16.
     pub history_depth: usize,
     /// Notices queued per subscriber before it lags. Default 1024.
     pub subscriber_capacity: usize,
@@ -125,6 +126,36 @@ pub struct ConfigSettings {
     pub merge_budget: u32,
     /// Prefix of configuration environment variables. Default `FOUNDATION_`.
     pub env_prefix: String,
+}
+
+impl ConfigSettings {
+    /// Checks every setting: each limit, `history_depth`, `subscriber_capacity`,
+    /// `writer_queue` and `merge_budget` must be at least 1.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<()> {
+        let l = &self.limits;
+        let checks: [(&str, usize); 9] = [
+            ("limits.max_path_depth", l.max_path_depth),
+            ("limits.max_segment_len", l.max_segment_len),
+            ("limits.max_value_size", l.max_value_size),
+            ("limits.max_nesting_depth", l.max_nesting_depth),
+            ("limits.max_keys", l.max_keys),
+            ("history_depth", self.history_depth),
+            ("subscriber_capacity", self.subscriber_capacity),
+            ("writer_queue", self.writer_queue),
+            ("merge_budget", self.merge_budget as usize),
+        ];
+        for (name, value) in checks {
+            if value == 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "configuration setting `{name}` must be at least 1, got 0"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for ConfigSettings {
@@ -736,11 +767,20 @@ pub struct LoadReport {
 impl Config {
     /// A configuration with default settings.
     pub fn new() -> Self {
-        Config::with_settings(ConfigSettings::default())
+        Config::with_valid_settings(ConfigSettings::default())
     }
 
     /// A configuration with these settings.
-    pub fn with_settings(settings: ConfigSettings) -> Self {
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the first setting out of range (see
+    /// [`ConfigSettings::validate`]).
+    pub fn with_settings(settings: ConfigSettings) -> Result<Self> {
+        settings.validate()?;
+        Ok(Config::with_valid_settings(settings))
+    }
+
+    fn with_valid_settings(settings: ConfigSettings) -> Self {
         Config {
             inner: Arc::new(ConfigInner {
                 settings: Arc::new(settings),
@@ -892,9 +932,13 @@ impl Config {
         self.load("env", parsed, Layer::Env).await
     }
 
-    /// Applies parsed sources all-or-nothing: every namespace's batch is checked by its
-    /// writer first (a dry run), and applied only if all pass. Namespaces created for the
-    /// load are removed again if it fails.
+    /// Applies parsed sources all-or-nothing across namespaces, even with concurrent
+    /// writers: a two-phase commit. The namespaces are taken in name order (so concurrent
+    /// loads cannot deadlock); each writer checks its batch and, if it passes, holds the
+    /// namespace — no `set`, `freeze` or other update runs there — until every namespace
+    /// has passed; then all commit, each to the very state it checked. If one fails, the
+    /// held ones are released unchanged. Namespaces created for the load are removed again
+    /// if it fails.
     async fn load(&self, source: &str, parsed: source::Parsed, layer: Layer) -> Result<LoadReport> {
         let mut report = LoadReport {
             source: source.to_string(),
@@ -911,37 +955,56 @@ impl Config {
             report.leaves += leaves.len();
             targets.push((ns, leaves));
         }
+        targets.sort_by(|a, b| a.0.name().cmp(b.0.name()));
+        // Phase 1: check and hold each namespace in turn.
+        let mut held = Vec::with_capacity(targets.len());
         let mut failure = None;
         for (ns, leaves) in &targets {
-            let batch = leaves.iter().map(|l| l.leaf.clone()).collect();
             let op = Op::Write {
                 at: Arc::from(""),
-                leaves: batch,
+                leaves: leaves.iter().map(|l| l.leaf.clone()).collect(),
                 replace: false,
             };
-            if let Err(e) = ns.apply(op, layer, true).await {
-                failure = Some(locate(source, ns.name(), leaves, e));
-                break;
+            let (decide, decision) = oneshot::channel();
+            let checked = ns
+                .request(|reply| Command::Prepare {
+                    op,
+                    layer,
+                    reply,
+                    decision,
+                })
+                .await
+                .and_then(|r| r);
+            match checked {
+                Ok(_) => held.push(decide),
+                Err(e) => {
+                    failure = Some(locate(source, ns.name(), leaves, e));
+                    break;
+                }
             }
         }
         if let Some(e) = failure {
+            drop(held); // releases the held namespaces unchanged
             let mut map = self.inner.namespaces.write();
             for name in created {
                 map.remove(name.as_str());
             }
             return Err(e);
         }
-        for (ns, leaves) in targets {
-            let batch = leaves.iter().map(|l| l.leaf.clone()).collect();
-            let op = Op::Write {
-                at: Arc::from(""),
-                leaves: batch,
-                replace: false,
-            };
-            let r = ns
-                .apply(op, layer, false)
+        // Phase 2: every namespace passed and is held; commit all.
+        let mut results = Vec::with_capacity(held.len());
+        for decide in held {
+            let (tx, rx) = oneshot::channel();
+            let _ = decide.send(tx);
+            results.push(rx);
+        }
+        for ((ns, leaves), rx) in targets.iter().zip(results) {
+            let r = rx
                 .await
-                .map_err(|e| locate(source, ns.name(), &leaves, e))?;
+                .map_err(|_| Error::Shutdown {
+                    component: "configuration writer",
+                })?
+                .map_err(|e| locate(source, ns.name(), leaves, e))?;
             report.changed += r.changed;
             report.shadowed += r.shadowed;
             report.namespaces.push(ns.name().to_string());

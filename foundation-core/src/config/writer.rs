@@ -51,9 +51,19 @@ pub(crate) enum Command {
         tx: mpsc::Sender<Notice>,
         reply: oneshot::Sender<()>,
     },
+    /// First phase of a multi-namespace load: check `op` (a dry run) and, if it passes,
+    /// hold the namespace — apply nothing else — until `decision` says commit (a sender
+    /// for the result arrives) or abort (it is dropped).
+    Prepare {
+        op: Op,
+        layer: Layer,
+        reply: oneshot::Sender<Result<Report>>,
+        decision: oneshot::Receiver<oneshot::Sender<Result<Report>>>,
+    },
 }
 
 /// What an `Apply` asks for.
+#[derive(Clone)]
 pub(crate) enum Op {
     /// Store `leaves` (all at or under `at`). With `replace`, leaves under `at` that are
     /// not among them are removed (a `set`); without, they stay (a merge, a source load).
@@ -177,6 +187,30 @@ impl Writer {
                     self.frozen.push(prefix);
                 }
                 let _ = reply.send(());
+            }
+            Command::Prepare {
+                op,
+                layer,
+                reply,
+                decision,
+            } => {
+                let checked = self.apply(op.clone(), layer, true).await;
+                if let Err(e) = &checked {
+                    self.shared.metrics.rejected(e);
+                }
+                let ok = checked.is_ok();
+                if reply.send(checked).is_err() || !ok {
+                    return;
+                }
+                // Held: no other command of this namespace runs until the loader decides,
+                // so the commit applies to the state that was checked.
+                if let Ok(result) = decision.await {
+                    let applied = self.apply(op, layer, false).await;
+                    if let Err(e) = &applied {
+                        self.shared.metrics.rejected(e);
+                    }
+                    let _ = result.send(applied);
+                }
             }
             Command::History { path, reply } => {
                 let h = self
@@ -411,7 +445,7 @@ impl Writer {
             meta.version = p.version;
             meta.layer = p.layer;
             if let (Some(raw), Some(layer)) = (&p.raw, p.layer) {
-                if meta.history.len() == depth {
+                while meta.history.len() >= depth.max(1) {
                     meta.history.pop_front();
                 }
                 meta.history.push_back(HistoryEntry {

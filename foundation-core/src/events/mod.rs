@@ -406,11 +406,25 @@ impl Events {
             stream.shared.metrics.dropped(DropReason::Shutdown, 1);
             return Err(Self::shut_down());
         };
-        self.queue(&stream, permit, event).map_err(|(e, _)| e)
+        if self.inner.store.is_durable() {
+            // Written by the store's writer thread (group commit); this task waits
+            // without blocking its runtime worker.
+            if !*self.inner.intake.read() {
+                stream.shared.metrics.dropped(DropReason::Shutdown, 1);
+                return Err(Self::shut_down());
+            }
+            self.inner.store.append_async(&event).await?;
+            return self
+                .queue(&stream, permit, event, false)
+                .map_err(|(e, _)| e);
+        }
+        self.queue(&stream, permit, event, true).map_err(|(e, _)| e)
     }
 
-    /// Like [`emit`](Self::emit) but never waits: a full lane hands the event back in
-    /// [`TryEmitError::Full`].
+    /// Like [`emit`](Self::emit) but never waits for room: a full lane hands the event
+    /// back in [`TryEmitError::Full`]. With a durable store it blocks the calling thread
+    /// until the store's writer thread has written (and, per policy, synced) the record;
+    /// from async code prefer [`emit`](Self::emit), which waits without blocking.
     // The error hands the event back by value, as tokio's `TrySendError<T>` does; boxing
     // it would allocate on exactly the path that is under pressure.
     #[allow(clippy::result_large_err)]
@@ -431,7 +445,7 @@ impl Events {
     ) -> std::result::Result<EventId, TryEmitError> {
         match stream.try_reserve(event.priority) {
             Ok(permit) => self
-                .queue(stream, permit, event)
+                .queue(stream, permit, event, true)
                 .map_err(|(e, event)| match e {
                     Error::Shutdown { .. } => TryEmitError::Shutdown(event),
                     e => TryEmitError::Refused(event, e),
@@ -453,14 +467,17 @@ impl Events {
         stream: &Stream,
         permit: tokio::sync::mpsc::Permit<'_, Event>,
         event: Event,
+        store: bool,
     ) -> std::result::Result<EventId, (Error, Event)> {
         let open = self.inner.intake.read();
         if !*open {
             stream.shared.metrics.dropped(DropReason::Shutdown, 1);
             return Err((Self::shut_down(), event));
         }
-        if let Err(e) = self.inner.store.append(&event) {
-            return Err((e, event));
+        if store {
+            if let Err(e) = self.inner.store.append(&event) {
+                return Err((e, event));
+            }
         }
         let id = event.id;
         let m = &stream.shared.metrics;

@@ -354,7 +354,9 @@ impl Log {
     }
 
     /// Appends one record made by [`encode`]; returns the id of the segment it went to.
-    pub(crate) fn append(&mut self, record: &[u8]) -> Result<u64> {
+    /// Writes one record (one `write`) without syncing; returns its segment. `now` is the
+    /// append time on the caller's (tokio) clock, for the batch delay.
+    pub(crate) fn append_unsynced(&mut self, record: &[u8], now: Instant) -> Result<u64> {
         if self.active_len > HEADER_LEN
             && self.active_len + record.len() as u64 > self.segment_bytes
         {
@@ -371,16 +373,21 @@ impl Log {
         }
         self.active_len += record.len() as u64;
         self.unsynced += 1;
-        self.oldest_unsynced.get_or_insert_with(Instant::now);
-        match self.fsync {
-            FsyncPolicy::Always => self.sync()?,
-            FsyncPolicy::Batch { max_records, .. } if self.unsynced >= max_records.max(1) => {
-                self.sync()?
-            }
-            FsyncPolicy::Batch { .. } => self.sync_if_due()?,
-            FsyncPolicy::Never => {}
-        }
+        self.oldest_unsynced.get_or_insert(now);
         Ok(id)
+    }
+
+    /// Syncs as the policy asks after appends: `Always` now (once for a whole group of
+    /// records — group commit), `Batch` when its count or delay is reached.
+    pub(crate) fn sync_by_policy(&mut self) -> Result<()> {
+        match self.fsync {
+            FsyncPolicy::Always => self.sync(),
+            FsyncPolicy::Batch { max_records, .. } if self.unsynced >= max_records.max(1) => {
+                self.sync()
+            }
+            FsyncPolicy::Batch { .. } => self.sync_if_due(),
+            FsyncPolicy::Never => Ok(()),
+        }
     }
 
     fn roll(&mut self) -> Result<()> {

@@ -291,14 +291,112 @@ impl StoreMetrics {
 
 struct State {
     mem: Memory,
-    log: Option<Log>,
+}
+
+/// What the store's handles and its writer thread share.
+struct Core {
+    options: StoreOptions,
+    durable: bool,
+    /// The events held; lock order: `state` before `log`.
+    state: Mutex<State>,
+    /// The segment files of a durable store; written only by the writer thread.
+    log: Mutex<Option<Log>>,
+    metrics: StoreMetrics,
 }
 
 struct StoreInner {
-    options: StoreOptions,
-    durable: bool,
-    state: Mutex<State>,
-    metrics: StoreMetrics,
+    core: Arc<Core>,
+    /// Hands records to the writer thread of a durable store. Dropping it (with the last
+    /// store clone) ends the thread once it has written what it was given.
+    writer: Option<std::sync::mpsc::Sender<Job>>,
+}
+
+impl std::ops::Deref for StoreInner {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+/// Most records the writer thread writes (and syncs) as one group.
+const MAX_GROUP: usize = 1024;
+
+/// How the writer thread answers an append.
+enum Reply {
+    Blocking(std::sync::mpsc::SyncSender<Result<()>>),
+    Async(tokio::sync::oneshot::Sender<Result<()>>),
+}
+
+impl Reply {
+    fn send(self, r: Result<()>) {
+        match self {
+            Reply::Blocking(tx) => {
+                let _ = tx.send(r);
+            }
+            Reply::Async(tx) => {
+                let _ = tx.send(r);
+            }
+        }
+    }
+}
+
+/// One append for the writer thread.
+struct Job {
+    record: Vec<u8>,
+    event: Arc<Event>,
+    /// When it was appended, on the caller's (tokio) clock.
+    at: Instant,
+    reply: Reply,
+}
+
+/// The writer thread of a durable store: takes every queued record (up to
+/// [`MAX_GROUP`]), writes them in order, syncs once for the group as the policy asks
+/// (group commit), makes them visible in memory, then answers every appender.
+fn write_groups(core: Arc<Core>, rx: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut results: Vec<Result<u64>> = Vec::with_capacity(group.len());
+        {
+            let mut log = core.log.lock();
+            let log = log.as_mut().expect("a durable store has a log");
+            for job in &group {
+                results.push(log.append_unsynced(&job.record, job.at));
+            }
+            if let Err(e) = log.sync_by_policy() {
+                let reason = e.to_string();
+                for r in results.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(crate::Error::Io {
+                        context: "syncing the event store".into(),
+                        source: std::io::Error::other(reason.clone()),
+                    });
+                }
+            }
+        }
+        {
+            let mut s = core.state.lock();
+            let mut now = None;
+            for (job, r) in group.iter().zip(&results) {
+                if let Ok(segment) = r {
+                    s.mem.insert(job.event.clone(), job.at, *segment);
+                    s.mem.appended_total += 1;
+                    now = Some(job.at);
+                }
+            }
+            if let Some(now) = now {
+                let pruned = s.mem.prune(&core.options, now);
+                core.after_prune(&mut s, pruned);
+            }
+        }
+        for (job, r) in group.into_iter().zip(results) {
+            job.reply.send(r.map(|_| ()));
+        }
+    }
 }
 
 /// A bounded history of events with queries, in memory or backed by segment files.
@@ -309,8 +407,12 @@ struct StoreInner {
 /// whenever [`prune`](Self::prune) is called (the `Events` service calls it periodically).
 /// In a durable store a segment file is deleted once every event in it was pruned.
 ///
-/// All operations are synchronous and hold one short lock; a durable append also writes
-/// (and, under [`FsyncPolicy::Always`], syncs) while holding it.
+/// Reads are synchronous and hold one short lock. A durable store writes its segment
+/// files on a dedicated writer thread, owned by the store (it ends when the last clone is
+/// dropped, after writing what it was given), in groups: every record queued while a
+/// group is written goes into the next one, with one sync per group
+/// (group commit). [`append_async`](Self::append_async) waits for its group without
+/// blocking the runtime; the `Events` service's `emit` uses it.
 #[derive(Clone)]
 pub struct EventStore {
     inner: Arc<StoreInner>,
@@ -321,7 +423,7 @@ impl std::fmt::Debug for EventStore {
         let s = self.inner.state.lock();
         f.debug_struct("EventStore")
             .field("stored", &s.mem.entries.len())
-            .field("durable", &s.log.is_some())
+            .field("durable", &self.inner.durable)
             .finish()
     }
 }
@@ -335,13 +437,20 @@ impl Default for EventStore {
 impl EventStore {
     /// A store that keeps events in memory only.
     pub fn in_memory(options: StoreOptions) -> Self {
-        EventStore::build(
-            options,
-            State {
-                mem: Memory::default(),
-                log: None,
-            },
-        )
+        EventStore {
+            inner: Arc::new(StoreInner {
+                core: Arc::new(Core {
+                    options,
+                    durable: false,
+                    state: Mutex::new(State {
+                        mem: Memory::default(),
+                    }),
+                    log: Mutex::new(None),
+                    metrics: StoreMetrics::new(),
+                }),
+                writer: None,
+            }),
+        }
     }
 
     /// Opens (or creates) a durable store in directory `dir`, restoring every event of
@@ -382,34 +491,34 @@ impl EventStore {
         report.pruned_on_open += (mem.pruned_total - before) as usize;
         report.restored = mem.entries.len();
         mem.pruned_total = report.pruned_on_open as u64;
+        let core = Arc::new(Core {
+            options,
+            durable: true,
+            state: Mutex::new(State { mem }),
+            log: Mutex::new(Some(log)),
+            metrics,
+        });
+        {
+            let mut s = core.state.lock();
+            core.delete_dead_segments(&mut s);
+            core.metrics.stored.set(s.mem.entries.len() as f64);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread_core = core.clone();
+        std::thread::Builder::new()
+            .name("foundation-events-writer".into())
+            .spawn(move || write_groups(thread_core, rx))
+            .map_err(|source| crate::Error::Io {
+                context: "starting the event store writer thread".into(),
+                source,
+            })?;
         let store = EventStore {
             inner: Arc::new(StoreInner {
-                options,
-                durable: true,
-                state: Mutex::new(State {
-                    mem,
-                    log: Some(log),
-                }),
-                metrics,
+                core,
+                writer: Some(tx),
             }),
         };
-        {
-            let mut s = store.inner.state.lock();
-            store.delete_dead_segments(&mut s);
-            store.inner.metrics.stored.set(s.mem.entries.len() as f64);
-        }
         Ok((store, report))
-    }
-
-    fn build(options: StoreOptions, state: State) -> Self {
-        EventStore {
-            inner: Arc::new(StoreInner {
-                options,
-                durable: state.log.is_some(),
-                state: Mutex::new(state),
-                metrics: StoreMetrics::new(),
-            }),
-        }
     }
 
     /// The store's options.
@@ -424,56 +533,76 @@ impl EventStore {
 
     /// Stores `event`. For a durable store, `Ok` means acknowledged as described in
     /// [`FsyncPolicy`]; on error nothing was stored (a partly written record is cut off).
+    ///
+    /// A durable store writes on its own writer thread, with group commit; this call
+    /// blocks the calling thread until its record's group is written (and synced, as the
+    /// policy asks). From async code use [`append_async`](Self::append_async), which
+    /// waits without blocking a runtime worker.
     pub fn append(&self, event: &Event) -> Result<()> {
-        // Encoding and allocation happen before the lock: it is shared by every emitter.
-        let record = if self.inner.durable {
-            Some(segment::encode(event, self.inner.options.max_record_bytes)?)
-        } else {
-            None
-        };
+        if let Some(job) = self.job(event)? {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            self.submit(job(Reply::Blocking(tx)))?;
+            return rx.recv().unwrap_or_else(|_| Err(writer_gone()));
+        }
         let shared = Arc::new(event.clone());
         let mut s = self.inner.state.lock();
-        let segment = match (s.log.as_mut(), record) {
-            (Some(log), Some(record)) => log.append(&record)?,
-            _ => 0,
-        };
         let now = Instant::now();
-        s.mem.insert(shared, now, segment);
+        s.mem.insert(shared, now, 0);
         s.mem.appended_total += 1;
         let pruned = s.mem.prune(&self.inner.options, now);
-        self.after_prune(&mut s, pruned);
+        self.inner.after_prune(&mut s, pruned);
         Ok(())
+    }
+
+    /// Like [`append`](Self::append), waiting asynchronously: a durable store's record is
+    /// written and synced by the writer thread (together with the records appended
+    /// meanwhile: one `fdatasync` per group under [`FsyncPolicy::Always`]), never on the
+    /// calling runtime worker. An in-memory store appends at once.
+    pub async fn append_async(&self, event: &Event) -> Result<()> {
+        match self.job(event)? {
+            Some(job) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.submit(job(Reply::Async(tx)))?;
+                rx.await.unwrap_or_else(|_| Err(writer_gone()))
+            }
+            None => self.append(event),
+        }
+    }
+
+    /// For a durable store: the encoded record, ready to become a job once given a reply.
+    #[allow(clippy::type_complexity)]
+    fn job(&self, event: &Event) -> Result<Option<impl FnOnce(Reply) -> Job>> {
+        if self.inner.writer.is_none() {
+            return Ok(None);
+        }
+        // Encoding and allocation happen on the caller, before the writer sees it.
+        let record = segment::encode(event, self.inner.options.max_record_bytes)?;
+        let event = Arc::new(event.clone());
+        let at = Instant::now();
+        Ok(Some(move |reply| Job {
+            record,
+            event,
+            at,
+            reply,
+        }))
+    }
+
+    fn submit(&self, job: Job) -> Result<()> {
+        let writer = self.inner.writer.as_ref().expect("durable");
+        writer.send(job).map_err(|_| writer_gone())
     }
 
     /// Applies retention now; returns how many events were pruned.
     pub fn prune(&self) -> usize {
         let mut s = self.inner.state.lock();
         let pruned = s.mem.prune(&self.inner.options, Instant::now());
-        self.after_prune(&mut s, pruned);
+        self.inner.after_prune(&mut s, pruned);
         pruned
-    }
-
-    fn after_prune(&self, s: &mut State, pruned: usize) {
-        if pruned > 0 {
-            self.inner.metrics.pruned.increment(pruned as u64);
-            self.delete_dead_segments(s);
-        }
-        self.inner.metrics.stored.set(s.mem.entries.len() as f64);
-    }
-
-    fn delete_dead_segments(&self, s: &mut State) {
-        let State { mem, log } = s;
-        if let Some(log) = log.as_mut() {
-            let oldest_live = mem.entries.front().map(|e| e.segment);
-            if let Err(e) = log.delete_segments_before(oldest_live) {
-                tracing::warn!(error = %e, "event store could not delete a pruned segment");
-            }
-        }
     }
 
     /// Syncs a durable store if its [`FsyncPolicy::Batch`] delay has passed.
     pub fn sync_if_due(&self) -> Result<()> {
-        match self.inner.state.lock().log.as_mut() {
+        match self.inner.log.lock().as_mut() {
             Some(log) => log.sync_if_due(),
             None => Ok(()),
         }
@@ -481,7 +610,7 @@ impl EventStore {
 
     /// Forces every appended record of a durable store to stable storage.
     pub fn sync(&self) -> Result<()> {
-        match self.inner.state.lock().log.as_mut() {
+        match self.inner.log.lock().as_mut() {
             Some(log) => log.sync(),
             None => Ok(()),
         }
@@ -567,7 +696,32 @@ impl EventStore {
             pruned_total: s.mem.pruned_total,
             oldest: at(s.mem.entries.front()),
             newest: at(s.mem.entries.back()),
-            segments: s.log.as_ref().map_or(0, Log::segment_count),
+            segments: self.inner.log.lock().as_ref().map_or(0, Log::segment_count),
+        }
+    }
+}
+
+fn writer_gone() -> crate::Error {
+    crate::Error::Shutdown {
+        component: "event store writer",
+    }
+}
+
+impl Core {
+    fn after_prune(&self, s: &mut State, pruned: usize) {
+        if pruned > 0 {
+            self.metrics.pruned.increment(pruned as u64);
+            self.delete_dead_segments(s);
+        }
+        self.metrics.stored.set(s.mem.entries.len() as f64);
+    }
+
+    fn delete_dead_segments(&self, s: &mut State) {
+        if let Some(log) = self.log.lock().as_mut() {
+            let oldest_live = s.mem.entries.front().map(|e| e.segment);
+            if let Err(e) = log.delete_segments_before(oldest_live) {
+                tracing::warn!(error = %e, "event store could not delete a pruned segment");
+            }
         }
     }
 }
