@@ -153,39 +153,41 @@ fn child(kind: &str, n: usize) {
     let kind_owned = kind.to_string();
     let (keep, total, tail) = rt.block_on(async move {
         rt_spawned(async move {
-            let (keep, total, tail): (Box<dyn std::any::Any + Send>, _, _) =
-                match kind_owned.as_str() {
-                    "tokio" => {
-                        let (k, t, l) = spawn_many(n, || async {
-                            let (tx, mut rx) = mpsc::channel::<u64>(1024);
-                            tokio::spawn(async move {
-                                while let Some(v) = rx.recv().await {
-                                    std::hint::black_box(v);
-                                }
-                            });
-                            tx
-                        })
-                        .await;
-                        (Box::new(k), t, l)
-                    }
-                    "foundation" => {
-                        let (k, t, l) = spawn_many(n, || async { spawn(Idle) }).await;
-                        (Box::new(k), t, l)
-                    }
-                    "foundation_named_recorder" => {
-                        // Named processes with Foundation's recorder installed: spawning
-                        // registers no series (metrics belong to the group).
-                        let telemetry = foundation_core::telemetry::Telemetry::start(
-                            foundation_core::telemetry::TelemetrySettings {
-                                sample_interval_ms: 0,
-                                ..Default::default()
-                            },
-                        )
-                        .await
-                        .expect("telemetry");
-                        telemetry.install_global().expect("global recorder");
-                        let mut i = 0u64;
-                        let (k, t, l) = spawn_many(n, || {
+            let (keep, total, tail): (Box<dyn std::any::Any + Send>, _, _) = match kind_owned
+                .as_str()
+            {
+                "tokio" => {
+                    let (k, t, l) = spawn_many(n, || async {
+                        let (tx, mut rx) = mpsc::channel::<u64>(1024);
+                        tokio::spawn(async move {
+                            while let Some(v) = rx.recv().await {
+                                std::hint::black_box(v);
+                            }
+                        });
+                        tx
+                    })
+                    .await;
+                    (Box::new(k), t, l)
+                }
+                "foundation" => {
+                    let (k, t, l) = spawn_many(n, || async { spawn(Idle) }).await;
+                    (Box::new(k), t, l)
+                }
+                "foundation_named_recorder" => {
+                    // Named processes with Foundation's recorder installed: spawning
+                    // registers no series (metrics belong to the group).
+                    let telemetry = foundation_core::telemetry::Telemetry::start(
+                        foundation_core::telemetry::TelemetrySettings {
+                            sample_interval_ms: 0,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .expect("telemetry");
+                    telemetry.install_global().expect("global recorder");
+                    let mut i = 0u64;
+                    let (k, t, l) =
+                        spawn_many(n, || {
                             i += 1;
                             let name = format!("process-{i}");
                             async move {
@@ -193,31 +195,31 @@ fn child(kind: &str, n: usize) {
                             }
                         })
                         .await;
-                        let series = telemetry
-                            .render()
-                            .lines()
-                            .filter(|l| !l.starts_with('#'))
-                            .count();
-                        println!("NOTE {n} named processes alive, recorder renders {series} series");
-                        (Box::new((k, telemetry)), t, l)
-                    }
-                    "ractor" => {
-                        let (k, t, l) = spawn_many(n, || async {
-                            ractor::Actor::spawn(None, RIdle, ())
-                                .await
-                                .expect("ractor spawn")
-                                .0
-                        })
-                        .await;
-                        (Box::new(k), t, l)
-                    }
-                    "kameo" => {
-                        use kameo::actor::Spawn;
-                        let (k, t, l) = spawn_many(n, || async { KIdle::spawn(KIdle) }).await;
-                        (Box::new(k), t, l)
-                    }
-                    other => panic!("unknown implementation {other}"),
-                };
+                    let series = telemetry
+                        .render()
+                        .lines()
+                        .filter(|l| !l.starts_with('#'))
+                        .count();
+                    println!("NOTE {n} named processes alive, recorder renders {series} series");
+                    (Box::new((k, telemetry)), t, l)
+                }
+                "ractor" => {
+                    let (k, t, l) = spawn_many(n, || async {
+                        ractor::Actor::spawn(None, RIdle, ())
+                            .await
+                            .expect("ractor spawn")
+                            .0
+                    })
+                    .await;
+                    (Box::new(k), t, l)
+                }
+                "kameo" => {
+                    use kameo::actor::Spawn;
+                    let (k, t, l) = spawn_many(n, || async { KIdle::spawn(KIdle) }).await;
+                    (Box::new(k), t, l)
+                }
+                other => panic!("unknown implementation {other}"),
+            };
             // Let every spawned task run its first poll.
             tokio::time::sleep(Duration::from_millis(300)).await;
             (keep, total, tail)

@@ -12,11 +12,13 @@
 //! cargo run --release -p foundation-beam --example million -- 100000   # fewer processes
 //! ```
 //!
-//! It prints the time of each phase and the peak resident memory (`VmHWM` of
-//! `/proc/self/status`, Linux).
+//! It prints the time of each phase, the size of a metrics scrape (Foundation's recorder
+//! is installed: a bounded number of series however many processes run) and the peak
+//! resident memory (`VmHWM` of `/proc/self/status`, Linux).
 
 use std::time::{Duration, Instant};
 
+use foundation_beam::core::telemetry::{Telemetry, TelemetrySettings};
 use foundation_beam::group::MetricsGroup;
 use foundation_beam::mailbox::MemoryStrategy;
 use foundation_beam::process::{Context, Handle, Process};
@@ -43,6 +45,17 @@ impl Process for Worker {
     }
 }
 
+/// The series count of a scrape, and the group's process gauges and counters.
+fn print_metrics(telemetry: &Telemetry) {
+    let text = telemetry.render();
+    let series = text.lines().filter(|l| !l.starts_with('#')).count();
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("foundation_process") && l.contains("group=\"million\""))
+        .collect();
+    println!("metrics: {series} series in a scrape; {}", ours.join(", "));
+}
+
 fn status_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
@@ -62,6 +75,17 @@ async fn main() {
         .max(PER_SHARD);
     let shards = total / PER_SHARD;
     let total = shards * PER_SHARD;
+    // Foundation's recorder, installed globally as a node would (scraped by Prometheus).
+    let telemetry = Telemetry::start(TelemetrySettings {
+        sample_interval_ms: 0,
+        ..Default::default()
+    })
+    .await
+    .expect("telemetry");
+    telemetry
+        .install_global()
+        .expect("no other global recorder");
+    foundation_beam::describe_metrics();
     let rss_start = status_kb("VmRSS:");
     println!(
         "million: {total} processes = {shards} ecosystems x {PER_SHARD} workers under one root supervisor; {} worker threads",
@@ -139,6 +163,7 @@ async fn main() {
     let queued: usize = workers.iter().map(|w| w.backlog()).sum();
     let alive = workers.iter().filter(|w| w.is_alive()).count();
     println!("introspection: {alive} workers alive, {queued} messages queued in all");
+    print_metrics(&telemetry);
 
     // Shut the tree down within a deadline: every ecosystem at once, each stopping its
     // workers; then check every worker is gone.
@@ -154,6 +179,7 @@ async fn main() {
         stopped.as_secs_f64() * 1e3,
         SHUTDOWN_DEADLINE.as_secs()
     );
+    print_metrics(&telemetry);
     drop(workers);
     let start_kb = rss_start.unwrap_or(0);
     println!(
