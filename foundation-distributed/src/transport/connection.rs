@@ -8,7 +8,8 @@ use metrics::{Counter, Gauge};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{self, Envelope, FrameDecoder, FrameError, ReadError};
-use super::handshake::{ClientHandshake, ServerHandshake, Step, HANDSHAKE_MAX_FRAME};
+use super::handshake::{ClientHandshake, Keys, ServerHandshake, Step, HANDSHAKE_MAX_FRAME};
+use super::record::{Opener, Sealer, TAG_LEN};
 use super::{metric, Refusal};
 use crate::{Error, Result};
 
@@ -85,14 +86,58 @@ impl Drop for Meters {
     }
 }
 
+/// What a connection's reader reports when a record fails authentication.
+const FORGED: &str =
+    "record failed authentication (altered, injected, replayed or reordered); connection closed";
+
+/// Counts and logs a record that failed authentication (AEAD or TLS); the caller closes
+/// the connection.
+fn forged(peer: &str, detail: &str) -> Error {
+    metrics::counter!(metric::FRAME_ERRORS, "reason" => "forged").increment(1);
+    tracing::warn!(peer, detail, "closing connection after a forged record");
+    Error::Undecodable {
+        detail: format!("{FORGED}: {detail}"),
+    }
+}
+
+/// Whether a TLS error on an established connection means tampering with records.
+fn tls_tampering(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::DecryptError
+            | rustls::Error::InvalidMessage(_)
+            | rustls::Error::PeerMisbehaved(_)
+    )
+}
+
+/// An I/O error from the stream, or the TLS refusal inside it.
+pub(crate) fn stream_error(peer: &str, e: std::io::Error) -> Error {
+    match super::tls::tls_cause(&e) {
+        Some(tls) => Error::Refused {
+            reason: Refusal::Certificate {
+                detail: tls.to_string(),
+            },
+            by_peer: matches!(tls, rustls::Error::AlertReceived(_)),
+        },
+        None => Error::io(peer, e),
+    }
+}
+
 /// Counts and logs a frame error; the caller closes the connection.
 pub(crate) fn frame_error(e: FrameError, peer: &str) -> Error {
+    let e = count_frame_error(e);
+    tracing::warn!(peer, error = %e, "closing connection after a bad frame");
+    e
+}
+
+/// Counts a frame error without logging it (during handshakes, whose failures are
+/// logged rate-limited).
+fn count_frame_error(e: FrameError) -> Error {
     let reason = match e {
         FrameError::TooLarge { .. } => "oversized",
         FrameError::Undecodable(_) => "undecodable",
     };
     metrics::counter!(metric::FRAME_ERRORS, "reason" => reason).increment(1);
-    tracing::warn!(peer, error = %e, "closing connection after a bad frame");
     e.into()
 }
 
@@ -126,18 +171,28 @@ impl Connection {
         peer: Peer,
         max_frame: usize,
         transport: &'static str,
+        keys: Option<Box<Keys>>,
     ) -> Self {
-        decoder.set_max_frame(max_frame);
+        let (sealer, opener) = match keys {
+            Some(k) => {
+                let Keys { sealer, opener } = *k;
+                (Some(sealer), Some(opener))
+            }
+            None => (None, None),
+        };
+        // Records carry a tag on top of the frame body.
+        decoder.set_max_frame(max_frame + if opener.is_some() { TAG_LEN } else { 0 });
         let peer = Arc::new(peer);
         let meters = Meters::new(transport);
         Connection {
             sender: ConnectionSender {
                 writer,
-                buf: BytesMut::with_capacity(FLUSH_AT),
+                buf: BytesMut::with_capacity(FLUSH_AT + TAG_LEN),
                 peer: peer.clone(),
                 meters: meters.clone(),
                 max_frame,
                 failed: false,
+                sealer,
             },
             receiver: ConnectionReceiver {
                 reader,
@@ -145,6 +200,7 @@ impl Connection {
                 peer,
                 meters,
                 closed: None,
+                opener,
             },
         }
     }
@@ -209,6 +265,7 @@ pub struct ConnectionSender {
     meters: Arc<Meters>,
     max_frame: usize,
     failed: bool,
+    sealer: Option<Sealer>,
 }
 
 impl std::fmt::Debug for ConnectionSender {
@@ -250,8 +307,25 @@ impl ConnectionSender {
                 });
             }
         }
+        let start = self.buf.len();
         let total = frame::encode_data_header(channel, payload.len(), &mut self.buf);
         self.meters.frames_out.increment(1);
+        if let Some(sealer) = &mut self.sealer {
+            // Sealed in place: the payload is copied into the buffer and encrypted there.
+            self.buf.extend_from_slice(&payload);
+            let sealed = sealer.seal_frame(&mut self.buf, start);
+            self.meters.bytes_out.increment((total + TAG_LEN) as u64);
+            if sealed.is_err() {
+                self.failed = true;
+                return Err(Error::Closed {
+                    reason: "the record sequence number is exhausted".into(),
+                });
+            }
+            if self.buf.len() >= FLUSH_AT {
+                self.flush().await?;
+            }
+            return Ok(());
+        }
         self.meters.bytes_out.increment(total as u64);
         if payload.len() <= COPY_MAX {
             self.buf.extend_from_slice(&payload);
@@ -308,6 +382,14 @@ impl ConnectionSender {
         self.check_open()?;
         let before = self.buf.len();
         frame::encode(envelope, &mut self.buf);
+        if let Some(sealer) = &mut self.sealer {
+            if sealer.seal_frame(&mut self.buf, before).is_err() {
+                self.failed = true;
+                return Err(Error::Closed {
+                    reason: "the record sequence number is exhausted".into(),
+                });
+            }
+        }
         self.meters.frames_out.increment(1);
         self.meters
             .bytes_out
@@ -361,6 +443,7 @@ pub struct ConnectionReceiver {
     peer: Arc<Peer>,
     meters: Arc<Meters>,
     closed: Option<Closed>,
+    opener: Option<Opener>,
 }
 
 /// How a receiver ended.
@@ -428,7 +511,15 @@ impl ConnectionReceiver {
                         Ok(_) => {}
                         Err(ReadError::Frame(e)) => return self.fail_frame(e),
                         Err(ReadError::Io(e)) => {
-                            let e = Error::io(&self.peer.node, e);
+                            let e = match super::tls::tls_cause(&e) {
+                                Some(tls) if tls_tampering(tls) => {
+                                    forged(&self.peer.node, &tls.to_string())
+                                }
+                                Some(tls) => Error::Closed {
+                                    reason: format!("TLS: {tls}"),
+                                },
+                                None => Error::io(&self.peer.node, e),
+                            };
                             return self.fail(e);
                         }
                     }
@@ -440,6 +531,13 @@ impl ConnectionReceiver {
             self.meters
                 .bytes_in
                 .increment((body.len() + frame::HEADER_LEN) as u64);
+            let mut body = body;
+            if let Some(opener) = &mut self.opener {
+                if opener.open(&mut body).is_err() {
+                    let e = forged(&self.peer.node, "AEAD tag or sequence number mismatch");
+                    return self.fail(e);
+                }
+            }
             return match frame::decode_mut(body) {
                 Ok(Envelope::Data { channel, payload }) => {
                     Ok(Some(Frame::Data { channel, payload }))
@@ -460,6 +558,14 @@ impl ConnectionReceiver {
     }
 
     fn fail_frame(&mut self, e: FrameError) -> Result<Option<Frame>> {
+        // Report sealed records in frame terms: the limit the user configured.
+        let e = match e {
+            FrameError::TooLarge { len, max } if self.opener.is_some() => FrameError::TooLarge {
+                len: len.saturating_sub(TAG_LEN as u64),
+                max: max - TAG_LEN,
+            },
+            e => e,
+        };
         let e = frame_error(e, &self.peer.node);
         self.fail(e)
     }
@@ -479,7 +585,7 @@ async fn read_envelope(
     loop {
         match decoder.next_frame() {
             Ok(Some(body)) => {
-                return frame::decode(body).map_err(|e| frame_error(e, peer));
+                return frame::decode(body).map_err(count_frame_error);
             }
             Ok(None) => match decoder.read_from(reader).await {
                 Ok(0) => {
@@ -488,10 +594,10 @@ async fn read_envelope(
                     })
                 }
                 Ok(_) => {}
-                Err(ReadError::Frame(e)) => return Err(frame_error(e, peer)),
-                Err(ReadError::Io(e)) => return Err(Error::io(peer, e)),
+                Err(ReadError::Frame(e)) => return Err(count_frame_error(e)),
+                Err(ReadError::Io(e)) => return Err(stream_error(peer, e)),
             },
-            Err(e) => return Err(frame_error(e, peer)),
+            Err(e) => return Err(count_frame_error(e)),
         }
     }
 }
@@ -501,8 +607,8 @@ async fn write_envelope(writer: &mut BoxWrite, envelope: &Envelope, peer: &str) 
     writer
         .write_all(&bytes)
         .await
-        .map_err(|e| Error::io(peer, e))?;
-    writer.flush().await.map_err(|e| Error::io(peer, e))
+        .map_err(|e| stream_error(peer, e))?;
+    writer.flush().await.map_err(|e| stream_error(peer, e))
 }
 
 /// The handshake result label of an error.
@@ -513,6 +619,9 @@ pub(crate) fn result_label(e: &Error) -> &'static str {
             Refusal::Cluster => "cluster",
             Refusal::Authentication => "authentication",
             Refusal::Busy => "busy",
+            Refusal::Security { .. } => "security",
+            Refusal::Certificate { .. } => "certificate",
+            Refusal::RateLimited => "rate_limited",
             _ => "protocol",
         },
         Error::HandshakeTimeout { .. } => "timeout",
@@ -557,11 +666,11 @@ pub(crate) async fn serve_handshake(
             let envelope = read_envelope(&mut io.reader, &mut decoder, &io.peer_addr).await?;
             match machine.on_frame(envelope)? {
                 Step::Reply(reply) => write_envelope(&mut io.writer, &reply, &io.peer_addr).await?,
-                Step::Done(reply, peer) => {
+                Step::Done(reply, peer, keys) => {
                     if let Some(reply) = reply {
                         write_envelope(&mut io.writer, &reply, &io.peer_addr).await?;
                     }
-                    return Ok(peer);
+                    return Ok((peer, keys));
                 }
             }
         }
@@ -583,11 +692,11 @@ pub(crate) async fn client_handshake(
             let envelope = read_envelope(&mut io.reader, &mut decoder, &io.peer_addr).await?;
             match machine.on_frame(envelope)? {
                 Step::Reply(reply) => write_envelope(&mut io.writer, &reply, &io.peer_addr).await?,
-                Step::Done(reply, peer) => {
+                Step::Done(reply, peer, keys) => {
                     if let Some(reply) = reply {
                         write_envelope(&mut io.writer, &reply, &io.peer_addr).await?;
                     }
-                    return Ok(peer);
+                    return Ok((peer, keys));
                 }
             }
         }
@@ -599,10 +708,10 @@ pub(crate) async fn client_handshake(
 async fn finish(
     mut io: HandshakeIo,
     decoder: FrameDecoder,
-    outcome: Result<Peer>,
+    outcome: Result<(Peer, Option<Box<Keys>>)>,
 ) -> Result<Connection> {
     match outcome {
-        Ok(peer) => {
+        Ok((peer, keys)) => {
             metrics::counter!(metric::HANDSHAKES, "result" => "ok").increment(1);
             tracing::debug!(peer = %peer.node, addr = %io.peer_addr, "handshake complete");
             Ok(Connection::new(
@@ -612,6 +721,7 @@ async fn finish(
                 peer,
                 io.max_frame,
                 io.transport,
+                keys,
             ))
         }
         Err(e) => {
@@ -621,18 +731,31 @@ async fn finish(
                     write_envelope(&mut io.writer, &Envelope::Refused(reason), &io.peer_addr).await;
                 let _ = io.writer.shutdown().await;
             }
-            Err(count_failed(e, &io.peer_addr))
+            // Counted and logged by the caller (rate-limited).
+            Err(e)
         }
     }
 }
 
-/// Counts and logs a failed handshake.
-pub(crate) fn count_failed(e: Error, peer_addr: &str) -> Error {
+/// Counts a failed handshake; logs it if `throttle` admits a line.
+pub(crate) fn count_failed(
+    e: Error,
+    peer_addr: &str,
+    throttle: &super::abuse::LogThrottle,
+) -> Error {
     if matches!(e, Error::UnexpectedFrame { .. }) {
         metrics::counter!(metric::FRAME_ERRORS, "reason" => "unexpected").increment(1);
     }
     let result = result_label(&e);
     metrics::counter!(metric::HANDSHAKES, "result" => result).increment(1);
-    tracing::warn!(addr = peer_addr, result, error = %e, "handshake failed");
+    if let Some(suppressed) = throttle.admit() {
+        tracing::warn!(
+            addr = peer_addr,
+            result,
+            error = %e,
+            suppressed,
+            "handshake failed ({suppressed} more failures not logged since the last line)"
+        );
+    }
     e
 }
