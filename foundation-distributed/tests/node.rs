@@ -208,6 +208,8 @@ async fn nodes_talk_over_loopback_tcp() {
     let b = start("b").await;
     b.join(&[a.addr()]).await.unwrap();
     eventually("joined", || up_names(&a) == ["a", "b"]).await;
+    // b learns of a from a's answer: wait for b's view too before b sends.
+    eventually("joined (b)", || up_names(&b) == ["a", "b"]).await;
     let mut inbox = a.register::<Vec<u8>>("blob");
     b.send("a", "blob", &vec![7u8; 64 * 1024], SendOptions::default())
         .await
