@@ -836,3 +836,41 @@ async fn a_flood_of_failed_handshakes_is_cheap() {
     );
     assert_eq!(handshakes(&seen, "ok"), 2.0 * (FLOOD / 100) as f64);
 }
+
+/// Every mode also runs on the in-memory transport (deterministic tests keep working
+/// with security on), TLS included.
+#[tokio::test(start_paused = true)]
+async fn every_mode_runs_on_the_memory_transport() {
+    use foundation_distributed::transport::{MemoryNetwork, MemoryTransport};
+    let pki = Pki::new("memory");
+    let secret = ClusterSecret::generate();
+    let modes: Vec<(Security, Security)> = vec![
+        (Security::Tls(pki.node("a")), Security::Tls(pki.node("b"))),
+        (
+            Security::Secret(secret.clone()),
+            Security::Secret(secret.clone()),
+        ),
+        (Security::InsecurePlaintext, Security::InsecurePlaintext),
+    ];
+    for (i, (sa, sb)) in modes.into_iter().enumerate() {
+        let network = MemoryNetwork::new();
+        let a = MemoryTransport::new(&network, settings("a", sa)).unwrap();
+        let b = MemoryTransport::new(&network, settings("b", sb)).unwrap();
+        let addr = format!("mem://b{i}");
+        let mut listener = b.listen(&addr).await.unwrap();
+        let mut client = a.connect(&addr, "c", 0).await.unwrap();
+        let mut server = listener.accept().await.unwrap();
+        assert_eq!(
+            (client.peer().node.as_str(), server.peer().node.as_str()),
+            ("b", "a")
+        );
+        client.send(3, Bytes::from_static(b"hi")).await.unwrap();
+        assert_eq!(
+            server.recv().await.unwrap(),
+            Some(Frame::Data {
+                channel: 3,
+                payload: Bytes::from_static(b"hi")
+            })
+        );
+    }
+}

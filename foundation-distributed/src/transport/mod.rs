@@ -26,7 +26,7 @@
 //! The default, `Secret` with no secret, refuses to start until one is given: a node is
 //! never unprotected by omission. See `docs/THREAT_MODEL.md`.
 //!
-//! **Handshake** ([`handshake`](self) state machines, run inside TLS in TLS mode): the
+//! **Handshake** (run inside TLS in TLS mode): the
 //! connecting side sends its protocol version, cluster name, security mode, node name,
 //! advertised address, channel name and connection index with a random nonce; the
 //! accepting side answers with its own nonce; then the proofs (`secret` mode). A wrong

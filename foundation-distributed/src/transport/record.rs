@@ -1,7 +1,8 @@
 //! Sealed records of [`Security::Secret`](super::Security::Secret) connections.
 //!
 //! After the handshake every frame travels as a *record*: the usual 4-byte big-endian
-//! length, then the frame body encrypted with AES-256-GCM, then the 16-byte tag. The
+//! length, then the frame body encrypted with AES-256-GCM (`ring`, the provider TLS uses
+//! too), then the 16-byte tag. The
 //! length covers ciphertext and tag and is the associated data; the nonce is the
 //! direction's 64-bit sequence number (starting at 0, never sent), so a record that is
 //! altered, injected, replayed, dropped before a later one, or reordered fails to open,
@@ -9,9 +10,8 @@
 //! from the cluster secret, both nonces and a hash of the handshake transcript, so keys
 //! are fresh per connection and a record cannot be reflected back to its sender.
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use hkdf::Hkdf;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use sha2::Sha256;
 
 /// Bytes the tag adds to every record.
@@ -25,25 +25,25 @@ pub struct Forged;
 
 /// One direction's keys and sequence numbers.
 struct Direction {
-    cipher: Aes256Gcm,
+    key: LessSafeKey,
     seq: u64,
 }
 
 impl Direction {
-    fn new(key: &[u8]) -> Self {
+    fn new(key: &[u8; 32]) -> Self {
         Direction {
-            // 32-byte key: cannot fail.
-            cipher: Aes256Gcm::new_from_slice(key).expect("32-byte AES-256 key"),
+            // A 32-byte key for AES-256: cannot fail.
+            key: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte key")),
             seq: 0,
         }
     }
 
-    fn next_nonce(&mut self) -> Result<Nonce<aes_gcm::aead::consts::U12>, Forged> {
+    fn next_nonce(&mut self) -> Result<Nonce, Forged> {
         let mut nonce = [0u8; 12];
         nonce[4..].copy_from_slice(&self.seq.to_be_bytes());
         // 2^64 records would wrap the nonce: refuse instead (never reached in practice).
         self.seq = self.seq.checked_add(1).ok_or(Forged)?;
-        Ok(nonce.into())
+        Ok(Nonce::assume_unique_for_key(nonce))
     }
 }
 
@@ -105,10 +105,10 @@ impl Sealer {
         let nonce = self.0.next_nonce()?;
         let tag = self
             .0
-            .cipher
-            .encrypt_in_place_detached(&nonce, &header, &mut buf[start + 4..])
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::from(header), &mut buf[start + 4..])
             .map_err(|_| Forged)?;
-        buf.extend_from_slice(&tag);
+        buf.extend_from_slice(tag.as_ref());
         Ok(())
     }
 }
@@ -129,14 +129,14 @@ impl Opener {
             return Err(Forged);
         }
         let header = (record.len() as u32).to_be_bytes();
-        let split = record.len() - TAG_LEN;
-        let tag = Tag::clone_from_slice(&record[split..]);
         let nonce = self.0.next_nonce()?;
-        self.0
-            .cipher
-            .decrypt_in_place_detached(&nonce, &header, &mut record[..split], &tag)
-            .map_err(|_| Forged)?;
-        record.truncate(split);
+        let plain = self
+            .0
+            .key
+            .open_in_place(nonce, Aad::from(header), &mut record[..])
+            .map_err(|_| Forged)?
+            .len();
+        record.truncate(plain);
         Ok(())
     }
 }

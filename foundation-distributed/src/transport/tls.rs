@@ -11,9 +11,10 @@
 //! node name before connecting (it dials an address), so the TLS layer checks the chain
 //! only and the name is checked one step later, against the name the server claims.
 //!
-//! Certificates reload without a restart: [`TcpTransport::reload_certificates`]
-//! (super::TcpTransport::reload_certificates) reads the PEM files again; new connections
-//! use them, established ones are not affected, and a failed reload changes nothing.
+//! Certificates reload without a restart:
+//! [`Transport::reload_certificates`](super::Transport::reload_certificates) reads the PEM
+//! files again; new connections use them, established ones are not affected, and a failed
+//! reload changes nothing.
 //!
 //! [`dev`] creates a cluster CA and node certificates for development and tests.
 
