@@ -605,9 +605,9 @@ async fn connections_gauge_follows_open_connections(kind: Kind) {
     let bytes = |d| metric(&snap, "foundation_transport_bytes_total", ("direction", d));
     let frames = |d| metric(&snap, "foundation_transport_frames_total", ("direction", d));
     assert_eq!((frames("out"), frames("in")), (1.0, 1.0));
-    // Sealed records: the frame plus a 16-byte tag.
-    assert_eq!(bytes("out"), framed.len() as f64 + 16.0);
-    assert_eq!(bytes("in"), framed.len() as f64 + 16.0);
+    // One sealed record around the frame: its 4-byte length and a 16-byte tag.
+    assert_eq!(bytes("out"), framed.len() as f64 + 20.0);
+    assert_eq!(bytes("in"), framed.len() as f64 + 20.0);
     let (tx, rx) = server.split();
     drop(tx);
     assert_eq!(gauge(), 2.0);

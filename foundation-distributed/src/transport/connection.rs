@@ -9,7 +9,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{self, Envelope, FrameDecoder, FrameError, ReadError};
 use super::handshake::{ClientHandshake, Keys, ServerHandshake, Step, HANDSHAKE_MAX_FRAME};
-use super::record::{Opener, Sealer, TAG_LEN};
+use super::record::{self, Opener, Sealer, TAG_LEN};
+
+/// What a record adds to the frames it holds: its own length header and the tag.
+const RECORD_EXTRA: usize = frame::HEADER_LEN + TAG_LEN;
 use super::{metric, Refusal};
 use crate::{Error, Result};
 
@@ -180,8 +183,9 @@ impl Connection {
             }
             None => (None, None),
         };
-        // Records carry a tag on top of the frame body.
-        decoder.set_max_frame(max_frame + if opener.is_some() { TAG_LEN } else { 0 });
+        // A record holds whole frames (headers included, at most `max_frame + 4` bytes of
+        // them) and a tag.
+        decoder.set_max_frame(max_frame + if opener.is_some() { RECORD_EXTRA } else { 0 });
         let peer = Arc::new(peer);
         let meters = Meters::new(transport);
         Connection {
@@ -193,6 +197,7 @@ impl Connection {
                 max_frame,
                 failed: false,
                 sealer,
+                record_start: None,
             },
             receiver: ConnectionReceiver {
                 reader,
@@ -201,6 +206,8 @@ impl Connection {
                 meters,
                 closed: None,
                 opener,
+                plain: BytesMut::new(),
+                max_frame,
             },
         }
     }
@@ -266,6 +273,9 @@ pub struct ConnectionSender {
     max_frame: usize,
     failed: bool,
     sealer: Option<Sealer>,
+    /// Where the record being filled starts in `buf` (sealed mode): its 4-byte length
+    /// placeholder, then whole frames.
+    record_start: Option<usize>,
 }
 
 impl std::fmt::Debug for ConnectionSender {
@@ -307,25 +317,21 @@ impl ConnectionSender {
                 });
             }
         }
-        let start = self.buf.len();
-        let total = frame::encode_data_header(channel, payload.len(), &mut self.buf);
-        self.meters.frames_out.increment(1);
-        if let Some(sealer) = &mut self.sealer {
-            // Sealed in place: the payload is copied into the buffer and encrypted there.
+        if self.sealer.is_some() {
+            // Frames are gathered into a record, sealed in place when the buffer is
+            // flushed (or the record is full): the payload is copied and encrypted there.
+            self.open_record(payload.len() + frame::HEADER_LEN + 17)?;
+            let total = frame::encode_data_header(channel, payload.len(), &mut self.buf);
             self.buf.extend_from_slice(&payload);
-            let sealed = sealer.seal_frame(&mut self.buf, start);
-            self.meters.bytes_out.increment((total + TAG_LEN) as u64);
-            if sealed.is_err() {
-                self.failed = true;
-                return Err(Error::Closed {
-                    reason: "the record sequence number is exhausted".into(),
-                });
-            }
+            self.meters.frames_out.increment(1);
+            self.meters.bytes_out.increment(total as u64);
             if self.buf.len() >= FLUSH_AT {
                 self.flush().await?;
             }
             return Ok(());
         }
+        let total = frame::encode_data_header(channel, payload.len(), &mut self.buf);
+        self.meters.frames_out.increment(1);
         self.meters.bytes_out.increment(total as u64);
         if payload.len() <= COPY_MAX {
             self.buf.extend_from_slice(&payload);
@@ -356,6 +362,7 @@ impl ConnectionSender {
     /// Writes out queued frames.
     pub async fn flush(&mut self) -> Result<()> {
         self.check_open()?;
+        self.seal_record()?;
         if !self.buf.is_empty() {
             // See `feed`: a write dropped half-way leaves the sender failed.
             self.failed = true;
@@ -380,21 +387,48 @@ impl ConnectionSender {
 
     async fn control(&mut self, envelope: &Envelope) -> Result<()> {
         self.check_open()?;
-        let before = self.buf.len();
-        frame::encode(envelope, &mut self.buf);
-        if let Some(sealer) = &mut self.sealer {
-            if sealer.seal_frame(&mut self.buf, before).is_err() {
-                self.failed = true;
-                return Err(Error::Closed {
-                    reason: "the record sequence number is exhausted".into(),
-                });
+        let encoded = frame::encode_to_bytes(envelope);
+        self.open_record(encoded.len())?;
+        self.buf.extend_from_slice(&encoded);
+        self.meters.frames_out.increment(1);
+        self.meters.bytes_out.increment(encoded.len() as u64);
+        self.flush().await
+    }
+
+    /// Sealed mode: makes sure a record is open in `buf` with room for a frame of at
+    /// most `frame_len` bytes (sealing the current one first if it would overflow).
+    fn open_record(&mut self, frame_len: usize) -> Result<()> {
+        if self.sealer.is_none() {
+            return Ok(());
+        }
+        if let Some(start) = self.record_start {
+            let held = self.buf.len() - start - frame::HEADER_LEN;
+            if held + frame_len > self.max_frame + frame::HEADER_LEN {
+                self.seal_record()?;
             }
         }
-        self.meters.frames_out.increment(1);
+        if self.record_start.is_none() {
+            self.record_start = Some(self.buf.len());
+            self.buf.extend_from_slice(&[0; frame::HEADER_LEN]);
+        }
+        Ok(())
+    }
+
+    /// Sealed mode: seals the open record, if any.
+    fn seal_record(&mut self) -> Result<()> {
+        let (Some(sealer), Some(start)) = (&mut self.sealer, self.record_start.take()) else {
+            return Ok(());
+        };
+        if sealer.seal_record(&mut self.buf, start).is_err() {
+            self.failed = true;
+            return Err(Error::Closed {
+                reason: "the record sequence number is exhausted".into(),
+            });
+        }
         self.meters
             .bytes_out
-            .increment((self.buf.len() - before) as u64);
-        self.flush().await
+            .increment((frame::HEADER_LEN + TAG_LEN) as u64);
+        Ok(())
     }
 
     fn check_open(&self) -> Result<()> {
@@ -444,6 +478,9 @@ pub struct ConnectionReceiver {
     meters: Arc<Meters>,
     closed: Option<Closed>,
     opener: Option<Opener>,
+    /// Sealed mode: the opened record's frames not yet returned.
+    plain: BytesMut,
+    max_frame: usize,
 }
 
 /// How a receiver ended.
@@ -494,6 +531,16 @@ impl ConnectionReceiver {
             }
         }
         loop {
+            if self.opener.is_some() {
+                match record::next_inner_frame(&mut self.plain, self.max_frame) {
+                    Ok(Some(body)) => {
+                        self.meters.frames_in.increment(1);
+                        return self.deliver(body);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return self.fail_frame(e),
+                }
+            }
             let body = match self.decoder.next_body() {
                 Ok(Some(body)) => body,
                 Ok(None) => {
@@ -527,7 +574,6 @@ impl ConnectionReceiver {
                 }
                 Err(e) => return self.fail_frame(e),
             };
-            self.meters.frames_in.increment(1);
             self.meters
                 .bytes_in
                 .increment((body.len() + frame::HEADER_LEN) as u64);
@@ -537,8 +583,18 @@ impl ConnectionReceiver {
                     let e = forged(&self.peer.node, "AEAD tag or sequence number mismatch");
                     return self.fail(e);
                 }
+                self.plain = body;
+                continue;
             }
-            return match frame::decode_mut(body) {
+            self.meters.frames_in.increment(1);
+            return self.deliver(body);
+        }
+    }
+
+    /// Decodes one frame body and acts on it.
+    fn deliver(&mut self, body: BytesMut) -> Result<Option<Frame>> {
+        {
+            match frame::decode_mut(body) {
                 Ok(Envelope::Data { channel, payload }) => {
                     Ok(Some(Frame::Data { channel, payload }))
                 }
@@ -553,17 +609,19 @@ impl ConnectionReceiver {
                     self.fail(e)
                 }
                 Err(e) => self.fail_frame(e),
-            };
+            }
         }
     }
 
     fn fail_frame(&mut self, e: FrameError) -> Result<Option<Frame>> {
         // Report sealed records in frame terms: the limit the user configured.
         let e = match e {
-            FrameError::TooLarge { len, max } if self.opener.is_some() => FrameError::TooLarge {
-                len: len.saturating_sub(TAG_LEN as u64),
-                max: max - TAG_LEN,
-            },
+            FrameError::TooLarge { len, max } if self.opener.is_some() && max > self.max_frame => {
+                FrameError::TooLarge {
+                    len: len.saturating_sub(RECORD_EXTRA as u64),
+                    max: self.max_frame,
+                }
+            }
             e => e,
         };
         let e = frame_error(e, &self.peer.node);

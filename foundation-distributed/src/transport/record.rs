@@ -1,16 +1,21 @@
 //! Sealed records of [`Security::Secret`](super::Security::Secret) connections.
 //!
-//! After the handshake every frame travels as a *record*: the usual 4-byte big-endian
-//! length, then the frame body encrypted with AES-256-GCM (`ring`, the provider TLS uses
-//! too), then the 16-byte tag. The
-//! length covers ciphertext and tag and is the associated data; the nonce is the
+//! After the handshake frames travel in *records*: a 4-byte big-endian length, then one
+//! or more whole frames (each with its own 4-byte length; at most `max_frame + 4` bytes
+//! of them) encrypted with AES-256-GCM (`ring`, the provider TLS uses too), then the
+//! 16-byte tag. The sender fills a record until it flushes, so a batch of small frames
+//! costs one seal and one open. The record length covers ciphertext and tag and is the
+//! associated data; the nonce is the
 //! direction's 64-bit sequence number (starting at 0, never sent), so a record that is
 //! altered, injected, replayed, dropped before a later one, or reordered fails to open,
 //! and the connection closes. Each direction has its own key, derived with HKDF-SHA256
 //! from the cluster secret, both nonces and a hash of the handshake transcript, so keys
 //! are fresh per connection and a record cannot be reflected back to its sender.
 
+use bytes::{Buf, BytesMut};
 use hkdf::Hkdf;
+
+use super::frame::{FrameError, HEADER_LEN};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use sha2::Sha256;
 
@@ -94,10 +99,10 @@ impl Sealer {
         Sealer(Direction::new(key))
     }
 
-    /// Seals the frame that starts at `start` in `buf` (a 4-byte length, then the
-    /// plaintext body to the end of `buf`) in place: rewrites the length to include the
-    /// tag, encrypts the body and appends the tag.
-    pub fn seal_frame(&mut self, buf: &mut bytes::BytesMut, start: usize) -> Result<(), Forged> {
+    /// Seals the record that starts at `start` in `buf` (a 4-byte length placeholder,
+    /// then the plaintext to the end of `buf`) in place: writes the length (including
+    /// the tag), encrypts the plaintext and appends the tag.
+    pub fn seal_record(&mut self, buf: &mut BytesMut, start: usize) -> Result<(), Forged> {
         let body_len = buf.len() - start - 4;
         let record_len = u32::try_from(body_len + TAG_LEN).map_err(|_| Forged)?;
         let header = record_len.to_be_bytes();
@@ -113,6 +118,39 @@ impl Sealer {
     }
 }
 
+/// Takes the next frame body out of an opened record's plaintext; `None` when the record
+/// is used up. A frame that is truncated, crosses the record's end or exceeds
+/// `max_frame` is an error (the peer authenticated the record, so it is broken, not
+/// forged).
+pub(crate) fn next_inner_frame(
+    plain: &mut BytesMut,
+    max_frame: usize,
+) -> Result<Option<BytesMut>, FrameError> {
+    if plain.is_empty() {
+        return Ok(None);
+    }
+    if plain.len() < HEADER_LEN {
+        return Err(FrameError::Undecodable(
+            "truncated frame header inside a record".into(),
+        ));
+    }
+    let len = u32::from_be_bytes([plain[0], plain[1], plain[2], plain[3]]) as usize;
+    if len > max_frame {
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max: max_frame,
+        });
+    }
+    if plain.len() - HEADER_LEN < len {
+        return Err(FrameError::Undecodable(
+            "frame crosses the end of its record".into(),
+        ));
+    }
+    let mut body = plain.split_to(HEADER_LEN + len);
+    body.advance(HEADER_LEN);
+    Ok(Some(body))
+}
+
 impl Opener {
     /// An opener with `key`, starting at sequence number 0.
     pub fn new(key: &[u8; 32]) -> Self {
@@ -120,9 +158,9 @@ impl Opener {
     }
 
     /// Opens one record body (ciphertext and tag, as the frame decoder returns it) in
-    /// place, leaving the plaintext frame body. Every call consumes a sequence number,
+    /// place, leaving the plaintext (whole frames). Every call consumes a sequence number,
     /// so after one failure every later record fails too: close the connection.
-    pub fn open(&mut self, record: &mut bytes::BytesMut) -> Result<(), Forged> {
+    pub fn open(&mut self, record: &mut BytesMut) -> Result<(), Forged> {
         if record.len() < TAG_LEN {
             // Still consume the sequence number: the stream is out of step from here on.
             let _ = self.0.next_nonce();
@@ -150,21 +188,29 @@ mod tests {
 
     const KEY: [u8; 32] = [9; 32];
 
-    fn sealed(envs: &[Envelope]) -> BytesMut {
+    /// Seals `envs` as records of `per_record` frames each.
+    fn sealed_in(envs: &[Envelope], per_record: usize) -> BytesMut {
         let mut sealer = Sealer::new(&KEY);
         let mut wire = BytesMut::new();
-        for e in envs {
+        for chunk in envs.chunks(per_record.max(1)) {
             let start = wire.len();
-            frame::encode(e, &mut wire);
-            sealer.seal_frame(&mut wire, start).unwrap();
+            wire.extend_from_slice(&[0; 4]);
+            for e in chunk {
+                frame::encode(e, &mut wire);
+            }
+            sealer.seal_record(&mut wire, start).unwrap();
         }
         wire
+    }
+
+    fn sealed(envs: &[Envelope]) -> BytesMut {
+        sealed_in(envs, 1)
     }
 
     /// Feeds `wire` through a frame decoder (limit `max + TAG_LEN`) and an opener; the
     /// envelopes opened before the first failure, and whether one happened.
     fn open_all(wire: &[u8], max: usize) -> (Vec<Envelope>, bool) {
-        let mut decoder = FrameDecoder::new(max + TAG_LEN);
+        let mut decoder = FrameDecoder::new(max + HEADER_LEN + TAG_LEN);
         let mut opener = Opener::new(&KEY);
         let mut out = Vec::new();
         let mut rest = wire;
@@ -175,16 +221,22 @@ mod tests {
                         if opener.open(&mut body).is_err() {
                             return (out, true);
                         }
-                        match frame::decode_mut(body) {
-                            Ok(e) => out.push(e),
-                            Err(_) => return (out, true),
+                        loop {
+                            match next_inner_frame(&mut body, max) {
+                                Ok(Some(f)) => match frame::decode_mut(f) {
+                                    Ok(e) => out.push(e),
+                                    Err(_) => return (out, true),
+                                },
+                                Ok(None) => break,
+                                Err(_) => return (out, true),
+                            }
                         }
                     }
                     Ok(None) => break,
                     Err(_) => return (out, true),
                 }
             }
-            assert!(decoder.capacity() <= max + TAG_LEN + frame::HEADER_LEN);
+            assert!(decoder.capacity() <= max + TAG_LEN + 2 * HEADER_LEN);
             if rest.is_empty() {
                 return (out, false);
             }
@@ -205,9 +257,11 @@ mod tests {
     #[test]
     fn round_trip() {
         let envs: Vec<_> = (0..5).map(data).collect();
-        let (out, failed) = open_all(&sealed(&envs), 1024);
-        assert!(!failed);
-        assert_eq!(out, envs);
+        for per_record in 1..=5 {
+            let (out, failed) = open_all(&sealed_in(&envs, per_record), 1024);
+            assert!(!failed);
+            assert_eq!(out, envs);
+        }
     }
 
     #[test]
@@ -253,11 +307,12 @@ mod tests {
         #[test]
         fn a_flipped_bit_stops_delivery_there(
             n in 1usize..6,
+            per_record in 1usize..4,
             at in any::<prop::sample::Index>(),
             bit in 0u8..8,
         ) {
             let envs: Vec<_> = (0..n as u8).map(data).collect();
-            let mut wire = sealed(&envs).to_vec();
+            let mut wire = sealed_in(&envs, per_record).to_vec();
             let i = at.index(wire.len());
             wire[i] ^= 1 << bit;
             let (out, failed) = open_all(&wire, 1024);
