@@ -103,7 +103,7 @@ async fn a_slow_receiver_loses_nothing_and_keeps_order() {
         );
         last[key as usize] = Some(i);
         got += 1;
-        if got % 1000 == 0 {
+        if got.is_multiple_of(1000) {
             // The consumer pauses now and then.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
