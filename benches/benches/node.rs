@@ -190,7 +190,9 @@ async fn node_small(n: usize) -> (f64, usize) {
 }
 
 /// The bytes of one node message of part 2 (the node's wire encoding of a `Send` of a
-/// `u64` from `a` to `b`'s `small`), for the raw baseline.
+/// `u64` from `a` to `b`'s `small`: header, then the body), plus the 4-byte length
+/// prefix, for the raw baseline. (The node's frame adds the transport's envelope and an
+/// 8-byte key on top.)
 fn small_frame() -> Vec<u8> {
     #[derive(serde::Serialize)]
     #[allow(dead_code)]
@@ -202,17 +204,15 @@ fn small_frame() -> Vec<u8> {
             to_node: String,
             to_name: String,
             from: String,
-            body: Blob,
         },
     }
-    let body = Blob(rmp_serde::to_vec(&123_456u64).expect("body"));
     let w = Wire::Send {
         to_node: "b".into(),
         to_name: "small".into(),
         from: "a".into(),
-        body,
     };
-    let payload = rmp_serde::to_vec(&w).expect("wire");
+    let mut payload = rmp_serde::to_vec(&w).expect("wire");
+    payload.extend(rmp_serde::to_vec(&123_456u64).expect("body"));
     let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(&payload);
     frame

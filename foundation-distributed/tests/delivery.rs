@@ -258,11 +258,11 @@ enum MirrorWire {
     Topology {
         payload: Bytes,
     },
+    /// The application body follows the header, raw.
     Send {
         to_node: String,
         to_name: String,
         from: String,
-        body: Bytes,
     },
 }
 
@@ -271,9 +271,10 @@ fn send_frame(to: &str, from: &str, body: &str) -> Bytes {
         to_node: to.into(),
         to_name: "inbox".into(),
         from: from.into(),
-        body: Bytes::from(rmp_serde::to_vec(&body.to_string()).unwrap()),
     };
-    Bytes::from(rmp_serde::to_vec(&w).unwrap())
+    let mut v = rmp_serde::to_vec(&w).unwrap();
+    v.extend(rmp_serde::to_vec(&body.to_string()).unwrap());
+    Bytes::from(v)
 }
 
 /// A peer that authenticates as `mallory` (it knows the cluster secret but is not a

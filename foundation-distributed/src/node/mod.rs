@@ -78,7 +78,7 @@ use foundation_beam::core::telemetry::TaskGuard;
 use delivery::{AckedStreams, Attempt, Outcome, Slot};
 use link::{LinkContext, Links};
 use request::Requests;
-use wire::{encode, ReplyError, Wire};
+use wire::{encode, encode_with, ReplyError, Wire};
 
 /// A membership event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,9 +297,11 @@ fn incarnation() -> u64 {
 }
 
 fn body<T: Serialize + ?Sized>(v: &T) -> Result<Bytes> {
-    rmp_serde::to_vec(v)
-        .map(Bytes::from)
-        .map_err(|e| Error::InvalidArgument(format!("cannot encode message: {e}")))
+    rmp_serde::to_vec(v).map(Bytes::from).map_err(encode_error)
+}
+
+fn encode_error(e: rmp_serde::encode::Error) -> Error {
+    Error::InvalidArgument(format!("cannot encode message: {e}"))
 }
 
 /// Incarnations handed out in this process, so two nodes started in the same
@@ -568,9 +570,10 @@ impl Node {
             to_node: node.into(),
             to_name: name.into(),
             from: self.inner.name.clone(),
-            body: body(msg)?,
+            body: Bytes::new(),
         };
-        self.inner.forward(node, &wire, opts).await
+        let payload = encode_with(&wire, msg).map_err(encode_error)?;
+        self.inner.forward(node, payload, opts, false).await
     }
 
     /// Like [`send`](Self::send) but never waits: fails with [`Error::Full`] when the
@@ -587,9 +590,10 @@ impl Node {
             to_node: node.into(),
             to_name: name.into(),
             from: self.inner.name.clone(),
-            body: body(msg)?,
+            body: Bytes::new(),
         };
-        let r = self.inner.forward_now(node, encode(&wire), opts);
+        let payload = encode_with(&wire, msg).map_err(encode_error)?;
+        let r = self.inner.forward_now(node, payload, opts);
         match &r {
             Err(Error::Full { .. }) => self.inner.meters.dropped("try_send_full").increment(1),
             Err(_) => self
@@ -666,10 +670,13 @@ impl Node {
             to_node: node.into(),
             to_name: name.into(),
             from: self.inner.name.clone(),
-            body: body(msg)?,
+            body: Bytes::new(),
         };
+        let payload = encode_with(&wire, msg).map_err(encode_error)?;
         let deadline = Instant::now() + timeout;
-        match tokio::time::timeout_at(deadline, self.inner.forward(node, &wire, URGENT)).await {
+        match tokio::time::timeout_at(deadline, self.inner.forward(node, payload, URGENT, true))
+            .await
+        {
             Ok(r) => r?,
             Err(_) => {
                 return Err(Error::RequestTimeout {
@@ -721,9 +728,9 @@ impl Node {
             incarnation: self.inner.incarnation,
             id,
             to_name: name.into(),
-            body: body(msg)?,
+            body: Bytes::new(),
         };
-        let bytes = encode(&wire);
+        let bytes = encode_with(&wire, msg).map_err(encode_error)?;
         let targets = self.inner.topology.lock().broadcast_targets(None);
         for t in targets {
             let sent = match self.inner.links.get(&t).and_then(|l| l.current()) {
@@ -821,12 +828,22 @@ async fn dispatch(
     cancel: CancellationToken,
 ) {
     let _live = TaskGuard::new();
+    let mut moved = 0usize;
     loop {
         let msg = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             m = rx.recv() => match m { Some(m) => m, None => break },
         };
+        // Data channels yield every 64 KiB so that a busy bulk channel does not hold a
+        // worker while coordination work waits (coordination never yields voluntarily).
+        if may_wait {
+            moved += msg.payload.len();
+            if moved >= 64 * 1024 {
+                moved = 0;
+                tokio::task::yield_now().await;
+            }
+        }
         let Some(inner) = weak.upgrade() else { break };
         let wait = inner.on_inbound(msg, may_wait);
         drop(inner);
@@ -936,7 +953,13 @@ impl Inner {
 
     /// Sends towards `to`, waiting for the link (bounded) and for queue room. Only for
     /// callers' own tasks.
-    async fn forward(&self, to: &str, wire: &Wire, opts: SendOptions) -> Result<()> {
+    async fn forward(
+        &self,
+        to: &str,
+        payload: Bytes,
+        opts: SendOptions,
+        control: bool,
+    ) -> Result<()> {
         let hop = self.hop(to)?;
         let link = match self.links.get(&hop) {
             Some(l) => l,
@@ -953,12 +976,10 @@ impl Inner {
             }
         };
         let ch = link.ready(self.settings.link_wait).await?;
-        let payload = encode(wire);
-        let channel = if matches!(wire, Wire::Request { .. } | Wire::Reply { .. }) {
-            COORDINATION.to_string()
-        } else {
-            self.channel_for(opts, payload.len())
-        };
+        if control {
+            return ch.send(COORDINATION, opts.key, payload).await;
+        }
+        let channel = self.channel_for(opts, payload.len());
         ch.send(&channel, opts.key, payload).await
     }
 
@@ -1202,7 +1223,7 @@ impl Inner {
                 body: r,
             };
             // The handler's own task: it may wait for the link and for queue room.
-            if inner.forward(&from, &w, URGENT).await.is_err() {
+            if inner.forward(&from, encode(&w), URGENT, true).await.is_err() {
                 inner.meters.dropped("reply_failed").increment(1);
             }
         });
@@ -1223,7 +1244,7 @@ impl Inner {
                 self.requests.spawn(async move {
                     let _permit = permit;
                     let Some(inner) = weak.upgrade() else { return };
-                    if inner.forward(&to, &w, URGENT).await.is_err() {
+                    if inner.forward(&to, encode(&w), URGENT, true).await.is_err() {
                         inner.meters.dropped("reply_failed").increment(1);
                     }
                 });

@@ -1,5 +1,9 @@
 //! The node protocol: one MessagePack enum, encoded positionally (compact; both ends run
 //! the same protocol version, checked by the transport handshake).
+//!
+//! An application body is not part of the MessagePack value: it follows it, raw, to the
+//! end of the frame. Encoding serializes the application value straight after the header
+//! (no intermediate buffer); decoding slices the body out of the received frame (no copy).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -30,6 +34,7 @@ pub(crate) enum Wire {
         to_node: String,
         to_name: String,
         from: String,
+        #[serde(skip)]
         body: Bytes,
     },
     /// A request; `incarnation` is the requester's.
@@ -39,6 +44,7 @@ pub(crate) enum Wire {
         to_node: String,
         to_name: String,
         from: String,
+        #[serde(skip)]
         body: Bytes,
     },
     /// The reply to request `id` of `to_node`, from `from`.
@@ -54,6 +60,7 @@ pub(crate) enum Wire {
         incarnation: u64,
         id: u64,
         to_name: String,
+        #[serde(skip)]
         body: Bytes,
     },
     /// An acknowledged message: sequence `seq` of the stream from `from` (at
@@ -65,6 +72,7 @@ pub(crate) enum Wire {
         seq: u64,
         base: u64,
         to_name: String,
+        #[serde(skip)]
         body: Bytes,
     },
     /// Cumulative acknowledgement: `from` has delivered everything up to `upto` of the
@@ -119,10 +127,105 @@ impl Wire {
     }
 }
 
-pub(crate) fn encode(w: &Wire) -> Bytes {
-    Bytes::from(rmp_serde::to_vec(w).expect("wire messages always encode"))
+impl Wire {
+    fn body(&self) -> Option<&Bytes> {
+        match self {
+            Wire::Send { body, .. }
+            | Wire::Request { body, .. }
+            | Wire::Broadcast { body, .. }
+            | Wire::Acked { body, .. } => Some(body),
+            _ => None,
+        }
+    }
+
+    fn body_mut(&mut self) -> Option<&mut Bytes> {
+        match self {
+            Wire::Send { body, .. }
+            | Wire::Request { body, .. }
+            | Wire::Broadcast { body, .. }
+            | Wire::Acked { body, .. } => Some(body),
+            _ => None,
+        }
+    }
 }
 
-pub(crate) fn decode(b: &[u8]) -> Option<Wire> {
-    rmp_serde::from_slice(b).ok()
+/// Encodes `w`, its body (if any) after it.
+pub(crate) fn encode(w: &Wire) -> Bytes {
+    let body = w.body().map_or(0, Bytes::len);
+    let mut v = Vec::with_capacity(48 + body);
+    rmp_serde::encode::write(&mut v, w).expect("wire messages always encode");
+    if let Some(b) = w.body() {
+        v.extend_from_slice(b);
+    }
+    Bytes::from(v)
+}
+
+/// Encodes `w` (whose body is empty) followed by `msg` serialized as its body.
+pub(crate) fn encode_with<T: Serialize + ?Sized>(
+    w: &Wire,
+    msg: &T,
+) -> Result<Bytes, rmp_serde::encode::Error> {
+    let mut v = Vec::with_capacity(64);
+    rmp_serde::encode::write(&mut v, w).expect("wire messages always encode");
+    rmp_serde::encode::write(&mut v, msg)?;
+    Ok(Bytes::from(v))
+}
+
+/// Decodes a frame; the body is a zero-copy slice of `b`.
+pub(crate) fn decode(b: &Bytes) -> Option<Wire> {
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(&b[..]));
+    let mut w = Wire::deserialize(&mut de).ok()?;
+    let at = usize::try_from(de.position()).ok()?;
+    match w.body_mut() {
+        Some(body) => *body = b.slice(at..),
+        None if at != b.len() => return None,
+        None => {}
+    }
+    Some(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_follow_the_header_and_come_back_as_slices() {
+        let w = Wire::Send {
+            to_node: "b".into(),
+            to_name: "inbox".into(),
+            from: "a".into(),
+            body: Bytes::new(),
+        };
+        let bytes = encode_with(&w, &(1u8, "two")).unwrap();
+        match decode(&bytes).unwrap() {
+            Wire::Send { to_node, body, .. } => {
+                assert_eq!(to_node, "b");
+                let v: (u8, String) = rmp_serde::from_slice(&body).unwrap();
+                assert_eq!(v, (1, "two".to_string()));
+            }
+            other => panic!("{other:?}"),
+        }
+        let b = Wire::Broadcast {
+            origin: "a".into(),
+            incarnation: 7,
+            id: 9,
+            to_name: "n".into(),
+            body: Bytes::from_static(b"raw"),
+        };
+        match decode(&encode(&b)).unwrap() {
+            Wire::Broadcast { id, body, .. } => assert_eq!((id, &body[..]), (9, &b"raw"[..])),
+            other => panic!("{other:?}"),
+        }
+        let hb = encode(&Wire::Heartbeat {
+            incarnation: 1,
+            version: 2,
+        });
+        assert!(decode(&hb).is_some());
+        let mut trailing = hb.to_vec();
+        trailing.push(0);
+        assert!(
+            decode(&Bytes::from(trailing)).is_none(),
+            "junk after a bodiless message"
+        );
+    }
 }
