@@ -36,10 +36,13 @@ impl Inner {
     /// reaches its neighbours with its next heartbeat).
     pub(super) fn on_heartbeat(self: &Arc<Self>, peer: &str, incarnation: u64, version: u64) {
         let now = Instant::now();
-        self.detector.lock().heartbeat(&peer.to_string(), now);
         let newer = {
             let view = self.view.lock();
-            view.get(peer).and_then(|known| {
+            let Some(known) = view.get(peer).filter(|_| peer != self.name) else {
+                return; // only members are watched
+            };
+            self.detector.lock().heartbeat(&peer.to_string(), now);
+            Some(known).and_then(|known| {
                 let newer = (incarnation, version) > (known.incarnation, known.version);
                 newer.then(|| Update {
                     incarnation,
@@ -100,7 +103,11 @@ impl Inner {
                 ViewEvent::Restarted(n) => {
                     // A new run of the node: forget what we measured of the old one.
                     self.watch_fresh(&n);
-                    self.acked.inc.lock().retain(|(from, _), _| *from != n);
+                    let current = self.view.lock().get(&n).map_or(0, |u| u.incarnation);
+                    self.acked
+                        .inc
+                        .lock()
+                        .retain(|(from, inc), _| *from != n || *inc >= current);
                     if let Some(l) = self.links.get(&n) {
                         l.poke();
                     }

@@ -132,9 +132,17 @@ pub const URGENT_CHANNEL: &str = "urgent";
 /// The node's default channel table: `coordination` (node traffic, requests and replies;
 /// high, 3 connections), `urgent` (urgent application messages; high, 2), `messages`
 /// (application messages; medium, 2), `gossip` (background; low, 1) and `bulk_data`
-/// (large payloads; medium, 5).
+/// (large payloads; medium, 5, 64 messages of queue per connection), with 512 messages of
+/// inbound queue per channel. Queues count messages: the bulk ones are kept short so that
+/// at most 5 × 64 large messages wait per peer on each side.
 pub fn default_channels() -> ChannelSettings {
     let mut c = ChannelSettings::default();
+    for spec in &mut c.channels {
+        if spec.name == crate::channel::BULK_DATA {
+            spec.queue_capacity = 64;
+        }
+    }
+    c.inbox_capacity = 512;
     c.channels
         .push(ChannelSpec::new(URGENT_CHANNEL, Priority::High, 2));
     c.channels
