@@ -66,6 +66,7 @@
 //! };
 //! let (a, b) = (node("a").await.unwrap(), node("b").await.unwrap());
 //! b.join(&[a.addr()]).await.unwrap();
+//! while a.members().len() < 2 { tokio::time::sleep(Duration::from_millis(10)).await }
 //! let (ra, rb) = (Remote::start(&a), Remote::start(&b));
 //!
 //! rb.register("counter", &spawn(Counter(0))).unwrap();
