@@ -604,3 +604,30 @@ async fn a_call_in_flight_fails_with_noconnection_when_the_node_becomes_unreacha
     );
     assert!(w.is_alive(), "the process itself is fine, only unreachable");
 }
+
+#[tokio::test(start_paused = true)]
+async fn monitors_and_links_work_for_a_process_on_this_node_too() {
+    let (_a, ra, _b, _rb) = pair(None).await;
+    let (w, _) = worker();
+    ra.register("here", &w).unwrap();
+    let r = ra.process::<Msg>("a", "here");
+    let mut m = r.monitor().await;
+    let local = spawn_fn(
+        |mut inbox: foundation_distributed::beam::process::Inbox<()>| async move {
+            while inbox.recv().await.is_some() {}
+        },
+    );
+    let mut local_exit = local.monitor();
+    r.link(&local).await.unwrap();
+    r.send(&Cast::Fail).await.unwrap();
+    assert_eq!(
+        m.wait().await,
+        RemoteExitReason::Failed("asked to fail".into())
+    );
+    match local_exit.wait().await {
+        ExitReason::Linked { reason, .. } => {
+            assert!(reason.to_string().contains("asked to fail"), "{reason}")
+        }
+        other => panic!("expected a link exit, got {other}"),
+    }
+}

@@ -42,6 +42,7 @@ type CastFn = Box<dyn Fn(Bytes, bool) -> Result<(), Failure> + Send + Sync>;
 type CallFn =
     Box<dyn Fn(Bytes, bool, Duration) -> BoxFuture<'static, Result<Bytes, Failure>> + Send + Sync>;
 type LinkFn = Box<dyn Fn(&Handle<ProxyExit>) + Send + Sync>;
+type MonitorFn = Box<dyn Fn() -> Monitor + Send + Sync>;
 
 /// A process exported under a name on this node.
 pub(crate) struct Export {
@@ -49,6 +50,7 @@ pub(crate) struct Export {
     cast: CastFn,
     call: CallFn,
     link: LinkFn,
+    monitor: MonitorFn,
     watchers: Mutex<Watchers>,
 }
 
@@ -318,6 +320,16 @@ impl Shared {
         }
     }
 
+    /// Sends a control signal to `node` (handled at once if that is this node), waiting
+    /// for room in the outbound queue but not for the network.
+    async fn send_signal(&self, node: String, s: Signal) {
+        if node == self.me {
+            self.on_signal(node, s, false);
+        } else if self.outbound.send((node, s)).await.is_err() {
+            self.metrics.signal_lost("closed");
+        }
+    }
+
     /// Queues a control signal for `node` without waiting; counted if the queue is full.
     fn signal(&self, node: &str, s: Signal) {
         if self.outbound.try_send((node.to_string(), s)).is_err() {
@@ -377,11 +389,14 @@ impl Shared {
         });
         let h = handle.clone();
         let link: LinkFn = Box::new(move |proxy| h.link(proxy));
+        let h = handle.clone();
+        let monitor: MonitorFn = Box::new(move || h.monitor());
         let export = Arc::new(Export {
             id,
             cast,
             call,
             link,
+            monitor,
             watchers: Mutex::new(Watchers::Running(Vec::new())),
         });
         {
@@ -448,9 +463,7 @@ impl Shared {
                     )
                 }
             };
-            if self.outbound.send((node, s)).await.is_err() {
-                self.metrics.signal_lost("closed");
-            }
+            self.send_signal(node, s).await;
         }
         self.release_names_of(id).await;
     }
@@ -850,6 +863,9 @@ impl Shared {
                 node: node.to_string(),
             });
         }
+        if node == self.me {
+            return self.link_local(local, name);
+        }
         let link = LinkId {
             origin: self.me.clone(),
             id: self.next_id(),
@@ -869,13 +885,10 @@ impl Shared {
             to: name.to_string(),
             link: link.clone(),
         };
-        let reply = if node == self.me {
-            Ok(self.on_control(self.me.clone(), c).await)
-        } else {
-            self.node
-                .request::<_, ControlReply>(node, CONTROL, &c, SETUP_TIMEOUT)
-                .await
-        };
+        let reply = self
+            .node
+            .request::<_, ControlReply>(node, CONTROL, &c, SETUP_TIMEOUT)
+            .await;
         let err = match reply {
             Ok(ControlReply::Done) => None,
             Ok(ControlReply::Failed(f)) => Some(f.into_error(node, name, SETUP_TIMEOUT)),
@@ -903,11 +916,41 @@ impl Shared {
                     link,
                     reason: RemoteExitReason::from(&reason),
                 };
-                if node == s.me {
-                    s.on_signal(s.me.clone(), sig, true);
-                } else if s.outbound.send((node, sig)).await.is_err() {
-                    s.metrics.signal_lost("closed");
-                }
+                s.send_signal(node, sig).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Links `local` with the process exported as `name` on this node: one stand-in
+    /// linked to both, so an abnormal exit of either reaches the other through it.
+    fn link_local<N: Send + 'static>(&self, local: &Handle<N>, name: &str) -> RemoteResult<()> {
+        let no_process = || RemoteError::NoProcess {
+            node: self.me.clone(),
+            name: name.to_string(),
+        };
+        let export = self.export_of(name).ok_or_else(no_process)?;
+        let proxy = spawn(LinkProxy {
+            remote: format!("`{name}` on this node"),
+        });
+        {
+            let w = export.watchers.lock();
+            if matches!(*w, Watchers::Exited(_)) {
+                return Err(no_process());
+            }
+            (export.link)(&proxy);
+        }
+        local.link(&proxy);
+        let (mut lm, mut em, mut pm) = (local.monitor(), (export.monitor)(), proxy.monitor());
+        self.spawn(async move {
+            let _keep = proxy; // the stand-in lives while both ends do
+            let abnormal = tokio::select! {
+                r = lm.wait() => r.is_abnormal(),
+                r = em.wait() => r.is_abnormal(),
+            };
+            if abnormal {
+                // The failure is on its way through the stand-in; let it pass.
+                pm.wait().await;
             }
         });
         Ok(())
