@@ -56,7 +56,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let net = MemoryNetwork::new();
-//! let node = |name: &str| {
+//! let node = |name: &'static str| {
 //!     let t = MemoryTransport::new(&net, TransportSettings {
 //!         cluster: "doc".into(), node: name.into(),
 //!         secret: ClusterSecret::new("doc-example-secret-0123456789"), ..Default::default()
