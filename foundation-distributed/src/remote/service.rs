@@ -159,9 +159,12 @@ pub(crate) fn map_node_error(
             name: name.to_string(),
             after,
         },
-        crate::Error::UnknownNode { .. } => RemoteError::NoConnection {
-            node: node.to_string(),
-        },
+        crate::Error::UnknownNode { .. } | crate::Error::NotConnected { .. } => {
+            RemoteError::NoConnection {
+                node: node.to_string(),
+            }
+        }
+        crate::Error::NodeShutDown { .. } => RemoteError::Closed,
         e => RemoteError::Node(e),
     }
 }
