@@ -17,6 +17,7 @@ pub mod error;
 pub mod interpose;
 pub mod membership;
 pub mod node;
+pub mod remote;
 pub mod topology;
 pub mod transport;
 
@@ -35,4 +36,5 @@ pub fn describe_metrics() {
     channel::describe_metrics();
     interpose::describe_metrics();
     node::describe_metrics();
+    remote::describe_metrics();
 }
