@@ -17,6 +17,7 @@ pub mod error;
 pub mod interpose;
 pub mod membership;
 pub mod node;
+pub mod overlay;
 pub mod topology;
 pub mod transport;
 
