@@ -13,6 +13,7 @@
 //!   [`PubSub`], one swarm per topic.
 //! * [`sim`] — the simulator: latency, loss and crash models; reliability, RMR, last
 //!   delivery hop.
+//! * [`service`] — HyParView as a node's [`PeerService`](crate::topology::PeerService).
 //! * [`selector`] — picks a topology from cluster size, latency and workload, with
 //!   hysteresis and a cooldown.
 //!
@@ -34,6 +35,7 @@
 pub mod hyparview;
 pub mod plumtree;
 pub mod selector;
+pub mod service;
 pub mod sim;
 pub mod swarm;
 
