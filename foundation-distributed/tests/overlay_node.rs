@@ -1,0 +1,187 @@
+//! HyParView driving real nodes on the in-memory transport through the `PeerService`
+//! hooks: bounded active views, broadcast over the overlay, repair after a crash.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use foundation_distributed::node::{Node, NodeSettings};
+use foundation_distributed::overlay::service::HyParViewService;
+use foundation_distributed::overlay::HyParViewConfig;
+use foundation_distributed::topology::{Change, Member, PeerService, Role, TopologyKind};
+use foundation_distributed::transport::{
+    ClusterSecret, MemoryNetwork, MemoryTransport, Transport, TransportSettings,
+};
+use parking_lot::Mutex;
+
+/// The adapter, with its active view mirrored where the test can see it.
+#[derive(Debug)]
+struct Observed {
+    inner: HyParViewService,
+    view: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Observed {
+    fn sync(&self) {
+        *self.view.lock() = self.inner.wanted();
+    }
+}
+
+impl PeerService for Observed {
+    fn kind(&self) -> TopologyKind {
+        self.inner.kind()
+    }
+    fn update(&mut self, change: Change) {
+        self.inner.update(change);
+        self.sync();
+    }
+    fn wanted(&self) -> BTreeSet<String> {
+        self.inner.wanted()
+    }
+    fn next_hop(&self, to: &str) -> Option<String> {
+        self.inner.next_hop(to)
+    }
+    fn broadcast_targets(&self, from: Option<&str>) -> Vec<String> {
+        self.inner.broadcast_targets(from)
+    }
+    fn alive(&self) -> Vec<Member> {
+        self.inner.alive()
+    }
+    fn on_message(&mut self, from: &str, payload: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let out = self.inner.on_message(from, payload);
+        self.sync();
+        out
+    }
+    fn tick(&mut self) -> Vec<(String, Vec<u8>)> {
+        let out = self.inner.tick();
+        self.sync();
+        out
+    }
+}
+
+async fn node(net: &MemoryNetwork, name: &str) -> (Node, Arc<Mutex<BTreeSet<String>>>) {
+    let ts = TransportSettings {
+        cluster: "overlay".into(),
+        node: name.into(),
+        secret: ClusterSecret::new("0123456789abcdef-secret"),
+        ..TransportSettings::default()
+    };
+    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, ts).unwrap());
+    let settings = NodeSettings {
+        listen: format!("mem://{name}"),
+        ..NodeSettings::default()
+    };
+    let heartbeat = settings.heartbeat;
+    let n = Node::start(t, name, settings).await.unwrap();
+    let view = Arc::new(Mutex::new(BTreeSet::new()));
+    let config = HyParViewConfig {
+        active_capacity: 3,
+        passive_capacity: 8,
+        ..HyParViewConfig::default()
+    };
+    n.install_topology(Box::new(Observed {
+        inner: HyParViewService::new(name, &[Member::new(name, Role::Peer)], config, heartbeat),
+        view: view.clone(),
+    }));
+    (n, view)
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..800 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("not reached within 20 s: {what}");
+}
+
+fn connected(views: &[(String, Arc<Mutex<BTreeSet<String>>>)], dead: &BTreeSet<String>) -> bool {
+    let live: Vec<&(String, _)> = views.iter().filter(|(n, _)| !dead.contains(n)).collect();
+    let mut seen = BTreeSet::from([live[0].0.clone()]);
+    let mut stack = vec![live[0].0.clone()];
+    while let Some(n) = stack.pop() {
+        let view = views
+            .iter()
+            .find(|(m, _)| *m == n)
+            .unwrap()
+            .1
+            .lock()
+            .clone();
+        for p in view {
+            if !dead.contains(&p) && seen.insert(p.clone()) {
+                stack.push(p);
+            }
+        }
+    }
+    seen.len() == live.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyparview_nodes_broadcast_over_bounded_views_and_repair() {
+    const N: usize = 12;
+    let net = MemoryNetwork::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut views = Vec::new();
+    for i in 0..N {
+        let name = format!("n{i:02}");
+        let (n, v) = node(&net, &name).await;
+        if i > 0 {
+            n.join(&[nodes[0].addr()]).await.unwrap();
+        }
+        views.push((name, v));
+        nodes.push(n);
+    }
+    let none = BTreeSet::new();
+    eventually("a connected overlay", || connected(&views, &none)).await;
+    for (name, v) in &views {
+        let len = v.lock().len();
+        assert!((1..=3).contains(&len), "{name} active view {len}");
+    }
+
+    let mut inboxes: Vec<_> = nodes.iter().map(|n| n.register::<u64>("news")).collect();
+    nodes[5].broadcast("news", &1u64).await.unwrap();
+    for (i, inbox) in inboxes.iter_mut().enumerate() {
+        if i != 5 {
+            let got = tokio::time::timeout(Duration::from_secs(20), inbox.recv())
+                .await
+                .unwrap_or_else(|_| panic!("n{i:02} missed the broadcast"));
+            assert_eq!(got.unwrap().1, 1);
+        }
+    }
+
+    // Crash a third; the failure detector reports them down, HyParView repairs.
+    let mut dead = BTreeSet::new();
+    for i in (1..N).step_by(3) {
+        nodes[i].shutdown().await;
+        dead.insert(format!("n{i:02}"));
+    }
+    eventually("the overlay repaired around the crashed nodes", || {
+        connected(&views, &dead)
+            && views
+                .iter()
+                .filter(|(n, _)| !dead.contains(n))
+                .all(|(_, v)| v.lock().iter().all(|p| !dead.contains(p)) && !v.lock().is_empty())
+    })
+    .await;
+    nodes[0].broadcast("news", &2u64).await.unwrap();
+    for (i, inbox) in inboxes.iter_mut().enumerate() {
+        if i == 0 || dead.contains(&format!("n{i:02}")) {
+            continue;
+        }
+        loop {
+            let got = tokio::time::timeout(Duration::from_secs(20), inbox.recv())
+                .await
+                .unwrap_or_else(|_| panic!("n{i:02} missed the second broadcast"))
+                .unwrap();
+            if got.1 == 2 {
+                break;
+            }
+        }
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        if !dead.contains(&format!("n{i:02}")) {
+            n.shutdown().await;
+        }
+    }
+}
