@@ -185,3 +185,151 @@ async fn hyparview_nodes_broadcast_over_bounded_views_and_repair() {
         }
     }
 }
+
+/// The issue's in-process run: `N` nodes (default 1,000; `FOUNDATION_OVERLAY_NODES`
+/// overrides) on the in-memory transport running HyParView; a broadcast; half of them cut
+/// off at once (all their traffic dropped, as in a crash); a broadcast after repair.
+/// Prints the figures. Run with:
+///
+/// ```text
+/// cargo test -p foundation-distributed --release --test overlay_node -- --ignored --nocapture
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy: 1,000 nodes in one process; run explicitly"]
+async fn thousand_nodes_in_one_process() {
+    use foundation_distributed::interpose::{Fault, Interposer, Rule};
+    use tokio::time::Instant;
+
+    let n: usize = std::env::var("FOUNDATION_OVERLAY_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let rss = || foundation_distributed::core::telemetry::resident_memory_bytes();
+    let rss0 = rss().unwrap_or(0);
+    let t0 = Instant::now();
+    let net = MemoryNetwork::new();
+    let faults = Arc::new(Interposer::with_seed(1));
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut views = Vec::new();
+    for i in 0..n {
+        let name = format!("n{i:04}");
+        let ts = TransportSettings {
+            cluster: "overlay".into(),
+            node: name.clone(),
+            secret: ClusterSecret::new("0123456789abcdef-secret"),
+            ..TransportSettings::default()
+        };
+        let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, ts).unwrap());
+        let settings = NodeSettings {
+            listen: format!("mem://{name}"),
+            heartbeat: Duration::from_millis(500),
+            interposer: Some(faults.clone()),
+            ..NodeSettings::default()
+        };
+        let heartbeat = settings.heartbeat;
+        let node = Node::start(t, &name, settings).await.unwrap();
+        let view = Arc::new(Mutex::new(BTreeSet::new()));
+        node.install_topology(Box::new(Observed {
+            inner: HyParViewService::new(
+                &name,
+                &[Member::new(&name, Role::Peer)],
+                HyParViewConfig::default(),
+                heartbeat,
+            ),
+            view: view.clone(),
+        }));
+        if i > 0 {
+            node.join(&[nodes[i / 2].addr()]).await.unwrap();
+        }
+        views.push((name, view));
+        nodes.push(node);
+    }
+    let none = BTreeSet::new();
+    for _ in 0..2400 {
+        if connected(&views, &none) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let formed = t0.elapsed();
+    assert!(connected(&views, &none), "overlay not connected");
+    let links: usize = views.iter().map(|(_, v)| v.lock().len()).sum::<usize>() / 2;
+    let rss_formed = rss().unwrap_or(0);
+    println!(
+        "\n{n} nodes: overlay connected after {:.1} s; {links} active links (full mesh: {}); RSS {:.1} MiB ({:.1} KiB per node)",
+        formed.as_secs_f64(),
+        n * (n - 1) / 2,
+        rss_formed as f64 / 1048576.0,
+        (rss_formed.saturating_sub(rss0)) as f64 / 1024.0 / n as f64
+    );
+
+    let mut inboxes: Vec<_> = nodes.iter().map(|x| x.register::<u64>("news")).collect();
+    let reach = |inboxes: &mut Vec<tokio::sync::mpsc::Receiver<(String, u64)>>,
+                 skip: &BTreeSet<usize>,
+                 want: u64| {
+        let mut got = 0;
+        for (i, inbox) in inboxes.iter_mut().enumerate() {
+            if skip.contains(&i) {
+                continue;
+            }
+            while let Ok((_, v)) = inbox.try_recv() {
+                if v == want {
+                    got += 1;
+                }
+            }
+        }
+        got
+    };
+    let t = Instant::now();
+    nodes[0].broadcast("news", &1u64).await.unwrap();
+    let origin = BTreeSet::from([0usize]);
+    let mut reached = 0;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reached += reach(&mut inboxes, &origin, 1);
+        if reached == n - 1 {
+            break;
+        }
+    }
+    println!(
+        "broadcast 1: {reached}/{} reached in {:.2} s",
+        n - 1,
+        t.elapsed().as_secs_f64()
+    );
+
+    // Cut off half at once.
+    let victims: Vec<String> = (0..n)
+        .filter(|i| i % 2 == 1)
+        .map(|i| format!("n{i:04}"))
+        .collect();
+    let refs: Vec<&str> = victims.iter().map(String::as_str).collect();
+    faults.add(Rule::new(Fault::Partition).from(&refs));
+    faults.add(Rule::new(Fault::Partition).to(&refs));
+    let dead: BTreeSet<String> = victims.iter().cloned().collect();
+    let skip: BTreeSet<usize> = (0..n).filter(|i| i % 2 == 1 || *i == 0).collect();
+    let t_fail = Instant::now();
+    let mut round = 0u64;
+    let survivors = n - victims.len() - 1;
+    loop {
+        round += 1;
+        let value = 100 + round;
+        nodes[0].broadcast("news", &value).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let got = reach(&mut inboxes, &skip, value);
+        println!(
+            "after the cut, round {round} at {:.1} s: {got}/{survivors} survivors reached ({:.1}%); overlay connected among survivors: {}",
+            t_fail.elapsed().as_secs_f64(),
+            100.0 * got as f64 / survivors as f64,
+            connected(&views, &dead)
+        );
+        if got as f64 >= 0.99 * survivors as f64 || round == 30 {
+            break;
+        }
+    }
+    println!("total {:.1} s", t0.elapsed().as_secs_f64());
+    let ok = round < 30;
+    for x in &nodes {
+        x.shutdown().await;
+    }
+    assert!(ok, "survivors not reached after 30 rounds");
+}
