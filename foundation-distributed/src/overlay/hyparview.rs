@@ -19,6 +19,15 @@
 //!   on a random walk of `shuffle_walk` hops; the node where the walk ends answers with as
 //!   many of its passive peers, and both merge what they got into their passive views,
 //!   evicting first the entries they sent.
+//! * **Symmetry check** (ours): with each shuffle, a node sends a low-priority `Neighbor`
+//!   to each active peer; a peer that no longer holds the link and has no room refuses,
+//!   and the one-sided link is dropped; a peer that does not answer within
+//!   `neighbor_timeout` counts as failed. Needed where the transport may reorder messages
+//!   or a failure goes unreported.
+//! * **Escalation** (ours): a node with fewer than half its active slots filled whose
+//!   low-priority requests were refused since the last repair tick sends one high-priority
+//!   request on the next tick, so a small group surrounded by full nodes is not left cut
+//!   off.
 //!
 //! The state machine does no I/O and reads no clock or randomness of its own: the driver
 //! passes each [`Input`] with the current time and a random source, and carries out the
@@ -200,6 +209,10 @@ pub enum HvOutput<P> {
     NeighborUp(P),
     /// `P` left the active view.
     NeighborDown(P),
+    /// Both views are empty and the contact is gone: the driver should feed
+    /// [`HvInput::Join`] with a live member it knows of (a seed, the node's membership).
+    /// Emitted on each repair tick while it lasts.
+    Isolated,
 }
 
 /// Counters for metrics: monotonic totals since creation.
@@ -223,6 +236,10 @@ pub struct HvStats {
     pub failures: u64,
     /// Peers promoted from the passive view to the active view after a failure or eviction.
     pub promotions: u64,
+    /// High-priority requests sent by a starved node (see the module docs).
+    pub escalations: u64,
+    /// Active peers dropped because they did not answer a symmetry check.
+    pub unanswered_checks: u64,
 }
 
 /// The HyParView state machine of one node. See the [module docs](self).
@@ -234,6 +251,8 @@ pub struct HyParView<P> {
     passive: Vec<P>,
     /// Outstanding `Neighbor` requests: (peer, token).
     pending: Vec<(P, u64)>,
+    /// Outstanding symmetry checks of active peers: (peer, token).
+    checks: Vec<(P, u64)>,
     /// Candidates that rejected us since the last repair timer.
     rejected: Vec<P>,
     /// What we sent in our last shuffle (evicted first when the reply arrives).
@@ -256,6 +275,7 @@ impl<P: PeerId> HyParView<P> {
             active: Vec::new(),
             passive: Vec::new(),
             pending: Vec::new(),
+            checks: Vec::new(),
             rejected: Vec::new(),
             last_shuffle: Vec::new(),
             contact: None,
@@ -410,6 +430,7 @@ impl<P: PeerId> HyParView<P> {
                 }
             }
             HvMessage::NeighborReply { accepted } => {
+                self.checks.retain(|(p, _)| *p != from);
                 let was_pending = self.take_pending(&from);
                 if accepted {
                     if was_pending || self.active.contains(&from) {
@@ -427,6 +448,12 @@ impl<P: PeerId> HyParView<P> {
                         self.add_passive(from, &[], rng);
                     }
                 } else {
+                    if let Some(i) = self.active.iter().position(|p| *p == from) {
+                        // A symmetry check refused: the link was one-sided.
+                        self.active.swap_remove(i);
+                        out.push(HvOutput::NeighborDown(from.clone()));
+                        self.add_passive(from.clone(), &[], rng);
+                    }
                     if !self.rejected.contains(&from) {
                         self.rejected.push(from);
                     }
@@ -487,6 +514,27 @@ impl<P: PeerId> HyParView<P> {
                     after: self.config.shuffle_interval,
                     timer: HvTimer::Shuffle,
                 });
+                // Symmetry check: links are meant to be two-sided, but a transport that
+                // reorders (parallel connections) can leave one side holding a link the
+                // other dropped. A low-priority `Neighbor` to each active peer is accepted
+                // where the link stands (or there is room) and refused otherwise, which
+                // removes the one-sided link here.
+                for p in self.active.clone() {
+                    if self.checks.iter().any(|(x, _)| *x == p) {
+                        continue;
+                    }
+                    let token = self.next_token;
+                    self.next_token += 1;
+                    self.checks.push((p.clone(), token));
+                    out.push(HvOutput::Send {
+                        to: p.clone(),
+                        msg: HvMessage::Neighbor { high: false },
+                    });
+                    out.push(HvOutput::SetTimer {
+                        after: self.config.neighbor_timeout,
+                        timer: HvTimer::NeighborTimeout(p, token),
+                    });
+                }
                 let Some(to) = pick(&self.active, rng, |_| true) else {
                     return;
                 };
@@ -516,14 +564,42 @@ impl<P: PeerId> HyParView<P> {
                     after: self.config.repair_interval,
                     timer: HvTimer::Repair,
                 });
+                // Starved (fewer than half the active slots) and refused since the last
+                // tick: ask one refusing candidate with high priority. Low-priority
+                // requests are refused by full nodes, so without this a small group whose
+                // neighbours are all full would stay cut off.
+                let starved =
+                    !self.active.is_empty() && self.active.len() * 2 < self.config.active_capacity;
+                if starved {
+                    let passive = &self.passive;
+                    let pending = &self.pending;
+                    if let Some(c) = pick(&self.rejected, rng, |p| {
+                        passive.contains(p) && !pending.iter().any(|(x, _)| x == p)
+                    }) {
+                        let token = self.next_token;
+                        self.next_token += 1;
+                        self.stats.escalations += 1;
+                        self.stats.neighbor_requests += 1;
+                        self.pending.push((c.clone(), token));
+                        out.push(HvOutput::Send {
+                            to: c.clone(),
+                            msg: HvMessage::Neighbor { high: true },
+                        });
+                        out.push(HvOutput::SetTimer {
+                            after: self.config.neighbor_timeout,
+                            timer: HvTimer::NeighborTimeout(c, token),
+                        });
+                    }
+                }
                 self.rejected.clear();
                 if self.active.is_empty() && self.passive.is_empty() && self.pending.is_empty() {
-                    // Isolated: go back to the contact.
-                    if let Some(c) = self.contact.clone() {
-                        out.push(HvOutput::Send {
+                    // Isolated: go back to the contact, or ask the driver for one.
+                    match self.contact.clone() {
+                        Some(c) => out.push(HvOutput::Send {
                             to: c,
                             msg: HvMessage::Join,
-                        });
+                        }),
+                        None => out.push(HvOutput::Isolated),
                     }
                 }
                 self.fill(rng, out);
@@ -537,6 +613,17 @@ impl<P: PeerId> HyParView<P> {
                     self.pending.swap_remove(i);
                     self.passive.retain(|p| *p != peer);
                     self.fill(rng, out);
+                } else if let Some(i) = self
+                    .checks
+                    .iter()
+                    .position(|(p, t)| *p == peer && *t == token)
+                {
+                    // An active peer that does not answer is treated as failed.
+                    self.checks.swap_remove(i);
+                    if self.active.contains(&peer) {
+                        self.stats.unanswered_checks += 1;
+                        self.on_failed(peer, rng, out);
+                    }
                 }
             }
         }
@@ -544,7 +631,11 @@ impl<P: PeerId> HyParView<P> {
 
     fn on_failed(&mut self, p: P, rng: &mut dyn RngCore, out: &mut Vec<HvOutput<P>>) {
         self.stats.failures += 1;
+        if self.contact.as_ref() == Some(&p) {
+            self.contact = None;
+        }
         self.take_pending(&p);
+        self.checks.retain(|(x, _)| *x != p);
         self.passive.retain(|x| *x != p);
         self.rejected.retain(|x| *x != p);
         if let Some(i) = self.active.iter().position(|x| *x == p) {
@@ -926,7 +1017,10 @@ mod tests {
         }
         out.clear();
         hv.handle(HvInput::Timer(HvTimer::Shuffle), &mut rng, &mut out);
-        let s = sends(&out);
+        let (checks, s): (Vec<_>, Vec<_>) = sends(&out)
+            .into_iter()
+            .partition(|(_, m)| *m == HvMessage::Neighbor { high: false });
+        assert_eq!(checks, vec![(1, HvMessage::Neighbor { high: false })]);
         match s.as_slice() {
             [(
                 1,
@@ -942,5 +1036,34 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_refused_symmetry_check_drops_the_one_sided_link() {
+        let mut rng = SmallRng::seed_from_u64(6);
+        let mut hv = HyParView::new(0u32, HyParViewConfig::default());
+        let mut out = Vec::new();
+        for p in [1, 2] {
+            hv.handle(
+                HvInput::Message {
+                    from: p,
+                    msg: HvMessage::Neighbor { high: false },
+                },
+                &mut rng,
+                &mut out,
+            );
+        }
+        out.clear();
+        hv.handle(
+            HvInput::Message {
+                from: 2,
+                msg: HvMessage::NeighborReply { accepted: false },
+            },
+            &mut rng,
+            &mut out,
+        );
+        assert_eq!(hv.active(), &[1]);
+        assert!(hv.passive().contains(&2));
+        assert!(out.contains(&HvOutput::NeighborDown(2)));
     }
 }

@@ -9,7 +9,8 @@
 //! * [`next_hop`](PeerService::next_hop) to a live member outside the active view is the
 //!   member itself: the node opens a transient direct connection (shuffle replies need one
 //!   too). Routing through the overlay instead is not implemented.
-//! * Membership from the node: the first member that joins is the contact (`Join`);
+//! * Membership from the node: the first member that joins is the contact (`Join`); an
+//!   isolated node (both views empty, contact gone) rejoins through a random live member;
 //!   `Down` and `Left` are reported to HyParView as failures, which repairs the active
 //!   view from the passive one.
 //! * Protocol messages are `HvMessage<String>` in MessagePack, exchanged through
@@ -25,7 +26,7 @@ use std::hash::BuildHasher;
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 use super::hyparview::{
     HvInput, HvMessage, HvOutput, HvStats, HvTimer, HyParView, HyParViewConfig,
@@ -46,6 +47,7 @@ pub struct HyParViewService {
     outbox: Vec<(String, Vec<u8>)>,
     undecodable: u64,
     buf: Vec<HvOutput<String>>,
+    pending_join: Option<String>,
 }
 
 impl HyParViewService {
@@ -70,6 +72,7 @@ impl HyParViewService {
             outbox: Vec::new(),
             undecodable: 0,
             buf: Vec::new(),
+            pending_join: None,
         };
         for m in members {
             s.update(Change::Joined(m.clone()));
@@ -105,10 +108,26 @@ impl HyParViewService {
                 HvOutput::SetTimer { after, timer } => {
                     self.timers.push((self.now + after, timer));
                 }
+                HvOutput::Isolated => {
+                    // Rejoin through any live member the node knows.
+                    let live: Vec<String> = self
+                        .members
+                        .iter()
+                        .filter(|(n, (_, up))| *up && **n != self.local)
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    if !live.is_empty() {
+                        let c = live[self.rng.random_range(0..live.len())].clone();
+                        self.pending_join = Some(c);
+                    }
+                }
                 HvOutput::NeighborUp(_) | HvOutput::NeighborDown(_) => {}
             }
         }
         self.buf = buf;
+        if let Some(c) = self.pending_join.take() {
+            self.input(HvInput::Join(c));
+        }
     }
 }
 

@@ -171,6 +171,8 @@ pub struct Traffic {
     pub lost: u64,
     /// Messages sent to crashed nodes.
     pub to_crashed: u64,
+    /// Isolated nodes given a new contact by the seed service.
+    pub rejoins: u64,
 }
 
 /// What became of one broadcast.
@@ -643,6 +645,20 @@ impl Sim {
                         payloads_received: 0,
                     });
                     t.delivered[node as usize] = hops.saturating_add(1);
+                }
+                SwarmOutput::Isolated => {
+                    // The seed service: a random live node (not this one).
+                    let live = self.alive.iter().filter(|a| **a).count();
+                    if live > 1 {
+                        let contact = loop {
+                            let c = self.rng.random_range(0..self.nodes.len() as NodeId);
+                            if c != node && self.alive[c as usize] {
+                                break c;
+                            }
+                        };
+                        self.traffic.rejoins += 1;
+                        self.schedule_at(self.now, Event::Join { node, contact });
+                    }
                 }
                 SwarmOutput::NeighborUp(_) | SwarmOutput::NeighborDown(_) => {}
             }

@@ -97,6 +97,8 @@ pub enum SwarmOutput<P> {
     NeighborUp(P),
     /// A peer left the active view.
     NeighborDown(P),
+    /// See [`HvOutput::Isolated`]: feed [`SwarmInput::Join`] with a live member.
+    Isolated,
 }
 
 /// HyParView + Plumtree for one node of one swarm.
@@ -187,6 +189,7 @@ impl<P: PeerId> Swarm<P> {
                     self.pt_in(now, PtInput::NeighborDown(p.clone()), out);
                     out.push(SwarmOutput::NeighborDown(p));
                 }
+                HvOutput::Isolated => out.push(SwarmOutput::Isolated),
             }
         }
         self.hv_out = hv_out;
