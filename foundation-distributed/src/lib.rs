@@ -36,4 +36,5 @@ pub fn describe_metrics() {
     channel::describe_metrics();
     interpose::describe_metrics();
     node::describe_metrics();
+    overlay::describe_metrics();
 }

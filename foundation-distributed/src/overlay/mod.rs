@@ -13,6 +13,7 @@
 //!   [`PubSub`], one swarm per topic.
 //! * [`sim`] — the simulator: latency, loss and crash models; reliability, RMR, last
 //!   delivery hop.
+//! * [`metrics`] — view sizes and eager/lazy/graft/prune counters for Prometheus.
 //! * [`service`] — HyParView as a node's [`PeerService`](crate::topology::PeerService).
 //! * [`selector`] — picks a topology from cluster size, latency and workload, with
 //!   hysteresis and a cooldown.
@@ -33,6 +34,7 @@
 //! ```
 
 pub mod hyparview;
+pub mod metrics;
 pub mod plumtree;
 pub mod selector;
 pub mod service;
@@ -40,5 +42,6 @@ pub mod sim;
 pub mod swarm;
 
 pub use hyparview::{HyParView, HyParViewConfig, PeerId};
+pub use metrics::{describe_metrics, OverlayMetrics};
 pub use plumtree::{MessageId, Mode, Plumtree, PlumtreeConfig};
 pub use swarm::{PubSub, PubSubError, Swarm, SwarmConfig};
