@@ -17,6 +17,7 @@ pub mod error;
 pub mod interpose;
 pub mod membership;
 pub mod node;
+pub mod overlay;
 pub mod remote;
 pub mod topology;
 pub mod transport;
@@ -37,4 +38,5 @@ pub fn describe_metrics() {
     interpose::describe_metrics();
     node::describe_metrics();
     remote::describe_metrics();
+    overlay::describe_metrics();
 }

@@ -1,0 +1,352 @@
+//! HyParView as a node's [`PeerService`]: the adapter between the I/O-free
+//! [`HyParView`] machine and the topology hooks the node drives.
+//!
+//! * [`wanted`](PeerService::wanted) is the active view: the node holds connections to
+//!   those peers only.
+//! * [`broadcast_targets`](PeerService::broadcast_targets) floods over the active view (the
+//!   node drops duplicates by broadcast id); Plumtree's tree is available to applications
+//!   through [`PubSub`](super::PubSub).
+//! * [`next_hop`](PeerService::next_hop) to a live member outside the active view is the
+//!   member itself: the node opens a transient direct connection (shuffle replies need one
+//!   too). Routing through the overlay instead is not implemented.
+//! * Membership from the node: the first member that joins is the contact (`Join`); an
+//!   isolated node (both views empty, contact gone) rejoins through a random live member;
+//!   `Down` and `Left` are reported to HyParView as failures, which repairs the active
+//!   view from the passive one.
+//! * Protocol messages are `HvMessage<String>` in MessagePack, exchanged through
+//!   [`on_message`](PeerService::on_message) / [`tick`](PeerService::tick).
+//!
+//! Time: the adapter keeps a logical clock advanced by `tick_interval` on each
+//! [`tick`](PeerService::tick), which the node calls once per heartbeat; set
+//! `tick_interval` to the node's heartbeat interval. HyParView's timers (shuffle, repair,
+//! neighbour timeout) are rounded up to whole ticks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasher;
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::hyparview::{
+    HvInput, HvMessage, HvOutput, HvStats, HvTimer, HyParView, HyParViewConfig,
+};
+use crate::topology::{Change, Member, PeerService, TopologyKind};
+
+/// HyParView behind the [`PeerService`] trait. See the [module docs](self).
+#[derive(Debug)]
+pub struct HyParViewService {
+    local: String,
+    hv: HyParView<String>,
+    rng: SmallRng,
+    members: BTreeMap<String, (Member, bool)>,
+    contacted: bool,
+    now: Duration,
+    tick_interval: Duration,
+    timers: Vec<(Duration, HvTimer<String>)>,
+    outbox: Vec<(String, Vec<u8>)>,
+    undecodable: u64,
+    buf: Vec<HvOutput<String>>,
+    pending_join: Option<String>,
+}
+
+impl HyParViewService {
+    /// HyParView at node `local` knowing `members`; `tick` is called every
+    /// `tick_interval`.
+    pub fn new(
+        local: &str,
+        members: &[Member],
+        config: HyParViewConfig,
+        tick_interval: Duration,
+    ) -> Self {
+        let seed = foldhash::fast::FixedState::with_seed(0x4879_5061).hash_one(local);
+        let mut s = HyParViewService {
+            local: local.to_string(),
+            hv: HyParView::new(local.to_string(), config),
+            rng: SmallRng::seed_from_u64(seed),
+            members: BTreeMap::new(),
+            contacted: false,
+            now: Duration::ZERO,
+            tick_interval: tick_interval.max(Duration::from_millis(1)),
+            timers: Vec::new(),
+            outbox: Vec::new(),
+            undecodable: 0,
+            buf: Vec::new(),
+            pending_join: None,
+        };
+        for m in members {
+            s.update(Change::Joined(m.clone()));
+        }
+        s
+    }
+
+    /// The membership machine.
+    pub fn hyparview(&self) -> &HyParView<String> {
+        &self.hv
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> HvStats {
+        self.hv.stats()
+    }
+
+    /// Protocol messages dropped because they did not decode.
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable
+    }
+
+    fn input(&mut self, input: HvInput<String>) {
+        let mut buf = std::mem::take(&mut self.buf);
+        self.hv.handle(input, &mut self.rng, &mut buf);
+        for o in buf.drain(..) {
+            match o {
+                HvOutput::Send { to, msg } => match rmp_serde::to_vec(&msg) {
+                    Ok(bytes) => self.outbox.push((to, bytes)),
+                    // Our own enum always encodes; nothing to send if it ever did not.
+                    Err(_) => self.undecodable += 1,
+                },
+                HvOutput::SetTimer { after, timer } => {
+                    self.timers.push((self.now + after, timer));
+                }
+                HvOutput::Isolated => {
+                    // Rejoin through any live member the node knows.
+                    let live: Vec<String> = self
+                        .members
+                        .iter()
+                        .filter(|(n, (_, up))| *up && **n != self.local)
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    if !live.is_empty() {
+                        let c = live[self.rng.random_range(0..live.len())].clone();
+                        self.pending_join = Some(c);
+                    }
+                }
+                HvOutput::NeighborUp(_) | HvOutput::NeighborDown(_) => {}
+            }
+        }
+        self.buf = buf;
+        if let Some(c) = self.pending_join.take() {
+            self.input(HvInput::Join(c));
+        }
+    }
+}
+
+impl PeerService for HyParViewService {
+    fn kind(&self) -> TopologyKind {
+        // No HyParView variant in `TopologyKind` yet; installed with `install_topology`.
+        TopologyKind::Static
+    }
+
+    fn update(&mut self, change: Change) {
+        match change {
+            Change::Joined(m) => {
+                let name = m.name.clone();
+                self.members.insert(name.clone(), (m, true));
+                if !self.contacted && name != self.local {
+                    self.contacted = true;
+                    self.input(HvInput::Join(name));
+                }
+            }
+            Change::Left(n) => {
+                self.members.remove(&n);
+                self.input(HvInput::PeerFailed(n));
+            }
+            Change::Down(n) => {
+                if let Some(e) = self.members.get_mut(&n) {
+                    e.1 = false;
+                }
+                self.input(HvInput::PeerFailed(n));
+            }
+            Change::Up(n) => {
+                if let Some(e) = self.members.get_mut(&n) {
+                    e.1 = true;
+                }
+            }
+        }
+    }
+
+    fn wanted(&self) -> BTreeSet<String> {
+        self.hv.active().iter().cloned().collect()
+    }
+
+    fn next_hop(&self, to: &str) -> Option<String> {
+        (to != self.local && self.members.get(to).is_some_and(|(_, up)| *up))
+            .then(|| to.to_string())
+    }
+
+    fn broadcast_targets(&self, from: Option<&str>) -> Vec<String> {
+        self.hv
+            .active()
+            .iter()
+            .filter(|p| Some(p.as_str()) != from)
+            .cloned()
+            .collect()
+    }
+
+    fn alive(&self) -> Vec<Member> {
+        self.members
+            .values()
+            .filter(|(_, up)| *up)
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+
+    fn on_message(&mut self, from: &str, payload: &[u8]) -> Vec<(String, Vec<u8>)> {
+        match rmp_serde::from_slice::<HvMessage<String>>(payload) {
+            Ok(msg) => self.input(HvInput::Message {
+                from: from.to_string(),
+                msg,
+            }),
+            Err(_) => self.undecodable += 1,
+        }
+        std::mem::take(&mut self.outbox)
+    }
+
+    fn tick(&mut self) -> Vec<(String, Vec<u8>)> {
+        self.now += self.tick_interval;
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.timers)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.timers = later;
+        for (_, t) in due {
+            self.input(HvInput::Timer(t));
+        }
+        std::mem::take(&mut self.outbox)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::Role;
+    use std::collections::VecDeque;
+
+    /// Services exchanging payloads through a FIFO queue, one tick per round.
+    struct Net {
+        nodes: BTreeMap<String, HyParViewService>,
+        down: BTreeSet<String>,
+    }
+
+    impl Net {
+        fn new(n: usize) -> Self {
+            let names: Vec<String> = (0..n).map(|i| format!("n{i:03}")).collect();
+            let mut nodes = BTreeMap::new();
+            for (i, name) in names.iter().enumerate() {
+                // Each node knows one earlier node (its seed), like a node joining a cluster.
+                let mut known = vec![Member::new(name.clone(), Role::Peer)];
+                if i > 0 {
+                    known.push(Member::new(names[i / 2].clone(), Role::Peer));
+                }
+                let s = HyParViewService::new(
+                    name,
+                    &known,
+                    HyParViewConfig::default(),
+                    Duration::from_millis(200),
+                );
+                nodes.insert(name.clone(), s);
+            }
+            Net {
+                nodes,
+                down: BTreeSet::new(),
+            }
+        }
+
+        fn round(&mut self) {
+            let mut queue: VecDeque<(String, String, Vec<u8>)> = VecDeque::new();
+            let names: Vec<String> = self.nodes.keys().cloned().collect();
+            for n in &names {
+                if self.down.contains(n) {
+                    continue;
+                }
+                for (to, p) in self.nodes.get_mut(n).unwrap().tick() {
+                    queue.push_back((n.clone(), to, p));
+                }
+            }
+            while let Some((from, to, p)) = queue.pop_front() {
+                if self.down.contains(&to) {
+                    // The connection fails: the sender's detector reports it.
+                    self.nodes
+                        .get_mut(&from)
+                        .unwrap()
+                        .update(Change::Down(to.clone()));
+                    continue;
+                }
+                for (next, q) in self.nodes.get_mut(&to).unwrap().on_message(&from, &p) {
+                    queue.push_back((to.clone(), next, q));
+                }
+            }
+        }
+
+        fn connected(&self) -> bool {
+            let live: Vec<&String> = self
+                .nodes
+                .keys()
+                .filter(|n| !self.down.contains(*n))
+                .collect();
+            let mut seen = BTreeSet::from([live[0].clone()]);
+            let mut stack = vec![live[0].clone()];
+            while let Some(n) = stack.pop() {
+                for p in self.nodes[&n].wanted() {
+                    if !self.down.contains(&p) && seen.insert(p.clone()) {
+                        stack.push(p);
+                    }
+                }
+            }
+            seen.len() == live.len()
+        }
+    }
+
+    #[test]
+    fn services_form_an_overlay_and_repair_it_after_failures() {
+        let mut net = Net::new(60);
+        for _ in 0..100 {
+            net.round();
+        }
+        assert!(net.connected());
+        for s in net.nodes.values() {
+            assert!((1..=5).contains(&s.wanted().len()));
+            assert!(s.hyparview().passive().len() <= 30);
+        }
+        // Kill a third; their neighbours are told when they next send to them, or by the
+        // failure detector (simulated here).
+        let victims: Vec<String> = net.nodes.keys().step_by(3).cloned().collect();
+        for v in &victims {
+            net.down.insert(v.clone());
+        }
+        let names: Vec<String> = net.nodes.keys().cloned().collect();
+        for n in names.iter().filter(|n| !net.down.contains(*n)) {
+            for v in &victims {
+                net.nodes
+                    .get_mut(n)
+                    .unwrap()
+                    .update(Change::Down(v.clone()));
+            }
+        }
+        for _ in 0..50 {
+            net.round();
+        }
+        assert!(net.connected());
+        for n in names.iter().filter(|n| !net.down.contains(*n)) {
+            let w = net.nodes[n].wanted();
+            assert!(w.iter().all(|p| !net.down.contains(p)), "{n}: {w:?}");
+            assert!(!w.is_empty());
+            let targets = net.nodes[n].broadcast_targets(Some(w.iter().next().unwrap()));
+            assert_eq!(targets.len(), w.len() - 1);
+        }
+    }
+
+    #[test]
+    fn garbage_is_counted_and_ignored() {
+        let mut s = HyParViewService::new(
+            "a",
+            &[Member::new("a", Role::Peer)],
+            HyParViewConfig::default(),
+            Duration::from_millis(100),
+        );
+        assert!(s.on_message("b", b"\xc1 not msgpack").is_empty());
+        assert_eq!(s.undecodable(), 1);
+        assert!(s.wanted().is_empty());
+        assert_eq!(s.next_hop("zz"), None, "unknown members are unreachable");
+    }
+}

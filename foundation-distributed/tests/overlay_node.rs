@@ -1,0 +1,363 @@
+//! HyParView driving real nodes on the in-memory transport through the `PeerService`
+//! hooks: bounded active views, broadcast over the overlay, repair after a crash.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use foundation_distributed::node::{Node, NodeSettings};
+use foundation_distributed::overlay::service::HyParViewService;
+use foundation_distributed::overlay::HyParViewConfig;
+use foundation_distributed::topology::{Change, Member, PeerService, Role, TopologyKind};
+use foundation_distributed::transport::{
+    ClusterSecret, MemoryNetwork, MemoryTransport, Transport, TransportSettings,
+};
+use parking_lot::Mutex;
+
+/// The adapter, with its active view mirrored where the test can see it.
+#[derive(Debug)]
+struct Observed {
+    inner: HyParViewService,
+    view: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Observed {
+    fn sync(&self) {
+        *self.view.lock() = self.inner.wanted();
+    }
+}
+
+impl PeerService for Observed {
+    fn kind(&self) -> TopologyKind {
+        self.inner.kind()
+    }
+    fn update(&mut self, change: Change) {
+        self.inner.update(change);
+        self.sync();
+    }
+    fn wanted(&self) -> BTreeSet<String> {
+        self.inner.wanted()
+    }
+    fn next_hop(&self, to: &str) -> Option<String> {
+        self.inner.next_hop(to)
+    }
+    fn broadcast_targets(&self, from: Option<&str>) -> Vec<String> {
+        self.inner.broadcast_targets(from)
+    }
+    fn alive(&self) -> Vec<Member> {
+        self.inner.alive()
+    }
+    fn on_message(&mut self, from: &str, payload: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let out = self.inner.on_message(from, payload);
+        self.sync();
+        out
+    }
+    fn tick(&mut self) -> Vec<(String, Vec<u8>)> {
+        let out = self.inner.tick();
+        self.sync();
+        out
+    }
+}
+
+async fn node(net: &MemoryNetwork, name: &str) -> (Node, Arc<Mutex<BTreeSet<String>>>) {
+    let ts = TransportSettings {
+        cluster: "overlay".into(),
+        node: name.into(),
+        secret: ClusterSecret::new("0123456789abcdef-secret"),
+        ..TransportSettings::default()
+    };
+    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, ts).unwrap());
+    let settings = NodeSettings {
+        listen: format!("mem://{name}"),
+        ..NodeSettings::default()
+    };
+    let heartbeat = settings.heartbeat;
+    let n = Node::start(t, name, settings).await.unwrap();
+    let view = Arc::new(Mutex::new(BTreeSet::new()));
+    let config = HyParViewConfig {
+        // 8 survivors of 12 cannot split into two groups that are both full (6 + 2 at
+        // most, and the pair escalates).
+        active_capacity: 5,
+        passive_capacity: 8,
+        shuffle_interval: Duration::from_secs(2),
+        ..HyParViewConfig::default()
+    };
+    n.install_topology(Box::new(Observed {
+        inner: HyParViewService::new(name, &[Member::new(name, Role::Peer)], config, heartbeat),
+        view: view.clone(),
+    }));
+    (n, view)
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..800 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("not reached within 20 s: {what}");
+}
+
+/// Whether every live node reaches every other along active views (directed, as a
+/// broadcast flows).
+fn connected(views: &[(String, Arc<Mutex<BTreeSet<String>>>)], dead: &BTreeSet<String>) -> bool {
+    let live: Vec<&(String, _)> = views.iter().filter(|(n, _)| !dead.contains(n)).collect();
+    live.iter()
+        .all(|(from, _)| reaches_all(views, dead, from, live.len()))
+}
+
+fn reaches_all(
+    views: &[(String, Arc<Mutex<BTreeSet<String>>>)],
+    dead: &BTreeSet<String>,
+    from: &str,
+    live: usize,
+) -> bool {
+    let mut seen = BTreeSet::from([from.to_string()]);
+    let mut stack = vec![from.to_string()];
+    while let Some(n) = stack.pop() {
+        let view = views
+            .iter()
+            .find(|(m, _)| *m == n)
+            .unwrap()
+            .1
+            .lock()
+            .clone();
+        for p in view {
+            if !dead.contains(&p) && seen.insert(p.clone()) {
+                stack.push(p);
+            }
+        }
+    }
+    seen.len() == live
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyparview_nodes_broadcast_over_bounded_views_and_repair() {
+    const N: usize = 12;
+    let net = MemoryNetwork::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut views = Vec::new();
+    for i in 0..N {
+        let name = format!("n{i:02}");
+        let (n, v) = node(&net, &name).await;
+        if i > 0 {
+            n.join(&[nodes[0].addr()]).await.unwrap();
+        }
+        views.push((name, v));
+        nodes.push(n);
+    }
+    let none = BTreeSet::new();
+    eventually("a connected overlay", || connected(&views, &none)).await;
+    for (name, v) in &views {
+        let len = v.lock().len();
+        assert!((1..=5).contains(&len), "{name} active view {len}");
+    }
+
+    let mut inboxes: Vec<_> = nodes.iter().map(|n| n.register::<u64>("news")).collect();
+    nodes[5].broadcast("news", &1u64).await.unwrap();
+    for (i, inbox) in inboxes.iter_mut().enumerate() {
+        if i != 5 {
+            let got = tokio::time::timeout(Duration::from_secs(20), inbox.recv())
+                .await
+                .unwrap_or_else(|_| panic!("n{i:02} missed the broadcast"));
+            assert_eq!(got.unwrap().1, 1);
+        }
+    }
+
+    // Crash a third; the failure detector reports them down, HyParView repairs.
+    let mut dead = BTreeSet::new();
+    for i in (1..N).step_by(3) {
+        nodes[i].shutdown().await;
+        dead.insert(format!("n{i:02}"));
+    }
+    let repaired = || {
+        connected(&views, &dead)
+            && views
+                .iter()
+                .filter(|(n, _)| !dead.contains(n))
+                .all(|(_, v)| v.lock().iter().all(|p| !dead.contains(p)) && !v.lock().is_empty())
+    };
+    for _ in 0..800 {
+        if repaired() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let state: Vec<(String, BTreeSet<String>)> = views
+        .iter()
+        .map(|(n, v)| (n.clone(), v.lock().clone()))
+        .collect();
+    assert!(
+        repaired(),
+        "not repaired within 20 s; dead {dead:?}; views {state:?}"
+    );
+    nodes[0].broadcast("news", &2u64).await.unwrap();
+    for (i, inbox) in inboxes.iter_mut().enumerate() {
+        if i == 0 || dead.contains(&format!("n{i:02}")) {
+            continue;
+        }
+        loop {
+            let got = tokio::time::timeout(Duration::from_secs(20), inbox.recv())
+                .await
+                .unwrap_or_else(|_| panic!("n{i:02} missed the second broadcast"))
+                .unwrap();
+            if got.1 == 2 {
+                break;
+            }
+        }
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        if !dead.contains(&format!("n{i:02}")) {
+            n.shutdown().await;
+        }
+    }
+}
+
+/// The issue's in-process run: `N` nodes (default 1,000; `FOUNDATION_OVERLAY_NODES`
+/// overrides) on the in-memory transport running HyParView; a broadcast; half of them cut
+/// off at once (all their traffic dropped, as in a crash); a broadcast after repair.
+/// Prints the figures. Run with:
+///
+/// ```text
+/// cargo test -p foundation-distributed --release --test overlay_node -- --ignored --nocapture
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy: 1,000 nodes in one process; run explicitly"]
+async fn thousand_nodes_in_one_process() {
+    use foundation_distributed::interpose::{Fault, Interposer, Rule};
+    use tokio::time::Instant;
+
+    let n: usize = std::env::var("FOUNDATION_OVERLAY_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let rss = || foundation_distributed::core::telemetry::resident_memory_bytes();
+    let rss0 = rss().unwrap_or(0);
+    let t0 = Instant::now();
+    let net = MemoryNetwork::new();
+    let faults = Arc::new(Interposer::with_seed(1));
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut views = Vec::new();
+    for i in 0..n {
+        let name = format!("n{i:04}");
+        let ts = TransportSettings {
+            cluster: "overlay".into(),
+            node: name.clone(),
+            secret: ClusterSecret::new("0123456789abcdef-secret"),
+            ..TransportSettings::default()
+        };
+        let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, ts).unwrap());
+        let settings = NodeSettings {
+            listen: format!("mem://{name}"),
+            heartbeat: Duration::from_millis(500),
+            interposer: Some(faults.clone()),
+            ..NodeSettings::default()
+        };
+        let heartbeat = settings.heartbeat;
+        let node = Node::start(t, &name, settings).await.unwrap();
+        let view = Arc::new(Mutex::new(BTreeSet::new()));
+        node.install_topology(Box::new(Observed {
+            inner: HyParViewService::new(
+                &name,
+                &[Member::new(&name, Role::Peer)],
+                HyParViewConfig::default(),
+                heartbeat,
+            ),
+            view: view.clone(),
+        }));
+        if i > 0 {
+            node.join(&[nodes[i / 2].addr()]).await.unwrap();
+        }
+        views.push((name, view));
+        nodes.push(node);
+    }
+    let none = BTreeSet::new();
+    for _ in 0..2400 {
+        if connected(&views, &none) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let formed = t0.elapsed();
+    assert!(connected(&views, &none), "overlay not connected");
+    let links: usize = views.iter().map(|(_, v)| v.lock().len()).sum::<usize>() / 2;
+    let rss_formed = rss().unwrap_or(0);
+    println!(
+        "\n{n} nodes: overlay connected after {:.1} s; {links} active links (full mesh: {}); RSS {:.1} MiB ({:.1} KiB per node)",
+        formed.as_secs_f64(),
+        n * (n - 1) / 2,
+        rss_formed as f64 / 1048576.0,
+        (rss_formed.saturating_sub(rss0)) as f64 / 1024.0 / n as f64
+    );
+
+    let mut inboxes: Vec<_> = nodes.iter().map(|x| x.register::<u64>("news")).collect();
+    let reach = |inboxes: &mut Vec<tokio::sync::mpsc::Receiver<(String, u64)>>,
+                 skip: &BTreeSet<usize>,
+                 want: u64| {
+        let mut got = 0;
+        for (i, inbox) in inboxes.iter_mut().enumerate() {
+            if skip.contains(&i) {
+                continue;
+            }
+            while let Ok((_, v)) = inbox.try_recv() {
+                if v == want {
+                    got += 1;
+                }
+            }
+        }
+        got
+    };
+    let t = Instant::now();
+    nodes[0].broadcast("news", &1u64).await.unwrap();
+    let origin = BTreeSet::from([0usize]);
+    let mut reached = 0;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reached += reach(&mut inboxes, &origin, 1);
+        if reached == n - 1 {
+            break;
+        }
+    }
+    println!(
+        "broadcast 1: {reached}/{} reached in {:.2} s",
+        n - 1,
+        t.elapsed().as_secs_f64()
+    );
+
+    // Cut off half at once.
+    let victims: Vec<String> = (0..n)
+        .filter(|i| i % 2 == 1)
+        .map(|i| format!("n{i:04}"))
+        .collect();
+    let refs: Vec<&str> = victims.iter().map(String::as_str).collect();
+    faults.add(Rule::new(Fault::Partition).from(&refs));
+    faults.add(Rule::new(Fault::Partition).to(&refs));
+    let dead: BTreeSet<String> = victims.iter().cloned().collect();
+    let skip: BTreeSet<usize> = (0..n).filter(|i| i % 2 == 1 || *i == 0).collect();
+    let t_fail = Instant::now();
+    let mut round = 0u64;
+    let survivors = n - victims.len() - 1;
+    loop {
+        round += 1;
+        let value = 100 + round;
+        nodes[0].broadcast("news", &value).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let got = reach(&mut inboxes, &skip, value);
+        println!(
+            "after the cut, round {round} at {:.1} s: {got}/{survivors} survivors reached ({:.1}%); overlay connected among survivors: {}",
+            t_fail.elapsed().as_secs_f64(),
+            100.0 * got as f64 / survivors as f64,
+            connected(&views, &dead)
+        );
+        if got as f64 >= 0.99 * survivors as f64 || round == 30 {
+            break;
+        }
+    }
+    println!("total {:.1} s", t0.elapsed().as_secs_f64());
+    let ok = round < 30;
+    for x in &nodes {
+        x.shutdown().await;
+    }
+    assert!(ok, "survivors not reached after 30 rounds");
+}
