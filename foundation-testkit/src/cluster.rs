@@ -23,10 +23,11 @@
 //!
 //! Every node sends through the cluster's shared [`Interposer`], so faults are rules on
 //! (from, to, channel). [`connections_of`](Cluster::connections_of) counts the
-//! connections a node opened plus those opened to it (successful, authenticated ones),
-//! which is the number of file descriptors the node would hold on a real network.
+//! connections a node opened plus those opened to it (successful, authenticated ones, each
+//! slot once), which is the number of file descriptors the node holds on a real network
+//! once its links have settled.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,10 +139,12 @@ pub enum HarnessError {
     },
 }
 
-/// Connections opened, by (from node, to address).
+/// Connection slots opened: (from node, to address, channel, index). A slot opened twice
+/// (a reconnect, or a duplicate link raced and closed) counts once, so the count is the
+/// connections a node holds once links have settled.
 #[derive(Debug, Default)]
 struct Ledger {
-    opened: Mutex<HashMap<(String, String), usize>>,
+    opened: Mutex<HashSet<(String, String, String, u16)>>,
 }
 
 /// A transport that counts the connections its node opens.
@@ -169,12 +172,12 @@ impl Transport for Counting {
         index: u16,
     ) -> foundation_distributed::Result<Connection> {
         let c = self.inner.connect(addr, channel, index).await?;
-        *self
-            .ledger
-            .opened
-            .lock()
-            .entry((self.node.clone(), addr.to_string()))
-            .or_default() += 1;
+        self.ledger.opened.lock().insert((
+            self.node.clone(),
+            addr.to_string(),
+            channel.to_string(),
+            index,
+        ));
         Ok(c)
     }
 }
@@ -353,7 +356,10 @@ impl Cluster {
         self.nodes[i] = None;
     }
 
-    /// Connections `name` opened plus those opened to it.
+    /// Connections `name` opened plus those opened to it: each (from, to, channel, index)
+    /// slot once, so a reconnect or a raced duplicate link that was closed does not count
+    /// twice; a link dropped for good is still counted (the node does not drop links while
+    /// both ends live).
     pub fn connections_of(&self, name: &str) -> usize {
         let Some(i) = self.names.iter().position(|n| n == name) else {
             return 0;
@@ -363,14 +369,14 @@ impl Cluster {
             .opened
             .lock()
             .iter()
-            .filter(|((from, to), _)| from == name || to == addr)
-            .map(|(_, n)| n)
-            .sum()
+            .filter(|(from, to, _, _)| from == name || to == addr)
+            .count()
     }
 
-    /// Connections opened in the whole cluster.
+    /// Connections opened in the whole cluster (each counted once, see
+    /// [`connections_of`](Self::connections_of)).
     pub fn connections_total(&self) -> usize {
-        self.ledger.opened.lock().values().sum()
+        self.ledger.opened.lock().len()
     }
 
     /// Shuts every running node down (with goodbyes), each within `deadline`.
