@@ -128,7 +128,12 @@ pub struct Evidence {
     pub profile: String,
     /// Whether the verdict was checked against the expected one in this build (timing
     /// assumptions are checked in release builds only).
+    #[serde(default = "checked_default")]
     pub checked: bool,
+}
+
+fn checked_default() -> bool {
+    true
 }
 
 impl Assumption {
@@ -297,7 +302,8 @@ pub fn write_evidence(dir: &Path, e: &Evidence) -> std::io::Result<()> {
     lock.lock()?;
     let json = serde_json::to_string_pretty(e).map_err(std::io::Error::other)?;
     std::fs::write(dir.join(format!("{}.json", e.id)), json)?;
-    let all = read_evidence(dir)?;
+    // Files that do not parse are stale (an older format); their tests rewrite them.
+    let all = read_dir_evidence(dir, true)?;
     let json = serde_json::to_string_pretty(&all).map_err(std::io::Error::other)?;
     std::fs::write(dir.join("evidence.json"), json)?;
     let mut md = std::fs::File::create(dir.join("evidence.md"))?;
@@ -306,7 +312,14 @@ pub fn write_evidence(dir: &Path, e: &Evidence) -> std::io::Result<()> {
 }
 
 /// Reads every `<id>.json` of `dir`, in registry order (unknown ids last, by id).
+///
+/// # Errors
+/// I/O errors, and a file that does not parse as [`Evidence`].
 pub fn read_evidence(dir: &Path) -> std::io::Result<Vec<Evidence>> {
+    read_dir_evidence(dir, false)
+}
+
+fn read_dir_evidence(dir: &Path, skip_invalid: bool) -> std::io::Result<Vec<Evidence>> {
     let mut all = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -317,6 +330,7 @@ pub fn read_evidence(dir: &Path) -> std::io::Result<Vec<Evidence>> {
         let text = std::fs::read_to_string(&path)?;
         match serde_json::from_str::<Evidence>(&text) {
             Ok(e) => all.push(e),
+            Err(_) if skip_invalid => {}
             Err(err) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -429,8 +443,8 @@ pub const A3: Assumption = Assumption {
     source: src!("Principle 1 (processes are cheap; every component is a process ecosystem)"),
     method: "Handle::try_send and Handle::send().await into an unbounded process, 1 producer, vs tokio::sync::mpsc::unbounded_channel",
     threshold: "throughput ratio (slower of try_send / send().await) vs raw >= 0.6 (200k messages, 2-worker runtime, median of 5)",
-    expected: Verdict::Confirmed,
-    note: "",
+    expected: Verdict::Refuted,
+    note: "refuted since it was first measured in release: try_send keeps up with the raw channel (0.59x to 1.24x over runs on this shared 2-core machine), but send().await reaches only 0.15x to 0.35x of it (2.3 to 2.4 M msg/s against 6.7 to 16.5 M): the awaited path (the one with backpressure) is the bottleneck. Expected to change when the awaited send path gets a fast path for a mailbox with room",
     timing: true,
 };
 
@@ -501,8 +515,8 @@ pub const A9: Assumption = Assumption {
     source: src!("Principle 2 (test_assumption_partisan_scales_better: partisan_node_limit > distributed_erlang_node_limit), Testing Tactic 2"),
     method: "in-memory clusters of 4, 8 and 16 nodes with the default channels, full mesh vs client-server (1 server per 8 nodes, at least 2): connections per node counted at the transport, heap per node from the counting allocator; largest cluster within 1,024 fds and 64 MiB per node extrapolated linearly from the measured sizes",
     threshold: "largest cluster (client-server) > largest cluster (full mesh)",
-    expected: Verdict::Confirmed,
-    note: "",
+    expected: Verdict::Refuted,
+    note: "refuted since it was first measured: the busiest node holds as many connections in client-server as in full mesh (270 at 16 nodes, 18 per other node, in both), because every node joins through a seed (node 0, a server) and the node never drops a link its topology does not want; client-server does cut the mean (49.5 vs 270 connections per node at 16 nodes). Expected to change when links outside the topology are pruned or an overlay with bounded views lands",
     timing: false,
 };
 
@@ -514,7 +528,7 @@ pub const A10: Assumption = Assumption {
     method: "the same keyed workload (20,000 keys, 200,000 updates sent with send().await by 4 producers, then a read of every key) through one process holding all state vs an Ecosystem of 4 workers (send_keyed); peak heap growth from the counting allocator",
     threshold: "(monolith - ecosystem) / monolith > 0.20",
     expected: Verdict::Refuted,
-    note: "refuted since it was first measured (an ecosystem of 4 needed about 4% MORE peak heap than one process in debug and release runs): Rust has no per-process heap or garbage collector, so the same state costs the same bytes in one process or in four, and every worker adds a mailbox; the BEAM claim rests on per-process GC, which has no Rust counterpart. Ecosystems are kept for isolation and parallelism (A6), not memory",
+    note: "refuted since it was first measured (an ecosystem of 4 needed 3.9% MORE peak heap than one process, 2.37 vs 2.28 MiB, in debug and release runs): Rust has no per-process heap or garbage collector, so the same state costs the same bytes in one process or in four, and every worker adds a mailbox; the BEAM claim rests on per-process GC, which has no Rust counterpart. Ecosystems are kept for isolation and parallelism (A6), not memory",
     timing: false,
 };
 
@@ -525,8 +539,8 @@ pub const A11: Assumption = Assumption {
     source: src!("Testing Tactic 2 (channel separation: urgent_latency < 10 ms) and Principle 4"),
     method: "two loopback-TCP nodes; a bulk sender streams 1 MiB Node::send messages while urgent 64-byte Node::send(SendOptions urgent) probes go every 5 ms; latency = send to receipt; same run with a single-connection channel table as the baseline",
     threshold: "urgent p99 < 10 ms with the default channels",
-    expected: Verdict::Confirmed,
-    note: "",
+    expected: Verdict::Refuted,
+    note: "refuted since it was first measured: channels cut urgent latency by 60 to 85x against one connection (p50 20 to 27 ms vs 1.7 to 1.8 s), but their p99 stays at 280 to 390 ms while two tasks stream 1 MiB messages on 2 cores: the bulk path (encode, 5 writer and 5 reader tasks, decode, each a 1 MiB copy) saturates both workers and tokio has no task priorities, so every hop of the urgent path waits its turn; channel queues are bounded in messages, not bytes, so hundreds of MiB of bulk queue up. Expected to change with a byte-bounded bulk queue and an urgent path that does not share workers with bulk copies",
     timing: true,
 };
 
@@ -549,8 +563,8 @@ pub const A13: Assumption = Assumption {
     source: src!("Principle 1 (reductions: no process starves its scheduler); foundation-beam scheduler"),
     method: "scheduler::cpu_intensive over 2M items of ~1 us each on a 2-worker runtime (2 such jobs, one per worker) while a probe task sleeps 1 ms in a loop; lateness = wake time - deadline; the same work as a plain loop is the baseline",
     threshold: "probe lateness p99 < 10 ms with budgeted work",
-    expected: Verdict::Confirmed,
-    note: "",
+    expected: Verdict::Refuted,
+    note: "refuted since it was first measured: cpu_intensive keeps the median timer lateness at about 3 ms (the plain loop: 1 to 7 ms median, 2.2 to 2.7 s p99) but its p99 is 23 to 59 ms when both workers run budgeted jobs: after a yield, the job is runnable again at once and tokio polls its timer driver only between scheduler ticks, so a waiting timer can sit behind several 2 ms slices. Expected to change with smaller default slices or a yield that lets the driver run first",
     timing: true,
 };
 

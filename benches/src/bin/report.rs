@@ -6,6 +6,7 @@
 //! cargo run --release -p foundation-benches --bin report            # full run
 //! cargo run --release -p foundation-benches --bin report -- --quick # under 5 minutes
 //! cargo run --release -p foundation-benches --bin report -- --out DIR
+//! cargo run -p foundation-benches --bin report -- --smoke           # pipeline check
 //! ```
 //!
 //! Output (default `target/report/`): `report.md`, `report.json`, `report.html`.
@@ -1306,6 +1307,9 @@ fn html(
     Ok(h)
 }
 
+/// A scenario runner.
+type ScenarioFn = fn(&Sizes) -> Scenario;
+
 #[derive(Serialize)]
 struct Meta {
     mode: &'static str,
@@ -1325,11 +1329,13 @@ struct Json<'a> {
 
 fn main() {
     let mut quick = false;
+    let mut smoke = false;
     let mut out = foundation_testkit::assumptions::target_dir().join("report");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--smoke" => smoke = true,
             "--out" => match args.next() {
                 Some(d) => out = PathBuf::from(d),
                 None => {
@@ -1338,7 +1344,7 @@ fn main() {
                 }
             },
             "-h" | "--help" => {
-                println!("usage: report [--quick] [--out DIR]\nRuns the comparative scenarios and writes report.md, report.json and report.html (default target/report/).");
+                println!("usage: report [--quick | --smoke] [--out DIR]\nRuns the comparative scenarios and writes report.md, report.json and report.html (default target/report/).\n--quick: smaller runs (under 5 minutes on 2 cores); --smoke: tiny runs that only check the pipeline (figures not meaningful).");
                 return;
             }
             other => {
@@ -1351,7 +1357,17 @@ fn main() {
         eprintln!("report: the counting allocator is not installed; heap figures would be 0");
         std::process::exit(1);
     }
-    let sizes = if quick {
+    let sizes = if smoke {
+        Sizes {
+            messages: 2_000,
+            calls: 200,
+            node_messages: 500,
+            probes: 10,
+            large: 10,
+            rounds: 1,
+            cluster_sizes: &[2, 3],
+        }
+    } else if quick {
         Sizes {
             messages: 200_000,
             calls: 20_000,
@@ -1373,7 +1389,7 @@ fn main() {
         }
     };
     let started = Instant::now();
-    let runs: [(&str, fn(&Sizes) -> Scenario); 7] = [
+    let runs: [(&str, ScenarioFn); 7] = [
         ("fire_and_forget", fire_and_forget),
         ("request_reply", request_reply),
         ("large_in_process", large_in_process),
@@ -1390,7 +1406,13 @@ fn main() {
     let bcast = broadcast_reliability(&sizes);
     let analysis = analysis(&scs);
     let meta = Meta {
-        mode: if quick { "quick" } else { "full" },
+        mode: if smoke {
+            "smoke (pipeline check only: figures not meaningful)"
+        } else if quick {
+            "quick"
+        } else {
+            "full"
+        },
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         profile: if cfg!(debug_assertions) {
             "debug"
