@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use foundation_distributed::channel::ChannelSettings;
-use foundation_distributed::interpose::{Interposer, RuleId};
+use foundation_distributed::interpose::{Fault, Interposer, Rule, RuleId};
 use foundation_distributed::node::{Node, NodeSettings};
 use foundation_distributed::topology::{Role, TopologyKind};
 use foundation_distributed::transport::{
@@ -344,6 +344,29 @@ impl Cluster {
     /// Drops all traffic between the nodes of `a` and those of `b`, both ways.
     pub fn partition(&self, a: &[&str], b: &[&str]) -> RuleId {
         self.interposer.partition(a, b)
+    }
+
+    /// Drops each message from `from` to `to` with `probability` (0..=1).
+    pub fn drop_messages(&self, from: &[&str], to: &[&str], probability: f64) -> RuleId {
+        self.interposer
+            .add(Rule::new(Fault::Drop { probability }).from(from).to(to))
+    }
+
+    /// Delays each message from `from` to `to` by a uniform time in `min..=max`.
+    pub fn delay_messages(
+        &self,
+        from: &[&str],
+        to: &[&str],
+        min: Duration,
+        max: Duration,
+    ) -> RuleId {
+        self.interposer
+            .add(Rule::new(Fault::Delay { min, max }).from(from).to(to))
+    }
+
+    /// Adds any fault rule (see [`Rule`]).
+    pub fn inject(&self, rule: Rule) -> RuleId {
+        self.interposer.add(rule)
     }
 
     /// Removes every fault rule.

@@ -33,6 +33,19 @@ async fn converges_sends_partitions_and_heals() {
         "a partitioned message is not delivered"
     );
     cluster.interposer().remove(rule);
+    let lossy = cluster.drop_messages(&["n0"], &["n2"], 1.0);
+    cluster
+        .node(0)
+        .send("n2", "inbox", &4u32, SendOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), inbox.recv())
+            .await
+            .is_err(),
+        "a message dropped with probability 1 is not delivered"
+    );
+    cluster.interposer().remove(lossy);
     cluster
         .node(0)
         .send("n2", "inbox", &3u32, SendOptions::default())

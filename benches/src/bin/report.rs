@@ -9,7 +9,8 @@
 //! cargo run -p foundation-benches --bin report -- --smoke           # pipeline check
 //! ```
 //!
-//! Output (default `target/report/`): `report.md`, `report.json`, `report.html`.
+//! Output (default `target/report/`): `report.md`, `report.json`, `report.html` (plots
+//! inline) and each plot as `plot-<scenario>.svg`.
 //! Every figure comes from this run; every ratio is against a baseline measured in the
 //! same run; the analysis section is computed from the figures. Peak heap (counting
 //! allocator) and peak RSS (`VmHWM`, reset per row) are recorded for every row.
@@ -1021,8 +1022,15 @@ fn analysis(scs: &[Scenario]) -> Vec<String> {
         .max_by(|a, b| a.1.peak_heap_mib.total_cmp(&b.1.peak_heap_mib))
     {
         out.push(format!(
-            "Peak memory: the largest heap peak was {:.1} MiB ({} in {}).",
-            r.peak_heap_mib, r.system, s.title
+            "Peak memory: the largest heap peak was {:.1} MiB ({} in {}){}",
+            r.peak_heap_mib,
+            r.system,
+            s.title,
+            if r.peak_heap_mib > 1024.0 {
+                " — over 1 GiB held for a transfer of 1 MiB messages: outbound channel queues are bounded in messages (1,024 per connection), not bytes, so large messages pile up; a byte bound on the bulk queues would cap it."
+            } else {
+                "."
+            }
         ));
     }
     out
@@ -1041,6 +1049,35 @@ fn fmt_v(v: f64) -> String {
     } else {
         format!("{v:.2}")
     }
+}
+
+/// The assumption verdicts of the last `cargo test -p foundation-testkit --features
+/// assumptions` run, if its evidence is in the target directory.
+fn evidence() -> Vec<foundation_testkit::assumptions::Evidence> {
+    foundation_testkit::assumptions::read_evidence(&foundation_testkit::assumptions::evidence_dir())
+        .unwrap_or_default()
+}
+
+fn evidence_markdown(ev: &[foundation_testkit::assumptions::Evidence]) -> String {
+    let mut s = String::from("## Assumption verdicts (last assumption test run)\n\n");
+    if ev.is_empty() {
+        s.push_str("No evidence in `target/assumptions/`: run `cargo test -p foundation-testkit --features assumptions --release`.\n\n");
+        return s;
+    }
+    s.push_str("| id | verdict | expected | value | build |\n|---|---|---|---|---|\n");
+    for e in ev {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            e.id,
+            e.verdict,
+            e.expected,
+            fmt_v(e.value),
+            e.profile
+        );
+    }
+    s.push('\n');
+    s
 }
 
 fn markdown(scs: &[Scenario], analysis: &[String], meta: &Meta) -> String {
@@ -1075,6 +1112,7 @@ fn markdown(scs: &[Scenario], analysis: &[String], meta: &Meta) -> String {
     }
     let _ = writeln!(s, "## Broadcast reliability against failure rate\n");
     let _ = writeln!(s, "Not measured: the overlay simulator is not in the workspace yet (extension point `broadcast_reliability` in `benches/src/bin/report.rs`).\n");
+    s.push_str(&evidence_markdown(&evidence()));
     let _ = writeln!(s, "## Analysis (computed from the figures above)\n");
     for a in analysis {
         let _ = writeln!(s, "* {a}");
@@ -1237,6 +1275,17 @@ fn line_svg(sc: &Scenario) -> Result<String, Box<dyn std::error::Error>> {
     Ok(svg)
 }
 
+/// The scenario's plot: latency CDFs, lines, or throughput bars.
+fn plot_svg(sc: &Scenario) -> Result<String, Box<dyn std::error::Error>> {
+    if !sc.cdfs.is_empty() {
+        cdf_svg(sc)
+    } else if !sc.lines.is_empty() {
+        line_svg(sc)
+    } else {
+        bar_svg(sc)
+    }
+}
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -1295,13 +1344,27 @@ fn html(
             );
         }
         let _ = write!(h, "</table>");
-        if !sc.cdfs.is_empty() {
-            let _ = write!(h, "<div class=\"plot\">{}</div>", cdf_svg(sc)?);
-        } else if !sc.lines.is_empty() {
-            let _ = write!(h, "<div class=\"plot\">{}</div>", line_svg(sc)?);
-        } else {
-            let _ = write!(h, "<div class=\"plot\">{}</div>", bar_svg(sc)?);
+        let _ = write!(h, "<div class=\"plot\">{}</div>", plot_svg(sc)?);
+    }
+    let ev = evidence();
+    let _ = write!(h, "<h2>Assumption verdicts (last assumption test run)</h2>");
+    if ev.is_empty() {
+        let _ = write!(h, "<p>No evidence in <code>target/assumptions/</code>.</p>");
+    } else {
+        let _ = write!(h, "<table><tr><th>id</th><th>verdict</th><th>expected</th><th>value</th><th>build</th><th>measured</th></tr>");
+        for e in &ev {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                html_escape(&e.id),
+                e.verdict,
+                e.expected,
+                fmt_v(e.value),
+                e.profile,
+                html_escape(&e.measured)
+            );
         }
+        let _ = write!(h, "</table>");
     }
     let _ = write!(h, "<h2>Broadcast reliability against failure rate</h2><p>Not measured: the overlay simulator is not in the workspace yet. Extension point: <code>broadcast_reliability</code> in <code>benches/src/bin/report.rs</code>.</p></body></html>");
     Ok(h)
@@ -1443,6 +1506,15 @@ fn main() {
             std::process::exit(1);
         }
     };
+    for sc in &scs {
+        if let Ok(svg) = plot_svg(sc) {
+            let p = out.join(format!("plot-{}.svg", sc.id));
+            if let Err(e) = std::fs::write(&p, svg) {
+                eprintln!("report: cannot write {}: {e}", p.display());
+                std::process::exit(1);
+            }
+        }
+    }
     for (name, body) in [
         ("report.md", md.as_str()),
         ("report.json", json.as_str()),
