@@ -1,0 +1,1535 @@
+//! The comparative report: every layer's scenarios side by side with its peers in one
+//! run — Foundation against raw tokio, raw TCP, `ractor` and `kameo` — written as
+//! Markdown, JSON and an HTML page with SVG plots.
+//!
+//! ```text
+//! cargo run --release -p foundation-benches --bin report            # full run
+//! cargo run --release -p foundation-benches --bin report -- --quick # under 5 minutes
+//! cargo run --release -p foundation-benches --bin report -- --out DIR
+//! cargo run -p foundation-benches --bin report -- --smoke           # pipeline check
+//! ```
+//!
+//! Output (default `target/report/`): `report.md`, `report.json`, `report.html` (plots
+//! inline) and each plot as `plot-<scenario>.svg`.
+//! Every figure comes from this run; every ratio is against a baseline measured in the
+//! same run; the analysis section is computed from the figures. Peak heap (counting
+//! allocator) and peak RSS (`VmHWM`, reset per row) are recorded for every row.
+//!
+//! **Extension point — broadcast reliability against failure rate.** The overlay
+//! simulator (HyParView/Plumtree) is not part of the workspace yet. When it lands, a
+//! scenario producing `(failure_rate, delivered_fraction)` points per protocol belongs in
+//! [`broadcast_reliability`], which the page then plots like the CDFs; until then the
+//! report says it is not measured, and draws nothing.
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use foundation_beam::mailbox::MemoryStrategy;
+use foundation_beam::message::{MessageOptions, Messenger, Payload, StrategySettings};
+use foundation_beam::process::{spawn_fn, spawn_with, Context, Process, Reply, SpawnOptions};
+use foundation_distributed::channel::ChannelSettings;
+use foundation_distributed::topology::TopologyKind;
+use foundation_testkit::cluster::Net;
+use foundation_testkit::latency::LatencySummary;
+use foundation_testkit::memory::{self, PeakAlloc};
+use foundation_testkit::scenarios::{self, Encoding};
+use plotters::prelude::*;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+#[global_allocator]
+static ALLOC: PeakAlloc = PeakAlloc;
+
+const T: Duration = Duration::from_secs(10);
+
+// ------------------------------------------------------------------------------------
+// Model
+
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    system: String,
+    value: f64,
+    /// Value relative to the scenario's baseline, oriented so that > 1 is better.
+    vs_baseline: f64,
+    peak_heap_mib: f64,
+    peak_rss_mib: Option<f64>,
+    detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Scenario {
+    id: &'static str,
+    title: &'static str,
+    layer: &'static str,
+    unit: &'static str,
+    higher_is_better: bool,
+    baseline: &'static str,
+    method: String,
+    rows: Vec<Row>,
+    /// CDFs to plot: (label, points (µs, fraction)).
+    #[serde(skip)]
+    cdfs: Vec<(String, Vec<(f64, f64)>)>,
+    latency: Vec<(String, LatencySummary)>,
+    /// Line series to plot: (label, points (x, y)), with axis names.
+    #[serde(skip)]
+    lines: Vec<(String, Vec<(f64, f64)>)>,
+    line_axes: Option<(&'static str, &'static str)>,
+}
+
+impl Scenario {
+    fn new(
+        id: &'static str,
+        title: &'static str,
+        layer: &'static str,
+        unit: &'static str,
+        higher_is_better: bool,
+        baseline: &'static str,
+        method: String,
+    ) -> Self {
+        Scenario {
+            id,
+            title,
+            layer,
+            unit,
+            higher_is_better,
+            baseline,
+            method,
+            rows: Vec::new(),
+            cdfs: Vec::new(),
+            latency: Vec::new(),
+            lines: Vec::new(),
+            line_axes: None,
+        }
+    }
+
+    /// Runs `f` as one row, measuring its peak heap and RSS.
+    fn row(&mut self, system: &str, f: impl FnOnce() -> (f64, String)) {
+        eprintln!("  {} / {system} ...", self.id);
+        memory::reset_rss_peak();
+        let start = memory::heap_now();
+        memory::reset_heap_peak();
+        let (value, detail) = f();
+        let peak = memory::heap_peak().saturating_sub(start);
+        self.rows.push(Row {
+            system: system.to_string(),
+            value,
+            vs_baseline: f64::NAN,
+            peak_heap_mib: peak as f64 / MIB,
+            peak_rss_mib: memory::rss_peak_kib().map(|k| k as f64 / 1024.0),
+            detail,
+        });
+    }
+
+    fn finish(&mut self) {
+        let base = self
+            .rows
+            .iter()
+            .find(|r| r.system == self.baseline)
+            .map(|r| r.value);
+        for r in &mut self.rows {
+            r.vs_baseline = match base {
+                Some(b) if b > 0.0 && r.value > 0.0 => {
+                    if self.higher_is_better {
+                        r.value / b
+                    } else {
+                        b / r.value
+                    }
+                }
+                _ => f64::NAN,
+            };
+        }
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+// ------------------------------------------------------------------------------------
+// Peers: ractor and kameo actors
+
+enum RMsg {
+    Start(u64, oneshot::Sender<()>),
+    Tick(u64),
+    Echo(u64, ractor::RpcReplyPort<u64>),
+}
+
+struct RCounter;
+
+impl ractor::Actor for RCounter {
+    type Msg = RMsg;
+    type State = (u64, Option<oneshot::Sender<()>>);
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _: ractor::ActorRef<RMsg>,
+        _: (),
+    ) -> Result<Self::State, ractor::ActorProcessingErr> {
+        Ok((0, None))
+    }
+
+    async fn handle(
+        &self,
+        _: ractor::ActorRef<RMsg>,
+        msg: RMsg,
+        state: &mut Self::State,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        match msg {
+            RMsg::Start(n, done) => *state = (n, Some(done)),
+            RMsg::Tick(v) => {
+                black_box(v);
+                state.0 -= 1;
+                if state.0 == 0 {
+                    let _ = state.1.take().map(|d| d.send(()));
+                }
+            }
+            RMsg::Echo(v, r) => {
+                let _ = r.send(v);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(kameo::Actor, Default)]
+struct KCounter {
+    left: u64,
+    done: Option<oneshot::Sender<()>>,
+}
+
+struct KStart(u64, oneshot::Sender<()>);
+struct KTick(u64);
+struct KEcho(u64);
+
+impl kameo::message::Message<KStart> for KCounter {
+    type Reply = ();
+    async fn handle(&mut self, m: KStart, _: &mut kameo::message::Context<Self, ()>) {
+        self.left = m.0;
+        self.done = Some(m.1);
+    }
+}
+
+impl kameo::message::Message<KTick> for KCounter {
+    type Reply = ();
+    async fn handle(&mut self, m: KTick, _: &mut kameo::message::Context<Self, ()>) {
+        black_box(m.0);
+        self.left -= 1;
+        if self.left == 0 {
+            let _ = self.done.take().map(|d| d.send(()));
+        }
+    }
+}
+
+impl kameo::message::Message<KEcho> for KCounter {
+    type Reply = u64;
+    async fn handle(&mut self, m: KEcho, _: &mut kameo::message::Context<Self, u64>) -> u64 {
+        m.0
+    }
+}
+
+// Foundation process
+
+enum FMsg {
+    Start(u64, oneshot::Sender<()>),
+    Tick(u64),
+    Echo(u64, Reply<u64>),
+}
+
+#[derive(Default)]
+struct FCounter {
+    left: u64,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Process for FCounter {
+    type Message = FMsg;
+    async fn handle(&mut self, msg: FMsg, _: &mut Context<FMsg>) {
+        match msg {
+            FMsg::Start(n, done) => {
+                self.left = n;
+                self.done = Some(done);
+            }
+            FMsg::Tick(v) => {
+                black_box(v);
+                self.left -= 1;
+                if self.left == 0 {
+                    let _ = self.done.take().map(|d| d.send(()));
+                }
+            }
+            FMsg::Echo(v, r) => r.send(v),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Scenarios
+
+struct Sizes {
+    messages: u64,
+    calls: u64,
+    node_messages: u64,
+    probes: usize,
+    large: u64,
+    rounds: usize,
+    cluster_sizes: &'static [usize],
+}
+
+fn fire_and_forget(s: &Sizes) -> Scenario {
+    use kameo::actor::Spawn;
+    let n = s.messages;
+    let mut sc = Scenario::new(
+        "fire_and_forget",
+        "Fire-and-forget messages, one producer to one consumer",
+        "L2 process",
+        "M msg/s",
+        true,
+        "tokio mpsc (unbounded)",
+        format!("{n} messages, time until the consumer handled the last; median of {} rounds; 2-worker runtime", s.rounds),
+    );
+    let rate = |d: Duration| n as f64 / d.as_secs_f64() / 1e6;
+    let rounds = s.rounds;
+    sc.row("tokio mpsc (unbounded)", || {
+        let rt = runtime();
+        let d = median(
+            (0..rounds)
+                .map(|_| {
+                    rt.block_on(async {
+                        let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+                        let (dtx, drx) = oneshot::channel();
+                        tokio::spawn(async move {
+                            let mut left = n;
+                            while let Some(v) = rx.recv().await {
+                                black_box(v);
+                                left -= 1;
+                                if left == 0 {
+                                    let _ = dtx.send(());
+                                    break;
+                                }
+                            }
+                        });
+                        let t = Instant::now();
+                        for i in 0..n {
+                            tx.send(i).expect("receiver alive");
+                        }
+                        drx.await.expect("done");
+                        t.elapsed()
+                    })
+                })
+                .collect(),
+        );
+        (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
+    });
+    for (label, awaited, mem) in [
+        (
+            "Foundation try_send (unbounded)",
+            false,
+            MemoryStrategy::unbounded(),
+        ),
+        (
+            "Foundation send().await (bounded 1024)",
+            true,
+            MemoryStrategy::default(),
+        ),
+    ] {
+        sc.row(label, || {
+            let rt = runtime();
+            let h = rt.block_on(async {
+                spawn_with(FCounter::default(), SpawnOptions::new().memory(mem)).expect("spawn")
+            });
+            let d = median(
+                (0..rounds)
+                    .map(|_| {
+                        rt.block_on(async {
+                            let (dtx, drx) = oneshot::channel();
+                            h.send(FMsg::Start(n, dtx)).await.expect("alive");
+                            let t = Instant::now();
+                            for i in 0..n {
+                                if awaited {
+                                    h.send(FMsg::Tick(i)).await.expect("alive");
+                                } else {
+                                    h.try_send(FMsg::Tick(i)).expect("alive");
+                                }
+                            }
+                            drx.await.expect("done");
+                            t.elapsed()
+                        })
+                    })
+                    .collect(),
+            );
+            h.shutdown();
+            (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
+        });
+    }
+    sc.row("ractor cast", || {
+        let rt = runtime();
+        let (rh, _j) = rt.block_on(async {
+            ractor::Actor::spawn(None, RCounter, ())
+                .await
+                .expect("spawn")
+        });
+        let d = median(
+            (0..rounds)
+                .map(|_| {
+                    rt.block_on(async {
+                        let (dtx, drx) = oneshot::channel();
+                        rh.cast(RMsg::Start(n, dtx)).expect("alive");
+                        let t = Instant::now();
+                        for i in 0..n {
+                            rh.cast(RMsg::Tick(i)).expect("alive");
+                        }
+                        drx.await.expect("done");
+                        t.elapsed()
+                    })
+                })
+                .collect(),
+        );
+        rh.stop(None);
+        (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
+    });
+    sc.row("kameo tell (unbounded)", || {
+        let rt = runtime();
+        let kh = rt.block_on(async {
+            KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
+        });
+        let d = median(
+            (0..rounds)
+                .map(|_| {
+                    rt.block_on(async {
+                        let (dtx, drx) = oneshot::channel();
+                        kh.tell(KStart(n, dtx)).await.expect("alive");
+                        let t = Instant::now();
+                        for i in 0..n {
+                            kh.tell(KTick(i)).await.expect("alive");
+                        }
+                        drx.await.expect("done");
+                        t.elapsed()
+                    })
+                })
+                .collect(),
+        );
+        (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
+    });
+    sc.finish();
+    sc
+}
+
+fn request_reply(s: &Sizes) -> Scenario {
+    use kameo::actor::Spawn;
+    let n = s.calls;
+    let mut sc = Scenario::new(
+        "request_reply",
+        "Request/reply round trips, sequential",
+        "L2 process",
+        "k calls/s",
+        true,
+        "tokio mpsc + oneshot",
+        format!(
+            "{n} sequential calls; median of {} rounds; 2-worker runtime",
+            s.rounds
+        ),
+    );
+    let rate = |d: Duration| n as f64 / d.as_secs_f64() / 1e3;
+    let rounds = s.rounds;
+    sc.row("tokio mpsc + oneshot", || {
+        let rt = runtime();
+        let d = median(
+            (0..rounds)
+                .map(|_| {
+                    rt.block_on(async {
+                        let (tx, mut rx) = mpsc::channel::<(u64, oneshot::Sender<u64>)>(1024);
+                        tokio::spawn(async move {
+                            while let Some((v, r)) = rx.recv().await {
+                                let _ = r.send(v);
+                            }
+                        });
+                        let t = Instant::now();
+                        for i in 0..n {
+                            let (rtx, rrx) = oneshot::channel();
+                            tx.send((i, rtx)).await.expect("alive");
+                            black_box(rrx.await.expect("reply"));
+                        }
+                        t.elapsed()
+                    })
+                })
+                .collect(),
+        );
+        (
+            rate(d),
+            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
+        )
+    });
+    sc.row("Foundation call", || {
+        let rt = runtime();
+        let h = rt.block_on(async {
+            spawn_with(FCounter::default(), SpawnOptions::new()).expect("spawn")
+        });
+        let d = median(
+            (0..rounds)
+                .map(|_| {
+                    rt.block_on(async {
+                        let t = Instant::now();
+                        for i in 0..n {
+                            black_box(h.call(|r| FMsg::Echo(i, r), T).await.expect("reply"));
+                        }
+                        t.elapsed()
+                    })
+                })
+                .collect(),
+        );
+        h.shutdown();
+        (
+            rate(d),
+            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
+        )
+    });
+    sc.row("ractor call", || {
+        let rt = runtime();
+        let (rh, _j) = rt.block_on(async {
+            ractor::Actor::spawn(None, RCounter, ())
+                .await
+                .expect("spawn")
+        });
+        let d = median(
+            (0..rounds)
+                .map(|_| {
+                    rt.block_on(async {
+                        let t = Instant::now();
+                        for i in 0..n {
+                            let r = rh.call(|r| RMsg::Echo(i, r), Some(T)).await.expect("call");
+                            black_box(r.success_or(()).ok());
+                        }
+                        t.elapsed()
+                    })
+                })
+                .collect(),
+        );
+        rh.stop(None);
+        (
+            rate(d),
+            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
+        )
+    });
+    sc.row("kameo ask", || {
+        let rt = runtime();
+        let kh = rt.block_on(async {
+            KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
+        });
+        let d = median(
+            (0..rounds)
+                .map(|_| {
+                    rt.block_on(async {
+                        let t = Instant::now();
+                        for i in 0..n {
+                            black_box(kh.ask(KEcho(i)).await.expect("reply"));
+                        }
+                        t.elapsed()
+                    })
+                })
+                .collect(),
+        );
+        (
+            rate(d),
+            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
+        )
+    });
+    sc.finish();
+    sc
+}
+
+fn large_in_process(s: &Sizes) -> Scenario {
+    let n = s.large * 10;
+    let mut sc = Scenario::new(
+        "large_in_process",
+        "1 MiB payloads to a process",
+        "L2 messages",
+        "k msg/s",
+        true,
+        "Foundation send(vec.clone())",
+        format!("{n} messages of 1 MiB, at most 64 unhandled; 2-worker runtime"),
+    );
+    let data = vec![0x5Au8; 1 << 20];
+    let bytes = Bytes::from(data.clone());
+    let rate = |d: Duration| n as f64 / d.as_secs_f64() / 1e3;
+    sc.row("Foundation send(vec.clone())", || {
+        let rt = runtime();
+        let d = rt.block_on(async {
+            let handled = Arc::new(AtomicU64::new(0));
+            let h = {
+                let handled = handled.clone();
+                spawn_fn(move |mut inbox| async move {
+                    while let Some(m) = inbox.recv().await {
+                        let m: Vec<u8> = m;
+                        drop(black_box(m));
+                        handled.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            };
+            let t = Instant::now();
+            for i in 0..n {
+                while i - handled.load(Ordering::Relaxed) >= 64 {
+                    tokio::task::yield_now().await;
+                }
+                h.send(data.clone()).await.expect("alive");
+            }
+            while handled.load(Ordering::Relaxed) < n {
+                tokio::task::yield_now().await;
+            }
+            t.elapsed()
+        });
+        (rate(d), String::new())
+    });
+    sc.row("Foundation send_optimized(Bytes)", || {
+        let rt = runtime();
+        let d = rt.block_on(async {
+            let handled = Arc::new(AtomicU64::new(0));
+            let h = {
+                let handled = handled.clone();
+                spawn_fn(move |mut inbox| async move {
+                    while let Some(p) = inbox.recv().await {
+                        let p: Payload = p;
+                        drop(black_box(p.take()));
+                        handled.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            };
+            let m = Messenger::new(StrategySettings::default()).expect("settings");
+            let opts = MessageOptions::default();
+            let t = Instant::now();
+            for i in 0..n {
+                while i - handled.load(Ordering::Relaxed) >= 64 {
+                    tokio::task::yield_now().await;
+                }
+                m.send_optimized(&h, bytes.clone(), &opts)
+                    .await
+                    .expect("alive");
+            }
+            while handled.load(Ordering::Relaxed) < n {
+                tokio::task::yield_now().await;
+            }
+            let d = t.elapsed();
+            m.shutdown().await;
+            d
+        });
+        (rate(d), String::new())
+    });
+    sc.row("tokio mpsc<Bytes>", || {
+        let rt = runtime();
+        let d = rt.block_on(async {
+            let (tx, mut rx) = mpsc::channel::<Bytes>(64);
+            let (dtx, drx) = oneshot::channel();
+            tokio::spawn(async move {
+                let mut left = n;
+                while let Some(b) = rx.recv().await {
+                    drop(black_box(b));
+                    left -= 1;
+                    if left == 0 {
+                        let _ = dtx.send(());
+                        break;
+                    }
+                }
+            });
+            let t = Instant::now();
+            for _ in 0..n {
+                tx.send(bytes.clone()).await.expect("alive");
+            }
+            drx.await.expect("done");
+            t.elapsed()
+        });
+        (rate(d), String::new())
+    });
+    sc.finish();
+    sc
+}
+
+fn node_small(s: &Sizes) -> Scenario {
+    let n = s.node_messages;
+    let mut sc = Scenario::new(
+        "node_small_messages",
+        "64-byte messages between two nodes over loopback TCP",
+        "L3 node",
+        "k msg/s",
+        true,
+        "raw TCP (one connection, length-prefixed)",
+        format!("{n} messages through Node::send (at most 256 in flight) vs one raw TCP connection with the same framing; median of {} rounds", s.rounds),
+    );
+    let rounds = s.rounds;
+    sc.row("raw TCP (one connection, length-prefixed)", || {
+        let rt = runtime();
+        let v: Vec<_> = (0..rounds)
+            .map(|_| {
+                rt.block_on(scenarios::raw_tcp_stream(64, n))
+                    .expect("loopback")
+            })
+            .collect();
+        let d = median(v.iter().map(|o| o.elapsed).collect());
+        (n as f64 / d.as_secs_f64() / 1e3, String::new())
+    });
+    for (label, channels) in [
+        ("Foundation node, channels", ChannelSettings::default()),
+        (
+            "Foundation node, single connection",
+            scenarios::single_connection_channels(),
+        ),
+    ] {
+        sc.row(label, || {
+            let rt = runtime();
+            let v: Vec<_> = (0..rounds)
+                .map(|_| {
+                    rt.block_on(scenarios::stream(
+                        Net::Tcp,
+                        channels.clone(),
+                        Encoding::Bytes,
+                        64,
+                        n,
+                        256,
+                    ))
+                    .expect("cluster")
+                })
+                .collect();
+            let lost = v.iter().map(|o| n - o.received).sum::<u64>();
+            let d = median(v.iter().map(|o| o.elapsed).collect());
+            (
+                n as f64 / d.as_secs_f64() / 1e3,
+                format!("{lost} not received"),
+            )
+        });
+    }
+    sc.finish();
+    sc
+}
+
+fn node_large(s: &Sizes) -> Scenario {
+    let n = s.large;
+    const SIZE: usize = 256 * 1024;
+    let mut sc = Scenario::new(
+        "node_large_messages",
+        "256 KiB messages between two nodes over loopback TCP",
+        "L3 node",
+        "MiB/s",
+        true,
+        "raw TCP (one connection, length-prefixed)",
+        format!("{n} messages of 256 KiB through Node::send (at most 8 in flight): as Bytes (MessagePack bin) and as Vec<u8> (serde default: an array of integers)"),
+    );
+    let mibs = |d: Duration| n as f64 * SIZE as f64 / MIB / d.as_secs_f64();
+    sc.row("raw TCP (one connection, length-prefixed)", || {
+        let rt = runtime();
+        let o = rt
+            .block_on(scenarios::raw_tcp_stream(SIZE, n))
+            .expect("loopback");
+        (mibs(o.elapsed), String::new())
+    });
+    for (label, enc) in [
+        ("Foundation node, Bytes", Encoding::Bytes),
+        ("Foundation node, Vec<u8>", Encoding::VecU8),
+    ] {
+        sc.row(label, || {
+            let rt = runtime();
+            let o = rt
+                .block_on(scenarios::stream(
+                    Net::Tcp,
+                    ChannelSettings::default(),
+                    enc,
+                    SIZE,
+                    n,
+                    8,
+                ))
+                .expect("cluster");
+            (mibs(o.elapsed), format!("{} of {n} received", o.received))
+        });
+    }
+    sc.finish();
+    sc
+}
+
+fn urgent_during_bulk(s: &Sizes) -> Scenario {
+    let mut sc = Scenario::new(
+        "urgent_during_bulk",
+        "Urgent message latency during a 1 MiB bulk transfer (node API, loopback TCP)",
+        "L3 channels",
+        "p99 ms",
+        false,
+        "Foundation node, single connection",
+        format!(
+            "{} urgent 8-byte Node::send probes every 5 ms while 2 tasks stream 1 MiB messages; latency send to receipt",
+            s.probes
+        ),
+    );
+    let probes = s.probes;
+    let mut cdfs = Vec::new();
+    let mut lat = Vec::new();
+    for (label, channels) in [
+        (
+            "Foundation node, single connection",
+            scenarios::single_connection_channels(),
+        ),
+        ("Foundation node, channels", ChannelSettings::default()),
+    ] {
+        sc.row(label, || {
+            let rt = runtime();
+            let o = rt
+                .block_on(scenarios::urgent_during_bulk(
+                    Net::Tcp,
+                    channels,
+                    1 << 20,
+                    2,
+                    probes,
+                    Duration::from_millis(5),
+                ))
+                .expect("cluster");
+            let sum = o.urgent.summary();
+            cdfs.push((label.to_string(), o.urgent.cdf()));
+            lat.push((label.to_string(), sum));
+            (
+                sum.p99_us / 1e3,
+                format!(
+                    "p50 {:.2} ms, max {:.2} ms, {} lost, bulk {:.0} MiB/s",
+                    sum.p50_us / 1e3,
+                    sum.max_us / 1e3,
+                    o.probes_lost,
+                    o.bulk_bytes as f64 / MIB / o.elapsed.as_secs_f64()
+                ),
+            )
+        });
+    }
+    sc.cdfs = cdfs;
+    sc.latency = lat;
+    sc.finish();
+    sc
+}
+
+fn topology_footprint(s: &Sizes) -> Scenario {
+    let mut sc = Scenario::new(
+        "topology_footprint",
+        "Connections of the busiest node, by cluster size (in-memory transport)",
+        "L3 topology",
+        "connections at the largest size",
+        false,
+        "full mesh",
+        format!(
+            "clusters of {:?} nodes with the default channels; client-server with 1 server per 8 nodes (at least 2), 1 server per client",
+            s.cluster_sizes
+        ),
+    );
+    let sizes = s.cluster_sizes;
+    let mut lines = Vec::new();
+    for (label, kind) in [
+        ("full mesh", TopologyKind::FullMesh),
+        (
+            "client-server",
+            TopologyKind::ClientServer {
+                servers_per_client: 1,
+            },
+        ),
+    ] {
+        sc.row(label, || {
+            let rt = runtime();
+            let mut pts = Vec::new();
+            let mut detail = Vec::new();
+            for &n in sizes {
+                let f = rt
+                    .block_on(scenarios::footprint(kind, n, (n / 8).max(2)))
+                    .expect("cluster");
+                pts.push((n as f64, f.max_connections as f64));
+                detail.push(format!(
+                    "{n}: {} max, {:.1} mean, {:.0} KiB heap/node",
+                    f.max_connections,
+                    f.mean_connections,
+                    f.heap_per_node / 1024.0
+                ));
+            }
+            let last = pts.last().map_or(0.0, |p| p.1);
+            lines.push((label.to_string(), pts));
+            (last, detail.join("; "))
+        });
+    }
+    sc.lines = lines;
+    sc.line_axes = Some(("nodes", "connections of the busiest node"));
+    sc.finish();
+    sc
+}
+
+/// Extension point: broadcast reliability against failure rate, per protocol, as
+/// `(failure_rate, delivered_fraction)` points. `None` until the overlay simulator lands
+/// (see the module docs); the page then says it is not measured.
+fn broadcast_reliability(_s: &Sizes) -> Option<Scenario> {
+    None
+}
+
+// ------------------------------------------------------------------------------------
+// Analysis (computed from the figures)
+
+fn find<'a>(sc: &'a Scenario, system: &str) -> Option<&'a Row> {
+    sc.rows.iter().find(|r| r.system == system)
+}
+
+fn analysis(scs: &[Scenario]) -> Vec<String> {
+    let mut out = Vec::new();
+    // Per scenario: where Foundation stands against its baseline and best peer.
+    for sc in scs {
+        let ours: Vec<&Row> = sc
+            .rows
+            .iter()
+            .filter(|r| r.system.starts_with("Foundation"))
+            .collect();
+        let peers: Vec<&Row> = sc
+            .rows
+            .iter()
+            .filter(|r| !r.system.starts_with("Foundation"))
+            .collect();
+        let Some(best_ours) = ours
+            .iter()
+            .max_by(|a, b| a.vs_baseline.total_cmp(&b.vs_baseline))
+        else {
+            continue;
+        };
+        let best_peer = peers
+            .iter()
+            .filter(|r| r.system != sc.baseline)
+            .max_by(|a, b| a.vs_baseline.total_cmp(&b.vs_baseline));
+        let mut line = format!(
+            "**{}**: best Foundation variant ({}) at {:.2}x the baseline ({})",
+            sc.title, best_ours.system, best_ours.vs_baseline, sc.baseline
+        );
+        if let Some(p) = best_peer {
+            let rel = best_ours.vs_baseline / p.vs_baseline;
+            let _ = write!(
+                line,
+                "; {} the best peer ({}, {:.2}x the baseline) by {:.2}x",
+                if rel >= 1.0 { "ahead of" } else { "behind" },
+                p.system,
+                p.vs_baseline,
+                if rel >= 1.0 { rel } else { 1.0 / rel }
+            );
+        }
+        line.push('.');
+        out.push(line);
+    }
+    // Bottleneck: the scenario where Foundation is furthest below its baseline.
+    let gaps: Vec<(&Scenario, f64)> = scs
+        .iter()
+        .filter(|s| s.id != "topology_footprint" && s.id != "urgent_during_bulk")
+        .filter_map(|s| {
+            s.rows
+                .iter()
+                .filter(|r| r.system.starts_with("Foundation"))
+                .map(|r| r.vs_baseline)
+                .filter(|v| v.is_finite())
+                .max_by(f64::total_cmp)
+                .map(|v| (s, v))
+        })
+        .collect();
+    if let Some((s, v)) = gaps.iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
+        out.push(format!(
+            "**Largest gap**: {} — the best Foundation variant reaches {:.1}% of {}. This is the first place to optimise.",
+            s.title,
+            v * 100.0,
+            s.baseline
+        ));
+    }
+    // Specific, threshold-driven recommendations.
+    if let Some(s) = scs.iter().find(|s| s.id == "node_small_messages") {
+        if let (Some(raw), Some(ch), Some(one)) = (
+            find(s, "raw TCP (one connection, length-prefixed)"),
+            find(s, "Foundation node, channels"),
+            find(s, "Foundation node, single connection"),
+        ) {
+            let per_msg_us = |r: &Row| 1e3 / r.value;
+            out.push(format!(
+                "Node small-message cost: {:.2} us/msg with channels, {:.2} us/msg on one connection, {:.2} us/msg for raw TCP framing: the node adds {:.2} us per message{}",
+                per_msg_us(ch),
+                per_msg_us(one),
+                per_msg_us(raw),
+                per_msg_us(ch) - per_msg_us(raw),
+                if ch.value < one.value / 1.1 {
+                    format!("; channel separation costs {:.0}% of small-message throughput (above the design's 10% allowance)", (1.0 - ch.value / one.value) * 100.0)
+                } else {
+                    "; channel separation stays within the design's 10% allowance".into()
+                }
+            ));
+        }
+    }
+    if let Some(s) = scs.iter().find(|s| s.id == "urgent_during_bulk") {
+        if let (Some(ch), Some(one)) = (
+            find(s, "Foundation node, channels"),
+            find(s, "Foundation node, single connection"),
+        ) {
+            out.push(format!(
+                "Head-of-line blocking: urgent p99 {:.2} ms with channels vs {:.2} ms on one connection ({:.1}x); {}",
+                ch.value,
+                one.value,
+                one.value / ch.value.max(1e-9),
+                if ch.value < 10.0 {
+                    "within the design's 10 ms bound"
+                } else {
+                    "ABOVE the design's 10 ms bound: look at the receive path (one inbound task for every channel) and the bulk send path"
+                }
+            ));
+        }
+    }
+    if let Some(s) = scs.iter().find(|s| s.id == "node_large_messages") {
+        if let (Some(b), Some(v)) = (
+            find(s, "Foundation node, Bytes"),
+            find(s, "Foundation node, Vec<u8>"),
+        ) {
+            out.push(format!(
+                "Large payloads across nodes: Bytes {:.0} MiB/s vs Vec<u8> {:.0} MiB/s ({:.1}x): {}",
+                b.value,
+                v.value,
+                b.value / v.value.max(1e-9),
+                if b.value > 2.0 * v.value {
+                    "send binary data as bytes::Bytes (or serde_bytes); a Vec<u8> is encoded one integer per byte"
+                } else {
+                    "the encoding of the payload does not dominate"
+                }
+            ));
+        }
+    }
+    if let Some(s) = scs.iter().find(|s| s.id == "topology_footprint") {
+        if let (Some(m), Some(c)) = (find(s, "full mesh"), find(s, "client-server")) {
+            out.push(format!(
+                "Topology: at the largest size measured, the busiest node holds {:.0} connections in full mesh and {:.0} in client-server{}",
+                m.value,
+                c.value,
+                if c.value >= m.value * 0.9 {
+                    " — client-server does not relieve the busiest node (a server, or the seed every node joined through, keeps a link to every node); an overlay with bounded views is needed to scale further"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    // Memory: the row with the largest peak heap.
+    if let Some((s, r)) = scs
+        .iter()
+        .flat_map(|s| s.rows.iter().map(move |r| (s, r)))
+        .max_by(|a, b| a.1.peak_heap_mib.total_cmp(&b.1.peak_heap_mib))
+    {
+        out.push(format!(
+            "Peak memory: the largest heap peak was {:.1} MiB ({} in {}){}",
+            r.peak_heap_mib,
+            r.system,
+            s.title,
+            if r.peak_heap_mib > 1024.0 {
+                " — over 1 GiB held for a transfer of 1 MiB messages: outbound channel queues are bounded in messages (1,024 per connection), not bytes, so large messages pile up; a byte bound on the bulk queues would cap it."
+            } else {
+                "."
+            }
+        ));
+    }
+    out
+}
+
+// ------------------------------------------------------------------------------------
+// Output
+
+fn fmt_v(v: f64) -> String {
+    if !v.is_finite() {
+        "–".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// The assumption verdicts of the last `cargo test -p foundation-testkit --features
+/// assumptions` run, if its evidence is in the target directory.
+fn evidence() -> Vec<foundation_testkit::assumptions::Evidence> {
+    foundation_testkit::assumptions::read_evidence(&foundation_testkit::assumptions::evidence_dir())
+        .unwrap_or_default()
+}
+
+fn evidence_markdown(ev: &[foundation_testkit::assumptions::Evidence]) -> String {
+    let mut s = String::from("## Assumption verdicts (last assumption test run)\n\n");
+    if ev.is_empty() {
+        s.push_str("No evidence in `target/assumptions/`: run `cargo test -p foundation-testkit --features assumptions --release`.\n\n");
+        return s;
+    }
+    s.push_str("| id | verdict | expected | value | build |\n|---|---|---|---|---|\n");
+    for e in ev {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            e.id,
+            e.verdict,
+            e.expected,
+            fmt_v(e.value),
+            e.profile
+        );
+    }
+    s.push('\n');
+    s
+}
+
+fn markdown(scs: &[Scenario], analysis: &[String], meta: &Meta) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Foundation comparative report\n");
+    let _ = writeln!(
+        s,
+        "Mode: {}; {} cores; {} build; total run {:.0} s; generated at Unix time {}. Ratios are against the baseline of each scenario, measured in the same run, oriented so that > 1 is better.\n",
+        meta.mode, meta.cores, meta.profile, meta.seconds, meta.at_unix
+    );
+    for sc in scs {
+        let _ = writeln!(s, "## {} ({})\n", sc.title, sc.layer);
+        let _ = writeln!(s, "{}. Baseline: {}.\n", sc.method, sc.baseline);
+        let _ = writeln!(
+            s,
+            "| system | {} | vs baseline | peak heap MiB | peak RSS MiB | detail |\n|---|---|---|---|---|---|",
+            sc.unit
+        );
+        for r in &sc.rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {}x | {} | {} | {} |",
+                r.system,
+                fmt_v(r.value),
+                fmt_v(r.vs_baseline),
+                fmt_v(r.peak_heap_mib),
+                r.peak_rss_mib.map_or("–".into(), fmt_v),
+                r.detail
+            );
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(s, "## Broadcast reliability against failure rate\n");
+    let _ = writeln!(s, "Not measured: the overlay simulator is not in the workspace yet (extension point `broadcast_reliability` in `benches/src/bin/report.rs`).\n");
+    s.push_str(&evidence_markdown(&evidence()));
+    let _ = writeln!(s, "## Analysis (computed from the figures above)\n");
+    for a in analysis {
+        let _ = writeln!(s, "* {a}");
+    }
+    s
+}
+
+fn bar_svg(sc: &Scenario) -> Result<String, Box<dyn std::error::Error>> {
+    let mut svg = String::new();
+    {
+        let h = 70 + 34 * sc.rows.len() as u32;
+        let root = SVGBackend::with_string(&mut svg, (820, h)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let max = sc
+            .rows
+            .iter()
+            .map(|r| r.value)
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::max)
+            * 1.15;
+        let n = sc.rows.len();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("{} ({})", sc.title, sc.unit), ("sans-serif", 15))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(290)
+            .build_cartesian_2d(0.0..max.max(1e-9), (0..n).into_segmented())?;
+        let labels: Vec<String> = sc.rows.iter().map(|r| r.system.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+                _ => String::new(),
+            })
+            .y_labels(n)
+            .x_desc(sc.unit)
+            .draw()?;
+        for (i, r) in sc.rows.iter().enumerate() {
+            let color = if r.system.starts_with("Foundation") {
+                RGBColor(31, 119, 180)
+            } else if r.system == sc.baseline {
+                RGBColor(120, 120, 120)
+            } else {
+                RGBColor(255, 127, 14)
+            };
+            let v = if r.value.is_finite() { r.value } else { 0.0 };
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(i)),
+                    (v, SegmentValue::Exact(i + 1)),
+                ],
+                color.filled(),
+            )))?;
+            chart.draw_series(std::iter::once(Text::new(
+                format!("{} ({}x)", fmt_v(r.value), fmt_v(r.vs_baseline)),
+                (v, SegmentValue::CenterOf(i)),
+                ("sans-serif", 12),
+            )))?;
+        }
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+const PALETTE: [RGBColor; 4] = [
+    RGBColor(214, 39, 40),
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
+
+fn cdf_svg(sc: &Scenario) -> Result<String, Box<dyn std::error::Error>> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (820, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (lo, hi) = sc
+            .cdfs
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|x| x.0 / 1e3))
+            .fold((f64::MAX, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
+        let lo = (lo * 0.8).max(0.001);
+        let hi = (hi * 1.2).max(lo * 10.0);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "Urgent latency CDF during a bulk transfer (log scale)",
+                ("sans-serif", 15),
+            )
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d((lo..hi).log_scale(), 0.0..1.0)?;
+        chart
+            .configure_mesh()
+            .x_desc("latency, ms")
+            .y_desc("fraction of probes")
+            .draw()?;
+        for (i, (label, pts)) in sc.cdfs.iter().enumerate() {
+            let c = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    pts.iter().map(|(x, y)| (x / 1e3, *y)),
+                    c.stroke_width(2),
+                ))?
+                .label(label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()?;
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+fn line_svg(sc: &Scenario) -> Result<String, Box<dyn std::error::Error>> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (820, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let xmax = sc
+            .lines
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|x| x.0))
+            .fold(1.0f64, f64::max);
+        let ymax = sc
+            .lines
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|x| x.1))
+            .fold(1.0f64, f64::max)
+            * 1.15;
+        let (xd, yd) = sc.line_axes.unwrap_or(("x", "y"));
+        let mut chart = ChartBuilder::on(&root)
+            .caption(sc.title, ("sans-serif", 15))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..xmax * 1.05, 0.0..ymax)?;
+        chart.configure_mesh().x_desc(xd).y_desc(yd).draw()?;
+        for (i, (label, pts)) in sc.lines.iter().enumerate() {
+            let c = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
+                .label(label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+            chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()?;
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+/// The scenario's plot: latency CDFs, lines, or throughput bars.
+fn plot_svg(sc: &Scenario) -> Result<String, Box<dyn std::error::Error>> {
+    if !sc.cdfs.is_empty() {
+        cdf_svg(sc)
+    } else if !sc.lines.is_empty() {
+        line_svg(sc)
+    } else {
+        bar_svg(sc)
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Minimal Markdown emphasis (`**x**`) to HTML.
+fn emphasis(s: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in html_escape(s).split("**").enumerate() {
+        if i % 2 == 1 {
+            let _ = write!(out, "<b>{part}</b>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+fn html(
+    scs: &[Scenario],
+    analysis: &[String],
+    meta: &Meta,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Foundation report</title><style>body{{font-family:sans-serif;max-width:900px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 7px;text-align:left}}th{{background:#f3f3f3}}.plot{{margin:1em 0}}</style></head><body><h1>Foundation comparative report</h1><p>Mode {}; {} cores; {} build; run {:.0} s; Unix time {}. Ratios against each scenario's baseline from the same run (&gt; 1 is better). Blue: Foundation; grey: baseline; orange: peers.</p>",
+        meta.mode, meta.cores, meta.profile, meta.seconds, meta.at_unix
+    );
+    let _ = write!(h, "<h2>Analysis (computed from the figures)</h2><ul>");
+    for a in analysis {
+        let _ = write!(h, "<li>{}</li>", emphasis(a));
+    }
+    let _ = write!(h, "</ul>");
+    for sc in scs {
+        let _ = write!(
+            h,
+            "<h2>{} <small>({})</small></h2><p>{}. Baseline: {}.</p><table><tr><th>system</th><th>{}</th><th>vs baseline</th><th>peak heap MiB</th><th>peak RSS MiB</th><th>detail</th></tr>",
+            html_escape(sc.title),
+            sc.layer,
+            html_escape(&sc.method),
+            html_escape(sc.baseline),
+            html_escape(sc.unit)
+        );
+        for r in &sc.rows {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}x</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                html_escape(&r.system),
+                fmt_v(r.value),
+                fmt_v(r.vs_baseline),
+                fmt_v(r.peak_heap_mib),
+                r.peak_rss_mib.map_or("–".into(), fmt_v),
+                html_escape(&r.detail)
+            );
+        }
+        let _ = write!(h, "</table>");
+        let _ = write!(h, "<div class=\"plot\">{}</div>", plot_svg(sc)?);
+    }
+    let ev = evidence();
+    let _ = write!(h, "<h2>Assumption verdicts (last assumption test run)</h2>");
+    if ev.is_empty() {
+        let _ = write!(h, "<p>No evidence in <code>target/assumptions/</code>.</p>");
+    } else {
+        let _ = write!(h, "<table><tr><th>id</th><th>verdict</th><th>expected</th><th>value</th><th>build</th><th>measured</th></tr>");
+        for e in &ev {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                html_escape(&e.id),
+                e.verdict,
+                e.expected,
+                fmt_v(e.value),
+                e.profile,
+                html_escape(&e.measured)
+            );
+        }
+        let _ = write!(h, "</table>");
+    }
+    let _ = write!(h, "<h2>Broadcast reliability against failure rate</h2><p>Not measured: the overlay simulator is not in the workspace yet. Extension point: <code>broadcast_reliability</code> in <code>benches/src/bin/report.rs</code>.</p></body></html>");
+    Ok(h)
+}
+
+/// A scenario runner.
+type ScenarioFn = fn(&Sizes) -> Scenario;
+
+#[derive(Serialize)]
+struct Meta {
+    mode: &'static str,
+    cores: usize,
+    profile: &'static str,
+    seconds: f64,
+    at_unix: u64,
+}
+
+#[derive(Serialize)]
+struct Json<'a> {
+    meta: &'a Meta,
+    scenarios: &'a [Scenario],
+    analysis: &'a [String],
+    broadcast_reliability: Option<&'a Scenario>,
+}
+
+fn main() {
+    let mut quick = false;
+    let mut smoke = false;
+    let mut out = foundation_testkit::assumptions::target_dir().join("report");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--smoke" => smoke = true,
+            "--out" => match args.next() {
+                Some(d) => out = PathBuf::from(d),
+                None => {
+                    eprintln!("report: --out needs a directory");
+                    std::process::exit(2);
+                }
+            },
+            "-h" | "--help" => {
+                println!("usage: report [--quick | --smoke] [--out DIR]\nRuns the comparative scenarios and writes report.md, report.json and report.html (default target/report/).\n--quick: smaller runs (under 5 minutes on 2 cores); --smoke: tiny runs that only check the pipeline (figures not meaningful).");
+                return;
+            }
+            other => {
+                eprintln!("report: unknown argument {other:?} (try --help)");
+                std::process::exit(2);
+            }
+        }
+    }
+    if !memory::installed() {
+        eprintln!("report: the counting allocator is not installed; heap figures would be 0");
+        std::process::exit(1);
+    }
+    let sizes = if smoke {
+        Sizes {
+            messages: 2_000,
+            calls: 200,
+            node_messages: 500,
+            probes: 10,
+            large: 10,
+            rounds: 1,
+            cluster_sizes: &[2, 3],
+        }
+    } else if quick {
+        Sizes {
+            messages: 200_000,
+            calls: 20_000,
+            node_messages: 20_000,
+            probes: 100,
+            large: 100,
+            rounds: 3,
+            cluster_sizes: &[4, 8, 12],
+        }
+    } else {
+        Sizes {
+            messages: 1_000_000,
+            calls: 100_000,
+            node_messages: 100_000,
+            probes: 400,
+            large: 400,
+            rounds: 5,
+            cluster_sizes: &[4, 8, 16, 24],
+        }
+    };
+    let started = Instant::now();
+    let runs: [(&str, ScenarioFn); 7] = [
+        ("fire_and_forget", fire_and_forget),
+        ("request_reply", request_reply),
+        ("large_in_process", large_in_process),
+        ("node_small_messages", node_small),
+        ("node_large_messages", node_large),
+        ("urgent_during_bulk", urgent_during_bulk),
+        ("topology_footprint", topology_footprint),
+    ];
+    let mut scs = Vec::new();
+    for (name, f) in runs {
+        eprintln!("scenario {name}");
+        scs.push(f(&sizes));
+    }
+    let bcast = broadcast_reliability(&sizes);
+    let analysis = analysis(&scs);
+    let meta = Meta {
+        mode: if smoke {
+            "smoke (pipeline check only: figures not meaningful)"
+        } else if quick {
+            "quick"
+        } else {
+            "full"
+        },
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        seconds: started.elapsed().as_secs_f64(),
+        at_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        eprintln!("report: cannot create {}: {e}", out.display());
+        std::process::exit(1);
+    }
+    let md = markdown(&scs, &analysis, &meta);
+    let json = serde_json::to_string_pretty(&Json {
+        meta: &meta,
+        scenarios: &scs,
+        analysis: &analysis,
+        broadcast_reliability: bcast.as_ref(),
+    })
+    .expect("the report serialises");
+    let page = match html(&scs, &analysis, &meta) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("report: cannot draw the plots: {e}");
+            std::process::exit(1);
+        }
+    };
+    for sc in &scs {
+        if let Ok(svg) = plot_svg(sc) {
+            let p = out.join(format!("plot-{}.svg", sc.id));
+            if let Err(e) = std::fs::write(&p, svg) {
+                eprintln!("report: cannot write {}: {e}", p.display());
+                std::process::exit(1);
+            }
+        }
+    }
+    for (name, body) in [
+        ("report.md", md.as_str()),
+        ("report.json", json.as_str()),
+        ("report.html", page.as_str()),
+    ] {
+        let p = out.join(name);
+        if let Err(e) = std::fs::write(&p, body) {
+            eprintln!("report: cannot write {}: {e}", p.display());
+            std::process::exit(1);
+        }
+    }
+    println!("{md}");
+    eprintln!(
+        "wrote {}/report.{{md,json,html}} in {:.0} s",
+        out.display(),
+        meta.seconds
+    );
+}

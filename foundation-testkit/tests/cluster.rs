@@ -1,0 +1,100 @@
+//! The cluster harness: nodes converge, faults injected through it take effect and heal,
+//! connections are counted, a killed node is detected.
+
+use std::time::Duration;
+
+use foundation_distributed::node::{MembershipEvent, SendOptions};
+use foundation_testkit::cluster::{Cluster, ClusterSpec, Net};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_sends_partitions_and_heals() {
+    let cluster = Cluster::start(ClusterSpec::new(3, Net::Memory))
+        .await
+        .unwrap();
+    cluster.converge(Duration::from_secs(20)).await.unwrap();
+    let mut inbox = cluster.node(2).register::<u32>("inbox");
+    cluster
+        .node(0)
+        .send("n2", "inbox", &1u32, SendOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(inbox.recv().await.unwrap(), ("n0".to_string(), 1));
+
+    let rule = cluster.partition(&["n0"], &["n2"]);
+    cluster
+        .node(0)
+        .send("n2", "inbox", &2u32, SendOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), inbox.recv())
+            .await
+            .is_err(),
+        "a partitioned message is not delivered"
+    );
+    cluster.interposer().remove(rule);
+    let lossy = cluster.drop_messages(&["n0"], &["n2"], 1.0);
+    cluster
+        .node(0)
+        .send("n2", "inbox", &4u32, SendOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), inbox.recv())
+            .await
+            .is_err(),
+        "a message dropped with probability 1 is not delivered"
+    );
+    cluster.interposer().remove(lossy);
+    cluster
+        .node(0)
+        .send("n2", "inbox", &3u32, SendOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(inbox.recv().await.unwrap(), ("n0".to_string(), 3));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_connections_per_node() {
+    let cluster = Cluster::start(ClusterSpec::new(2, Net::Memory))
+        .await
+        .unwrap();
+    cluster.converge(Duration::from_secs(20)).await.unwrap();
+    // Default channels: 3 + 1 + 5 connections per link, one link each way once the
+    // second node answered the first's hello.
+    for _ in 0..200 {
+        if cluster.connections_total() >= 18 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cluster.connections_total(), 18);
+    assert_eq!(cluster.connections_of("n0"), 18);
+    assert_eq!(cluster.connections_of("n1"), 18);
+    assert_eq!(cluster.connections_of("nobody"), 0);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_reported_down_over_tcp() {
+    let mut cluster = Cluster::start(ClusterSpec::new(2, Net::Tcp)).await.unwrap();
+    cluster.converge(Duration::from_secs(20)).await.unwrap();
+    let mut events = cluster.node(0).subscribe();
+    cluster.kill(1);
+    let down = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await {
+                Ok(MembershipEvent::Down(n)) | Ok(MembershipEvent::Left(n)) if n == "n1" => {
+                    return true
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(down, Ok(true), "n1 reported down");
+    assert_eq!(cluster.running().count(), 1);
+    cluster.shutdown().await;
+}
