@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use foundation_distributed::channel::{ChannelSettings, ChannelSpec, Priority, COORDINATION};
 use foundation_distributed::node::{Node, NodeSettings, SendOptions};
 use foundation_distributed::transport::{
-    ClusterSecret, TcpTransport, Transport, TransportSettings,
+    ClusterSecret, Security, TcpTransport, Transport, TransportSettings,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,12 +33,23 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The security mode of the bench's links: the default (secret-keyed AEAD), or plaintext
+/// with `FOUNDATION_BENCH_INSECURE=1` to compare the cost of encryption.
+fn security() -> Security {
+    static SECRET: std::sync::OnceLock<ClusterSecret> = std::sync::OnceLock::new();
+    if std::env::var("FOUNDATION_BENCH_INSECURE").is_ok_and(|v| v == "1") {
+        Security::InsecurePlaintext
+    } else {
+        Security::Secret(SECRET.get_or_init(ClusterSecret::generate).clone())
+    }
+}
+
 fn transport(node: &str) -> Arc<dyn Transport> {
     Arc::new(
         TcpTransport::new(TransportSettings {
             cluster: "bench".into(),
             node: node.into(),
-            secret: ClusterSecret::new("the-bench-cluster-secret-0123"),
+            security: security(),
             ..Default::default()
         })
         .expect("settings"),

@@ -26,7 +26,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use foundation_beam::process::{spawn, Context, Process, Reply};
 use foundation_distributed::node::{Node, NodeSettings};
 use foundation_distributed::remote::{Remote, RemoteMessage};
-use foundation_distributed::transport::{ClusterSecret, TcpTransport, TransportSettings};
+use foundation_distributed::transport::{ClusterSecret, Security, TcpTransport, TransportSettings};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -65,11 +65,14 @@ impl Process for Bumper {
     }
 }
 
+static SECRET: std::sync::OnceLock<ClusterSecret> = std::sync::OnceLock::new();
+
 async fn node(name: &str) -> Node {
     let t = TcpTransport::new(TransportSettings {
         cluster: "bench".into(),
         node: name.into(),
-        secret: ClusterSecret::new("the-remote-bench-secret-0123"),
+        // The default security mode (secret-keyed AEAD), one secret for the bench's nodes.
+        security: Security::Secret(SECRET.get_or_init(ClusterSecret::generate).clone()),
         ..TransportSettings::default()
     })
     .expect("settings");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use foundation_distributed::beam::{spawn, spawn_fn, Context, ExitReason, Process, Reply};
 use foundation_distributed::node::{Node, NodeSettings};
 use foundation_distributed::remote::{Remote, RemoteMessage};
-use foundation_distributed::transport::{ClusterSecret, TcpTransport, TransportSettings};
+use foundation_distributed::transport::{ClusterSecret, Security, TcpTransport, TransportSettings};
 use serde::{Deserialize, Serialize};
 
 /// What other nodes may send the counter.
@@ -51,11 +51,11 @@ impl Process for Counter {
     }
 }
 
-async fn node(name: &str) -> Result<Node, Box<dyn std::error::Error>> {
+async fn node(name: &str, secret: &ClusterSecret) -> Result<Node, Box<dyn std::error::Error>> {
     let transport = TcpTransport::new(TransportSettings {
         cluster: "example".into(),
         node: name.into(),
-        secret: ClusterSecret::new("example-cluster-secret-0123456789"),
+        security: Security::Secret(secret.clone()),
         ..TransportSettings::default()
     })?;
     Ok(Node::start(Arc::new(transport), name, NodeSettings::default()).await?)
@@ -63,7 +63,9 @@ async fn node(name: &str) -> Result<Node, Box<dyn std::error::Error>> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (a, b) = (node("a").await?, node("b").await?);
+    // Both nodes share one cluster secret (in production: `ClusterSecret::from_file`).
+    let secret = ClusterSecret::generate();
+    let (a, b) = (node("a", &secret).await?, node("b", &secret).await?);
     b.join(&[a.addr()]).await?;
     while a.members().len() < 2 {
         tokio::time::sleep(Duration::from_millis(10)).await; // until a has heard of b

@@ -10,7 +10,8 @@ use foundation_distributed::channel::{ChannelSettings, Channels};
 use foundation_distributed::interpose::{Fault, Interposer, Rule};
 use foundation_distributed::node::{default_channels, Node, NodeSettings, SendOptions};
 use foundation_distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, TcpTransport, Transport, TransportSettings,
+    ClusterSecret, MemoryNetwork, MemoryTransport, Security, TcpTransport, Transport,
+    TransportSettings,
 };
 use foundation_distributed::Error;
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,12 @@ fn settings(node: &str) -> TransportSettings {
     TransportSettings {
         cluster: "test".into(),
         node: node.into(),
-        secret: ClusterSecret::new("0123456789abcdef-secret"),
+        security: Security::Secret(
+            ClusterSecret::from_hex(
+                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
+            )
+            .unwrap(),
+        ),
         ..TransportSettings::default()
     }
 }

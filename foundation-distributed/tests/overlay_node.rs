@@ -10,7 +10,7 @@ use foundation_distributed::overlay::service::HyParViewService;
 use foundation_distributed::overlay::HyParViewConfig;
 use foundation_distributed::topology::{Change, Member, PeerService, Role, TopologyKind};
 use foundation_distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Transport, TransportSettings,
+    ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
 };
 use parking_lot::Mutex;
 
@@ -63,7 +63,12 @@ async fn node(net: &MemoryNetwork, name: &str) -> (Node, Arc<Mutex<BTreeSet<Stri
     let ts = TransportSettings {
         cluster: "overlay".into(),
         node: name.into(),
-        secret: ClusterSecret::new("0123456789abcdef-secret"),
+        security: Security::Secret(
+            ClusterSecret::from_hex(
+                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
+            )
+            .unwrap(),
+        ),
         ..TransportSettings::default()
     };
     let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, ts).unwrap());
@@ -244,7 +249,12 @@ async fn thousand_nodes_in_one_process() {
         let ts = TransportSettings {
             cluster: "overlay".into(),
             node: name.clone(),
-            secret: ClusterSecret::new("0123456789abcdef-secret"),
+            security: Security::Secret(
+                ClusterSecret::from_hex(
+                    "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
+                )
+                .unwrap(),
+            ),
             ..TransportSettings::default()
         };
         let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, ts).unwrap());

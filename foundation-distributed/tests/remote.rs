@@ -11,7 +11,7 @@ use foundation_distributed::interpose::Interposer;
 use foundation_distributed::node::{Node, NodeSettings};
 use foundation_distributed::remote::{Remote, RemoteError, RemoteExitReason, RemoteMessage};
 use foundation_distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Transport, TransportSettings,
+    ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -108,7 +108,12 @@ fn settings(node: &str) -> TransportSettings {
     TransportSettings {
         cluster: "remote-test".into(),
         node: node.into(),
-        secret: ClusterSecret::new("0123456789abcdef-remote-secret"),
+        security: Security::Secret(
+            ClusterSecret::from_hex(
+                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
+            )
+            .unwrap(),
+        ),
         ..TransportSettings::default()
     }
 }

@@ -37,8 +37,8 @@ use foundation_distributed::interpose::{Fault, Interposer, Rule, RuleId};
 use foundation_distributed::node::{Node, NodeSettings};
 use foundation_distributed::topology::{Role, TopologyKind};
 use foundation_distributed::transport::{
-    ClusterSecret, Connection, Listener, MemoryNetwork, MemoryTransport, TcpTransport, Transport,
-    TransportSettings,
+    ClusterSecret, Connection, Listener, MemoryNetwork, MemoryTransport, Security, TcpTransport,
+    Transport, TransportSettings,
 };
 use parking_lot::Mutex;
 
@@ -161,6 +161,10 @@ impl Transport for Counting {
         self.inner.kind()
     }
 
+    fn reload_certificates(&self) -> foundation_distributed::Result<()> {
+        self.inner.reload_certificates()
+    }
+
     async fn listen(&self, addr: &str) -> foundation_distributed::Result<Listener> {
         self.inner.listen(addr).await
     }
@@ -194,12 +198,19 @@ pub struct Cluster {
     network: Option<MemoryNetwork>,
 }
 
+/// The cluster secret every node of this process's harness clusters shares: generated once
+/// per process from the OS CSPRNG (a fixed test string would be refused as weak).
+fn harness_secret() -> ClusterSecret {
+    static SECRET: std::sync::OnceLock<ClusterSecret> = std::sync::OnceLock::new();
+    SECRET.get_or_init(ClusterSecret::generate).clone()
+}
+
 /// The transport settings the harness uses for node `name`.
 pub fn transport_settings(name: &str) -> TransportSettings {
     TransportSettings {
         cluster: "testkit".into(),
         node: name.into(),
-        secret: ClusterSecret::new("foundation-testkit-cluster-secret"),
+        security: Security::Secret(harness_secret()),
         ..TransportSettings::default()
     }
 }
