@@ -217,7 +217,7 @@ async fn request_handlers_are_bounded_owned_and_cancellable() {
     b.serve("hang", |_from, _: ()| async {
         std::future::pending::<()>().await;
     });
-    // A cancelled request: its entry is gone at once (its handler on `b` runs on).
+    // A cancelled request: its entry is gone at once, and its handler on `b` is aborted.
     let r = tokio::time::timeout(
         Duration::from_millis(100),
         a.request::<_, ()>("b", "hang", &(), Duration::from_secs(3600)),
@@ -225,9 +225,10 @@ async fn request_handlers_are_bounded_owned_and_cancellable() {
     .await;
     assert!(r.is_err(), "still waiting");
     assert_eq!(a.load().0, 0, "the cancelled request left nothing behind");
+    eventually("its handler aborted on b", || b.load().1 == 0).await;
 
     let mut hanging = Vec::new();
-    for _ in 0..1 {
+    for _ in 0..2 {
         let a = a.clone();
         hanging.push(tokio::spawn(async move {
             a.request::<_, ()>("b", "hang", &(), Duration::from_secs(3600))
@@ -241,14 +242,25 @@ async fn request_handlers_are_bounded_owned_and_cancellable() {
         .unwrap_err();
     assert!(matches!(e, Error::Overloaded { .. }), "{e}");
 
-    assert_eq!(a.load().0, 1, "only the spawned request waits");
+    assert_eq!(a.load().0, 2, "only the spawned requests wait");
     for h in &hanging {
         h.abort();
     }
     eventually("aborted requests removed", || a.load().0 == 0).await;
+    eventually("their handlers aborted on b", || b.load().1 == 0).await;
 
+    // A handler still running at shutdown is aborted by it.
+    let keep = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.request::<_, ()>("b", "hang", &(), Duration::from_secs(3600))
+                .await
+        })
+    };
+    eventually("one handler running", || b.load().1 == 1).await;
     assert!(b.shutdown_within(Duration::from_secs(5)).await);
     assert_eq!(b.load().1, 0, "handlers aborted at shutdown");
+    keep.abort();
 }
 
 #[derive(Serialize, Deserialize)]
@@ -306,4 +318,31 @@ async fn a_message_claiming_another_sender_is_refused() {
     let (from, text) = inbox.recv().await.unwrap();
     assert_eq!((from.as_str(), text.as_str()), ("mallory", "honest"));
     assert!(inbox.try_recv().is_err(), "the forged message was refused");
+}
+
+/// `send_acked` waiting for room in its window is released, with an error, when the node
+/// shuts down (nothing hangs).
+#[tokio::test(start_paused = true)]
+async fn a_full_acked_window_fails_at_shutdown() {
+    let net = MemoryNetwork::new();
+    let faults = Arc::new(Interposer::with_seed(11));
+    let s = NodeSettings {
+        acked_window: 1,
+        interposer: Some(faults.clone()),
+        ..NodeSettings::default()
+    };
+    let (a, b) = pair(&net, s).await;
+    let _inbox = b.register::<u64>("acked");
+    faults.add(Rule::new(Fault::Drop { probability: 1.0 }).channel("messages"));
+    a.send_acked("b", "acked", &1u64).await.unwrap();
+    let waiting = {
+        let a = a.clone();
+        tokio::spawn(async move { a.send_acked("b", "acked", &2u64).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "the window is full");
+    assert_eq!(a.load().2, 1, "one message held for retransmission");
+    a.shutdown().await;
+    let e = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(e, Error::NodeShutDown { .. }), "{e}");
 }

@@ -39,7 +39,8 @@
 //! * [`send_acked`](Node::send_acked) survives lost messages and reconnects: it is
 //!   retransmitted until acknowledged and delivered exactly once, in order.
 //! * Requests and broadcasts carry the sender's incarnation; replies are matched by
-//!   (answering node, id).
+//!   (answering node, id). A `request` dropped before its reply (cancelled or timed out)
+//!   removes its entry and tells the server, which aborts the handler.
 //!
 //! Wire messages are MessagePack; application payloads are any serde type.
 
@@ -618,7 +619,9 @@ impl Node {
     /// kept (up to [`NodeSettings::acked_window`] per destination; beyond, this waits)
     /// and resent until `node` acknowledges it, across lost messages and reconnects, and
     /// `node` delivers each exactly once, in the order sent. `Ok` means accepted for
-    /// delivery; it is abandoned only if `node` is removed from the membership or leaves.
+    /// delivery; it is abandoned only if `node` is removed from the membership or leaves
+    /// (a call waiting for room then fails with [`Error::UnknownNode`]) or this node shuts
+    /// down ([`Error::NodeShutDown`]).
     pub async fn send_acked<T: Serialize + ?Sized>(
         &self,
         node: &str,
@@ -638,12 +641,17 @@ impl Node {
             .inner
             .acked
             .window(node, self.inner.settings.acked_window.max(1));
-        let permit = window
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::NodeShutDown {
-                node: self.inner.name.clone(),
-            })?;
+        let permit = window.acquire_owned().await.map_err(|_| {
+            if self.inner.cancel.is_cancelled() {
+                Error::NodeShutDown {
+                    node: self.inner.name.clone(),
+                }
+            } else {
+                Error::UnknownNode {
+                    node: node.to_string(),
+                }
+            }
+        })?;
         permit.forget(); // returned by the acknowledgement
         let (seq, base) = self.inner.acked.push(node, name, body.clone());
         metrics::gauge!("foundation_node_retransmit_buffer").increment(1.0);
@@ -671,7 +679,14 @@ impl Node {
         msg: &Q,
         timeout: Duration,
     ) -> Result<R> {
-        let (id, rx, _pending) = self.inner.requests.start(node);
+        let (id, rx, pending) = self.inner.requests.start(node);
+        // Dropped before the reply (cancelled, timed out): tell the server to abort it.
+        let _cancel = CancelOnDrop {
+            inner: &self.inner,
+            pending,
+            node,
+            id,
+        };
         let wire = Wire::Request {
             id,
             incarnation: self.inner.incarnation,
@@ -801,6 +816,9 @@ impl Node {
         let bye = inner.view.lock().leave();
         inner.gossip_all(vec![bye]);
         inner.cancel.cancel();
+        for o in inner.acked.out.lock().values() {
+            o.window.close();
+        }
         let mut handlers = inner.requests.abort_all();
         let tasks: Vec<_> = std::mem::take(&mut *inner.tasks.lock());
         let (channels, link_tasks) = inner.links.stop_all();
@@ -825,6 +843,33 @@ impl Node {
         }
         drop(inner.inbox.lock().take());
         clean
+    }
+}
+
+/// Sends a `Cancel` (without waiting) if the request it guards is dropped unanswered.
+struct CancelOnDrop<'a> {
+    inner: &'a Inner,
+    pending: request::Pending<'a>,
+    node: &'a str,
+    id: u64,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.pending.waiting() {
+            let w = Wire::Cancel {
+                id: self.id,
+                to_node: self.node.to_string(),
+                from: self.inner.name.clone(),
+            };
+            if self
+                .inner
+                .forward_now(self.node, encode(&w), URGENT)
+                .is_err()
+            {
+                self.inner.meters.dropped("cancel_failed").increment(1);
+            }
+        }
     }
 }
 
@@ -1152,6 +1197,12 @@ impl Inner {
                 body,
                 ..
             } => self.on_acked(from, incarnation, seq, base, to_name, body),
+            Wire::Cancel { id, from, .. } => {
+                if self.requests.cancel(&from, id) {
+                    metrics::counter!("foundation_node_requests_total", "result" => "cancelled")
+                        .increment(1);
+                }
+            }
             Wire::Ack {
                 from,
                 incarnation,
@@ -1219,7 +1270,8 @@ impl Inner {
         };
         let weak = Arc::downgrade(self);
         let fut = serve(from.clone(), body);
-        self.requests.spawn(async move {
+        let requester = from.clone();
+        self.requests.spawn_handler(&requester, id, async move {
             let _permit = permit;
             let r = fut.await;
             let Some(inner) = weak.upgrade() else { return };
