@@ -36,7 +36,9 @@
 //! use foundation_distributed::beam::{spawn, Context, Process, Reply};
 //! use foundation_distributed::node::{Node, NodeSettings};
 //! use foundation_distributed::remote::{Remote, RemoteMessage};
-//! use foundation_distributed::transport::{ClusterSecret, MemoryNetwork, MemoryTransport, TransportSettings};
+//! use foundation_distributed::transport::{
+//!     ClusterSecret, MemoryNetwork, MemoryTransport, Security, TransportSettings,
+//! };
 //!
 //! enum Msg { Add(u64), Get(Reply<u64>) }
 //! impl RemoteMessage for Msg {
@@ -56,10 +58,11 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let net = MemoryNetwork::new();
+//! let secret = ClusterSecret::generate(); // shared by the cluster's nodes
 //! let node = |name: &'static str| {
 //!     let t = MemoryTransport::new(&net, TransportSettings {
 //!         cluster: "doc".into(), node: name.into(),
-//!         secret: ClusterSecret::new("doc-example-secret-0123456789"), ..Default::default()
+//!         security: Security::Secret(secret.clone()), ..Default::default()
 //!     }).unwrap();
 //!     let s = NodeSettings { listen: format!("mem://{name}"), ..Default::default() };
 //!     Node::start(Arc::new(t), name, s)
