@@ -291,7 +291,29 @@ async fn thousand_nodes_in_one_process() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let formed = t0.elapsed();
-    assert!(connected(&views, &none), "overlay not connected");
+    let snapshot: Vec<(String, BTreeSet<String>)> = views
+        .iter()
+        .map(|(n, v)| (n.clone(), v.lock().clone()))
+        .collect();
+    let one_sided = snapshot
+        .iter()
+        .flat_map(|(n, v)| v.iter().map(move |p| (n, p)))
+        .filter(|(n, p)| {
+            snapshot
+                .iter()
+                .find(|(m, _)| m == *p)
+                .is_none_or(|(_, w)| !w.contains(*n))
+        })
+        .count();
+    let sizes: Vec<usize> = snapshot.iter().map(|(_, v)| v.len()).collect();
+    assert!(
+        connected(&views, &none),
+        "overlay not connected after {:.1} s: view sizes {}..={}, {} empty, {one_sided} one-sided links",
+        formed.as_secs_f64(),
+        sizes.iter().min().unwrap(),
+        sizes.iter().max().unwrap(),
+        sizes.iter().filter(|s| **s == 0).count()
+    );
     let links: usize = views.iter().map(|(_, v)| v.lock().len()).sum::<usize>() / 2;
     let rss_formed = rss().unwrap_or(0);
     println!(

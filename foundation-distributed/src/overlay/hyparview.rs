@@ -30,8 +30,8 @@
 //!   off.
 //!
 //! The state machine does no I/O and reads no clock or randomness of its own: the driver
-//! passes each [`Input`] with the current time and a random source, and carries out the
-//! [`Output`]s (send, set a timer, report a neighbour up or down). Timers carry a token so
+//! passes each [`HvInput`] with the current time and a random source, and carries out the
+//! [`HvOutput`]s (send, set a timer, report a neighbour up or down). Timers carry a token so
 //! a stale one is ignored. [`Sim`](super::sim::Sim) drives it on virtual time; a node
 //! drives it through a [`PeerService`](crate::topology::PeerService) adapter.
 
