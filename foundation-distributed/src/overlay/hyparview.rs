@@ -209,9 +209,10 @@ pub enum HvOutput<P> {
     NeighborUp(P),
     /// `P` left the active view.
     NeighborDown(P),
-    /// Both views are empty and the contact is gone: the driver should feed
-    /// [`HvInput::Join`] with a live member it knows of (a seed, the node's membership).
-    /// Emitted on each repair tick while it lasts.
+    /// The node is cut off — both views empty, or fewer than half the active slots filled
+    /// and no passive candidate left — and its contact is gone or already a neighbour: the
+    /// driver should feed [`HvInput::Join`] with a live member it knows of (a seed, the
+    /// node's membership). Emitted on each repair tick while it lasts.
     Isolated,
 }
 
@@ -592,14 +593,19 @@ impl<P: PeerId> HyParView<P> {
                     }
                 }
                 self.rejected.clear();
-                if self.active.is_empty() && self.passive.is_empty() && self.pending.is_empty() {
-                    // Isolated: go back to the contact, or ask the driver for one.
+                if (self.active.is_empty() || starved)
+                    && self.passive.is_empty()
+                    && self.pending.is_empty()
+                {
+                    // Isolated, or starved with no candidate left (a small group cut off
+                    // from the rest): join again through the contact, or ask the driver
+                    // for one.
                     match self.contact.clone() {
-                        Some(c) => out.push(HvOutput::Send {
+                        Some(c) if !self.active.contains(&c) => out.push(HvOutput::Send {
                             to: c,
                             msg: HvMessage::Join,
                         }),
-                        None => out.push(HvOutput::Isolated),
+                        _ => out.push(HvOutput::Isolated),
                     }
                 }
                 self.fill(rng, out);
