@@ -953,12 +953,14 @@ fn a11_channels_no_hol() {
             p99_ms,
             p99_ms < 10.0 && sep.probes_lost == 0,
             format!(
-                "urgent during 1 MiB bulk over loopback TCP: channels {} ({} lost, bulk {:.0} MiB/s); single connection {} ({} lost, bulk {:.0} MiB/s)",
+                "urgent during 1 MiB bulk over loopback TCP: channels {} ({} lost, {} refused with an error, bulk {:.0} MiB/s); single connection {} ({} lost, {} refused, bulk {:.0} MiB/s)",
                 s.describe_ms(),
                 sep.probes_lost,
+                sep.probes_refused,
                 mib_s(&sep),
                 o.describe_ms(),
                 one.probes_lost,
+                one.probes_refused,
                 mib_s(&one)
             ),
         )
@@ -968,6 +970,7 @@ fn a11_channels_no_hol() {
         .figure("single_p99_ms", o.p99_us / 1e3)
         .figure("channels_bulk_mib_s", mib_s(&sep))
         .figure("single_bulk_mib_s", mib_s(&one))
+        .figure("channels_refused", sep.probes_refused as f64)
         .record_and_check();
 }
 
@@ -1010,7 +1013,6 @@ fn a12_partisan_overhead_small() {
         (N, N),
         "every message arrived"
     );
-    let ratio = sep.elapsed.as_secs_f64() / one.elapsed.as_secs_f64();
     let k = |o: &scenarios::StreamOutcome| o.rate() / 1e3;
     reg::A12
         .judge(

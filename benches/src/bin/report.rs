@@ -799,10 +799,11 @@ fn urgent_during_bulk(s: &Sizes) -> Scenario {
             (
                 sum.p99_us / 1e3,
                 format!(
-                    "p50 {:.2} ms, max {:.2} ms, {} lost, bulk {:.0} MiB/s",
+                    "p50 {:.2} ms, max {:.2} ms, {} lost, {} refused with an error, bulk {:.0} MiB/s",
                     sum.p50_us / 1e3,
                     sum.max_us / 1e3,
                     o.probes_lost,
+                    o.probes_refused,
                     o.bulk_bytes as f64 / MIB / o.elapsed.as_secs_f64()
                 ),
             )
