@@ -397,6 +397,32 @@ pub fn median_of(rounds: usize, mut f: impl FnMut() -> Duration) -> Duration {
     v[v.len() / 2]
 }
 
+/// Runs `a` and `b` alternately `rounds` times and returns the median of the per-round
+/// ratios `a / b` with the median durations of each. Pairing adjacent runs keeps a ratio
+/// honest on a machine whose load changes during the measurement (other processes on a
+/// shared machine slow both sides of a pair alike).
+pub fn median_ratio(
+    rounds: usize,
+    mut a: impl FnMut() -> Duration,
+    mut b: impl FnMut() -> Duration,
+) -> (f64, Duration, Duration) {
+    let mut ratios = Vec::new();
+    let mut da = Vec::new();
+    let mut db = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let x = a();
+        let y = b();
+        ratios.push(x.as_secs_f64() / y.as_secs_f64().max(1e-12));
+        da.push(x);
+        db.push(y);
+    }
+    ratios.sort_by(f64::total_cmp);
+    da.sort_unstable();
+    db.sort_unstable();
+    let m = ratios.len() / 2;
+    (ratios[m], da[m], db[m])
+}
+
 /// Times `n` calls of `f`.
 pub fn time_n(n: u64, mut f: impl FnMut()) -> Duration {
     let start = Instant::now();
@@ -418,7 +444,7 @@ pub const A1: Assumption = Assumption {
     claim: "a typed config read of a hot key costs at most 1.5x a parking_lot::RwLock<HashMap<String, Arc<T>>> read",
     source: src!("Tactic 1.1 (process-per-namespace config) and Tactic 1.2 (binary-optimized storage)"),
     method: "Namespace::get_arc / get of one key among 1,000, against the RwLock<HashMap> baseline in the same run",
-    threshold: "median time ratio foundation/baseline <= 1.5 (2M reads, median of 5)",
+    threshold: "median of 7 paired time ratios foundation/baseline <= 1.5 (2M reads each)",
     expected: Verdict::Confirmed,
     note: "",
     timing: true,
@@ -430,9 +456,9 @@ pub const A2: Assumption = Assumption {
     claim: "per-core (sharded) telemetry beats a shared recorder under contention: increments from 2 threads at least 2x faster than the Prometheus exporter's recorder",
     source: src!("Principle 1 (BEAM-native design: no single shared hot spot); ARCHITECTURE.md telemetry"),
     method: "metrics::Counter from ShardedRecorder vs metrics-exporter-prometheus recorder, 2 threads x 2M increments of one counter",
-    threshold: "time ratio exporter/sharded >= 2.0 (median of 5)",
+    threshold: "median of 7 paired time ratios exporter/sharded >= 2.0",
     expected: Verdict::Confirmed,
-    note: "",
+    note: "load-sensitive: 11.3x on a quiet machine (the first measurement), 1.4x to 2.1x in eight release runs on a shared 2-core machine at load average 12 to 17, where the two incrementing threads seldom run at the same time and so seldom contend (the claim is about contention). The design's verdict is kept as expected",
     timing: true,
 };
 
@@ -467,8 +493,8 @@ pub const A5: Assumption = Assumption {
     source: src!("Principle 4 (separate traffic by priority) applied to process mailboxes"),
     method: "Handle::send_urgent().await probes (every 2 ms) to a process handling ~50 us normal messages, its bounded mailbox kept full by 2 producers with Handle::send().await; latency = send to handled",
     threshold: "urgent p99 <= 1 ms (20x the handler time), and <= 1/10 of the normal-message p50",
-    expected: Verdict::Confirmed,
-    note: "",
+    expected: Verdict::Refuted,
+    note: "refuted in 5 of the first 8 release runs on a shared 2-core machine (load average 12 to 17): urgent p99 of 11.4, 0.10, 0.10, 0.11, 20.1, 27.4, 27.3 and 19.8 ms, while the median stayed at 0.03 to 4.4 ms and normal messages waited 45 to 223 ms (p50). The lane itself works (the median); the tail is three busy threads (two producers and the process) sharing two cores with other load, and tokio has no priority to give the urgent hop. Load-sensitive: a quiet machine may confirm it, which this test will report loudly",
     timing: true,
 };
 
@@ -550,9 +576,9 @@ pub const A12: Assumption = Assumption {
     claim: "the Partisan-style layer is not more than 1.1x slower than a plain single-connection mesh for small messages",
     source: src!("Principle 2 (validate_partisan_performance: partisan_time > distributed_erlang_time * 1.1 is a warning)"),
     method: "64-byte Node::send messages between two loopback-TCP nodes, default channels (coordination x3, gossip, bulk_data x5) vs the same node with one channel of one connection; raw TCP with the same framing reported beside",
-    threshold: "time ratio channels/single-connection <= 1.1 (20,000 messages, median of 3)",
-    expected: Verdict::Refuted,
-    note: "refuted in 2 of the first 3 release runs on this shared 2-core machine (channels took 3.52x, 0.99x and 2.32x the time of one connection: 19 to 83 k msg/s against 68 to 82 k): small messages on the default table go to coordination, spread over 3 connections, so each writer batches less and the receiver wakes more often. The node path itself costs 400 to 2,300x raw TCP framing per small message (the largest gap of the report)",
+    threshold: "median of 3 paired time ratios channels/single-connection <= 1.1 (20,000 messages each)",
+    expected: Verdict::Confirmed,
+    note: "inconclusive on the shared 2-core machine it was first measured on (load average 12 to 17): eight release runs gave ratios of 3.52, 0.99, 2.32, 1.76, 0.71, 0.44, 0.82 and 1.47 (from the fifth on, paired runs); the design's verdict is kept as expected. Whatever the ratio, the node path costs 300 to 2,300x raw TCP framing per small message (the largest gap of the report)",
     timing: true,
 };
 

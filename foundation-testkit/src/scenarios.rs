@@ -59,6 +59,8 @@ pub struct HolOutcome {
     pub urgent: LatencyRecorder,
     /// Probes sent with `Ok` and not received within 10 s after the last was sent.
     pub probes_lost: u64,
+    /// Probes whose `Node::send` returned an error (reported to the caller, not lost).
+    pub probes_refused: u64,
     /// Bulk bytes received during the run.
     pub bulk_bytes: u64,
     /// Wall time of the run.
@@ -144,6 +146,7 @@ pub async fn urgent_during_bulk(
     cluster.shutdown().await;
     Ok(HolOutcome {
         probes_lost: sent_ok.saturating_sub(urgent.len()),
+        probes_refused: probes as u64 - sent_ok,
         urgent,
         bulk_bytes: bulk_bytes.load(Ordering::Relaxed),
         elapsed,

@@ -22,7 +22,7 @@ use foundation_core::telemetry::ShardedRecorder;
 use foundation_distributed::channel::ChannelSettings;
 use foundation_distributed::node::SendOptions;
 use foundation_distributed::topology::TopologyKind;
-use foundation_testkit::assumptions::{self as reg, median_of, time_n};
+use foundation_testkit::assumptions::{self as reg, median_of, median_ratio, time_n};
 use foundation_testkit::cluster::{Cluster, ClusterSpec, Net};
 use foundation_testkit::latency::LatencyRecorder;
 use foundation_testkit::memory::{self, PeakAlloc};
@@ -70,22 +70,25 @@ fn a1_config_hot_read() {
     );
     const N: u64 = 2_000_000;
     let key = "svc.k0500";
-    let b = median_of(5, || {
-        time_n(N, || {
-            drop(black_box(base.read().get(black_box(key)).cloned()))
-        })
-    });
-    let f = median_of(5, || {
-        time_n(N, || {
-            drop(black_box(ns.get_arc::<u64>(black_box(key)).unwrap()))
-        })
-    });
+    // Baseline and Foundation measured alternately, the ratio taken per pair.
+    let (ratio, f, b) = median_ratio(
+        7,
+        || {
+            time_n(N, || {
+                drop(black_box(ns.get_arc::<u64>(black_box(key)).unwrap()))
+            })
+        },
+        || {
+            time_n(N, || {
+                drop(black_box(base.read().get(black_box(key)).cloned()))
+            })
+        },
+    );
     let g = median_of(5, || {
         time_n(N, || {
             black_box(ns.get::<u64>(black_box(key)).unwrap());
         })
     });
-    let ratio = f.as_secs_f64() / b.as_secs_f64();
     let per = |d: Duration| d.as_nanos() as f64 / N as f64;
     reg::A1
         .judge(
@@ -139,12 +142,10 @@ fn a2_per_core_telemetry() {
     let sharded = ShardedRecorder::new(4, &[], &[]);
     let base = exporter.register_counter(&Key::from_static_name("a2_total"), &META);
     let ours = sharded.register_counter(&Key::from_static_name("a2_total"), &META);
-    let b = median_of(5, || two_threads(&base));
-    let o = median_of(5, || two_threads(&ours));
-    let ratio = b.as_secs_f64() / o.as_secs_f64();
+    let (ratio, b, o) = median_ratio(7, || two_threads(&base), || two_threads(&ours));
     assert!(
-        sharded.render().contains("a2_total 20000000"),
-        "merged total is exact"
+        sharded.render().contains("a2_total 28000000"),
+        "merged total is exact (7 rounds x 2 threads x 2M)"
     );
     reg::A2
         .judge(
@@ -952,12 +953,14 @@ fn a11_channels_no_hol() {
             p99_ms,
             p99_ms < 10.0 && sep.probes_lost == 0,
             format!(
-                "urgent during 1 MiB bulk over loopback TCP: channels {} ({} lost, bulk {:.0} MiB/s); single connection {} ({} lost, bulk {:.0} MiB/s)",
+                "urgent during 1 MiB bulk over loopback TCP: channels {} ({} lost, {} refused with an error, bulk {:.0} MiB/s); single connection {} ({} lost, {} refused, bulk {:.0} MiB/s)",
                 s.describe_ms(),
                 sep.probes_lost,
+                sep.probes_refused,
                 mib_s(&sep),
                 o.describe_ms(),
                 one.probes_lost,
+                one.probes_refused,
                 mib_s(&one)
             ),
         )
@@ -967,6 +970,7 @@ fn a11_channels_no_hol() {
         .figure("single_p99_ms", o.p99_us / 1e3)
         .figure("channels_bulk_mib_s", mib_s(&sep))
         .figure("single_bulk_mib_s", mib_s(&one))
+        .figure("channels_refused", sep.probes_refused as f64)
         .record_and_check();
 }
 
@@ -978,32 +982,37 @@ fn a12_partisan_overhead_small() {
     let _serial = SERIAL.lock();
     let rt = runtime();
     const N: u64 = 20_000;
-    let run = |channels: fn() -> ChannelSettings| {
-        let mut v: Vec<_> = (0..3)
-            .map(|_| {
-                rt.block_on(scenarios::stream(
-                    Net::Tcp,
-                    channels(),
-                    Encoding::Bytes,
-                    64,
-                    N,
-                    256,
-                ))
-                .unwrap()
-            })
-            .collect();
-        v.sort_by_key(|o| o.elapsed);
-        v[1]
+    let run = |channels: ChannelSettings| {
+        rt.block_on(scenarios::stream(
+            Net::Tcp,
+            channels,
+            Encoding::Bytes,
+            64,
+            N,
+            256,
+        ))
+        .unwrap()
     };
-    let sep = run(ChannelSettings::default);
-    let one = run(scenarios::single_connection_channels);
+    // Channels and single connection measured alternately, the ratio taken per pair.
+    let mut pairs: Vec<_> = (0..3)
+        .map(|_| {
+            let sep = run(ChannelSettings::default());
+            let one = run(scenarios::single_connection_channels());
+            (
+                sep.elapsed.as_secs_f64() / one.elapsed.as_secs_f64(),
+                sep,
+                one,
+            )
+        })
+        .collect();
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (ratio, sep, one) = pairs[1];
     let raw = rt.block_on(scenarios::raw_tcp_stream(64, N)).unwrap();
     assert_eq!(
         (sep.received, one.received),
         (N, N),
         "every message arrived"
     );
-    let ratio = sep.elapsed.as_secs_f64() / one.elapsed.as_secs_f64();
     let k = |o: &scenarios::StreamOutcome| o.rate() / 1e3;
     reg::A12
         .judge(

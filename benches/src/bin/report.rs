@@ -799,10 +799,11 @@ fn urgent_during_bulk(s: &Sizes) -> Scenario {
             (
                 sum.p99_us / 1e3,
                 format!(
-                    "p50 {:.2} ms, max {:.2} ms, {} lost, bulk {:.0} MiB/s",
+                    "p50 {:.2} ms, max {:.2} ms, {} lost, {} refused with an error, bulk {:.0} MiB/s",
                     sum.p50_us / 1e3,
                     sum.max_us / 1e3,
                     o.probes_lost,
+                    o.probes_refused,
                     o.bulk_bytes as f64 / MIB / o.elapsed.as_secs_f64()
                 ),
             )
@@ -904,8 +905,11 @@ fn analysis(scs: &[Scenario]) -> Vec<String> {
             .filter(|r| r.system != sc.baseline)
             .max_by(|a, b| a.vs_baseline.total_cmp(&b.vs_baseline));
         let mut line = format!(
-            "**{}**: best Foundation variant ({}) at {:.2}x the baseline ({})",
-            sc.title, best_ours.system, best_ours.vs_baseline, sc.baseline
+            "**{}**: best Foundation variant ({}) at {}x the baseline ({})",
+            sc.title,
+            best_ours.system,
+            fmt_v(best_ours.vs_baseline),
+            sc.baseline
         );
         if let Some(p) = best_peer {
             let rel = best_ours.vs_baseline / p.vs_baseline;
@@ -937,9 +941,9 @@ fn analysis(scs: &[Scenario]) -> Vec<String> {
         .collect();
     if let Some((s, v)) = gaps.iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
         out.push(format!(
-            "**Largest gap**: {} — the best Foundation variant reaches {:.1}% of {}. This is the first place to optimise.",
+            "**Largest gap**: {} — the best Foundation variant reaches {}% of {}. This is the first place to optimise.",
             s.title,
-            v * 100.0,
+            fmt_v(v * 100.0),
             s.baseline
         ));
     }
@@ -1046,8 +1050,10 @@ fn fmt_v(v: f64) -> String {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
         format!("{v:.1}")
-    } else {
+    } else if v == 0.0 || v.abs() >= 0.01 {
         format!("{v:.2}")
+    } else {
+        format!("{v:.5}")
     }
 }
 
