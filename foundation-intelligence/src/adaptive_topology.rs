@@ -1,7 +1,7 @@
 //! Adaptive topology: watch the cluster and switch the overlay when it no longer fits.
 //!
 //! A [`TopologySelector`] looks at a [`ClusterSnapshot`] and names the topology it wants;
-//! [`AdaptiveTopology`] feeds it snapshots of a [`Node`](crate::distributed::node::Node),
+//! [`AdaptiveTopology`] feeds it snapshots of a [`Node`],
 //! and switches the node's topology (through
 //! [`Node::switch_topology`](crate::distributed::node::Node::switch_topology)) when the
 //! selector asks for a different one and the cooldown since the last switch has passed.

@@ -1,7 +1,7 @@
 //! Guards: an experimental feature behind a circuit breaker, with a fallback.
 //!
 //! A [`Guard`] runs the experimental path through a core
-//! [`CircuitBreaker`](crate::core::resilience::CircuitBreaker). When the path fails, or
+//! [`CircuitBreaker`]. When the path fails, or
 //! the breaker is open (after `failure_threshold` consecutive failures, for
 //! `reset_timeout`), the fallback runs instead and its value is returned. Every outcome
 //! is counted:

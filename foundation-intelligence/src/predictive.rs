@@ -3,7 +3,7 @@
 //! [`Holt`] is Holt's linear-trend exponential smoothing with prediction intervals (the
 //! variance of the h-step forecast of the equivalent ETS(A,A,N) model, from the mean
 //! squared one-step error). A [`Planner`] turns a forecast into a decision for something
-//! [`Scalable`] — an [`Ecosystem`](crate::beam::ecosystem::Ecosystem) resizes its workers:
+//! [`Scalable`] — an [`Ecosystem`] resizes its workers:
 //!
 //! * each unit handles `capacity_per_unit` of load at `target_utilization`;
 //! * **scale up** when the forecast `horizon` readings ahead exceeds the current capacity
