@@ -16,19 +16,19 @@
 //! * [`guard`] — experimental features behind a circuit breaker with a fallback.
 //! * [`adaptive_topology`] — switches a node's topology as the cluster changes.
 //! * [`stats`] — the tests and quantiles the engines decide with.
-//! * `http` — the node's HTTP server (axum): `/metrics`, `/health`, `/ready`.
-//! * `node_config` — the node's configuration: file < environment < flags.
-//! * `demo` — the local demo cluster behind `foundation demo`.
+//! * [`http`] — the node's HTTP server (axum): `/metrics`, `/health`, `/ready`.
+//! * [`node_config`] — the node's configuration: file < environment < flags.
+//! * [`demo`] — the local demo cluster behind `foundation demo`.
 //!
 //! The layers below are re-exported as [`distributed`], [`beam`] and [`core`].
 #![warn(missing_docs)]
 
 pub mod adaptive_topology;
-// pub mod demo;
+pub mod demo;
 pub mod guard;
-// pub mod http;
+pub mod http;
 pub mod hypothesis;
-// pub mod node_config;
+pub mod node_config;
 pub mod predictive;
 pub mod rollout;
 pub mod stats;
@@ -49,5 +49,5 @@ pub fn describe_metrics() {
     rollout::describe_metrics();
     guard::describe_metrics();
     adaptive_topology::describe_metrics();
-    // http::describe_metrics();
+    http::describe_metrics();
 }

@@ -1,0 +1,602 @@
+//! `foundation`: run a Foundation node, or try the local demo.
+//!
+//! ```text
+//! foundation demo                                   # a local cluster and a mixed workload
+//! foundation node --config node.toml                # one node of a real cluster
+//! foundation node --config node.toml --listen 127.0.0.1:7201 --seed 127.0.0.1:7101
+//! ```
+//!
+//! See `foundation --help` and `foundation <command> --help`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use foundation_intelligence::beam::ecosystem::{Ecosystem, EcosystemSpec, Workers};
+use foundation_intelligence::beam::{Context, Process, Reply};
+use foundation_intelligence::core::telemetry::{Telemetry, TelemetrySettings};
+use foundation_intelligence::demo::{self, DemoOptions};
+use foundation_intelligence::distributed::node::{Node, NodeSettings};
+use foundation_intelligence::distributed::topology::TopologyKind;
+use foundation_intelligence::distributed::transport::{
+    ClusterSecret, TcpTransport, Transport, TransportSettings, MIN_SECRET_LEN,
+};
+use foundation_intelligence::http::{Endpoints, HttpServer};
+use foundation_intelligence::node_config::{self, NodeConfig, Overrides};
+use tokio_util::sync::CancellationToken;
+
+const ABOUT: &str = "Run Foundation nodes, or try Foundation in one command.";
+
+const LONG_ABOUT: &str = "\
+Run Foundation nodes, or try Foundation in one command.
+
+Foundation brings BEAM-style supervised process ecosystems and Partisan-style
+distribution (named parallel channels, switchable overlays) to Rust, with an
+evidence-driven control layer (hypotheses, predictive scaling, rollouts) on top.
+
+Start with the demo: it needs no set-up and shows everything at work.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  foundation demo
+      3 nodes on loopback for 20 s: urgent, bulk and gossip traffic, injected
+      crashes, a hypothesis and two rollouts; Prometheus metrics while it runs.
+  foundation demo --nodes 5 --duration 60s --topology client_server
+  foundation node --config n1.toml
+      one node of a real cluster; see `foundation node --help` for the file.
+  RUST_LOG=debug foundation node --config n1.toml --log-json
+
+Every node serves /metrics (Prometheus), /health and /ready over HTTP.";
+
+#[derive(Parser, Debug)]
+#[command(name = "foundation", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+struct Cli {
+    /// Log filter, in RUST_LOG syntax (`info`, `foundation_distributed=debug,warn`).
+    /// Default: `info` for nodes, `warn` for the demo (its summary is the output) with
+    /// the distributed layer at `error`.
+    #[arg(long, global = true, value_name = "FILTER", env = "RUST_LOG")]
+    log: Option<String>,
+
+    /// Write logs as JSON lines (one object per event) instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a local cluster on loopback and show Foundation at work (no set-up needed).
+    #[command(long_about = "\
+Start a local cluster on loopback and show Foundation at work.
+
+Runs N real nodes (TCP on 127.0.0.1, authenticated with a fresh secret) in this
+process, each hosting a supervised ecosystem, and a mixed workload: urgent
+coordination messages and requests, 64 KiB bulk transfers, gossip and
+broadcasts, injected worker crashes (restarted by supervisors), a hypothesis
+(measured, then committed or reverted) and two rollouts (one healthy, one
+faulty by design). Prometheus metrics are served on localhost while it runs;
+it ends with a table of throughput and p50/p99 latency per channel.")]
+    Demo(DemoArgs),
+    /// Run one node of a cluster from a TOML config; flags override the file.
+    #[command(long_about = "\
+Run one node of a cluster from a TOML config; flags override the file.
+
+Settings are layered: defaults < the file < FOUNDATION_NODE__<KEY> environment
+variables < flags. The file has one [node] table:
+
+  [node]
+  name = \"n1\"                      # required, unique in the cluster
+  cluster = \"demo\"                 # nodes of other clusters are refused
+  listen = \"127.0.0.1:7101\"        # cluster traffic
+  seeds = [\"127.0.0.1:7102\"]       # members to join through (none: first node)
+  topology = \"full_mesh\"           # full_mesh | client_server | static
+  metrics = \"127.0.0.1:9101\"       # /metrics, /health, /ready (\"off\": none)
+  secret_file = \"cluster.secret\"   # relative to this file
+
+The cluster secret (at least 16 bytes, the same on every node) comes from
+secret_file or the FOUNDATION_CLUSTER_SECRET environment variable, never from
+the command line. The node hosts an `echo` ecosystem served as `echo`, and
+answers `whoami`. It stops cleanly on Ctrl-C or SIGTERM.")]
+    Node(NodeArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TopologyArg {
+    /// Every node connected to every other.
+    FullMesh,
+    /// Clients connect to 2 servers.
+    ClientServer,
+    /// Only configured neighbours.
+    Static,
+}
+
+impl TopologyArg {
+    fn kind(self) -> TopologyKind {
+        match self {
+            TopologyArg::FullMesh => TopologyKind::FullMesh,
+            TopologyArg::ClientServer => TopologyKind::ClientServer {
+                servers_per_client: 2,
+            },
+            TopologyArg::Static => TopologyKind::Static,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Nodes to start (2..=32).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// How long the workload runs (`20s`, `1m`, `1500ms`, or seconds).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// The topology to start with.
+    #[arg(long, value_enum, default_value = "full-mesh")]
+    topology: TopologyArg,
+    /// Address of the metrics endpoint (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "IP:PORT")]
+    metrics: SocketAddr,
+}
+
+#[derive(Args, Debug)]
+struct NodeArgs {
+    /// The node's TOML file (optional: environment and flags can give everything).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Node name, unique in the cluster.
+    #[arg(long)]
+    name: Option<String>,
+    /// Cluster name.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Address for cluster traffic (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Address announced to peers, if not the listen address.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// A member to join through (repeat for several; replaces the file's list).
+    #[arg(long = "seed", value_name = "HOST:PORT")]
+    seeds: Vec<String>,
+    /// Topology: full_mesh, client_server or static.
+    #[arg(long)]
+    topology: Option<String>,
+    /// Role: peer, server or client.
+    #[arg(long)]
+    role: Option<String>,
+    /// Address of /metrics, /health and /ready (`off` for none).
+    #[arg(long, value_name = "IP:PORT|off")]
+    metrics: Option<String>,
+    /// File holding the cluster secret.
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// Workers of the hosted `echo` ecosystem.
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 20s, 1m, 1500ms)"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{s}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// Sets up logging; a bad filter is an error.
+fn init_logging(filter: &str, json: bool) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| format!("--log / RUST_LOG `{filter}` is not a valid filter: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let r = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    r.map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_filter = match cli.command {
+        // The demo's output is its summary; connection churn at shutdown is not news.
+        Command::Demo(_) => "warn,foundation_distributed=error",
+        Command::Node(_) => "info",
+    };
+    let filter = cli.log.clone().unwrap_or_else(|| default_filter.into());
+    if let Err(e) = init_logging(&filter, cli.log_json) {
+        eprintln!("foundation: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("foundation: cannot start the tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Demo(args) => run_demo(args).await,
+            Command::Node(args) => run_node(args).await,
+        }
+    });
+    // Tasks that ignored their cancellation get a bounded time, then are dropped.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    code
+}
+
+/// Starts the process-wide recorder (no endpoint of its own: the axum server serves it).
+async fn telemetry(labels: &[(&str, &str)]) -> Result<Telemetry, String> {
+    let settings = TelemetrySettings {
+        listen: None,
+        global_labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..TelemetrySettings::default()
+    };
+    let t = Telemetry::start(settings)
+        .await
+        .map_err(|e| format!("cannot start telemetry: {e}"))?;
+    t.install_global()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    foundation_intelligence::describe_metrics();
+    Ok(t)
+}
+
+async fn run_demo(args: DemoArgs) -> ExitCode {
+    let options = DemoOptions {
+        nodes: args.nodes,
+        duration: args.duration,
+        topology: args.topology.kind(),
+        metrics: args.metrics,
+        progress: true,
+    };
+    if let Err(e) = options.validate() {
+        eprintln!("foundation demo: {e}");
+        return ExitCode::from(2);
+    }
+    let telemetry = match telemetry(&[]).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("foundation demo: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!(
+        "Starting {} Foundation nodes on 127.0.0.1 ({}), mixed workload for {:?} ...",
+        options.nodes,
+        foundation_intelligence::adaptive_topology::kind_label(options.topology),
+        options.duration
+    );
+    let cancel = CancellationToken::new();
+    let signal = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            eprintln!("stopping (signal received) ...");
+            cancel.cancel();
+        })
+    };
+    let result = demo::run(options, telemetry.recorder().clone(), cancel, |addr| {
+        println!(
+            "Prometheus metrics: http://{addr}/metrics   (health: /health, readiness: /ready)"
+        );
+    })
+    .await;
+    signal.abort();
+    telemetry.shutdown().await;
+    match result {
+        Ok(summary) => {
+            println!();
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ demo::DemoError::Options(_)) => {
+            eprintln!("foundation demo: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("foundation demo: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Decodes hex text (an even number of hex digits) into bytes.
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// The cluster secret from the configured file or `FOUNDATION_CLUSTER_SECRET`. Hex text
+/// is decoded; anything else is used as it is (surrounding whitespace removed).
+fn load_secret(file: Option<&Path>) -> Result<ClusterSecret, String> {
+    let (what, text) = match file {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| format!("secret file {}: cannot read it: {e}", path.display()))?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                format!(
+                    "secret file {}: not text (write the secret as hex digits)",
+                    path.display()
+                )
+            })?;
+            (format!("secret file {}", path.display()), text)
+        }
+        None => match std::env::var("FOUNDATION_CLUSTER_SECRET") {
+            Ok(v) => ("FOUNDATION_CLUSTER_SECRET".to_string(), v),
+            Err(_) => {
+                return Err("no cluster secret: set secret_file in [node], --secret-file, or the FOUNDATION_CLUSTER_SECRET environment variable (the same secret on every node)".into())
+            }
+        },
+    };
+    let trimmed = text.trim();
+    let bytes = decode_hex(trimmed).unwrap_or_else(|| trimmed.as_bytes().to_vec());
+    if bytes.len() < MIN_SECRET_LEN {
+        return Err(format!(
+            "{what}: the cluster secret has {} bytes; at least {MIN_SECRET_LEN} are required (e.g. 64 hex digits from `openssl rand -hex 32`)",
+            bytes.len()
+        ));
+    }
+    Ok(ClusterSecret::new(bytes))
+}
+
+#[derive(Debug)]
+enum Echo {
+    Call(Vec<u8>, Reply<Vec<u8>>),
+}
+
+struct EchoWorker;
+
+impl Process for EchoWorker {
+    type Message = Echo;
+    async fn handle(&mut self, msg: Echo, _: &mut Context<Echo>) {
+        match msg {
+            Echo::Call(v, reply) => reply.send(v),
+        }
+    }
+}
+
+async fn run_node(args: NodeArgs) -> ExitCode {
+    let overrides = Overrides {
+        name: args.name,
+        cluster: args.cluster,
+        listen: args.listen,
+        advertise: args.advertise,
+        seeds: args.seeds,
+        topology: args.topology,
+        role: args.role,
+        metrics: args.metrics,
+        secret_file: args.secret_file,
+        workers: args.workers,
+    };
+    let cfg = match node_config::load(args.config.as_deref(), std::env::vars(), &overrides).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("foundation node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let secret = match load_secret(cfg.secret_file.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("foundation node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match serve_node(cfg, secret).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("foundation node: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve_node(cfg: NodeConfig, secret: ClusterSecret) -> Result<(), String> {
+    let telemetry = telemetry(&[("node", cfg.name.as_str())]).await?;
+    let transport = TcpTransport::new(TransportSettings {
+        cluster: cfg.cluster.clone(),
+        node: cfg.name.clone(),
+        advertise: cfg.advertise.clone(),
+        secret,
+        ..TransportSettings::default()
+    })
+    .map_err(|e| format!("transport settings: {e}"))?;
+    let transport: Arc<dyn Transport> = Arc::new(transport);
+    let node = Node::start(
+        transport,
+        &cfg.name,
+        NodeSettings {
+            listen: cfg.listen.clone(),
+            role: cfg.role,
+            topology: cfg.topology,
+            ..NodeSettings::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("cannot start the node on {}: {e}", cfg.listen))?;
+    let eco = Arc::new(
+        Ecosystem::start(
+            EcosystemSpec::new("echo").workers(Workers::Fixed(cfg.workers)),
+            |_| EchoWorker,
+        )
+        .await
+        .map_err(|e| format!("cannot start the echo ecosystem: {e}"))?,
+    );
+    {
+        let eco = eco.clone();
+        node.serve("echo", move |_from, v: Vec<u8>| {
+            let eco = eco.clone();
+            async move {
+                eco.call(|r| Echo::Call(v, r), Duration::from_secs(5))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        });
+        let me = cfg.name.clone();
+        node.serve("whoami", move |_from, _: ()| {
+            let me = me.clone();
+            async move { me }
+        });
+    }
+    // The first node (no seeds) is ready as soon as it serves; others once joined.
+    let ready = Arc::new(AtomicBool::new(cfg.seeds.is_empty()));
+    let http = match cfg.metrics {
+        Some(addr) => {
+            let (n, e) = (node.clone(), eco.clone());
+            let cluster = cfg.cluster.clone();
+            let endpoints =
+                Endpoints::new(telemetry.recorder().clone(), ready.clone()).health(move || {
+                    let members: Vec<_> = n
+                        .members()
+                        .into_iter()
+                        .map(|m| serde_json::json!({ "name": m.name, "addr": m.addr, "up": m.up }))
+                        .collect();
+                    let info = e.info();
+                    serde_json::json!({
+                        "status": "ok",
+                        "node": n.name(),
+                        "cluster": cluster,
+                        "members": members,
+                        "ecosystems": [{ "name": info.name, "workers": info.workers, "alive": info.alive, "restarts": info.restarts }],
+                    })
+                });
+            let server = HttpServer::start(addr, endpoints)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("metrics http://{}/metrics", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
+    println!("listening {}", node.addr());
+    tracing::info!(node = %cfg.name, cluster = %cfg.cluster, listen = %node.addr(), topology = ?cfg.topology, "node started");
+
+    let stop = CancellationToken::new();
+    let joiner = {
+        let (node, ready, stop, seeds) =
+            (node.clone(), ready.clone(), stop.clone(), cfg.seeds.clone());
+        tokio::spawn(async move {
+            if seeds.is_empty() {
+                return;
+            }
+            let refs: Vec<&str> = seeds.iter().map(String::as_str).collect();
+            let mut delay = Duration::from_millis(100);
+            let mut attempts = 0u32;
+            loop {
+                match node.join(&refs).await {
+                    Ok(()) => {
+                        tracing::info!(seeds = ?seeds, "joined the cluster");
+                        ready.store(true, Ordering::Release);
+                        return;
+                    }
+                    Err(e) => {
+                        attempts += 1;
+                        if attempts == 1 || attempts.is_multiple_of(10) {
+                            tracing::warn!(seeds = ?seeds, error = %e, attempts, "cannot join yet; retrying");
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        })
+    };
+    let watcher = {
+        let (node, stop) = (node.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut events = node.subscribe();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    e = events.recv() => match e {
+                        Ok(e) => tracing::info!(event = ?e, up = node.members().iter().filter(|m| m.up).count(), "membership"),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "membership events lagged"),
+                        Err(_) => break,
+                    },
+                }
+            }
+        })
+    };
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    ready.store(false, Ordering::Release);
+    stop.cancel();
+    let _ = joiner.await;
+    let _ = watcher.await;
+    if tokio::time::timeout(Duration::from_secs(10), node.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("node shutdown did not finish within 10 s");
+    }
+    eco.shutdown(Duration::from_secs(5)).await;
+    if let Some(h) = http {
+        h.shutdown().await;
+    }
+    telemetry.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

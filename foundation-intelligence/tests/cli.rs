@@ -1,0 +1,248 @@
+//! The `foundation` binary as a user meets it: teaching help, one clear message and a
+//! non-zero exit for bad flags, config, environment and secret files; a node that serves
+//! /metrics, /health and /ready and stops cleanly on SIGTERM; the demo's summary.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use support::{dir, foundation, get, write, RunningNode, SECRET};
+
+/// Runs and returns (exit code, stderr).
+fn fails(cmd: &mut Command) -> (i32, String) {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn help_teaches_the_commands() {
+    let out = foundation().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "demo",
+        "node",
+        "Examples:",
+        "foundation demo --nodes 5",
+        "/metrics",
+    ] {
+        assert!(
+            text.contains(needle),
+            "`{needle}` missing from --help:\n{text}"
+        );
+    }
+    let out = foundation().args(["node", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "[node]",
+        "secret_file",
+        "FOUNDATION_NODE__",
+        "--seed",
+        "SIGTERM",
+    ] {
+        assert!(
+            text.contains(needle),
+            "`{needle}` missing from node --help:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn bad_flags_are_refused() {
+    let (code, err) = fails(foundation().args(["demo", "--bogus"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("--bogus"), "{err}");
+    let (code, err) = fails(foundation().args(["demo", "--duration", "5x"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("5x"), "{err}");
+    let (code, err) = fails(foundation().args(["demo", "--nodes", "1"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("--nodes 1"), "{err}");
+    let (code, err) = fails(foundation().args(["demo", "--log", "a=[b"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("not a valid filter"), "{err}");
+}
+
+#[test]
+fn config_problems_name_the_file_and_the_problem() {
+    let d = dir("bad-config");
+    let secret = write(&d, "cluster.secret", SECRET);
+    let secret = secret.to_str().unwrap();
+    let cases: Vec<(PathBuf, Vec<&str>)> = vec![
+        (
+            write(&d, "malformed.toml", "[node]\nname = \"a\"\nlisten = \n"),
+            vec!["malformed.toml line 3", "malformed TOML"],
+        ),
+        (
+            write(
+                &d,
+                "typo.toml",
+                "[node]\nname = \"a\"\nlisen = \"127.0.0.1:1\"\n",
+            ),
+            vec!["typo.toml", "unknown key `node.lisen`"],
+        ),
+        (
+            write(&d, "type.toml", "[node]\nname = 5\n"),
+            vec!["type.toml", "`node.name`", "expected a string"],
+        ),
+        (
+            write(&d, "table.toml", "[nodes]\nname = \"a\"\n"),
+            vec!["table.toml", "unknown table(s) [nodes]"],
+        ),
+        (
+            write(
+                &d,
+                "topology.toml",
+                "[node]\nname = \"a\"\ntopology = \"ring\"\n",
+            ),
+            vec!["topology.toml", "`ring` is not one of"],
+        ),
+        (
+            d.join("missing.toml"),
+            vec!["missing.toml", "cannot read it"],
+        ),
+    ];
+    for (file, needles) in cases {
+        let (code, err) = fails(
+            foundation()
+                .args(["node", "--secret-file", secret, "--config"])
+                .arg(&file),
+        );
+        assert_eq!(code, 2, "{}: {err}", file.display());
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        for n in needles {
+            assert!(err.contains(n), "`{n}` missing: {err}");
+        }
+    }
+    // The environment and flags are named as the source of their values.
+    let ok = write(&d, "ok.toml", "[node]\nname = \"a\"\nmetrics = \"off\"\n");
+    let (code, err) = fails(
+        foundation()
+            .args(["node", "--secret-file", secret, "--config"])
+            .arg(&ok)
+            .env("FOUNDATION_NODE__WORKERS", "many"),
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("env FOUNDATION_NODE__WORKERS") && err.contains("node.workers"),
+        "{err}"
+    );
+    let (code, err) = fails(
+        foundation()
+            .args([
+                "node",
+                "--secret-file",
+                secret,
+                "--metrics",
+                "nowhere",
+                "--config",
+            ])
+            .arg(&ok),
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("flag --metrics") && err.contains("nowhere"),
+        "{err}"
+    );
+    let (code, err) = fails(foundation().args(["node", "--secret-file", secret]));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("node.name") && err.contains("required"),
+        "{err}"
+    );
+}
+
+#[test]
+fn secret_problems_name_the_file() {
+    let d = dir("bad-secret");
+    let cfg = write(
+        &d,
+        "n.toml",
+        "[node]\nname = \"a\"\nmetrics = \"off\"\nsecret_file = \"short.secret\"\n",
+    );
+    write(&d, "short.secret", "hunter2\n");
+    let (code, err) = fails(foundation().args(["node", "--config"]).arg(&cfg));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("short.secret") && err.contains("at least"),
+        "{err}"
+    );
+    let (code, err) = fails(
+        foundation()
+            .args(["node", "--secret-file", "/nonexistent/x.secret", "--config"])
+            .arg(&cfg),
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("/nonexistent/x.secret") && err.contains("cannot read"),
+        "{err}"
+    );
+    let none = write(&d, "none.toml", "[node]\nname = \"a\"\nmetrics = \"off\"\n");
+    let (code, err) = fails(foundation().args(["node", "--config"]).arg(&none));
+    assert_eq!(code, 2);
+    assert!(err.contains("no cluster secret"), "{err}");
+}
+
+#[test]
+fn a_node_serves_metrics_health_and_readiness_and_stops_on_sigterm() {
+    let d = dir("node");
+    write(&d, "cluster.secret", SECRET);
+    let cfg = write(
+        &d,
+        "n1.toml",
+        "[node]\nname = \"n1\"\ncluster = \"cli\"\nlisten = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nsecret_file = \"cluster.secret\"\n",
+    );
+    let node = RunningNode::start(&["--config", cfg.to_str().unwrap()]);
+    let (status, body) = get(&node.metrics, "/ready");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ready\n"),
+        "a node without seeds is ready"
+    );
+    let (status, body) = get(&node.metrics, "/health");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"node\":\"n1\"") && body.contains("\"cluster\":\"cli\""),
+        "{body}"
+    );
+    let (status, body) = get(&node.metrics, "/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("node=\"n1\""), "global node label");
+    assert!(
+        body.contains("# TYPE foundation_http_request_seconds histogram"),
+        "{body}"
+    );
+    let (status, _) = get(&node.metrics, "/nope");
+    assert_eq!(status, 404);
+    let status = node.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+}
+
+#[test]
+fn the_demo_prints_its_summary() {
+    let out = foundation()
+        .args(["demo", "--nodes", "2", "--duration", "3s"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "Prometheus metrics: http://127.0.0.1:",
+        "coordination: urgent messages",
+        "bulk_data: 64 KiB transfers",
+        "gossip: background fan-out",
+        "topology      full_mesh",
+        "supervision",
+        "hypothesis",
+        "rollout       inline-requests",
+        "rollout       faulty-codec",
+    ] {
+        assert!(stdout.contains(needle), "`{needle}` missing:\n{stdout}");
+    }
+}
