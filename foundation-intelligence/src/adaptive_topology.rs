@@ -8,7 +8,7 @@
 //! Application code is unaffected by a switch.
 //!
 //! [`SizeSelector`] is the built-in selector: full mesh up to `mesh_max` live members,
-//! client-server above, with hysteresis so a cluster hovering at the boundary does not
+//! client-server above (only when members with the server role are up), with hysteresis so a cluster hovering at the boundary does not
 //! flap. The overlays' smart selector plugs in through the same trait.
 //!
 //! | metric | kind |
@@ -31,6 +31,8 @@ pub struct ClusterSnapshot {
     pub members: usize,
     /// Members considered up.
     pub up: usize,
+    /// Members up with the server role (client-server needs at least one).
+    pub servers: usize,
     /// The topology in force.
     pub current: TopologyKind,
 }
@@ -68,7 +70,8 @@ impl TopologySelector for SizeSelector {
             servers_per_client: self.servers_per_client.max(1),
         };
         match s.current {
-            TopologyKind::FullMesh if s.up > self.mesh_max => cs,
+            // Without a server, client-server could not route: stay in the mesh.
+            TopologyKind::FullMesh if s.up > self.mesh_max && s.servers > 0 => cs,
             TopologyKind::ClientServer { .. } if s.up + self.hysteresis <= self.mesh_max => {
                 TopologyKind::FullMesh
             }
@@ -152,6 +155,10 @@ impl AdaptiveTopology {
         let snapshot = ClusterSnapshot {
             members: members.len(),
             up: members.iter().filter(|m| m.up).count(),
+            servers: members
+                .iter()
+                .filter(|m| m.up && m.role == crate::distributed::topology::Role::Server)
+                .count(),
             current: self.current,
         };
         let want = self.selector.select(&snapshot);
@@ -222,6 +229,7 @@ mod tests {
         let snap = |up, current| ClusterSnapshot {
             members: up,
             up,
+            servers: 1,
             current,
         };
         assert_eq!(
@@ -235,5 +243,11 @@ mod tests {
         // 3 live members: inside the hysteresis band, stays client-server.
         assert_eq!(s.select(&snap(3, cs)), cs);
         assert_eq!(s.select(&snap(2, cs)), TopologyKind::FullMesh);
+        // No server up: client-server could not route, so the mesh stays.
+        let no_servers = ClusterSnapshot {
+            servers: 0,
+            ..snap(5, TopologyKind::FullMesh)
+        };
+        assert_eq!(s.select(&no_servers), TopologyKind::FullMesh);
     }
 }

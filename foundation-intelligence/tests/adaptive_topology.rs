@@ -1,0 +1,108 @@
+//! Adaptive topology on real nodes (in-memory transport): the controller switches a
+//! node from full mesh to client-server when the cluster outgrows the mesh limit, and
+//! application requests keep working across the switch (servers a, b; clients c, d).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use foundation_intelligence::adaptive_topology::{AdaptiveTopology, SizeSelector};
+use foundation_intelligence::distributed::node::{Node, NodeSettings};
+use foundation_intelligence::distributed::topology::{Role, TopologyKind};
+use foundation_intelligence::distributed::transport::{
+    ClusterSecret, MemoryNetwork, MemoryTransport, Transport, TransportSettings,
+};
+use tokio::time::Instant;
+
+async fn node(net: &MemoryNetwork, name: &str, role: Role) -> Node {
+    let settings = TransportSettings {
+        cluster: "adaptive".into(),
+        node: name.into(),
+        secret: ClusterSecret::new([7u8; 32]),
+        ..TransportSettings::default()
+    };
+    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings).unwrap());
+    let n = Node::start(
+        t,
+        name,
+        NodeSettings {
+            listen: format!("mem://{name}"),
+            role,
+            topology: TopologyKind::FullMesh,
+            ..NodeSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    let me = name.to_string();
+    n.serve("whoami", move |_from, _: ()| {
+        let me = me.clone();
+        async move { me }
+    });
+    n
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("not reached: {what}");
+}
+
+#[tokio::test]
+async fn switches_to_client_server_when_the_cluster_outgrows_the_mesh() {
+    let net = MemoryNetwork::new();
+    let a = node(&net, "a", Role::Server).await;
+    let b = node(&net, "b", Role::Server).await;
+    b.join(&[a.addr()]).await.unwrap();
+    let mut ctl = AdaptiveTopology::new(
+        a.clone(),
+        TopologyKind::FullMesh,
+        Box::new(SizeSelector {
+            mesh_max: 3,
+            hysteresis: 1,
+            servers_per_client: 1,
+        }),
+        Duration::from_secs(60),
+    );
+    eventually("a sees b", || {
+        a.members().iter().filter(|m| m.up).count() == 2
+    })
+    .await;
+    assert_eq!(ctl.evaluate(Instant::now()), None, "2 members fit a mesh");
+
+    let c = node(&net, "c", Role::Client).await;
+    let d = node(&net, "d", Role::Client).await;
+    c.join(&[a.addr()]).await.unwrap();
+    d.join(&[a.addr()]).await.unwrap();
+    eventually("a sees 4 members", || {
+        a.members().iter().filter(|m| m.up).count() == 4
+    })
+    .await;
+    let switch = ctl.evaluate(Instant::now()).expect("switched");
+    assert_eq!(switch.from, TopologyKind::FullMesh);
+    assert_eq!(
+        switch.to,
+        TopologyKind::ClientServer {
+            servers_per_client: 1
+        }
+    );
+    assert_eq!(switch.up, 4);
+    assert_eq!(ctl.current(), switch.to);
+    // The cooldown holds the next switch back, whatever the selector says.
+    assert_eq!(ctl.evaluate(Instant::now()), None);
+
+    // Application code is unaffected: requests still reach every node.
+    for peer in ["b", "c", "d"] {
+        let who: String = a
+            .request(peer, "whoami", &(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(who, peer);
+    }
+    for n in [&a, &b, &c, &d] {
+        n.shutdown().await;
+    }
+}
