@@ -93,6 +93,16 @@ impl RunningNode {
     }
 }
 
+impl Drop for RunningNode {
+    /// A test that fails half-way must not leave its node running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A plain HTTP/1.1 GET; returns (status, body).
 pub fn get(addr: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
