@@ -272,3 +272,28 @@ fn invalid_specs_are_refused() {
     let bad = HypothesisSpec::new("h", "m", Goal::Increase, 0.1).significance(0.7);
     assert!(Experiment::new(bad).is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn outcomes_are_events() {
+    use foundation_intelligence::core::events::{Events, Query};
+    use foundation_intelligence::hypothesis::Record;
+
+    let events = Events::new().unwrap();
+    let engine = HypothesisEngine::new().with_events(events.clone());
+    let applied = Arc::new(AtomicBool::new(false));
+    engine
+        .run(
+            &spec(Test::Welch),
+            &mut probe(applied.clone(), 0.8, 6),
+            &mut toggle(&applied),
+        )
+        .await
+        .unwrap();
+    let stored = events.store().query(&Query::new().event_type("hypothesis"));
+    assert_eq!(stored.len(), 1);
+    let record: Record = stored[0].payload().unwrap();
+    assert_eq!(record.outcome, "commit");
+    assert_eq!(record.metric, "latency_ms");
+    assert!(record.verdict.unwrap().p_better < 0.025);
+    events.shutdown().await;
+}
