@@ -16,6 +16,8 @@
 //!   node `n0`, committed or reverted by Welch's test;
 //! * **two rollouts**: `inline-requests` (requests served without the ecosystem hop), and
 //!   `faulty-codec`, a feature built to fail 20 % of its calls, which must be rolled back;
+//! * **predictive scaling**: a load ramping from 100 to 1000 jobs/s offered to an
+//!   ecosystem, resized ahead of the ramp when the forecast is confident (≥ 0.85);
 //! * **adaptive topology** on every node (switches when the cluster outgrows a full mesh).
 //!
 //! One-way latencies are measured from send to receipt (one process, one clock) into
@@ -46,6 +48,7 @@ use crate::http::{Endpoints, HttpServer};
 use crate::hypothesis::{
     Decision, FnIntervention, Goal, HypothesisEngine, HypothesisSpec, Verdict,
 };
+use crate::predictive::{Action, PredictiveScaler, ScalingPolicy};
 use crate::rollout::{CheckAction, Rollout, RolloutSettings, RolloutState};
 
 /// Options of [`run`].
@@ -158,6 +161,11 @@ pub struct DemoSummary {
     pub hypothesis: Option<Verdict>,
     /// The rollouts.
     pub rollouts: Vec<RolloutSummary>,
+    /// Predictive scaling of a ramping load: (load at the decision, from, to, confidence)
+    /// per scaling action.
+    pub scaling: Vec<(f64, usize, usize, f64)>,
+    /// Offered load at the start and at the end of the ramp, jobs/s.
+    pub ramp: (f64, f64),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -202,7 +210,12 @@ const BULK_SIZE: usize = 64 * 1024;
 const CRASH: &str = "injected crash (foundation demo)";
 
 enum Job {
-    Work { cost: Duration, reply: Reply<()> },
+    Work {
+        cost: Duration,
+        reply: Reply<()>,
+    },
+    /// Fire-and-forget work (the predictive-scaling load).
+    Tick,
     Crash,
 }
 
@@ -218,6 +231,7 @@ impl Process for Worker {
                 }
                 reply.send(());
             }
+            Job::Tick => {}
             Job::Crash => std::panic::panic_any(CRASH),
         }
     }
@@ -764,6 +778,74 @@ pub async fn run(
         });
     }
 
+    // Predictive scaling: a load ramping from 100 to 1000 jobs/s over the run, offered
+    // to an ecosystem on the last node whose workers each plan for 200 jobs/s.
+    let scaled = Arc::new(
+        Ecosystem::start(
+            EcosystemSpec::new(format!("scaled.{}", names[names.len() - 1]))
+                .workers(Workers::Fixed(1)),
+            |_| Worker,
+        )
+        .await
+        .map_err(|e| DemoError::Start(e.to_string()))?,
+    );
+    let scaling: Arc<Mutex<Vec<(f64, usize, usize, f64)>>> = Arc::new(Mutex::new(Vec::new()));
+    let ramp = (100.0, 1000.0);
+    {
+        let (eco, stop, scaling) = (scaled.clone(), stop.clone(), scaling.clone());
+        let total = options.duration.as_secs_f64();
+        tasks.spawn(async move {
+            let policy = ScalingPolicy {
+                capacity_per_unit: 200.0,
+                target_utilization: 1.0,
+                min_units: 1,
+                max_units: 16,
+                horizon: 8,
+                confidence: 0.85,
+                cooldown: Duration::from_secs(1),
+                min_history: 8,
+                ..ScalingPolicy::default()
+            };
+            let Ok(mut scaler) = PredictiveScaler::new("demo-ramp", eco.clone(), policy) else {
+                return;
+            };
+            let start = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut owed = 0.0f64;
+            let mut sent = 0u64;
+            let mut window_start = Instant::now();
+            loop {
+                tokio::select! { _ = stop.cancelled() => break, _ = tick.tick() => {} }
+                let t = (start.elapsed().as_secs_f64() / total).min(1.0);
+                let rate = ramp.0 + (ramp.1 - ramp.0) * t;
+                owed += rate * 0.01;
+                while owed >= 1.0 {
+                    owed -= 1.0;
+                    if eco.send(Job::Tick).await.is_ok() {
+                        sent += 1;
+                    }
+                }
+                if window_start.elapsed() >= Duration::from_millis(250) {
+                    let load = sent as f64 / window_start.elapsed().as_secs_f64();
+                    sent = 0;
+                    window_start = Instant::now();
+                    if let Ok(d) = scaler.observe(load, tokio::time::Instant::now()).await {
+                        if let Action::ScaleUp { from, to } | Action::ScaleDown { from, to } =
+                            d.action
+                        {
+                            scaling.lock().push((
+                                load,
+                                from,
+                                to,
+                                d.confidence_up.max(d.confidence_down),
+                            ));
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     // Live progress.
     let started = Instant::now();
     let bar = if options.progress {
@@ -866,6 +948,7 @@ pub async fn run(
     ready.store(false, Ordering::Release);
     http.shutdown().await;
     hyp_eco.shutdown(Duration::from_secs(2)).await;
+    scaled.shutdown(Duration::from_secs(2)).await;
     for n in &nodes {
         n.eco.shutdown(Duration::from_secs(2)).await;
     }
@@ -873,6 +956,7 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(5), n.node.shutdown()).await;
     }
     let hypothesis = *hypothesis_done.lock();
+    let scaling = scaling.lock().clone();
     Ok(DemoSummary {
         nodes: options.nodes,
         elapsed,
@@ -893,6 +977,8 @@ pub async fn run(
         restarts,
         hypothesis,
         rollouts,
+        scaling,
+        ramp,
     })
 }
 
@@ -970,6 +1056,26 @@ impl std::fmt::Display for DemoSummary {
                 v.p_better
             )?,
             None => writeln!(f, "hypothesis    not decided before the end (run longer: --duration)")?,
+        }
+        if self.scaling.is_empty() {
+            writeln!(
+                f,
+                "predictive    load ramp {:.0} → {:.0} jobs/s: no action reached confidence 0.85",
+                self.ramp.0, self.ramp.1
+            )?;
+        } else {
+            let steps: Vec<String> = self
+                .scaling
+                .iter()
+                .map(|(load, from, to, c)| format!("{from}→{to} at {load:.0}/s (p={c:.2})"))
+                .collect();
+            writeln!(
+                f,
+                "predictive    load ramp {:.0} → {:.0} jobs/s, 200/s per worker: {}",
+                self.ramp.0,
+                self.ramp.1,
+                steps.join(", ")
+            )?;
         }
         for r in &self.rollouts {
             let steps: Vec<String> = r.steps.iter().map(|p| format!("{p:.0}%")).collect();

@@ -242,6 +242,7 @@ fn the_demo_prints_its_summary() {
         "hypothesis",
         "rollout       inline-requests",
         "rollout       faulty-codec",
+        "predictive    load ramp",
     ] {
         assert!(stdout.contains(needle), "`{needle}` missing:\n{stdout}");
     }
