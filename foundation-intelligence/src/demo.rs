@@ -138,6 +138,19 @@ pub struct RolloutSummary {
     pub steps: Vec<f64>,
 }
 
+/// One predictive scaling action of the demo.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScalingStep {
+    /// Load measured when deciding, jobs/s.
+    pub load: f64,
+    /// Workers before.
+    pub from: usize,
+    /// Workers after.
+    pub to: usize,
+    /// The decision's confidence.
+    pub confidence: f64,
+}
+
 /// What the demo measured.
 #[derive(Debug, Clone)]
 pub struct DemoSummary {
@@ -161,9 +174,8 @@ pub struct DemoSummary {
     pub hypothesis: Option<Verdict>,
     /// The rollouts.
     pub rollouts: Vec<RolloutSummary>,
-    /// Predictive scaling of a ramping load: (load at the decision, from, to, confidence)
-    /// per scaling action.
-    pub scaling: Vec<(f64, usize, usize, f64)>,
+    /// Predictive scaling actions on the ramping load.
+    pub scaling: Vec<ScalingStep>,
     /// Offered load at the start and at the end of the ramp, jobs/s.
     pub ramp: (f64, f64),
 }
@@ -789,7 +801,7 @@ pub async fn run(
         .await
         .map_err(|e| DemoError::Start(e.to_string()))?,
     );
-    let scaling: Arc<Mutex<Vec<(f64, usize, usize, f64)>>> = Arc::new(Mutex::new(Vec::new()));
+    let scaling: Arc<Mutex<Vec<ScalingStep>>> = Arc::new(Mutex::new(Vec::new()));
     let ramp = (100.0, 1000.0);
     {
         let (eco, stop, scaling) = (scaled.clone(), stop.clone(), scaling.clone());
@@ -1067,7 +1079,12 @@ impl std::fmt::Display for DemoSummary {
             let steps: Vec<String> = self
                 .scaling
                 .iter()
-                .map(|(load, from, to, c)| format!("{from}→{to} at {load:.0}/s (p={c:.2})"))
+                .map(|s| {
+                    format!(
+                        "{}→{} at {:.0}/s (p={:.2})",
+                        s.from, s.to, s.load, s.confidence
+                    )
+                })
                 .collect();
             writeln!(
                 f,
