@@ -845,12 +845,12 @@ pub async fn run(
                         if let Action::ScaleUp { from, to } | Action::ScaleDown { from, to } =
                             d.action
                         {
-                            scaling.lock().push((
+                            scaling.lock().push(ScalingStep {
                                 load,
                                 from,
                                 to,
-                                d.confidence_up.max(d.confidence_down),
-                            ));
+                                confidence: d.confidence_up.max(d.confidence_down),
+                            });
                         }
                     }
                 }
