@@ -2,9 +2,9 @@
 //!
 //! One server per node. It keeps the limits of the minimal endpoint in
 //! `foundation_core::telemetry`: a request head larger than 8 KiB is refused (431), a head
-//! that does not arrive within 5 s closes the connection, and at most 32 connections are
-//! served at once (further ones wait in the kernel's accept queue). Only `GET` and `HEAD`
-//! are answered (405 otherwise); unknown paths get 404.
+//! that does not arrive within 5 s closes the connection (an idle keep-alive connection
+//! too), and at most 32 connections are served at once (further ones wait in the kernel's
+//! accept queue). Only `GET` and `HEAD` are answered (405 otherwise); unknown paths get 404.
 //!
 //! * `GET /metrics` (and `/`) — the Prometheus text format (`version=0.0.4`), histograms
 //!   exported as histograms;
