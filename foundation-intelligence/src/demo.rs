@@ -125,6 +125,8 @@ pub struct ChannelStats {
     pub p99_us: u64,
     /// Whether latency is a round trip (else one way).
     pub round_trip: bool,
+    /// Failures by reason, where the reason is known.
+    pub failure_reasons: Vec<(String, u64)>,
 }
 
 /// A rollout's course.
@@ -263,6 +265,7 @@ struct Meter {
     name: &'static str,
     hist: Mutex<Histogram<u64>>,
     failed: AtomicU64,
+    reasons: Mutex<BTreeMap<String, u64>>,
     bytes: AtomicU64,
     round_trip: bool,
 }
@@ -275,6 +278,7 @@ impl Meter {
                 Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
             ),
             failed: AtomicU64::new(0),
+            reasons: Mutex::new(BTreeMap::new()),
             bytes: AtomicU64::new(0),
             round_trip,
         })
@@ -293,6 +297,13 @@ impl Meter {
         self.failed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a failure under its reason (shown in the summary).
+    fn fail_because(&self, reason: &str) {
+        self.fail();
+        let reason: String = reason.chars().take(90).collect();
+        *self.reasons.lock().entry(reason).or_insert(0) += 1;
+    }
+
     fn count(&self) -> u64 {
         self.hist.lock().len()
     }
@@ -307,6 +318,12 @@ impl Meter {
             p50_us: h.value_at_quantile(0.5),
             p99_us: h.value_at_quantile(0.99),
             round_trip: self.round_trip,
+            failure_reasons: self
+                .reasons
+                .lock()
+                .iter()
+                .map(|(r, n)| (r.clone(), *n))
+                .collect(),
         }
     }
 }
@@ -597,10 +614,12 @@ pub async fn run(
                         .await;
                     let took = start.elapsed();
                     let ok = matches!(r, Ok(true));
-                    if ok {
-                        m.record_us(took.as_micros() as u64, 8);
-                    } else {
-                        m.fail();
+                    match &r {
+                        Ok(true) => m.record_us(took.as_micros() as u64, 8),
+                        Ok(false) => m.fail_because(
+                            "the serving ecosystem's call failed (worker crashed or restarting)",
+                        ),
+                        Err(e) => m.fail_because(&e.to_string()),
                     }
                     inline.record(treated, took, ok);
                     // The faulty feature: same call, but its new code path fails 20 % of
@@ -1040,6 +1059,11 @@ impl std::fmt::Display for DemoSummary {
             f,
             "(latency: one way from send to delivery; request/reply: round trip)"
         )?;
+        for c in &self.channels {
+            for (reason, n) in &c.failure_reasons {
+                writeln!(f, "  {} failed {n}×: {reason}", c.name)?;
+            }
+        }
         writeln!(f)?;
         writeln!(
             f,

@@ -10,8 +10,8 @@
 //! failed). Every `check_interval`, [`Rollout::check`] compares the treated keys with the
 //! control keys over that window:
 //!
-//! * **roll back** (percentage 0) when treated mean latency is more than
-//!   `max_latency_degradation` (default 10 %) above control, or the treated error rate is
+//! * **roll back** (percentage 0) when the treated median latency is more than
+//!   `max_latency_degradation` (default 10 %) above the control median, or the treated error rate is
 //!   more than `max_error_rate_increase` (default 0.05 = 5 percentage points) above the
 //!   control error rate;
 //!   (judged once each group has `max(5, min_samples / 5)` operations);
@@ -50,7 +50,8 @@ pub struct RolloutSettings {
     /// Time between checks of the monitor. Default 60 s.
     #[serde(with = "millis")]
     pub check_interval: Duration,
-    /// Largest accepted relative increase of treated mean latency over control. Default 0.10.
+    /// Largest accepted relative increase of the treated median latency over the control
+    /// median. Default 0.10.
     pub max_latency_degradation: f64,
     /// Largest accepted increase of the treated error rate over control, in absolute
     /// terms (0.05 = 5 percentage points). Default 0.05.
@@ -130,7 +131,7 @@ pub struct CheckReport {
     pub treated: u64,
     /// Control operations in the window.
     pub control: u64,
-    /// Relative change of treated mean latency against control (0.1 = 10 % slower).
+    /// Relative change of the treated median latency against control (0.1 = 10 % slower).
     pub latency_change: Option<f64>,
     /// Treated error rate minus control error rate.
     pub error_rate_increase: Option<f64>,
@@ -168,11 +169,23 @@ pub enum RolloutError {
     },
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+/// One group's operations in the current window: count, errors, latency histogram (µs).
+#[derive(Debug, Clone)]
 struct Group {
     n: u64,
     errors: u64,
-    latency_sum: f64,
+    latency_us: hdrhistogram::Histogram<u64>,
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        Group {
+            n: 0,
+            errors: 0,
+            latency_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("valid histogram bounds"),
+        }
+    }
 }
 
 impl Group {
@@ -181,11 +194,14 @@ impl Group {
         if !ok {
             self.errors += 1;
         }
-        self.latency_sum += latency.as_secs_f64();
+        self.latency_us
+            .saturating_record((latency.as_micros() as u64).max(1));
     }
 
-    fn mean_latency(&self) -> f64 {
-        self.latency_sum / self.n.max(1) as f64
+    /// Median latency in µs: robust to the long tail that makes means of a few hundred
+    /// operations swing by more than the 10 % limit.
+    fn median_latency(&self) -> f64 {
+        self.latency_us.value_at_quantile(0.5) as f64
     }
 
     fn error_rate(&self) -> f64 {
@@ -375,9 +391,9 @@ impl Rollout {
                 }
             }
         };
-        let (treated, control) = *self.inner.window.lock();
-        let latency_change = (treated.n > 0 && control.n > 0 && control.mean_latency() > 0.0)
-            .then(|| treated.mean_latency() / control.mean_latency() - 1.0);
+        let (treated, control) = self.inner.window.lock().clone();
+        let latency_change = (treated.n > 0 && control.n > 0 && control.median_latency() > 0.0)
+            .then(|| treated.median_latency() / control.median_latency() - 1.0);
         let error_rate_increase =
             (treated.n > 0 && control.n > 0).then(|| treated.error_rate() - control.error_rate());
         let mut report = CheckReport {
@@ -391,17 +407,17 @@ impl Rollout {
         // Harm is acted on before `min_samples`, but not on a handful of operations.
         let enough_to_judge = (s.min_samples / 5).max(5);
         let judged = treated.n >= enough_to_judge && control.n >= enough_to_judge;
-        let degraded = match (latency_change, error_rate_increase) {
+        let degraded = match (error_rate_increase, latency_change) {
             _ if !judged => None,
-            (Some(l), _) if l > s.max_latency_degradation => Some(format!(
-                "treated latency {:+.1}% against control (limit {:+.1}%)",
-                l * 100.0,
-                s.max_latency_degradation * 100.0
-            )),
-            (_, Some(e)) if e > s.max_error_rate_increase => Some(format!(
+            (Some(e), _) if e > s.max_error_rate_increase => Some(format!(
                 "treated error rate {:+.1} points above control (limit {:.1})",
                 e * 100.0,
                 s.max_error_rate_increase * 100.0
+            )),
+            (_, Some(l)) if l > s.max_latency_degradation => Some(format!(
+                "treated median latency {:+.1}% against control (limit {:+.1}%)",
+                l * 100.0,
+                s.max_latency_degradation * 100.0
             )),
             _ => None,
         };
