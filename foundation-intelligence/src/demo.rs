@@ -42,7 +42,7 @@ use crate::beam::{Context, Process, Reply};
 use crate::core::telemetry::ShardedRecorder;
 use crate::distributed::channel::Urgency;
 use crate::distributed::node::{Node, NodeSettings, SendOptions};
-use crate::distributed::topology::TopologyKind;
+use crate::distributed::topology::{Role, TopologyKind};
 use crate::distributed::transport::{ClusterSecret, TcpTransport, Transport, TransportSettings};
 use crate::http::{Endpoints, HttpServer};
 use crate::hypothesis::{
@@ -74,6 +74,11 @@ impl DemoOptions {
                 "--nodes {} is outside 2..=32",
                 self.nodes
             )));
+        }
+        if self.topology == TopologyKind::Static {
+            return Err(DemoError::Options(
+                "--topology static needs configured neighbours; the demo runs full-mesh or client-server".into(),
+            ));
         }
         if self.duration < Duration::from_secs(2) {
             return Err(DemoError::Options(
@@ -358,9 +363,16 @@ struct DemoNode {
 
 async fn start_node(
     i: usize,
+    nodes: usize,
     secret: &ClusterSecret,
     topology: TopologyKind,
 ) -> Result<DemoNode, DemoError> {
+    // Client-server needs servers: n0 (and n1 from four nodes on); the rest are clients.
+    let role = match topology {
+        TopologyKind::ClientServer { .. } if i == 0 || (i == 1 && nodes >= 4) => Role::Server,
+        TopologyKind::ClientServer { .. } => Role::Client,
+        _ => Role::Peer,
+    };
     let name = format!("n{i}");
     let settings = TransportSettings {
         cluster: "foundation-demo".into(),
@@ -376,6 +388,7 @@ async fn start_node(
         NodeSettings {
             listen: "127.0.0.1:0".into(),
             topology,
+            role,
             ..NodeSettings::default()
         },
     )
@@ -408,7 +421,7 @@ pub async fn run(
 
     let mut nodes = Vec::with_capacity(options.nodes);
     for i in 0..options.nodes {
-        nodes.push(start_node(i, &secret, options.topology).await?);
+        nodes.push(start_node(i, options.nodes, &secret, options.topology).await?);
     }
     let seed = nodes[0].node.addr().to_string();
     for n in &nodes[1..] {
@@ -576,12 +589,11 @@ pub async fn run(
                 loop {
                     tokio::select! { _ = stop.cancelled() => break, _ = tick.tick() => {} }
                     for p in &peers {
-                        if node
+                        if let Err(e) = node
                             .send(p, "urgent", &Stamp { sent_ns: now_ns() }, opts)
                             .await
-                            .is_err()
                         {
-                            m.fail();
+                            m.fail_because(&e.to_string());
                         }
                     }
                 }
@@ -643,12 +655,8 @@ pub async fn run(
                         sent_ns: now_ns(),
                         data: data.clone(),
                     };
-                    if node
-                        .send(&next, "bulk", &msg, SendOptions::default())
-                        .await
-                        .is_err()
-                    {
-                        m.fail();
+                    if let Err(e) = node.send(&next, "bulk", &msg, SendOptions::default()).await {
+                        m.fail_because(&e.to_string());
                     }
                 }
             });
@@ -666,12 +674,11 @@ pub async fn run(
                 loop {
                     tokio::select! { _ = stop.cancelled() => break, _ = tick.tick() => {} }
                     for p in &peers {
-                        if node
+                        if let Err(e) = node
                             .send(p, "gossip", &Stamp { sent_ns: now_ns() }, opts)
                             .await
-                            .is_err()
                         {
-                            m.fail();
+                            m.fail_because(&e.to_string());
                         }
                     }
                 }
@@ -689,12 +696,11 @@ pub async fn run(
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             loop {
                 tokio::select! { _ = stop.cancelled() => break, _ = tick.tick() => {} }
-                if node
+                if let Err(e) = node
                     .broadcast("broadcast", &Stamp { sent_ns: now_ns() })
                     .await
-                    .is_err()
                 {
-                    m.fail();
+                    m.fail_because(&e.to_string());
                 }
             }
         });
@@ -717,9 +723,11 @@ pub async fn run(
             }
         });
     }
-    // Adaptive topology on every node.
+    // Adaptive topology on every node, when the user left the choice to it (full mesh,
+    // the default): a topology asked for on the command line is kept.
     let mut adaptive = Vec::new();
-    for node in &all {
+    let adapt = options.topology == TopologyKind::FullMesh;
+    for node in all.iter().filter(|_| adapt) {
         let a = AdaptiveTopology::new(
             node.clone(),
             options.topology,

@@ -60,6 +60,9 @@ fn bad_flags_are_refused() {
     let (code, err) = fails(foundation().args(["demo", "--nodes", "1"]));
     assert_eq!(code, 2);
     assert!(err.contains("--nodes 1"), "{err}");
+    let (code, err) = fails(foundation().args(["demo", "--topology", "static"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("--topology static"), "{err}");
     let (code, err) = fails(foundation().args(["demo", "--log", "a=[b"]));
     assert_eq!(code, 2);
     assert!(err.contains("not a valid filter"), "{err}");
