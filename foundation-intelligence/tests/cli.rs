@@ -250,3 +250,38 @@ fn the_demo_prints_its_summary() {
         assert!(stdout.contains(needle), "`{needle}` missing:\n{stdout}");
     }
 }
+
+#[test]
+fn log_json_writes_one_json_object_per_line() {
+    let d = dir("json-logs");
+    write(&d, "cluster.secret", SECRET);
+    let cfg = write(
+        &d,
+        "n.toml",
+        "[node]\nname = \"j\"\nlisten = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nsecret_file = \"cluster.secret\"\n",
+    );
+    let log = d.join("stderr.log");
+    let node = RunningNode::start_logging(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--log-json",
+            "--log",
+            "info",
+        ],
+        Some(&log),
+    );
+    assert!(node.terminate().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() >= 2, "started and stopped are logged: {text}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+    assert!(
+        text.contains("node started") && text.contains("stopped"),
+        "{text}"
+    );
+}

@@ -219,27 +219,39 @@ fn init_logging(filter: &str, json: bool) -> Result<(), String> {
     r.map_err(|e| format!("cannot set up logging: {e}"))
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, registered when created — before the node announces itself, so a
+/// signal sent as soon as it prints its address is not lost to the default action.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> Result<Signals, String> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate())
+                .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+            let int = signal(SignalKind::interrupt())
+                .map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+            Ok(Signals { term, int })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    /// Resolves when SIGINT or SIGTERM arrives.
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -320,11 +332,18 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
         foundation_intelligence::adaptive_topology::kind_label(options.topology),
         options.duration
     );
+    let mut signals = match Signals::register() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("foundation demo: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let cancel = CancellationToken::new();
     let signal = {
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signals.wait().await;
             eprintln!("stopping (signal received) ...");
             cancel.cancel();
         })
@@ -451,6 +470,7 @@ async fn run_node(args: NodeArgs) -> ExitCode {
 }
 
 async fn serve_node(cfg: NodeConfig, secret: ClusterSecret) -> Result<(), String> {
+    let mut signals = Signals::register()?;
     let telemetry = telemetry(&[("node", cfg.name.as_str())]).await?;
     let transport = TcpTransport::new(TransportSettings {
         cluster: cfg.cluster.clone(),
@@ -580,7 +600,7 @@ async fn serve_node(cfg: NodeConfig, secret: ClusterSecret) -> Result<(), String
         })
     };
 
-    shutdown_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down");
     ready.store(false, Ordering::Release);
     stop.cancel();

@@ -48,11 +48,20 @@ pub struct RunningNode {
 impl RunningNode {
     /// Starts `foundation node ARGS` and waits until it printed both addresses.
     pub fn start(args: &[&str]) -> RunningNode {
+        Self::start_logging(args, None)
+    }
+
+    /// Like [`start`](Self::start), writing the node's stderr (its logs) to `log`.
+    pub fn start_logging(args: &[&str], log: Option<&Path>) -> RunningNode {
+        let stderr = match log {
+            Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+            None => Stdio::null(),
+        };
         let mut child = foundation()
             .arg("node")
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
