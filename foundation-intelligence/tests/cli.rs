@@ -60,6 +60,18 @@ fn bad_flags_are_refused() {
     let (code, err) = fails(foundation().args(["demo", "--nodes", "1"]));
     assert_eq!(code, 2);
     assert!(err.contains("--nodes 1"), "{err}");
+    // The example in --help must parse (both spellings).
+    for t in ["client-server", "client_server", "full_mesh"] {
+        let out = foundation()
+            .args(["demo", "--topology", t, "--nodes", "1"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--nodes 1 is outside"),
+            "--topology {t} parses: {err}"
+        );
+    }
     let (code, err) = fails(foundation().args(["demo", "--topology", "static"]));
     assert_eq!(code, 2);
     assert!(err.contains("--topology static"), "{err}");

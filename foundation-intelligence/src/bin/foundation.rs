@@ -45,7 +45,7 @@ Examples:
   foundation demo
       3 nodes on loopback for 20 s: urgent, bulk and gossip traffic, injected
       crashes, a hypothesis and two rollouts; Prometheus metrics while it runs.
-  foundation demo --nodes 5 --duration 60s --topology client_server
+  foundation demo --nodes 5 --duration 60s --topology client-server
   foundation node --config n1.toml
       one node of a real cluster; see `foundation node --help` for the file.
   RUST_LOG=debug foundation node --config n1.toml --log-json
@@ -109,8 +109,10 @@ answers `whoami`. It stops cleanly on Ctrl-C or SIGTERM.")]
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum TopologyArg {
     /// Every node connected to every other.
+    #[value(alias = "full_mesh")]
     FullMesh,
-    /// Clients connect to 2 servers.
+    /// Clients connect to servers (n0, and n1 from four nodes on).
+    #[value(alias = "client_server")]
     ClientServer,
     /// Only configured neighbours.
     Static,

@@ -34,7 +34,7 @@ pub fn write(dir: &Path, file: &str, text: &str) -> PathBuf {
 }
 
 /// A valid cluster secret file's content.
-pub const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
+pub const SECRET: &str = "4a2b1f6ea76c5683f64b35bc244483f3693ce85bd69dc639f1f7a1fe12ddf4e6\n";
 
 /// A running `foundation node`: its process and the addresses it printed.
 pub struct RunningNode {
