@@ -22,7 +22,7 @@ use foundation_distributed::channel::{
     ChannelSettings, ChannelSpec, Channels, Inbox, Priority, BULK_DATA, COORDINATION,
 };
 use foundation_distributed::transport::{
-    ClusterSecret, TcpTransport, Transport, TransportSettings,
+    ClusterSecret, Security, TcpTransport, Transport, TransportSettings,
 };
 
 const BULK_MESSAGE: usize = 64 * 1024;
@@ -47,7 +47,12 @@ fn transport(node: &str) -> Arc<dyn Transport> {
         TcpTransport::new(TransportSettings {
             cluster: "bench".into(),
             node: node.into(),
-            secret: ClusterSecret::new("the-bench-cluster-secret-0123"),
+            security: Security::Secret(
+                ClusterSecret::from_hex(
+                    "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
+                )
+                .unwrap(),
+            ),
             ..Default::default()
         })
         .expect("settings"),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use foundation_distributed::transport::{
-    ClusterSecret, ConnectionReceiver, ConnectionSender, Frame, TcpTransport, Transport,
+    ConnectionReceiver, ConnectionSender, Frame, Security, TcpTransport, Transport,
     TransportSettings,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -38,7 +38,7 @@ fn settings(node: &str) -> TransportSettings {
     TransportSettings {
         cluster: "bench".into(),
         node: node.into(),
-        secret: ClusterSecret::new("bench-secret-0123456789abcdef"),
+        security: Security::InsecurePlaintext,
         ..Default::default()
     }
 }

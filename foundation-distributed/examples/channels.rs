@@ -9,14 +9,19 @@ use foundation_distributed::channel::{
     ChannelSettings, ChannelSpec, Channels, Inbox, MessageMeta, Priority, Urgency, BULK_DATA,
 };
 use foundation_distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Transport, TransportSettings,
+    ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
 };
 
 fn node(network: &MemoryNetwork, name: &str) -> foundation_distributed::Result<Arc<dyn Transport>> {
     let settings = TransportSettings {
         cluster: "example".into(),
         node: name.into(),
-        secret: ClusterSecret::new("example-cluster-secret-change-me"),
+        security: Security::Secret(
+            ClusterSecret::from_hex(
+                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
+            )
+            .unwrap(),
+        ),
         ..Default::default()
     };
     Ok(Arc::new(MemoryTransport::new(network, settings)?))

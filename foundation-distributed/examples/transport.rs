@@ -3,24 +3,25 @@
 
 use bytes::Bytes;
 use foundation_distributed::transport::{
-    ClusterSecret, Frame, TcpTransport, Transport, TransportSettings,
+    ClusterSecret, Frame, Security, TcpTransport, Transport, TransportSettings,
 };
 
-fn settings(node: &str, secret: &str) -> TransportSettings {
+fn settings(node: &str, secret: &ClusterSecret) -> TransportSettings {
     TransportSettings {
         cluster: "example".into(),
         node: node.into(),
-        secret: ClusterSecret::new(secret),
+        security: Security::Secret(secret.clone()),
         ..Default::default()
     }
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> foundation_distributed::Result<()> {
-    const SECRET: &str = "example-cluster-secret-change-me";
-    let server = TcpTransport::new(settings("server", SECRET))?;
-    let client = TcpTransport::new(settings("client", SECRET))?;
-    let intruder = TcpTransport::new(settings("intruder", "a-different-secret-entirely"))?;
+    // In production every node reads the same file: `ClusterSecret::from_file(path)?`.
+    let secret = ClusterSecret::generate();
+    let server = TcpTransport::new(settings("server", &secret))?;
+    let client = TcpTransport::new(settings("client", &secret))?;
+    let intruder = TcpTransport::new(settings("intruder", &ClusterSecret::generate()))?;
 
     let mut listener = server.listen("127.0.0.1:0").await?;
     println!("listening on {}", listener.local_addr());

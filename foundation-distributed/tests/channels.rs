@@ -13,7 +13,8 @@ use foundation_distributed::channel::{
 };
 use foundation_distributed::interpose::{Fault, Interposer, Rule};
 use foundation_distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, TcpTransport, Transport, TransportSettings,
+    ClusterSecret, MemoryNetwork, MemoryTransport, Security, TcpTransport, Transport,
+    TransportSettings,
 };
 use foundation_distributed::Error;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -28,7 +29,12 @@ fn transport(kind: Kind, network: &MemoryNetwork, node: &str) -> Arc<dyn Transpo
     let settings = TransportSettings {
         cluster: "test".into(),
         node: node.into(),
-        secret: ClusterSecret::new("the-cluster-secret-0123456789"),
+        security: Security::Secret(
+            ClusterSecret::from_hex(
+                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
+            )
+            .unwrap(),
+        ),
         ..Default::default()
     };
     match kind {

@@ -8,14 +8,20 @@ use foundation_distributed::interpose::Interposer;
 use foundation_distributed::node::{MembershipEvent, Node, NodeSettings, SendOptions};
 use foundation_distributed::topology::{Role, TopologyKind};
 use foundation_distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, TcpTransport, Transport, TransportSettings,
+    ClusterSecret, MemoryNetwork, MemoryTransport, Security, TcpTransport, Transport,
+    TransportSettings,
 };
 
 fn settings(node: &str) -> TransportSettings {
     TransportSettings {
         cluster: "test".into(),
         node: node.into(),
-        secret: ClusterSecret::new("0123456789abcdef-secret"),
+        security: Security::Secret(
+            ClusterSecret::from_hex(
+                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
+            )
+            .unwrap(),
+        ),
         ..TransportSettings::default()
     }
 }
@@ -202,6 +208,8 @@ async fn nodes_talk_over_loopback_tcp() {
     let b = start("b").await;
     b.join(&[a.addr()]).await.unwrap();
     eventually("joined", || up_names(&a) == ["a", "b"]).await;
+    // b learns of a from a's answer: wait for b's view too before b sends.
+    eventually("joined (b)", || up_names(&b) == ["a", "b"]).await;
     let mut inbox = a.register::<Vec<u8>>("blob");
     b.send("a", "blob", &vec![7u8; 64 * 1024], SendOptions::default())
         .await

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use foundation_distributed::node::{MembershipEvent, Node, NodeSettings};
 use foundation_distributed::transport::{
-    ClusterSecret, TcpTransport, Transport, TransportSettings,
+    ClusterSecret, Security, TcpTransport, Transport, TransportSettings,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_foundation-node");
-const SECRET: &str = "multi-process-test-secret";
+const SECRET: &str = "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f";
 
 /// Starts a node process and returns it with the address it printed.
 fn spawn(name: &str, seed: Option<&str>, secret: &str) -> (Child, String) {
@@ -77,7 +77,7 @@ async fn a_cluster_of_processes() {
     let settings = TransportSettings {
         cluster: "procs".into(),
         node: "local".into(),
-        secret: ClusterSecret::new(SECRET),
+        security: Security::Secret(ClusterSecret::from_hex(SECRET).unwrap()),
         ..TransportSettings::default()
     };
     let t: Arc<dyn Transport> = Arc::new(TcpTransport::new(settings).unwrap());
@@ -106,7 +106,11 @@ async fn a_cluster_of_processes() {
     assert_eq!(echo, vec![1, 2, 3]);
 
     // An intruder with the wrong secret is refused and never appears.
-    let (intruder, _) = spawn("intruder", Some(&a1), "a-completely-different-secret");
+    let (intruder, _) = spawn(
+        "intruder",
+        Some(&a1),
+        "3b8e1f7c2d9a4065e7f1c3a5b9d2e8f4a6c1b7d3e9f5a2c8b4d0e6f1a7c3b9d5",
+    );
     procs.0.push(intruder);
 
     let mut events = local.subscribe();

@@ -9,16 +9,20 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use foundation_distributed::transport::frame::{self, Envelope, Hello};
 use foundation_distributed::transport::{
-    ClusterSecret, Frame, MemoryNetwork, MemoryTransport, Refusal, TcpTransport, Transport,
-    TransportSettings, PROTOCOL_VERSION,
+    ClusterSecret, Frame, MemoryNetwork, MemoryTransport, Refusal, Security, TcpTransport,
+    Transport, TransportSettings, PROTOCOL_VERSION,
 };
 use foundation_distributed::Error;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use proptest::prelude::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-const SECRET: &str = "the-cluster-secret-0123456789";
-const OTHER_SECRET: &str = "not-the-cluster-secret-98765";
+const SECRET: &str = "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f";
+const OTHER_SECRET: &str = "3b8e1f7c2d9a4065e7f1c3a5b9d2e8f4a6c1b7d3e9f5a2c8b4d0e6f1a7c3b9d5";
+
+fn secret(hex: &str) -> Security {
+    Security::Secret(ClusterSecret::from_hex(hex).unwrap())
+}
 
 trait Raw: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Raw for T {}
@@ -47,7 +51,7 @@ impl Net {
         TransportSettings {
             cluster: "test".into(),
             node: node.into(),
-            secret: ClusterSecret::new(SECRET),
+            security: secret(SECRET),
             handshake_timeout_ms: 2000,
             ..Default::default()
         }
@@ -180,6 +184,7 @@ fn hello(version: u16, cluster: &str) -> Envelope {
     Envelope::Hello(Hello {
         version,
         cluster: cluster.into(),
+        security: "secret".into(),
         node: "raw".into(),
         addr: String::new(),
         channel: "c".into(),
@@ -324,7 +329,7 @@ async fn wrong_secret_is_refused_on_both_sides(kind: Kind) {
     let net = Net::new(kind);
     let b = net.node("b");
     let intruder = net.with(TransportSettings {
-        secret: ClusterSecret::new(OTHER_SECRET),
+        security: secret(OTHER_SECRET),
         ..Net::settings("intruder")
     });
     let mut listener = b.listen(&net.listen_addr("b")).await.unwrap();
@@ -337,7 +342,7 @@ async fn wrong_secret_is_refused_on_both_sides(kind: Kind) {
             err,
             Error::Refused {
                 reason: Refusal::Authentication,
-                by_peer: false
+                by_peer: true
             }
         ),
         "{err:?}"
@@ -600,8 +605,9 @@ async fn connections_gauge_follows_open_connections(kind: Kind) {
     let bytes = |d| metric(&snap, "foundation_transport_bytes_total", ("direction", d));
     let frames = |d| metric(&snap, "foundation_transport_frames_total", ("direction", d));
     assert_eq!((frames("out"), frames("in")), (1.0, 1.0));
-    assert_eq!(bytes("out"), framed.len() as f64);
-    assert_eq!(bytes("in"), framed.len() as f64);
+    // One sealed record around the frame: its 4-byte length and a 16-byte tag.
+    assert_eq!(bytes("out"), framed.len() as f64 + 20.0);
+    assert_eq!(bytes("in"), framed.len() as f64 + 20.0);
     let (tx, rx) = server.split();
     drop(tx);
     assert_eq!(gauge(), 2.0);
@@ -715,7 +721,7 @@ fn settings_are_validated() {
     assert!(ok.validate().is_ok());
     for bad in [
         TransportSettings {
-            secret: ClusterSecret::new("short"),
+            security: Security::Secret(ClusterSecret::default()),
             ..ok.clone()
         },
         TransportSettings {

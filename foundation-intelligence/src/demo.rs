@@ -2,7 +2,7 @@
 //! workload, measured.
 //!
 //! [`run`] starts `nodes` nodes in this process, each a real [`Node`] on TCP loopback
-//! (authenticated with a freshly generated cluster secret), joined through the first one,
+//! (secret mode: authenticated and encrypted with a freshly generated cluster secret), joined through the first one,
 //! each hosting a supervised [`Ecosystem`]. For `duration` it runs, at the same time:
 //!
 //! * **urgent coordination**: small urgent messages between every pair of nodes
@@ -43,7 +43,9 @@ use crate::core::telemetry::ShardedRecorder;
 use crate::distributed::channel::Urgency;
 use crate::distributed::node::{Node, NodeSettings, SendOptions};
 use crate::distributed::topology::{Role, TopologyKind};
-use crate::distributed::transport::{ClusterSecret, TcpTransport, Transport, TransportSettings};
+use crate::distributed::transport::{
+    ClusterSecret, Security, TcpTransport, Transport, TransportSettings,
+};
 use crate::http::{Endpoints, HttpServer};
 use crate::hypothesis::{
     Decision, FnIntervention, Goal, HypothesisEngine, HypothesisSpec, Verdict,
@@ -377,7 +379,7 @@ async fn start_node(
     let settings = TransportSettings {
         cluster: "foundation-demo".into(),
         node: name.clone(),
-        secret: secret.clone(),
+        security: Security::Secret(secret.clone()),
         ..TransportSettings::default()
     };
     let transport: Arc<dyn Transport> =
@@ -415,9 +417,7 @@ pub async fn run(
     options.validate()?;
     install_quiet_crash_hook();
     let _ = epoch();
-    let mut secret = [0u8; 32];
-    rand::rng().fill(&mut secret[..]);
-    let secret = ClusterSecret::new(secret);
+    let secret = ClusterSecret::generate();
 
     let mut nodes = Vec::with_capacity(options.nodes);
     for i in 0..options.nodes {

@@ -11,7 +11,9 @@
 //! servers_per_client = 2            # client_server only
 //! role = "peer"                     # peer | server | client
 //! metrics = "127.0.0.1:9101"        # /metrics, /health, /ready ("off" to disable)
-//! secret_file = "cluster.secret"    # or FOUNDATION_CLUSTER_SECRET; relative to this file
+//! security = "secret"               # secret | tls | insecure-plaintext
+//! secret_file = "cluster.secret"    # secret: or FOUNDATION_CLUSTER_SECRET; relative to this file
+//! # security = "tls" takes:  ca = "certs/ca.pem"  cert = "certs/n1.pem"  key = "certs/n1.key"
 //! workers = 4                       # workers of the hosted `echo` ecosystem
 //! ```
 //!
@@ -49,10 +51,30 @@ pub struct NodeConfig {
     pub role: Role,
     /// Address of the HTTP endpoint (`/metrics`, `/health`, `/ready`); `None`: off.
     pub metrics: Option<SocketAddr>,
+    /// How links are protected.
+    pub security: SecurityMode,
     /// File holding the cluster secret (else `FOUNDATION_CLUSTER_SECRET`).
     pub secret_file: Option<PathBuf>,
+    /// TLS: the cluster CA certificate.
+    pub ca: Option<PathBuf>,
+    /// TLS: this node's certificate.
+    pub cert: Option<PathBuf>,
+    /// TLS: this node's private key.
+    pub key: Option<PathBuf>,
     /// Workers of the hosted `echo` ecosystem.
     pub workers: usize,
+}
+
+/// How the node's links are authenticated and protected (see the transport's `Security`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecurityMode {
+    /// A shared cluster secret: mutual proof, then AEAD-encrypted frames.
+    Secret,
+    /// TLS 1.3 with mutual certificates from a cluster CA (`ca`, `cert`, `key`).
+    Tls,
+    /// No authentication, no encryption: only for a trusted loopback.
+    InsecurePlaintext,
 }
 
 /// Values given on the command line; `None` / empty leaves the lower layers' value.
@@ -76,6 +98,14 @@ pub struct Overrides {
     pub metrics: Option<String>,
     /// `--secret-file`.
     pub secret_file: Option<PathBuf>,
+    /// `--security`.
+    pub security: Option<String>,
+    /// `--ca`.
+    pub ca: Option<PathBuf>,
+    /// `--cert`.
+    pub cert: Option<PathBuf>,
+    /// `--key`.
+    pub key: Option<PathBuf>,
     /// `--workers`.
     pub workers: Option<usize>,
 }
@@ -91,7 +121,7 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 15] = [
     "name",
     "cluster",
     "listen",
@@ -101,7 +131,11 @@ const KEYS: [&str; 11] = [
     "servers_per_client",
     "role",
     "metrics",
+    "security",
     "secret_file",
+    "ca",
+    "cert",
+    "key",
     "workers",
 ];
 
@@ -166,6 +200,9 @@ where
         .await
         .map_err(internal)?;
     ns.set_default("workers", &4u32).await.map_err(internal)?;
+    ns.set_default("security", "secret")
+        .await
+        .map_err(internal)?;
 
     if let Some(path) = file {
         let display = format!("file {}", path.display());
@@ -261,6 +298,7 @@ where
         ("topology", &o.topology),
         ("role", &o.role),
         ("metrics", &o.metrics),
+        ("security", &o.security),
     ] {
         if let Some(v) = value {
             ns.set(key, v.as_str())
@@ -273,10 +311,17 @@ where
             .await
             .map_err(|e| flag_err("--seed", e))?;
     }
-    if let Some(p) = &o.secret_file {
-        ns.set("secret_file", &p.to_string_lossy().into_owned())
-            .await
-            .map_err(|e| flag_err("--secret-file", e))?;
+    for (key, value) in [
+        ("secret_file", &o.secret_file),
+        ("ca", &o.ca),
+        ("cert", &o.cert),
+        ("key", &o.key),
+    ] {
+        if let Some(p) = value {
+            ns.set(key, &p.to_string_lossy().into_owned())
+                .await
+                .map_err(|e| flag_err(&flag_of(key), e))?;
+        }
     }
     if let Some(w) = o.workers {
         ns.set("workers", &(w as u64))
@@ -386,19 +431,37 @@ async fn read(ns: &Namespace, file: Option<&Path>) -> Result<NodeConfig, ConfigE
             }
         },
     };
-    let secret_layer = ns
-        .history("secret_file")
-        .await
-        .ok()
-        .and_then(|h| h.last().map(|e| e.layer));
-    let secret_file = get!("secret_file", String, "a file path").map(|p| {
-        let p = PathBuf::from(p);
-        // A relative path in the file is relative to the file.
-        match (p.is_relative(), file.and_then(Path::parent), secret_layer) {
-            (true, Some(dir), Some(Layer::File)) => dir.join(p),
-            _ => p,
+    let secret_file = path(ns, file, "secret_file").await?;
+    let ca = path(ns, file, "ca").await?;
+    let cert = path(ns, file, "cert").await?;
+    let key = path(ns, file, "key").await?;
+    let security = match get!("security", String, "a string").as_deref() {
+        Some("secret") | None => SecurityMode::Secret,
+        Some("tls") => {
+            for (k, v) in [("ca", &ca), ("cert", &cert), ("key", &key)] {
+                if v.is_none() {
+                    return Err(bad(
+                        ns,
+                        file,
+                        "security",
+                        format!("`tls` needs `{k}` too (the cluster CA, this node's certificate and key; `foundation gen-certs` makes them)"),
+                    )
+                    .await);
+                }
+            }
+            SecurityMode::Tls
         }
-    });
+        Some("insecure-plaintext") => SecurityMode::InsecurePlaintext,
+        Some(other) => {
+            return Err(bad(
+                ns,
+                file,
+                "security",
+                format!("`{other}` is not one of secret, tls, insecure-plaintext"),
+            )
+            .await)
+        }
+    };
     let workers = get!("workers", u64, "a positive integer").unwrap_or(4);
     if workers == 0 || workers > 4096 {
         return Err(bad(
@@ -418,7 +481,41 @@ async fn read(ns: &Namespace, file: Option<&Path>) -> Result<NodeConfig, ConfigE
         topology,
         role,
         metrics,
+        security,
         secret_file,
+        ca,
+        cert,
+        key,
         workers: workers as usize,
     })
+}
+
+/// A path setting; a relative path given in the file is relative to the file.
+async fn path(
+    ns: &Namespace,
+    file: Option<&Path>,
+    key: &str,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let value = match ns.get::<String>(key) {
+        Ok(v) => v,
+        Err(crate::core::Error::KeyNotFound { .. }) => return Ok(None),
+        Err(_) => {
+            return Err(ConfigError {
+                source_name: origin(ns, key, file).await,
+                problem: format!("key `node.{key}`: expected a file path"),
+            })
+        }
+    };
+    let layer = ns
+        .history(key)
+        .await
+        .ok()
+        .and_then(|h| h.last().map(|e| e.layer));
+    let p = PathBuf::from(value);
+    Ok(Some(
+        match (p.is_relative(), file.and_then(Path::parent), layer) {
+            (true, Some(dir), Some(Layer::File)) => dir.join(p),
+            _ => p,
+        },
+    ))
 }

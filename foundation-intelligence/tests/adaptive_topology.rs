@@ -9,15 +9,15 @@ use foundation_intelligence::adaptive_topology::{AdaptiveTopology, SizeSelector}
 use foundation_intelligence::distributed::node::{Node, NodeSettings};
 use foundation_intelligence::distributed::topology::{Role, TopologyKind};
 use foundation_intelligence::distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Transport, TransportSettings,
+    ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
 };
 use tokio::time::Instant;
 
-async fn node(net: &MemoryNetwork, name: &str, role: Role) -> Node {
+async fn node(net: &MemoryNetwork, name: &str, role: Role, secret: &ClusterSecret) -> Node {
     let settings = TransportSettings {
         cluster: "adaptive".into(),
         node: name.into(),
-        secret: ClusterSecret::new([7u8; 32]),
+        security: Security::Secret(secret.clone()),
         ..TransportSettings::default()
     };
     let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings).unwrap());
@@ -54,8 +54,9 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 #[tokio::test]
 async fn switches_to_client_server_when_the_cluster_outgrows_the_mesh() {
     let net = MemoryNetwork::new();
-    let a = node(&net, "a", Role::Server).await;
-    let b = node(&net, "b", Role::Server).await;
+    let secret = ClusterSecret::generate();
+    let a = node(&net, "a", Role::Server, &secret).await;
+    let b = node(&net, "b", Role::Server, &secret).await;
     b.join(&[a.addr()]).await.unwrap();
     let mut ctl = AdaptiveTopology::new(
         a.clone(),
@@ -73,8 +74,8 @@ async fn switches_to_client_server_when_the_cluster_outgrows_the_mesh() {
     .await;
     assert_eq!(ctl.evaluate(Instant::now()), None, "2 members fit a mesh");
 
-    let c = node(&net, "c", Role::Client).await;
-    let d = node(&net, "d", Role::Client).await;
+    let c = node(&net, "c", Role::Client, &secret).await;
+    let d = node(&net, "d", Role::Client, &secret).await;
     c.join(&[a.addr()]).await.unwrap();
     d.join(&[a.addr()]).await.unwrap();
     eventually("a sees 4 members", || {

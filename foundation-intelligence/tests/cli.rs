@@ -297,3 +297,120 @@ fn log_json_writes_one_json_object_per_line() {
         "{text}"
     );
 }
+
+#[test]
+fn gen_secret_writes_a_private_file_once() {
+    let d = dir("gen-secret");
+    let file = d.join("cluster.secret");
+    let _ = std::fs::remove_file(&file);
+    let out = foundation().arg("gen-secret").arg(&file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.trim().len(), 64);
+    assert!(text.trim().bytes().all(|b| b.is_ascii_hexdigit()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let (code, err) = fails(foundation().arg("gen-secret").arg(&file));
+    assert_eq!(code, 2);
+    assert!(err.contains("exists"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        text,
+        "not overwritten"
+    );
+}
+
+#[test]
+fn gen_certs_makes_a_tls_cluster_that_joins() {
+    let d = dir("gen-certs");
+    let certs = d.join("certs");
+    let _ = std::fs::remove_dir_all(&certs);
+    let out = foundation()
+        .args(["gen-certs", "--cluster", "tls-test", "--dir"])
+        .arg(&certs)
+        .args(["n1", "n2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("security = \"tls\""), "{stdout}");
+    for f in ["ca.pem", "ca.key", "n1.pem", "n1.key", "n2.pem", "n2.key"] {
+        assert!(certs.join(f).exists(), "{f}");
+    }
+    let tls = |node: &str| -> Vec<String> {
+        let p = |f: String| certs.join(f).to_string_lossy().into_owned();
+        vec![
+            "--name".into(),
+            node.into(),
+            "--cluster".into(),
+            "tls-test".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics".into(),
+            "127.0.0.1:0".into(),
+            "--security".into(),
+            "tls".into(),
+            "--ca".into(),
+            p("ca.pem".into()),
+            "--cert".into(),
+            p(format!("{node}.pem")),
+            "--key".into(),
+            p(format!("{node}.key")),
+        ]
+    };
+    let a1 = tls("n1");
+    let n1 = RunningNode::start(&a1.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut a2 = tls("n2");
+    a2.extend(["--seed".to_string(), n1.listen.clone()]);
+    let n2 = RunningNode::start(&a2.iter().map(String::as_str).collect::<Vec<_>>());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = get(&n2.metrics, "/health");
+        if status == 200 && body.contains("\"name\":\"n1\"") && !body.contains("\"up\":false") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n2 never saw n1 over TLS: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(get(&n2.metrics, "/ready").0, 200);
+    assert!(n2.terminate().success());
+    assert!(n1.terminate().success());
+
+    // A missing certificate file is named before anything starts.
+    let mut bad = tls("n1");
+    let i = bad.iter().position(|a| a == "--cert").unwrap();
+    bad[i + 1] = certs.join("missing.pem").to_string_lossy().into_owned();
+    let (code, err) = fails(foundation().arg("node").args(&bad));
+    assert_eq!(code, 2);
+    assert!(err.contains("missing.pem") && err.contains("cert"), "{err}");
+    // `tls` without its files is a config error naming the key.
+    let (code, err) = fails(foundation().args([
+        "node",
+        "--name",
+        "x",
+        "--metrics",
+        "off",
+        "--security",
+        "tls",
+    ]));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("node.security") && err.contains("`ca`"),
+        "{err}"
+    );
+}

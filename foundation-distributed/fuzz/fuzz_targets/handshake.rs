@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use foundation_distributed::transport::{
-    ClusterSecret, Frame, MemoryNetwork, MemoryTransport, Transport, TransportSettings,
+    ClusterSecret, Security, Frame, MemoryNetwork, MemoryTransport, Transport, TransportSettings,
 };
 use libfuzzer_sys::fuzz_target;
 use tokio::io::AsyncWriteExt;
@@ -13,7 +13,7 @@ fn settings(node: &str) -> TransportSettings {
     TransportSettings {
         cluster: "fuzz".into(),
         node: node.into(),
-        secret: ClusterSecret::new("fuzz-secret-0123456789"),
+        security: Security::Secret(ClusterSecret::from_hex("9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f").unwrap()),
         ..Default::default()
     }
 }

@@ -4,8 +4,10 @@
 //! foundation-node --name NAME --listen HOST:PORT [--seed HOST:PORT]... [--cluster NAME]
 //! ```
 //!
-//! The cluster secret comes from the environment variable `FOUNDATION_CLUSTER_SECRET`
-//! (at least 16 bytes), never from the command line. The node serves `echo` (returns the
+//! The cluster secret (security mode `secret`) comes from the file named by the
+//! environment variable `FOUNDATION_CLUSTER_SECRET_FILE`, or from
+//! `FOUNDATION_CLUSTER_SECRET` as 64+ hex digits (at least 32 random bytes), never from
+//! the command line. The node serves `echo` (returns the
 //! request) and `whoami` (returns its name), prints `listening <addr>` once it listens and
 //! `members <n>` whenever its view changes, and runs until killed or stdin closes.
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use foundation_distributed::node::{Node, NodeSettings};
 use foundation_distributed::transport::{
-    ClusterSecret, TcpTransport, Transport, TransportSettings,
+    ClusterSecret, Security, TcpTransport, Transport, TransportSettings,
 };
 use tokio::io::AsyncReadExt;
 
@@ -56,14 +58,28 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let Ok(secret) = std::env::var("FOUNDATION_CLUSTER_SECRET") else {
-        eprintln!("foundation-node: set FOUNDATION_CLUSTER_SECRET (at least 16 bytes)");
-        std::process::exit(2);
+    let secret = match (
+        std::env::var("FOUNDATION_CLUSTER_SECRET_FILE"),
+        std::env::var("FOUNDATION_CLUSTER_SECRET"),
+    ) {
+        (Ok(path), _) => ClusterSecret::from_file(path),
+        (_, Ok(hex)) => ClusterSecret::from_hex(&hex),
+        _ => {
+            eprintln!("foundation-node: set FOUNDATION_CLUSTER_SECRET_FILE (a file of 64+ hex digits) or FOUNDATION_CLUSTER_SECRET (64+ hex digits)");
+            std::process::exit(2);
+        }
+    };
+    let secret = match secret {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("foundation-node: {e}");
+            std::process::exit(2);
+        }
     };
     let settings = TransportSettings {
         cluster: args.cluster,
         node: args.name.clone(),
-        secret: ClusterSecret::new(&secret),
+        security: Security::Secret(secret),
         ..TransportSettings::default()
     };
     let transport: Arc<dyn Transport> = match TcpTransport::new(settings) {

@@ -49,7 +49,7 @@
 //! use bytes::Bytes;
 //! use foundation_distributed::channel::{ChannelSettings, Channels, Inbox};
 //! use foundation_distributed::transport::{
-//!     ClusterSecret, MemoryNetwork, MemoryTransport, Transport, TransportSettings,
+//!     ClusterSecret, Security, MemoryNetwork, MemoryTransport, Transport, TransportSettings,
 //! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -59,7 +59,7 @@
 //!     let settings = TransportSettings {
 //!         cluster: "demo".into(),
 //!         node: name.into(),
-//!         secret: ClusterSecret::new("a-secret-of-at-least-16-bytes"),
+//!         security: Security::Secret(ClusterSecret::from_hex("9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f").unwrap()),
 //!         ..Default::default()
 //!     };
 //!     Ok(Arc::new(MemoryTransport::new(&network, settings)?))

@@ -8,7 +8,11 @@ use metrics::{Counter, Gauge};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{self, Envelope, FrameDecoder, FrameError, ReadError};
-use super::handshake::{ClientHandshake, ServerHandshake, Step, HANDSHAKE_MAX_FRAME};
+use super::handshake::{ClientHandshake, Keys, ServerHandshake, Step, HANDSHAKE_MAX_FRAME};
+use super::record::{self, Opener, Sealer, TAG_LEN};
+
+/// What a record adds to the frames it holds: its own length header and the tag.
+const RECORD_EXTRA: usize = frame::HEADER_LEN + TAG_LEN;
 use super::{metric, Refusal};
 use crate::{Error, Result};
 
@@ -85,14 +89,58 @@ impl Drop for Meters {
     }
 }
 
+/// What a connection's reader reports when a record fails authentication.
+const FORGED: &str =
+    "record failed authentication (altered, injected, replayed or reordered); connection closed";
+
+/// Counts and logs a record that failed authentication (AEAD or TLS); the caller closes
+/// the connection.
+fn forged(peer: &str, detail: &str) -> Error {
+    metrics::counter!(metric::FRAME_ERRORS, "reason" => "forged").increment(1);
+    tracing::warn!(peer, detail, "closing connection after a forged record");
+    Error::Undecodable {
+        detail: format!("{FORGED}: {detail}"),
+    }
+}
+
+/// Whether a TLS error on an established connection means tampering with records.
+fn tls_tampering(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::DecryptError
+            | rustls::Error::InvalidMessage(_)
+            | rustls::Error::PeerMisbehaved(_)
+    )
+}
+
+/// An I/O error from the stream, or the TLS refusal inside it.
+pub(crate) fn stream_error(peer: &str, e: std::io::Error) -> Error {
+    match super::tls::tls_cause(&e) {
+        Some(tls) => Error::Refused {
+            reason: Refusal::Certificate {
+                detail: tls.to_string(),
+            },
+            by_peer: matches!(tls, rustls::Error::AlertReceived(_)),
+        },
+        None => Error::io(peer, e),
+    }
+}
+
 /// Counts and logs a frame error; the caller closes the connection.
 pub(crate) fn frame_error(e: FrameError, peer: &str) -> Error {
+    let e = count_frame_error(e);
+    tracing::warn!(peer, error = %e, "closing connection after a bad frame");
+    e
+}
+
+/// Counts a frame error without logging it (during handshakes, whose failures are
+/// logged rate-limited).
+fn count_frame_error(e: FrameError) -> Error {
     let reason = match e {
         FrameError::TooLarge { .. } => "oversized",
         FrameError::Undecodable(_) => "undecodable",
     };
     metrics::counter!(metric::FRAME_ERRORS, "reason" => reason).increment(1);
-    tracing::warn!(peer, error = %e, "closing connection after a bad frame");
     e.into()
 }
 
@@ -126,18 +174,30 @@ impl Connection {
         peer: Peer,
         max_frame: usize,
         transport: &'static str,
+        keys: Option<Box<Keys>>,
     ) -> Self {
-        decoder.set_max_frame(max_frame);
+        let (sealer, opener) = match keys {
+            Some(k) => {
+                let Keys { sealer, opener } = *k;
+                (Some(sealer), Some(opener))
+            }
+            None => (None, None),
+        };
+        // A record holds whole frames (headers included, at most `max_frame + 4` bytes of
+        // them) and a tag.
+        decoder.set_max_frame(max_frame + if opener.is_some() { RECORD_EXTRA } else { 0 });
         let peer = Arc::new(peer);
         let meters = Meters::new(transport);
         Connection {
             sender: ConnectionSender {
                 writer,
-                buf: BytesMut::with_capacity(FLUSH_AT),
+                buf: BytesMut::with_capacity(FLUSH_AT + TAG_LEN),
                 peer: peer.clone(),
                 meters: meters.clone(),
                 max_frame,
                 failed: false,
+                sealer,
+                record_start: None,
             },
             receiver: ConnectionReceiver {
                 reader,
@@ -145,6 +205,9 @@ impl Connection {
                 peer,
                 meters,
                 closed: None,
+                opener,
+                plain: BytesMut::new(),
+                max_frame,
             },
         }
     }
@@ -209,6 +272,10 @@ pub struct ConnectionSender {
     meters: Arc<Meters>,
     max_frame: usize,
     failed: bool,
+    sealer: Option<Sealer>,
+    /// Where the record being filled starts in `buf` (sealed mode): its 4-byte length
+    /// placeholder, then whole frames.
+    record_start: Option<usize>,
 }
 
 impl std::fmt::Debug for ConnectionSender {
@@ -250,6 +317,19 @@ impl ConnectionSender {
                 });
             }
         }
+        if self.sealer.is_some() {
+            // Frames are gathered into a record, sealed in place when the buffer is
+            // flushed (or the record is full): the payload is copied and encrypted there.
+            self.open_record(payload.len() + frame::HEADER_LEN + 17)?;
+            let total = frame::encode_data_header(channel, payload.len(), &mut self.buf);
+            self.buf.extend_from_slice(&payload);
+            self.meters.frames_out.increment(1);
+            self.meters.bytes_out.increment(total as u64);
+            if self.buf.len() >= FLUSH_AT {
+                self.flush().await?;
+            }
+            return Ok(());
+        }
         let total = frame::encode_data_header(channel, payload.len(), &mut self.buf);
         self.meters.frames_out.increment(1);
         self.meters.bytes_out.increment(total as u64);
@@ -282,6 +362,7 @@ impl ConnectionSender {
     /// Writes out queued frames.
     pub async fn flush(&mut self) -> Result<()> {
         self.check_open()?;
+        self.seal_record()?;
         if !self.buf.is_empty() {
             // See `feed`: a write dropped half-way leaves the sender failed.
             self.failed = true;
@@ -306,13 +387,48 @@ impl ConnectionSender {
 
     async fn control(&mut self, envelope: &Envelope) -> Result<()> {
         self.check_open()?;
-        let before = self.buf.len();
-        frame::encode(envelope, &mut self.buf);
+        let encoded = frame::encode_to_bytes(envelope);
+        self.open_record(encoded.len())?;
+        self.buf.extend_from_slice(&encoded);
         self.meters.frames_out.increment(1);
+        self.meters.bytes_out.increment(encoded.len() as u64);
+        self.flush().await
+    }
+
+    /// Sealed mode: makes sure a record is open in `buf` with room for a frame of at
+    /// most `frame_len` bytes (sealing the current one first if it would overflow).
+    fn open_record(&mut self, frame_len: usize) -> Result<()> {
+        if self.sealer.is_none() {
+            return Ok(());
+        }
+        if let Some(start) = self.record_start {
+            let held = self.buf.len() - start - frame::HEADER_LEN;
+            if held + frame_len > self.max_frame + frame::HEADER_LEN {
+                self.seal_record()?;
+            }
+        }
+        if self.record_start.is_none() {
+            self.record_start = Some(self.buf.len());
+            self.buf.extend_from_slice(&[0; frame::HEADER_LEN]);
+        }
+        Ok(())
+    }
+
+    /// Sealed mode: seals the open record, if any.
+    fn seal_record(&mut self) -> Result<()> {
+        let (Some(sealer), Some(start)) = (&mut self.sealer, self.record_start.take()) else {
+            return Ok(());
+        };
+        if sealer.seal_record(&mut self.buf, start).is_err() {
+            self.failed = true;
+            return Err(Error::Closed {
+                reason: "the record sequence number is exhausted".into(),
+            });
+        }
         self.meters
             .bytes_out
-            .increment((self.buf.len() - before) as u64);
-        self.flush().await
+            .increment((frame::HEADER_LEN + TAG_LEN) as u64);
+        Ok(())
     }
 
     fn check_open(&self) -> Result<()> {
@@ -361,6 +477,10 @@ pub struct ConnectionReceiver {
     peer: Arc<Peer>,
     meters: Arc<Meters>,
     closed: Option<Closed>,
+    opener: Option<Opener>,
+    /// Sealed mode: the opened record's frames not yet returned.
+    plain: BytesMut,
+    max_frame: usize,
 }
 
 /// How a receiver ended.
@@ -411,6 +531,16 @@ impl ConnectionReceiver {
             }
         }
         loop {
+            if self.opener.is_some() {
+                match record::next_inner_frame(&mut self.plain, self.max_frame) {
+                    Ok(Some(body)) => {
+                        self.meters.frames_in.increment(1);
+                        return self.deliver(body);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return self.fail_frame(e),
+                }
+            }
             let body = match self.decoder.next_body() {
                 Ok(Some(body)) => body,
                 Ok(None) => {
@@ -428,7 +558,15 @@ impl ConnectionReceiver {
                         Ok(_) => {}
                         Err(ReadError::Frame(e)) => return self.fail_frame(e),
                         Err(ReadError::Io(e)) => {
-                            let e = Error::io(&self.peer.node, e);
+                            let e = match super::tls::tls_cause(&e) {
+                                Some(tls) if tls_tampering(tls) => {
+                                    forged(&self.peer.node, &tls.to_string())
+                                }
+                                Some(tls) => Error::Closed {
+                                    reason: format!("TLS: {tls}"),
+                                },
+                                None => Error::io(&self.peer.node, e),
+                            };
                             return self.fail(e);
                         }
                     }
@@ -436,11 +574,27 @@ impl ConnectionReceiver {
                 }
                 Err(e) => return self.fail_frame(e),
             };
-            self.meters.frames_in.increment(1);
             self.meters
                 .bytes_in
                 .increment((body.len() + frame::HEADER_LEN) as u64);
-            return match frame::decode_mut(body) {
+            let mut body = body;
+            if let Some(opener) = &mut self.opener {
+                if opener.open(&mut body).is_err() {
+                    let e = forged(&self.peer.node, "AEAD tag or sequence number mismatch");
+                    return self.fail(e);
+                }
+                self.plain = body;
+                continue;
+            }
+            self.meters.frames_in.increment(1);
+            return self.deliver(body);
+        }
+    }
+
+    /// Decodes one frame body and acts on it.
+    fn deliver(&mut self, body: BytesMut) -> Result<Option<Frame>> {
+        {
+            match frame::decode_mut(body) {
                 Ok(Envelope::Data { channel, payload }) => {
                     Ok(Some(Frame::Data { channel, payload }))
                 }
@@ -455,11 +609,21 @@ impl ConnectionReceiver {
                     self.fail(e)
                 }
                 Err(e) => self.fail_frame(e),
-            };
+            }
         }
     }
 
     fn fail_frame(&mut self, e: FrameError) -> Result<Option<Frame>> {
+        // Report sealed records in frame terms: the limit the user configured.
+        let e = match e {
+            FrameError::TooLarge { len, max } if self.opener.is_some() && max > self.max_frame => {
+                FrameError::TooLarge {
+                    len: len.saturating_sub(RECORD_EXTRA as u64),
+                    max: self.max_frame,
+                }
+            }
+            e => e,
+        };
         let e = frame_error(e, &self.peer.node);
         self.fail(e)
     }
@@ -479,7 +643,7 @@ async fn read_envelope(
     loop {
         match decoder.next_frame() {
             Ok(Some(body)) => {
-                return frame::decode(body).map_err(|e| frame_error(e, peer));
+                return frame::decode(body).map_err(count_frame_error);
             }
             Ok(None) => match decoder.read_from(reader).await {
                 Ok(0) => {
@@ -488,10 +652,10 @@ async fn read_envelope(
                     })
                 }
                 Ok(_) => {}
-                Err(ReadError::Frame(e)) => return Err(frame_error(e, peer)),
-                Err(ReadError::Io(e)) => return Err(Error::io(peer, e)),
+                Err(ReadError::Frame(e)) => return Err(count_frame_error(e)),
+                Err(ReadError::Io(e)) => return Err(stream_error(peer, e)),
             },
-            Err(e) => return Err(frame_error(e, peer)),
+            Err(e) => return Err(count_frame_error(e)),
         }
     }
 }
@@ -501,8 +665,8 @@ async fn write_envelope(writer: &mut BoxWrite, envelope: &Envelope, peer: &str) 
     writer
         .write_all(&bytes)
         .await
-        .map_err(|e| Error::io(peer, e))?;
-    writer.flush().await.map_err(|e| Error::io(peer, e))
+        .map_err(|e| stream_error(peer, e))?;
+    writer.flush().await.map_err(|e| stream_error(peer, e))
 }
 
 /// The handshake result label of an error.
@@ -513,6 +677,9 @@ pub(crate) fn result_label(e: &Error) -> &'static str {
             Refusal::Cluster => "cluster",
             Refusal::Authentication => "authentication",
             Refusal::Busy => "busy",
+            Refusal::Security { .. } => "security",
+            Refusal::Certificate { .. } => "certificate",
+            Refusal::RateLimited => "rate_limited",
             _ => "protocol",
         },
         Error::HandshakeTimeout { .. } => "timeout",
@@ -557,11 +724,11 @@ pub(crate) async fn serve_handshake(
             let envelope = read_envelope(&mut io.reader, &mut decoder, &io.peer_addr).await?;
             match machine.on_frame(envelope)? {
                 Step::Reply(reply) => write_envelope(&mut io.writer, &reply, &io.peer_addr).await?,
-                Step::Done(reply, peer) => {
+                Step::Done(reply, peer, keys) => {
                     if let Some(reply) = reply {
                         write_envelope(&mut io.writer, &reply, &io.peer_addr).await?;
                     }
-                    return Ok(peer);
+                    return Ok((peer, keys));
                 }
             }
         }
@@ -583,11 +750,11 @@ pub(crate) async fn client_handshake(
             let envelope = read_envelope(&mut io.reader, &mut decoder, &io.peer_addr).await?;
             match machine.on_frame(envelope)? {
                 Step::Reply(reply) => write_envelope(&mut io.writer, &reply, &io.peer_addr).await?,
-                Step::Done(reply, peer) => {
+                Step::Done(reply, peer, keys) => {
                     if let Some(reply) = reply {
                         write_envelope(&mut io.writer, &reply, &io.peer_addr).await?;
                     }
-                    return Ok(peer);
+                    return Ok((peer, keys));
                 }
             }
         }
@@ -599,10 +766,10 @@ pub(crate) async fn client_handshake(
 async fn finish(
     mut io: HandshakeIo,
     decoder: FrameDecoder,
-    outcome: Result<Peer>,
+    outcome: Result<(Peer, Option<Box<Keys>>)>,
 ) -> Result<Connection> {
     match outcome {
-        Ok(peer) => {
+        Ok((peer, keys)) => {
             metrics::counter!(metric::HANDSHAKES, "result" => "ok").increment(1);
             tracing::debug!(peer = %peer.node, addr = %io.peer_addr, "handshake complete");
             Ok(Connection::new(
@@ -612,6 +779,7 @@ async fn finish(
                 peer,
                 io.max_frame,
                 io.transport,
+                keys,
             ))
         }
         Err(e) => {
@@ -621,18 +789,31 @@ async fn finish(
                     write_envelope(&mut io.writer, &Envelope::Refused(reason), &io.peer_addr).await;
                 let _ = io.writer.shutdown().await;
             }
-            Err(count_failed(e, &io.peer_addr))
+            // Counted and logged by the caller (rate-limited).
+            Err(e)
         }
     }
 }
 
-/// Counts and logs a failed handshake.
-pub(crate) fn count_failed(e: Error, peer_addr: &str) -> Error {
+/// Counts a failed handshake; logs it if `throttle` admits a line.
+pub(crate) fn count_failed(
+    e: Error,
+    peer_addr: &str,
+    throttle: &super::abuse::LogThrottle,
+) -> Error {
     if matches!(e, Error::UnexpectedFrame { .. }) {
         metrics::counter!(metric::FRAME_ERRORS, "reason" => "unexpected").increment(1);
     }
     let result = result_label(&e);
     metrics::counter!(metric::HANDSHAKES, "result" => result).increment(1);
-    tracing::warn!(addr = peer_addr, result, error = %e, "handshake failed");
+    if let Some(suppressed) = throttle.admit() {
+        tracing::warn!(
+            addr = peer_addr,
+            result,
+            error = %e,
+            suppressed,
+            "handshake failed ({suppressed} more failures not logged since the last line)"
+        );
+    }
     e
 }

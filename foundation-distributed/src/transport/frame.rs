@@ -31,13 +31,19 @@ pub enum Envelope {
     Hello(Hello),
     /// Handshake, server → client: who answers, the server's nonce and its proof.
     Challenge(Challenge),
-    /// Handshake, client → server: the client's proof.
+    /// Handshake, client → server: the client's proof (empty unless in `secret` mode).
     Proof {
         /// HMAC-SHA256 over the client side of the transcript.
         proof: Bytes,
     },
-    /// Handshake, server → client: the client is authenticated; data may flow.
-    Accepted,
+    /// Handshake, server → client: the client is authenticated; data may flow. In
+    /// `secret` mode it carries the server's proof, and every later frame in both
+    /// directions is a sealed record.
+    Accepted {
+        /// HMAC-SHA256 over the server side of the transcript (empty unless in `secret`
+        /// mode).
+        proof: Bytes,
+    },
     /// Handshake refused; the sender closes the connection after this frame.
     Refused(Refusal),
     /// Application data for a channel.
@@ -65,7 +71,7 @@ impl Envelope {
             Envelope::Hello(_) => "Hello",
             Envelope::Challenge(_) => "Challenge",
             Envelope::Proof { .. } => "Proof",
-            Envelope::Accepted => "Accepted",
+            Envelope::Accepted { .. } => "Accepted",
             Envelope::Refused(_) => "Refused",
             Envelope::Data { .. } => "Data",
             Envelope::Ping(_) => "Ping",
@@ -82,6 +88,8 @@ pub struct Hello {
     pub version: u16,
     /// Cluster the client belongs to.
     pub cluster: String,
+    /// The client's security mode (`tls`, `secret`, `insecure-plaintext`).
+    pub security: String,
     /// The client's node name.
     pub node: String,
     /// The address the client's node can be reached at (may be empty).
@@ -99,14 +107,14 @@ pub struct Hello {
 pub struct Challenge {
     /// Protocol version the server speaks.
     pub version: u16,
+    /// The server's security mode.
+    pub security: String,
     /// The server's node name.
     pub node: String,
     /// The server's advertised address.
     pub addr: String,
     /// The server's random nonce.
     pub nonce: Bytes,
-    /// HMAC-SHA256 over the server side of the transcript.
-    pub proof: Bytes,
 }
 
 /// Why a frame could not be decoded.
@@ -434,12 +442,13 @@ mod tests {
             any::<u64>().prop_map(Envelope::Ping),
             any::<u64>().prop_map(Envelope::Pong),
             ".{0,20}".prop_map(|reason| Envelope::Close { reason }),
-            Just(Envelope::Accepted),
+            bytes().prop_map(|proof| Envelope::Accepted { proof }),
             bytes().prop_map(|proof| Envelope::Proof { proof }),
             (any::<u16>(), ".{0,8}", ".{0,8}", any::<u16>(), bytes()).prop_map(
                 |(version, cluster, node, index, nonce)| Envelope::Hello(Hello {
                     version,
                     cluster,
+                    security: "secret".into(),
                     node: node.clone(),
                     addr: node,
                     channel: "c".into(),

@@ -1,34 +1,49 @@
-//! The handshake as two sans-I/O state machines, and the HMAC transcript.
+//! The handshake as two sans-I/O state machines, the HMAC transcript and the key
+//! schedule of [`Security::Secret`](super::Security::Secret).
 //!
 //! ```text
 //! client                                   server
-//!   Hello{version, cluster, node, addr,
-//!         channel, index, nonce_c}   ──►   refuse on version or cluster
-//!                                    ◄──   Challenge{version, node, addr, nonce_s,
-//!                                                    proof_s = MAC(K, "server" ‖ T)}
-//!   verify proof_s (constant time)
-//!   Proof{proof_c = MAC(K, "client" ‖ T)} ──► verify proof_c (constant time)
-//!                                    ◄──   Accepted
+//!   Hello{version, cluster, security,
+//!         node, addr, channel, index,
+//!         nonce_c}                   ──►   refuse on version, cluster or security mode;
+//!                                          (tls) refuse unless the client's certificate
+//!                                          is valid for the node name it claims
+//!                                    ◄──   Challenge{version, security, node, addr, nonce_s}
+//!   (tls) refuse unless the server's
+//!   certificate is valid for its name
+//!   Proof{proof_c}                   ──►   (secret) verify proof_c (constant time)
+//!                                    ◄──   Accepted{proof_s}
+//!   (secret) verify proof_s
 //! ```
 //!
-//! `T` is every field of `Hello` and `Challenge` except the proofs, each length-prefixed,
-//! so it binds both nonces, both names, the channel and the connection index. The role
-//! label makes a server proof useless as a client proof (no reflection); fresh nonces on
-//! both sides make an old proof useless on a new connection (no replay).
+//! In `secret` mode `proof_c = MAC(K, "client" ‖ T)` and `proof_s = MAC(K, "server" ‖ T)`
+//! (HMAC-SHA256 keyed with the cluster secret), where `T` is every field of `Hello` and
+//! `Challenge`, each length-prefixed, so it binds both nonces, both names, both security
+//! modes, the channel and the connection index. **The server proves nothing before the
+//! client has**: its `Challenge` carries only a fresh nonce, so a stranger who connects
+//! learns nothing to test guesses of the secret against. The role label makes one
+//! side's proof useless as the other's (no reflection); fresh nonces make an old proof
+//! useless on a new connection (no replay). Session keys are then derived with
+//! HKDF-SHA256 from the secret, salted with both nonces, bound to `SHA-256(T)`
+//! ([`record`](super::record)). In `tls` and `insecure-plaintext` mode the proofs are
+//! empty: TLS authenticated the peers already, plaintext does not authenticate.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
+use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use super::frame::{Challenge, Envelope, Hello};
-use super::Peer;
+use super::record::{self, Opener, Sealer};
+use super::{ClusterSecret, Peer};
 use crate::{Error, Result};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. Version 2: the client proves first, session
+/// keys and sealed records in `secret` mode, security modes in the handshake.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Body limit while a connection is unauthenticated: an anonymous peer can make us
 /// buffer at most this much.
@@ -37,10 +52,7 @@ pub(crate) const HANDSHAKE_MAX_FRAME: usize = 4096;
 /// Length of each side's random nonce.
 pub(crate) const NONCE_LEN: usize = 32;
 
-/// The shortest accepted cluster secret.
-pub const MIN_SECRET_LEN: usize = 16;
-
-const DOMAIN: &[u8] = b"foundation-transport handshake v1";
+const DOMAIN: &[u8] = b"foundation-transport handshake v2";
 
 /// Why a handshake was refused. Sent to the peer in a `Refused` frame and carried by
 /// [`Error::Refused`].
@@ -60,6 +72,20 @@ pub enum Refusal {
     Protocol,
     /// The listener has too many handshakes in progress.
     Busy,
+    /// The peers use different security modes; `mode` is the refuser's.
+    Security {
+        /// The refusing side's security mode (`tls`, `secret`, `insecure-plaintext`).
+        mode: String,
+    },
+    /// The source address failed too many handshakes recently; the connection was
+    /// closed before any handshake work (never sent: the connection is just closed).
+    RateLimited,
+    /// TLS failed (unknown CA, expired or malformed certificate, ...), or a
+    /// certificate is not valid for the node name its holder claims.
+    Certificate {
+        /// What was wrong.
+        detail: String,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -74,54 +100,30 @@ impl std::fmt::Display for Refusal {
             }
             Refusal::Protocol => f.write_str("protocol violation"),
             Refusal::Busy => f.write_str("listener busy"),
+            Refusal::Security { mode } => {
+                write!(f, "security mode mismatch (refuser uses `{mode}`)")
+            }
+            Refusal::Certificate { detail } => write!(f, "certificate refused: {detail}"),
+            Refusal::RateLimited => f.write_str("too many failed handshakes from this address"),
         }
     }
 }
 
-/// The shared cluster secret. `Debug` never prints it, and it serializes as
-/// `"<redacted>"`; it deserializes from a string (its UTF-8 bytes), so settings load
-/// from TOML but never write the secret back out.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct ClusterSecret(Arc<[u8]>);
-
-impl ClusterSecret {
-    /// A secret from raw bytes (at least [`MIN_SECRET_LEN`]; 32 random bytes recommended).
-    pub fn new(bytes: impl AsRef<[u8]>) -> Self {
-        ClusterSecret(Arc::from(bytes.as_ref()))
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether the secret is empty (the default, which settings validation rejects).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn mac(&self) -> Hmac<Sha256> {
-        // HMAC takes keys of any length.
-        <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC accepts any key length")
-    }
+/// How this side authenticates.
+#[derive(Debug, Clone)]
+pub(crate) enum Auth {
+    Tls,
+    Secret(ClusterSecret),
+    Plaintext,
 }
 
-impl std::fmt::Debug for ClusterSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ClusterSecret(<{} bytes redacted>)", self.0.len())
-    }
-}
-
-impl Serialize for ClusterSecret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str("<redacted>")
-    }
-}
-
-impl<'de> Deserialize<'de> for ClusterSecret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Ok(ClusterSecret::new(s.as_bytes()))
+impl Auth {
+    fn mode(&self) -> &'static str {
+        match self {
+            Auth::Tls => "tls",
+            Auth::Secret(_) => "secret",
+            Auth::Plaintext => "insecure-plaintext",
+        }
     }
 }
 
@@ -131,31 +133,56 @@ pub(crate) struct Identity {
     pub cluster: String,
     pub node: String,
     pub addr: String,
-    pub secret: ClusterSecret,
+    pub auth: Auth,
 }
 
-fn field(mac: &mut Hmac<Sha256>, bytes: &[u8]) {
-    mac.update(&(bytes.len() as u64).to_be_bytes());
-    mac.update(bytes);
+/// Session keys of a `secret`-mode connection.
+#[derive(Debug)]
+pub(crate) struct Keys {
+    pub sealer: Sealer,
+    pub opener: Opener,
 }
 
-/// MAC over the transcript for `role` (`b"server"` or `b"client"`).
-fn transcript(secret: &ClusterSecret, role: &[u8], hello: &Hello, ch: &Challenge) -> Hmac<Sha256> {
-    let mut mac = secret.mac();
-    field(&mut mac, DOMAIN);
-    field(&mut mac, role);
-    field(&mut mac, &hello.version.to_be_bytes());
-    field(&mut mac, hello.cluster.as_bytes());
-    field(&mut mac, hello.node.as_bytes());
-    field(&mut mac, hello.addr.as_bytes());
-    field(&mut mac, hello.channel.as_bytes());
-    field(&mut mac, &hello.index.to_be_bytes());
-    field(&mut mac, &hello.nonce);
-    field(&mut mac, &ch.version.to_be_bytes());
-    field(&mut mac, ch.node.as_bytes());
-    field(&mut mac, ch.addr.as_bytes());
-    field(&mut mac, &ch.nonce);
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The transcript `T`: every field of both messages, length-prefixed.
+fn transcript(hello: &Hello, ch: &Challenge) -> Vec<u8> {
+    let mut t = Vec::with_capacity(256);
+    field(&mut t, DOMAIN);
+    field(&mut t, &hello.version.to_be_bytes());
+    field(&mut t, hello.cluster.as_bytes());
+    field(&mut t, hello.security.as_bytes());
+    field(&mut t, hello.node.as_bytes());
+    field(&mut t, hello.addr.as_bytes());
+    field(&mut t, hello.channel.as_bytes());
+    field(&mut t, &hello.index.to_be_bytes());
+    field(&mut t, &hello.nonce);
+    field(&mut t, &ch.version.to_be_bytes());
+    field(&mut t, ch.security.as_bytes());
+    field(&mut t, ch.node.as_bytes());
+    field(&mut t, ch.addr.as_bytes());
+    field(&mut t, &ch.nonce);
+    t
+}
+
+/// `MAC(K, role ‖ T)`.
+fn mac(secret: &ClusterSecret, role: &[u8], t: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length.
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose())
+        .expect("HMAC accepts any key length");
+    mac.update(&(role.len() as u64).to_be_bytes());
+    mac.update(role);
+    mac.update(t);
     mac
+}
+
+/// `(client → server, server → client)` keys of a connection.
+fn session_keys(secret: &ClusterSecret, hello: &Hello, ch: &Challenge) -> ([u8; 32], [u8; 32]) {
+    let hash = Sha256::digest(transcript(hello, ch));
+    record::derive(secret.expose(), &hello.nonce, &ch.nonce, &hash)
 }
 
 fn refused(reason: Refusal) -> Error {
@@ -172,6 +199,21 @@ fn unexpected(got: &Envelope, state: &'static str) -> Error {
     }
 }
 
+/// Refuses unless `cert` (the peer's TLS certificate) is valid for `node`.
+fn check_name(cert: Option<&CertificateDer<'static>>, node: &str) -> Result<()> {
+    match cert {
+        Some(cert) if super::tls::name_matches(cert, node) => Ok(()),
+        Some(_) => Err(refused(Refusal::Certificate {
+            detail: format!(
+                "the peer's certificate is not valid for the node name it claims, `{node}`"
+            ),
+        })),
+        None => Err(refused(Refusal::Certificate {
+            detail: "the peer presented no certificate".into(),
+        })),
+    }
+}
+
 /// A fresh random nonce (`rand`'s thread-local CSPRNG).
 pub(crate) fn nonce() -> Bytes {
     let bytes: [u8; NONCE_LEN] = rand::random();
@@ -183,8 +225,8 @@ pub(crate) fn nonce() -> Bytes {
 pub(crate) enum Step {
     /// Send this frame and keep reading.
     Reply(Envelope),
-    /// Send this frame (if any); the peer is authenticated.
-    Done(Option<Envelope>, Peer),
+    /// Send this frame (if any); the peer is authenticated; seal with these keys.
+    Done(Option<Envelope>, Peer, Option<Box<Keys>>),
 }
 
 #[derive(Debug)]
@@ -199,14 +241,21 @@ enum ServerState {
 pub(crate) struct ServerHandshake {
     me: Arc<Identity>,
     nonce: Bytes,
+    peer_cert: Option<CertificateDer<'static>>,
     state: ServerState,
 }
 
 impl ServerHandshake {
-    pub(crate) fn new(me: Arc<Identity>, nonce: Bytes) -> Self {
+    /// `peer_cert`: the client's TLS certificate (TLS mode).
+    pub(crate) fn new(
+        me: Arc<Identity>,
+        nonce: Bytes,
+        peer_cert: Option<CertificateDer<'static>>,
+    ) -> Self {
         ServerHandshake {
             me,
             nonce,
+            peer_cert,
             state: ServerState::AwaitHello,
         }
     }
@@ -226,29 +275,48 @@ impl ServerHandshake {
                 if hello.cluster != self.me.cluster {
                     return Err(refused(Refusal::Cluster));
                 }
+                if hello.security != self.me.auth.mode() {
+                    return Err(refused(Refusal::Security {
+                        mode: self.me.auth.mode().into(),
+                    }));
+                }
                 if hello.nonce.len() != NONCE_LEN {
                     return Err(refused(Refusal::Protocol));
                 }
-                let mut challenge = Challenge {
+                if let Auth::Tls = self.me.auth {
+                    check_name(self.peer_cert.as_ref(), &hello.node)?;
+                }
+                let challenge = Challenge {
                     version: PROTOCOL_VERSION,
+                    security: self.me.auth.mode().into(),
                     node: self.me.node.clone(),
                     addr: self.me.addr.clone(),
                     nonce: self.nonce.clone(),
-                    proof: Bytes::new(),
                 };
-                let proof = transcript(&self.me.secret, b"server", &hello, &challenge)
-                    .finalize()
-                    .into_bytes();
-                challenge.proof = Bytes::copy_from_slice(&proof);
                 let reply = Envelope::Challenge(challenge.clone());
                 self.state = ServerState::AwaitProof(Box::new((hello, challenge)));
                 Ok(Step::Reply(reply))
             }
             (ServerState::AwaitProof(pending), Envelope::Proof { proof }) => {
                 let (hello, challenge) = *pending;
-                transcript(&self.me.secret, b"client", &hello, &challenge)
-                    .verify_slice(&proof)
-                    .map_err(|_| refused(Refusal::Authentication))?;
+                let (accepted, keys) = match &self.me.auth {
+                    Auth::Secret(secret) => {
+                        let t = transcript(&hello, &challenge);
+                        mac(secret, b"client", &t)
+                            .verify_slice(&proof)
+                            .map_err(|_| refused(Refusal::Authentication))?;
+                        let proof_s = mac(secret, b"server", &t).finalize().into_bytes();
+                        let (c2s, s2c) = session_keys(secret, &hello, &challenge);
+                        (
+                            Bytes::copy_from_slice(&proof_s),
+                            Some(Box::new(Keys {
+                                sealer: Sealer::new(&s2c),
+                                opener: Opener::new(&c2s),
+                            })),
+                        )
+                    }
+                    Auth::Tls | Auth::Plaintext => (Bytes::new(), None),
+                };
                 let peer = Peer {
                     node: hello.node,
                     addr: hello.addr,
@@ -256,7 +324,11 @@ impl ServerHandshake {
                     index: hello.index,
                     version: hello.version,
                 };
-                Ok(Step::Done(Some(Envelope::Accepted), peer))
+                Ok(Step::Done(
+                    Some(Envelope::Accepted { proof: accepted }),
+                    peer,
+                    keys,
+                ))
             }
             (_, Envelope::Refused(reason)) => Err(Error::Refused {
                 reason,
@@ -272,7 +344,7 @@ impl ServerHandshake {
 #[derive(Debug)]
 enum ClientState {
     AwaitChallenge,
-    AwaitAccepted { peer: Peer },
+    AwaitAccepted(Box<(Challenge, Peer)>),
     Finished,
 }
 
@@ -281,20 +353,24 @@ enum ClientState {
 pub(crate) struct ClientHandshake {
     me: Arc<Identity>,
     hello: Hello,
+    peer_cert: Option<CertificateDer<'static>>,
     state: ClientState,
 }
 
 impl ClientHandshake {
-    /// The state machine and the `Hello` to send first.
+    /// The state machine and the `Hello` to send first. `peer_cert`: the server's TLS
+    /// certificate (TLS mode).
     pub(crate) fn new(
         me: Arc<Identity>,
         channel: &str,
         index: u16,
         nonce: Bytes,
+        peer_cert: Option<CertificateDer<'static>>,
     ) -> (Self, Envelope) {
         let hello = Hello {
             version: PROTOCOL_VERSION,
             cluster: me.cluster.clone(),
+            security: me.auth.mode().into(),
             node: me.node.clone(),
             addr: me.addr.clone(),
             channel: channel.to_owned(),
@@ -306,6 +382,7 @@ impl ClientHandshake {
             ClientHandshake {
                 me,
                 hello,
+                peer_cert,
                 state: ClientState::AwaitChallenge,
             },
             first,
@@ -324,37 +401,59 @@ impl ClientHandshake {
                         supported: PROTOCOL_VERSION,
                     }));
                 }
+                if challenge.security != self.me.auth.mode() {
+                    return Err(refused(Refusal::Security {
+                        mode: self.me.auth.mode().into(),
+                    }));
+                }
                 if challenge.nonce.len() != NONCE_LEN {
                     return Err(refused(Refusal::Protocol));
                 }
-                transcript(&self.me.secret, b"server", &self.hello, &challenge)
-                    .verify_slice(&challenge.proof)
-                    .map_err(|_| refused(Refusal::Authentication))?;
-                let proof = transcript(&self.me.secret, b"client", &self.hello, &challenge)
-                    .finalize()
-                    .into_bytes();
-                self.state = ClientState::AwaitAccepted {
-                    peer: Peer {
-                        node: challenge.node,
-                        addr: challenge.addr,
-                        channel: self.hello.channel.clone(),
-                        index: self.hello.index,
-                        version: challenge.version,
-                    },
+                let proof = match &self.me.auth {
+                    Auth::Secret(secret) => {
+                        let t = transcript(&self.hello, &challenge);
+                        Bytes::copy_from_slice(&mac(secret, b"client", &t).finalize().into_bytes())
+                    }
+                    Auth::Tls => {
+                        check_name(self.peer_cert.as_ref(), &challenge.node)?;
+                        Bytes::new()
+                    }
+                    Auth::Plaintext => Bytes::new(),
                 };
-                Ok(Step::Reply(Envelope::Proof {
-                    proof: Bytes::copy_from_slice(&proof),
-                }))
+                let peer = Peer {
+                    node: challenge.node.clone(),
+                    addr: challenge.addr.clone(),
+                    channel: self.hello.channel.clone(),
+                    index: self.hello.index,
+                    version: challenge.version,
+                };
+                self.state = ClientState::AwaitAccepted(Box::new((challenge, peer)));
+                Ok(Step::Reply(Envelope::Proof { proof }))
             }
-            (ClientState::AwaitAccepted { peer }, Envelope::Accepted) => Ok(Step::Done(None, peer)),
+            (ClientState::AwaitAccepted(pending), Envelope::Accepted { proof }) => {
+                let (challenge, peer) = *pending;
+                let keys = match &self.me.auth {
+                    Auth::Secret(secret) => {
+                        let t = transcript(&self.hello, &challenge);
+                        mac(secret, b"server", &t)
+                            .verify_slice(&proof)
+                            .map_err(|_| refused(Refusal::Authentication))?;
+                        let (c2s, s2c) = session_keys(secret, &self.hello, &challenge);
+                        Some(Box::new(Keys {
+                            sealer: Sealer::new(&c2s),
+                            opener: Opener::new(&s2c),
+                        }))
+                    }
+                    Auth::Tls | Auth::Plaintext => None,
+                };
+                Ok(Step::Done(None, peer, keys))
+            }
             (_, Envelope::Refused(reason)) => Err(Error::Refused {
                 reason,
                 by_peer: true,
             }),
             (ClientState::AwaitChallenge, other) => Err(unexpected(&other, "awaiting Challenge")),
-            (ClientState::AwaitAccepted { .. }, other) => {
-                Err(unexpected(&other, "awaiting Accepted"))
-            }
+            (ClientState::AwaitAccepted(_), other) => Err(unexpected(&other, "awaiting Accepted")),
             (ClientState::Finished, other) => Err(unexpected(&other, "finished")),
         }
     }
@@ -366,22 +465,32 @@ mod tests {
     use crate::transport::frame::{self, FrameDecoder};
     use proptest::prelude::*;
 
-    fn identity(node: &str, secret: &str) -> Arc<Identity> {
+    fn identity(node: &str, secret: &ClusterSecret) -> Arc<Identity> {
         Arc::new(Identity {
             cluster: "c".into(),
             node: node.into(),
             addr: format!("mem://{node}"),
-            secret: ClusterSecret::new(secret),
+            auth: Auth::Secret(secret.clone()),
         })
     }
 
-    const SECRET: &str = "0123456789abcdef-secret";
+    thread_local! {
+        static SECRET_TL: ClusterSecret = ClusterSecret::generate();
+    }
+
+    #[allow(non_snake_case)]
+    fn SECRET() -> ClusterSecret {
+        SECRET_TL.with(Clone::clone)
+    }
 
     /// Runs a client and a server machine against each other.
-    fn run(client_secret: &str, server_secret: &str) -> (Result<Peer>, Result<Peer>) {
+    fn run(
+        client_secret: &ClusterSecret,
+        server_secret: &ClusterSecret,
+    ) -> (Result<Peer>, Result<Peer>) {
         let (mut client, hello) =
-            ClientHandshake::new(identity("a", client_secret), "ch", 3, nonce());
-        let mut server = ServerHandshake::new(identity("b", server_secret), nonce());
+            ClientHandshake::new(identity("a", client_secret), "ch", 3, nonce(), None);
+        let mut server = ServerHandshake::new(identity("b", server_secret), nonce(), None);
         let challenge = match server.on_frame(hello) {
             Ok(Step::Reply(c)) => c,
             other => panic!("{other:?}"),
@@ -389,23 +498,29 @@ mod tests {
         let proof = match client.on_frame(challenge) {
             Ok(Step::Reply(p)) => p,
             Ok(other) => panic!("{other:?}"),
-            Err(e) => {
-                let s = server.on_frame(Envelope::Refused(Refusal::Authentication));
-                return (Err(e), s.map(|_| unreachable!()));
-            }
+            Err(e) => panic!("{e:?}"),
         };
         match server.on_frame(proof) {
-            Ok(Step::Done(Some(accepted), server_peer)) => match client.on_frame(accepted) {
-                Ok(Step::Done(None, client_peer)) => (Ok(client_peer), Ok(server_peer)),
-                other => panic!("{other:?}"),
-            },
-            other => panic!("{other:?}"),
+            Ok(Step::Done(Some(accepted), server_peer, Some(_))) => {
+                match client.on_frame(accepted) {
+                    Ok(Step::Done(None, client_peer, Some(_))) => {
+                        (Ok(client_peer), Ok(server_peer))
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => {
+                // The server refuses first; the client hears why.
+                let c = client.on_frame(Envelope::Refused(Refusal::Authentication));
+                (c.map(|_| unreachable!()), Err(e))
+            }
         }
     }
 
     #[test]
     fn matching_secrets_authenticate_both_ways() {
-        let (c, s) = run(SECRET, SECRET);
+        let (c, s) = run(&SECRET(), &SECRET());
         let (c, s) = (c.unwrap(), s.unwrap());
         assert_eq!(c.node, "b");
         assert_eq!(s.node, "a");
@@ -414,32 +529,60 @@ mod tests {
 
     #[test]
     fn different_secrets_fail_on_both_sides() {
-        let (c, s) = run(SECRET, "another-secret-of-16+");
+        let (c, s) = run(&SECRET(), &ClusterSecret::generate());
         assert!(matches!(
             c,
             Err(Error::Refused {
                 reason: Refusal::Authentication,
-                by_peer: false
+                by_peer: true
             })
         ));
         assert!(matches!(
             s,
             Err(Error::Refused {
                 reason: Refusal::Authentication,
-                by_peer: true
+                by_peer: false
             })
         ));
     }
 
     #[test]
-    fn reflected_server_proof_is_rejected() {
-        let (_client, hello) = ClientHandshake::new(identity("a", SECRET), "ch", 0, nonce());
-        let mut server = ServerHandshake::new(identity("b", SECRET), nonce());
+    fn the_server_proves_nothing_before_the_client_has() {
+        let (_client, hello) =
+            ClientHandshake::new(identity("a", &SECRET()), "ch", 0, nonce(), None);
+        let mut server = ServerHandshake::new(identity("b", &SECRET()), nonce(), None);
         let Ok(Step::Reply(Envelope::Challenge(ch))) = server.on_frame(hello) else {
             panic!()
         };
-        // An attacker without the secret echoes the server's own proof back.
-        let r = server.on_frame(Envelope::Proof { proof: ch.proof });
+        // The challenge holds names and a nonce, nothing computed from the secret.
+        let encoded = frame::encode_to_bytes(&Envelope::Challenge(ch.clone()));
+        assert!(encoded.len() < 4 + 80 + ch.node.len() + ch.addr.len());
+        // A client without the secret gets a refusal and no proof.
+        let r = server.on_frame(Envelope::Proof {
+            proof: Bytes::from_static(&[0; 32]),
+        });
+        assert!(matches!(
+            r,
+            Err(Error::Refused {
+                reason: Refusal::Authentication,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn reflected_client_proof_is_rejected_by_the_client() {
+        // A fake server that echoes the client's own proof as its Accepted proof.
+        let (mut client, hello) =
+            ClientHandshake::new(identity("a", &SECRET()), "ch", 0, nonce(), None);
+        let mut server = ServerHandshake::new(identity("b", &SECRET()), nonce(), None);
+        let Ok(Step::Reply(ch)) = server.on_frame(hello) else {
+            panic!()
+        };
+        let Ok(Step::Reply(Envelope::Proof { proof })) = client.on_frame(ch) else {
+            panic!()
+        };
+        let r = client.on_frame(Envelope::Accepted { proof });
         assert!(matches!(
             r,
             Err(Error::Refused {
@@ -452,15 +595,16 @@ mod tests {
     #[test]
     fn proof_from_another_connection_is_rejected() {
         // A genuine client proof recorded on one connection, replayed on a new one.
-        let (mut client, hello) = ClientHandshake::new(identity("a", SECRET), "ch", 0, nonce());
-        let mut server = ServerHandshake::new(identity("b", SECRET), nonce());
+        let (mut client, hello) =
+            ClientHandshake::new(identity("a", &SECRET()), "ch", 0, nonce(), None);
+        let mut server = ServerHandshake::new(identity("b", &SECRET()), nonce(), None);
         let Ok(Step::Reply(ch)) = server.on_frame(hello.clone()) else {
             panic!()
         };
         let Ok(Step::Reply(recorded)) = client.on_frame(ch) else {
             panic!()
         };
-        let mut fresh = ServerHandshake::new(identity("b", SECRET), nonce());
+        let mut fresh = ServerHandshake::new(identity("b", &SECRET()), nonce(), None);
         assert!(fresh.on_frame(hello).is_ok());
         assert!(fresh.on_frame(recorded).is_err());
     }
@@ -470,7 +614,7 @@ mod tests {
         /// without the secret nothing ever authenticates.
         #[test]
         fn garbage_never_authenticates(input in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            let mut server = ServerHandshake::new(identity("b", SECRET), nonce());
+            let mut server = ServerHandshake::new(identity("b", &SECRET()), nonce(), None);
             let mut decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME);
             let mut rest = &input[..];
             'feed: loop {
@@ -494,8 +638,8 @@ mod tests {
         /// A valid Hello followed by arbitrary proofs: never authenticated.
         #[test]
         fn forged_proofs_never_authenticate(proof in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let (_c, hello) = ClientHandshake::new(identity("a", SECRET), "ch", 0, nonce());
-            let mut server = ServerHandshake::new(identity("b", SECRET), nonce());
+            let (_c, hello) = ClientHandshake::new(identity("a", &SECRET()), "ch", 0, nonce(), None);
+            let mut server = ServerHandshake::new(identity("b", &SECRET()), nonce(), None);
             prop_assert!(server.on_frame(hello).is_ok());
             let r = server.on_frame(Envelope::Proof { proof: Bytes::from(proof) });
             prop_assert!(r.is_err());

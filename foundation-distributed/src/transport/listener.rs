@@ -1,5 +1,6 @@
 //! The accept task shared by both transports.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,16 +9,16 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::{self, BoxRead, BoxWrite, HandshakeIo};
-use super::handshake::{self, ServerHandshake};
-use super::{Listener, Refusal, Shared};
+use super::connection;
+use super::{Listener, RawIo, Refusal, Shared};
 use crate::Error;
 
 /// A raw, unauthenticated stream from a listening socket or `mem://` name.
 pub(crate) struct RawStream {
-    pub reader: BoxRead,
-    pub writer: BoxWrite,
+    pub io: RawIo,
     pub peer_addr: String,
+    /// The source address (TCP): failed handshakes are rate-limited per address.
+    pub ip: Option<IpAddr>,
 }
 
 /// Where raw streams come from.
@@ -36,19 +37,17 @@ impl Source {
             Source::Tcp(listener) => Some(listener.accept().await.map(|(stream, peer)| {
                 // Frames are written whole and flushed deliberately; Nagle only adds delay.
                 let _ = stream.set_nodelay(true);
-                let (r, w) = stream.into_split();
                 RawStream {
-                    reader: Box::new(r),
-                    writer: Box::new(w),
+                    io: RawIo::Tcp(stream),
                     peer_addr: peer.to_string(),
+                    ip: Some(peer.ip()),
                 }
             })),
             Source::Memory(rx, registration) => rx.recv().await.map(|stream| {
-                let (r, w) = tokio::io::split(stream);
                 Ok(RawStream {
-                    reader: Box::new(r),
-                    writer: Box::new(w),
+                    io: RawIo::Memory(stream),
                     peer_addr: format!("{} (client)", registration.name()),
+                    ip: None,
                 })
             }),
         }
@@ -102,34 +101,48 @@ async fn accept_loop(
                 }
             },
         };
+        if let Some(ip) = raw.ip {
+            if shared.limiter.refuses(ip) {
+                // Closed unread: no handshake work for an address that keeps failing.
+                shared.failed(
+                    Error::Refused {
+                        reason: Refusal::RateLimited,
+                        by_peer: false,
+                    },
+                    &raw.peer_addr,
+                    true,
+                );
+                continue;
+            }
+        }
         if handshakes.len() >= shared.settings.max_pending_handshakes {
-            connection::count_failed(
+            shared.failed(
                 Error::Refused {
                     reason: Refusal::Busy,
                     by_peer: false,
                 },
                 &raw.peer_addr,
+                true,
             );
             continue;
         }
         let (shared, me, tx) = (shared.clone(), me.clone(), tx.clone());
         handshakes.spawn(async move {
             let _guard = TaskGuard::new();
-            let peer_addr = raw.peer_addr.clone();
-            let io = HandshakeIo {
-                reader: raw.reader,
-                writer: raw.writer,
-                peer_addr: raw.peer_addr,
-                max_frame: shared.settings.max_frame,
-                transport: shared.kind,
-            };
-            let machine = ServerHandshake::new(me, handshake::nonce());
+            let peer_addr = raw.peer_addr;
             let served = shared
-                .timed(&peer_addr, connection::serve_handshake(io, machine))
+                .timed(&peer_addr, true, shared.serve(me, raw.io, &peer_addr))
                 .await;
-            // Failures are counted and logged where they happen.
-            if let Ok(conn) = served {
-                let _ = tx.send(conn).await;
+            // Failures are counted and logged (rate-limited) by `timed`.
+            match served {
+                Ok(conn) => {
+                    let _ = tx.send(conn).await;
+                }
+                Err(_) => {
+                    if let Some(ip) = raw.ip {
+                        shared.limiter.failed(ip);
+                    }
+                }
             }
         });
     }

@@ -9,7 +9,7 @@ use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
 
 use super::listener::{spawn_listener, Source};
-use super::{Connection, Listener, Refusal, Shared, Transport, TransportSettings};
+use super::{Connection, Listener, RawIo, Refusal, Shared, Transport, TransportSettings};
 use crate::{Error, Result};
 
 /// Bytes buffered in each direction of an in-memory stream (like a socket buffer).
@@ -126,12 +126,22 @@ impl MemoryTransport {
     pub fn settings(&self) -> &TransportSettings {
         &self.shared.settings
     }
+
+    /// Reloads TLS certificates without a restart; see
+    /// [`Transport::reload_certificates`].
+    pub fn reload_certificates(&self) -> Result<()> {
+        self.shared.reload_certificates()
+    }
 }
 
 #[async_trait]
 impl Transport for MemoryTransport {
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn reload_certificates(&self) -> Result<()> {
+        self.shared.reload_certificates()
     }
 
     async fn listen(&self, addr: &str) -> Result<Listener> {
@@ -161,12 +171,12 @@ impl Transport for MemoryTransport {
 
     async fn connect(&self, addr: &str, channel: &str, index: u16) -> Result<Connection> {
         let stream = self.network.connect_raw(addr)?;
-        let (r, w) = tokio::io::split(stream);
         self.shared
             .timed(
                 addr,
+                false,
                 self.shared
-                    .client(Box::new(r), Box::new(w), addr, channel, index),
+                    .client(RawIo::Memory(stream), addr, channel, index),
             )
             .await
     }

@@ -11,28 +11,51 @@
 //! refused before its body is buffered; an oversized or undecodable frame closes that
 //! connection, is counted and logged, and the listener keeps serving.
 //!
-//! **Handshake**: the connecting side sends its protocol version, cluster name, node name,
+//! **Security** ([`Security`], in [`TransportSettings::security`]) is on by default:
+//!
+//! * [`Security::Tls`]: TLS 1.3 (rustls, `ring` provider) with mutual authentication
+//!   against a cluster CA; each node's name is bound to its certificate and checked
+//!   against the name it claims ([`tls`]; [`tls::dev`] creates a CA and certificates).
+//! * [`Security::Secret`]: a shared [`ClusterSecret`] of at least 32 random bytes read
+//!   from a file; the client proves knowledge first, then the server; session keys come
+//!   from HKDF over the secret and both nonces, and every later frame is an AES-256-GCM
+//!   record under a sequence number ([`record`]), so altered, injected, replayed or
+//!   reordered frames close the connection and are counted.
+//! * [`Security::InsecurePlaintext`]: nothing; for benchmarks and trusted loopback tests.
+//!
+//! The default, `Secret` with no secret, refuses to start until one is given: a node is
+//! never unprotected by omission. See `docs/THREAT_MODEL.md`.
+//!
+//! **Handshake** (run inside TLS in TLS mode): the
+//! connecting side sends its protocol version, cluster name, security mode, node name,
 //! advertised address, channel name and connection index with a random nonce; the
-//! accepting side answers with its own nonce; each side proves knowledge of the shared
-//! [`ClusterSecret`] by an HMAC-SHA256 over the whole transcript and its role, verified in
-//! constant time. A wrong secret, cluster or version is refused with a [`Refusal`] on both
+//! accepting side answers with its own nonce; then the proofs (`secret` mode). A wrong
+//! secret, certificate, cluster, mode or version is refused with a [`Refusal`] on both
 //! sides; unauthenticated peers get at most 4 KiB frames and
 //! [`handshake_timeout_ms`](TransportSettings::handshake_timeout_ms) to finish. No data
-//! frame of an unauthenticated connection is ever delivered. The transport authenticates;
-//! it does not encrypt (see `docs/DECISIONS.md`, D62).
+//! frame of an unauthenticated connection is ever delivered.
+//!
+//! **Abuse stays cheap**: at most
+//! [`max_pending_handshakes`](TransportSettings::max_pending_handshakes) run at once; a
+//! source address whose handshakes keep failing (a burst of 20, then one a second) is
+//! refused before any handshake work; failures are logged at most 3 times a minute,
+//! each line with the number not logged; all of them are counted.
 //!
 //! ```
 //! use bytes::Bytes;
 //! use foundation_distributed::transport::{
-//!     ClusterSecret, Frame, MemoryNetwork, MemoryTransport, Transport, TransportSettings,
+//!     ClusterSecret, Frame, MemoryNetwork, MemoryTransport, Security, Transport,
+//!     TransportSettings,
 //! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> foundation_distributed::Result<()> {
+//! // In production: ClusterSecret::from_file("/etc/foundation/cluster.secret")?
+//! let secret = ClusterSecret::generate();
 //! let settings = |node: &str| TransportSettings {
 //!     cluster: "demo".into(),
 //!     node: node.into(),
-//!     secret: ClusterSecret::new("a shared secret of 16+ bytes"),
+//!     security: Security::Secret(secret.clone()),
 //!     ..Default::default()
 //! };
 //! let network = MemoryNetwork::new();
@@ -57,10 +80,11 @@
 //! | metric | kind, labels |
 //! |---|---|
 //! | `foundation_transport_connections` | gauge, `transport` (`tcp`, `memory`) |
-//! | `foundation_transport_handshakes_total` | counter, `result` (`ok`, `authentication`, `cluster`, `version`, `timeout`, `protocol`, `busy`, `io`) |
+//! | `foundation_transport_handshakes_total` | counter, `result` (`ok`, `authentication`, `certificate`, `security`, `cluster`, `version`, `timeout`, `protocol`, `busy`, `rate_limited`, `io`) |
 //! | `foundation_transport_frames_total` | counter, `direction` (`in`, `out`) |
 //! | `foundation_transport_bytes_total` | counter, `direction` (header included) |
-//! | `foundation_transport_frame_errors_total` | counter, `reason` (`oversized`, `undecodable`, `unexpected`) |
+//! | `foundation_transport_frame_errors_total` | counter, `reason` (`oversized`, `undecodable`, `unexpected`, `forged`) |
+//! | `foundation_transport_tls_reloads_total` | counter |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,17 +95,24 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod abuse;
 mod connection;
 pub mod frame;
 mod handshake;
 mod listener;
 mod memory;
+pub mod record;
+mod secret;
+mod security;
 mod tcp;
+pub mod tls;
 
 pub use connection::{Connection, ConnectionReceiver, ConnectionSender, Frame, Peer};
 pub use frame::Envelope;
-pub use handshake::{ClusterSecret, Refusal, MIN_SECRET_LEN, PROTOCOL_VERSION};
+pub use handshake::{Refusal, PROTOCOL_VERSION};
 pub use memory::{MemoryNetwork, MemoryTransport};
+pub use secret::{ClusterSecret, MIN_SECRET_LEN};
+pub use security::{Security, TlsSettings};
 pub use tcp::TcpTransport;
 
 use crate::{Error, Result};
@@ -93,6 +124,7 @@ pub(crate) mod metric {
     pub const FRAMES: &str = "foundation_transport_frames_total";
     pub const BYTES: &str = "foundation_transport_bytes_total";
     pub const FRAME_ERRORS: &str = "foundation_transport_frame_errors_total";
+    pub const TLS_RELOADS: &str = "foundation_transport_tls_reloads_total";
 }
 
 /// Opens listeners and connections. Object safe: layers above hold an
@@ -101,6 +133,11 @@ pub(crate) mod metric {
 pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     /// `"tcp"` or `"memory"`: the `transport` label of this transport's metrics.
     fn kind(&self) -> &'static str;
+
+    /// Reads the TLS certificate, key and CA files again and uses them for new
+    /// connections (established ones are unaffected). On error nothing changes. Fails
+    /// with [`Error::InvalidArgument`] unless the transport is in [`Security::Tls`] mode.
+    fn reload_certificates(&self) -> Result<()>;
 
     /// Starts accepting connections at `addr`. Handshakes run in the listener's own
     /// tasks, so a slow peer never delays another; [`Listener::accept`] yields only
@@ -125,8 +162,9 @@ pub struct TransportSettings {
     /// The address this node tells peers it can be reached at; `None` announces the
     /// listener's local address (or nothing, on connections made before listening).
     pub advertise: Option<String>,
-    /// The shared cluster secret, at least [`MIN_SECRET_LEN`] bytes. Required.
-    pub secret: ClusterSecret,
+    /// How connections are authenticated and protected. The default (a `Secret` with no
+    /// secret) is refused by validation: choose a mode. Required.
+    pub security: Security,
     /// Largest frame body accepted and sent, in bytes. Default 8 MiB.
     pub max_frame: usize,
     /// Time allowed for the whole handshake (and, when connecting, the TCP connect), in
@@ -146,7 +184,7 @@ impl Default for TransportSettings {
             cluster: String::new(),
             node: String::new(),
             advertise: None,
-            secret: ClusterSecret::default(),
+            security: Security::default(),
             max_frame: 8 * 1024 * 1024,
             handshake_timeout_ms: 5000,
             max_pending_handshakes: 256,
@@ -165,10 +203,12 @@ impl TransportSettings {
         if self.node.is_empty() {
             return bad("node name is empty".into());
         }
-        if self.secret.len() < MIN_SECRET_LEN {
+        self.security.validate()?;
+        if matches!(self.security, Security::Tls(_)) && !tls::valid_node_name(&self.node) {
             return bad(format!(
-                "cluster secret has {} bytes, at least {MIN_SECRET_LEN} are required",
-                self.secret.len()
+                "node name `{}` cannot be bound to a TLS certificate: in TLS mode node names \
+                 must be valid DNS names (letters, digits, `-`, `.`)",
+                self.node
             ));
         }
         if !(64..=u32::MAX as usize).contains(&self.max_frame) {
@@ -200,7 +240,11 @@ impl TransportSettings {
                 .clone()
                 .or_else(|| addr.map(str::to_owned))
                 .unwrap_or_default(),
-            secret: self.secret.clone(),
+            auth: match &self.security {
+                Security::Tls(_) => handshake::Auth::Tls,
+                Security::Secret(secret) => handshake::Auth::Secret(secret.clone()),
+                Security::InsecurePlaintext => handshake::Auth::Plaintext,
+            },
         }
     }
 }
@@ -259,7 +303,7 @@ pub(crate) fn describe_metrics() {
     );
     describe_counter!(
         metric::HANDSHAKES,
-        "Transport handshakes by result (ok, authentication, cluster, version, timeout, protocol, busy, io)."
+        "Transport handshakes by result (ok, authentication, certificate, security, cluster, version, timeout, protocol, busy, rate_limited, io)."
     );
     describe_counter!(
         metric::FRAMES,
@@ -271,36 +315,154 @@ pub(crate) fn describe_metrics() {
     );
     describe_counter!(
         metric::FRAME_ERRORS,
-        "Frames that closed a connection, by reason (oversized, undecodable, unexpected)."
+        "Frames that closed a connection, by reason (oversized, undecodable, unexpected, forged: a record that failed authentication)."
+    );
+    describe_counter!(
+        metric::TLS_RELOADS,
+        "Successful reloads of TLS certificates without a restart."
     );
 }
+
+/// A raw stream before security is applied.
+pub(crate) enum RawIo {
+    Tcp(tokio::net::TcpStream),
+    Memory(tokio::io::DuplexStream),
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for T {}
+
+impl RawIo {
+    fn split(self) -> (connection::BoxRead, connection::BoxWrite) {
+        match self {
+            RawIo::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            RawIo::Memory(s) => {
+                let (r, w) = tokio::io::split(s);
+                (Box::new(r), Box::new(w))
+            }
+        }
+    }
+
+    fn boxed(self) -> Box<dyn Stream> {
+        match self {
+            RawIo::Tcp(s) => Box::new(s),
+            RawIo::Memory(s) => Box::new(s),
+        }
+    }
+}
+
+type Secured = (
+    connection::BoxRead,
+    connection::BoxWrite,
+    Option<rustls::pki_types::CertificateDer<'static>>,
+);
 
 /// Everything a transport instance shares with its listeners and connections.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub settings: TransportSettings,
     pub kind: &'static str,
+    tls: Option<tls::TlsState>,
+    pub(crate) limiter: abuse::FailureLimiter,
+    inbound_log: abuse::LogThrottle,
+    outbound_log: abuse::LogThrottle,
 }
 
 impl Shared {
     pub(crate) fn new(settings: TransportSettings, kind: &'static str) -> Result<Arc<Self>> {
         settings.validate()?;
-        Ok(Arc::new(Shared { settings, kind }))
+        let tls = match &settings.security {
+            Security::Tls(files) => Some(tls::TlsState::load(files, &settings.node)?),
+            _ => None,
+        };
+        Ok(Arc::new(Shared {
+            settings,
+            kind,
+            tls,
+            limiter: abuse::FailureLimiter::default(),
+            inbound_log: abuse::LogThrottle::default(),
+            outbound_log: abuse::LogThrottle::default(),
+        }))
     }
 
-    /// Runs the client side of a handshake over `reader`/`writer` (timeout applied by
-    /// the caller).
+    pub(crate) fn reload_certificates(&self) -> Result<()> {
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Err(Error::InvalidArgument(format!(
+                "reload_certificates: the transport is in `{}` mode, not `tls`",
+                self.settings.security.mode()
+            ))),
+        }
+    }
+
+    /// Counts a failed handshake and logs it (at most a few lines a minute).
+    pub(crate) fn failed(&self, e: Error, addr: &str, inbound: bool) -> Error {
+        let throttle = if inbound {
+            &self.inbound_log
+        } else {
+            &self.outbound_log
+        };
+        connection::count_failed(e, addr, throttle)
+    }
+
+    /// TLS (when configured) over a raw stream, as the connecting side.
+    async fn secure_client(&self, raw: RawIo, addr: &str) -> Result<Secured> {
+        let Some(tls) = &self.tls else {
+            let (r, w) = raw.split();
+            return Ok((r, w, None));
+        };
+        let connector = tls.current().connector.clone();
+        let stream = connector
+            .connect(tls::TlsState::server_name(), raw.boxed())
+            .await
+            .map_err(|e| connection::stream_error(addr, e))?;
+        let cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned());
+        let (r, w) = tokio::io::split(stream);
+        Ok((Box::new(r), Box::new(w), cert))
+    }
+
+    /// TLS (when configured) over a raw stream, as the accepting side.
+    async fn secure_server(&self, raw: RawIo, addr: &str) -> Result<Secured> {
+        let Some(tls) = &self.tls else {
+            let (r, w) = raw.split();
+            return Ok((r, w, None));
+        };
+        let acceptor = tls.current().acceptor.clone();
+        let stream = acceptor
+            .accept(raw.boxed())
+            .await
+            .map_err(|e| connection::stream_error(addr, e))?;
+        let cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned());
+        let (r, w) = tokio::io::split(stream);
+        Ok((Box::new(r), Box::new(w), cert))
+    }
+
+    /// Runs the client side of a connection over `raw`: TLS if configured, then the
+    /// handshake (timeout applied by the caller).
     pub(crate) async fn client(
         &self,
-        reader: connection::BoxRead,
-        writer: connection::BoxWrite,
+        raw: RawIo,
         addr: &str,
         channel: &str,
         index: u16,
     ) -> Result<Connection> {
+        let (reader, writer, cert) = self.secure_client(raw, addr).await?;
         let me = Arc::new(self.settings.identity(None));
         let (machine, hello) =
-            handshake::ClientHandshake::new(me, channel, index, handshake::nonce());
+            handshake::ClientHandshake::new(me, channel, index, handshake::nonce(), cert);
         let io = connection::HandshakeIo {
             reader,
             writer,
@@ -311,21 +473,39 @@ impl Shared {
         connection::client_handshake(io, machine, hello).await
     }
 
-    /// `fut` bounded by the handshake timeout; a timeout is counted and logged.
-    pub(crate) async fn timed<F>(&self, addr: &str, fut: F) -> Result<Connection>
+    /// Runs the server side of a connection over `raw` (timeout applied by the caller).
+    pub(crate) async fn serve(
+        &self,
+        me: Arc<handshake::Identity>,
+        raw: RawIo,
+        peer_addr: &str,
+    ) -> Result<Connection> {
+        let (reader, writer, cert) = self.secure_server(raw, peer_addr).await?;
+        let machine = handshake::ServerHandshake::new(me, handshake::nonce(), cert);
+        let io = connection::HandshakeIo {
+            reader,
+            writer,
+            peer_addr: peer_addr.to_owned(),
+            max_frame: self.settings.max_frame,
+            transport: self.kind,
+        };
+        connection::serve_handshake(io, machine).await
+    }
+
+    /// `fut` bounded by the handshake timeout; a failure is counted and logged
+    /// (rate-limited).
+    pub(crate) async fn timed<F>(&self, addr: &str, inbound: bool, fut: F) -> Result<Connection>
     where
         F: std::future::Future<Output = Result<Connection>>,
     {
         let after = self.settings.handshake_timeout();
-        match tokio::time::timeout(after, fut).await {
+        let r = match tokio::time::timeout(after, fut).await {
             Ok(r) => r,
-            Err(_) => Err(connection::count_failed(
-                Error::HandshakeTimeout {
-                    addr: addr.to_owned(),
-                    after,
-                },
-                addr,
-            )),
-        }
+            Err(_) => Err(Error::HandshakeTimeout {
+                addr: addr.to_owned(),
+                after,
+            }),
+        };
+        r.map_err(|e| self.failed(e, addr, inbound))
     }
 }

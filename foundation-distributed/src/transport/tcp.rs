@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::listener::{spawn_listener, Source};
-use super::{Connection, Listener, Shared, Transport, TransportSettings};
+use super::{Connection, Listener, RawIo, Shared, Transport, TransportSettings};
 use crate::{Error, Result};
 
 /// The TCP transport. Addresses are `host:port` or `tcp://host:port`; listen on port 0
@@ -28,6 +28,12 @@ impl TcpTransport {
     pub fn settings(&self) -> &TransportSettings {
         &self.shared.settings
     }
+
+    /// Reloads TLS certificates without a restart; see
+    /// [`Transport::reload_certificates`].
+    pub fn reload_certificates(&self) -> Result<()> {
+        self.shared.reload_certificates()
+    }
 }
 
 fn socket_addr(addr: &str) -> Result<&str> {
@@ -45,6 +51,10 @@ fn socket_addr(addr: &str) -> Result<&str> {
 impl Transport for TcpTransport {
     fn kind(&self) -> &'static str {
         "tcp"
+    }
+
+    fn reload_certificates(&self) -> Result<()> {
+        self.shared.reload_certificates()
     }
 
     async fn listen(&self, addr: &str) -> Result<Listener> {
@@ -66,14 +76,13 @@ impl Transport for TcpTransport {
         let target = socket_addr(addr)?;
         let shared = &self.shared;
         shared
-            .timed(addr, async {
+            .timed(addr, false, async {
                 let stream = TcpStream::connect(target)
                     .await
                     .map_err(|e| Error::io(addr, e))?;
                 let _ = stream.set_nodelay(true);
-                let (r, w) = stream.into_split();
                 shared
-                    .client(Box::new(r), Box::new(w), addr, channel, index)
+                    .client(RawIo::Tcp(stream), addr, channel, index)
                     .await
             })
             .await

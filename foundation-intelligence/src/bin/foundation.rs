@@ -22,11 +22,12 @@ use foundation_intelligence::core::telemetry::{Telemetry, TelemetrySettings};
 use foundation_intelligence::demo::{self, DemoOptions};
 use foundation_intelligence::distributed::node::{Node, NodeSettings};
 use foundation_intelligence::distributed::topology::TopologyKind;
+use foundation_intelligence::distributed::transport::tls::dev as certs;
 use foundation_intelligence::distributed::transport::{
-    ClusterSecret, TcpTransport, Transport, TransportSettings, MIN_SECRET_LEN,
+    ClusterSecret, Security, TcpTransport, TlsSettings, Transport, TransportSettings,
 };
 use foundation_intelligence::http::{Endpoints, HttpServer};
-use foundation_intelligence::node_config::{self, NodeConfig, Overrides};
+use foundation_intelligence::node_config::{self, NodeConfig, Overrides, SecurityMode};
 use tokio_util::sync::CancellationToken;
 
 const ABOUT: &str = "Run Foundation nodes, or try Foundation in one command.";
@@ -49,6 +50,8 @@ Examples:
   foundation node --config n1.toml
       one node of a real cluster; see `foundation node --help` for the file.
   RUST_LOG=debug foundation node --config n1.toml --log-json
+  foundation gen-secret cluster.secret
+  foundation gen-certs --dir certs n1 n2 n3
 
 Every node serves /metrics (Prometheus), /health and /ready over HTTP.";
 
@@ -97,13 +100,46 @@ variables < flags. The file has one [node] table:
   seeds = [\"127.0.0.1:7102\"]       # members to join through (none: first node)
   topology = \"full_mesh\"           # full_mesh | client_server | static
   metrics = \"127.0.0.1:9101\"       # /metrics, /health, /ready (\"off\": none)
+  security = \"secret\"              # secret | tls | insecure-plaintext
   secret_file = \"cluster.secret\"   # relative to this file
+  # security = \"tls\" takes ca, cert and key files instead
 
-The cluster secret (at least 16 bytes, the same on every node) comes from
-secret_file or the FOUNDATION_CLUSTER_SECRET environment variable, never from
-the command line. The node hosts an `echo` ecosystem served as `echo`, and
+The cluster secret (32+ random bytes as hex, the same on every node; make one
+with `foundation gen-secret`) comes from secret_file or the
+FOUNDATION_CLUSTER_SECRET environment variable, never from the command line.
+TLS material comes from `foundation gen-certs` or any CA that puts the node
+name in the certificate. The node hosts an `echo` ecosystem served as `echo`, and
 answers `whoami`. It stops cleanly on Ctrl-C or SIGTERM.")]
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
+    /// Write a new cluster secret file (32 random bytes as 64 hex digits, mode 0600).
+    #[command(long_about = "\
+Write a new cluster secret file: 32 bytes from the operating system's CSPRNG as
+64 hex digits and a newline, mode 0600. An existing file is never overwritten.
+Copy the same file to every node and name it in [node] secret_file.")]
+    GenSecret {
+        /// The file to create.
+        #[arg(default_value = "cluster.secret")]
+        file: PathBuf,
+    },
+    /// Create a cluster CA and a certificate for each node (for security = \"tls\").
+    #[command(long_about = "\
+Create a cluster CA and a certificate for each named node, for security = \"tls\".
+
+Writes DIR/ca.pem and DIR/ca.key (the CA; keep ca.key off the nodes) unless they
+exist (then they are reused to issue more node certificates), and DIR/<node>.pem and
+DIR/<node>.key for each node (keys mode 0600). Each certificate carries the node name,
+which must match the node's `name`. Prints the [node] lines for each node.")]
+    GenCerts {
+        /// Directory for the files (created if missing).
+        #[arg(long, default_value = "certs", value_name = "DIR")]
+        dir: PathBuf,
+        /// Cluster name (in the CA's common name).
+        #[arg(long, default_value = "foundation")]
+        cluster: String,
+        /// Node names to issue certificates for.
+        #[arg(required = true, value_name = "NODE")]
+        nodes: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -175,9 +211,21 @@ struct NodeArgs {
     /// Address of /metrics, /health and /ready (`off` for none).
     #[arg(long, value_name = "IP:PORT|off")]
     metrics: Option<String>,
-    /// File holding the cluster secret.
+    /// Link security: secret, tls or insecure-plaintext.
+    #[arg(long, value_name = "MODE")]
+    security: Option<String>,
+    /// File holding the cluster secret (security = secret).
     #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
+    /// The cluster CA certificate (security = tls).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// This node's certificate (security = tls).
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// This node's private key (security = tls).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Workers of the hosted `echo` ecosystem.
     #[arg(long)]
     workers: Option<usize>,
@@ -262,7 +310,7 @@ fn main() -> ExitCode {
     let default_filter = match cli.command {
         // The demo's output is its summary; connection churn at shutdown is not news.
         Command::Demo(_) => "warn,foundation_distributed=error",
-        Command::Node(_) => "info",
+        Command::Node(_) | Command::GenSecret { .. } | Command::GenCerts { .. } => "info",
     };
     let filter = cli.log.clone().unwrap_or_else(|| default_filter.into());
     if let Err(e) = init_logging(&filter, cli.log_json) {
@@ -282,7 +330,13 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Demo(args) => run_demo(args).await,
-            Command::Node(args) => run_node(args).await,
+            Command::Node(args) => run_node(*args).await,
+            Command::GenSecret { file } => gen_secret(&file),
+            Command::GenCerts {
+                dir,
+                cluster,
+                nodes,
+            } => gen_certs(&dir, &cluster, &nodes),
         }
     });
     // Tasks that ignored their cancellation get a bounded time, then are dropped.
@@ -375,48 +429,107 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
     }
 }
 
-/// Decodes hex text (an even number of hex digits) into bytes.
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
+/// The link security the configuration asks for, with every file checked now so a
+/// problem is reported before the node starts, naming the file.
+fn security(cfg: &NodeConfig) -> Result<Security, String> {
+    match cfg.security {
+        SecurityMode::Secret => {
+            let secret = match &cfg.secret_file {
+                Some(path) => ClusterSecret::from_file(path).map_err(|e| match e {
+                    foundation_intelligence::distributed::Error::InvalidSettings { reason } => reason,
+                    other => format!("secret file {}: {other}", path.display()),
+                })?,
+                None => match std::env::var("FOUNDATION_CLUSTER_SECRET") {
+                    Ok(v) => ClusterSecret::from_hex(&v)
+                        .map_err(|e| format!("FOUNDATION_CLUSTER_SECRET: {e}"))?,
+                    Err(_) => {
+                        return Err("no cluster secret: set secret_file in [node], --secret-file, or FOUNDATION_CLUSTER_SECRET (the same secret on every node; `foundation gen-secret` makes one)".into())
+                    }
+                },
+            };
+            Ok(Security::Secret(secret))
+        }
+        SecurityMode::Tls => {
+            let file = |what: &str, p: &Option<PathBuf>| -> Result<PathBuf, String> {
+                let p = p
+                    .clone()
+                    .ok_or_else(|| format!("security = \"tls\" needs `{what}`"))?;
+                std::fs::File::open(&p)
+                    .map_err(|e| format!("TLS {what} file {}: cannot read it: {e}", p.display()))?;
+                Ok(p)
+            };
+            Ok(Security::Tls(TlsSettings {
+                ca: file("ca", &cfg.ca)?,
+                cert: file("cert", &cfg.cert)?,
+                key: file("key", &cfg.key)?,
+            }))
+        }
+        SecurityMode::InsecurePlaintext => {
+            tracing::warn!("security = insecure-plaintext: links are NOT authenticated or encrypted; anyone who reaches the port joins");
+            Ok(Security::InsecurePlaintext)
+        }
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
 }
 
-/// The cluster secret from the configured file or `FOUNDATION_CLUSTER_SECRET`. Hex text
-/// is decoded; anything else is used as it is (surrounding whitespace removed).
-fn load_secret(file: Option<&Path>) -> Result<ClusterSecret, String> {
-    let (what, text) = match file {
-        Some(path) => {
-            let bytes = std::fs::read(path)
-                .map_err(|e| format!("secret file {}: cannot read it: {e}", path.display()))?;
-            let text = String::from_utf8(bytes).map_err(|_| {
-                format!(
-                    "secret file {}: not text (write the secret as hex digits)",
-                    path.display()
-                )
-            })?;
-            (format!("secret file {}", path.display()), text)
+fn gen_secret(file: &Path) -> ExitCode {
+    match ClusterSecret::generate_file(file) {
+        Ok(_) => {
+            println!(
+                "wrote a new cluster secret to {} (64 hex digits, mode 0600)\nuse it on every node: secret_file = \"{}\" in [node], or --secret-file",
+                file.display(),
+                file.display()
+            );
+            ExitCode::SUCCESS
         }
-        None => match std::env::var("FOUNDATION_CLUSTER_SECRET") {
-            Ok(v) => ("FOUNDATION_CLUSTER_SECRET".to_string(), v),
-            Err(_) => {
-                return Err("no cluster secret: set secret_file in [node], --secret-file, or the FOUNDATION_CLUSTER_SECRET environment variable (the same secret on every node)".into())
-            }
-        },
-    };
-    let trimmed = text.trim();
-    let bytes = decode_hex(trimmed).unwrap_or_else(|| trimmed.as_bytes().to_vec());
-    if bytes.len() < MIN_SECRET_LEN {
-        return Err(format!(
-            "{what}: the cluster secret has {} bytes; at least {MIN_SECRET_LEN} are required (e.g. 64 hex digits from `openssl rand -hex 32`)",
-            bytes.len()
-        ));
+        Err(e) => {
+            let why = if file.exists() {
+                "it exists already and is not overwritten".to_string()
+            } else {
+                e.to_string()
+            };
+            eprintln!("foundation gen-secret: {}: {why}", file.display());
+            ExitCode::from(2)
+        }
     }
-    Ok(ClusterSecret::new(bytes))
+}
+
+fn gen_certs(dir: &Path, cluster: &str, nodes: &[String]) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("foundation gen-certs: {e}");
+        ExitCode::from(2)
+    };
+    let existing = certs::CaFiles {
+        cert: dir.join("ca.pem"),
+        key: dir.join("ca.key"),
+    };
+    let ca = if existing.cert.exists() && existing.key.exists() {
+        println!("reusing the CA in {}", dir.display());
+        existing
+    } else {
+        match certs::generate_ca(dir, cluster) {
+            Ok(ca) => {
+                println!(
+                    "created the cluster CA: {} (give to every node) and {} (keep it off the nodes)",
+                    ca.cert.display(),
+                    ca.key.display()
+                );
+                ca
+            }
+            Err(e) => return fail(format!("creating the CA in {}: {e}", dir.display())),
+        }
+    };
+    for node in nodes {
+        match certs::issue_node_cert(&ca, node, dir) {
+            Ok(tls) => println!(
+                "\n# {node}\n[node]\nname = \"{node}\"\nsecurity = \"tls\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"",
+                tls.ca.display(),
+                tls.cert.display(),
+                tls.key.display()
+            ),
+            Err(e) => return fail(format!("issuing a certificate for `{node}`: {e}")),
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 #[derive(Debug)]
@@ -446,6 +559,10 @@ async fn run_node(args: NodeArgs) -> ExitCode {
         role: args.role,
         metrics: args.metrics,
         secret_file: args.secret_file,
+        security: args.security,
+        ca: args.ca,
+        cert: args.cert,
+        key: args.key,
         workers: args.workers,
     };
     let cfg = match node_config::load(args.config.as_deref(), std::env::vars(), &overrides).await {
@@ -455,14 +572,23 @@ async fn run_node(args: NodeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let secret = match load_secret(cfg.secret_file.as_deref()) {
-        Ok(s) => s,
+    let transport = match security(&cfg).and_then(|security| {
+        TcpTransport::new(TransportSettings {
+            cluster: cfg.cluster.clone(),
+            node: cfg.name.clone(),
+            advertise: cfg.advertise.clone(),
+            security,
+            ..TransportSettings::default()
+        })
+        .map_err(|e| format!("transport settings: {e}"))
+    }) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("foundation node: {e}");
             return ExitCode::from(2);
         }
     };
-    match serve_node(cfg, secret).await {
+    match serve_node(cfg, transport).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("foundation node: {e}");
@@ -471,17 +597,9 @@ async fn run_node(args: NodeArgs) -> ExitCode {
     }
 }
 
-async fn serve_node(cfg: NodeConfig, secret: ClusterSecret) -> Result<(), String> {
+async fn serve_node(cfg: NodeConfig, transport: TcpTransport) -> Result<(), String> {
     let mut signals = Signals::register()?;
     let telemetry = telemetry(&[("node", cfg.name.as_str())]).await?;
-    let transport = TcpTransport::new(TransportSettings {
-        cluster: cfg.cluster.clone(),
-        node: cfg.name.clone(),
-        advertise: cfg.advertise.clone(),
-        secret,
-        ..TransportSettings::default()
-    })
-    .map_err(|e| format!("transport settings: {e}"))?;
     let transport: Arc<dyn Transport> = Arc::new(transport);
     let node = Node::start(
         transport,
