@@ -161,6 +161,35 @@ pub enum Error {
     /// An API was used in a way it does not support.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The peer is a known member but its link is not up (connecting, backing off, or
+    /// the member is down); nothing was sent.
+    #[error("node `{node}` is not connected: {reason}")]
+    NotConnected {
+        /// The node.
+        node: String,
+        /// Why (link state).
+        reason: String,
+    },
+    /// A non-waiting send found the queue full; the message was not sent (counted).
+    #[error("queue towards node `{node}` is full")]
+    Full {
+        /// The node.
+        node: String,
+    },
+    /// The node refused work because a bound was reached (counted).
+    #[error("node `{node}` is overloaded: {what}")]
+    Overloaded {
+        /// The node that refused.
+        node: String,
+        /// Which bound.
+        what: String,
+    },
+    /// The node has shut down.
+    #[error("node `{node}` has shut down")]
+    NodeShutDown {
+        /// The node.
+        node: String,
+    },
     /// An error of `foundation-beam`.
     #[error(transparent)]
     Beam(#[from] foundation_beam::Error),
@@ -192,6 +221,10 @@ impl Error {
             Error::RequestTimeout { .. } => 5051,
             Error::RemoteFailed { .. } => 5052,
             Error::InvalidArgument(_) => 5053,
+            Error::NotConnected { .. } => 5054,
+            Error::Full { .. } => 5055,
+            Error::Overloaded { .. } => 5056,
+            Error::NodeShutDown { .. } => 5057,
             Error::Beam(e) => e.code(),
             Error::Core(e) => e.code(),
         }
@@ -207,6 +240,9 @@ impl Error {
             | Error::HandshakeTimeout { .. }
             | Error::Closed { .. }
             | Error::UnknownNode { .. }
+            | Error::NotConnected { .. }
+            | Error::Full { .. }
+            | Error::Overloaded { .. }
             | Error::RequestTimeout { .. } => true,
             Error::Refused { reason, .. } => matches!(reason, Refusal::Busy),
             Error::Beam(e) => e.is_retryable(),

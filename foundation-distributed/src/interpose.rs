@@ -76,6 +76,12 @@ pub enum Fault {
     },
     /// Drop everything (a network partition, one direction per rule).
     Partition,
+    /// Reset the connection carrying the message with this probability (the message is
+    /// lost with it, as is everything queued behind it on that connection).
+    Reset {
+        /// Probability.
+        probability: f64,
+    },
 }
 
 /// A rule: a fault applied to the traffic from `from` to `to` on `channel`.
@@ -139,6 +145,8 @@ pub enum Action {
     },
     /// Do not deliver.
     Drop,
+    /// Do not deliver, and fail the connection that carries it.
+    Reset,
 }
 
 impl Action {
@@ -260,6 +268,12 @@ impl Interposer {
                     );
                     delay += Duration::from_nanos(rng.random_range(lo..=hi));
                     self.counters.delayed.increment(1);
+                }
+                Fault::Reset { probability } => {
+                    if rng.random_bool(probability.clamp(0.0, 1.0)) {
+                        self.counters.dropped.increment(1);
+                        return Action::Reset;
+                    }
                 }
                 Fault::Duplicate { probability } => {
                     if rng.random_bool(probability.clamp(0.0, 1.0)) {

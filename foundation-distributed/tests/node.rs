@@ -131,10 +131,12 @@ async fn a_killed_node_is_marked_down_within_the_detector_bound() {
         }
     }
     let took = killed_at.elapsed();
-    let interval = NodeSettings::default().heartbeat;
+    let settings = NodeSettings::default();
+    let interval = settings.heartbeat;
+    let suspicion = settings.view.suspicion_timeout;
     assert!(
-        took <= bound + 2 * interval,
-        "down after {took:?}; bound {bound:?} + one heartbeat round"
+        took <= bound + suspicion + 2 * interval,
+        "down after {took:?}; bound {bound:?} + suspicion {suspicion:?} + one round"
     );
 }
 
@@ -361,4 +363,39 @@ async fn topology_managers_exchange_their_own_protocol_messages() {
         heard_b.lock().contains(&("a".into(), "pong".into()))
     })
     .await;
+}
+
+/// Switching the topology while a member is down keeps it known (as down), so it is still
+/// knocked on and comes back when the partition heals.
+#[tokio::test(start_paused = true)]
+async fn switching_topology_keeps_down_members() {
+    let net = MemoryNetwork::new();
+    let faults = Arc::new(Interposer::with_seed(9));
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
+        let s = NodeSettings {
+            listen: format!("mem://{name}"),
+            interposer: Some(faults.clone()),
+            ..NodeSettings::default()
+        };
+        nodes.push(Node::start(t, name, s).await.unwrap());
+    }
+    nodes[1].join(&[nodes[0].addr()]).await.unwrap();
+    eventually("joined", || up_names(&nodes[0]) == ["a", "b"]).await;
+    let cut = faults.partition(&["a"], &["b"]);
+    eventually("b down at a", || up_names(&nodes[0]) == ["a"]).await;
+    nodes[0].switch_topology(TopologyKind::FullMesh);
+    assert!(
+        nodes[0].members().iter().any(|m| m.name == "b" && !m.up),
+        "b still known, as down"
+    );
+    faults.remove(cut);
+    eventually("b back at a", || up_names(&nodes[0]) == ["a", "b"]).await;
+    let mut inbox = nodes[1].register::<u8>("x");
+    nodes[0]
+        .send("b", "x", &3u8, SendOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(inbox.recv().await.unwrap().1, 3);
 }

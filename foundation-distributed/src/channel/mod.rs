@@ -563,6 +563,7 @@ impl ChannelsBuilder {
     pub async fn connect(self) -> Result<Channels> {
         self.settings.validate()?;
         let cancel = CancellationToken::new();
+        let ended = CancellationToken::new();
         // Stops the sender tasks already started if a later connection fails.
         let armed = cancel.clone().drop_guard();
         let mut tasks = Vec::new();
@@ -599,6 +600,7 @@ impl ChannelsBuilder {
                     fairness: Fairness::new(spec.priority),
                 };
                 let token = cancel.clone();
+                let ended = ended.clone();
                 tasks.push(tokio::spawn(async move {
                     let _guard = TaskGuard::new();
                     tokio::select! {
@@ -608,6 +610,7 @@ impl ChannelsBuilder {
                         }
                         _ = writer.run(tx, rx) => {}
                     }
+                    ended.cancel();
                 }));
                 queues.push(queue);
             }
@@ -626,6 +629,7 @@ impl ChannelsBuilder {
             route: self.settings.route.clone(),
             specs: self.settings.channels,
             cancel,
+            ended,
             tasks,
         })
     }
@@ -738,6 +742,12 @@ impl Writer {
                     self.meters.dropped_interposed.increment(1);
                     return Ok(());
                 }
+                Action::Reset => {
+                    self.meters.dropped_interposed.increment(1);
+                    return Err(Error::Closed {
+                        reason: "reset by the interposer".into(),
+                    });
+                }
                 Action::Deliver { copies: c, delay } => {
                     copies = c;
                     if !delay.is_zero() {
@@ -788,6 +798,8 @@ pub struct Channels {
     specs: Vec<ChannelSpec>,
     route: RouteOptions,
     cancel: CancellationToken,
+    /// Cancelled when the first connection fails or closes.
+    ended: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -868,6 +880,17 @@ impl Channels {
         }
     }
 
+    /// Resolves once any connection of this link has failed or closed (the link is then
+    /// unusable for the messages routed to that connection: the node layer replaces it).
+    pub async fn ended(&self) {
+        self.ended.cancelled().await;
+    }
+
+    /// Whether any connection of this link has failed or closed.
+    pub fn is_ended(&self) -> bool {
+        self.ended.is_cancelled()
+    }
+
     /// Whether connection `index` of channel `name` has closed, and why.
     pub fn closed_reason(&self, name: &str, index: usize) -> Option<String> {
         let s = self.by_name.get(name)?;
@@ -899,6 +922,8 @@ pub struct Inbound {
 #[derive(Debug)]
 struct InboxChannel {
     priority: Priority,
+    /// Where this channel's messages go: its priority's queue, or its own.
+    out: mpsc::Sender<Inbound>,
     messages_in: Counter,
     bytes_in: Counter,
     dropped_inbox_closed: Counter,
@@ -908,7 +933,8 @@ struct InboxChannel {
 #[derive(Debug)]
 struct InboxShared {
     channels: HashMap<String, Arc<InboxChannel>>,
-    queues: [mpsc::Sender<Inbound>; 3],
+    /// Held so that [`Inbox::recv`] waits rather than ends while the inbox lives.
+    _queues: [mpsc::Sender<Inbound>; 3],
     cancel: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
 }
@@ -929,7 +955,62 @@ impl Inbox {
     /// An inbox for the channels of `settings`.
     pub fn new(settings: &ChannelSettings) -> Result<Inbox> {
         settings.validate()?;
-        let channels = settings
+        let cap = settings.inbox_capacity;
+        let (h, hr) = mpsc::channel(cap);
+        let (m, mr) = mpsc::channel(cap);
+        let (l, lr) = mpsc::channel(cap);
+        let queues = [h, m, l];
+        let channels = Self::channels(settings, |spec| queues[spec.priority.slot()].clone());
+        Ok(Inbox {
+            shared: Arc::new(InboxShared {
+                channels,
+                _queues: queues,
+                cancel: CancellationToken::new(),
+                tasks: Mutex::new(JoinSet::new()),
+            }),
+            queues: [hr, mr, lr],
+        })
+    }
+
+    /// An inbox whose channels each have their own queue of `inbox_capacity` messages,
+    /// returned beside it by name, so that each channel can be decoded by its own task
+    /// and a slow consumer of one channel never delays another. [`recv`](Self::recv) on
+    /// this inbox yields nothing: read the returned receivers. A full channel queue makes
+    /// that channel's connections wait (backpressure to the senders).
+    #[allow(clippy::type_complexity)]
+    pub fn per_channel(
+        settings: &ChannelSettings,
+    ) -> Result<(Inbox, Vec<(String, mpsc::Receiver<Inbound>)>)> {
+        settings.validate()?;
+        let cap = settings.inbox_capacity;
+        let mut receivers = Vec::new();
+        let mut senders = HashMap::new();
+        for spec in &settings.channels {
+            let (tx, rx) = mpsc::channel(cap);
+            senders.insert(spec.name.clone(), tx);
+            receivers.push((spec.name.clone(), rx));
+        }
+        let channels = Self::channels(settings, |spec| senders[&spec.name].clone());
+        let (h, hr) = mpsc::channel(1);
+        let (m, mr) = mpsc::channel(1);
+        let (l, lr) = mpsc::channel(1);
+        let inbox = Inbox {
+            shared: Arc::new(InboxShared {
+                channels,
+                _queues: [h, m, l],
+                cancel: CancellationToken::new(),
+                tasks: Mutex::new(JoinSet::new()),
+            }),
+            queues: [hr, mr, lr],
+        };
+        Ok((inbox, receivers))
+    }
+
+    fn channels(
+        settings: &ChannelSettings,
+        out: impl Fn(&ChannelSpec) -> mpsc::Sender<Inbound>,
+    ) -> HashMap<String, Arc<InboxChannel>> {
+        settings
             .channels
             .iter()
             .map(|spec| {
@@ -939,6 +1020,7 @@ impl Inbox {
                 };
                 let c = InboxChannel {
                     priority: spec.priority,
+                    out: out(spec),
                     messages_in: counter!(metric::MESSAGES, "channel" => ch.clone(), "direction" => "in"),
                     bytes_in: counter!(metric::BYTES, "channel" => ch.clone(), "direction" => "in"),
                     dropped_inbox_closed: dropped("inbox_closed"),
@@ -946,20 +1028,7 @@ impl Inbox {
                 };
                 (spec.name.clone(), Arc::new(c))
             })
-            .collect();
-        let cap = settings.inbox_capacity;
-        let (h, hr) = mpsc::channel(cap);
-        let (m, mr) = mpsc::channel(cap);
-        let (l, lr) = mpsc::channel(cap);
-        Ok(Inbox {
-            shared: Arc::new(InboxShared {
-                channels,
-                queues: [h, m, l],
-                cancel: CancellationToken::new(),
-                tasks: Mutex::new(JoinSet::new()),
-            }),
-            queues: [hr, mr, lr],
-        })
+            .collect()
     }
 
     /// Accepts every connection of `listener` until the inbox is dropped.
@@ -1009,9 +1078,7 @@ impl Drop for Inbox {
 fn attach(shared: &Arc<InboxShared>, conn: Connection) {
     let channel = shared.channels.get(&conn.peer().channel).cloned();
     let cancel = shared.cancel.clone();
-    let out = channel
-        .as_ref()
-        .map(|c| shared.queues[c.priority.slot()].clone());
+    let out = channel.as_ref().map(|c| c.out.clone());
     let mut tasks = shared.tasks.lock();
     while tasks.try_join_next().is_some() {}
     tasks.spawn(async move {

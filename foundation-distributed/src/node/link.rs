@@ -1,0 +1,304 @@
+//! Links: one background task per peer owns connecting, the handshake, reconnecting with
+//! capped exponential backoff and jitter, and replacing a failed [`Channels`].
+//!
+//! Nobody else ever waits for a connection to be made: the user's `send` may wait (a
+//! bounded time) for the link to come up; every path that handles inbound traffic or runs
+//! the heartbeat only looks at the link's current state and queues without waiting.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::{ChannelSettings, Channels, TrySendError};
+use crate::error::{Error, Result};
+use crate::interpose::Interposer;
+use crate::transport::Transport;
+use foundation_beam::core::telemetry::TaskGuard;
+
+/// Called with each new link.
+pub(crate) type OnUp = Box<dyn Fn(&str, &Channels) + Send + Sync>;
+
+/// What every link task needs.
+pub(crate) struct LinkContext {
+    pub me: String,
+    pub transport: Arc<dyn Transport>,
+    pub channels: ChannelSettings,
+    pub interposer: Option<Arc<Interposer>>,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Called with each new link (sends the first gossip).
+    pub on_up: OnUp,
+}
+
+/// One peer's link.
+pub(crate) struct Link {
+    pub peer: String,
+    addr: Mutex<String>,
+    up: watch::Sender<Option<Arc<Channels>>>,
+    wake: Notify,
+    cancel: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Link {
+    /// The live channels, if the link is up.
+    pub fn current(&self) -> Option<Arc<Channels>> {
+        self.up.borrow().as_ref().filter(|c| !c.is_ended()).cloned()
+    }
+
+    /// Waits up to `within` for the link to be up.
+    pub async fn ready(&self, within: Duration) -> Result<Arc<Channels>> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        self.wake.notify_one();
+        let mut rx = self.up.subscribe();
+        let wait = async {
+            loop {
+                if let Some(c) = rx.borrow_and_update().as_ref().filter(|c| !c.is_ended()) {
+                    return Some(c.clone());
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        match tokio::time::timeout(within, wait).await {
+            Ok(Some(c)) => Ok(c),
+            _ => Err(Error::NotConnected {
+                node: self.peer.clone(),
+                reason: format!("no link within {within:?}"),
+            }),
+        }
+    }
+
+    /// Queues `payload` on `channel` if the link is up and the queue has room; never
+    /// waits. Failures are counted under `reason`'s kind by the caller.
+    pub fn try_send(&self, channel: &str, key: Option<u64>, payload: Bytes) -> Result<()> {
+        let Some(c) = self.current() else {
+            return Err(Error::NotConnected {
+                node: self.peer.clone(),
+                reason: "link down".into(),
+            });
+        };
+        let sender = c.sender(channel)?;
+        sender.try_send(key, payload).map_err(|e| match e {
+            TrySendError::Full { .. } => Error::Full {
+                node: self.peer.clone(),
+            },
+            TrySendError::Closed { reason, .. } => Error::NotConnected {
+                node: self.peer.clone(),
+                reason,
+            },
+        })
+    }
+
+    /// Asks the task to try now instead of at the end of its backoff.
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Updates the address to dial.
+    pub fn set_addr(&self, addr: &str) {
+        let mut a = self.addr.lock();
+        if *a != addr {
+            *a = addr.to_string();
+        }
+    }
+
+    fn stop(&self) -> Option<Arc<Channels>> {
+        self.cancel.cancel();
+        self.up.send_replace(None)
+    }
+}
+
+/// Every link of a node, by peer name.
+pub(crate) struct Links {
+    ctx: Arc<LinkContext>,
+    map: Mutex<HashMap<String, Arc<Link>>>,
+    cancel: CancellationToken,
+}
+
+impl Links {
+    pub fn new(ctx: LinkContext, cancel: CancellationToken) -> Self {
+        Links {
+            ctx: Arc::new(ctx),
+            map: Mutex::new(HashMap::new()),
+            cancel,
+        }
+    }
+
+    pub fn get(&self, peer: &str) -> Option<Arc<Link>> {
+        self.map.lock().get(peer).cloned()
+    }
+
+    /// The link to `peer`, started (in the background) if there is none.
+    pub fn ensure(&self, peer: &str, addr: &str) -> Arc<Link> {
+        let mut map = self.map.lock();
+        if let Some(l) = map.get(peer) {
+            l.set_addr(addr);
+            return l.clone();
+        }
+        let link = Arc::new(Link {
+            peer: peer.to_string(),
+            addr: Mutex::new(addr.to_string()),
+            up: watch::channel(None).0,
+            wake: Notify::new(),
+            cancel: self.cancel.child_token(),
+            task: Mutex::new(None),
+        });
+        let task = tokio::spawn(run(link.clone(), self.ctx.clone(), None));
+        *link.task.lock() = Some(task);
+        map.insert(peer.to_string(), link.clone());
+        metrics::gauge!("foundation_node_links").set(map.len() as f64);
+        link
+    }
+
+    /// Adopts channels made by the caller (a join) as the link to their peer, unless a
+    /// link exists already.
+    pub fn adopt(&self, addr: &str, channels: Channels) -> Arc<Link> {
+        let peer = channels.peer().to_string();
+        let mut map = self.map.lock();
+        if let Some(l) = map.get(&peer) {
+            if l.current().is_none() {
+                l.poke();
+            }
+            return l.clone();
+        }
+        let link = Arc::new(Link {
+            peer: peer.clone(),
+            addr: Mutex::new(addr.to_string()),
+            up: watch::channel(None).0,
+            wake: Notify::new(),
+            cancel: self.cancel.child_token(),
+            task: Mutex::new(None),
+        });
+        let task = tokio::spawn(run(link.clone(), self.ctx.clone(), Some(channels)));
+        *link.task.lock() = Some(task);
+        map.insert(peer, link.clone());
+        metrics::gauge!("foundation_node_links").set(map.len() as f64);
+        link
+    }
+
+    /// Stops and forgets the link to `peer` (its queued messages are dropped, counted).
+    pub fn remove(&self, peer: &str) {
+        let link = self.map.lock().remove(peer);
+        if let Some(l) = link {
+            drop(l.stop());
+        }
+        metrics::gauge!("foundation_node_links").set(self.map.lock().len() as f64);
+    }
+
+    /// Peers whose link is up.
+    pub fn up_peers(&self) -> Vec<Arc<Link>> {
+        self.map
+            .lock()
+            .values()
+            .filter(|l| l.current().is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Stops every link task; returns the live channels (for a graceful drain) and the
+    /// tasks to wait for.
+    pub fn stop_all(&self) -> (Vec<Arc<Channels>>, Vec<JoinHandle<()>>) {
+        let links: Vec<Arc<Link>> = self.map.lock().drain().map(|(_, l)| l).collect();
+        let mut channels = Vec::new();
+        let mut tasks = Vec::new();
+        for l in links {
+            if let Some(c) = l.stop() {
+                channels.push(c);
+            }
+            if let Some(t) = l.task.lock().take() {
+                tasks.push(t);
+            }
+        }
+        (channels, tasks)
+    }
+}
+
+async fn connect(ctx: &LinkContext, addr: &str) -> Result<Channels> {
+    let mut builder = Channels::builder(ctx.transport.clone(), addr).settings(ctx.channels.clone());
+    if let Some(i) = &ctx.interposer {
+        builder = builder.interposer(i.clone(), &ctx.me);
+    }
+    builder.connect().await
+}
+
+/// Opens the link to `addr` from the caller's task (a join), before the peer's name is
+/// known.
+pub(crate) async fn connect_addr(links: &Links, addr: &str) -> Result<Arc<Link>> {
+    let channels = connect(&links.ctx, addr).await?;
+    if channels.peer() == links.ctx.me {
+        return Err(Error::InvalidArgument(format!(
+            "`{addr}` is this node itself"
+        )));
+    }
+    Ok(links.adopt(addr, channels))
+}
+
+async fn run(link: Arc<Link>, ctx: Arc<LinkContext>, mut first: Option<Channels>) {
+    let _live = TaskGuard::new();
+    let mut delay = ctx.backoff_base;
+    loop {
+        if link.cancel.is_cancelled() {
+            break;
+        }
+        let attempt = match first.take() {
+            Some(c) => Ok(c),
+            None => {
+                let addr = link.addr.lock().clone();
+                tokio::select! {
+                    _ = link.cancel.cancelled() => break,
+                    r = connect(&ctx, &addr) => r,
+                }
+            }
+        };
+        match attempt {
+            Ok(c) if c.peer() == link.peer => {
+                let c = Arc::new(c);
+                (ctx.on_up)(&link.peer, &c);
+                link.up.send_replace(Some(c.clone()));
+                metrics::counter!("foundation_node_link_events_total", "event" => "up")
+                    .increment(1);
+                delay = ctx.backoff_base;
+                tokio::select! {
+                    _ = link.cancel.cancelled() => break,
+                    _ = c.ended() => {}
+                }
+                link.up.send_replace(None);
+                metrics::counter!("foundation_node_link_events_total", "event" => "down")
+                    .increment(1);
+                tracing::debug!(peer = %link.peer, "link down; reconnecting");
+            }
+            Ok(c) => {
+                metrics::counter!("foundation_node_link_events_total", "event" => "wrong_peer")
+                    .increment(1);
+                tracing::warn!(
+                    expected = %link.peer,
+                    got = %c.peer(),
+                    "address answered with another node's name"
+                );
+            }
+            Err(e) => {
+                metrics::counter!("foundation_node_reconnect_failures_total").increment(1);
+                tracing::debug!(peer = %link.peer, error = %e, "link attempt failed");
+            }
+        }
+        // Capped exponential backoff with jitter (half to full delay).
+        let wait = delay.mul_f64(rand::rng().random_range(0.5..=1.0));
+        tokio::select! {
+            _ = link.cancel.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+            _ = link.wake.notified() => {}
+        }
+        delay = (delay * 2).min(ctx.backoff_max);
+    }
+}

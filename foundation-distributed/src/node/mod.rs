@@ -1,0 +1,1408 @@
+//! Nodes: a running cluster member.
+//!
+//! A [`Node`] listens on a [`Transport`], links to the peers its [`Topology`] wants
+//! through named [`channel`](crate::channel)s, keeps membership, and lets application
+//! code — the same whatever the topology — register named receivers, `send` to a name on
+//! any node (directly or relayed), make requests with a timeout, and `broadcast`.
+//!
+//! # Parts
+//!
+//! The node is the composition of parts with one job each (see `docs/NODE.md`):
+//!
+//! * **links** (`link.rs`): one background task per peer connects, authenticates,
+//!   reconnects with capped exponential backoff and jitter, and replaces a failed link.
+//!   Nothing else waits for a connection.
+//! * **inbound dispatch**: one task per channel decodes that channel's messages and
+//!   dispatches them by kind, so a coordination message is never decoded behind a bulk
+//!   one. Nothing on an inbound path awaits another peer: relays, forwards, gossip and
+//!   replies are queued on the target's link without waiting (a full queue is counted).
+//! * **membership** (`membership.rs` over [`membership::View`](crate::membership::View)):
+//!   gossip, φ fed by heartbeats only, suspicion refuted by version, Down agreed by
+//!   gossip, dead members removed after a while and tombstoned, periodic dissemination.
+//! * **request/reply** (`request.rs`), **broadcast** (`broadcast.rs`), **application
+//!   delivery** and **acknowledged streams** (`delivery.rs`).
+//!
+//! # Delivery semantics
+//!
+//! * [`send`](Node::send) returns `Ok` once the message is queued on a live connection
+//!   towards the next hop (the link may be waited for up to
+//!   [`NodeSettings::link_wait`]). To a live peer, messages from one sender with the same
+//!   key are delivered in order; messages without a key may be reordered (they spread
+//!   over the channel's connections). The receiver's queue is never overrun: a full
+//!   receiver makes the inbound channel wait, which fills the sender's queue, which makes
+//!   `send().await` wait (end-to-end backpressure). A message is lost only when its
+//!   connection fails (counted in `foundation_channel_dropped_total{reason="connection_failed"}`)
+//!   or when it is relayed through a node whose queue to the next hop is full
+//!   (`foundation_node_dropped_total{reason="relay_failed"}`).
+//! * [`try_send`](Node::try_send) is the lossy variant: it never waits and returns
+//!   [`Error::Full`] / [`Error::NotConnected`] (counted) instead.
+//! * [`send_acked`](Node::send_acked) survives lost messages and reconnects: it is
+//!   retransmitted until acknowledged and delivered exactly once, in order.
+//! * Requests and broadcasts carry the sender's incarnation; replies are matched by
+//!   (answering node, id). A `request` dropped before its reply (cancelled or timed out)
+//!   removes its entry and tells the server, which aborts the handler.
+//!
+//! Wire messages are MessagePack; application payloads are any serde type.
+
+mod broadcast;
+mod delivery;
+mod link;
+mod membership;
+mod request;
+mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use metrics::Counter;
+use parking_lot::{Mutex, RwLock};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast as bcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::{
+    ChannelSettings, ChannelSpec, Inbound, Inbox, MessageMeta, Priority, Urgency, COORDINATION,
+};
+use crate::error::{Error, Result};
+use crate::interpose::Interposer;
+use crate::membership::{FailureDetector, PhiSettings, Status, Update, View, ViewSettings};
+use crate::topology::{Change, Member, Role, Topology, TopologyKind};
+use crate::transport::Transport;
+use foundation_beam::core::telemetry::TaskGuard;
+
+use delivery::{AckedStreams, Attempt, Outcome, Slot};
+use link::{LinkContext, Links};
+use request::Requests;
+use wire::{encode, encode_with, ReplyError, Wire};
+
+/// A membership event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipEvent {
+    /// A node joined the cluster view (also: a node restarted under the same name, a new
+    /// incarnation).
+    Joined(String),
+    /// A node left on purpose.
+    Left(String),
+    /// A node was declared down (suspected and not refuted within the suspicion timeout,
+    /// by this node or by another whose verdict was gossiped).
+    Down(String),
+    /// A node declared down refuted it (it is alive after all, e.g. a healed partition).
+    Up(String),
+}
+
+/// A member as [`Node::members`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Node name.
+    pub name: String,
+    /// Address it listens on.
+    pub addr: String,
+    /// Role in the topology.
+    pub role: Role,
+    /// Whether it is considered up (alive or merely suspected, not declared down).
+    pub up: bool,
+}
+
+/// Requests and replies go urgent, unkeyed.
+const URGENT: SendOptions = SendOptions {
+    urgency: Urgency::Urgent,
+    key: None,
+};
+
+/// Options of a [`Node::send`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SendOptions {
+    /// Urgency: urgent goes on the `urgent` channel, background on `gossip`, normal on
+    /// `messages` (or `bulk_data` when larger than the bulk threshold).
+    pub urgency: Urgency,
+    /// A partition key: messages with the same key keep their order.
+    pub key: Option<u64>,
+}
+
+/// The node's default channel for application messages.
+pub const MESSAGES: &str = "messages";
+/// The node's default channel for urgent application messages.
+pub const URGENT_CHANNEL: &str = "urgent";
+
+/// The node's default channel table: `coordination` (node traffic, requests and replies;
+/// high, 3 connections), `urgent` (urgent application messages; high, 2), `messages`
+/// (application messages; medium, 2), `gossip` (background; low, 1) and `bulk_data`
+/// (large payloads; medium, 5, 64 messages of queue per connection), with 512 messages of
+/// inbound queue per channel. Queues count messages: the bulk ones are kept short so that
+/// at most 5 × 64 large messages wait per peer on each side.
+pub fn default_channels() -> ChannelSettings {
+    let mut c = ChannelSettings::default();
+    for spec in &mut c.channels {
+        if spec.name == crate::channel::BULK_DATA {
+            spec.queue_capacity = 64;
+        }
+    }
+    c.inbox_capacity = 512;
+    c.channels
+        .push(ChannelSpec::new(URGENT_CHANNEL, Priority::High, 2));
+    c.channels
+        .push(ChannelSpec::new(MESSAGES, Priority::Medium, 2));
+    c.route.urgent_channel = URGENT_CHANNEL.into();
+    c.route.default_channel = MESSAGES.into();
+    c
+}
+
+/// Settings of a node.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// Address to listen on (`127.0.0.1:0`, `mem://a`).
+    pub listen: String,
+    /// Role in the topology.
+    pub role: Role,
+    /// The topology.
+    pub topology: TopologyKind,
+    /// Channels; must contain `coordination`. Default [`default_channels`].
+    pub channels: ChannelSettings,
+    /// Heartbeat interval (also the membership round). Default 200 ms.
+    pub heartbeat: Duration,
+    /// Failure detector settings.
+    pub detector: PhiSettings,
+    /// Suspicion timeout, removal of dead members, tombstones.
+    pub view: ViewSettings,
+    /// Full view dissemination every this many rounds, to `gossip_fanout` random
+    /// peers. Default 5 and 3.
+    pub gossip_every: u64,
+    /// See `gossip_every`.
+    pub gossip_fanout: usize,
+    /// Capacity of each receiver's queue.
+    pub receiver_capacity: usize,
+    /// How long [`Node::send`] and [`Node::request`] wait for a link that is not up.
+    /// Default 5 s.
+    pub link_wait: Duration,
+    /// First reconnect delay; doubled per failure up to `reconnect_max`, with jitter.
+    /// Default 100 ms and 5 s.
+    pub reconnect_base: Duration,
+    /// See `reconnect_base`.
+    pub reconnect_max: Duration,
+    /// Request handlers running at once; requests beyond are refused (counted).
+    /// Default 1024.
+    pub max_concurrent_requests: usize,
+    /// Unacknowledged messages kept per destination by [`Node::send_acked`]. Default 256.
+    pub acked_window: usize,
+    /// Resend unacknowledged messages after this long. Default 200 ms.
+    pub retransmit_after: Duration,
+    /// Deadline of [`Node::shutdown`]. Default 5 s.
+    pub shutdown_timeout: Duration,
+    /// Fault injection applied to everything this node sends (tests).
+    pub interposer: Option<Arc<Interposer>>,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings {
+            listen: "127.0.0.1:0".into(),
+            role: Role::Peer,
+            topology: TopologyKind::FullMesh,
+            channels: default_channels(),
+            heartbeat: Duration::from_millis(200),
+            detector: PhiSettings {
+                min_std_dev_ms: 50,
+                first_heartbeat_estimate_ms: 200,
+                ..PhiSettings::default()
+            },
+            view: ViewSettings::default(),
+            gossip_every: 5,
+            gossip_fanout: 3,
+            receiver_capacity: 1024,
+            link_wait: Duration::from_secs(5),
+            reconnect_base: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            max_concurrent_requests: 1024,
+            acked_window: 256,
+            retransmit_after: Duration::from_millis(200),
+            shutdown_timeout: Duration::from_secs(5),
+            interposer: None,
+        }
+    }
+}
+
+/// Pre-registered node metrics.
+struct Meters {
+    view_changes: Counter,
+    suspected: Counter,
+    refuted: Counter,
+    refused_identity: Counter,
+    requests_rejected: Counter,
+    retransmitted: Counter,
+    duplicates: Counter,
+}
+
+impl Meters {
+    fn new() -> Self {
+        Meters {
+            view_changes: metrics::counter!("foundation_node_view_changes_total"),
+            suspected: metrics::counter!("foundation_node_suspected_total"),
+            refuted: metrics::counter!("foundation_node_refuted_total"),
+            refused_identity: metrics::counter!("foundation_node_refused_total", "reason" => "identity"),
+            requests_rejected: metrics::counter!("foundation_node_requests_total", "result" => "rejected"),
+            retransmitted: metrics::counter!("foundation_node_retransmitted_total"),
+            duplicates: metrics::counter!("foundation_node_duplicates_total"),
+        }
+    }
+
+    fn dropped(&self, reason: &'static str) -> Counter {
+        metrics::counter!("foundation_node_dropped_total", "reason" => reason)
+    }
+}
+
+pub(crate) struct Inner {
+    name: String,
+    addr: String,
+    incarnation: u64,
+    settings: NodeSettings,
+    links: Links,
+    view: Mutex<View>,
+    down: Mutex<HashSet<String>>,
+    detector: Mutex<FailureDetector<String>>,
+    topology: Mutex<Topology>,
+    slots: RwLock<HashMap<String, Slot>>,
+    requests: Requests,
+    broadcasts: broadcast::Broadcasts,
+    acked: AckedStreams,
+    events: bcast::Sender<MembershipEvent>,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    inbox: Mutex<Option<Inbox>>,
+    meters: Meters,
+}
+
+/// A running cluster member. Cheap to clone; [`shutdown`](Self::shutdown) stops it (and
+/// dropping the last clone cancels its tasks).
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.inner.name)
+            .field("addr", &self.inner.addr)
+            .finish()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+fn body<T: Serialize + ?Sized>(v: &T) -> Result<Bytes> {
+    rmp_serde::to_vec(v).map(Bytes::from).map_err(encode_error)
+}
+
+fn encode_error(e: rmp_serde::encode::Error) -> Error {
+    Error::InvalidArgument(format!("cannot encode message: {e}"))
+}
+
+/// Incarnations handed out in this process, so two nodes started in the same
+/// microsecond (or a restart within one) still get distinct, increasing ones.
+static LAST_INCARNATION: AtomicU64 = AtomicU64::new(0);
+
+fn next_incarnation() -> u64 {
+    let now = incarnation();
+    let mut last = LAST_INCARNATION.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST_INCARNATION.compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(l) => last = l,
+        }
+    }
+}
+
+impl Node {
+    /// Starts a node named by `transport`'s settings, listening at `settings.listen`.
+    pub async fn start(
+        transport: Arc<dyn Transport>,
+        name: &str,
+        settings: NodeSettings,
+    ) -> Result<Node> {
+        if !settings
+            .channels
+            .channels
+            .iter()
+            .any(|c| c.name == COORDINATION)
+        {
+            return Err(Error::InvalidSettings {
+                reason: "the node's channel table needs a `coordination` channel".into(),
+            });
+        }
+        if settings.heartbeat.is_zero() {
+            return Err(Error::InvalidSettings {
+                reason: "heartbeat interval is 0".into(),
+            });
+        }
+        let (inbox, receivers) = Inbox::per_channel(&settings.channels)?;
+        let listener = transport.listen(&settings.listen).await?;
+        let addr = listener.local_addr().to_string();
+        inbox.serve(listener);
+        let me = Update {
+            name: name.to_string(),
+            addr: addr.clone(),
+            role: settings.role,
+            incarnation: next_incarnation(),
+            version: 0,
+            status: Status::Alive,
+        };
+        let cancel = CancellationToken::new();
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let on_up_weak = weak.clone();
+            let ctx = LinkContext {
+                me: name.to_string(),
+                transport,
+                channels: settings.channels.clone(),
+                interposer: settings.interposer.clone(),
+                backoff_base: settings.reconnect_base.max(Duration::from_millis(1)),
+                backoff_max: settings.reconnect_max.max(settings.reconnect_base),
+                on_up: Box::new(move |_peer, channels| {
+                    // The first message on every new link is our view.
+                    if let Some(inner) = on_up_weak.upgrade() {
+                        let digest = inner.view.lock().digest();
+                        if let Ok(s) = channels.sender(COORDINATION) {
+                            let _ = s.try_send(None, encode(&Wire::Gossip { members: digest }));
+                        }
+                    }
+                }),
+            };
+            Inner {
+                name: name.to_string(),
+                addr,
+                incarnation: me.incarnation,
+                links: Links::new(ctx, cancel.child_token()),
+                view: Mutex::new(View::new(me, settings.view.clone())),
+                down: Mutex::new(HashSet::new()),
+                detector: Mutex::new(FailureDetector::new(settings.detector.clone())),
+                topology: Mutex::new(Topology::new(
+                    settings.topology,
+                    name,
+                    &[Member::new(name, settings.role)],
+                )),
+                slots: RwLock::new(HashMap::new()),
+                requests: Requests::new(settings.max_concurrent_requests),
+                broadcasts: broadcast::Broadcasts::new(),
+                acked: AckedStreams::default(),
+                events: bcast::channel(256).0,
+                cancel: cancel.clone(),
+                tasks: Mutex::new(Vec::new()),
+                inbox: Mutex::new(None),
+                meters: Meters::new(),
+                settings,
+            }
+        });
+        *inner.inbox.lock() = Some(inbox);
+        let mut tasks = Vec::new();
+        for (channel, rx) in receivers {
+            let may_wait = channel != COORDINATION;
+            tasks.push(tokio::spawn(dispatch(
+                Arc::downgrade(&inner),
+                rx,
+                may_wait,
+                cancel.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(rounds(Arc::downgrade(&inner), cancel.clone())));
+        inner.tasks.lock().extend(tasks);
+        Ok(Node { inner })
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The address this node listens on.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// This run's incarnation (start time in µs since the epoch; a restart has a larger
+    /// one).
+    pub fn incarnation(&self) -> u64 {
+        self.inner.incarnation
+    }
+
+    /// Resolves `seeds` (static addresses and DNS names) and joins through them.
+    pub async fn join_seeds(&self, seeds: &crate::discovery::Seeds) -> Result<()> {
+        let resolved = seeds.resolve().await;
+        let addrs: Vec<String> = resolved.addresses.iter().map(ToString::to_string).collect();
+        let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        self.join(&refs).await
+    }
+
+    /// Joins the cluster through `seeds` (addresses of any members): links to the first
+    /// that answers and sends it this node's view; the views then converge by gossip.
+    pub async fn join(&self, seeds: &[&str]) -> Result<()> {
+        let mut last = None;
+        for seed in seeds {
+            match link::connect_addr(&self.inner.links, seed).await {
+                Ok(link) => {
+                    // Wait (bounded) for the seed's view, so the cluster is known on return.
+                    let until = Instant::now() + self.inner.settings.link_wait;
+                    while self.inner.view.lock().get(&link.peer).is_none() {
+                        if Instant::now() >= until {
+                            return Err(Error::NotConnected {
+                                node: link.peer.clone(),
+                                reason: "the seed sent no view".into(),
+                            });
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::InvalidArgument("no seeds given".into())))
+    }
+
+    /// The members this node knows (itself included, removed and departed ones not), with
+    /// their state.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let view = self.inner.view.lock();
+        let mut v: Vec<MemberInfo> = view
+            .digest()
+            .into_iter()
+            .filter(|u| u.status != Status::Left)
+            .map(|u| MemberInfo {
+                up: matches!(u.status, Status::Alive | Status::Suspect),
+                name: u.name,
+                addr: u.addr,
+                role: u.role,
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The state of member `name` as this node sees it (`None`: unknown or removed).
+    pub fn member_status(&self, name: &str) -> Option<Status> {
+        self.inner.view.lock().get(name).map(|u| u.status)
+    }
+
+    /// Membership events from now on.
+    pub fn subscribe(&self) -> bcast::Receiver<MembershipEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Switches the topology at run time; application code is unaffected. Members that
+    /// are down stay known (as down).
+    pub fn switch_topology(&self, kind: TopologyKind) {
+        let view = self.inner.view.lock();
+        let members: Vec<Member> = view
+            .digest()
+            .iter()
+            .filter(|u| u.status != Status::Left)
+            .map(|u| Member::new(u.name.clone(), u.role))
+            .collect();
+        let mut t = Topology::new(kind, &self.inner.name, &members);
+        for u in view.members().filter(|u| u.status == Status::Dead) {
+            t.update(Change::Down(u.name.clone()));
+        }
+        *self.inner.topology.lock() = t;
+    }
+
+    /// Registers a receiver of `T` messages under `name` (replacing any receiver or
+    /// server of that name). Its queue holds `receiver_capacity` messages; when full,
+    /// senders are slowed down (see the [module docs](self)), nothing is dropped.
+    /// Messages that do not decode as `T` are dropped and counted
+    /// (`foundation_node_dropped_total{reason="undecodable"}`).
+    pub fn register<T: DeserializeOwned + Send + 'static>(
+        &self,
+        name: &str,
+    ) -> mpsc::Receiver<(String, T)> {
+        let (tx, rx) = mpsc::channel(self.inner.settings.receiver_capacity.max(1));
+        self.inner
+            .slots
+            .write()
+            .insert(name.to_string(), Slot::Receiver(delivery::receiver(tx)));
+        rx
+    }
+
+    /// Serves requests under `name` with `f`. Handlers run under the node's
+    /// `max_concurrent_requests` bound and are aborted at shutdown.
+    pub fn serve<Q, R, F, Fut>(&self, name: &str, f: F)
+    where
+        Q: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(String, Q) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = R> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let serve: delivery::Serve = Arc::new(move |from, bytes| {
+            let f = f.clone();
+            Box::pin(async move {
+                let q: Q = rmp_serde::from_slice(&bytes)
+                    .map_err(|e| ReplyError::Failed(format!("bad request: {e}")))?;
+                let r = f(from, q).await;
+                rmp_serde::to_vec(&r)
+                    .map(Bytes::from)
+                    .map_err(|e| ReplyError::Failed(format!("bad reply: {e}")))
+            })
+        });
+        self.inner
+            .slots
+            .write()
+            .insert(name.to_string(), Slot::Server(serve));
+    }
+
+    /// Sends `msg` to receiver `name` on node `node`, directly or through the topology's
+    /// relay. Waits for room in the queue (backpressure) and, up to
+    /// [`NodeSettings::link_wait`], for the link to come up. See the
+    /// [module docs](self) for what `Ok` means.
+    pub async fn send<T: Serialize + ?Sized>(
+        &self,
+        node: &str,
+        name: &str,
+        msg: &T,
+        opts: SendOptions,
+    ) -> Result<()> {
+        let wire = Wire::Send {
+            to_node: node.into(),
+            to_name: name.into(),
+            from: self.inner.name.clone(),
+            body: Bytes::new(),
+        };
+        let payload = encode_with(&wire, msg).map_err(encode_error)?;
+        self.inner.forward(node, payload, opts, false).await
+    }
+
+    /// Like [`send`](Self::send) but never waits: fails with [`Error::Full`] when the
+    /// queue is full and [`Error::NotConnected`] when the link is not up. Either is
+    /// counted (`foundation_node_dropped_total{reason="try_send_full"|"try_send_not_connected"}`).
+    pub fn try_send<T: Serialize + ?Sized>(
+        &self,
+        node: &str,
+        name: &str,
+        msg: &T,
+        opts: SendOptions,
+    ) -> Result<()> {
+        let wire = Wire::Send {
+            to_node: node.into(),
+            to_name: name.into(),
+            from: self.inner.name.clone(),
+            body: Bytes::new(),
+        };
+        let payload = encode_with(&wire, msg).map_err(encode_error)?;
+        let r = self.inner.forward_now(node, payload, opts);
+        match &r {
+            Err(Error::Full { .. }) => self.inner.meters.dropped("try_send_full").increment(1),
+            Err(_) => self
+                .inner
+                .meters
+                .dropped("try_send_not_connected")
+                .increment(1),
+            Ok(()) => {}
+        }
+        r
+    }
+
+    /// Sends `msg` to receiver `name` on `node` with acknowledged delivery: the message is
+    /// kept (up to [`NodeSettings::acked_window`] per destination; beyond, this waits)
+    /// and resent until `node` acknowledges it, across lost messages and reconnects, and
+    /// `node` delivers each exactly once, in the order sent. `Ok` means accepted for
+    /// delivery; it is abandoned only if `node` is removed from the membership or leaves.
+    pub async fn send_acked<T: Serialize + ?Sized>(
+        &self,
+        node: &str,
+        name: &str,
+        msg: &T,
+    ) -> Result<()> {
+        if node == self.inner.name {
+            return Err(Error::InvalidArgument("sending to this node itself".into()));
+        }
+        if self.inner.view.lock().get(node).is_none() {
+            return Err(Error::UnknownNode {
+                node: node.to_string(),
+            });
+        }
+        let body = body(msg)?;
+        let window = self
+            .inner
+            .acked
+            .window(node, self.inner.settings.acked_window.max(1));
+        let permit = window
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::NodeShutDown {
+                node: self.inner.name.clone(),
+            })?;
+        permit.forget(); // returned by the acknowledgement
+        let (seq, base) = self.inner.acked.push(node, name, body.clone());
+        metrics::gauge!("foundation_node_retransmit_buffer").increment(1.0);
+        let wire = self.inner.acked_wire(node, seq, base, name, body);
+        let _ = self.inner.forward_now(
+            node,
+            encode(&wire),
+            SendOptions {
+                urgency: Urgency::Normal,
+                key: Some(0),
+            },
+        );
+        if let Some(o) = self.inner.acked.out.lock().get_mut(node) {
+            o.last_sent = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Request/reply with the server registered under `name` on `node`. Dropping the
+    /// returned future (or the timeout) removes the request; a late reply is ignored.
+    pub async fn request<Q: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        node: &str,
+        name: &str,
+        msg: &Q,
+        timeout: Duration,
+    ) -> Result<R> {
+        let (id, rx, pending) = self.inner.requests.start(node);
+        // Dropped before the reply (cancelled, timed out): tell the server to abort it.
+        let _cancel = CancelOnDrop {
+            inner: &self.inner,
+            pending,
+            node,
+            id,
+        };
+        let wire = Wire::Request {
+            id,
+            incarnation: self.inner.incarnation,
+            to_node: node.into(),
+            to_name: name.into(),
+            from: self.inner.name.clone(),
+            body: Bytes::new(),
+        };
+        let payload = encode_with(&wire, msg).map_err(encode_error)?;
+        let deadline = Instant::now() + timeout;
+        match tokio::time::timeout_at(deadline, self.inner.forward(node, payload, URGENT, true))
+            .await
+        {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::RequestTimeout {
+                    node: node.to_string(),
+                    after: timeout,
+                })
+            }
+        }
+        let reply = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => {
+                return Err(Error::NodeShutDown {
+                    node: self.inner.name.clone(),
+                })
+            }
+            Err(_) => {
+                return Err(Error::RequestTimeout {
+                    node: node.to_string(),
+                    after: timeout,
+                });
+            }
+        };
+        let bytes = reply.map_err(|e| match e {
+            ReplyError::Overloaded(what) => Error::Overloaded {
+                node: node.to_string(),
+                what,
+            },
+            ReplyError::NoServer(reason) | ReplyError::Failed(reason) => Error::RemoteFailed {
+                node: node.to_string(),
+                reason,
+            },
+        })?;
+        rmp_serde::from_slice(&bytes).map_err(|e| Error::RemoteFailed {
+            node: node.to_string(),
+            reason: format!("undecodable reply: {e}"),
+        })
+    }
+
+    /// Broadcasts `msg` to receiver `name` on every node (this one excluded), along the
+    /// topology's broadcast tree; each node delivers it once. Waits for room on each
+    /// first-hop link; a first hop whose link is down is skipped (counted).
+    pub async fn broadcast<T: Serialize + ?Sized>(&self, name: &str, msg: &T) -> Result<()> {
+        let id = self.inner.broadcasts.next_id();
+        self.inner
+            .broadcasts
+            .first_time(&self.inner.name, self.inner.incarnation, id);
+        let wire = Wire::Broadcast {
+            origin: self.inner.name.clone(),
+            incarnation: self.inner.incarnation,
+            id,
+            to_name: name.into(),
+            body: Bytes::new(),
+        };
+        let bytes = encode_with(&wire, msg).map_err(encode_error)?;
+        let targets = self.inner.topology.lock().broadcast_targets(None);
+        for t in targets {
+            let sent = match self.inner.links.get(&t).and_then(|l| l.current()) {
+                Some(ch) => {
+                    let meta = MessageMeta::default();
+                    ch.send_routed(meta, None, bytes.clone()).await.is_ok()
+                }
+                None => false,
+            };
+            if !sent {
+                self.inner.meters.dropped("broadcast_hop_down").increment(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs a custom topology manager (an application's own, or a [`Static`] list).
+    ///
+    /// [`Static`]: crate::topology::Static
+    pub fn install_topology(&self, service: Box<dyn crate::topology::PeerService>) {
+        self.inner.topology.lock().install(service);
+    }
+
+    /// The detector's current bound on detecting a stopped `peer`, if watched. A stopped
+    /// peer is declared down at most this long after its last heartbeat plus the
+    /// suspicion timeout plus one round.
+    pub fn detection_bound(&self, peer: &str) -> Option<Duration> {
+        self.inner
+            .detector
+            .lock()
+            .detector(&peer.to_string())
+            .map(|d| d.detection_bound())
+    }
+
+    /// Requests waiting for a reply, request handlers running, and messages held for
+    /// retransmission (for tests and diagnostics).
+    pub fn load(&self) -> (usize, usize, usize) {
+        (
+            self.inner.requests.pending(),
+            self.inner.requests.running(),
+            self.inner.acked.buffered(),
+        )
+    }
+
+    /// Says goodbye and stops, within [`NodeSettings::shutdown_timeout`]; see
+    /// [`shutdown_within`](Self::shutdown_within).
+    pub async fn shutdown(&self) {
+        let _ = self
+            .shutdown_within(self.inner.settings.shutdown_timeout)
+            .await;
+    }
+
+    /// Says goodbye to the peers, aborts request handlers, stops every task, and gives
+    /// queued messages until `deadline` to be written. Returns `true` if everything
+    /// stopped cleanly in time, `false` if the deadline cut the drain short (what was
+    /// still queued is dropped and counted).
+    pub async fn shutdown_within(&self, deadline: Duration) -> bool {
+        let until = Instant::now() + deadline;
+        let inner = &self.inner;
+        let bye = inner.view.lock().leave();
+        inner.gossip_all(vec![bye]);
+        inner.cancel.cancel();
+        let mut handlers = inner.requests.abort_all();
+        let tasks: Vec<_> = std::mem::take(&mut *inner.tasks.lock());
+        let (channels, link_tasks) = inner.links.stop_all();
+        let mut clean = true;
+        let waited = tokio::time::timeout_at(until, async {
+            while handlers.join_next().await.is_some() {}
+            for t in tasks.into_iter().chain(link_tasks) {
+                let _ = t.await;
+            }
+        })
+        .await;
+        clean &= waited.is_ok();
+        for c in channels {
+            match Arc::try_unwrap(c) {
+                Ok(c) => {
+                    if tokio::time::timeout_at(until, c.shutdown()).await.is_err() {
+                        clean = false;
+                    }
+                }
+                Err(_) => clean = false, // still borrowed by an in-flight send: dropped
+            }
+        }
+        drop(inner.inbox.lock().take());
+        clean
+    }
+}
+
+/// Sends a `Cancel` (without waiting) if the request it guards is dropped unanswered.
+struct CancelOnDrop<'a> {
+    inner: &'a Inner,
+    pending: request::Pending<'a>,
+    node: &'a str,
+    id: u64,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.pending.waiting() {
+            let w = Wire::Cancel {
+                id: self.id,
+                to_node: self.node.to_string(),
+                from: self.inner.name.clone(),
+            };
+            if self
+                .inner
+                .forward_now(self.node, encode(&w), URGENT)
+                .is_err()
+            {
+                self.inner.meters.dropped("cancel_failed").increment(1);
+            }
+        }
+    }
+}
+
+/// One inbound channel's task: decodes and dispatches, in order.
+async fn dispatch(
+    weak: Weak<Inner>,
+    mut rx: mpsc::Receiver<Inbound>,
+    may_wait: bool,
+    cancel: CancellationToken,
+) {
+    let _live = TaskGuard::new();
+    let mut moved = 0usize;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            m = rx.recv() => match m { Some(m) => m, None => break },
+        };
+        // Data channels yield every 64 KiB so that a busy bulk channel does not hold a
+        // worker while coordination work waits (coordination never yields voluntarily).
+        if may_wait {
+            moved += msg.payload.len();
+            if moved >= 64 * 1024 {
+                moved = 0;
+                tokio::task::yield_now().await;
+            }
+        }
+        let Some(inner) = weak.upgrade() else { break };
+        let wait = inner.on_inbound(msg, may_wait);
+        drop(inner);
+        if let Some(fut) = wait {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                outcome = fut => {
+                    if outcome != Outcome::Delivered {
+                        metrics::counter!("foundation_node_dropped_total", "reason" => outcome.label()).increment(1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The heartbeat / membership / retransmission rounds.
+async fn rounds(weak: Weak<Inner>, cancel: CancellationToken) {
+    let _live = TaskGuard::new();
+    let every = match weak.upgrade() {
+        Some(i) => i.settings.heartbeat,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round = 0u64;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let Some(inner) = weak.upgrade() else { break };
+        round += 1;
+        inner.heartbeat_round(round);
+    }
+}
+
+impl Inner {
+    fn is_member(&self, name: &str) -> bool {
+        name != self.name && self.view.lock().get(name).is_some()
+    }
+
+    /// Never waits: heartbeats, topology ticks, membership, retransmissions.
+    fn heartbeat_round(self: &Arc<Self>, round: u64) {
+        let out = self.topology.lock().tick();
+        self.send_topology(out);
+        let (inc, version) = {
+            let v = self.view.lock();
+            (v.me().incarnation, v.me().version)
+        };
+        let beat = encode(&Wire::Heartbeat {
+            incarnation: inc,
+            version,
+        });
+        for l in self.links.up_peers() {
+            if l.try_send(COORDINATION, None, beat.clone()).is_err() {
+                self.meters.dropped("heartbeat_full").increment(1);
+            }
+        }
+        self.membership_round(round);
+        self.retransmit();
+    }
+
+    fn send_topology(&self, out: Vec<(String, Vec<u8>)>) {
+        for (to, payload) in out {
+            let w = Wire::Topology {
+                payload: Bytes::from(payload),
+            };
+            if self.forward_now(&to, encode(&w), URGENT).is_err() {
+                self.meters.dropped("topology_failed").increment(1);
+            }
+        }
+    }
+
+    fn channel_for(&self, opts: SendOptions, size: usize) -> String {
+        let meta = MessageMeta {
+            urgency: opts.urgency,
+            size,
+            ..MessageMeta::default()
+        };
+        crate::channel::route(
+            &meta,
+            &self.settings.channels.route,
+            &self.settings.channels.channels,
+        )
+        .to_string()
+    }
+
+    /// The next hop towards `to`.
+    fn hop(&self, to: &str) -> Result<String> {
+        if to == self.name {
+            return Err(Error::InvalidArgument("sending to this node itself".into()));
+        }
+        if self.down.lock().contains(to) {
+            return Err(Error::NotConnected {
+                node: to.to_string(),
+                reason: "declared down".into(),
+            });
+        }
+        self.topology
+            .lock()
+            .next_hop(to)
+            .ok_or_else(|| Error::UnknownNode {
+                node: to.to_string(),
+            })
+    }
+
+    /// Sends towards `to`, waiting for the link (bounded) and for queue room. Only for
+    /// callers' own tasks.
+    async fn forward(
+        &self,
+        to: &str,
+        payload: Bytes,
+        opts: SendOptions,
+        control: bool,
+    ) -> Result<()> {
+        let hop = self.hop(to)?;
+        let link = match self.links.get(&hop) {
+            Some(l) => l,
+            None => {
+                let addr = self.view.lock().get(&hop).map(|u| u.addr.clone());
+                match addr {
+                    Some(a) if !a.is_empty() => self.links.ensure(&hop, &a),
+                    _ => {
+                        return Err(Error::UnknownNode {
+                            node: to.to_string(),
+                        })
+                    }
+                }
+            }
+        };
+        let ch = link.ready(self.settings.link_wait).await?;
+        if control {
+            return ch.send(COORDINATION, opts.key, payload).await;
+        }
+        let channel = self.channel_for(opts, payload.len());
+        ch.send(&channel, opts.key, payload).await
+    }
+
+    /// Queues `payload` towards `to` without waiting.
+    fn forward_now(&self, to: &str, payload: Bytes, opts: SendOptions) -> Result<()> {
+        let hop = self.hop(to)?;
+        let link = self.links.get(&hop).ok_or_else(|| Error::NotConnected {
+            node: hop.clone(),
+            reason: "no link".into(),
+        })?;
+        let channel = if opts.urgency == Urgency::Urgent {
+            COORDINATION.to_string()
+        } else {
+            self.channel_for(opts, payload.len())
+        };
+        link.try_send(&channel, opts.key, payload)
+    }
+
+    fn acked_wire(&self, to: &str, seq: u64, base: u64, name: &str, body: Bytes) -> Wire {
+        Wire::Acked {
+            to_node: to.to_string(),
+            from: self.name.clone(),
+            incarnation: self.incarnation,
+            seq,
+            base,
+            to_name: name.to_string(),
+            body,
+        }
+    }
+
+    /// Resends unacknowledged messages whose last send is older than `retransmit_after`.
+    fn retransmit(&self) {
+        let now = Instant::now();
+        let after = self.settings.retransmit_after;
+        let mut resend = Vec::new();
+        {
+            let mut out = self.acked.out.lock();
+            for (to, o) in out.iter_mut() {
+                if o.unacked.is_empty() || o.last_sent.is_some_and(|t| now - t < after) {
+                    continue;
+                }
+                o.last_sent = Some(now);
+                let base = o.unacked.front().map_or(0, |(s, _, _)| *s);
+                for (seq, name, body) in &o.unacked {
+                    resend.push(self.acked_wire(to, *seq, base, name, body.clone()));
+                }
+            }
+        }
+        let opts = SendOptions {
+            urgency: Urgency::Normal,
+            key: Some(0),
+        };
+        for w in resend {
+            let to = w.to_node().unwrap_or_default().to_string();
+            if self.forward_now(&to, encode(&w), opts).is_err() {
+                break;
+            }
+            self.meters.retransmitted.increment(1);
+        }
+    }
+
+    /// Decodes and handles one inbound message; returns a delivery to wait for, if the
+    /// receiver's queue is full and waiting is allowed on this channel.
+    fn on_inbound(
+        self: &Arc<Self>,
+        msg: Inbound,
+        may_wait: bool,
+    ) -> Option<futures_util::future::BoxFuture<'static, Outcome>> {
+        let peer: &str = &msg.peer;
+        let Some(wire) = wire::decode(&msg.payload) else {
+            self.meters.dropped("undecodable").increment(1);
+            return None;
+        };
+        if let Some(claimed) = wire.claimed_sender() {
+            // The claimed sender must be the authenticated peer, or the peer a member
+            // relaying for another member.
+            if claimed != peer && !(self.is_member(peer) && self.is_member(claimed)) {
+                self.meters.refused_identity.increment(1);
+                tracing::warn!(
+                    peer,
+                    claimed,
+                    kind = wire.kind(),
+                    "refused: sender is not the authenticated peer"
+                );
+                return None;
+            }
+        }
+        if let Some(to) = wire.to_node() {
+            if to != self.name {
+                // A hop on the message's route: pass the same bytes on, never waiting.
+                let to = to.to_string();
+                let opts = SendOptions {
+                    urgency: if &*msg.channel == COORDINATION || &*msg.channel == URGENT_CHANNEL {
+                        Urgency::Urgent
+                    } else {
+                        Urgency::Normal
+                    },
+                    key: msg.key,
+                };
+                if self.forward_now(&to, msg.payload.clone(), opts).is_err() {
+                    self.meters.dropped("relay_failed").increment(1);
+                }
+                return None;
+            }
+        }
+        match wire {
+            Wire::Heartbeat {
+                incarnation,
+                version,
+            } => self.on_heartbeat(peer, incarnation, version),
+            Wire::Gossip { members } => self.on_gossip(peer, members),
+            Wire::Topology { payload } => {
+                let out = self.topology.lock().on_message(peer, &payload);
+                self.send_topology(out);
+            }
+            Wire::Send {
+                to_name,
+                from,
+                body,
+                ..
+            } => return self.deliver(&to_name, &from, &body, may_wait),
+            Wire::Request {
+                id,
+                to_name,
+                from,
+                body,
+                ..
+            } => self.on_request(id, to_name, from, body),
+            Wire::Reply { id, from, body, .. } => {
+                if !self.requests.complete(&from, id, body) {
+                    self.meters.dropped("late_reply").increment(1);
+                }
+            }
+            Wire::Broadcast {
+                origin,
+                incarnation,
+                id,
+                to_name,
+                body,
+            } => {
+                if origin == self.name || !self.broadcasts.first_time(&origin, incarnation, id) {
+                    return None;
+                }
+                let targets = self.topology.lock().broadcast_targets(Some(peer));
+                for t in targets.into_iter().filter(|t| *t != origin) {
+                    let sent = self.links.get(&t).map(|l| {
+                        let ch = self.channel_for(SendOptions::default(), msg.payload.len());
+                        l.try_send(&ch, None, msg.payload.clone())
+                    });
+                    if !matches!(sent, Some(Ok(()))) {
+                        self.meters.dropped("broadcast_relay_failed").increment(1);
+                    }
+                }
+                return self.deliver(&to_name, &origin, &body, may_wait);
+            }
+            Wire::Acked {
+                from,
+                incarnation,
+                seq,
+                base,
+                to_name,
+                body,
+                ..
+            } => self.on_acked(from, incarnation, seq, base, to_name, body),
+            Wire::Cancel { id, from, .. } => {
+                if self.requests.cancel(&from, id) {
+                    metrics::counter!("foundation_node_requests_total", "result" => "cancelled")
+                        .increment(1);
+                }
+            }
+            Wire::Ack {
+                from,
+                incarnation,
+                upto,
+                ..
+            } => {
+                if incarnation == self.incarnation {
+                    let n = self.acked.acked(&from, upto);
+                    metrics::gauge!("foundation_node_retransmit_buffer").decrement(n as f64);
+                }
+            }
+        }
+        None
+    }
+
+    fn deliver(
+        &self,
+        to_name: &str,
+        from: &str,
+        body: &Bytes,
+        may_wait: bool,
+    ) -> Option<futures_util::future::BoxFuture<'static, Outcome>> {
+        let slot = self.slots.read().get(to_name).cloned();
+        match slot {
+            Some(Slot::Receiver(d)) => match d(from, body, may_wait) {
+                Attempt::Done(Outcome::Delivered) => None,
+                Attempt::Done(o) => {
+                    self.meters.dropped(o.label()).increment(1);
+                    None
+                }
+                Attempt::Wait(fut) => Some(fut),
+            },
+            _ => {
+                self.meters.dropped("no_receiver").increment(1);
+                None
+            }
+        }
+    }
+
+    fn on_request(self: &Arc<Self>, id: u64, to_name: String, from: String, body: Bytes) {
+        let slot = self.slots.read().get(&to_name).cloned();
+        let refuse = |body: std::result::Result<Bytes, ReplyError>| {
+            let w = Wire::Reply {
+                id,
+                to_node: from.clone(),
+                from: self.name.clone(),
+                body,
+            };
+            self.reply_soon(&from, w);
+        };
+        let Some(Slot::Server(serve)) = slot else {
+            refuse(Err(ReplyError::NoServer(format!(
+                "no server named `{to_name}` on {}",
+                self.name
+            ))));
+            return;
+        };
+        let Some(permit) = self.requests.permit() else {
+            self.meters.requests_rejected.increment(1);
+            refuse(Err(ReplyError::Overloaded(format!(
+                "{} request handlers running",
+                self.settings.max_concurrent_requests
+            ))));
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let fut = serve(from.clone(), body);
+        let requester = from.clone();
+        self.requests.spawn_handler(&requester, id, async move {
+            let _permit = permit;
+            let r = fut.await;
+            let Some(inner) = weak.upgrade() else { return };
+            metrics::counter!("foundation_node_requests_total", "result" => if r.is_ok() { "ok" } else { "failed" }).increment(1);
+            let w = Wire::Reply {
+                id,
+                to_node: from.clone(),
+                from: inner.name.clone(),
+                body: r,
+            };
+            // The handler's own task: it may wait for the link and for queue room.
+            if inner.forward(&from, encode(&w), URGENT, true).await.is_err() {
+                inner.meters.dropped("reply_failed").increment(1);
+            }
+        });
+    }
+
+    /// Sends a reply now if the link is up, otherwise from an owned task that waits for
+    /// the link (bounded by the handler limit; beyond it the reply is dropped, counted).
+    fn reply_soon(self: &Arc<Self>, to: &str, w: Wire) {
+        match self.forward_now(to, encode(&w), URGENT) {
+            Ok(()) => {}
+            Err(Error::NotConnected { .. }) => {
+                let Some(permit) = self.requests.permit() else {
+                    self.meters.dropped("reply_failed").increment(1);
+                    return;
+                };
+                let weak = Arc::downgrade(self);
+                let to = to.to_string();
+                self.requests.spawn(async move {
+                    let _permit = permit;
+                    let Some(inner) = weak.upgrade() else { return };
+                    if inner.forward(&to, encode(&w), URGENT, true).await.is_err() {
+                        inner.meters.dropped("reply_failed").increment(1);
+                    }
+                });
+            }
+            Err(_) => self.meters.dropped("reply_failed").increment(1),
+        }
+    }
+
+    fn on_acked(
+        self: &Arc<Self>,
+        from: String,
+        incarnation: u64,
+        seq: u64,
+        base: u64,
+        to_name: String,
+        body: Bytes,
+    ) {
+        let window = self.settings.acked_window.max(1) as u64;
+        let upto = {
+            let mut inc = self.acked.inc.lock();
+            let s = inc
+                .entry((from.clone(), incarnation))
+                .or_insert_with(|| delivery::Incoming {
+                    expected: base.max(1),
+                    held: Default::default(),
+                });
+            if seq < s.expected || s.held.contains_key(&seq) {
+                self.meters.duplicates.increment(1);
+            } else if seq < s.expected + window {
+                s.held.insert(seq, (to_name, body));
+            } else {
+                self.meters.dropped("acked_beyond_window").increment(1);
+            }
+            // Deliver the contiguous prefix; stop at a full receiver (it comes again).
+            while let Some((name, body)) = s.held.get(&s.expected).cloned() {
+                let slot = self.slots.read().get(&name).cloned();
+                let outcome = match slot {
+                    Some(Slot::Receiver(d)) => match d(&from, &body, false) {
+                        Attempt::Done(o) => o,
+                        Attempt::Wait(_) => Outcome::Full,
+                    },
+                    _ => Outcome::Closed,
+                };
+                if outcome == Outcome::Full {
+                    break;
+                }
+                if outcome != Outcome::Delivered {
+                    self.meters.dropped(outcome.label()).increment(1);
+                }
+                s.held.remove(&s.expected);
+                s.expected += 1;
+            }
+            s.expected - 1
+        };
+        let ack = Wire::Ack {
+            to_node: from.clone(),
+            from: self.name.clone(),
+            incarnation,
+            upto,
+        };
+        if self.forward_now(&from, encode(&ack), URGENT).is_err() {
+            self.meters.dropped("ack_failed").increment(1);
+        }
+    }
+}
+
+/// Describes the node metrics (HELP lines) to the current recorder.
+pub(crate) fn describe_metrics() {
+    metrics::describe_counter!(
+        "foundation_node_dropped_total",
+        "Messages a node dropped, by reason (no_receiver, receiver_closed, undecodable, relay_failed, try_send_full, reply_failed, ...)."
+    );
+    metrics::describe_counter!(
+        "foundation_node_reconnect_failures_total",
+        "Failed attempts to link to a peer."
+    );
+    metrics::describe_counter!(
+        "foundation_node_link_events_total",
+        "Link state changes, by event (up, down, wrong_peer)."
+    );
+    metrics::describe_gauge!("foundation_node_links", "Peers with a link task.");
+    metrics::describe_counter!(
+        "foundation_node_refused_total",
+        "Inbound messages refused, by reason (identity: the claimed sender is not the authenticated peer nor relayed by a member)."
+    );
+    metrics::describe_counter!(
+        "foundation_node_requests_total",
+        "Requests served, by result (ok, failed, rejected: over max_concurrent_requests)."
+    );
+    metrics::describe_counter!("foundation_node_suspected_total", "Members suspected.");
+    metrics::describe_counter!(
+        "foundation_node_refuted_total",
+        "Suspicions of this node it refuted."
+    );
+    metrics::describe_counter!(
+        "foundation_node_view_changes_total",
+        "Members added to the view."
+    );
+    metrics::describe_counter!(
+        "foundation_node_retransmitted_total",
+        "Acknowledged-delivery messages resent."
+    );
+    metrics::describe_counter!(
+        "foundation_node_duplicates_total",
+        "Acknowledged-delivery duplicates suppressed at the receiver."
+    );
+    metrics::describe_gauge!(
+        "foundation_node_retransmit_buffer",
+        "Messages held for retransmission (all destinations)."
+    );
+}

@@ -1,0 +1,240 @@
+//! The node protocol: one MessagePack enum, encoded positionally (compact; both ends run
+//! the same protocol version, checked by the transport handshake).
+//!
+//! An application body is not part of the MessagePack value: it follows it, raw, to the
+//! end of the frame. Encoding serializes the application value straight after the header
+//! (no intermediate buffer); decoding slices the body out of the received frame (no copy).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::membership::Update;
+
+/// Why a request failed at the server's node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ReplyError {
+    /// No server registered under the name.
+    NoServer(String),
+    /// The node's request-handler bound was reached.
+    Overloaded(String),
+    /// The request or the reply did not (de)serialize.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Wire {
+    /// Membership gossip: the sender's view (also sent first on every new link).
+    Gossip { members: Vec<Update> },
+    /// A heartbeat, carrying the sender's generation (a refutation travels with it).
+    Heartbeat { incarnation: u64, version: u64 },
+    /// A protocol message of the topology manager.
+    Topology { payload: Bytes },
+    /// An application message.
+    Send {
+        to_node: String,
+        to_name: String,
+        from: String,
+        #[serde(skip)]
+        body: Bytes,
+    },
+    /// A request; `incarnation` is the requester's.
+    Request {
+        id: u64,
+        incarnation: u64,
+        to_node: String,
+        to_name: String,
+        from: String,
+        #[serde(skip)]
+        body: Bytes,
+    },
+    /// The reply to request `id` of `to_node`, from `from`.
+    Reply {
+        id: u64,
+        to_node: String,
+        from: String,
+        body: std::result::Result<Bytes, ReplyError>,
+    },
+    /// A broadcast, identified by (origin, incarnation, id).
+    Broadcast {
+        origin: String,
+        incarnation: u64,
+        id: u64,
+        to_name: String,
+        #[serde(skip)]
+        body: Bytes,
+    },
+    /// An acknowledged message: sequence `seq` of the stream from `from` (at
+    /// `incarnation`) to `to_node`; `base` is the oldest sequence the sender still holds.
+    Acked {
+        to_node: String,
+        from: String,
+        incarnation: u64,
+        seq: u64,
+        base: u64,
+        to_name: String,
+        #[serde(skip)]
+        body: Bytes,
+    },
+    /// Cumulative acknowledgement: `from` has delivered everything up to `upto` of the
+    /// stream `to_node` sent at `incarnation`.
+    Ack {
+        to_node: String,
+        from: String,
+        incarnation: u64,
+        upto: u64,
+    },
+    /// `from` no longer waits for the reply to its request `id`: abort its handler.
+    Cancel {
+        id: u64,
+        to_node: String,
+        from: String,
+    },
+}
+
+impl Wire {
+    /// The node this message is addressed to, when it is not every node.
+    pub(crate) fn to_node(&self) -> Option<&str> {
+        match self {
+            Wire::Send { to_node, .. }
+            | Wire::Request { to_node, .. }
+            | Wire::Reply { to_node, .. }
+            | Wire::Acked { to_node, .. }
+            | Wire::Ack { to_node, .. }
+            | Wire::Cancel { to_node, .. } => Some(to_node),
+            _ => None,
+        }
+    }
+
+    /// The node that claims to have sent it (for messages that may be relayed).
+    pub(crate) fn claimed_sender(&self) -> Option<&str> {
+        match self {
+            Wire::Send { from, .. }
+            | Wire::Request { from, .. }
+            | Wire::Reply { from, .. }
+            | Wire::Acked { from, .. }
+            | Wire::Ack { from, .. }
+            | Wire::Cancel { from, .. } => Some(from),
+            Wire::Broadcast { origin, .. } => Some(origin),
+            _ => None,
+        }
+    }
+
+    /// The metric label of its kind.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Wire::Gossip { .. } => "gossip",
+            Wire::Heartbeat { .. } => "heartbeat",
+            Wire::Topology { .. } => "topology",
+            Wire::Send { .. } => "send",
+            Wire::Request { .. } => "request",
+            Wire::Reply { .. } => "reply",
+            Wire::Broadcast { .. } => "broadcast",
+            Wire::Acked { .. } => "acked",
+            Wire::Ack { .. } => "ack",
+            Wire::Cancel { .. } => "cancel",
+        }
+    }
+}
+
+impl Wire {
+    fn body(&self) -> Option<&Bytes> {
+        match self {
+            Wire::Send { body, .. }
+            | Wire::Request { body, .. }
+            | Wire::Broadcast { body, .. }
+            | Wire::Acked { body, .. } => Some(body),
+            _ => None,
+        }
+    }
+
+    fn body_mut(&mut self) -> Option<&mut Bytes> {
+        match self {
+            Wire::Send { body, .. }
+            | Wire::Request { body, .. }
+            | Wire::Broadcast { body, .. }
+            | Wire::Acked { body, .. } => Some(body),
+            _ => None,
+        }
+    }
+}
+
+/// Encodes `w`, its body (if any) after it.
+pub(crate) fn encode(w: &Wire) -> Bytes {
+    let body = w.body().map_or(0, Bytes::len);
+    let mut v = Vec::with_capacity(48 + body);
+    rmp_serde::encode::write(&mut v, w).expect("wire messages always encode");
+    if let Some(b) = w.body() {
+        v.extend_from_slice(b);
+    }
+    Bytes::from(v)
+}
+
+/// Encodes `w` (whose body is empty) followed by `msg` serialized as its body.
+pub(crate) fn encode_with<T: Serialize + ?Sized>(
+    w: &Wire,
+    msg: &T,
+) -> Result<Bytes, rmp_serde::encode::Error> {
+    let mut v = Vec::with_capacity(64);
+    rmp_serde::encode::write(&mut v, w).expect("wire messages always encode");
+    rmp_serde::encode::write(&mut v, msg)?;
+    Ok(Bytes::from(v))
+}
+
+/// Decodes a frame; the body is a zero-copy slice of `b`.
+pub(crate) fn decode(b: &Bytes) -> Option<Wire> {
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(&b[..]));
+    let mut w = Wire::deserialize(&mut de).ok()?;
+    let at = usize::try_from(de.position()).ok()?;
+    match w.body_mut() {
+        Some(body) => *body = b.slice(at..),
+        None if at != b.len() => return None,
+        None => {}
+    }
+    Some(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_follow_the_header_and_come_back_as_slices() {
+        let w = Wire::Send {
+            to_node: "b".into(),
+            to_name: "inbox".into(),
+            from: "a".into(),
+            body: Bytes::new(),
+        };
+        let bytes = encode_with(&w, &(1u8, "two")).unwrap();
+        match decode(&bytes).unwrap() {
+            Wire::Send { to_node, body, .. } => {
+                assert_eq!(to_node, "b");
+                let v: (u8, String) = rmp_serde::from_slice(&body).unwrap();
+                assert_eq!(v, (1, "two".to_string()));
+            }
+            other => panic!("{other:?}"),
+        }
+        let b = Wire::Broadcast {
+            origin: "a".into(),
+            incarnation: 7,
+            id: 9,
+            to_name: "n".into(),
+            body: Bytes::from_static(b"raw"),
+        };
+        match decode(&encode(&b)).unwrap() {
+            Wire::Broadcast { id, body, .. } => assert_eq!((id, &body[..]), (9, &b"raw"[..])),
+            other => panic!("{other:?}"),
+        }
+        let hb = encode(&Wire::Heartbeat {
+            incarnation: 1,
+            version: 2,
+        });
+        assert!(decode(&hb).is_some());
+        let mut trailing = hb.to_vec();
+        trailing.push(0);
+        assert!(
+            decode(&Bytes::from(trailing)).is_none(),
+            "junk after a bodiless message"
+        );
+    }
+}

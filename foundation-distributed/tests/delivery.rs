@@ -1,0 +1,321 @@
+//! Delivery semantics through the `Node` API: backpressure instead of drops, the lossy
+//! `try_send`, acknowledged delivery through lost frames and reset connections, bounded
+//! request handlers, cancelled requests, and refused impersonation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use foundation_distributed::channel::{ChannelSettings, Channels};
+use foundation_distributed::interpose::{Fault, Interposer, Rule};
+use foundation_distributed::node::{default_channels, Node, NodeSettings, SendOptions};
+use foundation_distributed::transport::{
+    ClusterSecret, MemoryNetwork, MemoryTransport, Security, TcpTransport, Transport,
+    TransportSettings,
+};
+use foundation_distributed::Error;
+use serde::{Deserialize, Serialize};
+
+fn settings(node: &str) -> TransportSettings {
+    TransportSettings {
+        cluster: "test".into(),
+        node: node.into(),
+        security: Security::Secret(
+            ClusterSecret::from_hex(
+                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
+            )
+            .unwrap(),
+        ),
+        ..TransportSettings::default()
+    }
+}
+
+async fn mem_node(net: &MemoryNetwork, name: &str, s: NodeSettings) -> Node {
+    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings(name)).unwrap());
+    let s = NodeSettings {
+        listen: format!("mem://{name}"),
+        ..s
+    };
+    Node::start(t, name, s).await.unwrap()
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("not reached within 10 s: {what}");
+}
+
+async fn pair(net: &MemoryNetwork, s: NodeSettings) -> (Node, Node) {
+    let a = mem_node(net, "a", s.clone()).await;
+    let b = mem_node(net, "b", s).await;
+    b.join(&[a.addr()]).await.unwrap();
+    eventually("linked both ways", || {
+        a.members().iter().filter(|m| m.up).count() == 2
+            && b.members().iter().filter(|m| m.up).count() == 2
+    })
+    .await;
+    (a, b)
+}
+
+/// A slow receiver (queue of 4, pausing consumer) and a fast sender over loopback TCP:
+/// every `send` that returned `Ok` arrives, in order per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_loses_nothing_and_keeps_order() {
+    let start = |name: &'static str| async move {
+        let t: Arc<dyn Transport> = Arc::new(TcpTransport::new(settings(name)).unwrap());
+        let s = NodeSettings {
+            receiver_capacity: 4,
+            ..NodeSettings::default()
+        };
+        Node::start(t, name, s).await.unwrap()
+    };
+    let a = start("a").await;
+    let b = start("b").await;
+    b.join(&[a.addr()]).await.unwrap();
+    let mut inbox = b.register::<(u64, u64)>("slow");
+    const N: u64 = 20_000;
+    const KEYS: u64 = 4;
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let mut ok = 0u64;
+            for i in 0..N {
+                let key = i % KEYS;
+                let opts = SendOptions {
+                    key: Some(key),
+                    ..SendOptions::default()
+                };
+                if a.send("b", "slow", &(key, i), opts).await.is_ok() {
+                    ok += 1;
+                }
+            }
+            ok
+        })
+    };
+    let mut last = [None::<u64>; KEYS as usize];
+    let mut got = 0u64;
+    while got < N {
+        let next = tokio::time::timeout(Duration::from_secs(30), inbox.recv()).await;
+        let (from, (key, i)) = next.expect("a message within 30 s").unwrap();
+        assert_eq!(from, "a");
+        assert!(
+            last[key as usize].is_none_or(|p| p < i),
+            "key {key}: {i} after {:?}",
+            last[key as usize]
+        );
+        last[key as usize] = Some(i);
+        got += 1;
+        if got.is_multiple_of(1000) {
+            // The consumer pauses now and then.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let ok = sender.await.unwrap();
+    assert_eq!(ok, N, "every send returned Ok");
+    assert_eq!(got, ok, "every Ok delivered");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// `try_send` never waits: with a tiny channel queue and a stalled receiver it reports
+/// `Full` instead of dropping silently.
+#[tokio::test(start_paused = true)]
+async fn try_send_reports_a_full_queue() {
+    let net = MemoryNetwork::new();
+    let mut channels = default_channels();
+    for c in &mut channels.channels {
+        c.queue_capacity = 2;
+    }
+    channels.inbox_capacity = 2;
+    let s = NodeSettings {
+        channels,
+        receiver_capacity: 1,
+        ..NodeSettings::default()
+    };
+    let (a, b) = pair(&net, s).await;
+    let _stalled = b.register::<Vec<u8>>("stalled");
+    let mut full = 0;
+    let mut ok = 0;
+    let payload = vec![7u8; 900];
+    for _ in 0..20_000u64 {
+        let opts = SendOptions {
+            key: Some(1),
+            ..SendOptions::default()
+        };
+        match a.try_send("b", "stalled", &payload, opts) {
+            Ok(()) => ok += 1,
+            Err(Error::Full { node }) => {
+                assert_eq!(node, "b");
+                full += 1;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(full > 0, "a stalled receiver fills the queues ({ok} ok)");
+    assert_eq!(ok + full, 20_000);
+}
+
+/// Acknowledged delivery through an interposer that drops 20% of frames (both ways,
+/// every channel) and resets the data connection now and then: every message delivered
+/// exactly once, in order.
+#[tokio::test(start_paused = true)]
+async fn acknowledged_delivery_survives_drops_and_resets() {
+    let net = MemoryNetwork::new();
+    let faults = Arc::new(Interposer::with_seed(7));
+    let s = NodeSettings {
+        interposer: Some(faults.clone()),
+        view: foundation_distributed::membership::ViewSettings {
+            suspicion_timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
+        ..NodeSettings::default()
+    };
+    let (a, b) = pair(&net, s).await;
+    let mut inbox = b.register::<u64>("acked");
+    faults.add(Rule::new(Fault::Drop { probability: 0.2 }));
+    faults.add(Rule::new(Fault::Reset { probability: 0.01 }).channel("messages"));
+    const N: u64 = 1_000;
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                a.send_acked("b", "acked", &i).await.unwrap();
+            }
+        })
+    };
+    for i in 0..N {
+        let got = tokio::time::timeout(Duration::from_secs(120), inbox.recv())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} within 120 s"))
+            .unwrap();
+        assert_eq!(got, ("a".to_string(), i), "in order, exactly once");
+    }
+    sender.await.unwrap();
+    faults.heal();
+    // Nothing more arrives (no duplicates), and the sender's buffer drains.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(inbox.try_recv().is_err(), "no duplicate delivered");
+    eventually("retransmit buffer drained", || a.load().2 == 0).await;
+}
+
+/// Request handlers run under the node's bound: beyond it requests are refused with
+/// `Overloaded`; shutdown aborts the handlers still running; a cancelled request leaves
+/// nothing behind.
+#[tokio::test(start_paused = true)]
+async fn request_handlers_are_bounded_owned_and_cancellable() {
+    let net = MemoryNetwork::new();
+    let s = NodeSettings {
+        max_concurrent_requests: 2,
+        ..NodeSettings::default()
+    };
+    let (a, b) = pair(&net, s).await;
+    b.serve("hang", |_from, _: ()| async {
+        std::future::pending::<()>().await;
+    });
+    // A cancelled request: its entry is gone at once, and its handler on `b` is aborted.
+    let r = tokio::time::timeout(
+        Duration::from_millis(100),
+        a.request::<_, ()>("b", "hang", &(), Duration::from_secs(3600)),
+    )
+    .await;
+    assert!(r.is_err(), "still waiting");
+    assert_eq!(a.load().0, 0, "the cancelled request left nothing behind");
+    eventually("its handler aborted on b", || b.load().1 == 0).await;
+
+    let mut hanging = Vec::new();
+    for _ in 0..2 {
+        let a = a.clone();
+        hanging.push(tokio::spawn(async move {
+            a.request::<_, ()>("b", "hang", &(), Duration::from_secs(3600))
+                .await
+        }));
+    }
+    eventually("two handlers running", || b.load().1 == 2).await;
+    let e = a
+        .request::<_, ()>("b", "hang", &(), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Overloaded { .. }), "{e}");
+
+    assert_eq!(a.load().0, 2, "only the spawned requests wait");
+    for h in &hanging {
+        h.abort();
+    }
+    eventually("aborted requests removed", || a.load().0 == 0).await;
+    eventually("their handlers aborted on b", || b.load().1 == 0).await;
+
+    // A handler still running at shutdown is aborted by it.
+    let keep = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.request::<_, ()>("b", "hang", &(), Duration::from_secs(3600))
+                .await
+        })
+    };
+    eventually("one handler running", || b.load().1 == 1).await;
+    assert!(b.shutdown_within(Duration::from_secs(5)).await);
+    assert_eq!(b.load().1, 0, "handlers aborted at shutdown");
+    keep.abort();
+}
+
+#[derive(Serialize, Deserialize)]
+#[allow(dead_code)]
+enum MirrorWire {
+    Gossip {
+        members: Vec<()>,
+    },
+    Heartbeat {
+        incarnation: u64,
+        version: u64,
+    },
+    Topology {
+        payload: Bytes,
+    },
+    /// The application body follows the header, raw.
+    Send {
+        to_node: String,
+        to_name: String,
+        from: String,
+    },
+}
+
+fn send_frame(to: &str, from: &str, body: &str) -> Bytes {
+    let w = MirrorWire::Send {
+        to_node: to.into(),
+        to_name: "inbox".into(),
+        from: from.into(),
+    };
+    let mut v = rmp_serde::to_vec(&w).unwrap();
+    v.extend(rmp_serde::to_vec(&body.to_string()).unwrap());
+    Bytes::from(v)
+}
+
+/// A peer that authenticates as `mallory` (it knows the cluster secret but is not a
+/// member) and claims to be `b` is refused; the same peer speaking as itself is heard.
+#[tokio::test(start_paused = true)]
+async fn a_message_claiming_another_sender_is_refused() {
+    let net = MemoryNetwork::new();
+    let (a, _b) = pair(&net, NodeSettings::default()).await;
+    let mut inbox = a.register::<String>("inbox");
+    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, settings("mallory")).unwrap());
+    let channels: ChannelSettings = default_channels();
+    let link = Channels::builder(t, a.addr())
+        .settings(channels)
+        .connect()
+        .await
+        .unwrap();
+    link.send("messages", Some(1), send_frame("a", "b", "forged"))
+        .await
+        .unwrap();
+    link.send("messages", Some(1), send_frame("a", "mallory", "honest"))
+        .await
+        .unwrap();
+    let (from, text) = inbox.recv().await.unwrap();
+    assert_eq!((from.as_str(), text.as_str()), ("mallory", "honest"));
+    assert!(inbox.try_recv().is_err(), "the forged message was refused");
+}
