@@ -95,13 +95,35 @@ async fn switches_to_client_server_when_the_cluster_outgrows_the_mesh() {
     // The cooldown holds the next switch back, whatever the selector says.
     assert_eq!(ctl.evaluate(Instant::now()), None);
 
-    // Application code is unaffected: requests still reach every node.
-    for peer in ["b", "c", "d"] {
-        let who: String = a
-            .request(peer, "whoami", &(), Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert_eq!(who, peer);
+    // Every node runs its own controller; they all switch.
+    for n in [&b, &c, &d] {
+        let mut ctl = AdaptiveTopology::new(
+            n.clone(),
+            TopologyKind::FullMesh,
+            Box::new(SizeSelector {
+                mesh_max: 3,
+                hysteresis: 1,
+                servers_per_client: 1,
+            }),
+            Duration::from_secs(60),
+        );
+        eventually("the node sees 4 members", || {
+            n.members().iter().filter(|m| m.up).count() == 4
+        })
+        .await;
+        assert!(ctl.evaluate(Instant::now()).is_some());
+    }
+
+    // Application code is unaffected: requests still reach every node, directly or
+    // relayed by a server.
+    for (from, n) in [("a", &a), ("c", &c)] {
+        for peer in ["a", "b", "c", "d"].into_iter().filter(|p| *p != from) {
+            let who: String = n
+                .request(peer, "whoami", &(), Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|e| panic!("{from} -> {peer}: {e}"));
+            assert_eq!(who, peer);
+        }
     }
     for n in [&a, &b, &c, &d] {
         n.shutdown().await;
