@@ -842,6 +842,7 @@ pub async fn run(
                 horizon: 8,
                 confidence: 0.85,
                 cooldown: Duration::from_secs(1),
+                scale_down_cooldown: Duration::from_secs(5),
                 min_history: 8,
                 ..ScalingPolicy::default()
             };

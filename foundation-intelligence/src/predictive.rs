@@ -11,8 +11,8 @@
 //!   the forecast's `confidence` quantile;
 //! * **scale down** when the forecast stays below the capacity of one unit fewer with
 //!   probability ≥ `confidence`, to the smallest count that still holds that quantile;
-//! * otherwise **hold**; nothing happens during `cooldown` after an action, or before
-//!   `min_history` readings.
+//! * otherwise **hold**; nothing happens during `cooldown` after an action (no scale-down
+//!   during the longer `scale_down_cooldown`), or before `min_history` readings.
 //!
 //! Time is passed in (`now`): the planner has no clock. [`PredictiveScaler`] applies the
 //! decisions to its target and logs every one with its confidence (`tracing`: actions at
@@ -193,6 +193,10 @@ pub struct ScalingPolicy {
     /// No action within this time of the last one. Default 30 s.
     #[serde(with = "secs_f64")]
     pub cooldown: Duration,
+    /// No scale-down within this time of the last action (of either kind): shrinking is
+    /// cheap to postpone and flapping is expensive. Default 120 s.
+    #[serde(with = "secs_f64")]
+    pub scale_down_cooldown: Duration,
     /// Readings before the first action. Default 8.
     pub min_history: usize,
     /// The forecaster's smoothing.
@@ -224,6 +228,7 @@ impl Default for ScalingPolicy {
             horizon: 5,
             confidence: 0.85,
             cooldown: Duration::from_secs(30),
+            scale_down_cooldown: Duration::from_secs(120),
             min_history: 8,
             holt: HoltSettings::default(),
         }
@@ -392,12 +397,19 @@ impl Planner {
             }
         }
         let needed = self.units_for(f.quantile(p.confidence));
+        let down_allowed = self
+            .last_action
+            .is_none_or(|last| now.saturating_duration_since(last) >= p.scale_down_cooldown);
         d.action = if d.confidence_up >= p.confidence && units < p.max_units {
             Action::ScaleUp {
                 from: units,
                 to: needed.max(units + 1).min(p.max_units),
             }
-        } else if d.confidence_down >= p.confidence && units > p.min_units && needed < units {
+        } else if d.confidence_down >= p.confidence
+            && units > p.min_units
+            && needed < units
+            && down_allowed
+        {
             Action::ScaleDown {
                 from: units,
                 to: needed,
