@@ -593,23 +593,19 @@ impl ConnectionReceiver {
 
     /// Decodes one frame body and acts on it.
     fn deliver(&mut self, body: BytesMut) -> Result<Option<Frame>> {
-        {
-            match frame::decode_mut(body) {
-                Ok(Envelope::Data { channel, payload }) => {
-                    Ok(Some(Frame::Data { channel, payload }))
-                }
-                Ok(Envelope::Ping(v)) => Ok(Some(Frame::Ping(v))),
-                Ok(Envelope::Pong(v)) => Ok(Some(Frame::Pong(v))),
-                Ok(Envelope::Close { reason }) => {
-                    self.closed = Some(Closed::Peer(reason));
-                    Ok(None)
-                }
-                Ok(other) => {
-                    let e = unexpected_frame(other.kind(), "connected", &self.peer.node);
-                    self.fail(e)
-                }
-                Err(e) => self.fail_frame(e),
+        match frame::decode_mut(body) {
+            Ok(Envelope::Data { channel, payload }) => Ok(Some(Frame::Data { channel, payload })),
+            Ok(Envelope::Ping(v)) => Ok(Some(Frame::Ping(v))),
+            Ok(Envelope::Pong(v)) => Ok(Some(Frame::Pong(v))),
+            Ok(Envelope::Close { reason }) => {
+                self.closed = Some(Closed::Peer(reason));
+                Ok(None)
             }
+            Ok(other) => {
+                let e = unexpected_frame(other.kind(), "connected", &self.peer.node);
+                self.fail(e)
+            }
+            Err(e) => self.fail_frame(e),
         }
     }
 

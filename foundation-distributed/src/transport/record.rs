@@ -321,6 +321,26 @@ mod tests {
             prop_assert_eq!(&out[..], &envs[..out.len()]);
         }
 
+        /// A peer holding the key seals arbitrary plaintext: the frames inside are parsed
+        /// without panic; anything malformed is an error, never an over-long frame.
+        #[test]
+        fn sealed_garbage_is_refused_without_panic(
+            plain in proptest::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            let mut sealer = Sealer::new(&KEY);
+            let mut wire = BytesMut::from(&[0u8; 4][..]);
+            wire.extend_from_slice(&plain);
+            sealer.seal_record(&mut wire, 0).unwrap();
+            let mut opener = Opener::new(&KEY);
+            let mut body = wire.split_off(HEADER_LEN);
+            prop_assert!(opener.open(&mut body).is_ok());
+            prop_assert_eq!(&body[..], &plain[..]);
+            while let Ok(Some(f)) = next_inner_frame(&mut body, 256) {
+                prop_assert!(f.len() <= 256);
+                let _ = frame::decode_mut(f);
+            }
+        }
+
         /// Valid records then garbage: the records open, the garbage never does.
         #[test]
         fn valid_then_garbage(
