@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use foundation_distributed::beam::{spawn, spawn_fn, Context, ExitReason, Handle, Process, Reply};
 use foundation_distributed::interpose::Interposer;
-use foundation_distributed::node::{Node, NodeSettings};
+use foundation_distributed::node::{MembershipEvent, Node, NodeSettings};
 use foundation_distributed::remote::{Remote, RemoteError, RemoteExitReason, RemoteMessage};
 use foundation_distributed::transport::{
     ClusterSecret, MemoryNetwork, MemoryTransport, Transport, TransportSettings,
@@ -637,4 +637,59 @@ async fn monitors_and_links_work_for_a_process_on_this_node_too() {
         }
         other => panic!("expected a link exit, got {other}"),
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_restarted_before_it_is_declared_down_ends_monitors_of_its_earlier_run() {
+    let net = MemoryNetwork::new();
+    let a = start(&net, "a", None).await;
+    let b = start(&net, "b", None).await;
+    b.join(&[a.addr()]).await.unwrap();
+    eventually("joined", || up(&a) == ["a", "b"]).await;
+    let (ra, rb) = (Remote::start(&a), Remote::start(&b));
+    let (w, _) = worker();
+    rb.register("worker", &w).unwrap();
+    let r = ra.process::<Msg>("b", "worker");
+    let mut m = r.monitor().await;
+    let mut events = a.subscribe();
+
+    // Crash b and start it again at once, under the same name (a new incarnation).
+    let old = b.incarnation();
+    drop(rb);
+    drop(b);
+    let mut b2 = None;
+    for _ in 0..100 {
+        let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, settings("b")).unwrap());
+        let s = NodeSettings {
+            listen: "mem://b".into(),
+            ..NodeSettings::default()
+        };
+        match Node::start(t, "b", s).await {
+            Ok(n) => {
+                b2 = Some(n);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    let b2 = b2.expect("restarted");
+    assert!(b2.incarnation() > old);
+    let _rb2 = Remote::start(&b2);
+    b2.join(&[a.addr()]).await.unwrap();
+
+    let reason = tokio::time::timeout(Duration::from_secs(30), m.wait())
+        .await
+        .expect("the monitor of the earlier run resolves");
+    assert_eq!(reason, RemoteExitReason::NoConnection { node: "b".into() });
+    let mut saw = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        saw.push(e);
+    }
+    assert!(
+        !saw.iter().any(|e| matches!(e, MembershipEvent::Down(_))),
+        "resolved by the restart, not by a Down: {saw:?}"
+    );
+    // The new run has no `worker`.
+    let e = r.call(&Call::Get, T).await.unwrap_err();
+    assert!(matches!(e, RemoteError::NoProcess { .. }), "{e}");
 }
