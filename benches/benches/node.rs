@@ -13,7 +13,9 @@
 //!    64-byte ping-pong.
 //!
 //! Prints tables; run with `cargo bench -p foundation-benches --bench node`
-//! (`NODE_BENCH_RUNS`, default 10, sets the runs of part 1).
+//! (`NODE_BENCH_RUNS`, default 10, sets the runs of part 1; `NODE_BENCH_EVENT_INTERVAL`
+//! sets tokio's `event_interval`, default tokio's 61: how many task polls a busy worker
+//! makes between two looks at the I/O driver).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -260,8 +262,8 @@ async fn raw_small(n: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Part 3 through the node: mean and p50 of sequential 64-byte requests.
-async fn node_rtt(n: usize) -> (Duration, Duration) {
+/// Part 3 through the node: mean, p50 and p99 of sequential 64-byte requests.
+async fn node_rtt(n: usize) -> (Duration, Duration, Duration) {
     let (a, b) = pair(NodeSettings::default()).await;
     b.serve("echo", |_from, x: Blob| async move { x });
     let payload = Blob(vec![5u8; 64]);
@@ -278,11 +280,11 @@ async fn node_rtt(n: usize) -> (Duration, Duration) {
     b.shutdown().await;
     let mean = v.iter().sum::<Duration>() / n as u32;
     v.sort();
-    (mean, percentile(&v, 0.5))
+    (mean, percentile(&v, 0.5), percentile(&v, 0.99))
 }
 
-/// Part 3 baseline: raw TCP 64-byte ping-pong.
-async fn raw_rtt(n: usize) -> (Duration, Duration) {
+/// Part 3 baseline: raw TCP 64-byte ping-pong (mean, p50, p99).
+async fn raw_rtt(n: usize) -> (Duration, Duration, Duration) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move {
@@ -309,18 +311,20 @@ async fn raw_rtt(n: usize) -> (Duration, Duration) {
     let _ = server.await;
     let mean = v.iter().sum::<Duration>() / n as u32;
     v.sort();
-    (mean, percentile(&v, 0.5))
+    (mean, percentile(&v, 0.5), percentile(&v, 0.99))
 }
 
 fn main() {
     let mib = env("NODE_BENCH_MIB", 256);
     let runs = env("NODE_BENCH_RUNS", 10);
     let small = env("NODE_BENCH_SMALL", 1_000_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    if let Ok(Ok(n)) = std::env::var("NODE_BENCH_EVENT_INTERVAL").map(|v| v.parse::<u32>()) {
+        println!("tokio event_interval = {n}");
+        builder.event_interval(n);
+    }
+    let rt = builder.build().expect("runtime");
 
     println!(
         "1. urgent request p99 while {mib} MiB go a -> b in 64 KiB sends (request every 1 ms)"
@@ -391,14 +395,16 @@ fn main() {
 
     println!("\n3. request/reply round trip, 64-byte payload, sequential");
     let n = 20_000;
-    let (raw_mean, raw_p50) = rt.block_on(raw_rtt(n));
-    let (node_mean, node_p50) = rt.block_on(node_rtt(n));
+    let (raw_mean, raw_p50, raw_p99) = rt.block_on(raw_rtt(n));
+    let (node_mean, node_p50, node_p99) = rt.block_on(node_rtt(n));
     println!(
-        "   node request: mean {:.1} us, p50 {:.1} us; raw TCP ping-pong: mean {:.1} us, p50 {:.1} us; ratio (mean) {:.2}, (p50) {:.2}",
+        "   node request: mean {:.1} us, p50 {:.1} us, p99 {:.1} us; raw TCP ping-pong: mean {:.1} us, p50 {:.1} us, p99 {:.1} us; ratio (mean) {:.2}, (p50) {:.2}",
         node_mean.as_secs_f64() * 1e6,
         node_p50.as_secs_f64() * 1e6,
+        node_p99.as_secs_f64() * 1e6,
         raw_mean.as_secs_f64() * 1e6,
         raw_p50.as_secs_f64() * 1e6,
+        raw_p99.as_secs_f64() * 1e6,
         node_mean.as_secs_f64() / raw_mean.as_secs_f64(),
         node_p50.as_secs_f64() / raw_p50.as_secs_f64()
     );

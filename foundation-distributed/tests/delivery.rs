@@ -211,7 +211,7 @@ async fn request_handlers_are_bounded_owned_and_cancellable() {
     b.serve("hang", |_from, _: ()| async {
         std::future::pending::<()>().await;
     });
-    // A cancelled request: its entry is gone at once (its handler on `b` runs on).
+    // A cancelled request: its entry is gone at once, and its handler on `b` is aborted.
     let r = tokio::time::timeout(
         Duration::from_millis(100),
         a.request::<_, ()>("b", "hang", &(), Duration::from_secs(3600)),
@@ -219,9 +219,10 @@ async fn request_handlers_are_bounded_owned_and_cancellable() {
     .await;
     assert!(r.is_err(), "still waiting");
     assert_eq!(a.load().0, 0, "the cancelled request left nothing behind");
+    eventually("its handler aborted on b", || b.load().1 == 0).await;
 
     let mut hanging = Vec::new();
-    for _ in 0..1 {
+    for _ in 0..2 {
         let a = a.clone();
         hanging.push(tokio::spawn(async move {
             a.request::<_, ()>("b", "hang", &(), Duration::from_secs(3600))
@@ -235,14 +236,25 @@ async fn request_handlers_are_bounded_owned_and_cancellable() {
         .unwrap_err();
     assert!(matches!(e, Error::Overloaded { .. }), "{e}");
 
-    assert_eq!(a.load().0, 1, "only the spawned request waits");
+    assert_eq!(a.load().0, 2, "only the spawned requests wait");
     for h in &hanging {
         h.abort();
     }
     eventually("aborted requests removed", || a.load().0 == 0).await;
+    eventually("their handlers aborted on b", || b.load().1 == 0).await;
 
+    // A handler still running at shutdown is aborted by it.
+    let keep = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.request::<_, ()>("b", "hang", &(), Duration::from_secs(3600))
+                .await
+        })
+    };
+    eventually("one handler running", || b.load().1 == 1).await;
     assert!(b.shutdown_within(Duration::from_secs(5)).await);
     assert_eq!(b.load().1, 0, "handlers aborted at shutdown");
+    keep.abort();
 }
 
 #[derive(Serialize, Deserialize)]

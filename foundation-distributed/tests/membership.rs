@@ -237,7 +237,7 @@ async fn tcp_node(name: &str) -> Node {
 /// each other down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_peer_causes_no_false_down() {
-    let secs = env_u64("FOUNDATION_SILENT_PEER_SECS", 15);
+    let secs = env_u64("FOUNDATION_SILENT_PEER_SECS", 8);
     let a = tcp_node("a").await;
     let b = tcp_node("b").await;
     let c = tcp_node("c").await;

@@ -356,3 +356,38 @@ async fn topology_managers_exchange_their_own_protocol_messages() {
     })
     .await;
 }
+
+/// Switching the topology while a member is down keeps it known (as down), so it is still
+/// knocked on and comes back when the partition heals.
+#[tokio::test(start_paused = true)]
+async fn switching_topology_keeps_down_members() {
+    let net = MemoryNetwork::new();
+    let faults = Arc::new(Interposer::with_seed(9));
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
+        let s = NodeSettings {
+            listen: format!("mem://{name}"),
+            interposer: Some(faults.clone()),
+            ..NodeSettings::default()
+        };
+        nodes.push(Node::start(t, name, s).await.unwrap());
+    }
+    nodes[1].join(&[nodes[0].addr()]).await.unwrap();
+    eventually("joined", || up_names(&nodes[0]) == ["a", "b"]).await;
+    let cut = faults.partition(&["a"], &["b"]);
+    eventually("b down at a", || up_names(&nodes[0]) == ["a"]).await;
+    nodes[0].switch_topology(TopologyKind::FullMesh);
+    assert!(
+        nodes[0].members().iter().any(|m| m.name == "b" && !m.up),
+        "b still known, as down"
+    );
+    faults.remove(cut);
+    eventually("b back at a", || up_names(&nodes[0]) == ["a", "b"]).await;
+    let mut inbox = nodes[1].register::<u8>("x");
+    nodes[0]
+        .send("b", "x", &3u8, SendOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(inbox.recv().await.unwrap().1, 3);
+}

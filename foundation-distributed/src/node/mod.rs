@@ -39,7 +39,8 @@
 //! * [`send_acked`](Node::send_acked) survives lost messages and reconnects: it is
 //!   retransmitted until acknowledged and delivered exactly once, in order.
 //! * Requests and broadcasts carry the sender's incarnation; replies are matched by
-//!   (answering node, id).
+//!   (answering node, id). A `request` dropped before its reply (cancelled or timed out)
+//!   removes its entry and tells the server, which aborts the handler.
 //!
 //! Wire messages are MessagePack; application payloads are any serde type.
 
@@ -671,7 +672,14 @@ impl Node {
         msg: &Q,
         timeout: Duration,
     ) -> Result<R> {
-        let (id, rx, _pending) = self.inner.requests.start(node);
+        let (id, rx, pending) = self.inner.requests.start(node);
+        // Dropped before the reply (cancelled, timed out): tell the server to abort it.
+        let _cancel = CancelOnDrop {
+            inner: &self.inner,
+            pending,
+            node,
+            id,
+        };
         let wire = Wire::Request {
             id,
             incarnation: self.inner.incarnation,
@@ -825,6 +833,33 @@ impl Node {
         }
         drop(inner.inbox.lock().take());
         clean
+    }
+}
+
+/// Sends a `Cancel` (without waiting) if the request it guards is dropped unanswered.
+struct CancelOnDrop<'a> {
+    inner: &'a Inner,
+    pending: request::Pending<'a>,
+    node: &'a str,
+    id: u64,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.pending.waiting() {
+            let w = Wire::Cancel {
+                id: self.id,
+                to_node: self.node.to_string(),
+                from: self.inner.name.clone(),
+            };
+            if self
+                .inner
+                .forward_now(self.node, encode(&w), URGENT)
+                .is_err()
+            {
+                self.inner.meters.dropped("cancel_failed").increment(1);
+            }
+        }
     }
 }
 
@@ -1152,6 +1187,12 @@ impl Inner {
                 body,
                 ..
             } => self.on_acked(from, incarnation, seq, base, to_name, body),
+            Wire::Cancel { id, from, .. } => {
+                if self.requests.cancel(&from, id) {
+                    metrics::counter!("foundation_node_requests_total", "result" => "cancelled")
+                        .increment(1);
+                }
+            }
             Wire::Ack {
                 from,
                 incarnation,
@@ -1219,7 +1260,8 @@ impl Inner {
         };
         let weak = Arc::downgrade(self);
         let fut = serve(from.clone(), body);
-        self.requests.spawn(async move {
+        let requester = from.clone();
+        self.requests.spawn_handler(&requester, id, async move {
             let _permit = permit;
             let r = fut.await;
             let Some(inner) = weak.upgrade() else { return };

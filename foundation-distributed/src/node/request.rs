@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 use super::wire::ReplyError;
 
@@ -28,12 +28,21 @@ pub(crate) struct Requests {
     pending: Mutex<HashMap<(String, u64), Waiter>>,
     limit: Arc<Semaphore>,
     running: Mutex<JoinSet<()>>,
+    /// Handlers by (requesting node, request id), for cancellation.
+    by_request: Mutex<HashMap<(String, u64), AbortHandle>>,
 }
 
 /// Removes a pending request when dropped (a cancelled request leaves nothing behind).
 pub(crate) struct Pending<'a> {
     requests: &'a Requests,
     key: (String, u64),
+}
+
+impl Pending<'_> {
+    /// Whether the request is still waiting (not answered).
+    pub fn waiting(&self) -> bool {
+        self.requests.pending.lock().contains_key(&self.key)
+    }
 }
 
 impl Drop for Pending<'_> {
@@ -49,6 +58,7 @@ impl Requests {
             pending: Mutex::new(HashMap::new()),
             limit: Arc::new(Semaphore::new(max_concurrent.max(1))),
             running: Mutex::new(JoinSet::new()),
+            by_request: Mutex::new(HashMap::new()),
         }
     }
 
@@ -105,9 +115,36 @@ impl Requests {
         running.spawn(fut);
     }
 
+    /// Runs the handler of request `id` from `from` in the owned set, cancellable by
+    /// [`cancel`](Self::cancel).
+    pub fn spawn_handler<F>(&self, from: &str, id: u64, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut running = self.running.lock();
+        while running.try_join_next().is_some() {}
+        let handle = running.spawn(fut);
+        let mut by = self.by_request.lock();
+        by.retain(|_, h| !h.is_finished());
+        by.insert((from.to_string(), id), handle);
+    }
+
+    /// Aborts the handler of request `id` from `from`, if it still runs.
+    pub fn cancel(&self, from: &str, id: u64) -> bool {
+        match self.by_request.lock().remove(&(from.to_string(), id)) {
+            Some(h) => {
+                h.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Handlers running now.
     pub fn running(&self) -> usize {
-        self.running.lock().len()
+        let mut running = self.running.lock();
+        while running.try_join_next().is_some() {}
+        running.len()
     }
 
     /// Aborts every handler; returns the set to wait on.

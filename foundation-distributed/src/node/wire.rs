@@ -83,6 +83,12 @@ pub(crate) enum Wire {
         incarnation: u64,
         upto: u64,
     },
+    /// `from` no longer waits for the reply to its request `id`: abort its handler.
+    Cancel {
+        id: u64,
+        to_node: String,
+        from: String,
+    },
 }
 
 impl Wire {
@@ -93,7 +99,8 @@ impl Wire {
             | Wire::Request { to_node, .. }
             | Wire::Reply { to_node, .. }
             | Wire::Acked { to_node, .. }
-            | Wire::Ack { to_node, .. } => Some(to_node),
+            | Wire::Ack { to_node, .. }
+            | Wire::Cancel { to_node, .. } => Some(to_node),
             _ => None,
         }
     }
@@ -105,7 +112,8 @@ impl Wire {
             | Wire::Request { from, .. }
             | Wire::Reply { from, .. }
             | Wire::Acked { from, .. }
-            | Wire::Ack { from, .. } => Some(from),
+            | Wire::Ack { from, .. }
+            | Wire::Cancel { from, .. } => Some(from),
             Wire::Broadcast { origin, .. } => Some(origin),
             _ => None,
         }
@@ -123,6 +131,7 @@ impl Wire {
             Wire::Broadcast { .. } => "broadcast",
             Wire::Acked { .. } => "acked",
             Wire::Ack { .. } => "ack",
+            Wire::Cancel { .. } => "cancel",
         }
     }
 }
