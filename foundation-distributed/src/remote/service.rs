@@ -5,8 +5,9 @@
 //! service is dropped):
 //! * two dispatchers, one per signal receiver (normal, urgent): decode-and-`try_send` into
 //!   mailboxes, never awaiting another peer;
-//! * the outbound task: sends queued control signals (down notices, link exits, claims,
-//!   rejection notices) so no inbound path awaits network I/O;
+//! * the outbound task and one sender per peer: send queued control signals (down
+//!   notices, link exits, claims, rejection notices) so no inbound path awaits network
+//!   I/O, and a peer whose link is down holds up only its own signals;
 //! * the membership task: node down/left → `noconnection` for monitors and links there,
 //!   their names dropped; node up/joined → this node's claims sent to it;
 //! * one exit watcher per exported process and per link end this node made.
@@ -1135,14 +1136,34 @@ async fn dispatch(weak: Weak<Shared>, mut rx: mpsc::Receiver<(String, Signal)>, 
     }
 }
 
+/// Capacity of each peer's signal queue behind the outbound dispatcher.
+const PEER_QUEUE: usize = 256;
+
+/// Hands queued signals to one sender task per peer, so a peer whose link is down (the
+/// node waits for it) does not hold up signals to the others.
 async fn outbound(weak: Weak<Shared>, mut rx: mpsc::Receiver<(String, Signal)>) {
+    let mut peers: HashMap<String, mpsc::Sender<Signal>> = HashMap::new();
     while let Some((peer, s)) = rx.recv().await {
+        let Some(shared) = weak.upgrade() else { return };
+        if peer == shared.me {
+            continue;
+        }
+        let tx = peers.entry(peer.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            shared.spawn(peer_sender(weak.clone(), peer, rx));
+            tx
+        });
+        if tx.try_send(s).is_err() {
+            shared.metrics.signal_lost("queue_full");
+        }
+    }
+}
+
+async fn peer_sender(weak: Weak<Shared>, peer: String, mut rx: mpsc::Receiver<Signal>) {
+    while let Some(s) = rx.recv().await {
         let Some(shared) = weak.upgrade() else { return };
         let node = shared.node.clone();
         drop(shared);
-        if peer == node.name() {
-            continue;
-        }
         if node
             .send(&peer, SIGNALS, &s, SendOptions::default())
             .await
