@@ -313,3 +313,30 @@ async fn a_message_claiming_another_sender_is_refused() {
     assert_eq!((from.as_str(), text.as_str()), ("mallory", "honest"));
     assert!(inbox.try_recv().is_err(), "the forged message was refused");
 }
+
+/// `send_acked` waiting for room in its window is released, with an error, when the node
+/// shuts down (nothing hangs).
+#[tokio::test(start_paused = true)]
+async fn a_full_acked_window_fails_at_shutdown() {
+    let net = MemoryNetwork::new();
+    let faults = Arc::new(Interposer::with_seed(11));
+    let s = NodeSettings {
+        acked_window: 1,
+        interposer: Some(faults.clone()),
+        ..NodeSettings::default()
+    };
+    let (a, b) = pair(&net, s).await;
+    let _inbox = b.register::<u64>("acked");
+    faults.add(Rule::new(Fault::Drop { probability: 1.0 }).channel("messages"));
+    a.send_acked("b", "acked", &1u64).await.unwrap();
+    let waiting = {
+        let a = a.clone();
+        tokio::spawn(async move { a.send_acked("b", "acked", &2u64).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "the window is full");
+    assert_eq!(a.load().2, 1, "one message held for retransmission");
+    a.shutdown().await;
+    let e = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(e, Error::NodeShutDown { .. }), "{e}");
+}

@@ -166,7 +166,10 @@ impl Inner {
         self.detector.lock().remove(&n.to_string());
         self.down.lock().remove(n);
         self.topology.lock().update(Change::Left(n.to_string()));
-        self.acked.out.lock().remove(n);
+        if let Some(o) = self.acked.out.lock().remove(n) {
+            // Wakes `send_acked` calls waiting for room towards a member that is gone.
+            o.window.close();
+        }
         self.acked.inc.lock().retain(|(from, _), _| from != n);
     }
 

@@ -619,7 +619,9 @@ impl Node {
     /// kept (up to [`NodeSettings::acked_window`] per destination; beyond, this waits)
     /// and resent until `node` acknowledges it, across lost messages and reconnects, and
     /// `node` delivers each exactly once, in the order sent. `Ok` means accepted for
-    /// delivery; it is abandoned only if `node` is removed from the membership or leaves.
+    /// delivery; it is abandoned only if `node` is removed from the membership or leaves
+    /// (a call waiting for room then fails with [`Error::UnknownNode`]) or this node shuts
+    /// down ([`Error::NodeShutDown`]).
     pub async fn send_acked<T: Serialize + ?Sized>(
         &self,
         node: &str,
@@ -639,12 +641,17 @@ impl Node {
             .inner
             .acked
             .window(node, self.inner.settings.acked_window.max(1));
-        let permit = window
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::NodeShutDown {
-                node: self.inner.name.clone(),
-            })?;
+        let permit = window.acquire_owned().await.map_err(|_| {
+            if self.inner.cancel.is_cancelled() {
+                Error::NodeShutDown {
+                    node: self.inner.name.clone(),
+                }
+            } else {
+                Error::UnknownNode {
+                    node: node.to_string(),
+                }
+            }
+        })?;
         permit.forget(); // returned by the acknowledgement
         let (seq, base) = self.inner.acked.push(node, name, body.clone());
         metrics::gauge!("foundation_node_retransmit_buffer").increment(1.0);
@@ -809,6 +816,9 @@ impl Node {
         let bye = inner.view.lock().leave();
         inner.gossip_all(vec![bye]);
         inner.cancel.cancel();
+        for o in inner.acked.out.lock().values() {
+            o.window.close();
+        }
         let mut handlers = inner.requests.abort_all();
         let tasks: Vec<_> = std::mem::take(&mut *inner.tasks.lock());
         let (channels, link_tasks) = inner.links.stop_all();
