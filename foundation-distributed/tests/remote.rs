@@ -733,3 +733,74 @@ async fn a_process_is_reachable_through_a_relay_in_a_client_server_topology() {
     r.send(&Cast::Stop).await.unwrap();
     assert_eq!(m.wait().await, RemoteExitReason::Normal);
 }
+
+type Snapshot = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    metrics_util::debugging::DebugValue,
+)>;
+
+/// The sum of counter `name` with all of `labels` in `snapshot`.
+fn counter(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
+    snapshot
+        .iter()
+        .filter(|(key, ..)| {
+            key.key().name() == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v))
+        })
+        .map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Counter(c) => *c,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[tokio::test(start_paused = true)]
+async fn sends_calls_and_failures_are_in_the_metrics() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let (_a, ra, _b, rb) = pair(None).await;
+    let (w, _) = worker();
+    rb.register("worker", &w).unwrap();
+    let r = ra.process::<Msg>("b", "worker");
+    r.send(&Cast::Add(1)).await.unwrap();
+    r.send_urgent(&Cast::Add(1)).await.unwrap();
+    assert_eq!(r.call(&Call::Get, T).await.unwrap(), 2);
+    let _ = ra.process::<Msg>("b", "nobody").call(&Call::Get, T).await;
+    ra.process::<Other>("b", "worker")
+        .send(&"x".to_string())
+        .await
+        .unwrap();
+    eventually("rejection reported back", || ra.stats().rejected == 1).await;
+    // One snapshot (the debugging recorder reports what changed since the last one).
+    let snap: Snapshot = snapshotter.snapshot().into_vec();
+    let c = |name: &str, labels: &[(&str, &str)]| counter(&snap, name, labels);
+    assert_eq!(c("foundation_remote_sends_total", &[("lane", "normal")]), 2);
+    assert_eq!(c("foundation_remote_sends_total", &[("lane", "urgent")]), 1);
+    assert_eq!(c("foundation_remote_calls_total", &[]), 2);
+    assert_eq!(
+        c(
+            "foundation_remote_failures_total",
+            &[("op", "call"), ("reason", "noproc")]
+        ),
+        1
+    );
+    assert_eq!(
+        c(
+            "foundation_remote_dropped_total",
+            &[("reason", "undecodable")]
+        ),
+        1
+    );
+    assert_eq!(
+        c(
+            "foundation_remote_rejected_total",
+            &[("reason", "undecodable")]
+        ),
+        1
+    );
+}
