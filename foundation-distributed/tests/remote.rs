@@ -200,7 +200,9 @@ async fn send_send_urgent_and_call_reach_a_process_on_another_node() {
     assert_eq!(*log.lock(), [100, 1, 2, 3]);
 
     r.send_confirmed(&Cast::Add(4), T).await.unwrap();
-    assert_eq!(r.call_urgent(&Call::Get, T).await.unwrap(), 110);
+    r.try_send(&Cast::Add(5)).unwrap();
+    eventually("try_send delivered", || log.lock().len() == 6).await;
+    assert_eq!(r.call_urgent(&Call::Get, T).await.unwrap(), 115);
 
     // The same handle works for a process on this node.
     let (local, _) = worker();
@@ -210,7 +212,7 @@ async fn send_send_urgent_and_call_reach_a_process_on_another_node() {
     assert_eq!(l.call(&Call::Get, T).await.unwrap(), 7);
 
     let s = ra.stats();
-    assert_eq!((s.sends, s.calls, s.failures), (7, 3, 0), "{s:?}");
+    assert_eq!((s.sends, s.calls, s.failures), (8, 3, 0), "{s:?}");
 }
 
 #[tokio::test(start_paused = true)]
