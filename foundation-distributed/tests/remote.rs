@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use foundation_distributed::beam::{spawn, spawn_fn, Context, ExitReason, Handle, Process, Reply};
 use foundation_distributed::interpose::Interposer;
-use foundation_distributed::node::{Node, NodeSettings};
+use foundation_distributed::node::{MembershipEvent, Node, NodeSettings};
 use foundation_distributed::remote::{Remote, RemoteError, RemoteExitReason, RemoteMessage};
 use foundation_distributed::transport::{
     ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
@@ -205,7 +205,9 @@ async fn send_send_urgent_and_call_reach_a_process_on_another_node() {
     assert_eq!(*log.lock(), [100, 1, 2, 3]);
 
     r.send_confirmed(&Cast::Add(4), T).await.unwrap();
-    assert_eq!(r.call_urgent(&Call::Get, T).await.unwrap(), 110);
+    r.try_send(&Cast::Add(5)).unwrap();
+    eventually("try_send delivered", || log.lock().len() == 6).await;
+    assert_eq!(r.call_urgent(&Call::Get, T).await.unwrap(), 115);
 
     // The same handle works for a process on this node.
     let (local, _) = worker();
@@ -215,7 +217,7 @@ async fn send_send_urgent_and_call_reach_a_process_on_another_node() {
     assert_eq!(l.call(&Call::Get, T).await.unwrap(), 7);
 
     let s = ra.stats();
-    assert_eq!((s.sends, s.calls, s.failures), (7, 3, 0), "{s:?}");
+    assert_eq!((s.sends, s.calls, s.failures), (8, 3, 0), "{s:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -642,4 +644,170 @@ async fn monitors_and_links_work_for_a_process_on_this_node_too() {
         }
         other => panic!("expected a link exit, got {other}"),
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_restarted_before_it_is_declared_down_ends_monitors_of_its_earlier_run() {
+    let net = MemoryNetwork::new();
+    let a = start(&net, "a", None).await;
+    let b = start(&net, "b", None).await;
+    b.join(&[a.addr()]).await.unwrap();
+    eventually("joined", || up(&a) == ["a", "b"]).await;
+    let (ra, rb) = (Remote::start(&a), Remote::start(&b));
+    let (w, _) = worker();
+    rb.register("worker", &w).unwrap();
+    let r = ra.process::<Msg>("b", "worker");
+    let mut m = r.monitor().await;
+    let mut events = a.subscribe();
+
+    // Crash b and start it again at once, under the same name (a new incarnation).
+    let old = b.incarnation();
+    drop(rb);
+    drop(b);
+    let mut b2 = None;
+    for _ in 0..100 {
+        let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, settings("b")).unwrap());
+        let s = NodeSettings {
+            listen: "mem://b".into(),
+            ..NodeSettings::default()
+        };
+        match Node::start(t, "b", s).await {
+            Ok(n) => {
+                b2 = Some(n);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    let b2 = b2.expect("restarted");
+    assert!(b2.incarnation() > old);
+    let _rb2 = Remote::start(&b2);
+    b2.join(&[a.addr()]).await.unwrap();
+
+    let reason = tokio::time::timeout(Duration::from_secs(30), m.wait())
+        .await
+        .expect("the monitor of the earlier run resolves");
+    assert_eq!(reason, RemoteExitReason::NoConnection { node: "b".into() });
+    let mut saw = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        saw.push(e);
+    }
+    assert!(
+        !saw.iter().any(|e| matches!(e, MembershipEvent::Down(_))),
+        "resolved by the restart, not by a Down: {saw:?}"
+    );
+    // The new run has no `worker`.
+    let e = r.call(&Call::Get, T).await.unwrap_err();
+    assert!(matches!(e, RemoteError::NoProcess { .. }), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_process_is_reachable_through_a_relay_in_a_client_server_topology() {
+    use foundation_distributed::topology::{Role, TopologyKind};
+    let net = MemoryNetwork::new();
+    let cs = TopologyKind::ClientServer {
+        servers_per_client: 1,
+    };
+    let node = |name: &'static str, role: Role| {
+        let net = net.clone();
+        async move {
+            let t: Arc<dyn Transport> =
+                Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
+            let s = NodeSettings {
+                listen: format!("mem://{name}"),
+                role,
+                topology: cs,
+                ..NodeSettings::default()
+            };
+            Node::start(t, name, s).await.unwrap()
+        }
+    };
+    let s1 = node("s1", Role::Server).await;
+    let c1 = node("c1", Role::Client).await;
+    let c2 = node("c2", Role::Client).await;
+    c1.join(&[s1.addr()]).await.unwrap();
+    c2.join(&[s1.addr()]).await.unwrap();
+    for n in [&s1, &c1, &c2] {
+        eventually("membership", || up(n).len() == 3).await;
+    }
+    let (_rs, r1, r2) = (Remote::start(&s1), Remote::start(&c1), Remote::start(&c2));
+    let (w, _) = worker();
+    r2.register("worker", &w).unwrap();
+    let r = r1.process::<Msg>("c2", "worker");
+    r.send_confirmed(&Cast::Add(3), T).await.unwrap();
+    assert_eq!(r.call(&Call::Get, T).await.unwrap(), 3);
+    let mut m = r.monitor().await;
+    r.send(&Cast::Stop).await.unwrap();
+    assert_eq!(m.wait().await, RemoteExitReason::Normal);
+}
+
+type Snapshot = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    metrics_util::debugging::DebugValue,
+)>;
+
+/// The sum of counter `name` with all of `labels` in `snapshot`.
+fn counter(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
+    snapshot
+        .iter()
+        .filter(|(key, ..)| {
+            key.key().name() == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v))
+        })
+        .map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Counter(c) => *c,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[tokio::test(start_paused = true)]
+async fn sends_calls_and_failures_are_in_the_metrics() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let (_a, ra, _b, rb) = pair(None).await;
+    let (w, _) = worker();
+    rb.register("worker", &w).unwrap();
+    let r = ra.process::<Msg>("b", "worker");
+    r.send(&Cast::Add(1)).await.unwrap();
+    r.send_urgent(&Cast::Add(1)).await.unwrap();
+    assert_eq!(r.call(&Call::Get, T).await.unwrap(), 2);
+    let _ = ra.process::<Msg>("b", "nobody").call(&Call::Get, T).await;
+    ra.process::<Other>("b", "worker")
+        .send(&"x".to_string())
+        .await
+        .unwrap();
+    eventually("rejection reported back", || ra.stats().rejected == 1).await;
+    // One snapshot (the debugging recorder reports what changed since the last one).
+    let snap: Snapshot = snapshotter.snapshot().into_vec();
+    let c = |name: &str, labels: &[(&str, &str)]| counter(&snap, name, labels);
+    assert_eq!(c("foundation_remote_sends_total", &[("lane", "normal")]), 2);
+    assert_eq!(c("foundation_remote_sends_total", &[("lane", "urgent")]), 1);
+    assert_eq!(c("foundation_remote_calls_total", &[]), 2);
+    assert_eq!(
+        c(
+            "foundation_remote_failures_total",
+            &[("op", "call"), ("reason", "noproc")]
+        ),
+        1
+    );
+    assert_eq!(
+        c(
+            "foundation_remote_dropped_total",
+            &[("reason", "undecodable")]
+        ),
+        1
+    );
+    assert_eq!(
+        c(
+            "foundation_remote_rejected_total",
+            &[("reason", "undecodable")]
+        ),
+        1
+    );
 }

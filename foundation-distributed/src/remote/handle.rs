@@ -224,7 +224,7 @@ fn key_of(node: &str, name: &str) -> u64 {
 ///
 /// | method | `Ok` means | not promised |
 /// |---|---|---|
-/// | [`send`](Self::send), [`send_urgent`](Self::send_urgent) | the message was encoded and the node accepted it for transmission to `node` (at most once) | delivery: a message that arrives for no process, a full mailbox or as undecodable is dropped there, counted on both nodes ([`RemoteStats::dropped`] there, [`RemoteStats::rejected`] here) |
+/// | [`send`](Self::send), [`send_urgent`](Self::send_urgent), [`try_send`](Self::try_send) | the message was encoded and the node accepted it for transmission to `node` (at most once; `try_send` fails instead of waiting for room) | delivery: a message that arrives for no process, a full mailbox or as undecodable is dropped there, counted on both nodes ([`RemoteStats::dropped`] there, [`RemoteStats::rejected`] here) |
 /// | [`send_confirmed`](Self::send_confirmed) | the message is queued in the process's mailbox | that the process handles it (it may stop first) |
 /// | [`call`](Self::call) | the process handled the request and this is its reply | — a timeout leaves unknown whether it was handled |
 ///
@@ -301,8 +301,45 @@ impl<M: RemoteMessage> RemoteRef<M> {
         self.cast(msg, true).await
     }
 
+    /// Like [`send`](Self::send) but never waits: fails at once with
+    /// [`RemoteError::NoConnection`] when the link towards `node` is not up, and with
+    /// [`RemoteError::Node`] wrapping [`Error::Full`](crate::Error::Full) when the node's
+    /// queue is full; the node counts either (`foundation_node_dropped_total`).
+    pub fn try_send(&self, msg: &M::Cast) -> RemoteResult<()> {
+        let Some((to, signal, opts)) = self.prepare(msg, false, "try_send")? else {
+            return Ok(());
+        };
+        self.shared
+            .node
+            .try_send(&self.node, to, &signal, opts)
+            .or_else(|e| {
+                let e = map_node_error(&self.node, &self.name, Duration::ZERO, e);
+                self.fail("try_send", e)
+            })
+    }
+
     async fn cast(&self, msg: &M::Cast, urgent: bool) -> RemoteResult<()> {
         let op = if urgent { "send_urgent" } else { "send" };
+        let Some((to, signal, opts)) = self.prepare(msg, urgent, op)? else {
+            return Ok(());
+        };
+        match self.shared.node.send(&self.node, to, &signal, opts).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = map_node_error(&self.node, &self.name, Duration::ZERO, e);
+                self.fail(op, e)
+            }
+        }
+    }
+
+    /// Checks and encodes a cast; delivers it at once if the process is on this node
+    /// (`None`), else returns what to hand to the node.
+    fn prepare(
+        &self,
+        msg: &M::Cast,
+        urgent: bool,
+        op: &'static str,
+    ) -> RemoteResult<Option<(&'static str, Signal, SendOptions)>> {
         if let Err(e) = self.precheck() {
             return self.fail(op, e);
         }
@@ -316,36 +353,22 @@ impl<M: RemoteMessage> RemoteRef<M> {
             let _ = self
                 .shared
                 .deliver(&self.shared.me, &self.name, body, urgent);
-            return Ok(());
+            return Ok(None);
         }
         let signal = Signal::Cast {
             to: self.name.to_string(),
             body,
         };
-        let (to, opts) = if urgent {
-            (
-                URGENT_SIGNALS,
-                SendOptions {
-                    urgency: Urgency::Urgent,
-                    key: Some(self.key),
-                },
-            )
+        let (to, urgency) = if urgent {
+            (URGENT_SIGNALS, Urgency::Urgent)
         } else {
-            (
-                SIGNALS,
-                SendOptions {
-                    urgency: Urgency::Normal,
-                    key: Some(self.key),
-                },
-            )
+            (SIGNALS, Urgency::Normal)
         };
-        match self.shared.node.send(&self.node, to, &signal, opts).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = map_node_error(&self.node, &self.name, Duration::ZERO, e);
-                self.fail(op, e)
-            }
-        }
+        let opts = SendOptions {
+            urgency,
+            key: Some(self.key),
+        };
+        Ok(Some((to, signal, opts)))
     }
 
     /// Sends `msg` and waits (up to `timeout`) until it is queued in the process's mailbox.

@@ -31,6 +31,9 @@ pub(crate) struct Claim {
     pub(crate) clock: u64,
     /// The owner's export id (distinguishes re-registrations by the same node).
     pub(crate) export: u64,
+    /// The owner node's incarnation: claims of an earlier run are dropped when a later
+    /// run is heard of.
+    pub(crate) inc: u64,
 }
 
 impl Claim {
@@ -69,7 +72,13 @@ impl Table {
     }
 
     /// A new claim by `node` (this node), if nobody holds the name.
-    pub(crate) fn claim(&mut self, name: &str, node: &str, export: u64) -> Result<Claim, Claim> {
+    pub(crate) fn claim(
+        &mut self,
+        name: &str,
+        node: &str,
+        inc: u64,
+        export: u64,
+    ) -> Result<Claim, Claim> {
         if let Some(held) = self.claims.get(name) {
             return Err(held.clone());
         }
@@ -79,6 +88,7 @@ impl Table {
             node: node.to_string(),
             clock: self.clock,
             export,
+            inc,
         };
         self.claims.insert(name.to_string(), c.clone());
         Ok(c)
@@ -125,6 +135,13 @@ impl Table {
         before - self.claims.len()
     }
 
+    /// Drops the claims of `node` made by a run older than `inc`.
+    pub(crate) fn drop_older(&mut self, node: &str, inc: u64) -> usize {
+        let before = self.claims.len();
+        self.claims.retain(|_, c| c.node != node || c.inc >= inc);
+        before - self.claims.len()
+    }
+
     /// The claims `node` owns.
     pub(crate) fn owned_by(&self, node: &str) -> Vec<Claim> {
         self.claims
@@ -146,19 +163,20 @@ mod tests {
             node: node.into(),
             clock,
             export,
+            inc: 1,
         }
     }
 
     #[test]
     fn a_later_registration_loses_to_one_it_has_seen() {
         let mut a = Table::default();
-        let first = a.claim("leader", "a", 1).unwrap();
+        let first = a.claim("leader", "a", 1, 1).unwrap();
         let mut b = Table::default();
         assert_eq!(b.merge(first.clone()), Merged::Holds);
         // `b` cannot claim while `a` holds it; after `a` is dropped it may, with a larger clock.
-        assert_eq!(b.claim("leader", "b", 9), Err(first.clone()));
+        assert_eq!(b.claim("leader", "b", 1, 9), Err(first.clone()));
         b.drop_node("a");
-        let second = b.claim("leader", "b", 9).unwrap();
+        let second = b.claim("leader", "b", 1, 9).unwrap();
         assert!(second.clock > first.clock);
         assert!(first.beats(&second));
     }
@@ -167,8 +185,8 @@ mod tests {
     fn partition_claims_are_settled_by_clock_then_node() {
         let mut a = Table::default();
         let mut b = Table::default();
-        let ca = a.claim("x", "a", 1).unwrap();
-        let cb = b.claim("x", "b", 1).unwrap();
+        let ca = a.claim("x", "a", 1, 1).unwrap();
+        let cb = b.claim("x", "b", 1, 1).unwrap();
         assert_eq!(ca.clock, cb.clock);
         assert_eq!(a.merge(cb.clone()), Merged::Lost { winner: ca.clone() });
         assert_eq!(b.merge(ca.clone()), Merged::Replaced { loser: cb });
@@ -178,10 +196,20 @@ mod tests {
     #[test]
     fn release_only_by_the_holder() {
         let mut t = Table::default();
-        t.claim("x", "a", 1).unwrap();
+        t.claim("x", "a", 1, 1).unwrap();
         assert!(!t.release("x", "b", 1));
         assert!(!t.release("x", "a", 2));
         assert!(t.release("x", "a", 1));
+        assert!(t.get("x").is_none());
+    }
+
+    #[test]
+    fn claims_of_an_earlier_run_are_dropped() {
+        let mut t = Table::default();
+        t.claim("x", "a", 5, 1).unwrap();
+        assert_eq!(t.drop_older("a", 5), 0);
+        assert_eq!(t.drop_older("b", 9), 0);
+        assert_eq!(t.drop_older("a", 6), 1);
         assert!(t.get("x").is_none());
     }
 

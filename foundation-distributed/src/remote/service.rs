@@ -5,8 +5,9 @@
 //! service is dropped):
 //! * two dispatchers, one per signal receiver (normal, urgent): decode-and-`try_send` into
 //!   mailboxes, never awaiting another peer;
-//! * the outbound task: sends queued control signals (down notices, link exits, claims,
-//!   rejection notices) so no inbound path awaits network I/O;
+//! * the outbound task and one sender per peer: send queued control signals (down
+//!   notices, link exits, claims, rejection notices) so no inbound path awaits network
+//!   I/O, and a peer whose link is down holds up only its own signals;
 //! * the membership task: node down/left → `noconnection` for monitors and links there,
 //!   their names dropped; node up/joined → this node's claims sent to it;
 //! * one exit watcher per exported process and per link end this node made.
@@ -59,10 +60,19 @@ enum Watchers {
     Exited(RemoteExitReason),
 }
 
+/// A node watching an export; `inc` is that node's incarnation when it asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Watcher {
-    Monitor { node: String, id: u64 },
-    Link { node: String, link: LinkId },
+    Monitor {
+        node: String,
+        id: u64,
+        inc: u64,
+    },
+    Link {
+        node: String,
+        link: LinkId,
+        inc: u64,
+    },
 }
 
 impl Watcher {
@@ -71,18 +81,28 @@ impl Watcher {
             Watcher::Monitor { node, .. } | Watcher::Link { node, .. } => node,
         }
     }
+
+    fn inc(&self) -> u64 {
+        match self {
+            Watcher::Monitor { inc, .. } | Watcher::Link { inc, .. } => *inc,
+        }
+    }
 }
 
 /// This node's end of a cross-node link: a local stand-in process linked (beam link) to
 /// the local process; stopping it with a reason propagates that reason as a link exit.
 struct LinkEnd {
     node: String,
+    /// The other node's incarnation (`None` while the link is being set up).
+    inc: Option<u64>,
     proxy: Handle<ProxyExit>,
 }
 
 /// A monitor this node made of a process on `node`.
 struct MonitorEnd {
     node: String,
+    /// The other node's incarnation (`None` while the monitor is being set up).
+    inc: Option<u64>,
     tx: oneshot::Sender<RemoteExitReason>,
 }
 
@@ -315,6 +335,61 @@ impl Shared {
         self.names.lock().drop_node(node);
     }
 
+    /// `node` runs as incarnation `inc`: monitors, links and watchers that belong to an
+    /// earlier run of it are gone with that run (`noconnection`), and so are its claims.
+    fn on_node_restarted(&self, node: &str, inc: u64) {
+        let reason = RemoteExitReason::NoConnection {
+            node: node.to_string(),
+        };
+        let older = |n: &str, i: Option<u64>| n == node && i.is_some_and(|i| i < inc);
+        let monitors: Vec<MonitorEnd> = {
+            let mut m = self.monitors.lock();
+            let ids: Vec<u64> = m
+                .iter()
+                .filter(|(_, e)| older(&e.node, e.inc))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter().filter_map(|id| m.remove(&id)).collect()
+        };
+        for m in monitors {
+            let _ = m.tx.send(reason.clone());
+        }
+        let links: Vec<LinkEnd> = {
+            let mut l = self.links.lock();
+            let ids: Vec<LinkId> = l
+                .iter()
+                .filter(|(_, e)| older(&e.node, e.inc))
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter().filter_map(|id| l.remove(&id)).collect()
+        };
+        for l in links {
+            let _ = l.proxy.try_send_urgent(ProxyExit(reason.clone()));
+        }
+        let exports: Vec<Arc<Export>> = self.exports.read().values().cloned().collect();
+        for e in exports {
+            if let Watchers::Running(w) = &mut *e.watchers.lock() {
+                w.retain(|w| !(w.node() == node && w.inc() < inc));
+            }
+        }
+        self.names.lock().drop_older(node, inc);
+    }
+
+    /// Asks `node` which run it is, then forgets what belonged to earlier runs. Spawned
+    /// when the membership reports it joined (which it also does for a restart).
+    fn probe_incarnation(self: &Arc<Self>, node: String) {
+        let weak = Arc::downgrade(self);
+        let n = self.node.clone();
+        self.spawn(async move {
+            let r = n
+                .request::<_, ControlReply>(&node, CONTROL, &Control::Whoami, SETUP_TIMEOUT)
+                .await;
+            if let (Ok(ControlReply::Incarnation(inc)), Some(s)) = (r, weak.upgrade()) {
+                s.on_node_restarted(&node, inc);
+            }
+        });
+    }
+
     fn on_node_up(&self, node: &str) {
         self.set_down(node, false);
         let claims = self.names.lock().owned_by(&self.me);
@@ -446,14 +521,14 @@ impl Shared {
         };
         for w in watchers {
             let (node, s) = match w {
-                Watcher::Monitor { node, id } => (
+                Watcher::Monitor { node, id, .. } => (
                     node,
                     Signal::Down {
                         monitor: id,
                         reason: reason.clone(),
                     },
                 ),
-                Watcher::Link { node, link } => {
+                Watcher::Link { node, link, .. } => {
                     // Our end's stand-in is no longer needed (a failure has already
                     // reached it through the beam link).
                     self.links.lock().remove(&link);
@@ -537,7 +612,7 @@ impl Shared {
         let claim = self
             .names
             .lock()
-            .claim(name, &self.me, export)
+            .claim(name, &self.me, self.node.incarnation(), export)
             .map_err(|held| RemoteError::NameTaken {
                 name: name.to_string(),
                 node: held.node,
@@ -563,6 +638,14 @@ impl Shared {
 
     fn merge_claims(&self, from: &str, claims: Vec<Claim>) {
         let mut answer = Vec::new();
+        if let Some(newest) = claims
+            .iter()
+            .filter(|c| c.node == from)
+            .map(|c| c.inc)
+            .max()
+        {
+            self.names.lock().drop_older(from, newest);
+        }
         for c in claims {
             if c.node != from {
                 // Only a name's owner announces its claims.
@@ -668,10 +751,8 @@ impl Shared {
                 if let Some(e) = self.export_of(&to) {
                     if let Watchers::Running(w) = &mut *e.watchers.lock() {
                         w.retain(|w| {
-                            *w != Watcher::Monitor {
-                                node: from.clone(),
-                                id: monitor,
-                            }
+                            !matches!(w, Watcher::Monitor { node, id, .. }
+                                if *node == from && *id == monitor)
                         });
                     }
                 }
@@ -718,7 +799,8 @@ impl Shared {
                     Err(f) => ControlReply::Failed(f),
                 }
             }
-            Control::Monitor { to, monitor } => {
+            Control::Whoami => ControlReply::Incarnation(self.node.incarnation()),
+            Control::Monitor { to, monitor, inc } => {
                 let Some(e) = self.export_of(&to) else {
                     return ControlReply::Exited(RemoteExitReason::NoProcess);
                 };
@@ -728,13 +810,14 @@ impl Shared {
                         w.push(Watcher::Monitor {
                             node: from,
                             id: monitor,
+                            inc,
                         });
-                        ControlReply::Done
+                        ControlReply::Incarnation(self.node.incarnation())
                     }
                     Watchers::Exited(r) => ControlReply::Exited(r.clone()),
                 }
             }
-            Control::Link { to, link } => {
+            Control::Link { to, link, inc } => {
                 let Some(e) = self.export_of(&to) else {
                     return ControlReply::Exited(RemoteExitReason::NoProcess);
                 };
@@ -748,11 +831,17 @@ impl Shared {
                         w.push(Watcher::Link {
                             node: from.clone(),
                             link: link.clone(),
+                            inc,
                         });
-                        self.links
-                            .lock()
-                            .insert(link, LinkEnd { node: from, proxy });
-                        ControlReply::Done
+                        self.links.lock().insert(
+                            link,
+                            LinkEnd {
+                                node: from,
+                                inc: Some(inc),
+                                proxy,
+                            },
+                        );
+                        ControlReply::Incarnation(self.node.incarnation())
                     }
                     Watchers::Exited(r) => ControlReply::Exited(r.clone()),
                 }
@@ -783,6 +872,7 @@ impl Shared {
                 id,
                 MonitorEnd {
                     node: node.to_string(),
+                    inc: None,
                     tx,
                 },
             );
@@ -792,6 +882,7 @@ impl Shared {
                     Control::Monitor {
                         to: name.to_string(),
                         monitor: id,
+                        inc: self.node.incarnation(),
                     },
                 )
                 .await;
@@ -803,12 +894,14 @@ impl Shared {
             id,
             MonitorEnd {
                 node: node.to_string(),
+                inc: None,
                 tx,
             },
         );
         let c = Control::Monitor {
             to: name.to_string(),
             monitor: id,
+            inc: self.node.incarnation(),
         };
         let r = self
             .node
@@ -828,7 +921,12 @@ impl Shared {
 
     fn settle_monitor(&self, id: u64, reply: ControlReply) {
         let reason = match reply {
-            ControlReply::Done => return,
+            ControlReply::Incarnation(inc) => {
+                if let Some(m) = self.monitors.lock().get_mut(&id) {
+                    m.inc = Some(inc);
+                }
+                return;
+            }
             ControlReply::Exited(r) => r,
             _ => RemoteExitReason::NoProcess,
         };
@@ -881,19 +979,26 @@ impl Shared {
             link.clone(),
             LinkEnd {
                 node: node.to_string(),
+                inc: None,
                 proxy,
             },
         );
         let c = Control::Link {
             to: name.to_string(),
             link: link.clone(),
+            inc: self.node.incarnation(),
         };
         let reply = self
             .node
             .request::<_, ControlReply>(node, CONTROL, &c, SETUP_TIMEOUT)
             .await;
         let err = match reply {
-            Ok(ControlReply::Done) => None,
+            Ok(ControlReply::Incarnation(inc)) => {
+                if let Some(end) = self.links.lock().get_mut(&link) {
+                    end.inc = Some(inc);
+                }
+                None
+            }
             Ok(ControlReply::Failed(f)) => Some(f.into_error(node, name, SETUP_TIMEOUT)),
             Ok(_) => Some(RemoteError::NoProcess {
                 node: node.to_string(),
@@ -978,14 +1083,14 @@ impl Shared {
             {
                 for w in w {
                     match w {
-                        Watcher::Monitor { node, id } => notices.push((
+                        Watcher::Monitor { node, id, .. } => notices.push((
                             node,
                             Signal::Down {
                                 monitor: id,
                                 reason: reason.clone(),
                             },
                         )),
-                        Watcher::Link { node, link } => notices.push((
+                        Watcher::Link { node, link, .. } => notices.push((
                             node,
                             Signal::LinkExit {
                                 link,
@@ -1031,14 +1136,34 @@ async fn dispatch(weak: Weak<Shared>, mut rx: mpsc::Receiver<(String, Signal)>, 
     }
 }
 
+/// Capacity of each peer's signal queue behind the outbound dispatcher.
+const PEER_QUEUE: usize = 256;
+
+/// Hands queued signals to one sender task per peer, so a peer whose link is down (the
+/// node waits for it) does not hold up signals to the others.
 async fn outbound(weak: Weak<Shared>, mut rx: mpsc::Receiver<(String, Signal)>) {
+    let mut peers: HashMap<String, mpsc::Sender<Signal>> = HashMap::new();
     while let Some((peer, s)) = rx.recv().await {
+        let Some(shared) = weak.upgrade() else { return };
+        if peer == shared.me {
+            continue;
+        }
+        let tx = peers.entry(peer.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            shared.spawn(peer_sender(weak.clone(), peer, rx));
+            tx
+        });
+        if tx.try_send(s).is_err() {
+            shared.metrics.signal_lost("queue_full");
+        }
+    }
+}
+
+async fn peer_sender(weak: Weak<Shared>, peer: String, mut rx: mpsc::Receiver<Signal>) {
+    while let Some(s) = rx.recv().await {
         let Some(shared) = weak.upgrade() else { return };
         let node = shared.node.clone();
         drop(shared);
-        if peer == node.name() {
-            continue;
-        }
         if node
             .send(&peer, SIGNALS, &s, SendOptions::default())
             .await
@@ -1057,7 +1182,13 @@ async fn membership(weak: Weak<Shared>, mut events: broadcast::Receiver<Membersh
         let Some(shared) = weak.upgrade() else { return };
         match e {
             Ok(MembershipEvent::Down(n) | MembershipEvent::Left(n)) => shared.on_node_down(&n),
-            Ok(MembershipEvent::Up(n) | MembershipEvent::Joined(n)) => shared.on_node_up(&n),
+            Ok(MembershipEvent::Up(n)) => shared.on_node_up(&n),
+            Ok(MembershipEvent::Joined(n)) => {
+                // New, or a new run of a node we knew: what we held for an earlier run of
+                // it is gone (found out by asking it which run it is).
+                shared.on_node_up(&n);
+                shared.probe_incarnation(n);
+            }
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 // Missed events: take the node's current view as the truth.
                 let members = shared.node.members();

@@ -65,10 +65,13 @@ pub(crate) enum Control {
         urgent: bool,
         body: Bytes,
     },
-    /// Watch `to`; report its exit as `Signal::Down { monitor }`.
-    Monitor { to: String, monitor: u64 },
+    /// Watch `to`; report its exit as `Signal::Down { monitor }`. `inc` is the
+    /// requesting node's incarnation.
+    Monitor { to: String, monitor: u64, inc: u64 },
     /// Link `to` with the process at the other end of `link`.
-    Link { to: String, link: LinkId },
+    Link { to: String, link: LinkId, inc: u64 },
+    /// Which run of the node is this? (Answered with `ControlReply::Incarnation`.)
+    Whoami,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,4 +84,7 @@ pub(crate) enum ControlReply {
     Exited(RemoteExitReason),
     /// It failed.
     Failed(Failure),
+    /// Installed (monitor, link), or the answer to `Whoami`: the answering node's
+    /// incarnation, so a later restart of it is recognised.
+    Incarnation(u64),
 }
