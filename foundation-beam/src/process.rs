@@ -302,11 +302,16 @@ impl Life {
             .unwrap_or(ExitReason::Killed)
     }
 
-    /// Prepares for a new incarnation (a supervisor restart).
+    /// Prepares for a new incarnation (a supervisor start or restart). A kill of an
+    /// incarnation that has ended is spent; a kill made before the process's first
+    /// incarnation ran is kept, so that incarnation stops at once (as it would had it
+    /// started a moment earlier).
     pub(crate) fn revive(&self) {
         let mut s = self.state.lock();
-        self.killed.store(false, Ordering::Release);
-        s.kill_reason = None;
+        if s.current_exit().is_some() {
+            self.killed.store(false, Ordering::Release);
+            s.kill_reason = None;
+        }
         s.incarnation += 1;
     }
 
