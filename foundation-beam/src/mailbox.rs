@@ -563,7 +563,27 @@ impl<M> Sender<M> {
         }
     }
 
-    async fn wait_for_room(&self, mut msg: M, urgent: bool) -> Result<Delivery, SendError<M>> {
+    /// The fast path of `send`: `Err(msg)` when the mailbox is full under backpressure
+    /// and the caller may wait ([`wait_for_room`](Self::wait_for_room)).
+    #[inline]
+    pub(crate) fn push_now(
+        &self,
+        msg: M,
+        urgent: bool,
+    ) -> Result<Result<Delivery, SendError<M>>, M> {
+        match self.shared.push(msg, urgent, true) {
+            Push::Done(d) => Ok(Ok(d)),
+            Push::Closed(m) => Ok(Err(SendError::Closed(m))),
+            Push::Rejected(m) => Ok(Err(SendError::Full(m))),
+            Push::Full(m) => Err(m),
+        }
+    }
+
+    pub(crate) async fn wait_for_room(
+        &self,
+        mut msg: M,
+        urgent: bool,
+    ) -> Result<Delivery, SendError<M>> {
         let _waiting = Waiting::new(&self.shared.space_waiters);
         loop {
             // Register interest before trying, so a receiver making room in between is
