@@ -219,6 +219,9 @@ fn flooded(rt: &tokio::runtime::Runtime) -> (Events, mpsc::UnboundedReceiver<u64
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO; // the group was filtered out
+    }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
 }
@@ -255,6 +258,9 @@ fn urgent_latency(c: &mut Criterion) {
         });
         rt.block_on(events.shutdown());
         let (mut v, mut emit) = all.into_inner();
+        if v.is_empty() {
+            continue; // filtered out
+        }
         v.sort_unstable();
         emit.sort_unstable();
         table.push((
@@ -267,6 +273,9 @@ fn urgent_latency(c: &mut Criterion) {
         ));
     }
     g.finish();
+    if table.len() < 2 {
+        return; // filtered out
+    }
     eprintln!("\nemit-to-handler latency of a probe while the normal lane is flooded");
     eprintln!(
         "{:<22} {:>8} {:>12} {:>12} {:>12} {:>14}",

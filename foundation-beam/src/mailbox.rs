@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -192,7 +193,9 @@ pub(crate) struct Shared<M> {
     dropped: AtomicU64,
     /// Messages returned to their sender because the mailbox was full.
     rejected: AtomicU64,
-    recv: Notify,
+    /// The receiver's waker (one receiver: an `AtomicWaker` costs a few atomics where a
+    /// `Notify` takes a lock).
+    recv: AtomicWaker,
     space: Notify,
     closed: AtomicBool,
     /// Closed by a graceful stop rather than by the last sender going away.
@@ -230,7 +233,7 @@ impl<M> Drop for Sender<M> {
     fn drop(&mut self) {
         if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.shared.closed.store(true, Ordering::Release);
-            self.shared.recv.notify_one();
+            self.shared.recv.wake();
         }
     }
 }
@@ -283,7 +286,7 @@ pub(crate) fn channel_in<M>(
         space_waiters: AtomicUsize::new(0),
         dropped: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
-        recv: Notify::new(),
+        recv: AtomicWaker::new(),
         space: Notify::new(),
         closed: AtomicBool::new(false),
         shutdown: AtomicBool::new(false),
@@ -434,7 +437,7 @@ impl<M> Shared<M> {
         }
         drop(lanes);
         if was_empty {
-            self.recv.notify_one();
+            self.recv.wake();
         }
         Push::Done(delivery)
     }
@@ -560,7 +563,27 @@ impl<M> Sender<M> {
         }
     }
 
-    async fn wait_for_room(&self, mut msg: M, urgent: bool) -> Result<Delivery, SendError<M>> {
+    /// The fast path of `send`: `Err(msg)` when the mailbox is full under backpressure
+    /// and the caller may wait ([`wait_for_room`](Self::wait_for_room)).
+    #[inline]
+    pub(crate) fn push_now(
+        &self,
+        msg: M,
+        urgent: bool,
+    ) -> Result<Result<Delivery, SendError<M>>, M> {
+        match self.shared.push(msg, urgent, true) {
+            Push::Done(d) => Ok(Ok(d)),
+            Push::Closed(m) => Ok(Err(SendError::Closed(m))),
+            Push::Rejected(m) => Ok(Err(SendError::Full(m))),
+            Push::Full(m) => Err(m),
+        }
+    }
+
+    pub(crate) async fn wait_for_room(
+        &self,
+        mut msg: M,
+        urgent: bool,
+    ) -> Result<Delivery, SendError<M>> {
         let _waiting = Waiting::new(&self.shared.space_waiters);
         loop {
             // Register interest before trying, so a receiver making room in between is
@@ -618,7 +641,7 @@ impl<M> Sender<M> {
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.closed.store(true, Ordering::Release);
         drop(lanes);
-        self.shared.recv.notify_one();
+        self.shared.recv.wake();
         self.shared.space.notify_waiters();
     }
 
@@ -631,29 +654,34 @@ impl<M> Sender<M> {
 
 impl<M> Receiver<M> {
     /// The next message, urgent first; `None` once the mailbox is closed and empty.
+    /// Cancel-safe: a message is taken only when it is returned.
     pub async fn recv(&mut self) -> Option<M> {
-        loop {
-            if let Some(m) = self.next_ready() {
-                return Some(m);
-            }
-            // About to sleep: hold our own reference so `self` stays free to refill.
-            let shared = self.shared.clone();
-            let notified = shared.recv.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.refill() {
-                continue;
-            }
-            if self.shared.closed.load(Ordering::Acquire) {
-                // Closed: anything pushed before the close is in the lanes; take it.
-                if self.refill() {
-                    continue;
-                }
-                return None;
-            }
-            self.shared.report_backlog();
-            notified.await;
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<M>> {
+        use std::task::Poll;
+        if let Some(m) = self.next_ready() {
+            return Poll::Ready(Some(m));
         }
+        if self.refill() {
+            return Poll::Ready(self.next_ready());
+        }
+        // About to sleep: register first, then look again, so a push in between wakes us.
+        self.shared.recv.register(cx.waker());
+        if self.refill() {
+            return Poll::Ready(self.next_ready());
+        }
+        if self.shared.closed.load(Ordering::Acquire) {
+            // Closed: anything pushed before the close is in the lanes; take it.
+            if self.refill() {
+                return Poll::Ready(self.next_ready());
+            }
+            return Poll::Ready(None);
+        }
+        // Idle: this mailbox's share of the group's backlog gauge goes to what is left.
+        self.shared.report_backlog();
+        Poll::Pending
     }
 
     /// The next message if one is queued, without waiting.

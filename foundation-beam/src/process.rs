@@ -302,11 +302,16 @@ impl Life {
             .unwrap_or(ExitReason::Killed)
     }
 
-    /// Prepares for a new incarnation (a supervisor restart).
+    /// Prepares for a new incarnation (a supervisor start or restart). A kill of an
+    /// incarnation that has ended is spent; a kill made before the process's first
+    /// incarnation ran is kept, so that incarnation stops at once (as it would had it
+    /// started a moment earlier).
     pub(crate) fn revive(&self) {
         let mut s = self.state.lock();
-        self.killed.store(false, Ordering::Release);
-        s.kill_reason = None;
+        if s.current_exit().is_some() {
+            self.killed.store(false, Ordering::Release);
+            s.kill_reason = None;
+        }
         s.incarnation += 1;
     }
 
@@ -534,20 +539,21 @@ impl<M: Send + 'static> Handle<M> {
         let deadline = tokio::time::Instant::now().checked_add(timeout);
         let (tx, rx) = oneshot::channel();
         let msg = make(Reply(tx));
-        let send = async {
-            if urgent {
-                self.tx.send_urgent(msg).await
-            } else {
-                self.tx.send(msg).await
+        // With room, the message is queued at once (no timer); only a wait for room in a
+        // full backpressured mailbox runs under the deadline.
+        let sent = match self.tx.push_now(msg, urgent) {
+            Ok(sent) => sent,
+            Err(msg) => {
+                let wait = self.tx.wait_for_room(msg, urgent);
+                match deadline {
+                    Some(deadline) => match tokio::time::timeout_at(deadline, wait).await {
+                        Ok(sent) => sent,
+                        // The message was never queued (the wait is cancel-safe).
+                        Err(_) => return Err(timed_out()),
+                    },
+                    None => wait.await,
+                }
             }
-        };
-        let sent = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, send).await {
-                Ok(sent) => sent,
-                // The message was never queued (sends are cancel-safe).
-                Err(_) => return Err(timed_out()),
-            },
-            None => send.await,
         };
         match sent {
             Ok(Delivery::DroppedNewest) => {

@@ -327,3 +327,107 @@ async fn named_processes_stop_when_their_last_handle_is_dropped() {
         Err(foundation_beam::core::Error::HandleTypeMismatch { .. })
     ));
 }
+
+/// Assumption: `Handle::send().await` into a mailbox with room runs at ≥ 0.8× a raw
+/// tokio unbounded channel (1 producer, 1 consumer, 2-worker runtime). The two are
+/// measured in alternation (ABAB…, 100,000 messages per round) so that load on a shared
+/// machine hits both alike; the median of the per-round ratios is compared. Run in an
+/// optimised build: `cargo test --profile bench -p foundation-beam --features assumptions
+/// --test processes assumption -- --nocapture`.
+#[cfg(feature = "assumptions")]
+#[test]
+fn assumption_send_await_is_within_0_8_of_a_raw_unbounded_channel() {
+    use std::time::Instant;
+    const N: u64 = 100_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+        let consumer = spawn_with(
+            CountTo {
+                left: 0,
+                done: done_tx,
+            },
+            SpawnOptions::new().memory(MemoryStrategy::unbounded()),
+        )
+        .unwrap();
+        let mut ratios = Vec::new();
+        let (mut raw_total, mut ours_total) = (0.0, 0.0);
+        for _ in 0..15 {
+            // Raw unbounded channel.
+            let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+            let (dtx, drx) = oneshot::channel();
+            tokio::spawn(async move {
+                let mut left = N;
+                while let Some(v) = rx.recv().await {
+                    std::hint::black_box(v);
+                    left -= 1;
+                    if left == 0 {
+                        let _ = dtx.send(());
+                        break;
+                    }
+                }
+            });
+            let start = Instant::now();
+            for i in 0..N {
+                tx.send(i).unwrap();
+            }
+            drx.await.unwrap();
+            let raw = start.elapsed().as_secs_f64();
+            // The process, through `send().await`.
+            consumer.send(Count::Start(N)).await.unwrap();
+            let start = Instant::now();
+            for i in 0..N {
+                consumer.send(Count::Tick(i)).await.unwrap();
+            }
+            done_rx.recv().await.unwrap();
+            let ours = start.elapsed().as_secs_f64();
+            ratios.push(raw / ours);
+            raw_total += raw;
+            ours_total += ours;
+        }
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        println!(
+            "send().await vs raw unbounded mpsc, 15 alternating rounds of {N}: median ratio \
+             {median:.2}x (min {:.2}, max {:.2}); raw {:.1} M msg/s, send().await {:.1} M msg/s",
+            ratios[0],
+            ratios[ratios.len() - 1],
+            15.0 * N as f64 / raw_total / 1e6,
+            15.0 * N as f64 / ours_total / 1e6,
+        );
+        assert!(median >= 0.8, "median ratio {median:.2} < 0.8");
+    });
+}
+
+#[cfg(feature = "assumptions")]
+enum Count {
+    Start(u64),
+    Tick(u64),
+}
+
+#[cfg(feature = "assumptions")]
+struct CountTo {
+    left: u64,
+    done: mpsc::UnboundedSender<()>,
+}
+
+#[cfg(feature = "assumptions")]
+impl Process for CountTo {
+    type Message = Count;
+    async fn handle(&mut self, msg: Count, _: &mut Context<Count>) {
+        match msg {
+            Count::Start(n) => self.left = n,
+            Count::Tick(v) => {
+                std::hint::black_box(v);
+                self.left -= 1;
+                if self.left == 0 {
+                    let _ = self.done.send(());
+                }
+            }
+        }
+    }
+}
