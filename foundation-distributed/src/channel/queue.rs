@@ -206,7 +206,37 @@ impl Queue {
         }
     }
 
+    /// Moves queued items into `out` (after what it holds) under one lock, until it holds
+    /// `max_items` or `max_bytes` of payload; returns the space to producers at once. Never
+    /// waits. Single consumer.
+    pub(crate) fn take_batch(&self, out: &mut VecDeque<Item>, max_items: usize, max_bytes: usize) {
+        let mut bytes: usize = out.iter().map(|i| i.payload.len()).sum();
+        let mut taken = 0usize;
+        let mut st = self.state.lock();
+        while out.len() < max_items && bytes < max_bytes {
+            let Some(item) = st.items.pop_front() else {
+                break;
+            };
+            let seq = st.popped;
+            st.popped += 1;
+            if let Some(key) = item.key {
+                if self.monotonic && st.latest.get(&key) == Some(&seq) {
+                    st.latest.remove(&key);
+                }
+            }
+            bytes += item.payload.len();
+            taken += 1;
+            out.push_back(item);
+        }
+        drop(st);
+        if taken > 0 {
+            self.depth.decrement(taken as f64);
+            self.space.add_permits(taken);
+        }
+    }
+
     /// Whether nothing is queued.
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.state.lock().items.is_empty()
     }

@@ -79,7 +79,7 @@ use foundation_beam::core::telemetry::TaskGuard;
 use delivery::{AckedStreams, Attempt, Outcome, Slot};
 use link::{LinkContext, Links};
 use request::Requests;
-use wire::{encode, encode_with, ReplyError, Wire};
+use wire::{encode, encode_ref_with, encode_with, ReplyError, Wire, WireRef};
 
 /// A membership event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -575,13 +575,12 @@ impl Node {
         msg: &T,
         opts: SendOptions,
     ) -> Result<()> {
-        let wire = Wire::Send {
-            to_node: node.into(),
-            to_name: name.into(),
-            from: self.inner.name.clone(),
-            body: Bytes::new(),
+        let wire = WireRef::Send {
+            to_node: node,
+            to_name: name,
+            from: &self.inner.name,
         };
-        let payload = encode_with(&wire, msg).map_err(encode_error)?;
+        let payload = encode_ref_with(&wire, msg).map_err(encode_error)?;
         self.inner.forward(node, payload, opts, false).await
     }
 
@@ -595,13 +594,12 @@ impl Node {
         msg: &T,
         opts: SendOptions,
     ) -> Result<()> {
-        let wire = Wire::Send {
-            to_node: node.into(),
-            to_name: name.into(),
-            from: self.inner.name.clone(),
-            body: Bytes::new(),
+        let wire = WireRef::Send {
+            to_node: node,
+            to_name: name,
+            from: &self.inner.name,
         };
-        let payload = encode_with(&wire, msg).map_err(encode_error)?;
+        let payload = encode_ref_with(&wire, msg).map_err(encode_error)?;
         let r = self.inner.forward_now(node, payload, opts);
         match &r {
             Err(Error::Full { .. }) => self.inner.meters.dropped("try_send_full").increment(1),
@@ -687,15 +685,14 @@ impl Node {
             node,
             id,
         };
-        let wire = Wire::Request {
+        let wire = WireRef::Request {
             id,
             incarnation: self.inner.incarnation,
-            to_node: node.into(),
-            to_name: name.into(),
-            from: self.inner.name.clone(),
-            body: Bytes::new(),
+            to_node: node,
+            to_name: name,
+            from: &self.inner.name,
         };
-        let payload = encode_with(&wire, msg).map_err(encode_error)?;
+        let payload = encode_ref_with(&wire, msg).map_err(encode_error)?;
         let deadline = Instant::now() + timeout;
         match tokio::time::timeout_at(deadline, self.inner.forward(node, payload, URGENT, true))
             .await
@@ -971,7 +968,7 @@ impl Inner {
         }
     }
 
-    fn channel_for(&self, opts: SendOptions, size: usize) -> String {
+    fn channel_for(&self, opts: SendOptions, size: usize) -> &str {
         let meta = MessageMeta {
             urgency: opts.urgency,
             size,
@@ -982,7 +979,6 @@ impl Inner {
             &self.settings.channels.route,
             &self.settings.channels.channels,
         )
-        .to_string()
     }
 
     /// The next hop towards `to`.
@@ -1033,7 +1029,7 @@ impl Inner {
             return ch.send(COORDINATION, opts.key, payload).await;
         }
         let channel = self.channel_for(opts, payload.len());
-        ch.send(&channel, opts.key, payload).await
+        ch.send(channel, opts.key, payload).await
     }
 
     /// Queues `payload` towards `to` without waiting.
@@ -1044,11 +1040,11 @@ impl Inner {
             reason: "no link".into(),
         })?;
         let channel = if opts.urgency == Urgency::Urgent {
-            COORDINATION.to_string()
+            COORDINATION
         } else {
             self.channel_for(opts, payload.len())
         };
-        link.try_send(&channel, opts.key, payload)
+        link.try_send(channel, opts.key, payload)
     }
 
     fn acked_wire(&self, to: &str, seq: u64, base: u64, name: &str, body: Bytes) -> Wire {
@@ -1180,7 +1176,7 @@ impl Inner {
                 for t in targets.into_iter().filter(|t| *t != origin) {
                     let sent = self.links.get(&t).map(|l| {
                         let ch = self.channel_for(SendOptions::default(), msg.payload.len());
-                        l.try_send(&ch, None, msg.payload.clone())
+                        l.try_send(ch, None, msg.payload.clone())
                     });
                     if !matches!(sent, Some(Ok(()))) {
                         self.meters.dropped("broadcast_relay_failed").increment(1);

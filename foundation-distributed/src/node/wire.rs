@@ -181,6 +181,40 @@ pub(crate) fn encode_with<T: Serialize + ?Sized>(
 }
 
 /// Decodes a frame; the body is a zero-copy slice of `b`.
+/// The header of a [`Wire::Send`] or [`Wire::Request`] with borrowed names, encoded
+/// exactly as the owned variant (same variant names and positions; the variants before
+/// them are never built) so that the hot send paths allocate only the output buffer.
+#[derive(Serialize)]
+#[allow(dead_code)] // the first three variants only hold the positions of `Wire`'s
+pub(crate) enum WireRef<'a> {
+    Gossip,
+    Heartbeat,
+    Topology,
+    Send {
+        to_node: &'a str,
+        to_name: &'a str,
+        from: &'a str,
+    },
+    Request {
+        id: u64,
+        incarnation: u64,
+        to_node: &'a str,
+        to_name: &'a str,
+        from: &'a str,
+    },
+}
+
+/// [`encode_with`] for a borrowed header.
+pub(crate) fn encode_ref_with<T: Serialize + ?Sized>(
+    w: &WireRef<'_>,
+    msg: &T,
+) -> Result<Bytes, rmp_serde::encode::Error> {
+    let mut v = Vec::with_capacity(64);
+    rmp_serde::encode::write(&mut v, w).expect("wire messages always encode");
+    rmp_serde::encode::write(&mut v, msg)?;
+    Ok(Bytes::from(v))
+}
+
 pub(crate) fn decode(b: &Bytes) -> Option<Wire> {
     let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(&b[..]));
     let mut w = Wire::deserialize(&mut de).ok()?;
@@ -196,6 +230,44 @@ pub(crate) fn decode(b: &Bytes) -> Option<Wire> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn borrowed_headers_encode_as_the_owned_ones() {
+        let owned = Wire::Send {
+            to_node: "b".into(),
+            to_name: "inbox".into(),
+            from: "a".into(),
+            body: Bytes::new(),
+        };
+        let borrowed = WireRef::Send {
+            to_node: "b",
+            to_name: "inbox",
+            from: "a",
+        };
+        assert_eq!(
+            encode_with(&owned, &7u64).unwrap(),
+            encode_ref_with(&borrowed, &7u64).unwrap()
+        );
+        let owned = Wire::Request {
+            id: 3,
+            incarnation: 9,
+            to_node: "b".into(),
+            to_name: "srv".into(),
+            from: "a".into(),
+            body: Bytes::new(),
+        };
+        let borrowed = WireRef::Request {
+            id: 3,
+            incarnation: 9,
+            to_node: "b",
+            to_name: "srv",
+            from: "a",
+        };
+        assert_eq!(
+            encode_with(&owned, "q").unwrap(),
+            encode_ref_with(&borrowed, "q").unwrap()
+        );
+    }
 
     #[test]
     fn bodies_follow_the_header_and_come_back_as_slices() {
