@@ -771,11 +771,13 @@ async fn sends_calls_and_failures_are_in_the_metrics() {
     let snapshotter = recorder.snapshotter();
     let _local = metrics::set_default_local_recorder(&recorder);
     let (_a, ra, _b, rb) = pair(None).await;
-    let (w, _) = worker();
+    let (w, log) = worker();
     rb.register("worker", &w).unwrap();
     let r = ra.process::<Msg>("b", "worker");
     r.send(&Cast::Add(1)).await.unwrap();
     r.send_urgent(&Cast::Add(1)).await.unwrap();
+    // Calls are not ordered relative to sends (see `RemoteRef`): wait until both ran.
+    eventually("both sends handled", || log.lock().len() == 2).await;
     assert_eq!(r.call(&Call::Get, T).await.unwrap(), 2);
     let _ = ra.process::<Msg>("b", "nobody").call(&Call::Get, T).await;
     ra.process::<Other>("b", "worker")
