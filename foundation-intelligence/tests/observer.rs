@@ -176,9 +176,10 @@ async fn every_view_answers_with_the_nodes_state_and_the_cluster_is_gathered() {
         .map(|m| m["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["a", "b", "c"]);
-    for m in members.as_array().unwrap() {
+    for (m, n) in members.as_array().unwrap().iter().zip([&a, &b, &c]) {
         assert_eq!(m["up"], true);
         assert_eq!(m["state"], "Alive");
+        assert_eq!(m["incarnation"], n.node.incarnation());
     }
 
     let channels = json(addr, "/api/channels").await;
@@ -243,4 +244,66 @@ async fn every_view_answers_with_the_nodes_state_and_the_cluster_is_gathered() {
         }
     }
     server.shutdown().await;
+}
+
+mod support;
+
+/// Two `foundation node` processes: the second node's page shows the first, asked over
+/// the (authenticated) cluster link.
+#[test]
+fn foundation_node_serves_the_observer_and_gathers_the_cluster() {
+    use support::{dir, write, RunningNode, SECRET};
+    let d = dir("observer");
+    write(&d, "cluster.secret", SECRET);
+    let cfg = |name: &str| {
+        write(
+            &d,
+            &format!("{name}.toml"),
+            &format!("[node]\nname = \"{name}\"\ncluster = \"obs\"\nlisten = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nsecret_file = \"cluster.secret\"\n"),
+        )
+    };
+    let (c1, c2) = (cfg("o1"), cfg("o2"));
+    let n1 = RunningNode::start(&["--config", c1.to_str().unwrap()]);
+    let n2 = RunningNode::start(&[
+        "--config",
+        c2.to_str().unwrap(),
+        "--seed",
+        n1.listen.as_str(),
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let cluster = loop {
+        let (status, body) = support::get(&n2.metrics, "/api/cluster");
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let answered = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| !e["snapshot"].is_null())
+            .count();
+        if answered == 2 {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "o2 never gathered o1: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let names: Vec<&str> = cluster
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["o2", "o1"], "this node first, then the others");
+    for e in cluster.as_array().unwrap() {
+        assert_eq!(e["snapshot"]["ecosystems"][0]["name"], "echo");
+        assert!(e["snapshot"]["node"]["addr"].is_string());
+    }
+    let (status, page) = support::get(&n1.metrics, "/");
+    assert_eq!(status, 200);
+    assert!(page.contains("Foundation observer"));
+    assert!(n2.terminate().success());
+    assert!(n1.terminate().success());
 }

@@ -4,7 +4,7 @@
 //! Everything is computed when asked (no background task, no cost while nobody looks):
 //!
 //! * `GET /api/node` — name, address, incarnation, topology;
-//! * `GET /api/members` — the members this node knows, with their state;
+//! * `GET /api/members` — the members this node knows, with their state and incarnation;
 //! * `GET /api/channels` — the channel counters the node's recorder holds
 //!   (`foundation_channel_*` series, by channel and direction);
 //! * `GET /api/processes` — the hosted ecosystems and each worker's numbers (backlog,
@@ -66,6 +66,8 @@ pub struct MemberView {
     pub up: bool,
     /// Membership state (`Alive`, `Suspect`, `Down`...).
     pub state: String,
+    /// Its incarnation as this node last heard it.
+    pub incarnation: Option<u64>,
 }
 
 /// One channel series from the node's recorder.
@@ -235,6 +237,7 @@ impl Observer {
                     .member_status(&m.name)
                     .map(|s| format!("{s:?}"))
                     .unwrap_or_else(|| "Unknown".into()),
+                incarnation: self.node.member_incarnation(&m.name),
                 role: format!("{:?}", m.role),
                 up: m.up,
                 name: m.name,
