@@ -193,6 +193,7 @@ async fn every_view_answers_with_the_nodes_state_and_the_cluster_is_gathered() {
     let eco = &procs.as_array().unwrap()[0];
     assert_eq!(eco["name"], "work.a");
     assert_eq!(eco["workers"], 2);
+    assert_eq!(eco["omitted"], 0);
     assert!(eco["restarts"].as_u64().unwrap() >= 1, "{eco}");
     assert_eq!(eco["restarts"], a.eco.info().restarts);
     let workers = eco["processes"].as_array().unwrap();

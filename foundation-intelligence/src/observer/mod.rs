@@ -35,6 +35,9 @@ use crate::distributed::node::Node;
 
 /// Name of the request server every observed node registers.
 pub const SNAPSHOT_SERVICE: &str = "observer.snapshot";
+/// Workers listed per ecosystem; beyond it the busiest (largest backlog) are kept and the
+/// rest counted in [`EcosystemView::omitted`], so a snapshot stays far below a frame.
+pub const MAX_PROCESSES_SHOWN: usize = 1000;
 /// Time a member gets to answer a snapshot request.
 pub const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -113,8 +116,10 @@ pub struct EcosystemView {
     pub backlog: usize,
     /// Worker restarts so far.
     pub restarts: u64,
-    /// Each worker.
+    /// Each worker (at most [`MAX_PROCESSES_SHOWN`], in worker order).
     pub processes: Vec<ProcessView>,
+    /// Workers not listed (beyond [`MAX_PROCESSES_SHOWN`]; the busiest are listed).
+    pub omitted: usize,
 }
 
 /// Everything one node shows.
@@ -182,14 +187,8 @@ impl Observer {
     pub fn ecosystem<P: Process>(mut self, eco: Arc<Ecosystem<P>>) -> Self {
         self.ecosystems.push(Arc::new(move || {
             let info = eco.info();
-            EcosystemView {
-                name: info.name,
-                workers: info.workers,
-                alive: info.alive,
-                backlog: info.backlog,
-                restarts: info.restarts,
-                processes: eco
-                    .processes()
+            let (processes, omitted) = busiest(
+                eco.processes()
                     .into_iter()
                     .map(|p| ProcessView {
                         id: p.id.to_string(),
@@ -201,6 +200,16 @@ impl Observer {
                         rejected: p.rejected,
                     })
                     .collect(),
+                MAX_PROCESSES_SHOWN,
+            );
+            EcosystemView {
+                name: info.name,
+                workers: info.workers,
+                alive: info.alive,
+                backlog: info.backlog,
+                restarts: info.restarts,
+                processes,
+                omitted,
             }
         }));
         self
@@ -337,6 +346,27 @@ impl Observer {
     }
 }
 
+/// Keeps the `max` workers with the largest backlog (in their original order); returns
+/// them and how many were left out.
+fn busiest(mut all: Vec<ProcessView>, max: usize) -> (Vec<ProcessView>, usize) {
+    if all.len() <= max {
+        return (all, 0);
+    }
+    let omitted = all.len() - max;
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(all[i].backlog));
+    let mut keep = vec![false; all.len()];
+    for &i in &order[..max] {
+        keep[i] = true;
+    }
+    let mut i = 0;
+    all.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+    (all, omitted)
+}
+
 /// A JSON response (axum's `json` feature is off in this workspace).
 fn json<T: Serialize>(v: &T) -> Response {
     match serde_json::to_vec(v) {
@@ -414,6 +444,34 @@ fn split_labels(s: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn worker(id: usize, backlog: usize) -> ProcessView {
+        ProcessView {
+            id: id.to_string(),
+            name: None,
+            alive: true,
+            exit: None,
+            backlog,
+            dropped: 0,
+            rejected: 0,
+        }
+    }
+
+    #[test]
+    fn keeps_the_busiest_workers_in_order() {
+        let all: Vec<_> = [3, 9, 0, 7, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| worker(i, b))
+            .collect();
+        let (kept, omitted) = busiest(all.clone(), 2);
+        assert_eq!(omitted, 3);
+        assert_eq!(
+            kept.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+            ["1", "3"]
+        );
+        assert_eq!(busiest(all.clone(), 5), (all, 0));
+    }
 
     #[test]
     fn parses_channel_series() {
