@@ -144,6 +144,8 @@ async fn every_view_answers_with_the_nodes_state_and_the_cluster_is_gathered() {
         metrics::counter!("foundation_channel_messages_total", "channel" => "urgent", "direction" => "out")
             .increment(5);
         metrics::counter!("foundation_node_links").increment(1);
+        metrics::counter!("foundation_channel_messages_total", "channel" => "urgent", "direction" => "out", "node" => "b")
+            .increment(9);
     });
     let oa = observer(&a, &recorder);
     observer(&b, &recorder);

@@ -255,10 +255,17 @@ impl Observer {
             .collect()
     }
 
-    /// The channel series of the recorder, read now.
+    /// The channel series of the recorder, read now (series labelled with another
+    /// `node` left out).
     pub fn channels(&self) -> Vec<ChannelSample> {
         match &self.recorder {
-            Some(r) => parse_series(&r.render(), "foundation_channel_"),
+            Some(r) => {
+                // A recorder shared by several nodes labels each series with its node.
+                let me = self.node.name();
+                let mut v = parse_series(&r.render(), "foundation_channel_");
+                v.retain(|s| s.labels.get("node").is_none_or(|n| n == me));
+                v
+            }
             None => Vec::new(),
         }
     }
