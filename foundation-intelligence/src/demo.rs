@@ -406,8 +406,9 @@ async fn start_node(
 }
 
 /// Runs the demo until `duration` passes or `cancel` fires; returns what it measured.
-/// `recorder` is served at `options.metrics` while it runs; `on_listening` is called
-/// with the bound address once the endpoint is up.
+/// `recorder` is served at `options.metrics` while it runs, with the observer's page at
+/// `/` and its views under `/api/` ([`crate::observer`]); `on_listening` is called with
+/// the bound address once the endpoint is up.
 pub async fn run(
     options: DemoOptions,
     recorder: Arc<ShardedRecorder>,
@@ -451,7 +452,17 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(true));
     let names: Vec<String> = nodes.iter().map(|n| n.node.name().to_string()).collect();
     let health_nodes: Vec<Node> = nodes.iter().map(|n| n.node.clone()).collect();
-    let endpoints = Endpoints::new(recorder, ready.clone()).health(move || {
+    // The observer: every node answers `observer.snapshot`; n0's HTTP server shows them all.
+    let topology_label = crate::adaptive_topology::kind_label(options.topology);
+    let mut observer = None;
+    for n in &nodes {
+        let o = crate::observer::Observer::new(n.node.clone(), topology_label)
+            .recorder(recorder.clone())
+            .ecosystem(n.eco.clone());
+        o.serve();
+        observer.get_or_insert(o);
+    }
+    let mut endpoints = Endpoints::new(recorder, ready.clone()).health(move || {
         let members: BTreeMap<String, usize> = health_nodes
             .iter()
             .map(|n| {
@@ -463,6 +474,9 @@ pub async fn run(
             .collect();
         serde_json::json!({ "status": "ok", "demo": true, "members_up": members })
     });
+    if let Some(o) = observer {
+        endpoints = endpoints.observer(o);
+    }
     let http = HttpServer::start(options.metrics, endpoints)
         .await
         .map_err(|e| DemoError::Start(e.to_string()))?;

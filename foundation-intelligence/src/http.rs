@@ -6,7 +6,7 @@
 //! too), and at most 32 connections are served at once (further ones wait in the kernel's
 //! accept queue). Only `GET` and `HEAD` are answered (405 otherwise); unknown paths get 404.
 //!
-//! * `GET /metrics` (and `/`) — the Prometheus text format (`version=0.0.4`), histograms
+//! * `GET /metrics` (and `/` without the observer) — the Prometheus text format (`version=0.0.4`), histograms
 //!   exported as histograms;
 //! * `GET /health` — 200 with a JSON body while the process serves (liveness);
 //! * `GET /ready` — 200 once the node is started and joined, 503 before and while
@@ -14,7 +14,7 @@
 //!
 //! | metric | kind |
 //! |---|---|
-//! | `foundation_http_requests_total{path,status}` | counter (`path`: metrics, health, ready, other) |
+//! | `foundation_http_requests_total{path,status}` | counter (`path`: metrics, health, ready, api, other) |
 //! | `foundation_http_request_seconds{path}` | histogram |
 //! | `foundation_http_accept_errors_total` | counter |
 
@@ -57,6 +57,7 @@ pub struct Endpoints {
     recorder: Arc<ShardedRecorder>,
     ready: Arc<AtomicBool>,
     health: HealthFn,
+    observer: Option<crate::observer::Observer>,
 }
 
 impl std::fmt::Debug for Endpoints {
@@ -75,7 +76,15 @@ impl Endpoints {
             recorder,
             ready,
             health: Arc::new(|| serde_json::json!({ "status": "ok" })),
+            observer: None,
         }
+    }
+
+    /// Also serves the observer's page at `/` and its JSON views under `/api/`
+    /// ([`crate::observer`]); without one, `/` serves the metrics.
+    pub fn observer(mut self, observer: crate::observer::Observer) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Sets the `/health` report.
@@ -137,6 +146,7 @@ fn path_label(path: &str) -> &'static str {
         "/metrics" | "/" => "metrics",
         "/health" => "health",
         "/ready" => "ready",
+        p if p.starts_with("/api/") => "api",
         _ => "other",
     }
 }
@@ -182,19 +192,25 @@ async fn ready_handler(State(e): State<Endpoints>) -> Response {
 
 /// The router (for embedding in another server).
 pub fn router(endpoints: Endpoints) -> Router {
-    Router::new()
+    let observer = endpoints.observer.clone();
+    let mut r = Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/", get(metrics_handler))
         .route("/health", get(health_handler))
-        .route("/ready", get(ready_handler))
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                "not found: the node serves /metrics, /health and /ready\n",
-            )
-        })
-        .layer(middleware::from_fn(track))
-        .with_state(endpoints)
+        .route("/ready", get(ready_handler));
+    if observer.is_none() {
+        r = r.route("/", get(metrics_handler));
+    }
+    let mut r = r.with_state(endpoints);
+    if let Some(o) = observer {
+        r = r.merge(o.router());
+    }
+    r.fallback(|| async {
+        (
+            StatusCode::NOT_FOUND,
+            "not found: the node serves /metrics, /health, /ready (and /, /api/* with the observer)\n",
+        )
+    })
+    .layer(middleware::from_fn(track))
 }
 
 impl HttpServer {

@@ -29,6 +29,7 @@ pub mod guard;
 pub mod http;
 pub mod hypothesis;
 pub mod node_config;
+pub mod observer;
 pub mod predictive;
 pub mod rollout;
 pub mod stats;

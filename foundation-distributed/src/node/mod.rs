@@ -493,6 +493,12 @@ impl Node {
         v
     }
 
+    /// The incarnation of member `name` as this node last heard it (`None`: unknown or
+    /// removed); for this node itself, [`incarnation`](Self::incarnation).
+    pub fn member_incarnation(&self, name: &str) -> Option<u64> {
+        self.inner.view.lock().get(name).map(|u| u.incarnation)
+    }
+
     /// The state of member `name` as this node sees it (`None`: unknown or removed).
     pub fn member_status(&self, name: &str) -> Option<Status> {
         self.inner.view.lock().get(name).map(|u| u.status)

@@ -28,6 +28,7 @@ use foundation_intelligence::distributed::transport::{
 };
 use foundation_intelligence::http::{Endpoints, HttpServer};
 use foundation_intelligence::node_config::{self, NodeConfig, Overrides, SecurityMode};
+use foundation_intelligence::observer::Observer;
 use tokio_util::sync::CancellationToken;
 
 const ABOUT: &str = "Run Foundation nodes, or try Foundation in one command.";
@@ -177,9 +178,12 @@ struct DemoArgs {
     /// The topology to start with.
     #[arg(long, value_enum, default_value = "full-mesh")]
     topology: TopologyArg,
-    /// Address of the metrics endpoint (port 0: any free port).
+    /// Address of the metrics endpoint and observer page (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0", value_name = "IP:PORT")]
     metrics: SocketAddr,
+    /// Address of the observer page (same server as --metrics; overrides it).
+    #[arg(long, value_name = "IP:PORT")]
+    observer: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -368,7 +372,7 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
         nodes: args.nodes,
         duration: args.duration,
         topology: args.topology.kind(),
-        metrics: args.metrics,
+        metrics: args.observer.unwrap_or(args.metrics),
         progress: true,
     };
     if let Err(e) = options.validate() {
@@ -405,6 +409,7 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
         })
     };
     let result = demo::run(options, telemetry.recorder().clone(), cancel, |addr| {
+        println!("Observer: http://{addr}/   (live cluster view; JSON under /api/)");
         println!(
             "Prometheus metrics: http://{addr}/metrics   (health: /health, readiness: /ready)"
         );
@@ -637,6 +642,11 @@ async fn serve_node(cfg: NodeConfig, transport: TcpTransport) -> Result<(), Stri
             async move { me }
         });
     }
+    // Every node answers `observer.snapshot`, so any node's page shows the cluster.
+    let observer = Observer::new(node.clone(), format!("{:?}", cfg.topology))
+        .recorder(telemetry.recorder().clone())
+        .ecosystem(eco.clone());
+    observer.serve();
     // The first node (no seeds) is ready as soon as it serves; others once joined.
     let ready = Arc::new(AtomicBool::new(cfg.seeds.is_empty()));
     let http = match cfg.metrics {
@@ -659,10 +669,11 @@ async fn serve_node(cfg: NodeConfig, transport: TcpTransport) -> Result<(), Stri
                         "ecosystems": [{ "name": info.name, "workers": info.workers, "alive": info.alive, "restarts": info.restarts }],
                     })
                 });
-            let server = HttpServer::start(addr, endpoints)
+            let server = HttpServer::start(addr, endpoints.observer(observer.clone()))
                 .await
                 .map_err(|e| e.to_string())?;
             println!("metrics http://{}/metrics", server.local_addr());
+            println!("observer http://{}/", server.local_addr());
             Some(server)
         }
         None => None,
