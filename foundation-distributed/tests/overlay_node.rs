@@ -138,7 +138,6 @@ fn reaches_all(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "checkpoint: fails against the rewritten node (n01 misses the broadcast); being fixed"]
 async fn hyparview_nodes_broadcast_over_bounded_views_and_repair() {
     const N: usize = 12;
     let net = MemoryNetwork::new();

@@ -5,7 +5,7 @@
 //! bounded time) for the link to come up; every path that handles inbound traffic or runs
 //! the heartbeat only looks at the link's current state and queues without waiting.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,9 @@ use crate::error::{Error, Result};
 use crate::interpose::Interposer;
 use crate::transport::Transport;
 use foundation_beam::core::telemetry::TaskGuard;
+
+/// Messages a link holds while it is not up (see [`Link::send_or_park`]).
+pub(crate) const BACKLOG: usize = 256;
 
 /// Called with each new link.
 pub(crate) type OnUp = Box<dyn Fn(&str, &Channels) + Send + Sync>;
@@ -45,6 +48,9 @@ pub(crate) struct Link {
     wake: Notify,
     cancel: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// Messages queued by [`Link::send_or_park`] while the link was not up; sent when
+    /// it comes up. At most [`BACKLOG`].
+    backlog: Mutex<VecDeque<(String, Option<u64>, Bytes)>>,
 }
 
 impl Link {
@@ -100,6 +106,49 @@ impl Link {
         })
     }
 
+    /// Like [`try_send`](Self::try_send), but a link that is not up (yet) holds the
+    /// message in a bounded backlog, sent as soon as it comes up, and is asked to connect
+    /// now. Never waits. For messages that must not be lost to a link still being made
+    /// (a topology's protocol messages, broadcast hops): a partial-view topology changes
+    /// its neighbours faster than links come up. Fails when the backlog is full.
+    pub fn send_or_park(&self, channel: &str, key: Option<u64>, payload: Bytes) -> Result<()> {
+        if self.current().is_some() {
+            return self.try_send(channel, key, payload);
+        }
+        {
+            let mut backlog = self.backlog.lock();
+            if backlog.len() >= BACKLOG {
+                return Err(Error::Full {
+                    node: self.peer.clone(),
+                });
+            }
+            backlog.push_back((channel.to_string(), key, payload));
+        }
+        metrics::gauge!("foundation_node_link_backlog").increment(1.0);
+        // Came up meanwhile: its flush may have run before our push.
+        if self.current().is_some() {
+            self.flush();
+        } else {
+            self.poke();
+        }
+        Ok(())
+    }
+
+    /// Sends the backlog on the live link (never waits); what does not fit is counted.
+    fn flush(&self) {
+        let pending: Vec<_> = self.backlog.lock().drain(..).collect();
+        if pending.is_empty() {
+            return;
+        }
+        metrics::gauge!("foundation_node_link_backlog").decrement(pending.len() as f64);
+        for (channel, key, payload) in pending {
+            if self.try_send(&channel, key, payload).is_err() {
+                metrics::counter!("foundation_node_dropped_total", "reason" => "backlog_failed")
+                    .increment(1);
+            }
+        }
+    }
+
     /// Asks the task to try now instead of at the end of its backoff.
     pub fn poke(&self) {
         self.wake.notify_one();
@@ -115,6 +164,12 @@ impl Link {
 
     fn stop(&self) -> Option<Arc<Channels>> {
         self.cancel.cancel();
+        let dropped = self.backlog.lock().drain(..).count();
+        if dropped > 0 {
+            metrics::gauge!("foundation_node_link_backlog").decrement(dropped as f64);
+            metrics::counter!("foundation_node_dropped_total", "reason" => "backlog_failed")
+                .increment(dropped as u64);
+        }
         self.up.send_replace(None)
     }
 }
@@ -153,6 +208,7 @@ impl Links {
             wake: Notify::new(),
             cancel: self.cancel.child_token(),
             task: Mutex::new(None),
+            backlog: Mutex::new(VecDeque::new()),
         });
         let task = tokio::spawn(run(link.clone(), self.ctx.clone(), None));
         *link.task.lock() = Some(task);
@@ -179,6 +235,7 @@ impl Links {
             wake: Notify::new(),
             cancel: self.cancel.child_token(),
             task: Mutex::new(None),
+            backlog: Mutex::new(VecDeque::new()),
         });
         let task = tokio::spawn(run(link.clone(), self.ctx.clone(), Some(channels)));
         *link.task.lock() = Some(task);
@@ -266,6 +323,7 @@ async fn run(link: Arc<Link>, ctx: Arc<LinkContext>, mut first: Option<Channels>
                 let c = Arc::new(c);
                 (ctx.on_up)(&link.peer, &c);
                 link.up.send_replace(Some(c.clone()));
+                link.flush();
                 metrics::counter!("foundation_node_link_events_total", "event" => "up")
                     .increment(1);
                 delay = ctx.backoff_base;

@@ -3,6 +3,7 @@
 //! the view's events to the topology, the links and the subscribers, and disseminates the
 //! view periodically.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rand::seq::IndexedRandom;
@@ -12,7 +13,7 @@ use super::wire::{encode, Wire};
 use super::{Inner, MembershipEvent};
 use crate::channel::COORDINATION;
 use crate::membership::{Status, Update, ViewEvent};
-use crate::topology::{Change, Member};
+use crate::topology::{Change, Member, TopologyKind};
 
 impl Inner {
     /// Applies gossiped updates from `peer`.
@@ -68,6 +69,12 @@ impl Inner {
             if addr.is_empty() {
                 return;
             }
+            if self.links.get(peer).is_none()
+                && self.detector.lock().detector(&peer.to_string()).is_none()
+            {
+                // A new link: its heartbeats are expected from now on.
+                self.watch_fresh(peer);
+            }
             let link = self.links.ensure(peer, &addr);
             if link.current().is_none() {
                 link.poke();
@@ -85,18 +92,25 @@ impl Inner {
             return;
         }
         let mut gossip_me = false;
+        let mut joined = Vec::new();
         for e in events {
             match e {
                 ViewEvent::Joined(n) => {
+                    joined.push(n.clone());
                     let role = self.view.lock().get(&n).map(|u| u.role);
                     if let Some(role) = role {
                         self.topology
                             .lock()
                             .update(Change::Joined(Member::new(n.clone(), role)));
                     }
-                    // Watch it from now on, so a member that never heartbeats is
-                    // suspected too.
-                    self.watch_fresh(&n);
+                    // Watch it from now on if the topology wants a link to it, so a
+                    // member that never heartbeats is suspected too. A member outside a
+                    // partial view (HyParView, client/server) is watched once a link to it
+                    // is made (`ensure_link`) or it heartbeats: nobody heartbeats a member
+                    // it holds no link to, so watching it would declare it down.
+                    if self.topology.lock().wanted().contains(&n) {
+                        self.watch_fresh(&n);
+                    }
                     self.emit(MembershipEvent::Joined(n));
                     self.meters.view_changes.increment(1);
                 }
@@ -148,9 +162,52 @@ impl Inner {
             self.meters.refuted.increment(1);
             self.gossip_all(vec![me]);
         }
-        let wanted = self.topology.lock().wanted();
-        for p in wanted {
-            self.ensure_link(&p);
+        let (wanted, built_in) = {
+            let t = self.topology.lock();
+            let kind = t.service().kind();
+            let built_in = matches!(
+                kind,
+                TopologyKind::FullMesh | TopologyKind::ClientServer { .. }
+            );
+            (t.wanted(), built_in)
+        };
+        for p in &wanted {
+            self.ensure_link(p);
+        }
+        if !joined.is_empty() && !built_in {
+            let mut to = wanted;
+            to.extend(self.links.up_peers().into_iter().map(|l| l.peer.clone()));
+            to.retain(|p| !joined.contains(p));
+            self.announce(&joined, &to);
+        }
+    }
+
+    /// Passes news of members that joined to every peer it holds a live link to (and the
+    /// peers the topology wants), ahead of any topology message that may name them. Over
+    /// a partial view (HyParView) the overlay introduces a newcomer (a forwarded join, a
+    /// shuffle) to peers that have not heard of it from the periodic gossip yet, and a
+    /// node cannot open a link to a member whose address it does not know. Each node
+    /// passes a member on once (when it enters its view), on the channel its topology
+    /// messages use, so along every link the news arrives before them. Not done for the
+    /// built-in full mesh and client/server topologies: they exchange no topology
+    /// messages, and in a full mesh the flood would cost n² per join.
+    fn announce(&self, joined: &[String], to: &BTreeSet<String>) {
+        let news: Vec<Update> = {
+            let view = self.view.lock();
+            joined.iter().filter_map(|n| view.get(n).cloned()).collect()
+        };
+        if news.is_empty() {
+            return;
+        }
+        let bytes = encode(&Wire::Gossip { members: news });
+        for p in to {
+            let sent = self
+                .links
+                .get(p)
+                .map(|l| l.send_or_park(COORDINATION, None, bytes.clone()));
+            if !matches!(sent, Some(Ok(()))) {
+                self.meters.dropped("gossip_full").increment(1);
+            }
         }
     }
 

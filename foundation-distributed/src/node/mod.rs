@@ -743,7 +743,8 @@ impl Node {
 
     /// Broadcasts `msg` to receiver `name` on every node (this one excluded), along the
     /// topology's broadcast tree; each node delivers it once. Waits for room on each
-    /// first-hop link; a first hop whose link is down is skipped (counted).
+    /// first-hop link that is up; a first hop whose link is still being made holds the
+    /// message (bounded) until it is up; one that cannot is skipped (counted).
     pub async fn broadcast<T: Serialize + ?Sized>(&self, name: &str, msg: &T) -> Result<()> {
         let id = self.inner.broadcasts.next_id();
         self.inner
@@ -759,10 +760,17 @@ impl Node {
         let bytes = encode_with(&wire, msg).map_err(encode_error)?;
         let targets = self.inner.topology.lock().broadcast_targets(None);
         for t in targets {
-            let sent = match self.inner.links.get(&t).and_then(|l| l.current()) {
-                Some(ch) => {
+            self.inner.ensure_link(&t);
+            let link = self.inner.links.get(&t);
+            let sent = match link.as_ref().map(|l| (l, l.current())) {
+                Some((_, Some(ch))) => {
                     let meta = MessageMeta::default();
                     ch.send_routed(meta, None, bytes.clone()).await.is_ok()
+                }
+                // Not up yet (a neighbour just chosen): the link holds it until it is.
+                Some((l, None)) => {
+                    let ch = self.inner.channel_for(SendOptions::default(), bytes.len());
+                    l.send_or_park(ch, None, bytes.clone()).is_ok()
                 }
                 None => false,
             };
@@ -942,6 +950,21 @@ impl Inner {
         name != self.name && self.view.lock().get(name).is_some()
     }
 
+    /// Whether member `peer` may hand us `wire` on behalf of `claimed`: a member relaying
+    /// for another member; for a broadcast, also for an origin not known here yet (not
+    /// tombstoned). Over a partial view (HyParView) a broadcast can outrun the membership
+    /// gossip that announces its origin; refusing it would cut off every node behind this
+    /// one, since each node relays a broadcast only once.
+    fn may_relay(&self, peer: &str, claimed: &str, wire: &Wire) -> bool {
+        if !self.is_member(peer) || claimed == self.name {
+            return false;
+        }
+        if self.is_member(claimed) {
+            return true;
+        }
+        matches!(wire, Wire::Broadcast { .. }) && !self.view.lock().is_tombstoned(claimed)
+    }
+
     /// Never waits: heartbeats, topology ticks, membership, retransmissions.
     fn heartbeat_round(self: &Arc<Self>, round: u64) {
         let out = self.topology.lock().tick();
@@ -968,7 +991,20 @@ impl Inner {
             let w = Wire::Topology {
                 payload: Bytes::from(payload),
             };
-            if self.forward_now(&to, encode(&w), URGENT).is_err() {
+            // A partial-view topology (HyParView) talks to peers it holds no link to yet
+            // (join replies, neighbour requests, shuffles): make the link and let it hold
+            // the message until it is up.
+            let sent = self.hop(&to).and_then(|hop| {
+                self.ensure_link(&hop);
+                match self.links.get(&hop) {
+                    Some(l) => l.send_or_park(COORDINATION, None, encode(&w)),
+                    None => Err(Error::NotConnected {
+                        node: hop,
+                        reason: "no link".into(),
+                    }),
+                }
+            });
+            if sent.is_err() {
                 self.meters.dropped("topology_failed").increment(1);
             }
         }
@@ -1111,7 +1147,7 @@ impl Inner {
         if let Some(claimed) = wire.claimed_sender() {
             // The claimed sender must be the authenticated peer, or the peer a member
             // relaying for another member.
-            if claimed != peer && !(self.is_member(peer) && self.is_member(claimed)) {
+            if claimed != peer && !self.may_relay(peer, claimed, &wire) {
                 self.meters.refused_identity.increment(1);
                 tracing::warn!(
                     peer,
@@ -1180,9 +1216,12 @@ impl Inner {
                 }
                 let targets = self.topology.lock().broadcast_targets(Some(peer));
                 for t in targets.into_iter().filter(|t| *t != origin) {
+                    // A neighbour the topology just chose may have no live link yet: the
+                    // link holds the hop until it is up (each node relays only once).
+                    self.ensure_link(&t);
                     let sent = self.links.get(&t).map(|l| {
                         let ch = self.channel_for(SendOptions::default(), msg.payload.len());
-                        l.try_send(ch, None, msg.payload.clone())
+                        l.send_or_park(ch, None, msg.payload.clone())
                     });
                     if !matches!(sent, Some(Ok(()))) {
                         self.meters.dropped("broadcast_relay_failed").increment(1);
