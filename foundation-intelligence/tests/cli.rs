@@ -378,16 +378,22 @@ fn gen_certs_makes_a_tls_cluster_that_joins() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let (status, body) = get(&n2.metrics, "/health");
-        if status == 200 && body.contains("\"name\":\"n1\"") && !body.contains("\"up\":false") {
+        // `/ready` turns 200 once the join has completed, which can come a moment after
+        // the member shows up in `/health`: wait for both.
+        let ready = get(&n2.metrics, "/ready").0;
+        if status == 200
+            && ready == 200
+            && body.contains("\"name\":\"n1\"")
+            && !body.contains("\"up\":false")
+        {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "n2 never saw n1 over TLS: {body}"
+            "n2 never saw n1 over TLS (ready {ready}): {body}"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert_eq!(get(&n2.metrics, "/ready").0, 200);
     assert!(n2.terminate().success());
     assert!(n1.terminate().success());
 
