@@ -1490,7 +1490,12 @@ fn line_svg(sc: &Scenario) -> Result<String, Box<dyn std::error::Error>> {
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(if sc.id == "broadcast_reliability" {
+                // Reliability curves start at 100%: keep the legend off them.
+                SeriesLabelPosition::LowerLeft
+            } else {
+                SeriesLabelPosition::UpperLeft
+            })
             .draw()?;
         root.present()?;
     }
