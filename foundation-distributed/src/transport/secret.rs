@@ -55,7 +55,8 @@ mod subtle_eq {
 }
 
 impl ClusterSecret {
-    /// A fresh secret of 32 bytes from the operating system's CSPRNG.
+    /// A fresh secret of 32 bytes from `rand`'s thread-local CSPRNG (ChaCha12, seeded and
+    /// periodically reseeded from the operating system's random source).
     pub fn generate() -> Self {
         let bytes: [u8; MIN_SECRET_LEN] = rand::random();
         ClusterSecret {
