@@ -953,11 +953,36 @@ pub struct Inbound {
     pub payload: Bytes,
 }
 
+/// What an inbox made by [`Inbox::with_handler`] calls with each received message, on
+/// the task reading the message's connection. A returned future is awaited by that task
+/// before it reads the next message of the connection (backpressure to the sender);
+/// messages of other connections go on meanwhile.
+pub type InboundHandler =
+    Arc<dyn Fn(Inbound) -> Option<futures_util::future::BoxFuture<'static, ()>> + Send + Sync>;
+
+/// Where an inbox channel's messages go.
+#[derive(Clone)]
+enum Out {
+    /// A queue read by another task.
+    Queue(mpsc::Sender<Inbound>),
+    /// Handled on the reading task itself.
+    Handler(InboundHandler),
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Out::Queue(_) => f.write_str("Queue"),
+            Out::Handler(_) => f.write_str("Handler"),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct InboxChannel {
     priority: Priority,
-    /// Where this channel's messages go: its priority's queue, or its own.
-    out: mpsc::Sender<Inbound>,
+    /// Where this channel's messages go: its priority's queue, its own, or a handler.
+    out: Out,
     messages_in: Counter,
     bytes_in: Counter,
     dropped_inbox_closed: Counter,
@@ -994,7 +1019,9 @@ impl Inbox {
         let (m, mr) = mpsc::channel(cap);
         let (l, lr) = mpsc::channel(cap);
         let queues = [h, m, l];
-        let channels = Self::channels(settings, |spec| queues[spec.priority.slot()].clone());
+        let channels = Self::channels(settings, |spec| {
+            Out::Queue(queues[spec.priority.slot()].clone())
+        });
         Ok(Inbox {
             shared: Arc::new(InboxShared {
                 channels,
@@ -1024,7 +1051,7 @@ impl Inbox {
             senders.insert(spec.name.clone(), tx);
             receivers.push((spec.name.clone(), rx));
         }
-        let channels = Self::channels(settings, |spec| senders[&spec.name].clone());
+        let channels = Self::channels(settings, |spec| Out::Queue(senders[&spec.name].clone()));
         let (h, hr) = mpsc::channel(1);
         let (m, mr) = mpsc::channel(1);
         let (l, lr) = mpsc::channel(1);
@@ -1040,9 +1067,31 @@ impl Inbox {
         Ok((inbox, receivers))
     }
 
+    /// An inbox that hands each message to `handler` on the task reading its connection
+    /// (no queue and no task switch between reading and handling; see
+    /// [`InboundHandler`]). Messages of one connection are handled in order; those of
+    /// different connections (of one channel too) concurrently. [`recv`](Self::recv) on
+    /// this inbox yields nothing.
+    pub fn with_handler(settings: &ChannelSettings, handler: InboundHandler) -> Result<Inbox> {
+        settings.validate()?;
+        let channels = Self::channels(settings, |_| Out::Handler(handler.clone()));
+        let (h, hr) = mpsc::channel(1);
+        let (m, mr) = mpsc::channel(1);
+        let (l, lr) = mpsc::channel(1);
+        Ok(Inbox {
+            shared: Arc::new(InboxShared {
+                channels,
+                _queues: [h, m, l],
+                cancel: CancellationToken::new(),
+                tasks: Mutex::new(JoinSet::new()),
+            }),
+            queues: [hr, mr, lr],
+        })
+    }
+
     fn channels(
         settings: &ChannelSettings,
-        out: impl Fn(&ChannelSpec) -> mpsc::Sender<Inbound>,
+        out: impl Fn(&ChannelSpec) -> Out,
     ) -> HashMap<String, Arc<InboxChannel>> {
         settings
             .channels
@@ -1133,7 +1182,7 @@ fn attach(shared: &Arc<InboxShared>, conn: Connection) {
     });
 }
 
-async fn read(conn: Connection, meters: Arc<InboxChannel>, out: mpsc::Sender<Inbound>) {
+async fn read(conn: Connection, meters: Arc<InboxChannel>, out: Out) {
     let peer: Arc<str> = conn.peer().node.as_str().into();
     let name: Arc<str> = conn.peer().channel.as_str().into();
     let connection = conn.peer().index;
@@ -1173,9 +1222,18 @@ async fn read(conn: Connection, meters: Arc<InboxChannel>, out: mpsc::Sender<Inb
             payload,
         };
         let len = msg.payload.len();
-        if out.send(msg).await.is_err() {
-            meters.dropped_inbox_closed.increment(1);
-            return;
+        match &out {
+            Out::Queue(q) => {
+                if q.send(msg).await.is_err() {
+                    meters.dropped_inbox_closed.increment(1);
+                    return;
+                }
+            }
+            Out::Handler(h) => {
+                if let Some(wait) = h(msg) {
+                    wait.await;
+                }
+            }
         }
         fairness.moved(len).await;
     }

@@ -12,10 +12,12 @@
 //! * **links** (`link.rs`): one background task per peer connects, authenticates,
 //!   reconnects with capped exponential backoff and jitter, and replaces a failed link.
 //!   Nothing else waits for a connection.
-//! * **inbound dispatch**: one task per channel decodes that channel's messages and
-//!   dispatches them by kind, so a coordination message is never decoded behind a bulk
-//!   one. Nothing on an inbound path awaits another peer: relays, forwards, gossip and
-//!   replies are queued on the target's link without waiting (a full queue is counted).
+//! * **inbound dispatch**: each inbound connection's reading task decodes its messages
+//!   and dispatches them by kind itself (no queue, no hand-off to another task), so a
+//!   coordination message is never decoded behind a bulk one. Nothing on an inbound path
+//!   awaits another peer: relays, forwards, gossip and replies are queued on the target's
+//!   link without waiting (a full queue is counted). A full local receiver stalls only
+//!   the data connection whose message waits for it (backpressure to that sender).
 //! * **membership** (`membership.rs` over [`membership::View`](crate::membership::View)):
 //!   gossip, φ fed by heartbeats only, suspicion refuted by version, Down agreed by
 //!   gossip, dead members removed after a while and tombstoned, periodic dissemination.
@@ -351,10 +353,9 @@ impl Node {
                 reason: "heartbeat interval is 0".into(),
             });
         }
-        let (inbox, receivers) = Inbox::per_channel(&settings.channels)?;
+        settings.channels.validate()?;
         let listener = transport.listen(&settings.listen).await?;
         let addr = listener.local_addr().to_string();
-        inbox.serve(listener);
         let me = Update {
             name: name.to_string(),
             addr: addr.clone(),
@@ -366,6 +367,8 @@ impl Node {
         let cancel = CancellationToken::new();
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let on_up_weak = weak.clone();
+            let inbox = Inbox::with_handler(&settings.channels, inbound_handler(weak.clone()))
+                .expect("channel settings validated above");
             let ctx = LinkContext {
                 me: name.to_string(),
                 transport,
@@ -403,24 +406,16 @@ impl Node {
                 events: bcast::channel(256).0,
                 cancel: cancel.clone(),
                 tasks: Mutex::new(Vec::new()),
-                inbox: Mutex::new(None),
+                inbox: Mutex::new(Some(inbox)),
                 meters: Meters::new(),
                 settings,
             }
         });
-        *inner.inbox.lock() = Some(inbox);
-        let mut tasks = Vec::new();
-        for (channel, rx) in receivers {
-            let may_wait = channel != COORDINATION;
-            tasks.push(tokio::spawn(dispatch(
-                Arc::downgrade(&inner),
-                rx,
-                may_wait,
-                cancel.clone(),
-            )));
+        if let Some(inbox) = inner.inbox.lock().as_ref() {
+            inbox.serve(listener);
         }
-        tasks.push(tokio::spawn(rounds(Arc::downgrade(&inner), cancel.clone())));
-        inner.tasks.lock().extend(tasks);
+        let rounds = tokio::spawn(rounds(Arc::downgrade(&inner), cancel.clone()));
+        inner.tasks.lock().push(rounds);
         Ok(Node { inner })
     }
 
@@ -884,44 +879,34 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
-/// One inbound channel's task: decodes and dispatches, in order.
-async fn dispatch(
-    weak: Weak<Inner>,
-    mut rx: mpsc::Receiver<Inbound>,
-    may_wait: bool,
-    cancel: CancellationToken,
-) {
-    let _live = TaskGuard::new();
-    let mut moved = 0usize;
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            m = rx.recv() => match m { Some(m) => m, None => break },
-        };
-        // Data channels yield every 64 KiB so that a busy bulk channel does not hold a
-        // worker while coordination work waits (coordination never yields voluntarily).
-        if may_wait {
-            moved += msg.payload.len();
-            if moved >= 64 * 1024 {
-                moved = 0;
-                tokio::task::yield_now().await;
-            }
+/// Decodes and dispatches each inbound message on the task that read it from its
+/// connection (one task switch less per message than a queue to a dispatching task; see
+/// D260). Messages of one connection are handled in order; a delivery that must wait for
+/// room in a receiver's queue holds only that connection (backpressure to the sender).
+/// From the start of shutdown on, inbound messages are ignored (counted,
+/// `reason="shutting_down"`).
+fn inbound_handler(weak: Weak<Inner>) -> crate::channel::InboundHandler {
+    Arc::new(move |msg: Inbound| {
+        let inner = weak.upgrade()?;
+        if inner.cancel.is_cancelled() {
+            inner.meters.dropped("shutting_down").increment(1);
+            return None;
         }
-        let Some(inner) = weak.upgrade() else { break };
-        let wait = inner.on_inbound(msg, may_wait);
+        let may_wait = &*msg.channel != COORDINATION;
+        let wait = inner.on_inbound(msg, may_wait)?;
+        let cancel = inner.cancel.clone();
         drop(inner);
-        if let Some(fut) = wait {
+        Some(Box::pin(async move {
             tokio::select! {
-                _ = cancel.cancelled() => break,
-                outcome = fut => {
+                _ = cancel.cancelled() => {}
+                outcome = wait => {
                     if outcome != Outcome::Delivered {
                         metrics::counter!("foundation_node_dropped_total", "reason" => outcome.label()).increment(1);
                     }
                 }
             }
-        }
-    }
+        }))
+    })
 }
 
 /// The heartbeat / membership / retransmission rounds.
@@ -993,11 +978,13 @@ impl Inner {
             };
             // A partial-view topology (HyParView) talks to peers it holds no link to yet
             // (join replies, neighbour requests, shuffles): make the link and let it hold
-            // the message until it is up.
+            // the message until it is up. One connection per peer (a key): inbound
+            // connections are handled concurrently, each on its own reading task (D260),
+            // and a protocol's messages must arrive in the order sent.
             let sent = self.hop(&to).and_then(|hop| {
                 self.ensure_link(&hop);
                 match self.links.get(&hop) {
-                    Some(l) => l.send_or_park(COORDINATION, None, encode(&w)),
+                    Some(l) => l.send_or_park(COORDINATION, Some(0), encode(&w)),
                     None => Err(Error::NotConnected {
                         node: hop,
                         reason: "no link".into(),
