@@ -135,9 +135,11 @@ pub const URGENT_CHANNEL: &str = "urgent";
 /// The node's default channel table: `coordination` (node traffic, requests and replies;
 /// high, 3 connections), `urgent` (urgent application messages; high, 2), `messages`
 /// (application messages; medium, 2), `gossip` (background; low, 1) and `bulk_data`
-/// (large payloads; medium, 5, 64 messages of queue per connection), with 512 messages of
-/// inbound queue per channel. Queues count messages: the bulk ones are kept short so that
-/// at most 5 × 64 large messages wait per peer on each side.
+/// (large payloads; medium, 5, 64 messages of queue per connection). Every outbound
+/// queue is also bounded in payload bytes (`queue_bytes`, 4 MiB per connection), so a
+/// peer holds at most a few MiB per connection whatever the message size. Inbound
+/// messages are handled on the reading task (no inbound queue; `inbox_capacity` is
+/// unused by the node).
 pub fn default_channels() -> ChannelSettings {
     let mut c = ChannelSettings::default();
     for spec in &mut c.channels {
