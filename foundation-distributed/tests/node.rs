@@ -399,3 +399,65 @@ async fn switching_topology_keeps_down_members() {
         .unwrap();
     assert_eq!(inbox.recv().await.unwrap().1, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_arrive_whole_and_in_order_behind_a_slow_receiver() {
+    let net = MemoryNetwork::new();
+    let start = |name: &'static str| {
+        let net = net.clone();
+        async move {
+            let t: Arc<dyn Transport> =
+                Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
+            let s = NodeSettings {
+                listen: format!("mem://{name}"),
+                // A small receiver queue: the batches must wait for room, not drop.
+                receiver_capacity: 16,
+                ..NodeSettings::default()
+            };
+            Node::start(t, name, s).await.unwrap()
+        }
+    };
+    let a = start("a").await;
+    let b = start("b").await;
+    b.join(&[a.addr()]).await.unwrap();
+    eventually("joined", || up_names(&a) == ["a", "b"]).await;
+    let mut inbox = b.register::<u64>("seq");
+    const N: u64 = 30_000;
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let opts = SendOptions {
+                key: Some(1),
+                ..SendOptions::default()
+            };
+            let mut next = 0u64;
+            while next < N {
+                // Batches of varying size (several frames for the larger ones), mixed
+                // with single sends of the same key.
+                let n = 1 + (next % 9_000);
+                let batch: Vec<u64> = (next..(next + n).min(N)).collect();
+                next += batch.len() as u64;
+                a.send_batch("b", "seq", &batch, opts).await.unwrap();
+                if next < N {
+                    a.send("b", "seq", &next, opts).await.unwrap();
+                    next += 1;
+                }
+            }
+            a.send_batch::<u64>("b", "seq", &[], opts).await.unwrap();
+        })
+    };
+    for expect in 0..N {
+        if expect % 1000 == 0 {
+            // A consumer that pauses now and then.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (from, v) = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+            .await
+            .expect("a message within 10 s")
+            .unwrap();
+        assert_eq!((from.as_str(), v), ("a", expect));
+    }
+    sender.await.unwrap();
+    a.shutdown().await;
+    b.shutdown().await;
+}

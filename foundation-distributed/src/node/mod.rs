@@ -81,7 +81,7 @@ use foundation_beam::core::telemetry::TaskGuard;
 use delivery::{AckedStreams, Attempt, Outcome, Slot};
 use link::{LinkContext, Links};
 use request::Requests;
-use wire::{encode, encode_ref_with, encode_with, ReplyError, Wire, WireRef};
+use wire::{encode, encode_batches, encode_ref_with, encode_with, ReplyError, Wire, WireRef};
 
 /// A membership event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -587,6 +587,32 @@ impl Node {
         self.inner.forward(node, payload, opts, false).await
     }
 
+    /// Sends every message of `msgs`, in order, to receiver `name` on `node`, packed many
+    /// to a frame (at most 64 KiB of messages per frame): one queue slot, one frame and
+    /// one dispatch at the receiver per frame instead of per message, so many small
+    /// messages cost far less than as many [`send`](Self::send)s. Delivered exactly as
+    /// that many `send`s with the same `opts` would be: in order (all frames of one call
+    /// keep their order if `opts.key` is set, like any keyed sends), with the same
+    /// backpressure; the channel is chosen by the largest message's size. `Ok` means
+    /// every frame is queued. On an error, the frames queued before it (a prefix of
+    /// `msgs`) may still be delivered; nothing after it is sent.
+    pub async fn send_batch<T: Serialize>(
+        &self,
+        node: &str,
+        name: &str,
+        msgs: &[T],
+        opts: SendOptions,
+    ) -> Result<()> {
+        let (frames, largest) =
+            encode_batches(node, name, &self.inner.name, msgs).map_err(encode_error)?;
+        for frame in frames {
+            self.inner
+                .forward_sized(node, frame, opts, false, largest)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Like [`send`](Self::send) but never waits: fails with [`Error::Full`] when the
     /// queue is full and [`Error::NotConnected`] when the link is not up. Either is
     /// counted (`foundation_node_dropped_total{reason="try_send_full"|"try_send_not_connected"}`).
@@ -1040,6 +1066,19 @@ impl Inner {
         opts: SendOptions,
         control: bool,
     ) -> Result<()> {
+        let size = payload.len();
+        self.forward_sized(to, payload, opts, control, size).await
+    }
+
+    /// [`forward`](Self::forward), routing as a message of `size` bytes.
+    async fn forward_sized(
+        &self,
+        to: &str,
+        payload: Bytes,
+        opts: SendOptions,
+        control: bool,
+        size: usize,
+    ) -> Result<()> {
         let hop = self.hop(to)?;
         let link = match self.links.get(&hop) {
             Some(l) => l,
@@ -1059,7 +1098,7 @@ impl Inner {
         if control {
             return ch.send(COORDINATION, opts.key, payload).await;
         }
-        let channel = self.channel_for(opts, payload.len());
+        let channel = self.channel_for(opts, size);
         ch.send(channel, opts.key, payload).await
     }
 
@@ -1181,6 +1220,26 @@ impl Inner {
                 body,
                 ..
             } => return self.deliver(&to_name, &from, &body, may_wait),
+            Wire::SendBatch {
+                to_name,
+                from,
+                count,
+                body,
+                ..
+            } => {
+                let Some(msgs) = wire::split_batch(&body, count) else {
+                    self.meters.dropped("undecodable").increment(1);
+                    return None;
+                };
+                let slot = self.slots.read().get(&to_name).cloned();
+                let Some(Slot::Receiver(d)) = slot else {
+                    self.meters
+                        .dropped("no_receiver")
+                        .increment(msgs.len() as u64);
+                    return None;
+                };
+                return delivery::deliver_batch(d, &from, msgs, may_wait);
+            }
             Wire::Request {
                 id,
                 to_name,
