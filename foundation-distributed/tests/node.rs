@@ -461,3 +461,42 @@ async fn batches_arrive_whole_and_in_order_behind_a_slow_receiver() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_that_answer_at_once_wait_or_panic_all_get_replies() {
+    let net = MemoryNetwork::new();
+    let a = mem_node(&net, "a", Role::Peer, TopologyKind::FullMesh).await;
+    let b = mem_node(&net, "b", Role::Peer, TopologyKind::FullMesh).await;
+    b.join(&[a.addr()]).await.unwrap();
+    eventually("joined", || up_names(&a) == ["a", "b"]).await;
+    b.serve("now", |_from, x: u64| async move { x + 1 });
+    b.serve("later", |_from, x: u64| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::task::yield_now().await;
+        x + 2
+    });
+    b.serve("boom", |_from, x: u64| async move {
+        if x > 0 {
+            panic!("handler bug");
+        }
+        x
+    });
+    let t = Duration::from_secs(5);
+    for i in 0..100u64 {
+        let r: u64 = a.request("b", "now", &i, t).await.unwrap();
+        assert_eq!(r, i + 1);
+    }
+    let r: u64 = a.request("b", "later", &1u64, t).await.unwrap();
+    assert_eq!(r, 3);
+    let e = a
+        .request::<u64, u64>("b", "boom", &1u64, t)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("panicked"), "{e}");
+    // The link and the node go on serving.
+    let r: u64 = a.request("b", "now", &7u64, t).await.unwrap();
+    assert_eq!(r, 8);
+    eventually("no handler left running", || b.load().1 == 0).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -1358,7 +1358,33 @@ impl Inner {
             return;
         };
         let weak = Arc::downgrade(self);
-        let fut = serve(from.clone(), body);
+        let mut fut = serve(from.clone(), body);
+        // First poll here, on the connection's reading task (D263): a handler that answers
+        // at once queues its reply without a task hand-off. One that is not ready goes on
+        // in its own owned task (its next poll registers that task's waker). A panic in
+        // that first poll is answered as a failure and does not reach the reading task.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let first =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
+        let ready = match first {
+            Ok(std::task::Poll::Ready(r)) => Some(r),
+            Ok(std::task::Poll::Pending) => None,
+            Err(_) => Some(Err(ReplyError::Failed(
+                "the request handler panicked".into(),
+            ))),
+        };
+        if let Some(r) = ready {
+            drop(permit);
+            metrics::counter!("foundation_node_requests_total", "result" => if r.is_ok() { "ok" } else { "failed" }).increment(1);
+            let w = Wire::Reply {
+                id,
+                to_node: from.clone(),
+                from: self.name.clone(),
+                body: r,
+            };
+            self.reply_soon(&from, w);
+            return;
+        }
         let requester = from.clone();
         self.requests.spawn_handler(&requester, id, async move {
             let _permit = permit;
@@ -1378,12 +1404,13 @@ impl Inner {
         });
     }
 
-    /// Sends a reply now if the link is up, otherwise from an owned task that waits for
-    /// the link (bounded by the handler limit; beyond it the reply is dropped, counted).
+    /// Sends a reply now if the link is up and its queue has room, otherwise from an owned
+    /// task that waits for the link and for room (bounded by the handler limit; beyond it
+    /// the reply is dropped, counted).
     fn reply_soon(self: &Arc<Self>, to: &str, w: Wire) {
         match self.forward_now(to, encode(&w), URGENT) {
             Ok(()) => {}
-            Err(Error::NotConnected { .. }) => {
+            Err(Error::NotConnected { .. } | Error::Full { .. }) => {
                 let Some(permit) = self.requests.permit() else {
                     self.meters.dropped("reply_failed").increment(1);
                     return;
