@@ -49,7 +49,10 @@ mod delivery;
 mod link;
 mod membership;
 mod request;
+mod switch;
 mod wire;
+
+pub use switch::{SwitchError, SwitchRecord, SwitchSettings, TopologyState};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,7 +75,7 @@ use crate::channel::{
 use crate::error::{Error, Result};
 use crate::interpose::Interposer;
 use crate::membership::{FailureDetector, PhiSettings, Status, Update, View, ViewSettings};
-use crate::topology::{Change, Member, Role, Topology, TopologyKind};
+use crate::topology::{Member, Role, Topology, TopologyKind};
 use crate::transport::Transport;
 use foundation_beam::core::telemetry::TaskGuard;
 
@@ -196,6 +199,8 @@ pub struct NodeSettings {
     pub shutdown_timeout: Duration,
     /// Fault injection applied to everything this node sends (tests).
     pub interposer: Option<Arc<Interposer>>,
+    /// Coordinated topology switching: cooldown, grace before old links are torn down.
+    pub switch: SwitchSettings,
 }
 
 impl Default for NodeSettings {
@@ -223,6 +228,7 @@ impl Default for NodeSettings {
             retransmit_after: Duration::from_millis(200),
             shutdown_timeout: Duration::from_secs(5),
             interposer: None,
+            switch: SwitchSettings::default(),
         }
     }
 }
@@ -275,6 +281,7 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     inbox: Mutex<Option<Inbox>>,
     meters: Meters,
+    switch: switch::SwitchState,
 }
 
 /// A running cluster member. Cheap to clone; [`shutdown`](Self::shutdown) stops it (and
@@ -374,11 +381,13 @@ impl Node {
                 backoff_base: settings.reconnect_base.max(Duration::from_millis(1)),
                 backoff_max: settings.reconnect_max.max(settings.reconnect_base),
                 on_up: Box::new(move |_peer, channels| {
-                    // The first message on every new link is our view.
+                    // The first message on every new link is our view, then the topology
+                    // epoch in force here (a late joiner learns the cluster's).
                     if let Some(inner) = on_up_weak.upgrade() {
                         let digest = inner.view.lock().digest();
                         if let Ok(s) = channels.sender(COORDINATION) {
                             let _ = s.try_send(None, encode(&Wire::Gossip { members: digest }));
+                            let _ = s.try_send(None, inner.switch_state_wire());
                         }
                     }
                 }),
@@ -405,6 +414,7 @@ impl Node {
                 tasks: Mutex::new(Vec::new()),
                 inbox: Mutex::new(None),
                 meters: Meters::new(),
+                switch: switch::SwitchState::new(settings.topology),
                 settings,
             }
         });
@@ -507,23 +517,6 @@ impl Node {
     /// Membership events from now on.
     pub fn subscribe(&self) -> bcast::Receiver<MembershipEvent> {
         self.inner.events.subscribe()
-    }
-
-    /// Switches the topology at run time; application code is unaffected. Members that
-    /// are down stay known (as down).
-    pub fn switch_topology(&self, kind: TopologyKind) {
-        let view = self.inner.view.lock();
-        let members: Vec<Member> = view
-            .digest()
-            .iter()
-            .filter(|u| u.status != Status::Left)
-            .map(|u| Member::new(u.name.clone(), u.role))
-            .collect();
-        let mut t = Topology::new(kind, &self.inner.name, &members);
-        for u in view.members().filter(|u| u.status == Status::Dead) {
-            t.update(Change::Down(u.name.clone()));
-        }
-        *self.inner.topology.lock() = t;
     }
 
     /// Registers a receiver of `T` messages under `name` (replacing any receiver or
@@ -983,6 +976,7 @@ impl Inner {
             }
         }
         self.membership_round(round);
+        self.switch_round(round);
         self.retransmit();
     }
 
@@ -1034,12 +1028,13 @@ impl Inner {
                 reason: "declared down".into(),
             });
         }
-        self.topology
-            .lock()
-            .next_hop(to)
-            .ok_or_else(|| Error::UnknownNode {
-                node: to.to_string(),
-            })
+        let hop = self.topology.lock().next_hop(to);
+        match hop {
+            Some(h) => Ok(h),
+            // Not reachable through the overlay (a topology without relaying, a
+            // partially switched cluster): a transient direct connection.
+            None => self.direct_hop(to),
+        }
     }
 
     /// Sends towards `to`, waiting for the link (bounded) and for queue room. Only for
@@ -1244,6 +1239,7 @@ impl Inner {
                         .increment(1);
                 }
             }
+            Wire::Switch { payload } => self.on_switch(peer, &payload),
             Wire::Ack {
                 from,
                 incarnation,
@@ -1456,4 +1452,5 @@ pub(crate) fn describe_metrics() {
         "foundation_node_retransmit_buffer",
         "Messages held for retransmission (all destinations)."
     );
+    switch::describe_metrics();
 }

@@ -89,6 +89,10 @@ pub(crate) enum Wire {
         to_node: String,
         from: String,
     },
+    /// The coordinated topology switch protocol (`switch.rs`): an epoch announcement,
+    /// from the authenticated peer only (never relayed). Last, so that the positions of
+    /// the variants before it do not change.
+    Switch { payload: Bytes },
 }
 
 impl Wire {
@@ -132,6 +136,7 @@ impl Wire {
             Wire::Acked { .. } => "acked",
             Wire::Ack { .. } => "ack",
             Wire::Cancel { .. } => "cancel",
+            Wire::Switch { .. } => "switch",
         }
     }
 }
