@@ -391,10 +391,11 @@ impl Node {
                 view: Mutex::new(View::new(me, settings.view.clone())),
                 down: Mutex::new(HashSet::new()),
                 detector: Mutex::new(FailureDetector::new(settings.detector.clone())),
-                topology: Mutex::new(Topology::new(
+                topology: Mutex::new(Topology::with_tick(
                     settings.topology,
                     name,
                     &[Member::new(name, settings.role)],
+                    settings.heartbeat,
                 )),
                 slots: RwLock::new(HashMap::new()),
                 requests: Requests::new(settings.max_concurrent_requests),
@@ -519,7 +520,12 @@ impl Node {
             .filter(|u| u.status != Status::Left)
             .map(|u| Member::new(u.name.clone(), u.role))
             .collect();
-        let mut t = Topology::new(kind, &self.inner.name, &members);
+        let mut t = Topology::with_tick(
+            kind,
+            &self.inner.name,
+            &members,
+            self.inner.settings.heartbeat,
+        );
         for u in view.members().filter(|u| u.status == Status::Dead) {
             t.update(Change::Down(u.name.clone()));
         }
