@@ -145,7 +145,7 @@ async fn a_switch_is_agreed_by_every_member_and_old_links_go_after_the_new_are_u
     // other clients have torn theirs down too.
     for c in &nodes[2..] {
         eventually("client links = its neighbours", || {
-            c.connected_peers() == c.neighbours()
+            c.connected_peers() == c.neighbours().into_iter().collect::<Vec<_>>()
         })
         .await;
         assert_eq!(c.neighbours().len(), 1, "one home server for {}", c.name());

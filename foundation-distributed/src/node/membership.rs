@@ -288,3 +288,16 @@ impl Inner {
         }
     }
 }
+
+impl super::Node {
+    /// The topology in force (its kind and parameters).
+    pub fn topology_kind(&self) -> TopologyKind {
+        self.inner.topology.lock().kind()
+    }
+
+    /// The peers the topology wants this node linked to now: everyone in a full mesh,
+    /// the active view under HyParView.
+    pub fn neighbours(&self) -> BTreeSet<String> {
+        self.inner.topology.lock().wanted()
+    }
+}

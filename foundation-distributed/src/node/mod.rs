@@ -400,10 +400,11 @@ impl Node {
                 view: Mutex::new(View::new(me, settings.view.clone())),
                 down: Mutex::new(HashSet::new()),
                 detector: Mutex::new(FailureDetector::new(settings.detector.clone())),
-                topology: Mutex::new(Topology::new(
+                topology: Mutex::new(Topology::with_tick(
                     settings.topology,
                     name,
                     &[Member::new(name, settings.role)],
+                    settings.heartbeat,
                 )),
                 slots: RwLock::new(HashMap::new()),
                 requests: Requests::new(settings.max_concurrent_requests),

@@ -215,13 +215,8 @@ impl SwitchState {
     }
 }
 
-/// The metric label of a topology kind.
-pub(crate) fn kind_label(kind: TopologyKind) -> &'static str {
-    match kind {
-        TopologyKind::FullMesh => "full_mesh",
-        TopologyKind::ClientServer { .. } => "client_server",
-        TopologyKind::Static => "static",
-    }
+fn kind_label(kind: TopologyKind) -> &'static str {
+    kind.label()
 }
 
 fn set_kind_gauge(old: Option<TopologyKind>, new: TopologyKind) {
@@ -353,11 +348,6 @@ impl Node {
         v.sort();
         v
     }
-
-    /// The peers the topology in force wants links to (its neighbours).
-    pub fn neighbours(&self) -> Vec<String> {
-        self.inner.topology.lock().wanted().into_iter().collect()
-    }
 }
 
 impl Inner {
@@ -397,7 +387,8 @@ impl Inner {
                     .map(|u| u.name.clone())
                     .collect();
             }
-            let mut t = Topology::new(ann.kind, &self.name, &members);
+            let mut t =
+                Topology::with_tick(ann.kind, &self.name, &members, self.settings.heartbeat);
             for d in dead {
                 t.update(Change::Down(d));
             }

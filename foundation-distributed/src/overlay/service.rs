@@ -74,8 +74,21 @@ impl HyParViewService {
             buf: Vec::new(),
             pending_join: None,
         };
+        // Known members are recorded first; the contact is a random one of them (seeded
+        // by the name), so a cluster switching to HyParView does not join through one node.
         for m in members {
-            s.update(Change::Joined(m.clone()));
+            s.members.insert(m.name.clone(), (m.clone(), true));
+        }
+        let others: Vec<String> = s
+            .members
+            .keys()
+            .filter(|n| **n != s.local)
+            .cloned()
+            .collect();
+        if !others.is_empty() {
+            let c = others[s.rng.random_range(0..others.len())].clone();
+            s.contacted = true;
+            s.input(HvInput::Join(c));
         }
         s
     }
@@ -133,8 +146,7 @@ impl HyParViewService {
 
 impl PeerService for HyParViewService {
     fn kind(&self) -> TopologyKind {
-        // No HyParView variant in `TopologyKind` yet; installed with `install_topology`.
-        TopologyKind::Static
+        TopologyKind::HyParView(*self.hv.config())
     }
 
     fn update(&mut self, change: Change) {
