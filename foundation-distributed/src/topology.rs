@@ -175,6 +175,43 @@ pub trait PeerService: Send + Sync + std::fmt::Debug {
     fn tick(&mut self) -> Vec<(String, Vec<u8>)> {
         Vec::new()
     }
+
+    /// Spreads a broadcast with the manager's own protocol (Plumtree under HyParView):
+    /// `payload` is the node's encoded broadcast, `incarnation` the node's run (carried in
+    /// the broadcast's id). Returns the protocol messages to send, or `None` when the
+    /// manager has no broadcast protocol (the default): the node then sends the broadcast
+    /// to [`broadcast_targets`](Self::broadcast_targets) itself.
+    fn publish(
+        &mut self,
+        _incarnation: u64,
+        _payload: bytes::Bytes,
+    ) -> Option<Vec<(String, Vec<u8>)>> {
+        None
+    }
+
+    /// Broadcasts the manager's protocol delivered since the last call (each once), for
+    /// the node to hand to its receivers.
+    fn take_delivered(&mut self) -> Vec<Delivered> {
+        Vec::new()
+    }
+
+    /// Whether an outgoing protocol message carries application data (a broadcast
+    /// payload): the node sends those on a data channel rather than on `coordination`.
+    fn carries_data(&self, _payload: &[u8]) -> bool {
+        false
+    }
+}
+
+/// A broadcast delivered by a manager's own broadcast protocol (see
+/// [`PeerService::publish`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The neighbour it came from.
+    pub from: String,
+    /// Hops from its origin.
+    pub hops: u16,
+    /// The node's encoded broadcast, as given to `publish` at the origin.
+    pub payload: bytes::Bytes,
 }
 
 /// What every manager here keeps: the local node and the members with their state.
@@ -551,6 +588,25 @@ impl Topology {
     /// See [`PeerService::tick`].
     pub fn tick(&mut self) -> Vec<(String, Vec<u8>)> {
         self.service.tick()
+    }
+
+    /// See [`PeerService::publish`].
+    pub fn publish(
+        &mut self,
+        incarnation: u64,
+        payload: bytes::Bytes,
+    ) -> Option<Vec<(String, Vec<u8>)>> {
+        self.service.publish(incarnation, payload)
+    }
+
+    /// See [`PeerService::take_delivered`].
+    pub fn take_delivered(&mut self) -> Vec<Delivered> {
+        self.service.take_delivered()
+    }
+
+    /// See [`PeerService::carries_data`].
+    pub fn carries_data(&self, payload: &[u8]) -> bool {
+        self.service.carries_data(payload)
     }
 }
 

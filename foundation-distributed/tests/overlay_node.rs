@@ -5,10 +5,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use foundation_distributed::node::{Node, NodeSettings};
 use foundation_distributed::overlay::service::HyParViewService;
 use foundation_distributed::overlay::HyParViewConfig;
-use foundation_distributed::topology::{Change, Member, PeerService, Role, TopologyKind};
+use foundation_distributed::topology::{
+    Change, Delivered, Member, PeerService, Role, TopologyKind,
+};
 use foundation_distributed::transport::{
     ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
 };
@@ -56,6 +59,17 @@ impl PeerService for Observed {
         let out = self.inner.tick();
         self.sync();
         out
+    }
+    fn publish(&mut self, incarnation: u64, payload: Bytes) -> Option<Vec<(String, Vec<u8>)>> {
+        let out = self.inner.publish(incarnation, payload);
+        self.sync();
+        out
+    }
+    fn take_delivered(&mut self) -> Vec<Delivered> {
+        self.inner.take_delivered()
+    }
+    fn carries_data(&self, payload: &[u8]) -> bool {
+        self.inner.carries_data(payload)
     }
 }
 

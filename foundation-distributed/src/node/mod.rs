@@ -282,6 +282,7 @@ pub(crate) struct Inner {
     inbox: Mutex<Option<Inbox>>,
     meters: Meters,
     switch: switch::SwitchState,
+    overlay: membership::Overlay,
 }
 
 /// A running cluster member. Cheap to clone; [`shutdown`](Self::shutdown) stops it (and
@@ -381,12 +382,13 @@ impl Node {
                 backoff_base: settings.reconnect_base.max(Duration::from_millis(1)),
                 backoff_max: settings.reconnect_max.max(settings.reconnect_base),
                 on_up: Box::new(move |_peer, channels| {
-                    // The first message on every new link is our view, then the topology
-                    // epoch in force here (a late joiner learns the cluster's).
+                    // The first message on every new link is our view (membership.rs),
+                    // then the topology epoch in force here (a late joiner learns the
+                    // cluster's).
                     if let Some(inner) = on_up_weak.upgrade() {
-                        let digest = inner.view.lock().digest();
+                        let hello = inner.hello();
                         if let Ok(s) = channels.sender(COORDINATION) {
-                            let _ = s.try_send(None, encode(&Wire::Gossip { members: digest }));
+                            let _ = s.try_send(None, encode(&Wire::Gossip { members: hello }));
                             let _ = s.try_send(None, inner.switch_state_wire());
                         }
                     }
@@ -416,6 +418,7 @@ impl Node {
                 inbox: Mutex::new(None),
                 meters: Meters::new(),
                 switch: switch::SwitchState::new(settings.topology),
+                overlay: membership::Overlay::default(),
                 settings,
             }
         });
@@ -739,6 +742,11 @@ impl Node {
     /// topology's broadcast tree; each node delivers it once. Waits for room on each
     /// first-hop link that is up; a first hop whose link is still being made holds the
     /// message (bounded) until it is up; one that cannot is skipped (counted).
+    ///
+    /// Under [`TopologyKind::HyParView`] the broadcast goes through Plumtree over the
+    /// active view instead (eager push on a spanning tree, lazy ids to the other
+    /// neighbours, graft and prune; see `docs/NODE.md`): this never waits, and a node
+    /// that misses the payload grafts it from a neighbour that announced it.
     pub async fn broadcast<T: Serialize + ?Sized>(&self, name: &str, msg: &T) -> Result<()> {
         let id = self.inner.broadcasts.next_id();
         self.inner
@@ -752,6 +760,9 @@ impl Node {
             body: Bytes::new(),
         };
         let bytes = encode_with(&wire, msg).map_err(encode_error)?;
+        if self.inner.publish_overlay(&bytes) {
+            return Ok(()); // the topology's broadcast protocol (Plumtree) carries it
+        }
         let targets = self.inner.topology.lock().broadcast_targets(None);
         for t in targets {
             self.inner.ensure_link(&t);
@@ -981,31 +992,7 @@ impl Inner {
         self.retransmit();
     }
 
-    fn send_topology(&self, out: Vec<(String, Vec<u8>)>) {
-        for (to, payload) in out {
-            let w = Wire::Topology {
-                payload: Bytes::from(payload),
-            };
-            // A partial-view topology (HyParView) talks to peers it holds no link to yet
-            // (join replies, neighbour requests, shuffles): make the link and let it hold
-            // the message until it is up.
-            let sent = self.hop(&to).and_then(|hop| {
-                self.ensure_link(&hop);
-                match self.links.get(&hop) {
-                    Some(l) => l.send_or_park(COORDINATION, None, encode(&w)),
-                    None => Err(Error::NotConnected {
-                        node: hop,
-                        reason: "no link".into(),
-                    }),
-                }
-            });
-            if sent.is_err() {
-                self.meters.dropped("topology_failed").increment(1);
-            }
-        }
-    }
-
-    fn channel_for(&self, opts: SendOptions, size: usize) -> &str {
+    pub(crate) fn channel_for(&self, opts: SendOptions, size: usize) -> &str {
         let meta = MessageMeta {
             urgency: opts.urgency,
             size,
@@ -1181,6 +1168,8 @@ impl Inner {
             Wire::Topology { payload } => {
                 let out = self.topology.lock().on_message(peer, &payload);
                 self.send_topology(out);
+                // Broadcasts the topology's own protocol delivered (broadcast.rs).
+                return self.deliver_overlay(may_wait);
             }
             Wire::Send {
                 to_name,
@@ -1223,7 +1212,7 @@ impl Inner {
                         self.meters.dropped("broadcast_relay_failed").increment(1);
                     }
                 }
-                return self.deliver(&to_name, &origin, &body, may_wait);
+                return self.deliver_broadcast(&to_name, &origin, &body, may_wait);
             }
             Wire::Acked {
                 from,
