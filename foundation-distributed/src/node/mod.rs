@@ -389,7 +389,7 @@ impl Node {
                         let hello = inner.hello();
                         if let Ok(s) = channels.sender(COORDINATION) {
                             let _ = s.try_send(None, encode(&Wire::Gossip { members: hello }));
-                            let _ = s.try_send(None, inner.switch_state_wire());
+                            let _ = s.try_send(switch::KEY, inner.switch_state_wire());
                         }
                     }
                 }),

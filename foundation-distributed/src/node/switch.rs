@@ -64,6 +64,11 @@ use crate::error::{Error, Result};
 use crate::membership::Status;
 use crate::topology::{Change, Member, Topology, TopologyKind};
 
+/// The partition key of switch messages on `coordination`: one connection, so they keep
+/// their order, and the round-robin spread of the other (unkeyed) coordination messages
+/// is left as it is.
+pub(crate) const KEY: Option<u64> = Some(0x5317_c400);
+
 /// Settings of coordinated topology switching ([`NodeSettings::switch`](super::NodeSettings::switch)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwitchSettings {
@@ -444,7 +449,7 @@ impl Inner {
             if Some(l.peer.as_str()) == from {
                 continue;
             }
-            if l.try_send(COORDINATION, None, bytes.clone()).is_err() {
+            if l.try_send(COORDINATION, KEY, bytes.clone()).is_err() {
                 self.meters.dropped("switch_failed").increment(1);
             }
         }
@@ -473,7 +478,7 @@ impl Inner {
         let sent = self
             .links
             .get(peer)
-            .map(|l| l.send_or_park(COORDINATION, None, encode_announce(ann)));
+            .map(|l| l.send_or_park(COORDINATION, KEY, encode_announce(ann)));
         if !matches!(sent, Some(Ok(()))) {
             self.meters.dropped("switch_failed").increment(1);
         }
@@ -487,7 +492,7 @@ impl Inner {
             let up = self.links.up_peers();
             if let Some(l) = up.choose(&mut rand::rng()) {
                 let bytes = self.switch_state_wire();
-                if l.try_send(COORDINATION, None, bytes).is_err() {
+                if l.try_send(COORDINATION, KEY, bytes).is_err() {
                     self.meters.dropped("switch_failed").increment(1);
                 }
             }
