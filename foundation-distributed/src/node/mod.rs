@@ -51,7 +51,10 @@ mod delivery;
 mod link;
 mod membership;
 mod request;
+mod switch;
 mod wire;
+
+pub use switch::{SwitchError, SwitchRecord, SwitchSettings, TopologyState};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,7 +77,7 @@ use crate::channel::{
 use crate::error::{Error, Result};
 use crate::interpose::Interposer;
 use crate::membership::{FailureDetector, PhiSettings, Status, Update, View, ViewSettings};
-use crate::topology::{Change, Member, Role, Topology, TopologyKind};
+use crate::topology::{Member, Role, Topology, TopologyKind};
 use crate::transport::Transport;
 use foundation_beam::core::telemetry::TaskGuard;
 
@@ -200,6 +203,8 @@ pub struct NodeSettings {
     pub shutdown_timeout: Duration,
     /// Fault injection applied to everything this node sends (tests).
     pub interposer: Option<Arc<Interposer>>,
+    /// Coordinated topology switching: cooldown, grace before old links are torn down.
+    pub switch: SwitchSettings,
 }
 
 impl Default for NodeSettings {
@@ -227,6 +232,7 @@ impl Default for NodeSettings {
             retransmit_after: Duration::from_millis(200),
             shutdown_timeout: Duration::from_secs(5),
             interposer: None,
+            switch: SwitchSettings::default(),
         }
     }
 }
@@ -279,6 +285,8 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     inbox: Mutex<Option<Inbox>>,
     meters: Meters,
+    switch: switch::SwitchState,
+    overlay: membership::Overlay,
 }
 
 /// A running cluster member. Cheap to clone; [`shutdown`](Self::shutdown) stops it (and
@@ -379,11 +387,14 @@ impl Node {
                 backoff_base: settings.reconnect_base.max(Duration::from_millis(1)),
                 backoff_max: settings.reconnect_max.max(settings.reconnect_base),
                 on_up: Box::new(move |_peer, channels| {
-                    // The first message on every new link is our view.
+                    // The first message on every new link is our view (membership.rs),
+                    // then the topology epoch in force here (a late joiner learns the
+                    // cluster's).
                     if let Some(inner) = on_up_weak.upgrade() {
-                        let digest = inner.view.lock().digest();
+                        let hello = inner.hello();
                         if let Ok(s) = channels.sender(COORDINATION) {
-                            let _ = s.try_send(None, encode(&Wire::Gossip { members: digest }));
+                            let _ = s.try_send(None, encode(&Wire::Gossip { members: hello }));
+                            let _ = s.try_send(switch::KEY, inner.switch_state_wire());
                         }
                     }
                 }),
@@ -396,10 +407,11 @@ impl Node {
                 view: Mutex::new(View::new(me, settings.view.clone())),
                 down: Mutex::new(HashSet::new()),
                 detector: Mutex::new(FailureDetector::new(settings.detector.clone())),
-                topology: Mutex::new(Topology::new(
+                topology: Mutex::new(Topology::with_tick(
                     settings.topology,
                     name,
                     &[Member::new(name, settings.role)],
+                    settings.heartbeat,
                 )),
                 slots: RwLock::new(HashMap::new()),
                 requests: Requests::new(settings.max_concurrent_requests),
@@ -410,6 +422,8 @@ impl Node {
                 tasks: Mutex::new(Vec::new()),
                 inbox: Mutex::new(Some(inbox)),
                 meters: Meters::new(),
+                switch: switch::SwitchState::new(settings.topology),
+                overlay: membership::Overlay::default(),
                 settings,
             }
         });
@@ -504,23 +518,6 @@ impl Node {
     /// Membership events from now on.
     pub fn subscribe(&self) -> bcast::Receiver<MembershipEvent> {
         self.inner.events.subscribe()
-    }
-
-    /// Switches the topology at run time; application code is unaffected. Members that
-    /// are down stay known (as down).
-    pub fn switch_topology(&self, kind: TopologyKind) {
-        let view = self.inner.view.lock();
-        let members: Vec<Member> = view
-            .digest()
-            .iter()
-            .filter(|u| u.status != Status::Left)
-            .map(|u| Member::new(u.name.clone(), u.role))
-            .collect();
-        let mut t = Topology::new(kind, &self.inner.name, &members);
-        for u in view.members().filter(|u| u.status == Status::Dead) {
-            t.update(Change::Down(u.name.clone()));
-        }
-        *self.inner.topology.lock() = t;
     }
 
     /// Registers a receiver of `T` messages under `name` (replacing any receiver or
@@ -768,6 +765,11 @@ impl Node {
     /// topology's broadcast tree; each node delivers it once. Waits for room on each
     /// first-hop link that is up; a first hop whose link is still being made holds the
     /// message (bounded) until it is up; one that cannot is skipped (counted).
+    ///
+    /// Under [`TopologyKind::HyParView`] the broadcast goes through Plumtree over the
+    /// active view instead (eager push on a spanning tree, lazy ids to the other
+    /// neighbours, graft and prune; see `docs/NODE.md`): this never waits, and a node
+    /// that misses the payload grafts it from a neighbour that announced it.
     pub async fn broadcast<T: Serialize + ?Sized>(&self, name: &str, msg: &T) -> Result<()> {
         let id = self.inner.broadcasts.next_id();
         self.inner
@@ -781,6 +783,9 @@ impl Node {
             body: Bytes::new(),
         };
         let bytes = encode_with(&wire, msg).map_err(encode_error)?;
+        if self.inner.publish_overlay(&bytes) {
+            return Ok(()); // the topology's broadcast protocol (Plumtree) carries it
+        }
         let targets = self.inner.topology.lock().broadcast_targets(None);
         for t in targets {
             self.inner.ensure_link(&t);
@@ -996,36 +1001,11 @@ impl Inner {
             }
         }
         self.membership_round(round);
+        self.switch_round(round);
         self.retransmit();
     }
 
-    fn send_topology(&self, out: Vec<(String, Vec<u8>)>) {
-        for (to, payload) in out {
-            let w = Wire::Topology {
-                payload: Bytes::from(payload),
-            };
-            // A partial-view topology (HyParView) talks to peers it holds no link to yet
-            // (join replies, neighbour requests, shuffles): make the link and let it hold
-            // the message until it is up. One connection per peer (a key): inbound
-            // connections are handled concurrently, each on its own reading task (D260),
-            // and a protocol's messages must arrive in the order sent.
-            let sent = self.hop(&to).and_then(|hop| {
-                self.ensure_link(&hop);
-                match self.links.get(&hop) {
-                    Some(l) => l.send_or_park(COORDINATION, Some(0), encode(&w)),
-                    None => Err(Error::NotConnected {
-                        node: hop,
-                        reason: "no link".into(),
-                    }),
-                }
-            });
-            if sent.is_err() {
-                self.meters.dropped("topology_failed").increment(1);
-            }
-        }
-    }
-
-    fn channel_for(&self, opts: SendOptions, size: usize) -> &str {
+    pub(crate) fn channel_for(&self, opts: SendOptions, size: usize) -> &str {
         let meta = MessageMeta {
             urgency: opts.urgency,
             size,
@@ -1049,12 +1029,13 @@ impl Inner {
                 reason: "declared down".into(),
             });
         }
-        self.topology
-            .lock()
-            .next_hop(to)
-            .ok_or_else(|| Error::UnknownNode {
-                node: to.to_string(),
-            })
+        let hop = self.topology.lock().next_hop(to);
+        match hop {
+            Some(h) => Ok(h),
+            // Not reachable through the overlay (a topology without relaying, a
+            // partially switched cluster): a transient direct connection.
+            None => self.direct_hop(to),
+        }
     }
 
     /// Sends towards `to`, waiting for the link (bounded) and for queue room. Only for
@@ -1213,6 +1194,8 @@ impl Inner {
             Wire::Topology { payload } => {
                 let out = self.topology.lock().on_message(peer, &payload);
                 self.send_topology(out);
+                // Broadcasts the topology's own protocol delivered (broadcast.rs).
+                return self.deliver_overlay(may_wait);
             }
             Wire::Send {
                 to_name,
@@ -1275,7 +1258,7 @@ impl Inner {
                         self.meters.dropped("broadcast_relay_failed").increment(1);
                     }
                 }
-                return self.deliver(&to_name, &origin, &body, may_wait);
+                return self.deliver_broadcast(&to_name, &origin, &body, may_wait);
             }
             Wire::Acked {
                 from,
@@ -1292,6 +1275,7 @@ impl Inner {
                         .increment(1);
                 }
             }
+            Wire::Switch { payload } => self.on_switch(peer, &payload),
             Wire::Ack {
                 from,
                 incarnation,
@@ -1531,4 +1515,5 @@ pub(crate) fn describe_metrics() {
         "foundation_node_retransmit_buffer",
         "Messages held for retransmission (all destinations)."
     );
+    switch::describe_metrics();
 }

@@ -49,7 +49,7 @@ impl<T: Clone + Ord + Hash + Debug + Send + Sync + 'static> PeerId for T {}
 
 /// HyParView parameters. Defaults are the paper's (section 5, 10,000 nodes) where it gives
 /// one; timer values are ours (the paper counts in simulation cycles).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HyParViewConfig {
     /// Active view capacity (paper: 5, i.e. log10(n) + c with c = 1 at 10,000 nodes).

@@ -28,11 +28,16 @@ use super::hyparview::PeerId;
 type FixedMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 type FixedSet<K> = HashSet<K, foldhash::fast::FixedState>;
 
-/// A broadcast's identity: its origin and the origin's sequence number.
+/// A broadcast's identity: its origin, the origin's incarnation (so a restarted origin,
+/// whose counter starts again, is not taken for its previous run) and the origin's
+/// sequence number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MessageId<P> {
     /// The node that published it.
     pub origin: P,
+    /// The origin's incarnation (0 where the driver has none, as in the simulator).
+    #[serde(default)]
+    pub incarnation: u64,
     /// The origin's counter.
     pub seq: u64,
 }
@@ -195,6 +200,7 @@ pub struct PtStats {
 #[derive(Debug, Clone)]
 pub struct Plumtree<P> {
     me: P,
+    incarnation: u64,
     config: PlumtreeConfig,
     eager: BTreeSet<P>,
     lazy: BTreeSet<P>,
@@ -215,6 +221,7 @@ impl<P: PeerId> Plumtree<P> {
     pub fn new(me: P, config: PlumtreeConfig) -> Self {
         Plumtree {
             me,
+            incarnation: 0,
             config,
             eager: BTreeSet::new(),
             lazy: BTreeSet::new(),
@@ -227,6 +234,12 @@ impl<P: PeerId> Plumtree<P> {
             started: false,
             stats: PtStats::default(),
         }
+    }
+
+    /// Sets the incarnation the ids of this node's next broadcasts carry (the driver's
+    /// run; default 0).
+    pub fn set_incarnation(&mut self, incarnation: u64) {
+        self.incarnation = incarnation;
     }
 
     /// The eager peers (the tree links).
@@ -276,6 +289,7 @@ impl<P: PeerId> Plumtree<P> {
             PtInput::Broadcast(payload) => {
                 let id = MessageId {
                     origin: self.me.clone(),
+                    incarnation: self.incarnation,
                     seq: self.next_seq,
                 };
                 self.next_seq += 1;
@@ -535,7 +549,11 @@ mod tests {
 
     fn gossip(origin: u32, seq: u64, round: u16) -> PtMessage<u32> {
         PtMessage::Gossip {
-            id: MessageId { origin, seq },
+            id: MessageId {
+                origin,
+                incarnation: 0,
+                seq,
+            },
             round,
             payload: Bytes::from_static(b"x"),
         }
@@ -610,10 +628,21 @@ mod tests {
         );
         assert!(out.contains(&PtOutput::Send {
             to: 2,
-            msg: PtMessage::IHave(vec![(MessageId { origin: 0, seq: 0 }, 0)])
+            msg: PtMessage::IHave(vec![(
+                MessageId {
+                    origin: 0,
+                    incarnation: 0,
+                    seq: 0
+                },
+                0
+            )])
         }));
         out.clear();
-        let id = MessageId { origin: 7, seq: 3 };
+        let id = MessageId {
+            origin: 7,
+            incarnation: 0,
+            seq: 3,
+        };
         p.handle(
             Duration::ZERO,
             PtInput::Message {
@@ -676,7 +705,11 @@ mod tests {
             &mut out,
         );
         out.clear();
-        let id = MessageId { origin: 0, seq: 0 };
+        let id = MessageId {
+            origin: 0,
+            incarnation: 0,
+            seq: 0,
+        };
         p.handle(
             Duration::from_secs(1),
             PtInput::Message {
