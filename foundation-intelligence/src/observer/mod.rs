@@ -287,9 +287,14 @@ impl Observer {
         self.live.sample(&self.src);
     }
 
-    /// Marks that somebody looks: starts the sampler for [`live::LEASE`].
-    fn touch(&self) {
+    /// Starts the sampler, or keeps it running, for [`live::LEASE`] from now: what every
+    /// observer request does (for embedders serving their own views).
+    pub fn keep_sampling(&self) {
         self.live.touch(&self.src);
+    }
+
+    fn touch(&self) {
+        self.keep_sampling();
     }
 
     /// Each peer: the link's channels with their rates from the last sample; members
