@@ -1020,10 +1020,10 @@ pub async fn run(
         })
         .collect();
     ready.store(false, Ordering::Release);
-    http.shutdown().await;
     for o in &observers {
         o.shutdown(Duration::from_secs(1)).await;
     }
+    http.shutdown().await;
     hyp_eco.shutdown(Duration::from_secs(2)).await;
     scaled.shutdown(Duration::from_secs(2)).await;
     for n in &nodes {

@@ -100,10 +100,13 @@ impl Drop for Browser {
 
 impl Browser {
     fn launch(bin: &PathBuf, width: u32, height: u32) -> Browser {
+        // One profile per browser: Chromium hands a second launch on the same profile to
+        // the first process and exits.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let profile = std::env::temp_dir().join(format!(
             "foundation-observer-chromium-{}-{}",
             std::process::id(),
-            width
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&profile);
         std::fs::create_dir_all(&profile).unwrap();

@@ -485,18 +485,29 @@ async fn event_stream_is_served_as_text_event_stream() {
     let net = MemoryNetwork::new();
     let a = member(&net, "solo", &ClusterSecret::generate(), None).await;
     let o = observer(&a);
-    let server = serve(o).await;
+    let server = serve(o.clone()).await;
     let addr = server.local_addr();
-    let head = tokio::task::spawn_blocking(move || {
+    let (mut stream, v) = tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         write!(s, "GET /api/events HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
         let mut buf = String::new();
         let v = read_cluster_event(&mut s, &mut buf);
-        (buf, v)
-    });
-    let (_, v) = head.await.unwrap();
+        (s, v)
+    })
+    .await
+    .unwrap();
     assert_eq!(v[0]["name"], "solo");
+    // Shutting the observer down ends the open stream (the connection closes).
+    o.shutdown(Duration::from_secs(1)).await;
+    tokio::task::spawn_blocking(move || {
+        let mut rest = Vec::new();
+        stream
+            .read_to_end(&mut rest)
+            .expect("the stream ends instead of timing out");
+    })
+    .await
+    .unwrap();
     let (status, page) = get(addr, "/").await;
     assert_eq!(status, 200);
     assert!(page.contains("new EventSource(\"api/events\")"));

@@ -239,6 +239,16 @@ impl Live {
         }
     }
 
+    /// Resolves once [`stop`](Self::stop) was called.
+    pub(super) async fn stopped(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// Whether [`stop`](Self::stop) was called.
+    pub(super) fn is_stopped(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
     /// Counts a live stream; `None` when [`MAX_STREAMS`] are open.
     pub(super) fn open_stream(self: &Arc<Self>) -> Option<StreamGuard> {
         let n = self.streams.fetch_add(1, Ordering::AcqRel);

@@ -265,8 +265,9 @@ impl Observer {
         self.live.record(kind, source, text.into());
     }
 
-    /// Stops the sampler (waiting at most `within` for it); the views keep answering,
-    /// without new samples.
+    /// Stops the sampler (waiting at most `within` for it) and ends the live streams; the
+    /// views keep answering, without new samples. Call it before shutting the HTTP server
+    /// down, whose graceful shutdown otherwise waits its grace period for open streams.
     pub async fn shutdown(&self, within: Duration) {
         self.live.stop(within).await;
     }
@@ -595,8 +596,16 @@ async fn events(State(o): State<Observer>) -> Response {
     };
     o.touch();
     let stream = futures_util::stream::unfold((o, guard, true), |(o, guard, first)| async move {
+        // The stream ends when the observer is shut down (so the HTTP server's graceful
+        // shutdown does not wait for it).
         if !first {
-            tokio::time::sleep(STREAM_EVERY).await;
+            tokio::select! {
+                _ = o.live.stopped() => return None,
+                _ = tokio::time::sleep(STREAM_EVERY) => {}
+            }
+        }
+        if o.live.is_stopped() {
+            return None;
         }
         o.touch();
         let cluster = o.cluster().await;
