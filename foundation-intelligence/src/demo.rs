@@ -452,16 +452,48 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(true));
     let names: Vec<String> = nodes.iter().map(|n| n.node.name().to_string()).collect();
     let health_nodes: Vec<Node> = nodes.iter().map(|n| n.node.clone()).collect();
+    // Rollouts, checked by their monitors.
+    let check = (options.duration / 6).max(Duration::from_millis(500));
+    let inline = Rollout::new(
+        "inline-requests",
+        RolloutSettings {
+            initial_percent: 10.0,
+            check_interval: check,
+            min_samples: 20,
+            ..RolloutSettings::default()
+        },
+    )
+    .expect("valid rollout settings");
+    let faulty = Rollout::new(
+        "faulty-codec",
+        RolloutSettings {
+            initial_percent: 10.0,
+            check_interval: check,
+            min_samples: 20,
+            ..RolloutSettings::default()
+        },
+    )
+    .expect("valid rollout settings");
+    let hypotheses = Arc::new(HypothesisEngine::new());
     // The observer: every node answers `observer.snapshot`; n0's HTTP server shows them all.
+    // n0's timeline also shows the rollouts' steps and the hypothesis' verdict (both run
+    // on n0); the scaler's decisions go on the last node's.
     let topology_label = crate::adaptive_topology::kind_label(options.topology);
-    let mut observer = None;
-    for n in &nodes {
-        let o = crate::observer::Observer::new(n.node.clone(), topology_label)
+    let mut observers = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let mut o = crate::observer::Observer::new(n.node.clone(), topology_label)
             .recorder(recorder.clone())
             .ecosystem(n.eco.clone());
+        if i == 0 {
+            o = o
+                .rollout(inline.clone())
+                .rollout(faulty.clone())
+                .hypotheses(hypotheses.clone());
+        }
         o.serve();
-        observer.get_or_insert(o);
+        observers.push(o);
     }
+    let observer = observers.first().cloned();
     let mut endpoints = Endpoints::new(recorder, ready.clone()).health(move || {
         let members: BTreeMap<String, usize> = health_nodes
             .iter()
@@ -547,28 +579,6 @@ pub async fn run(
         );
     }
 
-    // Rollouts, checked by their monitors.
-    let check = (options.duration / 6).max(Duration::from_millis(500));
-    let inline = Rollout::new(
-        "inline-requests",
-        RolloutSettings {
-            initial_percent: 10.0,
-            check_interval: check,
-            min_samples: 20,
-            ..RolloutSettings::default()
-        },
-    )
-    .expect("valid rollout settings");
-    let faulty = Rollout::new(
-        "faulty-codec",
-        RolloutSettings {
-            initial_percent: 10.0,
-            check_interval: check,
-            min_samples: 20,
-            ..RolloutSettings::default()
-        },
-    )
-    .expect("valid rollout settings");
     tasks.spawn({
         let m = inline.spawn_monitor(stop.clone());
         async move {
@@ -800,8 +810,8 @@ pub async fn run(
         let (eco_a, eco_r) = (hyp_eco.clone(), hyp_eco.clone());
         let (phase_a, phase_r) = (hypothesis_phase.clone(), hypothesis_phase.clone());
         let (stop, done, window) = (stop.clone(), hypothesis_done.clone(), window.clone());
+        let engine = hypotheses.clone();
         tasks.spawn(async move {
-            let engine = HypothesisEngine::new();
             hypothesis_phase_set(&phase_a, 1);
             let mut probe = move || {
                 let mut w = window.lock();
@@ -847,6 +857,7 @@ pub async fn run(
     {
         let (eco, stop, scaling) = (scaled.clone(), stop.clone(), scaling.clone());
         let total = options.duration.as_secs_f64();
+        let timeline = observers.last().cloned();
         tasks.spawn(async move {
             let policy = ScalingPolicy {
                 capacity_per_unit: 200.0,
@@ -887,6 +898,15 @@ pub async fn run(
                         if let Action::ScaleUp { from, to } | Action::ScaleDown { from, to } =
                             d.action
                         {
+                            if let Some(o) = &timeline {
+                                o.record(
+                                    crate::observer::live::EventKind::Decision,
+                                    eco.spec().name.as_str(),
+                                    format!(
+                                        "predictive scaling: {from} -> {to} workers (load {load:.0}/s)"
+                                    ),
+                                );
+                            }
                             scaling.lock().push(ScalingStep {
                                 load,
                                 from,
@@ -1000,6 +1020,9 @@ pub async fn run(
         })
         .collect();
     ready.store(false, Ordering::Release);
+    for o in &observers {
+        o.shutdown(Duration::from_secs(1)).await;
+    }
     http.shutdown().await;
     hyp_eco.shutdown(Duration::from_secs(2)).await;
     scaled.shutdown(Duration::from_secs(2)).await;

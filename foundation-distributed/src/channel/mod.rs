@@ -83,6 +83,7 @@
 //! ```
 
 mod queue;
+mod stats;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,6 +104,7 @@ use crate::transport::{
 };
 use crate::{Error, Result};
 use queue::{Item, Queue, QueueMeters, Refused};
+pub use stats::{ChannelStats, LATE_AFTER};
 
 pub(crate) mod metric {
     pub const MESSAGES: &str = "foundation_channel_messages_total";
@@ -398,6 +400,8 @@ struct Meters {
     dropped_too_large: Counter,
     dropped_interposed: Counter,
     send_seconds: Histogram,
+    /// This link's own counters, for [`Channels::stats`].
+    live: stats::LiveCounters,
 }
 
 impl Meters {
@@ -413,6 +417,7 @@ impl Meters {
             dropped_too_large: dropped("too_large"),
             dropped_interposed: dropped("interposed"),
             send_seconds: histogram!(metric::SEND_SECONDS, "channel" => ch),
+            live: stats::LiveCounters::default(),
         }
     }
 }
@@ -832,9 +837,9 @@ impl Writer {
             self.meters.messages_out.increment(1);
             self.meters.bytes_out.increment(len);
         }
-        self.meters
-            .send_seconds
-            .record(item.queued.elapsed().as_secs_f64());
+        let waited = item.queued.elapsed();
+        self.meters.send_seconds.record(waited.as_secs_f64());
+        self.meters.live.written(copies.into(), len, waited);
         Ok(())
     }
 }

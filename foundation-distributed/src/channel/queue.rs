@@ -336,6 +336,13 @@ impl Queue {
         n
     }
 
+    /// Items queued and their payload bytes, read under the lock (for observers).
+    pub(crate) fn depth(&self) -> (usize, u64) {
+        let st = self.state.lock();
+        let bytes = st.items.iter().map(|i| i.payload.len() as u64).sum();
+        (st.items.len(), bytes)
+    }
+
     /// Why the queue closed, if it did.
     pub(crate) fn closed(&self) -> Option<Arc<str>> {
         self.state.lock().closed.clone()

@@ -50,6 +50,7 @@ mod broadcast;
 mod delivery;
 mod link;
 mod membership;
+mod peer_stats;
 mod request;
 mod switch;
 mod wire;
@@ -83,6 +84,7 @@ use foundation_beam::core::telemetry::TaskGuard;
 
 use delivery::{AckedStreams, Attempt, Outcome, Slot};
 use link::{LinkContext, Links};
+pub use peer_stats::PeerStats;
 use request::Requests;
 use wire::{encode, encode_batches, encode_ref_with, encode_with, ReplyError, Wire, WireRef};
 

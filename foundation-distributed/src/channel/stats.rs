@@ -1,0 +1,102 @@
+//! Read-only numbers of one link's channels, for observers ([`Channels::stats`]).
+//!
+//! The sender tasks keep three relaxed atomic counters per channel of each link
+//! (messages and payload bytes written, messages that waited longer than [`LATE_AFTER`]
+//! between being queued and being written); the queue depth is read from the queues
+//! themselves when asked. Nothing here runs unless [`Channels::stats`] is called.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Channels, Priority};
+
+/// A message that waited longer than this between being queued and being written to its
+/// connection is counted as *late* ([`ChannelStats::late`]). On a high-priority channel
+/// a late message is a head-of-line incident: something held an urgent message back.
+pub const LATE_AFTER: Duration = Duration::from_millis(10);
+
+/// Counters of one channel of one link, bumped by its sender tasks.
+#[derive(Debug, Default)]
+pub(super) struct LiveCounters {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    late: AtomicU64,
+}
+
+impl LiveCounters {
+    /// `copies` copies of a `len`-byte payload were written after waiting `waited`.
+    #[inline]
+    pub(super) fn written(&self, copies: u64, len: u64, waited: Duration) {
+        self.messages.fetch_add(copies, Ordering::Relaxed);
+        self.bytes.fetch_add(len * copies, Ordering::Relaxed);
+        if waited > LATE_AFTER {
+            self.late.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One channel of a link to one peer, read now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelStats {
+    /// The channel's name.
+    pub channel: String,
+    /// Its priority (`high`, `medium`, `low`).
+    pub priority: String,
+    /// Connections configured (its parallelism).
+    pub parallelism: u16,
+    /// Connections open (not closed or failed).
+    pub connections: u16,
+    /// Messages queued and not yet written, over all its connections.
+    pub queued_messages: u64,
+    /// Payload bytes queued and not yet written.
+    pub queued_bytes: u64,
+    /// Messages written since the link came up (copies made by an interposer count).
+    pub sent_messages: u64,
+    /// Payload bytes written since the link came up.
+    pub sent_bytes: u64,
+    /// Messages that waited longer than [`LATE_AFTER`] between being queued and written.
+    pub late: u64,
+}
+
+impl Channels {
+    /// Every channel's numbers towards this link's peer, in the channel table's order.
+    /// Reads the counters and walks the queues under their locks (at most each queue's
+    /// capacity); costs nothing when not called.
+    pub fn stats(&self) -> Vec<ChannelStats> {
+        self.specs
+            .iter()
+            .filter_map(|spec| {
+                let s = self.by_name.get(&spec.name)?;
+                let st = &s.state;
+                let (mut queued_messages, mut queued_bytes, mut connections) = (0u64, 0u64, 0u16);
+                for q in &st.queues {
+                    let (n, b) = q.depth();
+                    queued_messages += n as u64;
+                    queued_bytes += b;
+                    if q.closed().is_none() {
+                        connections += 1;
+                    }
+                }
+                let live = &st.meters.live;
+                Some(ChannelStats {
+                    channel: spec.name.clone(),
+                    priority: match spec.priority {
+                        Priority::High => "high",
+                        Priority::Medium => "medium",
+                        Priority::Low => "low",
+                    }
+                    .to_string(),
+                    parallelism: spec.parallelism,
+                    connections,
+                    queued_messages,
+                    queued_bytes,
+                    sent_messages: live.messages.load(Ordering::Relaxed),
+                    sent_bytes: live.bytes.load(Ordering::Relaxed),
+                    late: live.late.load(Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+}
