@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use foundation_beam::mailbox::MemoryStrategy;
 use foundation_beam::message::{MessageOptions, Messenger, Payload, StrategySettings};
-use foundation_beam::process::{spawn_fn, spawn_with, Context, Process, Reply, SpawnOptions};
+use foundation_beam::process::{spawn_fn, spawn_with, SpawnOptions};
+use foundation_benches::peers::{FCounter, FMsg, KCounter, KEcho, KStart, KTick, RCounter, RMsg};
+use foundation_benches::runtime;
 use foundation_distributed::channel::ChannelSettings;
 use foundation_distributed::overlay::plumtree::Mode;
 use foundation_distributed::overlay::sim::{Sim, SimConfig};
@@ -152,134 +154,9 @@ impl Scenario {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort_unstable();
     v[v.len() / 2]
-}
-
-// ------------------------------------------------------------------------------------
-// Peers: ractor and kameo actors
-
-enum RMsg {
-    Start(u64, oneshot::Sender<()>),
-    Tick(u64),
-    Echo(u64, ractor::RpcReplyPort<u64>),
-}
-
-struct RCounter;
-
-impl ractor::Actor for RCounter {
-    type Msg = RMsg;
-    type State = (u64, Option<oneshot::Sender<()>>);
-    type Arguments = ();
-
-    async fn pre_start(
-        &self,
-        _: ractor::ActorRef<RMsg>,
-        _: (),
-    ) -> Result<Self::State, ractor::ActorProcessingErr> {
-        Ok((0, None))
-    }
-
-    async fn handle(
-        &self,
-        _: ractor::ActorRef<RMsg>,
-        msg: RMsg,
-        state: &mut Self::State,
-    ) -> Result<(), ractor::ActorProcessingErr> {
-        match msg {
-            RMsg::Start(n, done) => *state = (n, Some(done)),
-            RMsg::Tick(v) => {
-                black_box(v);
-                state.0 -= 1;
-                if state.0 == 0 {
-                    let _ = state.1.take().map(|d| d.send(()));
-                }
-            }
-            RMsg::Echo(v, r) => {
-                let _ = r.send(v);
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(kameo::Actor, Default)]
-struct KCounter {
-    left: u64,
-    done: Option<oneshot::Sender<()>>,
-}
-
-struct KStart(u64, oneshot::Sender<()>);
-struct KTick(u64);
-struct KEcho(u64);
-
-impl kameo::message::Message<KStart> for KCounter {
-    type Reply = ();
-    async fn handle(&mut self, m: KStart, _: &mut kameo::message::Context<Self, ()>) {
-        self.left = m.0;
-        self.done = Some(m.1);
-    }
-}
-
-impl kameo::message::Message<KTick> for KCounter {
-    type Reply = ();
-    async fn handle(&mut self, m: KTick, _: &mut kameo::message::Context<Self, ()>) {
-        black_box(m.0);
-        self.left -= 1;
-        if self.left == 0 {
-            let _ = self.done.take().map(|d| d.send(()));
-        }
-    }
-}
-
-impl kameo::message::Message<KEcho> for KCounter {
-    type Reply = u64;
-    async fn handle(&mut self, m: KEcho, _: &mut kameo::message::Context<Self, u64>) -> u64 {
-        m.0
-    }
-}
-
-// Foundation process
-
-enum FMsg {
-    Start(u64, oneshot::Sender<()>),
-    Tick(u64),
-    Echo(u64, Reply<u64>),
-}
-
-#[derive(Default)]
-struct FCounter {
-    left: u64,
-    done: Option<oneshot::Sender<()>>,
-}
-
-impl Process for FCounter {
-    type Message = FMsg;
-    async fn handle(&mut self, msg: FMsg, _: &mut Context<FMsg>) {
-        match msg {
-            FMsg::Start(n, done) => {
-                self.left = n;
-                self.done = Some(done);
-            }
-            FMsg::Tick(v) => {
-                black_box(v);
-                self.left -= 1;
-                if self.left == 0 {
-                    let _ = self.done.take().map(|d| d.send(()));
-                }
-            }
-            FMsg::Echo(v, r) => r.send(v),
-        }
-    }
 }
 
 // ------------------------------------------------------------------------------------
