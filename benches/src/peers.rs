@@ -2,16 +2,174 @@
 //! `kameo` actor — for the side-by-side runs of `benches/actors.rs` and the report.
 //!
 //! Each takes a start message (how many ticks to expect and whom to tell when the last
-//! one is handled), ticks, and an echo request (request/reply).
+//! one is handled), ticks, and an echo request (request/reply). [`Counter`] drives any of
+//! them the same way, and [`fire`] and [`round_trips`] are the two measurements.
 //!
 //! With the `ractor-cluster` feature, ractor's `cluster` feature removes its blanket
 //! `ractor::Message` impl, so [`RMsg`] implements it explicitly (local messages only:
 //! not serializable, which is ractor's default).
 
+use std::future::Future;
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use foundation_beam::process::{Context, Process, Reply};
-use tokio::sync::oneshot;
+use foundation_beam::Handle;
+use tokio::sync::{mpsc, oneshot};
+
+/// The timeout of a request/reply call in these measurements (never reached).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a measurement drives a counter: start it, tick it, ask it for an echo. Each
+/// implementation uses its crate's plain API; a failure panics (a bench has no error
+/// path).
+pub trait Counter {
+    /// Tells the counter to expect `n` ticks and to signal `done` after the last.
+    fn start(&self, n: u64, done: oneshot::Sender<()>) -> impl Future<Output = ()>;
+    /// One tick (fire-and-forget).
+    fn tick(&self, i: u64) -> impl Future<Output = ()>;
+    /// One request/reply round trip.
+    fn echo(&self, i: u64) -> impl Future<Output = u64>;
+}
+
+/// One fire-and-forget round: `n` ticks sent from this task, timed until the counter has
+/// handled the last one.
+pub async fn fire<C: Counter>(c: &C, n: u64) -> Duration {
+    let (done_tx, done_rx) = oneshot::channel();
+    c.start(n, done_tx).await;
+    let start = Instant::now();
+    for i in 0..n {
+        c.tick(i).await;
+    }
+    done_rx.await.expect("the counter handled the last tick");
+    start.elapsed()
+}
+
+/// The raw tokio baseline of [`fire`]: `n` values through an `mpsc` channel —
+/// unbounded (`send`) or bounded to `capacity` (`send().await`) — to a spawned task that
+/// counts them down; timed until it has taken the last one.
+pub async fn tokio_fire(n: u64, capacity: Option<usize>) -> Duration {
+    let (done_tx, done_rx) = oneshot::channel();
+    let start;
+    match capacity {
+        None => {
+            let (tx, rx) = mpsc::unbounded_channel::<u64>();
+            tokio::spawn(count_down(n, rx, done_tx));
+            start = Instant::now();
+            for i in 0..n {
+                tx.send(i).expect("receiver alive");
+            }
+        }
+        Some(capacity) => {
+            let (tx, rx) = mpsc::channel::<u64>(capacity);
+            tokio::spawn(count_down(n, rx, done_tx));
+            start = Instant::now();
+            for i in 0..n {
+                tx.send(i).await.expect("receiver alive");
+            }
+        }
+    }
+    done_rx.await.expect("the receiver took the last value");
+    start.elapsed()
+}
+
+/// A channel's receiving side, bounded or not.
+trait Recv: Send + 'static {
+    fn next(&mut self) -> impl Future<Output = Option<u64>> + Send;
+}
+
+impl Recv for mpsc::Receiver<u64> {
+    fn next(&mut self) -> impl Future<Output = Option<u64>> + Send {
+        self.recv()
+    }
+}
+
+impl Recv for mpsc::UnboundedReceiver<u64> {
+    fn next(&mut self) -> impl Future<Output = Option<u64>> + Send {
+        self.recv()
+    }
+}
+
+async fn count_down(n: u64, mut rx: impl Recv, done: oneshot::Sender<()>) {
+    let mut left = n;
+    while let Some(v) = rx.next().await {
+        black_box(v);
+        left -= 1;
+        if left == 0 {
+            let _ = done.send(());
+            break;
+        }
+    }
+}
+
+/// `n` sequential request/reply round trips, timed.
+pub async fn round_trips<C: Counter>(c: &C, n: u64) -> Duration {
+    let start = Instant::now();
+    for i in 0..n {
+        black_box(c.echo(i).await);
+    }
+    start.elapsed()
+}
+
+/// The Foundation counter driven through `Handle::send().await` (and `call`).
+impl Counter for Handle<FMsg> {
+    async fn start(&self, n: u64, done: oneshot::Sender<()>) {
+        self.send(FMsg::Start(n, done))
+            .await
+            .expect("counter alive");
+    }
+    async fn tick(&self, i: u64) {
+        self.send(FMsg::Tick(i)).await.expect("counter alive");
+    }
+    async fn echo(&self, i: u64) -> u64 {
+        self.call(|r| FMsg::Echo(i, r), CALL_TIMEOUT)
+            .await
+            .expect("counter answers")
+    }
+}
+
+/// The Foundation counter driven through `Handle::try_send` (no waiting).
+#[derive(Clone)]
+pub struct TrySend(pub Handle<FMsg>);
+
+impl Counter for TrySend {
+    async fn start(&self, n: u64, done: oneshot::Sender<()>) {
+        self.0.try_send(FMsg::Start(n, done)).expect("room");
+    }
+    async fn tick(&self, i: u64) {
+        self.0.try_send(FMsg::Tick(i)).expect("room");
+    }
+    async fn echo(&self, i: u64) -> u64 {
+        self.0.echo(i).await
+    }
+}
+
+/// The ractor counter: `cast` and `call`.
+impl Counter for ractor::ActorRef<RMsg> {
+    async fn start(&self, n: u64, done: oneshot::Sender<()>) {
+        self.cast(RMsg::Start(n, done)).expect("actor alive");
+    }
+    async fn tick(&self, i: u64) {
+        self.cast(RMsg::Tick(i)).expect("actor alive");
+    }
+    async fn echo(&self, i: u64) -> u64 {
+        let r = self.call(|r| RMsg::Echo(i, r), Some(CALL_TIMEOUT));
+        r.await.expect("actor alive").expect("actor answers")
+    }
+}
+
+/// The kameo counter: `tell` and `ask`.
+impl Counter for kameo::actor::ActorRef<KCounter> {
+    async fn start(&self, n: u64, done: oneshot::Sender<()>) {
+        self.tell(KStart(n, done)).await.expect("actor alive");
+    }
+    async fn tick(&self, i: u64) {
+        self.tell(KTick(i)).await.expect("actor alive");
+    }
+    async fn echo(&self, i: u64) -> u64 {
+        self.ask(KEcho(i)).await.expect("actor answers")
+    }
+}
 
 // ---- Foundation ----
 

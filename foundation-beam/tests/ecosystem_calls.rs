@@ -3,6 +3,8 @@
 //! worker runs, fails at once when the coordinator has given up — and every re-route and
 //! failure is counted.
 
+mod common;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use foundation_beam::ecosystem::{Ecosystem, EcosystemSpec, Health, Workers};
 use foundation_beam::process::{Context, ExitReason, Process, Reply};
 use foundation_beam::supervisor::Intensity;
 use foundation_beam::Error;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::DebugValue;
 use tokio::time::Instant;
 
 const T: Duration = Duration::from_secs(5);
@@ -120,14 +122,7 @@ type Counters = Vec<(String, Vec<String>, u64)>;
 /// Runs `f` on a paused current-thread runtime with a local metrics recorder; returns
 /// its output and the counters it left, as (name, labels, value).
 fn run<F: Future>(f: impl FnOnce() -> F) -> (F::Output, Counters) {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter: Snapshotter = recorder.snapshotter();
-    let _local = metrics::set_default_local_recorder(&recorder);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let (rt, snapshotter, _local) = common::recorded_runtime(true);
     let out = rt.block_on(f());
     let counters = snapshotter
         .snapshot()
@@ -154,11 +149,7 @@ fn counter(all: &Counters, name: &str, label: Option<&str>) -> u64 {
 
 #[test]
 fn calls_pass_over_a_restarting_worker_to_a_running_one() {
-    let shared = Shared {
-        restart_delay: Duration::from_secs(60),
-        ..Shared::default()
-    };
-    let s = shared.clone();
+    let s = slow_restarts();
     let (elapsed, counters) = run(|| async move {
         let eco = ecosystem(2, &s, generous()).await;
         crash(&eco, &s, 0).await;
@@ -194,11 +185,10 @@ fn calls_pass_over_a_restarting_worker_to_a_running_one() {
 
 #[test]
 fn with_every_worker_restarting_a_call_waits_for_one_within_its_timeout() {
-    let shared = Shared {
+    let s = Shared {
         restart_delay: Duration::from_secs(2),
         ..Shared::default()
     };
-    let s = shared.clone();
     let (_, counters) = run(|| async move {
         let eco = ecosystem(1, &s, generous()).await;
 
@@ -240,8 +230,7 @@ fn with_every_worker_restarting_a_call_waits_for_one_within_its_timeout() {
 
 #[test]
 fn a_call_whose_worker_crashes_while_handling_it_fails_as_interrupted_and_is_not_retried() {
-    let shared = Shared::default();
-    let s = shared.clone();
+    let s = Shared::default();
     let (_, counters) = run(|| async move {
         let eco = ecosystem(2, &s, generous()).await;
         let r = eco.call(Job::CrashHolding, T).await;
@@ -287,8 +276,7 @@ fn a_call_whose_worker_crashes_while_handling_it_fails_as_interrupted_and_is_not
 
 #[test]
 fn messages_queued_behind_a_crash_are_not_interrupted() {
-    let shared = Shared::default();
-    let s = shared.clone();
+    let s = Shared::default();
     run(|| async move {
         let eco = ecosystem(1, &s, generous()).await;
         let w = eco.workers()[0].clone();
@@ -310,8 +298,7 @@ fn messages_queued_behind_a_crash_are_not_interrupted() {
 /// failed. Now those calls fail at once with the reason.
 #[test]
 fn crashes_beyond_the_intensity_stop_the_ecosystem_and_calls_say_why() {
-    let shared = Shared::default();
-    let s = shared.clone();
+    let s = Shared::default();
     let (_, counters) = run(|| async move {
         let eco = ecosystem(2, &s, Intensity::default()).await;
         for k in 0..4 {
@@ -356,23 +343,42 @@ fn crashes_beyond_the_intensity_stop_the_ecosystem_and_calls_say_why() {
     );
 }
 
-#[test]
-fn calls_waiting_for_a_worker_fail_when_the_ecosystem_shuts_down() {
-    let shared = Shared {
+/// A one-worker ecosystem whose worker crashed and takes 60 s to restart, and a call
+/// (timeout `T`) waiting for a worker in a task that returns its result and how long it
+/// waited.
+async fn a_call_waiting_for_a_worker(
+    s: &Shared,
+) -> (
+    Arc<Ecosystem<Worker>>,
+    tokio::task::JoinHandle<(foundation_beam::Result<u64>, Duration)>,
+) {
+    let eco = Arc::new(ecosystem(1, s, generous()).await);
+    crash(&eco, s, 0).await;
+    let caller = {
+        let eco = eco.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            (eco.call(|r| Job::Echo(5, r), T).await, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    (eco, caller)
+}
+
+fn slow_restarts() -> Shared {
+    Shared {
         restart_delay: Duration::from_secs(60),
         ..Shared::default()
-    };
-    let s = shared.clone();
+    }
+}
+
+#[test]
+fn calls_waiting_for_a_worker_fail_when_the_ecosystem_shuts_down() {
+    let s = slow_restarts();
     run(|| async move {
-        let eco = Arc::new(ecosystem(1, &s, generous()).await);
-        crash(&eco, &s, 0).await;
-        let caller = {
-            let eco = eco.clone();
-            tokio::spawn(async move { eco.call(|r| Job::Echo(1, r), T).await })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (eco, caller) = a_call_waiting_for_a_worker(&s).await;
         eco.shutdown(Duration::from_secs(1)).await;
-        let r = caller.await.unwrap();
+        let (r, _) = caller.await.unwrap();
         assert!(
             matches!(
                 &r,
@@ -388,22 +394,9 @@ fn calls_waiting_for_a_worker_fail_when_the_ecosystem_shuts_down() {
 
 #[test]
 fn a_resize_wakes_calls_waiting_for_a_worker() {
-    let shared = Shared {
-        restart_delay: Duration::from_secs(60),
-        ..Shared::default()
-    };
-    let s = shared.clone();
+    let s = slow_restarts();
     run(|| async move {
-        let eco = Arc::new(ecosystem(1, &s, generous()).await);
-        crash(&eco, &s, 0).await;
-        let caller = {
-            let eco = eco.clone();
-            tokio::spawn(async move {
-                let start = Instant::now();
-                (eco.call(|r| Job::Echo(5, r), T).await, start.elapsed())
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (eco, caller) = a_call_waiting_for_a_worker(&s).await;
         eco.resize(2).await.unwrap();
         let (r, waited) = caller.await.unwrap();
         assert_eq!(r.unwrap(), 5);
@@ -414,8 +407,7 @@ fn a_resize_wakes_calls_waiting_for_a_worker() {
 
 #[test]
 fn a_call_whose_worker_is_killed_while_handling_it_fails_as_interrupted() {
-    let shared = Shared::default();
-    let s = shared.clone();
+    let s = Shared::default();
     run(|| async move {
         let eco = Arc::new(ecosystem(1, &s, generous()).await);
         let caller = {

@@ -34,7 +34,9 @@ use bytes::Bytes;
 use foundation_beam::mailbox::MemoryStrategy;
 use foundation_beam::message::{MessageOptions, Messenger, Payload, StrategySettings};
 use foundation_beam::process::{spawn_fn, spawn_with, SpawnOptions};
-use foundation_benches::peers::{FCounter, FMsg, KCounter, KEcho, KStart, KTick, RCounter, RMsg};
+use foundation_benches::peers::{
+    fire, round_trips, tokio_fire, FCounter, KCounter, RCounter, TrySend,
+};
 use foundation_benches::runtime;
 use foundation_distributed::channel::ChannelSettings;
 use foundation_distributed::overlay::plumtree::Mode;
@@ -50,8 +52,6 @@ use tokio::sync::{mpsc, oneshot};
 
 #[global_allocator]
 static ALLOC: PeakAlloc = PeakAlloc;
-
-const T: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------------------------------
 // Model
@@ -159,6 +159,15 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// The median of `rounds` runs of `round` on `rt`.
+fn median_rounds<F: std::future::Future<Output = Duration>>(
+    rt: &tokio::runtime::Runtime,
+    rounds: usize,
+    mut round: impl FnMut() -> F,
+) -> Duration {
+    median((0..rounds).map(|_| rt.block_on(round())).collect())
+}
+
 // ------------------------------------------------------------------------------------
 // Scenarios
 
@@ -188,36 +197,10 @@ fn fire_and_forget(s: &Sizes) -> Scenario {
     );
     let rate = |d: Duration| n as f64 / d.as_secs_f64() / 1e6;
     let rounds = s.rounds;
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
     sc.row("tokio mpsc (unbounded)", || {
-        let rt = runtime();
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
-                        let (dtx, drx) = oneshot::channel();
-                        tokio::spawn(async move {
-                            let mut left = n;
-                            while let Some(v) = rx.recv().await {
-                                black_box(v);
-                                left -= 1;
-                                if left == 0 {
-                                    let _ = dtx.send(());
-                                    break;
-                                }
-                            }
-                        });
-                        let t = Instant::now();
-                        for i in 0..n {
-                            tx.send(i).expect("receiver alive");
-                        }
-                        drx.await.expect("done");
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
-        (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
+        let d = median_rounds(&runtime(), rounds, || tokio_fire(n, None));
+        (rate(d), ms(d))
     });
     for (label, awaited, mem) in [
         (
@@ -236,28 +219,14 @@ fn fire_and_forget(s: &Sizes) -> Scenario {
             let h = rt.block_on(async {
                 spawn_with(FCounter::default(), SpawnOptions::new().memory(mem)).expect("spawn")
             });
-            let d = median(
-                (0..rounds)
-                    .map(|_| {
-                        rt.block_on(async {
-                            let (dtx, drx) = oneshot::channel();
-                            h.send(FMsg::Start(n, dtx)).await.expect("alive");
-                            let t = Instant::now();
-                            for i in 0..n {
-                                if awaited {
-                                    h.send(FMsg::Tick(i)).await.expect("alive");
-                                } else {
-                                    h.try_send(FMsg::Tick(i)).expect("alive");
-                                }
-                            }
-                            drx.await.expect("done");
-                            t.elapsed()
-                        })
-                    })
-                    .collect(),
-            );
+            let d = if awaited {
+                median_rounds(&rt, rounds, || fire(&h, n))
+            } else {
+                let t = TrySend(h.clone());
+                median_rounds(&rt, rounds, || fire(&t, n))
+            };
             h.shutdown();
-            (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
+            (rate(d), ms(d))
         });
     }
     sc.row("ractor cast", || {
@@ -267,47 +236,17 @@ fn fire_and_forget(s: &Sizes) -> Scenario {
                 .await
                 .expect("spawn")
         });
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let (dtx, drx) = oneshot::channel();
-                        rh.cast(RMsg::Start(n, dtx)).expect("alive");
-                        let t = Instant::now();
-                        for i in 0..n {
-                            rh.cast(RMsg::Tick(i)).expect("alive");
-                        }
-                        drx.await.expect("done");
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
+        let d = median_rounds(&rt, rounds, || fire(&rh, n));
         rh.stop(None);
-        (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
+        (rate(d), ms(d))
     });
     sc.row("kameo tell (unbounded)", || {
         let rt = runtime();
         let kh = rt.block_on(async {
             KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
         });
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let (dtx, drx) = oneshot::channel();
-                        kh.tell(KStart(n, dtx)).await.expect("alive");
-                        let t = Instant::now();
-                        for i in 0..n {
-                            kh.tell(KTick(i)).await.expect("alive");
-                        }
-                        drx.await.expect("done");
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
-        (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
+        let d = median_rounds(&rt, rounds, || fire(&kh, n));
+        (rate(d), ms(d))
     });
     sc.finish();
     sc
@@ -329,6 +268,7 @@ fn request_reply(s: &Sizes) -> Scenario {
         ),
     );
     let rate = |d: Duration| n as f64 / d.as_secs_f64() / 1e3;
+    let per_call = |d: Duration| format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64);
     let rounds = s.rounds;
     sc.row("tokio mpsc + oneshot", || {
         let rt = runtime();
@@ -353,34 +293,16 @@ fn request_reply(s: &Sizes) -> Scenario {
                 })
                 .collect(),
         );
-        (
-            rate(d),
-            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
-        )
+        (rate(d), per_call(d))
     });
     sc.row("Foundation call", || {
         let rt = runtime();
         let h = rt.block_on(async {
             spawn_with(FCounter::default(), SpawnOptions::new()).expect("spawn")
         });
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let t = Instant::now();
-                        for i in 0..n {
-                            black_box(h.call(|r| FMsg::Echo(i, r), T).await.expect("reply"));
-                        }
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
+        let d = median_rounds(&rt, rounds, || round_trips(&h, n));
         h.shutdown();
-        (
-            rate(d),
-            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
-        )
+        (rate(d), per_call(d))
     });
     sc.row("ractor call", || {
         let rt = runtime();
@@ -389,48 +311,17 @@ fn request_reply(s: &Sizes) -> Scenario {
                 .await
                 .expect("spawn")
         });
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let t = Instant::now();
-                        for i in 0..n {
-                            let r = rh.call(|r| RMsg::Echo(i, r), Some(T)).await.expect("call");
-                            black_box(r.success_or(()).ok());
-                        }
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
+        let d = median_rounds(&rt, rounds, || round_trips(&rh, n));
         rh.stop(None);
-        (
-            rate(d),
-            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
-        )
+        (rate(d), per_call(d))
     });
     sc.row("kameo ask", || {
         let rt = runtime();
         let kh = rt.block_on(async {
             KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
         });
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let t = Instant::now();
-                        for i in 0..n {
-                            black_box(kh.ask(KEcho(i)).await.expect("reply"));
-                        }
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
-        (
-            rate(d),
-            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
-        )
+        let d = median_rounds(&rt, rounds, || round_trips(&kh, n));
+        (rate(d), per_call(d))
     });
     sc.finish();
     sc
