@@ -20,8 +20,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use foundation_benches::runtime;
 use foundation_benches::tcp::{
-    foundation_acked, foundation_batch, raw_acked, raw_batch, settings, BULK, BULK_BATCH, SMALL,
-    SMALL_BATCH,
+    bench_foundation, bench_raw, raw_acked, settings, BULK, BULK_BATCH, SMALL, SMALL_BATCH,
 };
 use foundation_distributed::transport::tls::dev;
 use foundation_distributed::transport::{
@@ -73,34 +72,25 @@ fn bulk(c: &mut Criterion) {
     let mut group = c.benchmark_group("security_bulk_64k");
     group.throughput(Throughput::Bytes((BULK * BULK_BATCH) as u64));
     group.measurement_time(Duration::from_secs(4));
-
     for (name, client, server) in &modes.modes {
-        let (mut tx, mut rx) = rt.block_on(foundation_acked(client, server, BULK_BATCH));
-        group.bench_function(*name, |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        foundation_batch(&mut tx, &mut rx, &payload, BULK_BATCH).await;
-                    }
-                    start.elapsed()
-                })
-            })
-        });
+        bench_foundation(
+            &mut group,
+            &rt,
+            name,
+            (client, server),
+            &payload,
+            BULK_BATCH,
+        );
     }
-
-    let mut stream = rt.block_on(raw_acked(BULK, BULK_BATCH, false));
-    group.bench_function("raw_tokio_tcp", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    raw_batch(&mut stream, &payload, BULK_BATCH).await;
-                }
-                start.elapsed()
-            })
-        })
-    });
+    let stream = rt.block_on(raw_acked(BULK, BULK_BATCH, false));
+    bench_raw(
+        &mut group,
+        &rt,
+        "raw_tokio_tcp",
+        stream,
+        &payload,
+        BULK_BATCH,
+    );
     group.finish();
 }
 
@@ -112,18 +102,14 @@ fn small(c: &mut Criterion) {
     group.throughput(Throughput::Elements(SMALL_BATCH as u64));
     group.measurement_time(Duration::from_secs(4));
     for (name, client, server) in &modes.modes {
-        let (mut tx, mut rx) = rt.block_on(foundation_acked(client, server, SMALL_BATCH));
-        group.bench_function(*name, |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        foundation_batch(&mut tx, &mut rx, &payload, SMALL_BATCH).await;
-                    }
-                    start.elapsed()
-                })
-            })
-        });
+        bench_foundation(
+            &mut group,
+            &rt,
+            name,
+            (client, server),
+            &payload,
+            SMALL_BATCH,
+        );
     }
     group.finish();
 }

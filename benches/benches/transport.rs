@@ -10,26 +10,21 @@
 //! Both sides of each pair use the same runtime (2 worker threads), the same batch and
 //! the same acknowledgement, so the ratio isolates framing, envelope and connection costs.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use foundation_benches::runtime;
 use foundation_benches::tcp::{
-    foundation_acked, foundation_batch, raw_acked, raw_batch, settings, BULK, BULK_BATCH, SMALL,
-    SMALL_BATCH,
+    bench_foundation, bench_raw, raw_acked, settings, BULK, BULK_BATCH, SMALL, SMALL_BATCH,
 };
-use foundation_distributed::transport::{
-    ConnectionReceiver, ConnectionSender, Security, TcpTransport,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use foundation_distributed::transport::{Security, TcpTransport};
 
-/// An authenticated plaintext loopback connection whose far end acknowledges every
-/// `batch` frames.
-async fn ours(batch: usize) -> (ConnectionSender, ConnectionReceiver) {
-    let server = TcpTransport::new(settings("server", Security::InsecurePlaintext)).unwrap();
-    let client = TcpTransport::new(settings("client", Security::InsecurePlaintext)).unwrap();
-    foundation_acked(&client, &server, batch).await
+/// Plaintext transports (the framing and connection cost alone) for a client and a
+/// server node.
+fn plaintext() -> (TcpTransport, TcpTransport) {
+    let node = |name| TcpTransport::new(settings(name, Security::InsecurePlaintext)).unwrap();
+    (node("client"), node("server"))
 }
 
 fn bulk(c: &mut Criterion) {
@@ -38,32 +33,25 @@ fn bulk(c: &mut Criterion) {
     let mut group = c.benchmark_group("transport_bulk_64k");
     group.throughput(Throughput::Bytes((BULK * BULK_BATCH) as u64));
     group.measurement_time(Duration::from_secs(5));
-
-    let (mut tx, mut rx) = rt.block_on(ours(BULK_BATCH));
-    group.bench_function("foundation_transport", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    foundation_batch(&mut tx, &mut rx, &payload, BULK_BATCH).await;
-                }
-                start.elapsed()
-            })
-        })
-    });
-
-    let mut stream = rt.block_on(raw_acked(BULK, BULK_BATCH, false));
-    group.bench_function("raw_tokio_tcp", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    raw_batch(&mut stream, &payload, BULK_BATCH).await;
-                }
-                start.elapsed()
-            })
-        })
-    });
+    let (client, server) = plaintext();
+    let pair = (&client, &server);
+    bench_foundation(
+        &mut group,
+        &rt,
+        "foundation_transport",
+        pair,
+        &payload,
+        BULK_BATCH,
+    );
+    let stream = rt.block_on(raw_acked(BULK, BULK_BATCH, false));
+    bench_raw(
+        &mut group,
+        &rt,
+        "raw_tokio_tcp",
+        stream,
+        &payload,
+        BULK_BATCH,
+    );
     group.finish();
 }
 
@@ -73,39 +61,31 @@ fn small(c: &mut Criterion) {
     let mut group = c.benchmark_group("transport_small_64b");
     group.throughput(Throughput::Elements(SMALL_BATCH as u64));
     group.measurement_time(Duration::from_secs(5));
-
-    let (mut tx, mut rx) = rt.block_on(ours(SMALL_BATCH));
-    group.bench_function("foundation_transport", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    foundation_batch(&mut tx, &mut rx, &payload, SMALL_BATCH).await;
-                }
-                start.elapsed()
-            })
-        })
-    });
-
-    let mut stream = rt.block_on(raw_acked(SMALL, SMALL_BATCH, true));
+    let (client, server) = plaintext();
+    let pair = (&client, &server);
+    bench_foundation(
+        &mut group,
+        &rt,
+        "foundation_transport",
+        pair,
+        &payload,
+        SMALL_BATCH,
+    );
+    // The whole batch as 4-byte length-prefixed frames from one buffer, one write.
+    let stream = rt.block_on(raw_acked(SMALL, SMALL_BATCH, true));
     let mut wire = Vec::with_capacity((4 + SMALL) * SMALL_BATCH);
     for _ in 0..SMALL_BATCH {
         wire.extend_from_slice(&(SMALL as u32).to_be_bytes());
         wire.extend_from_slice(&payload);
     }
-    group.bench_function("raw_tokio_length_prefixed", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut ack = [0u8; 1];
-                let start = Instant::now();
-                for _ in 0..iters {
-                    stream.write_all(&wire).await.unwrap();
-                    stream.read_exact(&mut ack).await.unwrap();
-                }
-                start.elapsed()
-            })
-        })
-    });
+    bench_raw(
+        &mut group,
+        &rt,
+        "raw_tokio_length_prefixed",
+        stream,
+        &wire,
+        1,
+    );
     group.finish();
 }
 

@@ -2,13 +2,18 @@
 //! connection and a raw tokio `TcpStream`, each with a far end that acknowledges every
 //! batch, so that both sides of a ratio pay for the same round trip per batch.
 
+use std::time::Instant;
+
 use bytes::Bytes;
+use criterion::measurement::WallTime;
+use criterion::BenchmarkGroup;
 use foundation_distributed::transport::{
     ConnectionReceiver, ConnectionSender, Frame, Security, TcpTransport, Transport,
     TransportSettings,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
 
 /// Bytes per frame of the bulk benches.
 pub const BULK: usize = 64 * 1024;
@@ -132,4 +137,51 @@ pub async fn raw_batch(stream: &mut TcpStream, payload: &[u8], n: usize) {
     }
     let mut ack = [0u8; 1];
     stream.read_exact(&mut ack).await.unwrap();
+}
+
+/// Benches, as `name`, acknowledged batches of `batch` frames of `payload` over a
+/// [`foundation_acked`] connection from `client` to `server`.
+pub fn bench_foundation(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    name: &str,
+    (client, server): (&TcpTransport, &TcpTransport),
+    payload: &Bytes,
+    batch: usize,
+) {
+    let (mut tx, mut rx) = rt.block_on(foundation_acked(client, server, batch));
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    foundation_batch(&mut tx, &mut rx, payload, batch).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
+/// Benches, as `name`, batches over a [`raw_acked`] stream: `writes` writes of `chunk`,
+/// then the one-byte acknowledgement.
+pub fn bench_raw(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    name: &str,
+    mut stream: TcpStream,
+    chunk: &[u8],
+    writes: usize,
+) {
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    raw_batch(&mut stream, chunk, writes).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
 }
