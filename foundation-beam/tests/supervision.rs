@@ -182,30 +182,29 @@ async fn fail_and_settle(h: &foundation_beam::Handle<Job>) {
     h.call(|r| Job::Echo(0, r), T).await.unwrap();
 }
 
-#[tokio::test]
-async fn one_for_all_restarts_every_child() {
-    let (spec, starts, handles) = three_children(Strategy::OneForAll);
+/// Fails the middle one of three children under `strategy`; returns how often each was
+/// started.
+async fn starts_after_the_middle_child_fails(strategy: Strategy) -> Vec<usize> {
+    let (spec, starts, handles) = three_children(strategy);
     let sup = spec.start();
     fail_and_settle(&handles[1]).await;
     for h in &handles {
         h.call(|r| Job::Echo(1, r), T).await.unwrap();
     }
-    let counts: Vec<usize> = starts.iter().map(|s| s.load(Ordering::SeqCst)).collect();
-    assert_eq!(counts, vec![2, 2, 2]);
     sup.shutdown(T).await;
+    starts.iter().map(|s| s.load(Ordering::SeqCst)).collect()
+}
+
+#[tokio::test]
+async fn one_for_all_restarts_every_child() {
+    let counts = starts_after_the_middle_child_fails(Strategy::OneForAll).await;
+    assert_eq!(counts, vec![2, 2, 2]);
 }
 
 #[tokio::test]
 async fn rest_for_one_restarts_the_failed_child_and_later_ones() {
-    let (spec, starts, handles) = three_children(Strategy::RestForOne);
-    let sup = spec.start();
-    fail_and_settle(&handles[1]).await;
-    for h in &handles {
-        h.call(|r| Job::Echo(1, r), T).await.unwrap();
-    }
-    let counts: Vec<usize> = starts.iter().map(|s| s.load(Ordering::SeqCst)).collect();
+    let counts = starts_after_the_middle_child_fails(Strategy::RestForOne).await;
     assert_eq!(counts, vec![1, 2, 2]);
-    sup.shutdown(T).await;
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 //! Time is real here: a paused tokio clock would fire timeouts while the child is still
 //! working. Tests poll with generous limits and assert only on outcomes.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -484,42 +486,17 @@ async fn a_reply_written_just_before_the_child_exits_is_delivered() {
 
 #[test]
 fn requests_rejections_restarts_and_stderr_are_counted_in_metrics() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    use std::collections::BTreeMap;
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
     // The port registers its handles when spawned, so spawning under the local recorder
     // binds them to it.
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (builder, _dir) = once_then_cat("echo oops >&2; head -c 4 >/dev/null; exit 3");
-            let port = builder.name("m").max_frame(8).spawn().unwrap();
-            assert!(port.request(Bytes::from_static(b"x")).await.is_err()); // crash
-            assert!(port.request(Bytes::from(vec![0u8; 9])).await.is_err()); // too large
-            port.request(Bytes::from_static(b"ok")).await.unwrap();
-            port.request(Bytes::from_static(b"ok")).await.unwrap();
-            port.shutdown().await;
-        });
+    let ((), seen) = common::with_metrics(&["port"], || async {
+        let (builder, _dir) = once_then_cat("echo oops >&2; head -c 4 >/dev/null; exit 3");
+        let port = builder.name("m").max_frame(8).spawn().unwrap();
+        assert!(port.request(Bytes::from_static(b"x")).await.is_err()); // crash
+        assert!(port.request(Bytes::from(vec![0u8; 9])).await.is_err()); // too large
+        port.request(Bytes::from_static(b"ok")).await.unwrap();
+        port.request(Bytes::from_static(b"ok")).await.unwrap();
+        port.shutdown().await;
     });
-    let mut seen = BTreeMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let labels: Vec<String> = key
-            .key()
-            .labels()
-            .filter(|l| l.key() != "port")
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let v = match value {
-            DebugValue::Counter(c) => c as f64,
-            DebugValue::Gauge(g) => g.into_inner(),
-            DebugValue::Histogram(h) => h.len() as f64,
-        };
-        seen.insert(format!("{}{{{}}}", key.key().name(), labels.join(",")), v);
-    }
     let get = |k: &str| seen.get(k).copied().unwrap_or(-1.0);
     assert_eq!(
         get("foundation_port_requests_total{result=ok}"),

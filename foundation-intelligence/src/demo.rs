@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::adaptive_topology::{kind_label, AdaptiveTopology, SizeSelector};
 use crate::beam::ecosystem::{Ecosystem, EcosystemSpec, Workers};
+use crate::beam::supervisor::Intensity;
 use crate::beam::{Context, Process, Reply};
 use crate::core::telemetry::ShardedRecorder;
 use crate::distributed::channel::Urgency;
@@ -179,6 +180,8 @@ pub struct DemoSummary {
     pub crashes_injected: u64,
     /// Restarts over all ecosystems.
     pub restarts: u64,
+    /// Ecosystems whose coordinator stopped (restart intensity exceeded), with why.
+    pub ecosystems_down: Vec<String>,
     /// The hypothesis' verdict, if it finished in time.
     pub hypothesis: Option<Verdict>,
     /// The rollouts.
@@ -396,7 +399,15 @@ async fn start_node(
     )
     .await
     .map_err(|e| DemoError::Start(format!("node {name}: {e}")))?;
-    let spec = EcosystemSpec::new(format!("work.{name}")).workers(Workers::Fixed(2));
+    // Crashes come every 1.5 s, so up to 4 can hit one ecosystem within 5 s: more than
+    // the default intensity (3 in 5 s) allows, after which its coordinator would give up
+    // and the ecosystem stay down. Allow what the demo injects.
+    let spec = EcosystemSpec::new(format!("work.{name}"))
+        .workers(Workers::Fixed(2))
+        .intensity(Intensity {
+            max_restarts: 10,
+            period: Duration::from_secs(5),
+        });
     let eco = Arc::new(
         Ecosystem::start(spec, |_| Worker)
             .await
@@ -570,13 +581,13 @@ pub async fn run(
                     Duration::from_secs(2),
                 )
                 .await
-                .is_ok()
+                .map_err(|e| e.to_string())
             }
         });
-        n.node.serve(
-            "work-inline",
-            move |_from, _cost_us: u64| async move { true },
-        );
+        n.node
+            .serve("work-inline", move |_from, _cost_us: u64| async move {
+                Ok::<(), String>(())
+            });
     }
 
     tasks.spawn({
@@ -645,16 +656,14 @@ pub async fn run(
                     let treated = inline.is_enabled(key.as_bytes());
                     let service = if treated { "work-inline" } else { "work" };
                     let start = Instant::now();
-                    let r: Result<bool, _> = node
+                    let r: Result<Result<(), String>, _> = node
                         .request(peer, service, &200u64, Duration::from_secs(2))
                         .await;
                     let took = start.elapsed();
-                    let ok = matches!(r, Ok(true));
+                    let ok = matches!(r, Ok(Ok(())));
                     match &r {
-                        Ok(true) => m.record_us(took.as_micros() as u64, 8),
-                        Ok(false) => m.fail_because(
-                            "the serving ecosystem's call failed (worker crashed or restarting)",
-                        ),
+                        Ok(Ok(())) => m.record_us(took.as_micros() as u64, 8),
+                        Ok(Err(e)) => m.fail_because(&format!("serving ecosystem: {e}")),
                         Err(e) => m.fail_because(&e.to_string()),
                     }
                     inline.record(treated, took, ok);
@@ -998,6 +1007,10 @@ pub async fn run(
     })
     .await;
     let restarts: u64 = nodes.iter().map(|n| n.eco.info().restarts).sum();
+    let ecosystems_down = nodes
+        .iter()
+        .filter_map(|n| Some(format!("{}: {}", n.eco.spec().name, n.eco.down()?)))
+        .collect();
     let rollouts = [&inline, &faulty]
         .iter()
         .map(|r| {
@@ -1052,6 +1065,7 @@ pub async fn run(
         members_up,
         crashes_injected: crashes.load(Ordering::Relaxed),
         restarts,
+        ecosystems_down,
         hypothesis,
         rollouts,
         scaling,
@@ -1123,6 +1137,9 @@ impl std::fmt::Display for DemoSummary {
             "supervision   {} crash(es) injected, {} restart(s)",
             self.crashes_injected, self.restarts
         )?;
+        for down in &self.ecosystems_down {
+            writeln!(f, "  ecosystem down (its coordinator gave up): {down}")?;
+        }
         match &self.hypothesis {
             Some(v) => writeln!(
                 f,

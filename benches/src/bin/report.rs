@@ -33,7 +33,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use foundation_beam::mailbox::MemoryStrategy;
 use foundation_beam::message::{MessageOptions, Messenger, Payload, StrategySettings};
-use foundation_beam::process::{spawn_fn, spawn_with, Context, Process, Reply, SpawnOptions};
+use foundation_beam::process::{spawn_fn, spawn_with, SpawnOptions};
+use foundation_benches::peers::{
+    fire, round_trips, tokio_fire, FCounter, KCounter, RCounter, TrySend,
+};
+use foundation_benches::runtime;
 use foundation_distributed::channel::ChannelSettings;
 use foundation_distributed::overlay::plumtree::Mode;
 use foundation_distributed::overlay::sim::{Sim, SimConfig};
@@ -48,8 +52,6 @@ use tokio::sync::{mpsc, oneshot};
 
 #[global_allocator]
 static ALLOC: PeakAlloc = PeakAlloc;
-
-const T: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------------------------------
 // Model
@@ -152,134 +154,18 @@ impl Scenario {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort_unstable();
     v[v.len() / 2]
 }
 
-// ------------------------------------------------------------------------------------
-// Peers: ractor and kameo actors
-
-enum RMsg {
-    Start(u64, oneshot::Sender<()>),
-    Tick(u64),
-    Echo(u64, ractor::RpcReplyPort<u64>),
-}
-
-struct RCounter;
-
-impl ractor::Actor for RCounter {
-    type Msg = RMsg;
-    type State = (u64, Option<oneshot::Sender<()>>);
-    type Arguments = ();
-
-    async fn pre_start(
-        &self,
-        _: ractor::ActorRef<RMsg>,
-        _: (),
-    ) -> Result<Self::State, ractor::ActorProcessingErr> {
-        Ok((0, None))
-    }
-
-    async fn handle(
-        &self,
-        _: ractor::ActorRef<RMsg>,
-        msg: RMsg,
-        state: &mut Self::State,
-    ) -> Result<(), ractor::ActorProcessingErr> {
-        match msg {
-            RMsg::Start(n, done) => *state = (n, Some(done)),
-            RMsg::Tick(v) => {
-                black_box(v);
-                state.0 -= 1;
-                if state.0 == 0 {
-                    let _ = state.1.take().map(|d| d.send(()));
-                }
-            }
-            RMsg::Echo(v, r) => {
-                let _ = r.send(v);
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(kameo::Actor, Default)]
-struct KCounter {
-    left: u64,
-    done: Option<oneshot::Sender<()>>,
-}
-
-struct KStart(u64, oneshot::Sender<()>);
-struct KTick(u64);
-struct KEcho(u64);
-
-impl kameo::message::Message<KStart> for KCounter {
-    type Reply = ();
-    async fn handle(&mut self, m: KStart, _: &mut kameo::message::Context<Self, ()>) {
-        self.left = m.0;
-        self.done = Some(m.1);
-    }
-}
-
-impl kameo::message::Message<KTick> for KCounter {
-    type Reply = ();
-    async fn handle(&mut self, m: KTick, _: &mut kameo::message::Context<Self, ()>) {
-        black_box(m.0);
-        self.left -= 1;
-        if self.left == 0 {
-            let _ = self.done.take().map(|d| d.send(()));
-        }
-    }
-}
-
-impl kameo::message::Message<KEcho> for KCounter {
-    type Reply = u64;
-    async fn handle(&mut self, m: KEcho, _: &mut kameo::message::Context<Self, u64>) -> u64 {
-        m.0
-    }
-}
-
-// Foundation process
-
-enum FMsg {
-    Start(u64, oneshot::Sender<()>),
-    Tick(u64),
-    Echo(u64, Reply<u64>),
-}
-
-#[derive(Default)]
-struct FCounter {
-    left: u64,
-    done: Option<oneshot::Sender<()>>,
-}
-
-impl Process for FCounter {
-    type Message = FMsg;
-    async fn handle(&mut self, msg: FMsg, _: &mut Context<FMsg>) {
-        match msg {
-            FMsg::Start(n, done) => {
-                self.left = n;
-                self.done = Some(done);
-            }
-            FMsg::Tick(v) => {
-                black_box(v);
-                self.left -= 1;
-                if self.left == 0 {
-                    let _ = self.done.take().map(|d| d.send(()));
-                }
-            }
-            FMsg::Echo(v, r) => r.send(v),
-        }
-    }
+/// The median of `rounds` runs of `round` on `rt`.
+fn median_rounds<F: std::future::Future<Output = Duration>>(
+    rt: &tokio::runtime::Runtime,
+    rounds: usize,
+    mut round: impl FnMut() -> F,
+) -> Duration {
+    median((0..rounds).map(|_| rt.block_on(round())).collect())
 }
 
 // ------------------------------------------------------------------------------------
@@ -311,36 +197,10 @@ fn fire_and_forget(s: &Sizes) -> Scenario {
     );
     let rate = |d: Duration| n as f64 / d.as_secs_f64() / 1e6;
     let rounds = s.rounds;
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
     sc.row("tokio mpsc (unbounded)", || {
-        let rt = runtime();
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
-                        let (dtx, drx) = oneshot::channel();
-                        tokio::spawn(async move {
-                            let mut left = n;
-                            while let Some(v) = rx.recv().await {
-                                black_box(v);
-                                left -= 1;
-                                if left == 0 {
-                                    let _ = dtx.send(());
-                                    break;
-                                }
-                            }
-                        });
-                        let t = Instant::now();
-                        for i in 0..n {
-                            tx.send(i).expect("receiver alive");
-                        }
-                        drx.await.expect("done");
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
-        (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
+        let d = median_rounds(&runtime(), rounds, || tokio_fire(n, None));
+        (rate(d), ms(d))
     });
     for (label, awaited, mem) in [
         (
@@ -359,28 +219,14 @@ fn fire_and_forget(s: &Sizes) -> Scenario {
             let h = rt.block_on(async {
                 spawn_with(FCounter::default(), SpawnOptions::new().memory(mem)).expect("spawn")
             });
-            let d = median(
-                (0..rounds)
-                    .map(|_| {
-                        rt.block_on(async {
-                            let (dtx, drx) = oneshot::channel();
-                            h.send(FMsg::Start(n, dtx)).await.expect("alive");
-                            let t = Instant::now();
-                            for i in 0..n {
-                                if awaited {
-                                    h.send(FMsg::Tick(i)).await.expect("alive");
-                                } else {
-                                    h.try_send(FMsg::Tick(i)).expect("alive");
-                                }
-                            }
-                            drx.await.expect("done");
-                            t.elapsed()
-                        })
-                    })
-                    .collect(),
-            );
+            let d = if awaited {
+                median_rounds(&rt, rounds, || fire(&h, n))
+            } else {
+                let t = TrySend(h.clone());
+                median_rounds(&rt, rounds, || fire(&t, n))
+            };
             h.shutdown();
-            (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
+            (rate(d), ms(d))
         });
     }
     sc.row("ractor cast", || {
@@ -390,47 +236,17 @@ fn fire_and_forget(s: &Sizes) -> Scenario {
                 .await
                 .expect("spawn")
         });
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let (dtx, drx) = oneshot::channel();
-                        rh.cast(RMsg::Start(n, dtx)).expect("alive");
-                        let t = Instant::now();
-                        for i in 0..n {
-                            rh.cast(RMsg::Tick(i)).expect("alive");
-                        }
-                        drx.await.expect("done");
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
+        let d = median_rounds(&rt, rounds, || fire(&rh, n));
         rh.stop(None);
-        (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
+        (rate(d), ms(d))
     });
     sc.row("kameo tell (unbounded)", || {
         let rt = runtime();
         let kh = rt.block_on(async {
             KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
         });
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let (dtx, drx) = oneshot::channel();
-                        kh.tell(KStart(n, dtx)).await.expect("alive");
-                        let t = Instant::now();
-                        for i in 0..n {
-                            kh.tell(KTick(i)).await.expect("alive");
-                        }
-                        drx.await.expect("done");
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
-        (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
+        let d = median_rounds(&rt, rounds, || fire(&kh, n));
+        (rate(d), ms(d))
     });
     sc.finish();
     sc
@@ -452,6 +268,7 @@ fn request_reply(s: &Sizes) -> Scenario {
         ),
     );
     let rate = |d: Duration| n as f64 / d.as_secs_f64() / 1e3;
+    let per_call = |d: Duration| format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64);
     let rounds = s.rounds;
     sc.row("tokio mpsc + oneshot", || {
         let rt = runtime();
@@ -476,34 +293,16 @@ fn request_reply(s: &Sizes) -> Scenario {
                 })
                 .collect(),
         );
-        (
-            rate(d),
-            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
-        )
+        (rate(d), per_call(d))
     });
     sc.row("Foundation call", || {
         let rt = runtime();
         let h = rt.block_on(async {
             spawn_with(FCounter::default(), SpawnOptions::new()).expect("spawn")
         });
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let t = Instant::now();
-                        for i in 0..n {
-                            black_box(h.call(|r| FMsg::Echo(i, r), T).await.expect("reply"));
-                        }
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
+        let d = median_rounds(&rt, rounds, || round_trips(&h, n));
         h.shutdown();
-        (
-            rate(d),
-            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
-        )
+        (rate(d), per_call(d))
     });
     sc.row("ractor call", || {
         let rt = runtime();
@@ -512,48 +311,17 @@ fn request_reply(s: &Sizes) -> Scenario {
                 .await
                 .expect("spawn")
         });
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let t = Instant::now();
-                        for i in 0..n {
-                            let r = rh.call(|r| RMsg::Echo(i, r), Some(T)).await.expect("call");
-                            black_box(r.success_or(()).ok());
-                        }
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
+        let d = median_rounds(&rt, rounds, || round_trips(&rh, n));
         rh.stop(None);
-        (
-            rate(d),
-            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
-        )
+        (rate(d), per_call(d))
     });
     sc.row("kameo ask", || {
         let rt = runtime();
         let kh = rt.block_on(async {
             KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
         });
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let t = Instant::now();
-                        for i in 0..n {
-                            black_box(kh.ask(KEcho(i)).await.expect("reply"));
-                        }
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
-        (
-            rate(d),
-            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
-        )
+        let d = median_rounds(&rt, rounds, || round_trips(&kh, n));
+        (rate(d), per_call(d))
     });
     sc.finish();
     sc
