@@ -10,9 +10,10 @@
 //!   few random peers every `gossip_every` rounds, every linked peer is watched, and down
 //!   members are knocked on. Cost per node grows with the cluster: meant for small ones.
 //! * **Partial view** (HyParView): the work per node is bounded by the active view, not
-//!   the cluster. The first message on a new link is the node's own entry only; a peer
-//!   whose entry is new to us (a joiner greeting its contact) gets the whole view once,
-//!   in chunks. Updates that change the view are *news*: each node passes each piece of
+//!   the cluster. The first message on a new link is the node's own entry only (twice
+//!   from a node that knows no other member: a joiner asking its contact for the view,
+//!   which it then gets once, in chunks; what a node without neighbours hears is not
+//!   passed on as news). Updates that change the view are *news*: each node passes each piece of
 //!   news once to each active neighbour, batched per round (a flood over the overlay,
 //!   `d·n` messages per change), and before any topology message to a peer, so a
 //!   forwarded join never names a member the receiver has no address for. Every
@@ -46,11 +47,13 @@ const SAMPLE: usize = 32;
 /// Partial-view state (see the [module docs](self)).
 #[derive(Default)]
 pub(crate) struct Overlay {
-    /// News to pass on, each with the peers known to have it (its sender, and the peers
-    /// it went to).
-    news: Mutex<Vec<(Update, HashSet<String>)>>,
+    /// News to pass on, by member, each with the peers known to have it (its sender, and
+    /// the peers it went to).
+    news: Mutex<HashMap<String, (Update, HashSet<String>)>>,
     /// Peers this module made links to, and since when each has been unwanted.
     touched: Mutex<HashMap<String, Option<Instant>>>,
+    /// Members we hold down that talked to us, and when we last told them so.
+    told: Mutex<HashMap<String, Instant>>,
 }
 
 impl Inner {
@@ -60,10 +63,18 @@ impl Inner {
     }
 
     /// The first message on a new link: the whole view, or under a partial view this
-    /// node's own entry.
+    /// node's own entry — twice while it knows no other member, which asks the peer for
+    /// its view (a joiner greeting its contact; an in-band request, so a node that does not
+    /// know it simply applies the entry twice).
     pub(super) fn hello(&self) -> Vec<Update> {
         if self.partial() {
-            vec![self.view.lock().me().clone()]
+            let view = self.view.lock();
+            let me = view.me().clone();
+            if view.members().next().is_none() {
+                vec![me.clone(), me]
+            } else {
+                vec![me]
+            }
         } else {
             self.view.lock().digest()
         }
@@ -77,23 +88,27 @@ impl Inner {
         let mut newcomer = false;
         let events = {
             let mut view = self.view.lock();
+            // A node without neighbours has nobody to pass news to; what it hears then
+            // is the cluster's view (a joiner's first view), not news.
+            let transfer = partial && self.topology.lock().wanted().is_empty();
             let mut events = Vec::new();
+            if partial
+                && members.len() == 2
+                && members
+                    .iter()
+                    .all(|u| u.name == peer && u.status == Status::Alive)
+            {
+                // A view request: a joiner greets with its own entry twice.
+                newcomer = true;
+            }
             for u in members {
                 if !partial || u.name == self.name {
                     events.extend(view.apply(u, now));
                     continue;
                 }
                 let before = view.get(&u.name).cloned();
-                if u.name == peer
-                    && u.status == Status::Alive
-                    && before
-                        .as_ref()
-                        .is_none_or(|b| b.incarnation < u.incarnation)
-                {
-                    newcomer = true;
-                }
                 events.extend(view.apply(u.clone(), now));
-                if view.get(&u.name) != before.as_ref() {
+                if !transfer && view.get(&u.name) != before.as_ref() {
                     changed.push(u);
                 }
             }
@@ -109,9 +124,9 @@ impl Inner {
         for u in changed {
             self.add_news(u, Some(peer));
         }
+        self.heard_from(peer);
         if newcomer {
-            // A member new to us greets us directly: a joiner at its contact. It gets the
-            // whole view once.
+            // A joiner greets its contact: it gets the whole view once.
             self.send_view(peer);
         }
     }
@@ -137,21 +152,16 @@ impl Inner {
     /// Queues `u` as news to pass on to the neighbours (partial view only).
     pub(super) fn add_news(&self, u: Update, from: Option<&str>) {
         let mut news = self.overlay.news.lock();
-        if let Some((old, has)) = news.iter_mut().find(|(o, _)| o.name == u.name) {
-            if u.overrides(old) {
-                *old = u;
-                has.clear();
-            }
-            if let Some(f) = from {
-                has.insert(f.to_string());
-            }
-            return;
+        let (old, has) = news
+            .entry(u.name.clone())
+            .or_insert_with(|| (u.clone(), HashSet::new()));
+        if u.overrides(old) {
+            *old = u;
+            has.clear();
         }
-        news.push((
-            u,
-            from.map(|f| HashSet::from([f.to_string()]))
-                .unwrap_or_default(),
-        ));
+        if let Some(f) = from {
+            has.insert(f.to_string());
+        }
     }
 
     /// Sends `peer` the news it does not have yet (before a topology message to it, so
@@ -159,7 +169,7 @@ impl Inner {
     pub(super) fn news_to(&self, peer: &str) {
         let batch: Vec<Update> = {
             let mut news = self.overlay.news.lock();
-            news.iter_mut()
+            news.values_mut()
                 .filter(|(_, has)| !has.contains(peer))
                 .map(|(u, has)| {
                     has.insert(peer.to_string());
@@ -234,6 +244,51 @@ impl Inner {
         }
     }
 
+    /// `peer` talked to us directly. Under a partial view, if we hold it suspect or down,
+    /// we tell it (at most once per heartbeat interval): a node without neighbours hears no
+    /// news, so it would never refute, and nobody would answer it. Its refutation then
+    /// reaches us on the link it talks to us on.
+    pub(super) fn heard_from(&self, peer: &str) {
+        let held = self
+            .view
+            .lock()
+            .get(peer)
+            .filter(|u| matches!(u.status, Status::Suspect | Status::Dead))
+            .cloned();
+        let Some(u) = held else { return };
+        if !self.partial() {
+            return;
+        }
+        let now = Instant::now();
+        {
+            let mut told = self.overlay.told.lock();
+            if told
+                .get(peer)
+                .is_some_and(|t| now.duration_since(*t) < self.settings.heartbeat)
+            {
+                return;
+            }
+            told.insert(peer.to_string(), now);
+            told.retain(|_, t| now.duration_since(*t) < self.settings.heartbeat * 10);
+        }
+        let addr = u.addr.clone();
+        if addr.is_empty() {
+            return;
+        }
+        let link = self.links.ensure(peer, &addr);
+        self.overlay.touched.lock().insert(peer.to_string(), None);
+        if link
+            .send_or_park(
+                COORDINATION,
+                None,
+                encode(&Wire::Gossip { members: vec![u] }),
+            )
+            .is_err()
+        {
+            self.meters.dropped("gossip_full").increment(1);
+        }
+    }
+
     /// A heartbeat from `peer`: feeds φ, and carries the peer's generation (a refutation
     /// reaches its neighbours with its next heartbeat).
     pub(super) fn on_heartbeat(self: &Arc<Self>, peer: &str, incarnation: u64, version: u64) {
@@ -263,6 +318,8 @@ impl Inner {
         if let Some(u) = newer {
             let events = self.view.lock().apply(u, now);
             self.on_view_events(events);
+        } else {
+            self.heard_from(peer);
         }
     }
 
@@ -584,7 +641,12 @@ impl Inner {
             };
             let sample: Vec<Update> = {
                 let view = self.view.lock();
-                let mut s: Vec<Update> = view.members().cloned().choose_multiple(&mut rng, SAMPLE);
+                let mut s: Vec<Update> = view
+                    .members()
+                    .choose_multiple(&mut rng, SAMPLE)
+                    .into_iter()
+                    .cloned()
+                    .collect();
                 s.push(view.me().clone());
                 s
             };
