@@ -356,6 +356,19 @@ impl Node {
 }
 
 impl Inner {
+    /// Whether a switch is settling (old links kept: make before break).
+    pub(super) fn switch_settling(&self) -> bool {
+        self.switch.st.lock().settling.is_some()
+    }
+
+    /// Whether the link to `p` is one the topology in force does without: not a
+    /// neighbour, and not a peer it sends to directly (a client-server server sends to
+    /// its clients over its own link to them although it does not dial them).
+    fn unneeded(&self, p: &str) -> bool {
+        let t = self.topology.lock();
+        !t.wanted().contains(p) && t.next_hop(p).as_deref() != Some(p)
+    }
+
     /// The encoded state in force (the first message on a new link, after the view).
     pub(super) fn switch_state_wire(&self) -> bytes::Bytes {
         let ann = self.switch.st.lock().current.clone();
@@ -530,9 +543,8 @@ impl Inner {
             st.retired.iter().map(|(p, t)| (p.clone(), *t)).collect()
         };
         let now = Instant::now();
-        let wanted = self.topology.lock().wanted();
         for (p, seen) in retired {
-            if wanted.contains(&p) {
+            if !self.unneeded(&p) {
                 self.switch.st.lock().retired.remove(&p);
                 continue;
             }
@@ -588,9 +600,15 @@ impl Inner {
             }
         }
         let mut keep = false;
-        for l in self.links.up_peers() {
-            let p = l.peer.clone();
-            if wanted.contains(&p) {
+        let linked: Vec<String> = self
+            .view
+            .lock()
+            .members()
+            .map(|u| u.name.clone())
+            .filter(|p| self.links.get(p).is_some())
+            .collect();
+        for p in linked {
+            if wanted.contains(&p) || !self.unneeded(&p) {
                 continue;
             }
             if unacked.contains(&p) {
