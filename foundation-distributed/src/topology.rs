@@ -200,6 +200,12 @@ pub trait PeerService: Send + Sync + std::fmt::Debug {
     fn carries_data(&self, _payload: &[u8]) -> bool {
         false
     }
+
+    /// The broadcast protocol's counters (eager, lazy, graft, prune, ...), for managers
+    /// that have one.
+    fn broadcast_stats(&self) -> Option<crate::overlay::plumtree::PtStats> {
+        None
+    }
 }
 
 /// A broadcast delivered by a manager's own broadcast protocol (see
@@ -607,6 +613,11 @@ impl Topology {
     /// See [`PeerService::carries_data`].
     pub fn carries_data(&self, payload: &[u8]) -> bool {
         self.service.carries_data(payload)
+    }
+
+    /// See [`PeerService::broadcast_stats`].
+    pub fn broadcast_stats(&self) -> Option<crate::overlay::plumtree::PtStats> {
+        self.service.broadcast_stats()
     }
 }
 

@@ -71,6 +71,9 @@ impl PeerService for Observed {
     fn carries_data(&self, payload: &[u8]) -> bool {
         self.inner.carries_data(payload)
     }
+    fn broadcast_stats(&self) -> Option<foundation_distributed::overlay::plumtree::PtStats> {
+        self.inner.broadcast_stats()
+    }
 }
 
 async fn node(net: &MemoryNetwork, name: &str) -> (Node, Arc<Mutex<BTreeSet<String>>>) {
@@ -177,9 +180,14 @@ async fn hyparview_nodes_broadcast_over_bounded_views_and_repair() {
     nodes[5].broadcast("news", &1u64).await.unwrap();
     for (i, inbox) in inboxes.iter_mut().enumerate() {
         if i != 5 {
-            let got = tokio::time::timeout(Duration::from_secs(20), inbox.recv())
-                .await
-                .unwrap_or_else(|_| panic!("n{i:02} missed the broadcast"));
+            let got = tokio::time::timeout(Duration::from_secs(20), inbox.recv()).await;
+            let Ok(got) = got else {
+                let state: Vec<_> = nodes
+                    .iter()
+                    .map(|n| (n.name().to_string(), n.neighbours(), n.broadcast_stats()))
+                    .collect();
+                panic!("n{i:02} missed the broadcast: {state:#?}");
+            };
             assert_eq!(got.unwrap().1, 1);
         }
     }

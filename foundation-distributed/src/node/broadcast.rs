@@ -138,6 +138,13 @@ impl Inner {
 }
 
 impl Node {
+    /// The counters of the topology's broadcast protocol (Plumtree's eager and lazy
+    /// pushes, grafts, prunes, duplicates, largest hop count) when it has one (HyParView).
+    /// The same figures are exported as `foundation_overlay_plumtree_*` metrics.
+    pub fn broadcast_stats(&self) -> Option<crate::overlay::plumtree::PtStats> {
+        self.inner.topology.lock().broadcast_stats()
+    }
+
     /// Subscribes to `topic`: messages [`publish`](Self::publish)ed on it by other nodes
     /// arrive on the returned receiver as (publishing node, message), each once. A second
     /// subscription replaces the first. Backpressure and decoding are as for

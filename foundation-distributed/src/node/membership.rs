@@ -46,9 +46,12 @@ const SAMPLE: usize = 32;
 /// Partial-view state (see the [module docs](self)).
 #[derive(Default)]
 pub(crate) struct Overlay {
-    /// News to pass on, each with the peers known to have it (its sender, and the peers
-    /// it went to).
-    news: Mutex<Vec<(Update, HashSet<String>)>>,
+    /// News to pass on, by member, each with the peers known to have it (its sender, and
+    /// the peers it went to).
+    news: Mutex<HashMap<String, (Update, HashSet<String>)>>,
+    /// The peer that sent this node its first view, and when: what it sends in the
+    /// moments after is the cluster's view, not news.
+    first_view: Mutex<Option<(String, Instant)>>,
     /// Peers this module made links to, and since when each has been unwanted.
     touched: Mutex<HashMap<String, Option<Instant>>>,
 }
@@ -77,6 +80,15 @@ impl Inner {
         let mut newcomer = false;
         let events = {
             let mut view = self.view.lock();
+            let transfer = partial && {
+                let mut first = self.overlay.first_view.lock();
+                if first.is_none() && view.members().next().is_none() {
+                    *first = Some((peer.to_string(), now));
+                }
+                first.as_ref().is_some_and(|(p, at)| {
+                    p == peer && now.duration_since(*at) < self.settings.heartbeat * 2
+                })
+            };
             let mut events = Vec::new();
             for u in members {
                 if !partial || u.name == self.name {
@@ -93,7 +105,7 @@ impl Inner {
                     newcomer = true;
                 }
                 events.extend(view.apply(u.clone(), now));
-                if view.get(&u.name) != before.as_ref() {
+                if !transfer && view.get(&u.name) != before.as_ref() {
                     changed.push(u);
                 }
             }
@@ -137,21 +149,16 @@ impl Inner {
     /// Queues `u` as news to pass on to the neighbours (partial view only).
     pub(super) fn add_news(&self, u: Update, from: Option<&str>) {
         let mut news = self.overlay.news.lock();
-        if let Some((old, has)) = news.iter_mut().find(|(o, _)| o.name == u.name) {
-            if u.overrides(old) {
-                *old = u;
-                has.clear();
-            }
-            if let Some(f) = from {
-                has.insert(f.to_string());
-            }
-            return;
+        let (old, has) = news
+            .entry(u.name.clone())
+            .or_insert_with(|| (u.clone(), HashSet::new()));
+        if u.overrides(old) {
+            *old = u;
+            has.clear();
         }
-        news.push((
-            u,
-            from.map(|f| HashSet::from([f.to_string()]))
-                .unwrap_or_default(),
-        ));
+        if let Some(f) = from {
+            has.insert(f.to_string());
+        }
     }
 
     /// Sends `peer` the news it does not have yet (before a topology message to it, so
@@ -159,7 +166,7 @@ impl Inner {
     pub(super) fn news_to(&self, peer: &str) {
         let batch: Vec<Update> = {
             let mut news = self.overlay.news.lock();
-            news.iter_mut()
+            news.values_mut()
                 .filter(|(_, has)| !has.contains(peer))
                 .map(|(u, has)| {
                     has.insert(peer.to_string());
@@ -584,7 +591,12 @@ impl Inner {
             };
             let sample: Vec<Update> = {
                 let view = self.view.lock();
-                let mut s: Vec<Update> = view.members().cloned().choose_multiple(&mut rng, SAMPLE);
+                let mut s: Vec<Update> = view
+                    .members()
+                    .choose_multiple(&mut rng, SAMPLE)
+                    .into_iter()
+                    .cloned()
+                    .collect();
                 s.push(view.me().clone());
                 s
             };

@@ -75,7 +75,17 @@ pub struct PlumtreeConfig {
     pub id_retention: Duration,
     /// Period of the cache eviction timer.
     pub evict_interval: Duration,
+    /// A new neighbour is sent the ids (`IHave`) of the messages delivered here within
+    /// this window (at most [`RECENT_IDS`]), so a node that joins the tree just after a
+    /// broadcast passed grafts it instead of missing it; zero disables. Not in the paper,
+    /// which assumes a stable overlay; Partisan's Plumtree exchanges ids periodically for
+    /// the same reason.
+    pub new_neighbour_window: Duration,
 }
+
+/// The most ids announced to a new neighbour (see
+/// [`PlumtreeConfig::new_neighbour_window`]).
+pub const RECENT_IDS: usize = 64;
 
 impl Default for PlumtreeConfig {
     fn default() -> Self {
@@ -87,6 +97,7 @@ impl Default for PlumtreeConfig {
             cache_retention: Duration::from_secs(30),
             id_retention: Duration::from_secs(120),
             evict_interval: Duration::from_secs(1),
+            new_neighbour_window: Duration::from_secs(5),
         }
     }
 }
@@ -315,7 +326,25 @@ impl<P: PeerId> Plumtree<P> {
             PtInput::NeighborUp(p) => {
                 if p != self.me {
                     self.lazy.remove(&p);
-                    self.eager.insert(p);
+                    let new = self.eager.insert(p.clone());
+                    if new && !self.config.new_neighbour_window.is_zero() {
+                        let window = self.config.new_neighbour_window;
+                        let recent: Vec<(MessageId<P>, u16)> = self
+                            .cache_order
+                            .iter()
+                            .rev()
+                            .take_while(|(at, _)| now.saturating_sub(*at) < window)
+                            .filter_map(|(_, id)| self.cache.get(id).map(|(h, _)| (id.clone(), *h)))
+                            .take(RECENT_IDS)
+                            .collect();
+                        if !recent.is_empty() {
+                            self.stats.lazy_sent += recent.len() as u64;
+                            out.push(PtOutput::Send {
+                                to: p,
+                                msg: PtMessage::IHave(recent),
+                            });
+                        }
+                    }
                 }
             }
             PtInput::NeighborDown(p) => {

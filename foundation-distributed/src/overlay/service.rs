@@ -326,6 +326,10 @@ impl PeerService for HyParViewService {
     fn carries_data(&self, payload: &[u8]) -> bool {
         payload.first() == Some(&TAG_PT_DATA)
     }
+
+    fn broadcast_stats(&self) -> Option<super::plumtree::PtStats> {
+        Some(self.swarm.plumtree().stats())
+    }
 }
 
 #[cfg(test)]
