@@ -225,7 +225,10 @@ impl Inner {
                     COORDINATION
                 };
                 match self.links.get(&hop) {
-                    Some(l) => l.send_or_park(channel, None, bytes),
+                    // One connection per peer (a key): inbound connections are handled
+                    // concurrently, each on its own reading task (D260), and a protocol's
+                    // messages must arrive in the order sent.
+                    Some(l) => l.send_or_park(channel, Some(0), bytes),
                     None => Err(Error::NotConnected {
                         node: hop,
                         reason: "no link".into(),
