@@ -362,11 +362,14 @@ impl Inner {
     }
 
     /// Whether the link to `p` is one the topology in force does without: not a
-    /// neighbour, and not a peer it sends to directly (a client-server server sends to
-    /// its clients over its own link to them although it does not dial them).
+    /// neighbour, and — for a topology with a full view — not a peer it sends to directly
+    /// (a client-server server sends to its clients over its own link to them although it
+    /// does not dial them). Under a partial view (HyParView) every link outside the active
+    /// view is transient.
     fn unneeded(&self, p: &str) -> bool {
         let t = self.topology.lock();
-        !t.wanted().contains(p) && t.next_hop(p).as_deref() != Some(p)
+        !t.wanted().contains(p)
+            && (t.kind().is_partial() || t.next_hop(p).as_deref() != Some(p))
     }
 
     /// The encoded state in force (the first message on a new link, after the view).
