@@ -17,7 +17,7 @@
 //! Selectors:
 //!
 //! * [`OverlaySelector`] — the overlay's smart
-//!   [`Selector`](crate::distributed::overlay::selector::Selector): cluster size, measured
+//!   [`Selector`]: cluster size, measured
 //!   latency and workload pattern (small → full mesh, event-driven → pub/sub, i.e.
 //!   Plumtree over HyParView, client-server traffic → client-server, large peer-to-peer →
 //!   HyParView), with hysteresis bands, confirmations and a cooldown so it does not flap.
@@ -92,7 +92,7 @@ pub trait TopologySelector: Send {
 }
 
 /// The overlay's smart selector
-/// ([`Selector`](crate::distributed::overlay::selector::Selector)) as a
+/// ([`Selector`]) as a
 /// [`TopologySelector`]: its choices map to topology kinds (pub/sub is Plumtree over
 /// HyParView, which is how a node broadcasts under HyParView). A topology it cannot
 /// choose (`Static`, an application's own) is left alone.

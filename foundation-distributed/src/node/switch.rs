@@ -368,8 +368,7 @@ impl Inner {
     /// view is transient.
     fn unneeded(&self, p: &str) -> bool {
         let t = self.topology.lock();
-        !t.wanted().contains(p)
-            && (t.kind().is_partial() || t.next_hop(p).as_deref() != Some(p))
+        !t.wanted().contains(p) && (t.kind().is_partial() || t.next_hop(p).as_deref() != Some(p))
     }
 
     /// The encoded state in force (the first message on a new link, after the view).
