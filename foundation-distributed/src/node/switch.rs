@@ -571,7 +571,8 @@ impl Inner {
 
     /// Completes make before break: once the new neighbours are all connected and the
     /// same for two rounds (or the grace deadline passed), tears down the links the new
-    /// topology does not want, except to peers with unacknowledged messages.
+    /// topology does without; a link to a peer with unacknowledged messages is left to
+    /// `watch_retired`, which tears it down once they are acknowledged.
     fn settle(self: &Arc<Self>, unacked: &[String]) {
         let now = Instant::now();
         let wanted = self.topology.lock().wanted();
@@ -601,7 +602,6 @@ impl Inner {
                 return;
             }
         }
-        let mut keep = false;
         let linked: Vec<String> = self
             .view
             .lock()
@@ -614,14 +614,13 @@ impl Inner {
                 continue;
             }
             if unacked.contains(&p) {
-                keep = true; // torn down in a later round, once acknowledged
+                // Torn down later (`watch_retired`), once its messages are acknowledged.
+                self.switch.st.lock().retired.insert(p, Some(now));
                 continue;
             }
             self.retire(&p);
         }
-        if !keep {
-            self.switch.st.lock().settling = None;
-        }
+        self.switch.st.lock().settling = None;
     }
 
     /// Tears down the link to `p`, draining what is queued on it within `drain_timeout`.
