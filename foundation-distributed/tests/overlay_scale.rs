@@ -27,6 +27,47 @@ use foundation_distributed::transport::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// Prints the node counters that tell where the work went (`snapshot` drains them, so each
+/// call shows one phase).
+fn print_counters(phase: &str, snap: &Option<metrics_util::debugging::Snapshotter>) {
+    use metrics_util::debugging::DebugValue;
+    let Some(snap) = snap else { return };
+    let mut lines: Vec<String> = snap
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, .., value)| {
+            let name = key.key().name();
+            let interesting = [
+                "suspected",
+                "refuted",
+                "view_transfers",
+                "link_events",
+                "dropped",
+                "plumtree_messages",
+                "reconnect_failures",
+            ];
+            if !interesting.iter().any(|i| name.contains(i)) {
+                return None;
+            }
+            let DebugValue::Counter(c) = value else {
+                return None;
+            };
+            let labels: Vec<String> = key
+                .key()
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            (c > 0).then(|| format!("{name}{{{}}} {c}", labels.join(",")))
+        })
+        .collect();
+    lines.sort();
+    println!("  counters, {phase}:");
+    for l in lines {
+        println!("    {l}");
+    }
+}
+
 const SECRET: &str = "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f";
 
 /// One connection per channel (the default table opens 13 per link), queues of at most 256.
@@ -95,17 +136,27 @@ fn connected(nodes: &[Option<Node>]) -> bool {
     seen.len() == live.len()
 }
 
-/// Counts the receivers (skipping `skip`) that got `want` since the last call.
-fn collect(inboxes: &mut [Option<mpsc::Receiver<(String, u64)>>], want: u64) -> usize {
+/// Counts the receivers that got `want` since the last call; marks them in `reached`.
+fn collect_into(
+    inboxes: &mut [Option<mpsc::Receiver<(String, u64)>>],
+    want: u64,
+    reached: &mut BTreeSet<usize>,
+) -> usize {
     let mut got = 0;
-    for inbox in inboxes.iter_mut().flatten() {
+    for (i, inbox) in inboxes.iter_mut().enumerate() {
+        let Some(inbox) = inbox else { continue };
         while let Ok((_, v)) = inbox.try_recv() {
             if v == want {
                 got += 1;
+                reached.insert(i);
             }
         }
     }
     got
+}
+
+fn collect(inboxes: &mut [Option<mpsc::Receiver<(String, u64)>>], want: u64) -> usize {
+    collect_into(inboxes, want, &mut BTreeSet::new())
 }
 
 #[derive(Debug)]
@@ -141,7 +192,13 @@ fn plumtree_totals(nodes: &[Option<Node>]) -> [u64; 4] {
 }
 
 /// The whole scenario. `step` is the polling interval (virtual under a paused clock).
-async fn scenario(n: usize, heartbeat: Duration, lean: bool, verbose: bool) -> Figures {
+async fn scenario(
+    n: usize,
+    heartbeat: Duration,
+    lean: bool,
+    verbose: bool,
+    counters: Option<metrics_util::debugging::Snapshotter>,
+) -> Figures {
     let rss = foundation_distributed::core::telemetry::resident_memory_bytes;
     let rss0 = rss();
     let net = MemoryNetwork::new();
@@ -174,6 +231,20 @@ async fn scenario(n: usize, heartbeat: Duration, lean: bool, verbose: bool) -> F
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let connected_after = t0.elapsed();
+    if verbose {
+        let known: Vec<(String, usize)> = nodes
+            .iter()
+            .flatten()
+            .map(|x| (x.name().to_string(), x.members().len()))
+            .filter(|(_, k)| *k < n)
+            .collect();
+        println!(
+            "  at connection, {} nodes know fewer than {n} members: {:?}",
+            known.len(),
+            &known[..known.len().min(20)]
+        );
+    }
+    print_counters("joins", &counters);
     let views: Vec<usize> = nodes
         .iter()
         .flatten()
@@ -224,7 +295,22 @@ async fn scenario(n: usize, heartbeat: Duration, lean: bool, verbose: bool) -> F
         }
     }
 
+    if verbose {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let known: Vec<(String, usize)> = nodes
+            .iter()
+            .flatten()
+            .map(|x| (x.name().to_string(), x.members().len()))
+            .filter(|(_, k)| *k < n)
+            .collect();
+        println!(
+            "  5 s later, {} nodes know fewer than {n} members: {:?}",
+            known.len(),
+            &known[..known.len().min(20)]
+        );
+    }
     let before = plumtree_totals(&nodes);
+    print_counters("first broadcast", &counters);
     // Crash half at once: drop them (no goodbye; their connections end).
     for i in (0..n).filter(|i| i % 2 == 1) {
         nodes[i] = None;
@@ -246,9 +332,10 @@ async fn scenario(n: usize, heartbeat: Duration, lean: bool, verbose: bool) -> F
             .await
             .unwrap();
         let mut got = 0;
+        let mut reached = BTreeSet::new();
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            got += collect(&mut inboxes, value);
+            got += collect_into(&mut inboxes, value, &mut reached);
             if got == survivors {
                 break;
             }
@@ -262,6 +349,27 @@ async fn scenario(n: usize, heartbeat: Duration, lean: bool, verbose: bool) -> F
                 t_kill.elapsed().as_secs_f64()
             );
         }
+        if verbose && rounds.is_multiple_of(10) {
+            for (i, x) in nodes.iter().enumerate().skip(1) {
+                let Some(x) = x else { continue };
+                if !reached.contains(&i) {
+                    let up = x.members().iter().filter(|m| m.up).count();
+                    let mut st = std::collections::BTreeMap::new();
+                    for j in 0..n {
+                        *st.entry(format!("{:?}", x.member_status(&format!("n{j:04}"))))
+                            .or_insert(0) += 1;
+                    }
+                    println!("    statuses at {}: {st:?}", x.name());
+                    println!(
+                        "    missed: {} neighbours {:?}; it sees {up} up of {}; n0000 sees it {:?}",
+                        x.name(),
+                        x.neighbours(),
+                        x.members().len(),
+                        nodes[0].as_ref().unwrap().member_status(x.name()),
+                    );
+                }
+            }
+        }
         if got * 100 >= survivors * 99 {
             repaired_after = Some(t_kill.elapsed());
             repaired_reached = got;
@@ -269,6 +377,7 @@ async fn scenario(n: usize, heartbeat: Duration, lean: bool, verbose: bool) -> F
         }
     }
     let after = plumtree_totals(&nodes);
+    print_counters("crash and repair", &counters);
     for x in nodes.iter().flatten() {
         x.shutdown_within(Duration::from_secs(1)).await;
     }
@@ -295,7 +404,14 @@ async fn scenario(n: usize, heartbeat: Duration, lean: bool, verbose: bool) -> F
 /// default test run affords.
 #[tokio::test(start_paused = true)]
 async fn sixty_hyparview_nodes_broadcast_survive_half_crashing_and_repair() {
-    let f = scenario(60, Duration::from_millis(200), true, false).await;
+    let f = scenario(
+        60,
+        Duration::from_millis(200),
+        true,
+        std::env::var("OVERLAY_VERBOSE").is_ok(),
+        None,
+    )
+    .await;
     assert!(f.max_view <= 5, "{f:?}");
     assert_eq!(
         f.first_reached,
@@ -304,16 +420,12 @@ async fn sixty_hyparview_nodes_broadcast_survive_half_crashing_and_repair() {
     );
     let repaired = f.repaired_after.is_some() && f.repaired_reached * 100 >= f.survivors * 99;
     assert!(repaired, "≥ 99% of survivors reached after repair: {f:?}");
-    // Plumtree, not flooding: the first broadcast flooded the active views and the
-    // duplicates were pruned, ids went lazily to the other neighbours; after the crash,
-    // nodes whose tree parent died grafted from an announcer.
-    let [eager, _, _, prune] = f.before;
-    assert!(prune > 0, "{f:?}");
-    assert!(eager >= (f.n - 1) as u64, "{f:?}");
-    assert!(
-        f.after[1] > f.before[1],
-        "lazy ids after the tree formed: {f:?}"
-    );
+    // Plumtree, not flooding: the first broadcast goes eagerly to every neighbour (at
+    // least n − 1 payloads); duplicates get links pruned, ids go lazily to the pruned
+    // neighbours; after the crash, nodes whose tree parent died graft from an announcer.
+    assert!(f.before[0] >= (f.n - 1) as u64, "{f:?}");
+    assert!(f.after[3] > 0, "prunes: {f:?}");
+    assert!(f.after[1] > 0, "lazy ids: {f:?}");
     assert!(f.after[2] > f.before[2], "grafts after the crash: {f:?}");
 }
 
@@ -329,7 +441,10 @@ async fn thousand_hyparview_nodes_in_one_process() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let lean = std::env::var("FOUNDATION_OVERLAY_CHANNELS").as_deref() != Ok("default");
-    let f = scenario(n, Duration::from_millis(500), lean, true).await;
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let counters = recorder.install().is_ok().then_some(snapshotter);
+    let f = scenario(n, Duration::from_millis(500), lean, true, counters).await;
     let per_link = if lean { 5 } else { 13 };
     println!(
         "\n{n} nodes ({} channel table, {per_link} connections per link and direction)",
@@ -370,4 +485,32 @@ async fn thousand_hyparview_nodes_in_one_process() {
     );
     assert_eq!(f.first_reached, n - 1, "{f:?}");
     assert!(f.repaired_after.is_some(), "{f:?}");
+}
+
+/// Membership spreads under a partial view: every node learns every member (news flooded
+/// over the active views), though each links to a handful.
+#[tokio::test(start_paused = true)]
+async fn membership_spreads_over_partial_views() {
+    let net = MemoryNetwork::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..30 {
+        let node = start(&net, &format!("m{i:02}"), Duration::from_millis(200), true).await;
+        if i > 0 {
+            node.join(&[nodes[i / 2].addr()]).await.unwrap();
+        }
+        nodes.push(node);
+    }
+    let mut waited = 0;
+    while nodes.iter().any(|x| x.members().len() < 30) {
+        waited += 1;
+        if waited > 300 {
+            let known: Vec<usize> = nodes.iter().map(|x| x.members().len()).collect();
+            panic!("members known after 30 s: {known:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for x in &nodes {
+        assert!(x.neighbours().len() <= 5);
+        x.shutdown().await;
+    }
 }

@@ -10,9 +10,10 @@
 //!   few random peers every `gossip_every` rounds, every linked peer is watched, and down
 //!   members are knocked on. Cost per node grows with the cluster: meant for small ones.
 //! * **Partial view** (HyParView): the work per node is bounded by the active view, not
-//!   the cluster. The first message on a new link is the node's own entry only; a peer
-//!   whose entry is new to us (a joiner greeting its contact) gets the whole view once,
-//!   in chunks. Updates that change the view are *news*: each node passes each piece of
+//!   the cluster. The first message on a new link is the node's own entry only (twice
+//!   from a node that knows no other member: a joiner asking its contact for the view,
+//!   which it then gets once, in chunks; what a node without neighbours hears is not
+//!   passed on as news). Updates that change the view are *news*: each node passes each piece of
 //!   news once to each active neighbour, batched per round (a flood over the overlay,
 //!   `d·n` messages per change), and before any topology message to a peer, so a
 //!   forwarded join never names a member the receiver has no address for. Every
@@ -49,11 +50,10 @@ pub(crate) struct Overlay {
     /// News to pass on, by member, each with the peers known to have it (its sender, and
     /// the peers it went to).
     news: Mutex<HashMap<String, (Update, HashSet<String>)>>,
-    /// The peer that sent this node its first view, and when: what it sends in the
-    /// moments after is the cluster's view, not news.
-    first_view: Mutex<Option<(String, Instant)>>,
     /// Peers this module made links to, and since when each has been unwanted.
     touched: Mutex<HashMap<String, Option<Instant>>>,
+    /// Members we hold down that talked to us, and when we last told them so.
+    told: Mutex<HashMap<String, Instant>>,
 }
 
 impl Inner {
@@ -63,10 +63,18 @@ impl Inner {
     }
 
     /// The first message on a new link: the whole view, or under a partial view this
-    /// node's own entry.
+    /// node's own entry — twice while it knows no other member, which asks the peer for
+    /// its view (a joiner greeting its contact; an in-band request, so a node that does not
+    /// know it simply applies the entry twice).
     pub(super) fn hello(&self) -> Vec<Update> {
         if self.partial() {
-            vec![self.view.lock().me().clone()]
+            let view = self.view.lock();
+            let me = view.me().clone();
+            if view.members().next().is_none() {
+                vec![me.clone(), me]
+            } else {
+                vec![me]
+            }
         } else {
             self.view.lock().digest()
         }
@@ -80,30 +88,25 @@ impl Inner {
         let mut newcomer = false;
         let events = {
             let mut view = self.view.lock();
-            let transfer = partial && {
-                let mut first = self.overlay.first_view.lock();
-                if first.is_none() && view.members().next().is_none() {
-                    *first = Some((peer.to_string(), now));
-                }
-                first.as_ref().is_some_and(|(p, at)| {
-                    p == peer && now.duration_since(*at) < self.settings.heartbeat * 2
-                })
-            };
+            // A node without neighbours has nobody to pass news to; what it hears then
+            // is the cluster's view (a joiner's first view), not news.
+            let transfer = partial && self.topology.lock().wanted().is_empty();
             let mut events = Vec::new();
+            if partial
+                && members.len() == 2
+                && members
+                    .iter()
+                    .all(|u| u.name == peer && u.status == Status::Alive)
+            {
+                // A view request: a joiner greets with its own entry twice.
+                newcomer = true;
+            }
             for u in members {
                 if !partial || u.name == self.name {
                     events.extend(view.apply(u, now));
                     continue;
                 }
                 let before = view.get(&u.name).cloned();
-                if u.name == peer
-                    && u.status == Status::Alive
-                    && before
-                        .as_ref()
-                        .is_none_or(|b| b.incarnation < u.incarnation)
-                {
-                    newcomer = true;
-                }
                 events.extend(view.apply(u.clone(), now));
                 if !transfer && view.get(&u.name) != before.as_ref() {
                     changed.push(u);
@@ -121,9 +124,9 @@ impl Inner {
         for u in changed {
             self.add_news(u, Some(peer));
         }
+        self.heard_from(peer);
         if newcomer {
-            // A member new to us greets us directly: a joiner at its contact. It gets the
-            // whole view once.
+            // A joiner greets its contact: it gets the whole view once.
             self.send_view(peer);
         }
     }
@@ -241,6 +244,51 @@ impl Inner {
         }
     }
 
+    /// `peer` talked to us directly. Under a partial view, if we hold it suspect or down,
+    /// we tell it (at most once per heartbeat interval): a node without neighbours hears no
+    /// news, so it would never refute, and nobody would answer it. Its refutation then
+    /// reaches us on the link it talks to us on.
+    pub(super) fn heard_from(&self, peer: &str) {
+        let held = self
+            .view
+            .lock()
+            .get(peer)
+            .filter(|u| matches!(u.status, Status::Suspect | Status::Dead))
+            .cloned();
+        let Some(u) = held else { return };
+        if !self.partial() {
+            return;
+        }
+        let now = Instant::now();
+        {
+            let mut told = self.overlay.told.lock();
+            if told
+                .get(peer)
+                .is_some_and(|t| now.duration_since(*t) < self.settings.heartbeat)
+            {
+                return;
+            }
+            told.insert(peer.to_string(), now);
+            told.retain(|_, t| now.duration_since(*t) < self.settings.heartbeat * 10);
+        }
+        let addr = u.addr.clone();
+        if addr.is_empty() {
+            return;
+        }
+        let link = self.links.ensure(peer, &addr);
+        self.overlay.touched.lock().insert(peer.to_string(), None);
+        if link
+            .send_or_park(
+                COORDINATION,
+                None,
+                encode(&Wire::Gossip { members: vec![u] }),
+            )
+            .is_err()
+        {
+            self.meters.dropped("gossip_full").increment(1);
+        }
+    }
+
     /// A heartbeat from `peer`: feeds φ, and carries the peer's generation (a refutation
     /// reaches its neighbours with its next heartbeat).
     pub(super) fn on_heartbeat(self: &Arc<Self>, peer: &str, incarnation: u64, version: u64) {
@@ -270,6 +318,8 @@ impl Inner {
         if let Some(u) = newer {
             let events = self.view.lock().apply(u, now);
             self.on_view_events(events);
+        } else {
+            self.heard_from(peer);
         }
     }
 

@@ -1192,6 +1192,7 @@ impl Inner {
             } => self.on_heartbeat(peer, incarnation, version),
             Wire::Gossip { members } => self.on_gossip(peer, members),
             Wire::Topology { payload } => {
+                self.heard_from(peer);
                 let out = self.topology.lock().on_message(peer, &payload);
                 self.send_topology(out);
                 // Broadcasts the topology's own protocol delivered (broadcast.rs).
