@@ -533,7 +533,7 @@ impl Node {
         self.inner
             .slots
             .write()
-            .insert(name.to_string(), Slot::Receiver(delivery::receiver(tx)));
+            .insert(name.to_string(), delivery::receiver(tx));
         rx
     }
 
@@ -1216,13 +1216,17 @@ impl Inner {
                     return None;
                 };
                 let slot = self.slots.read().get(&to_name).cloned();
-                let Some(Slot::Receiver(d)) = slot else {
+                let Some(Slot::Receiver(_, many)) = slot else {
                     self.meters
                         .dropped("no_receiver")
                         .increment(msgs.len() as u64);
                     return None;
                 };
-                return delivery::deliver_batch(d, &from, msgs, may_wait);
+                let wait = many(&from, msgs, may_wait)?;
+                return Some(Box::pin(async move {
+                    wait.await;
+                    Outcome::Delivered
+                }));
             }
             Wire::Request {
                 id,
@@ -1301,7 +1305,7 @@ impl Inner {
     ) -> Option<futures_util::future::BoxFuture<'static, Outcome>> {
         let slot = self.slots.read().get(to_name).cloned();
         match slot {
-            Some(Slot::Receiver(d)) => match d(from, body, may_wait) {
+            Some(Slot::Receiver(d, _)) => match d(from, body, may_wait) {
                 Attempt::Done(Outcome::Delivered) => None,
                 Attempt::Done(o) => {
                     self.meters.dropped(o.label()).increment(1);
@@ -1443,7 +1447,7 @@ impl Inner {
             while let Some((name, body)) = s.held.get(&s.expected).cloned() {
                 let slot = self.slots.read().get(&name).cloned();
                 let outcome = match slot {
-                    Some(Slot::Receiver(d)) => match d(&from, &body, false) {
+                    Some(Slot::Receiver(d, _)) => match d(&from, &body, false) {
                         Attempt::Done(o) => o,
                         Attempt::Wait(_) => Outcome::Full,
                     },
