@@ -18,7 +18,8 @@
 //!   `faulty-codec`, a feature built to fail 20 % of its calls, which must be rolled back;
 //! * **predictive scaling**: a load ramping from 100 to 1000 jobs/s offered to an
 //!   ecosystem, resized ahead of the ramp when the forecast is confident (≥ 0.85);
-//! * **adaptive topology** on every node (switches when the cluster outgrows a full mesh).
+//! * **adaptive topology** on every node (the overlay's smart selector; a switch is agreed
+//!   by the whole cluster).
 //!
 //! One-way latencies are measured from send to receipt (one process, one clock) into
 //! HDR histograms per channel; request/reply latencies are round trips.
@@ -36,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::adaptive_topology::{kind_label, AdaptiveTopology, SizeSelector};
+use crate::adaptive_topology::{kind_label, AdaptiveTopology, OverlaySelector};
 use crate::beam::ecosystem::{Ecosystem, EcosystemSpec, Workers};
 use crate::beam::supervisor::Intensity;
 use crate::beam::{Context, Process, Reply};
@@ -761,10 +762,17 @@ pub async fn run(
     let mut adaptive = Vec::new();
     let adapt = options.topology == TopologyKind::FullMesh;
     for node in all.iter().filter(|_| adapt) {
+        // The overlay's smart selector (size, measured latency, workload; hysteresis);
+        // a switch it asks for is agreed by the whole cluster.
+        let selector = OverlaySelector::new(
+            crate::distributed::overlay::selector::SelectorConfig::default(),
+            options.topology,
+        )
+        .map_err(DemoError::Start)?;
         let a = AdaptiveTopology::new(
             node.clone(),
             options.topology,
-            Box::new(SizeSelector::default()),
+            Box::new(selector),
             Duration::from_secs(5),
         );
         adaptive.push(a.spawn(Duration::from_secs(1), stop.clone()));
@@ -987,7 +995,7 @@ pub async fn run(
     let mut topology = options.topology;
     for (i, a) in adaptive.into_iter().enumerate() {
         if let Ok(a) = a.await {
-            switches += a.switches().len();
+            switches += a.switches().iter().filter(|s| s.proposed).count();
             if i == 0 {
                 topology = a.current();
             }

@@ -227,10 +227,10 @@ impl Inner {
                 } else {
                     COORDINATION
                 };
-                // One connection per peer (a key): inbound connections are handled
-                // concurrently, each on its own reading task (D260), and a protocol's
-                // messages must arrive in the order sent.
                 match self.links.get(&hop) {
+                    // One connection per peer (a key): inbound connections are handled
+                    // concurrently, each on its own reading task (D260), and a protocol's
+                    // messages must arrive in the order sent.
                     Some(l) => l.send_or_park(channel, Some(0), bytes),
                     None => Err(Error::NotConnected {
                         node: hop,
@@ -626,6 +626,9 @@ impl Inner {
                 }
                 true
             });
+        }
+        if self.switch_settling() {
+            close.clear(); // make before break: a topology switch keeps old links (switch.rs)
         }
         for p in close {
             self.links.remove(&p);

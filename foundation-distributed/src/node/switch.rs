@@ -356,6 +356,21 @@ impl Node {
 }
 
 impl Inner {
+    /// Whether a switch is settling (old links kept: make before break).
+    pub(super) fn switch_settling(&self) -> bool {
+        self.switch.st.lock().settling.is_some()
+    }
+
+    /// Whether the link to `p` is one the topology in force does without: not a
+    /// neighbour, and — for a topology with a full view — not a peer it sends to directly
+    /// (a client-server server sends to its clients over its own link to them although it
+    /// does not dial them). Under a partial view (HyParView) every link outside the active
+    /// view is transient.
+    fn unneeded(&self, p: &str) -> bool {
+        let t = self.topology.lock();
+        !t.wanted().contains(p) && (t.kind().is_partial() || t.next_hop(p).as_deref() != Some(p))
+    }
+
     /// The encoded state in force (the first message on a new link, after the view).
     pub(super) fn switch_state_wire(&self) -> bytes::Bytes {
         let ann = self.switch.st.lock().current.clone();
@@ -530,9 +545,8 @@ impl Inner {
             st.retired.iter().map(|(p, t)| (p.clone(), *t)).collect()
         };
         let now = Instant::now();
-        let wanted = self.topology.lock().wanted();
         for (p, seen) in retired {
-            if wanted.contains(&p) {
+            if !self.unneeded(&p) {
                 self.switch.st.lock().retired.remove(&p);
                 continue;
             }
@@ -557,7 +571,8 @@ impl Inner {
 
     /// Completes make before break: once the new neighbours are all connected and the
     /// same for two rounds (or the grace deadline passed), tears down the links the new
-    /// topology does not want, except to peers with unacknowledged messages.
+    /// topology does without; a link to a peer with unacknowledged messages is left to
+    /// `watch_retired`, which tears it down once they are acknowledged.
     fn settle(self: &Arc<Self>, unacked: &[String]) {
         let now = Instant::now();
         let wanted = self.topology.lock().wanted();
@@ -587,21 +602,25 @@ impl Inner {
                 return;
             }
         }
-        let mut keep = false;
-        for l in self.links.up_peers() {
-            let p = l.peer.clone();
-            if wanted.contains(&p) {
+        let linked: Vec<String> = self
+            .view
+            .lock()
+            .members()
+            .map(|u| u.name.clone())
+            .filter(|p| self.links.get(p).is_some())
+            .collect();
+        for p in linked {
+            if wanted.contains(&p) || !self.unneeded(&p) {
                 continue;
             }
             if unacked.contains(&p) {
-                keep = true; // torn down in a later round, once acknowledged
+                // Torn down later (`watch_retired`), once its messages are acknowledged.
+                self.switch.st.lock().retired.insert(p, Some(now));
                 continue;
             }
             self.retire(&p);
         }
-        if !keep {
-            self.switch.st.lock().settling = None;
-        }
+        self.switch.st.lock().settling = None;
     }
 
     /// Tears down the link to `p`, draining what is queued on it within `drain_timeout`.
