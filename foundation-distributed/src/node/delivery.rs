@@ -96,6 +96,45 @@ where
     })
 }
 
+/// Delivers the messages of a batch in order: each that finds room at once is delivered
+/// here; at the first full queue (when `may_wait`) the rest are delivered by the returned
+/// future, in order, waiting for room as each needs it. Failed deliveries are counted
+/// (`foundation_node_dropped_total{reason}`); the future's own outcome is always
+/// `Delivered`.
+pub(crate) fn deliver_batch(
+    d: Deliver,
+    from: &str,
+    msgs: Vec<Bytes>,
+    may_wait: bool,
+) -> Option<BoxFuture<'static, Outcome>> {
+    let count = |o: Outcome| {
+        if o != Outcome::Delivered {
+            metrics::counter!("foundation_node_dropped_total", "reason" => o.label()).increment(1);
+        }
+    };
+    let mut rest = msgs.into_iter();
+    while let Some(m) = rest.next() {
+        match d(from, &m, may_wait) {
+            Attempt::Done(o) => count(o),
+            Attempt::Wait(first) => {
+                let from = from.to_string();
+                return Some(Box::pin(async move {
+                    count(first.await);
+                    for m in rest {
+                        let o = match d(&from, &m, true) {
+                            Attempt::Done(o) => o,
+                            Attempt::Wait(w) => w.await,
+                        };
+                        count(o);
+                    }
+                    Outcome::Delivered
+                }));
+            }
+        }
+    }
+    None
+}
+
 /// One outgoing acknowledged stream (to one destination).
 pub(crate) struct Outgoing {
     pub next: u64,
