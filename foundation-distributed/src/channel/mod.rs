@@ -763,10 +763,12 @@ impl Writer {
                     break;
                 }
                 // Written front to back; what is left here when a write fails (or the
-                // task is stopped) is counted as lost with the queue's remainder.
+                // task is stopped) is counted as lost with the queue's remainder. One
+                // clock reading per batch for the queued → written histogram.
+                let now = std::time::Instant::now();
                 while let Some(item) = self.batch.pop_front() {
                     let len = item.payload.len();
-                    if let Err(e) = self.write(&mut tx, item).await {
+                    if let Err(e) = self.write(&mut tx, item, now).await {
                         break 'run e.to_string();
                     }
                     self.fairness.moved(len).await;
@@ -789,7 +791,12 @@ impl Writer {
         );
     }
 
-    async fn write(&self, tx: &mut ConnectionSender, item: Item) -> Result<()> {
+    async fn write(
+        &self,
+        tx: &mut ConnectionSender,
+        item: Item,
+        now: std::time::Instant,
+    ) -> Result<()> {
         let mut copies = 1;
         if let Some(i) = &self.interpose {
             match i.interposer.decide(&i.from, &i.to, &i.channel) {
@@ -834,7 +841,7 @@ impl Writer {
             self.meters.messages_out.increment(1);
             self.meters.bytes_out.increment(len);
         }
-        let waited = item.queued.elapsed();
+        let waited = now.saturating_duration_since(item.queued);
         self.meters.send_seconds.record(waited.as_secs_f64());
         self.queue.live.written(copies.into(), len, waited);
         Ok(())

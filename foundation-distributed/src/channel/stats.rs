@@ -1,8 +1,7 @@
 //! Read-only numbers of one link's channels, for observers ([`Channels::stats`]).
 //!
 //! Each connection's sender task keeps three counters (messages and payload bytes
-//! written, messages that waited longer than [`LATE_AFTER`] between being queued and
-//! being written), single-writer atomics updated with a relaxed load and store; the queue depth is read from the queues
+//! written, messages that waited longer than [`LATE_AFTER`] in the queue), single-writer atomics updated with a relaxed load and store; the queue depth is read from the queues
 //! themselves when asked. Nothing here runs unless [`Channels::stats`] is called.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,9 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{Channels, Priority};
 
-/// A message that waited longer than this between being queued and being written to its
-/// connection is counted as *late* ([`ChannelStats::late`]). On a high-priority channel
-/// a late message is a head-of-line incident: something held an urgent message back.
+/// A message that waited longer than this in its connection's queue (from being queued to
+/// the start of the write of its batch, the same span as
+/// `foundation_channel_send_seconds`) is counted as *late* ([`ChannelStats::late`]). On
+/// a high-priority channel a late message is a head-of-line incident: something held an
+/// urgent message back.
 pub const LATE_AFTER: Duration = Duration::from_millis(10);
 
 /// Counters of one connection, written only by its sender task (so an increment is a
@@ -69,7 +70,7 @@ pub struct ChannelStats {
     pub sent_messages: u64,
     /// Payload bytes written since the link came up.
     pub sent_bytes: u64,
-    /// Messages that waited longer than [`LATE_AFTER`] between being queued and written.
+    /// Messages that waited longer than [`LATE_AFTER`] in the queue.
     pub late: u64,
 }
 
