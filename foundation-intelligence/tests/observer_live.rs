@@ -23,6 +23,7 @@ use foundation_intelligence::distributed::transport::{
 use foundation_intelligence::http::{Endpoints, HttpServer};
 use foundation_intelligence::observer::live::{EventKind, LEASE, MAX_STREAMS, SAMPLE_EVERY};
 use foundation_intelligence::observer::Observer;
+use foundation_intelligence::rollout::{CheckAction, Rollout, RolloutSettings};
 use serde_json::Value;
 
 struct Worker;
@@ -319,14 +320,46 @@ async fn peers_show_connections_queues_rates_and_head_of_line_incidents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeline_shows_restarts_links_members_and_recorded_decisions() {
     let (a, b, c) = cluster(None).await;
-    let oa = observer(&a);
+    // A rollout that widened once before anybody looked.
+    let rollout = Rollout::new(
+        "inline",
+        RolloutSettings {
+            min_samples: 10,
+            ..RolloutSettings::default()
+        },
+    )
+    .unwrap();
+    let widen = |r: &Rollout| {
+        for i in 0..40u32 {
+            r.record(i % 2 == 0, Duration::from_millis(5), true);
+        }
+        r.check()
+    };
+    assert_eq!(widen(&rollout).action, CheckAction::Widened);
+    let oa = observer(&a).rollout(rollout.clone());
     observer(&b);
     observer(&c);
     let server = serve(oa.clone()).await;
     let addr = server.local_addr();
-    // The first request starts the sampler; its first tick is the baseline.
+    // The first request starts the sampler; its first tick is the baseline of counters
+    // (nothing yet), the rollout's earlier step shown as such.
     assert_eq!(json(addr, "/api/timeline").await, serde_json::json!([]));
     eventually("a baseline", || oa.samples_taken() >= 1).await;
+    let tl = oa.timeline(None);
+    assert_eq!(tl.len(), 1, "{tl:?}");
+    assert_eq!(tl[0].kind, EventKind::Decision);
+    assert_eq!(
+        tl[0].text,
+        "rollout inline widened to 20% (before the observer looked)"
+    );
+    // A step while somebody looks.
+    assert_eq!(widen(&rollout).action, CheckAction::Widened);
+    eventually("the second step", || {
+        oa.timeline(None)
+            .iter()
+            .any(|e| e.text == "rollout inline widened to 40%")
+    })
+    .await;
 
     // A killed worker is restarted by its supervisor: a restart event.
     a.eco.workers()[1].kill();
