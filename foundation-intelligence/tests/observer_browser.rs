@@ -380,7 +380,8 @@ async fn a_killed_worker_shows_as_a_restart_in_the_live_tree() {
                         node.send(p, "sink", &vec![1u8; 64], urgent),
                     )
                     .await;
-                    let size = 512 + (i % 50) as usize * 64;
+                    // A load that steps every second, so the charts show changes.
+                    let size = 512 + ((i / 50) % 6) as usize * 1024;
                     let _ = node.try_send(p, "sink", &vec![2u8; size], SendOptions::default());
                 }
             }

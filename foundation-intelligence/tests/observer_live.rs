@@ -23,6 +23,7 @@ use foundation_intelligence::distributed::transport::{
 use foundation_intelligence::http::{Endpoints, HttpServer};
 use foundation_intelligence::observer::live::{EventKind, LEASE, MAX_STREAMS, SAMPLE_EVERY};
 use foundation_intelligence::observer::Observer;
+use foundation_intelligence::rollout::{CheckAction, Rollout, RolloutSettings};
 use serde_json::Value;
 
 struct Worker;
@@ -158,13 +159,14 @@ fn channel<'a>(peers: &'a Value, peer: &str, channel: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_show_connections_queues_rates_and_head_of_line_incidents() {
-    // a's urgent messages to b are held 3 × LATE_AFTER each; its ordinary messages to b
-    // 20 ms each, so a burst piles up in the queue.
+    // a's urgent messages to b are held 10 × LATE_AFTER each on their connection, so
+    // urgent messages queued behind them wait; its ordinary messages to b 20 ms each, so
+    // a burst piles up in the queue.
     let net = Arc::new(Interposer::with_seed(1));
     net.add(
         Rule::new(Fault::Delay {
-            min: LATE_AFTER * 3,
-            max: LATE_AFTER * 3,
+            min: LATE_AFTER * 10,
+            max: LATE_AFTER * 10,
         })
         .from(&["a"])
         .to(&["b"])
@@ -227,31 +229,45 @@ async fn peers_show_connections_queues_rates_and_head_of_line_incidents() {
     let m = channel(&peers, "b", "messages");
     assert!(m["stats"]["queued_messages"].as_u64().unwrap() > 0, "{m}");
     assert!(m["stats"]["queued_bytes"].as_u64().unwrap() > 0, "{m}");
-    // Urgent messages to b are late: head-of-line incidents on a high-priority channel.
+    // Urgent messages to b queued behind held ones: head-of-line incidents on a
+    // high-priority channel. One message per connection (2) is taken and held first; the
+    // next ones wait in the queues behind them.
     let urgent = SendOptions {
         urgency: Urgency::Urgent,
         key: None,
     };
-    for i in 0..4u64 {
+    for i in 0..2u64 {
         a.node.send("b", "sink", &i, urgent).await.unwrap();
-        a.node.send("c", "sink", &i, urgent).await.unwrap();
     }
-    eventually("4 urgent messages written to b", || {
+    eventually("the first two taken by their writers", || {
         a.node
             .peer_stats()
             .iter()
             .find(|p| p.peer == "b")
             .and_then(|p| p.channels.iter().find(|c| c.channel == "urgent"))
-            .is_some_and(|c| c.sent_messages >= 4)
+            .is_some_and(|c| c.queued_messages == 0)
+    })
+    .await;
+    for i in 2..6u64 {
+        a.node.send("b", "sink", &i, urgent).await.unwrap();
+        a.node.send("c", "sink", &i, urgent).await.unwrap();
+    }
+    eventually("6 urgent messages written to b", || {
+        a.node
+            .peer_stats()
+            .iter()
+            .find(|p| p.peer == "b")
+            .and_then(|p| p.channels.iter().find(|c| c.channel == "urgent"))
+            .is_some_and(|c| c.sent_messages >= 6)
     })
     .await;
     let peers = json(addr, "/api/peers").await;
     let ub = channel(&peers, "b", "urgent");
-    assert!(ub["hol_incidents"].as_u64().unwrap() >= 4, "{ub}");
+    assert!(ub["hol_incidents"].as_u64().unwrap() >= 1, "{ub}");
+    assert_eq!(ub["hol_incidents"], ub["stats"]["late"]);
     assert_eq!(ub["stats"]["priority"], "high");
     assert!(ub["stats"]["sent_bytes"].as_u64().unwrap() > 0, "{ub}");
-    // Not delayed towards c; and lateness on a medium channel is queueing, not HoL.
-    assert_eq!(channel(&peers, "c", "urgent")["hol_incidents"], 0);
+    // Lateness on a medium channel is queueing behind one's own traffic, not HoL.
     eventually("some ordinary messages late", || {
         a.node
             .peer_stats()
@@ -304,14 +320,46 @@ async fn peers_show_connections_queues_rates_and_head_of_line_incidents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeline_shows_restarts_links_members_and_recorded_decisions() {
     let (a, b, c) = cluster(None).await;
-    let oa = observer(&a);
+    // A rollout that widened once before anybody looked.
+    let rollout = Rollout::new(
+        "inline",
+        RolloutSettings {
+            min_samples: 10,
+            ..RolloutSettings::default()
+        },
+    )
+    .unwrap();
+    let widen = |r: &Rollout| {
+        for i in 0..40u32 {
+            r.record(i % 2 == 0, Duration::from_millis(5), true);
+        }
+        r.check()
+    };
+    assert_eq!(widen(&rollout).action, CheckAction::Widened);
+    let oa = observer(&a).rollout(rollout.clone());
     observer(&b);
     observer(&c);
     let server = serve(oa.clone()).await;
     let addr = server.local_addr();
-    // The first request starts the sampler; its first tick is the baseline.
+    // The first request starts the sampler; its first tick is the baseline of counters
+    // (nothing yet), the rollout's earlier step shown as such.
     assert_eq!(json(addr, "/api/timeline").await, serde_json::json!([]));
     eventually("a baseline", || oa.samples_taken() >= 1).await;
+    let tl = oa.timeline(None);
+    assert_eq!(tl.len(), 1, "{tl:?}");
+    assert_eq!(tl[0].kind, EventKind::Decision);
+    assert_eq!(
+        tl[0].text,
+        "rollout inline widened to 20% (before the observer looked)"
+    );
+    // A step while somebody looks.
+    assert_eq!(widen(&rollout).action, CheckAction::Widened);
+    eventually("the second step", || {
+        oa.timeline(None)
+            .iter()
+            .any(|e| e.text == "rollout inline widened to 40%")
+    })
+    .await;
 
     // A killed worker is restarted by its supervisor: a restart event.
     a.eco.workers()[1].kill();

@@ -400,8 +400,6 @@ struct Meters {
     dropped_too_large: Counter,
     dropped_interposed: Counter,
     send_seconds: Histogram,
-    /// This link's own counters, for [`Channels::stats`].
-    live: stats::LiveCounters,
 }
 
 impl Meters {
@@ -417,7 +415,6 @@ impl Meters {
             dropped_too_large: dropped("too_large"),
             dropped_interposed: dropped("interposed"),
             send_seconds: histogram!(metric::SEND_SECONDS, "channel" => ch),
-            live: stats::LiveCounters::default(),
         }
     }
 }
@@ -846,7 +843,7 @@ impl Writer {
         }
         let waited = now.saturating_duration_since(item.queued);
         self.meters.send_seconds.record(waited.as_secs_f64());
-        self.meters.live.written(copies.into(), len, waited);
+        self.queue.live.written(copies.into(), len, waited);
         Ok(())
     }
 }

@@ -67,6 +67,8 @@ pub(crate) struct Queue {
     depth: Gauge,
     queued_bytes: Gauge,
     superseded: Counter,
+    /// What this connection's writer wrote, for [`Channels::stats`](super::Channels::stats).
+    pub(crate) live: super::stats::LiveCounters,
 }
 
 /// Gauges and counters of a queue.
@@ -104,6 +106,7 @@ impl Queue {
             depth: meters.depth,
             queued_bytes: meters.bytes,
             superseded: meters.superseded,
+            live: super::stats::LiveCounters::default(),
         }
     }
 

@@ -1,8 +1,7 @@
 //! Read-only numbers of one link's channels, for observers ([`Channels::stats`]).
 //!
-//! The sender tasks keep three relaxed atomic counters per channel of each link
-//! (messages and payload bytes written, messages that waited longer than [`LATE_AFTER`]
-//! between being queued and being written); the queue depth is read from the queues
+//! Each connection's sender task keeps three counters (messages and payload bytes
+//! written, messages that waited longer than [`LATE_AFTER`] in the queue), single-writer atomics updated with a relaxed load and store; the queue depth is read from the queues
 //! themselves when asked. Nothing here runs unless [`Channels::stats`] is called.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,14 +11,18 @@ use serde::{Deserialize, Serialize};
 
 use super::{Channels, Priority};
 
-/// A message that waited longer than this between being queued and being written to its
-/// connection is counted as *late* ([`ChannelStats::late`]). On a high-priority channel
-/// a late message is a head-of-line incident: something held an urgent message back.
+/// A message that waited longer than this in its connection's queue (from being queued to
+/// the start of the write of its batch, the same span as
+/// `foundation_channel_send_seconds`) is counted as *late* ([`ChannelStats::late`]). On
+/// a high-priority channel a late message is a head-of-line incident: something held an
+/// urgent message back.
 pub const LATE_AFTER: Duration = Duration::from_millis(10);
 
-/// Counters of one channel of one link, bumped by its sender tasks.
+/// Counters of one connection, written only by its sender task (so an increment is a
+/// relaxed load and store, no read-modify-write: no lock prefix, no cache line shared
+/// with another writer) and read by [`Channels::stats`].
 #[derive(Debug, Default)]
-pub(super) struct LiveCounters {
+pub(crate) struct LiveCounters {
     messages: AtomicU64,
     bytes: AtomicU64,
     late: AtomicU64,
@@ -27,13 +30,24 @@ pub(super) struct LiveCounters {
 
 impl LiveCounters {
     /// `copies` copies of a `len`-byte payload were written after waiting `waited`.
+    /// Single writer: only the connection's sender task calls it.
     #[inline]
-    pub(super) fn written(&self, copies: u64, len: u64, waited: Duration) {
-        self.messages.fetch_add(copies, Ordering::Relaxed);
-        self.bytes.fetch_add(len * copies, Ordering::Relaxed);
+    pub(crate) fn written(&self, copies: u64, len: u64, waited: Duration) {
+        let bump =
+            |c: &AtomicU64, by: u64| c.store(c.load(Ordering::Relaxed) + by, Ordering::Relaxed);
+        bump(&self.messages, copies);
+        bump(&self.bytes, len * copies);
         if waited > LATE_AFTER {
-            self.late.fetch_add(1, Ordering::Relaxed);
+            bump(&self.late, 1);
         }
+    }
+
+    fn read(&self) -> (u64, u64, u64) {
+        (
+            self.messages.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+            self.late.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -56,7 +70,7 @@ pub struct ChannelStats {
     pub sent_messages: u64,
     /// Payload bytes written since the link came up.
     pub sent_bytes: u64,
-    /// Messages that waited longer than [`LATE_AFTER`] between being queued and written.
+    /// Messages that waited longer than [`LATE_AFTER`] in the queue.
     pub late: u64,
 }
 
@@ -71,6 +85,7 @@ impl Channels {
                 let s = self.by_name.get(&spec.name)?;
                 let st = &s.state;
                 let (mut queued_messages, mut queued_bytes, mut connections) = (0u64, 0u64, 0u16);
+                let (mut sent_messages, mut sent_bytes, mut late) = (0u64, 0u64, 0u64);
                 for q in &st.queues {
                     let (n, b) = q.depth();
                     queued_messages += n as u64;
@@ -78,8 +93,11 @@ impl Channels {
                     if q.closed().is_none() {
                         connections += 1;
                     }
+                    let (m, b, l) = q.live.read();
+                    sent_messages += m;
+                    sent_bytes += b;
+                    late += l;
                 }
-                let live = &st.meters.live;
                 Some(ChannelStats {
                     channel: spec.name.clone(),
                     priority: match spec.priority {
@@ -92,9 +110,9 @@ impl Channels {
                     connections,
                     queued_messages,
                     queued_bytes,
-                    sent_messages: live.messages.load(Ordering::Relaxed),
-                    sent_bytes: live.bytes.load(Ordering::Relaxed),
-                    late: live.late.load(Ordering::Relaxed),
+                    sent_messages,
+                    sent_bytes,
+                    late,
                 })
             })
             .collect()

@@ -9,7 +9,8 @@
 //! snapshot request) and runs for [`LEASE`] after the last one; then it stops, so a node
 //! nobody looks at pays nothing. What changed meanwhile is caught at the next first tick
 //! (counters are compared with the last values seen, so restarts are not lost, only
-//! dated late).
+//! dated late). Rollout steps and hypothesis verdicts from before the first look are
+//! shown as well (their histories keep them).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -104,7 +105,8 @@ pub enum EventKind {
 pub struct TimelineEvent {
     /// Sequence number on this node (increasing).
     pub seq: u64,
-    /// Wall-clock time it was seen, milliseconds since the Unix epoch.
+    /// Wall-clock time it happened (a hypothesis verdict) or was seen (everything else),
+    /// milliseconds since the Unix epoch.
     pub t_ms: u64,
     /// Its kind.
     pub kind: EventKind,
@@ -394,10 +396,16 @@ impl Live {
             }
         }
         // Rollout steps.
+        // Steps taken before the first look are shown too (the history keeps them), marked
+        // so, as they are dated at that look.
         for (name, history) in rollouts {
             let seen = st.rollouts.insert(name.clone(), history.len());
-            let Some(seen) = seen else { continue };
-            for r in history.iter().skip(seen) {
+            let late = if seen.is_none() {
+                " (before the observer looked)"
+            } else {
+                ""
+            };
+            for r in history.iter().skip(seen.unwrap_or(0)) {
                 let what = match (&r.action, &r.state) {
                     (CheckAction::Widened, RolloutState::Active { percent }) => {
                         format!("rollout {name} widened to {percent}%")
@@ -409,39 +417,41 @@ impl Live {
                     (CheckAction::RolledBack, _) => format!("rollout {name} rolled back"),
                     _ => continue,
                 };
-                push(st, EventKind::Decision, &name, what);
+                push(st, EventKind::Decision, &name, format!("{what}{late}"));
             }
         }
-        // Hypothesis verdicts.
-        let first = st.hypotheses == 0;
+        // Hypothesis verdicts (at the time they were reached, also before the first look).
         let mut newest = st.hypotheses;
         for h in hypotheses {
             if h.finished_at_ms > st.hypotheses {
                 newest = newest.max(h.finished_at_ms);
-                if !first {
-                    push(
-                        st,
-                        EventKind::Decision,
-                        &h.name,
-                        format!("hypothesis {} on {}: {}", h.name, h.metric, h.outcome),
-                    );
-                }
+                push_at(
+                    st,
+                    h.finished_at_ms,
+                    EventKind::Decision,
+                    &h.name,
+                    format!("hypothesis {} on {}: {}", h.name, h.metric, h.outcome),
+                );
             }
         }
-        st.hypotheses = newest.max(1);
+        st.hypotheses = newest;
         drop(peers);
         self.ticks.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 fn push(st: &mut State, kind: EventKind, source: &str, text: String) {
+    push_at(st, now_ms(), kind, source, text);
+}
+
+fn push_at(st: &mut State, t_ms: u64, kind: EventKind, source: &str, text: String) {
     if st.timeline.len() >= TIMELINE {
         st.timeline.pop_front();
     }
     st.next_seq += 1;
     st.timeline.push_back(TimelineEvent {
         seq: st.next_seq,
-        t_ms: now_ms(),
+        t_ms,
         kind,
         source: source.to_string(),
         text,

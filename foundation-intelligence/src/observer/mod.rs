@@ -31,6 +31,9 @@
 //!   graph with links coloured by load, each node's supervision tree, a sortable process
 //!   table, per-peer channel charts and the timeline, live from `/api/events` (polling
 //!   `/api/cluster` if the stream fails).
+//!
+//! Metric: `foundation_observer_streams_refused_total` (counter), live streams refused
+//! because [`live::MAX_STREAMS`] were open.
 
 pub mod live;
 
@@ -55,6 +58,14 @@ use crate::distributed::node::Node;
 use crate::hypothesis::HypothesisEngine;
 use crate::rollout::Rollout;
 use live::{EventKind, History, Live, Sources, TimelineEvent};
+
+/// Describes the observer's metrics (HELP lines) to the current recorder.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "foundation_observer_streams_refused_total",
+        "Live streams (/api/events) refused because the most allowed were open."
+    );
+}
 
 /// Name of the request server every observed node registers.
 pub const SNAPSHOT_SERVICE: &str = "observer.snapshot";
