@@ -2,6 +2,8 @@
 //! on a crafted batch (given in any order), a 10k-event batch, bad input to the binary,
 //! and a host that survives a correlator that crashes, hangs or answers garbage.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -285,16 +287,6 @@ fn faulty(fault: &str, marker: &Marker) -> Correlator {
     .with_options(window_100us())
 }
 
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 #[tokio::test]
 async fn the_host_survives_a_correlator_that_crashes() {
     let marker = Marker::new();
@@ -328,7 +320,7 @@ async fn the_host_survives_a_correlator_that_hangs() {
     let c = crafted();
     let err = correlator.correlate(&c.batch).await.unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
-    eventually("hung correlator replaced", || {
+    common::eventually("hung correlator replaced", || {
         correlator.port().stats().restarts == 1
     })
     .await;
@@ -347,7 +339,7 @@ async fn the_host_survives_a_correlator_that_answers_garbage() {
         "{err:?}"
     );
     // Garbage makes the host distrust the process: it is restarted.
-    eventually("garbling correlator replaced", || {
+    common::eventually("garbling correlator replaced", || {
         correlator.port().stats().restarts == 1
     })
     .await;

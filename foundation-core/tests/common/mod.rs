@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
@@ -40,4 +41,15 @@ pub fn with_metrics<F: Future>(
         seen.insert(format!("{}{{{}}}", key.key().name(), labels.join(",")), v);
     }
     (out, seen)
+}
+
+/// Waits until `cond` holds, checking every 10 ms; panics naming `what` after 10 s.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
 }
