@@ -15,7 +15,6 @@ use foundation_core::events::{
     Correlator, Event, EventId, GroupKind,
 };
 use foundation_core::port::child::{read_frame, write_frame, Incoming};
-use foundation_core::port::RestartPolicy;
 use foundation_core::Error;
 use rand::seq::SliceRandom;
 
@@ -25,15 +24,6 @@ fn ev(t: u64) -> Event {
     let mut e = Event::new("user", &t).unwrap();
     e.timestamp_us = t;
     e
-}
-
-fn fast_restarts() -> RestartPolicy {
-    RestartPolicy {
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-        reset_after: Duration::from_secs(60),
-        max_restarts: 20,
-    }
 }
 
 struct Crafted {
@@ -281,7 +271,7 @@ fn faulty(fault: &str, marker: &Marker) -> Correlator {
                 format!("{fault}:{}", marker.0.display()),
             )
             .request_timeout(Duration::from_secs(20))
-            .restart(fast_restarts()),
+            .restart(common::fast_restarts()),
     )
     .unwrap()
     .with_options(window_100us())
@@ -313,7 +303,7 @@ async fn the_host_survives_a_correlator_that_hangs() {
             )
             .request_timeout(Duration::from_millis(300))
             .hang_timeout(Duration::from_millis(100))
-            .restart(fast_restarts()),
+            .restart(common::fast_restarts()),
     )
     .unwrap()
     .with_options(window_100us());

@@ -15,20 +15,11 @@ use foundation_core::port::{Port, PortBuilder, PortState, RestartPolicy};
 use foundation_core::{Error, FrameDirection};
 use parking_lot::Mutex;
 
-fn fast_restarts() -> RestartPolicy {
-    RestartPolicy {
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-        reset_after: Duration::from_secs(60),
-        max_restarts: 20,
-    }
-}
-
 fn sh(script: &str) -> PortBuilder {
     Port::builder("sh")
         .arg("-c")
         .arg(script)
-        .restart(fast_restarts())
+        .restart(common::fast_restarts())
         .request_timeout(Duration::from_secs(20))
 }
 
@@ -308,7 +299,7 @@ async fn a_request_during_a_long_backoff_fails_fast_with_retry_after() {
         .restart(RestartPolicy {
             initial_backoff: Duration::from_secs(30),
             max_backoff: Duration::from_secs(60),
-            ..fast_restarts()
+            ..common::fast_restarts()
         })
         .spawn()
         .unwrap();
@@ -332,7 +323,7 @@ async fn a_request_during_a_long_backoff_fails_fast_with_retry_after() {
 #[tokio::test]
 async fn restart_replaces_the_child_and_requests_keep_working() {
     let port = Port::builder("cat")
-        .restart(fast_restarts())
+        .restart(common::fast_restarts())
         .spawn()
         .unwrap();
     let pid = port.stats().pid.unwrap();

@@ -35,7 +35,7 @@ use foundation_beam::mailbox::MemoryStrategy;
 use foundation_beam::message::{MessageOptions, Messenger, Payload, StrategySettings};
 use foundation_beam::process::{spawn_fn, spawn_with, SpawnOptions};
 use foundation_benches::peers::{
-    fire, round_trips, tokio_fire, FCounter, KCounter, RCounter, TrySend,
+    fire, round_trips, tokio_fire, Counter, FCounter, KCounter, RCounter, TrySend,
 };
 use foundation_benches::runtime;
 use foundation_distributed::channel::ChannelSettings;
@@ -183,8 +183,55 @@ struct Sizes {
     overlay_nodes: usize,
 }
 
-fn fire_and_forget(s: &Sizes) -> Scenario {
+/// What a counter row measures.
+#[derive(Clone, Copy)]
+enum Measure {
+    /// [`fire`] rounds of this many ticks.
+    Fire(u64),
+    /// [`round_trips`] of this many calls.
+    Calls(u64),
+}
+
+impl Measure {
+    async fn on<C: Counter>(self, c: &C) -> Duration {
+        match self {
+            Measure::Fire(n) => fire(c, n).await,
+            Measure::Calls(n) => round_trips(c, n).await,
+        }
+    }
+}
+
+/// The peers' rows: `labels` name the ractor and the kameo row; each runs the median of
+/// `rounds` measurements on its own runtime and reports `show(median)`.
+fn peer_rows(
+    sc: &mut Scenario,
+    [ractor_label, kameo_label]: [&str; 2],
+    m: Measure,
+    rounds: usize,
+    show: impl Fn(Duration) -> (f64, String),
+) {
     use kameo::actor::Spawn;
+    sc.row(ractor_label, || {
+        let rt = runtime();
+        let (rh, _j) = rt.block_on(async {
+            ractor::Actor::spawn(None, RCounter, ())
+                .await
+                .expect("spawn")
+        });
+        let d = median_rounds(&rt, rounds, || m.on(&rh));
+        rh.stop(None);
+        show(d)
+    });
+    sc.row(kameo_label, || {
+        let rt = runtime();
+        let kh = rt.block_on(async {
+            KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
+        });
+        show(median_rounds(&rt, rounds, || m.on(&kh)))
+    });
+}
+
+fn fire_and_forget(s: &Sizes) -> Scenario {
     let n = s.messages;
     let mut sc = Scenario::new(
         "fire_and_forget",
@@ -229,23 +276,8 @@ fn fire_and_forget(s: &Sizes) -> Scenario {
             (rate(d), ms(d))
         });
     }
-    sc.row("ractor cast", || {
-        let rt = runtime();
-        let (rh, _j) = rt.block_on(async {
-            ractor::Actor::spawn(None, RCounter, ())
-                .await
-                .expect("spawn")
-        });
-        let d = median_rounds(&rt, rounds, || fire(&rh, n));
-        rh.stop(None);
-        (rate(d), ms(d))
-    });
-    sc.row("kameo tell (unbounded)", || {
-        let rt = runtime();
-        let kh = rt.block_on(async {
-            KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
-        });
-        let d = median_rounds(&rt, rounds, || fire(&kh, n));
+    let labels = ["ractor cast", "kameo tell (unbounded)"];
+    peer_rows(&mut sc, labels, Measure::Fire(n), rounds, |d| {
         (rate(d), ms(d))
     });
     sc.finish();
@@ -253,7 +285,6 @@ fn fire_and_forget(s: &Sizes) -> Scenario {
 }
 
 fn request_reply(s: &Sizes) -> Scenario {
-    use kameo::actor::Spawn;
     let n = s.calls;
     let mut sc = Scenario::new(
         "request_reply",
@@ -304,23 +335,8 @@ fn request_reply(s: &Sizes) -> Scenario {
         h.shutdown();
         (rate(d), per_call(d))
     });
-    sc.row("ractor call", || {
-        let rt = runtime();
-        let (rh, _j) = rt.block_on(async {
-            ractor::Actor::spawn(None, RCounter, ())
-                .await
-                .expect("spawn")
-        });
-        let d = median_rounds(&rt, rounds, || round_trips(&rh, n));
-        rh.stop(None);
-        (rate(d), per_call(d))
-    });
-    sc.row("kameo ask", || {
-        let rt = runtime();
-        let kh = rt.block_on(async {
-            KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
-        });
-        let d = median_rounds(&rt, rounds, || round_trips(&kh, n));
+    let labels = ["ractor call", "kameo ask"];
+    peer_rows(&mut sc, labels, Measure::Calls(n), rounds, |d| {
         (rate(d), per_call(d))
     });
     sc.finish();
