@@ -59,6 +59,15 @@ fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The port answers again (echoing `probe`) after exactly one restart; then it is shut
+/// down.
+async fn recovered_after_one_restart(port: Port, probe: &'static [u8]) {
+    let reply = port.request(Bytes::from_static(probe)).await.unwrap();
+    assert_eq!(reply, Bytes::from_static(probe));
+    assert_eq!(port.stats().restarts, 1);
+    port.shutdown().await;
+}
+
 #[tokio::test]
 async fn cat_round_trips_frames_of_every_size_in_order() {
     let port = Port::builder("cat").max_frame(1 << 20).spawn().unwrap();
@@ -158,10 +167,7 @@ async fn a_crash_fails_every_pending_caller_at_once_and_the_port_restarts() {
         }
     }
     assert_eq!(port.stats().inflight, 0);
-    let reply = port.request(Bytes::from_static(b"after")).await.unwrap();
-    assert_eq!(reply, Bytes::from_static(b"after"));
-    assert_eq!(port.stats().restarts, 1);
-    port.shutdown().await;
+    recovered_after_one_restart(port, b"after").await;
 }
 
 #[tokio::test]
@@ -187,10 +193,7 @@ async fn an_oversized_reply_is_rejected_counted_and_the_port_recovers() {
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(port.stats().frames_rejected, 1);
-    let reply = port.request(Bytes::from_static(b"again")).await.unwrap();
-    assert_eq!(reply, Bytes::from_static(b"again"));
-    assert_eq!(port.stats().restarts, 1);
-    port.shutdown().await;
+    recovered_after_one_restart(port, b"again").await;
 }
 
 #[tokio::test]

@@ -201,6 +201,34 @@ impl Measure {
     }
 }
 
+/// A Foundation counter's row: the process spawned with `memory`, driven through
+/// `send().await` when `awaited` (else `try_send`); the median of `rounds`
+/// measurements, reported as `show(median)`.
+fn foundation_row(
+    sc: &mut Scenario,
+    label: &str,
+    memory: MemoryStrategy,
+    awaited: bool,
+    m: Measure,
+    rounds: usize,
+    show: impl Fn(Duration) -> (f64, String),
+) {
+    sc.row(label, || {
+        let rt = runtime();
+        let h = rt.block_on(async {
+            spawn_with(FCounter::default(), SpawnOptions::new().memory(memory)).expect("spawn")
+        });
+        let d = if awaited {
+            median_rounds(&rt, rounds, || m.on(&h))
+        } else {
+            let t = TrySend(h.clone());
+            median_rounds(&rt, rounds, || m.on(&t))
+        };
+        h.shutdown();
+        show(d)
+    });
+}
+
 /// The peers' rows: `labels` name the ractor and the kameo row; each runs the median of
 /// `rounds` measurements on its own runtime and reports `show(median)`.
 fn peer_rows(
@@ -261,18 +289,8 @@ fn fire_and_forget(s: &Sizes) -> Scenario {
             MemoryStrategy::default(),
         ),
     ] {
-        sc.row(label, || {
-            let rt = runtime();
-            let h = rt.block_on(async {
-                spawn_with(FCounter::default(), SpawnOptions::new().memory(mem)).expect("spawn")
-            });
-            let d = if awaited {
-                median_rounds(&rt, rounds, || fire(&h, n))
-            } else {
-                let t = TrySend(h.clone());
-                median_rounds(&rt, rounds, || fire(&t, n))
-            };
-            h.shutdown();
+        let m = Measure::Fire(n);
+        foundation_row(&mut sc, label, mem, awaited, m, rounds, |d| {
             (rate(d), ms(d))
         });
     }
@@ -326,13 +344,8 @@ fn request_reply(s: &Sizes) -> Scenario {
         );
         (rate(d), per_call(d))
     });
-    sc.row("Foundation call", || {
-        let rt = runtime();
-        let h = rt.block_on(async {
-            spawn_with(FCounter::default(), SpawnOptions::new()).expect("spawn")
-        });
-        let d = median_rounds(&rt, rounds, || round_trips(&h, n));
-        h.shutdown();
+    let (mem, m) = (MemoryStrategy::default(), Measure::Calls(n));
+    foundation_row(&mut sc, "Foundation call", mem, true, m, rounds, |d| {
         (rate(d), per_call(d))
     });
     let labels = ["ractor call", "kameo ask"];
