@@ -16,12 +16,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion};
 use foundation_benches::runtime;
-use foundation_benches::tcp::{
-    bench_foundation, bench_raw, raw_acked, settings, BULK, BULK_BATCH, SMALL, SMALL_BATCH,
-};
+use foundation_benches::tcp::{settings, BULK_64K, SMALL_64B};
 use foundation_distributed::transport::tls::dev;
 use foundation_distributed::transport::{
     ClusterSecret, Listener, Security, TcpTransport, Transport,
@@ -68,48 +65,20 @@ fn modes() -> Modes {
 fn bulk(c: &mut Criterion) {
     let rt = runtime();
     let modes = modes();
-    let payload = Bytes::from(vec![0x5a; BULK]);
-    let mut group = c.benchmark_group("security_bulk_64k");
-    group.throughput(Throughput::Bytes((BULK * BULK_BATCH) as u64));
-    group.measurement_time(Duration::from_secs(4));
+    let mut group = BULK_64K.group(c, "security_bulk_64k", 4);
     for (name, client, server) in &modes.modes {
-        bench_foundation(
-            &mut group,
-            &rt,
-            name,
-            (client, server),
-            &payload,
-            BULK_BATCH,
-        );
+        BULK_64K.bench_foundation(&mut group, &rt, name, (client, server));
     }
-    let stream = rt.block_on(raw_acked(BULK, BULK_BATCH, false));
-    bench_raw(
-        &mut group,
-        &rt,
-        "raw_tokio_tcp",
-        stream,
-        &payload,
-        BULK_BATCH,
-    );
+    BULK_64K.bench_raw(&mut group, &rt, "raw_tokio_tcp", false);
     group.finish();
 }
 
 fn small(c: &mut Criterion) {
     let rt = runtime();
     let modes = modes();
-    let payload = Bytes::from(vec![0x5a; SMALL]);
-    let mut group = c.benchmark_group("security_small_64b");
-    group.throughput(Throughput::Elements(SMALL_BATCH as u64));
-    group.measurement_time(Duration::from_secs(4));
+    let mut group = SMALL_64B.group(c, "security_small_64b", 4);
     for (name, client, server) in &modes.modes {
-        bench_foundation(
-            &mut group,
-            &rt,
-            name,
-            (client, server),
-            &payload,
-            SMALL_BATCH,
-        );
+        SMALL_64B.bench_foundation(&mut group, &rt, name, (client, server));
     }
     group.finish();
 }

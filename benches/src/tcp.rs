@@ -2,11 +2,11 @@
 //! connection and a raw tokio `TcpStream`, each with a far end that acknowledges every
 //! batch, so that both sides of a ratio pay for the same round trip per batch.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::measurement::WallTime;
-use criterion::BenchmarkGroup;
+use criterion::{BenchmarkGroup, Criterion, Throughput};
 use foundation_distributed::transport::{
     ConnectionReceiver, ConnectionSender, Frame, Security, TcpTransport, Transport,
     TransportSettings,
@@ -139,49 +139,111 @@ pub async fn raw_batch(stream: &mut TcpStream, payload: &[u8], n: usize) {
     stream.read_exact(&mut ack).await.unwrap();
 }
 
-/// Benches, as `name`, acknowledged batches of `batch` frames of `payload` over a
-/// [`foundation_acked`] connection from `client` to `server`.
-pub fn bench_foundation(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    rt: &Runtime,
-    name: &str,
-    (client, server): (&TcpTransport, &TcpTransport),
-    payload: &Bytes,
-    batch: usize,
-) {
-    let (mut tx, mut rx) = rt.block_on(foundation_acked(client, server, batch));
-    group.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    foundation_batch(&mut tx, &mut rx, payload, batch).await;
-                }
-                start.elapsed()
-            })
-        })
-    });
+/// A workload of the transport and security benches: acknowledged batches of `batch`
+/// frames of `frame` bytes each.
+#[derive(Debug, Clone, Copy)]
+pub struct Batches {
+    /// Bytes per frame.
+    pub frame: usize,
+    /// Frames per acknowledged batch.
+    pub batch: usize,
+    /// Report throughput in bytes (else in frames).
+    pub in_bytes: bool,
 }
 
-/// Benches, as `name`, batches over a [`raw_acked`] stream: `writes` writes of `chunk`,
-/// then the one-byte acknowledgement.
-pub fn bench_raw(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    rt: &Runtime,
-    name: &str,
-    mut stream: TcpStream,
-    chunk: &[u8],
-    writes: usize,
-) {
-    group.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    raw_batch(&mut stream, chunk, writes).await;
-                }
-                start.elapsed()
+/// 16 frames of 64 KiB per batch, throughput in bytes.
+pub const BULK_64K: Batches = Batches {
+    frame: BULK,
+    batch: BULK_BATCH,
+    in_bytes: true,
+};
+
+/// 1024 frames of 64 bytes per batch, throughput in frames.
+pub const SMALL_64B: Batches = Batches {
+    frame: SMALL,
+    batch: SMALL_BATCH,
+    in_bytes: false,
+};
+
+impl Batches {
+    /// One frame's payload.
+    pub fn payload(&self) -> Bytes {
+        Bytes::from(vec![0x5a; self.frame])
+    }
+
+    /// A benchmark group named `name` measuring one batch per iteration for `secs`.
+    pub fn group<'a>(
+        &self,
+        c: &'a mut Criterion,
+        name: &str,
+        secs: u64,
+    ) -> BenchmarkGroup<'a, WallTime> {
+        let mut group = c.benchmark_group(name);
+        group.throughput(if self.in_bytes {
+            Throughput::Bytes((self.frame * self.batch) as u64)
+        } else {
+            Throughput::Elements(self.batch as u64)
+        });
+        group.measurement_time(Duration::from_secs(secs));
+        group
+    }
+
+    /// Benches, as `name`, batches over a [`foundation_acked`] connection from `client`
+    /// to `server`.
+    pub fn bench_foundation(
+        &self,
+        group: &mut BenchmarkGroup<'_, WallTime>,
+        rt: &Runtime,
+        name: &str,
+        (client, server): (&TcpTransport, &TcpTransport),
+    ) {
+        let (payload, batch) = (self.payload(), self.batch);
+        let (mut tx, mut rx) = rt.block_on(foundation_acked(client, server, batch));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        foundation_batch(&mut tx, &mut rx, &payload, batch).await;
+                    }
+                    start.elapsed()
+                })
             })
-        })
-    });
+        });
+    }
+
+    /// Benches, as `name`, the raw baseline over a [`raw_acked`] stream: each frame
+    /// written as is (`prefixed` false), or the whole batch as 4-byte length-prefixed
+    /// frames from one buffer in one write; then the one-byte acknowledgement.
+    pub fn bench_raw(
+        &self,
+        group: &mut BenchmarkGroup<'_, WallTime>,
+        rt: &Runtime,
+        name: &str,
+        prefixed: bool,
+    ) {
+        let payload = self.payload();
+        let (chunk, writes) = if prefixed {
+            let mut wire = Vec::with_capacity((4 + self.frame) * self.batch);
+            for _ in 0..self.batch {
+                wire.extend_from_slice(&(self.frame as u32).to_be_bytes());
+                wire.extend_from_slice(&payload);
+            }
+            (wire, 1)
+        } else {
+            (payload.to_vec(), self.batch)
+        };
+        let mut stream = rt.block_on(raw_acked(self.frame, self.batch, prefixed));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        raw_batch(&mut stream, &chunk, writes).await;
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
 }

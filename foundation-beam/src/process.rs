@@ -261,7 +261,9 @@ impl<R> Reply<R> {
 impl<R> Drop for Reply<R> {
     fn drop(&mut self) {
         if let Some(tx) = self.0.take() {
-            let reason = INTERRUPTED.with(|i| i.borrow().clone()).or_else(|| {
+            // `try_with`: a reply dropped while this thread's locals are torn down.
+            let armed = INTERRUPTED.try_with(|i| i.borrow().clone()).ok().flatten();
+            let reason = armed.or_else(|| {
                 // Dropped while a panic unwinds (a local of the handler): the panic's
                 // message is not known yet at this point.
                 std::thread::panicking()

@@ -35,7 +35,7 @@ use foundation_beam::mailbox::MemoryStrategy;
 use foundation_beam::message::{MessageOptions, Messenger, Payload, StrategySettings};
 use foundation_beam::process::{spawn_fn, spawn_with, SpawnOptions};
 use foundation_benches::peers::{
-    fire, round_trips, tokio_fire, FCounter, KCounter, RCounter, TrySend,
+    fire, round_trips, tokio_fire, Counter, FCounter, KCounter, RCounter, TrySend,
 };
 use foundation_benches::runtime;
 use foundation_distributed::channel::ChannelSettings;
@@ -183,8 +183,83 @@ struct Sizes {
     overlay_nodes: usize,
 }
 
-fn fire_and_forget(s: &Sizes) -> Scenario {
+/// What a counter row measures.
+#[derive(Clone, Copy)]
+enum Measure {
+    /// [`fire`] rounds of this many ticks.
+    Fire(u64),
+    /// [`round_trips`] of this many calls.
+    Calls(u64),
+}
+
+impl Measure {
+    async fn on<C: Counter>(self, c: &C) -> Duration {
+        match self {
+            Measure::Fire(n) => fire(c, n).await,
+            Measure::Calls(n) => round_trips(c, n).await,
+        }
+    }
+}
+
+/// A Foundation counter's row: the process spawned with `memory`, driven through
+/// `send().await` when `awaited` (else `try_send`); the median of `rounds`
+/// measurements, reported as `show(median)`.
+fn foundation_row(
+    sc: &mut Scenario,
+    label: &str,
+    memory: MemoryStrategy,
+    awaited: bool,
+    m: Measure,
+    rounds: usize,
+    show: impl Fn(Duration) -> (f64, String),
+) {
+    sc.row(label, || {
+        let rt = runtime();
+        let h = rt.block_on(async {
+            spawn_with(FCounter::default(), SpawnOptions::new().memory(memory)).expect("spawn")
+        });
+        let d = if awaited {
+            median_rounds(&rt, rounds, || m.on(&h))
+        } else {
+            let t = TrySend(h.clone());
+            median_rounds(&rt, rounds, || m.on(&t))
+        };
+        h.shutdown();
+        show(d)
+    });
+}
+
+/// The peers' rows: `labels` name the ractor and the kameo row; each runs the median of
+/// `rounds` measurements on its own runtime and reports `show(median)`.
+fn peer_rows(
+    sc: &mut Scenario,
+    [ractor_label, kameo_label]: [&str; 2],
+    m: Measure,
+    rounds: usize,
+    show: impl Fn(Duration) -> (f64, String),
+) {
     use kameo::actor::Spawn;
+    sc.row(ractor_label, || {
+        let rt = runtime();
+        let (rh, _j) = rt.block_on(async {
+            ractor::Actor::spawn(None, RCounter, ())
+                .await
+                .expect("spawn")
+        });
+        let d = median_rounds(&rt, rounds, || m.on(&rh));
+        rh.stop(None);
+        show(d)
+    });
+    sc.row(kameo_label, || {
+        let rt = runtime();
+        let kh = rt.block_on(async {
+            KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
+        });
+        show(median_rounds(&rt, rounds, || m.on(&kh)))
+    });
+}
+
+fn fire_and_forget(s: &Sizes) -> Scenario {
     let n = s.messages;
     let mut sc = Scenario::new(
         "fire_and_forget",
@@ -214,38 +289,13 @@ fn fire_and_forget(s: &Sizes) -> Scenario {
             MemoryStrategy::default(),
         ),
     ] {
-        sc.row(label, || {
-            let rt = runtime();
-            let h = rt.block_on(async {
-                spawn_with(FCounter::default(), SpawnOptions::new().memory(mem)).expect("spawn")
-            });
-            let d = if awaited {
-                median_rounds(&rt, rounds, || fire(&h, n))
-            } else {
-                let t = TrySend(h.clone());
-                median_rounds(&rt, rounds, || fire(&t, n))
-            };
-            h.shutdown();
+        let m = Measure::Fire(n);
+        foundation_row(&mut sc, label, mem, awaited, m, rounds, |d| {
             (rate(d), ms(d))
         });
     }
-    sc.row("ractor cast", || {
-        let rt = runtime();
-        let (rh, _j) = rt.block_on(async {
-            ractor::Actor::spawn(None, RCounter, ())
-                .await
-                .expect("spawn")
-        });
-        let d = median_rounds(&rt, rounds, || fire(&rh, n));
-        rh.stop(None);
-        (rate(d), ms(d))
-    });
-    sc.row("kameo tell (unbounded)", || {
-        let rt = runtime();
-        let kh = rt.block_on(async {
-            KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
-        });
-        let d = median_rounds(&rt, rounds, || fire(&kh, n));
+    let labels = ["ractor cast", "kameo tell (unbounded)"];
+    peer_rows(&mut sc, labels, Measure::Fire(n), rounds, |d| {
         (rate(d), ms(d))
     });
     sc.finish();
@@ -253,7 +303,6 @@ fn fire_and_forget(s: &Sizes) -> Scenario {
 }
 
 fn request_reply(s: &Sizes) -> Scenario {
-    use kameo::actor::Spawn;
     let n = s.calls;
     let mut sc = Scenario::new(
         "request_reply",
@@ -295,32 +344,12 @@ fn request_reply(s: &Sizes) -> Scenario {
         );
         (rate(d), per_call(d))
     });
-    sc.row("Foundation call", || {
-        let rt = runtime();
-        let h = rt.block_on(async {
-            spawn_with(FCounter::default(), SpawnOptions::new()).expect("spawn")
-        });
-        let d = median_rounds(&rt, rounds, || round_trips(&h, n));
-        h.shutdown();
+    let (mem, m) = (MemoryStrategy::default(), Measure::Calls(n));
+    foundation_row(&mut sc, "Foundation call", mem, true, m, rounds, |d| {
         (rate(d), per_call(d))
     });
-    sc.row("ractor call", || {
-        let rt = runtime();
-        let (rh, _j) = rt.block_on(async {
-            ractor::Actor::spawn(None, RCounter, ())
-                .await
-                .expect("spawn")
-        });
-        let d = median_rounds(&rt, rounds, || round_trips(&rh, n));
-        rh.stop(None);
-        (rate(d), per_call(d))
-    });
-    sc.row("kameo ask", || {
-        let rt = runtime();
-        let kh = rt.block_on(async {
-            KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
-        });
-        let d = median_rounds(&rt, rounds, || round_trips(&kh, n));
+    let labels = ["ractor call", "kameo ask"];
+    peer_rows(&mut sc, labels, Measure::Calls(n), rounds, |d| {
         (rate(d), per_call(d))
     });
     sc.finish();

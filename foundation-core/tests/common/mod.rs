@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::time::Duration;
 
+use foundation_core::port::RestartPolicy;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 /// Runs `f` on a current-thread runtime under a local metrics recorder — every metric
@@ -40,4 +42,25 @@ pub fn with_metrics<F: Future>(
         seen.insert(format!("{}{{{}}}", key.key().name(), labels.join(",")), v);
     }
     (out, seen)
+}
+
+/// Waits until `cond` holds, checking every 10 ms; panics naming `what` after 10 s.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A port restart policy for tests: 10 ms first backoff, at most 50 ms, 20 restarts.
+pub fn fast_restarts() -> RestartPolicy {
+    RestartPolicy {
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        reset_after: Duration::from_secs(60),
+        max_restarts: 20,
+    }
 }
