@@ -416,6 +416,22 @@ async fn timeline_shows_restarts_links_members_and_recorded_decisions() {
     // Other nodes' snapshots carry their timelines too.
     let cl = json(addr, "/api/cluster").await;
     assert!(cl[0]["snapshot"]["timeline"].as_array().unwrap().len() >= 3);
+
+    // A topology switch agreed across the cluster shows on every node's timeline, with
+    // its epoch and who proposed it.
+    b.node
+        .switch_topology_because(TopologyKind::hyparview(), "observer test")
+        .unwrap();
+    let _ = json(addr, "/api/timeline").await; // looking keeps the sampler running
+    eventually("the switch on a's timeline", || {
+        oa.timeline(None).iter().any(|e| {
+            e.kind == EventKind::Topology
+                && e.source == "b"
+                && e.text
+                    == "topology full_mesh -> hyparview (epoch 1, proposed by b: observer test)"
+        })
+    })
+    .await;
     server.shutdown().await;
 }
 

@@ -147,6 +147,8 @@ struct State {
     restarts: HashMap<String, u64>,
     rollouts: HashMap<String, usize>,
     hypotheses: u64,
+    /// The greatest switch epoch put on the timeline (`None` until the first tick).
+    switch_epoch: Option<u64>,
 }
 
 struct Slot {
@@ -330,6 +332,7 @@ impl Live {
             .map(|r| (r.name().to_string(), r.history()))
             .collect();
         let hypotheses: Vec<_> = src.hypotheses.iter().flat_map(|h| h.history()).collect();
+        let switches = src.node.switch_history();
 
         let mut st = self.state.lock();
         let st = &mut *st;
@@ -420,6 +423,40 @@ impl Live {
                 push(st, EventKind::Decision, &name, format!("{what}{late}"));
             }
         }
+        // Topology switches this node applied (its own proposals and those agreed
+        // elsewhere), each once; those before the first look are marked so.
+        let seen = st.switch_epoch;
+        for r in switches.iter().filter(|r| seen.is_none_or(|e| r.epoch > e)) {
+            let late = if seen.is_none() {
+                " (before the observer looked)"
+            } else {
+                ""
+            };
+            let origin = if r.local {
+                "proposed here"
+            } else {
+                "proposed by"
+            };
+            let by = if r.local {
+                String::new()
+            } else {
+                format!(" {}", r.proposer)
+            };
+            let why = if r.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.reason)
+            };
+            let text = format!(
+                "topology {} -> {} (epoch {}, {origin}{by}{why}){late}",
+                r.from.label(),
+                r.to.label(),
+                r.epoch
+            );
+            push(st, EventKind::Topology, &r.proposer, text);
+        }
+        let newest = switches.iter().map(|r| r.epoch).max().unwrap_or(0);
+        st.switch_epoch = Some(seen.unwrap_or(0).max(newest));
         // Hypothesis verdicts (at the time they were reached, also before the first look).
         let mut newest = st.hypotheses;
         for h in hypotheses {
