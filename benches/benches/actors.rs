@@ -9,7 +9,9 @@
 //!   the default 1024-per-lane backpressured mailbox (like for like with the bounded
 //!   channel: the producer waits for room). `ractor` `cast` and `kameo` `tell` (unbounded
 //!   mailboxes) for the peers.
-//! * `request_reply`: `N` sequential round trips. Baseline: `mpsc` + `oneshot`.
+//! * `request_reply`: `N` sequential round trips. Baseline: `mpsc` + `oneshot`. Besides
+//!   `Handle::call`, `Ecosystem::call` to a 2-worker round-robin ecosystem of the same
+//!   process (its routing: the dispatch pick, the check that the worker runs, delivery).
 //! * `spawn_ecosystem_1000`: starting a 1,000-worker ecosystem (until every worker runs:
 //!   its `started` hook returned) vs spawning 1,000 tokio tasks with a channel each and
 //!   waiting until each has signalled that it runs.
@@ -31,7 +33,7 @@ use foundation_beam::process::{spawn_with, Context, Process, SpawnOptions};
 use foundation_beam::society::{AdaptiveSettings, Envelope, Society, SocietySettings, Topology};
 use foundation_beam::Handle;
 use foundation_benches::peers::{
-    fire, round_trips, tokio_fire, Counter, FCounter, KCounter, RCounter, TrySend,
+    fire, round_trips, tokio_fire, Counter, FCounter, FMsg, KCounter, RCounter, TrySend,
 };
 use foundation_benches::runtime;
 use tokio::runtime::Runtime;
@@ -135,6 +137,16 @@ fn request_reply(c: &mut Criterion) {
     let unbounded = SpawnOptions::new().memory(MemoryStrategy::unbounded());
     let fh = rt.block_on(async { spawn_with(FCounter::default(), unbounded).unwrap() });
     bench_calls(&mut g, &rt, "foundation_process_call", &fh);
+    let spec = EcosystemSpec::new("calls").workers(Workers::Fixed(2));
+    let eco = rt.block_on(Ecosystem::start(spec, |_| FCounter::default()));
+    let eco = eco.unwrap();
+    g.bench_function("foundation_ecosystem_call", |b| {
+        b.to_async(&rt).iter(|| async {
+            for i in 0..CALLS {
+                black_box(eco.call(|r| FMsg::Echo(i, r), T).await.unwrap());
+            }
+        })
+    });
     let (rh, _rj) = rt.block_on(async { ractor::Actor::spawn(None, RCounter, ()).await.unwrap() });
     bench_calls(&mut g, &rt, "ractor_call", &rh);
     let kh = rt.block_on(async {
