@@ -83,8 +83,24 @@ pub enum Change {
 }
 
 /// Which topology.
+///
+/// New kinds may be added: the enum is `#[non_exhaustive]`, so a `match` outside this crate
+/// needs a wildcard arm.
+///
+/// ```
+/// use foundation_distributed::overlay::HyParViewConfig;
+/// use foundation_distributed::topology::TopologyKind;
+///
+/// let kind = TopologyKind::HyParView(HyParViewConfig {
+///     active_capacity: 4,
+///     ..HyParViewConfig::default()
+/// });
+/// assert!(kind.is_partial());
+/// assert!(!TopologyKind::FullMesh.is_partial());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum TopologyKind {
     /// [`FullMesh`].
     FullMesh,
@@ -95,6 +111,38 @@ pub enum TopologyKind {
     },
     /// [`Static`] with no neighbours configured (set them with [`Static::new`]).
     Static,
+    /// HyParView partial views ([`HyParViewService`](crate::overlay::service::HyParViewService)):
+    /// each node holds connections to its active view only (default 5 peers) and keeps a
+    /// passive view (default 30) to repair it; broadcasts go through Plumtree over the
+    /// active view. For large peer-to-peer clusters.
+    #[serde(rename = "hyparview")]
+    HyParView(crate::overlay::HyParViewConfig),
+}
+
+impl TopologyKind {
+    /// HyParView with the paper's parameters.
+    pub fn hyparview() -> Self {
+        TopologyKind::HyParView(crate::overlay::HyParViewConfig::default())
+    }
+
+    /// Whether the topology keeps a partial view: the node links to the peers it
+    /// [wants](PeerService::wanted) only, closes other links after a grace period,
+    /// heartbeats and watches only its neighbours, and spreads membership news over its
+    /// neighbours instead of to everyone.
+    pub fn is_partial(&self) -> bool {
+        matches!(self, TopologyKind::HyParView(_))
+    }
+
+    /// A short name (`full_mesh`, `client_server`, `static`, `hyparview`), for metrics
+    /// labels and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TopologyKind::FullMesh => "full_mesh",
+            TopologyKind::ClientServer { .. } => "client_server",
+            TopologyKind::Static => "static",
+            TopologyKind::HyParView(_) => "hyparview",
+        }
+    }
 }
 
 /// A peer-service manager. See the [module docs](self).
@@ -127,6 +175,49 @@ pub trait PeerService: Send + Sync + std::fmt::Debug {
     fn tick(&mut self) -> Vec<(String, Vec<u8>)> {
         Vec::new()
     }
+
+    /// Spreads a broadcast with the manager's own protocol (Plumtree under HyParView):
+    /// `payload` is the node's encoded broadcast, `incarnation` the node's run (carried in
+    /// the broadcast's id). Returns the protocol messages to send, or `None` when the
+    /// manager has no broadcast protocol (the default): the node then sends the broadcast
+    /// to [`broadcast_targets`](Self::broadcast_targets) itself.
+    fn publish(
+        &mut self,
+        _incarnation: u64,
+        _payload: bytes::Bytes,
+    ) -> Option<Vec<(String, Vec<u8>)>> {
+        None
+    }
+
+    /// Broadcasts the manager's protocol delivered since the last call (each once), for
+    /// the node to hand to its receivers.
+    fn take_delivered(&mut self) -> Vec<Delivered> {
+        Vec::new()
+    }
+
+    /// Whether an outgoing protocol message carries application data (a broadcast
+    /// payload): the node sends those on a data channel rather than on `coordination`.
+    fn carries_data(&self, _payload: &[u8]) -> bool {
+        false
+    }
+
+    /// The broadcast protocol's counters (eager, lazy, graft, prune, ...), for managers
+    /// that have one.
+    fn broadcast_stats(&self) -> Option<crate::overlay::plumtree::PtStats> {
+        None
+    }
+}
+
+/// A broadcast delivered by a manager's own broadcast protocol (see
+/// [`PeerService::publish`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The neighbour it came from.
+    pub from: String,
+    /// Hops from its origin.
+    pub hops: u16,
+    /// The node's encoded broadcast, as given to `publish` at the origin.
+    pub payload: bytes::Bytes,
 }
 
 /// What every manager here keeps: the local node and the members with their state.
@@ -416,26 +507,53 @@ impl PeerService for Static {
     }
 }
 
+/// The tick interval assumed by [`Topology::new`]: the node's default heartbeat.
+pub const DEFAULT_TICK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The topology in force at a node, replaceable at run time.
 #[derive(Debug)]
 pub struct Topology {
     local: String,
+    tick: std::time::Duration,
     service: Box<dyn PeerService>,
 }
 
 impl Topology {
-    /// A topology of `kind` seen from `local`.
+    /// A topology of `kind` seen from `local`, ticked every [`DEFAULT_TICK`].
     pub fn new(kind: TopologyKind, local: &str, members: &[Member]) -> Self {
+        Self::with_tick(kind, local, members, DEFAULT_TICK)
+    }
+
+    /// A topology of `kind` seen from `local` whose [`tick`](Self::tick) is called every
+    /// `tick` (the node's heartbeat interval); protocol timers (HyParView's shuffle and
+    /// repair) are counted in ticks.
+    pub fn with_tick(
+        kind: TopologyKind,
+        local: &str,
+        members: &[Member],
+        tick: std::time::Duration,
+    ) -> Self {
         Topology {
             local: local.to_string(),
-            service: build(kind, local, members),
+            tick,
+            service: build(kind, local, members, tick),
         }
     }
 
     /// Replaces the manager with one of `kind`, keeping the alive members.
     pub fn switch(&mut self, kind: TopologyKind) {
         let members = self.service.alive();
-        self.service = build(kind, &self.local, &members);
+        self.service = build(kind, &self.local, &members, self.tick);
+    }
+
+    /// Which topology is in force.
+    pub fn kind(&self) -> TopologyKind {
+        self.service.kind()
+    }
+
+    /// The manager in force, to mutate (tests, custom managers).
+    pub fn service_mut(&mut self) -> &mut dyn PeerService {
+        self.service.as_mut()
     }
 
     /// Installs a custom manager (a [`Static`] list, or an application's own).
@@ -477,15 +595,47 @@ impl Topology {
     pub fn tick(&mut self) -> Vec<(String, Vec<u8>)> {
         self.service.tick()
     }
+
+    /// See [`PeerService::publish`].
+    pub fn publish(
+        &mut self,
+        incarnation: u64,
+        payload: bytes::Bytes,
+    ) -> Option<Vec<(String, Vec<u8>)>> {
+        self.service.publish(incarnation, payload)
+    }
+
+    /// See [`PeerService::take_delivered`].
+    pub fn take_delivered(&mut self) -> Vec<Delivered> {
+        self.service.take_delivered()
+    }
+
+    /// See [`PeerService::carries_data`].
+    pub fn carries_data(&self, payload: &[u8]) -> bool {
+        self.service.carries_data(payload)
+    }
+
+    /// See [`PeerService::broadcast_stats`].
+    pub fn broadcast_stats(&self) -> Option<crate::overlay::plumtree::PtStats> {
+        self.service.broadcast_stats()
+    }
 }
 
-fn build(kind: TopologyKind, local: &str, members: &[Member]) -> Box<dyn PeerService> {
+fn build(
+    kind: TopologyKind,
+    local: &str,
+    members: &[Member],
+    tick: std::time::Duration,
+) -> Box<dyn PeerService> {
     match kind {
         TopologyKind::FullMesh => Box::new(FullMesh::new(local, members)),
         TopologyKind::ClientServer { servers_per_client } => {
             Box::new(ClientServer::new(local, members, servers_per_client))
         }
         TopologyKind::Static => Box::new(Static::new(local, members, &[])),
+        TopologyKind::HyParView(config) => Box::new(
+            crate::overlay::service::HyParViewService::new(local, members, config, tick),
+        ),
     }
 }
 

@@ -5,10 +5,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use foundation_distributed::node::{Node, NodeSettings};
 use foundation_distributed::overlay::service::HyParViewService;
 use foundation_distributed::overlay::HyParViewConfig;
-use foundation_distributed::topology::{Change, Member, PeerService, Role, TopologyKind};
+use foundation_distributed::topology::{
+    Change, Delivered, Member, PeerService, Role, TopologyKind,
+};
 use foundation_distributed::transport::{
     ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
 };
@@ -56,6 +59,20 @@ impl PeerService for Observed {
         let out = self.inner.tick();
         self.sync();
         out
+    }
+    fn publish(&mut self, incarnation: u64, payload: Bytes) -> Option<Vec<(String, Vec<u8>)>> {
+        let out = self.inner.publish(incarnation, payload);
+        self.sync();
+        out
+    }
+    fn take_delivered(&mut self) -> Vec<Delivered> {
+        self.inner.take_delivered()
+    }
+    fn carries_data(&self, payload: &[u8]) -> bool {
+        self.inner.carries_data(payload)
+    }
+    fn broadcast_stats(&self) -> Option<foundation_distributed::overlay::plumtree::PtStats> {
+        self.inner.broadcast_stats()
     }
 }
 
@@ -163,9 +180,14 @@ async fn hyparview_nodes_broadcast_over_bounded_views_and_repair() {
     nodes[5].broadcast("news", &1u64).await.unwrap();
     for (i, inbox) in inboxes.iter_mut().enumerate() {
         if i != 5 {
-            let got = tokio::time::timeout(Duration::from_secs(20), inbox.recv())
-                .await
-                .unwrap_or_else(|_| panic!("n{i:02} missed the broadcast"));
+            let got = tokio::time::timeout(Duration::from_secs(20), inbox.recv()).await;
+            let Ok(got) = got else {
+                let state: Vec<_> = nodes
+                    .iter()
+                    .map(|n| (n.name().to_string(), n.neighbours(), n.broadcast_stats()))
+                    .collect();
+                panic!("n{i:02} missed the broadcast: {state:#?}");
+            };
             assert_eq!(got.unwrap().1, 1);
         }
     }
@@ -403,4 +425,96 @@ async fn thousand_nodes_in_one_process() {
         x.shutdown().await;
     }
     assert!(ok, "survivors not reached after 30 rounds");
+}
+
+async fn configured_node(net: &MemoryNetwork, name: &str, topology: TopologyKind) -> Node {
+    let ts = TransportSettings {
+        cluster: "overlay".into(),
+        node: name.into(),
+        security: Security::Secret(
+            ClusterSecret::from_hex(
+                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
+            )
+            .unwrap(),
+        ),
+        ..TransportSettings::default()
+    };
+    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, ts).unwrap());
+    let settings = NodeSettings {
+        listen: format!("mem://{name}"),
+        topology,
+        ..NodeSettings::default()
+    };
+    Node::start(t, name, settings).await.unwrap()
+}
+
+fn overlay_connected(nodes: &[Node]) -> bool {
+    let views: Vec<(String, Arc<Mutex<BTreeSet<String>>>)> = nodes
+        .iter()
+        .map(|n| (n.name().to_string(), Arc::new(Mutex::new(n.neighbours()))))
+        .collect();
+    connected(&views, &BTreeSet::new())
+}
+
+/// `TopologyKind::HyParView` in `NodeSettings` and through `switch_topology`: bounded
+/// active views, a connected overlay, a broadcast reaching everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyparview_from_settings_and_by_switching() {
+    use foundation_distributed::overlay::HyParViewConfig;
+    let config = HyParViewConfig {
+        active_capacity: 3,
+        passive_capacity: 6,
+        ..HyParViewConfig::default()
+    };
+    let net = MemoryNetwork::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..10 {
+        let n = configured_node(&net, &format!("h{i:02}"), TopologyKind::HyParView(config)).await;
+        if i > 0 {
+            n.join(&[nodes[0].addr()]).await.unwrap();
+        }
+        nodes.push(n);
+    }
+    assert_eq!(nodes[3].topology_kind(), TopologyKind::HyParView(config));
+    eventually("a connected HyParView overlay", || {
+        overlay_connected(&nodes)
+    })
+    .await;
+    for n in &nodes {
+        assert!((1..=3).contains(&n.neighbours().len()), "{}", n.name());
+    }
+    let mut inboxes: Vec<_> = nodes.iter().map(|n| n.register::<u32>("news")).collect();
+    nodes[4].broadcast("news", &7u32).await.unwrap();
+    for (i, inbox) in inboxes.iter_mut().enumerate().filter(|(i, _)| *i != 4) {
+        let got = tokio::time::timeout(Duration::from_secs(20), inbox.recv())
+            .await
+            .unwrap_or_else(|_| panic!("h{i:02} missed the broadcast"));
+        assert_eq!(got.unwrap().1, 7);
+    }
+
+    // A full mesh switched to HyParView at every node.
+    let mesh_net = MemoryNetwork::new();
+    let mut mesh: Vec<Node> = Vec::new();
+    for i in 0..8 {
+        let n = configured_node(&mesh_net, &format!("m{i:02}"), TopologyKind::FullMesh).await;
+        if i > 0 {
+            n.join(&[mesh[0].addr()]).await.unwrap();
+        }
+        mesh.push(n);
+    }
+    eventually("the full mesh", || {
+        mesh.iter().all(|n: &Node| n.members().len() == 8)
+    })
+    .await;
+    assert!(mesh.iter().all(|n| n.neighbours().len() == 7));
+    for n in &mesh {
+        n.switch_topology(TopologyKind::HyParView(config));
+    }
+    eventually("a connected overlay after the switch", || {
+        overlay_connected(&mesh) && mesh.iter().all(|n| n.neighbours().len() <= 3)
+    })
+    .await;
+    for n in nodes.iter().chain(&mesh) {
+        n.shutdown().await;
+    }
 }

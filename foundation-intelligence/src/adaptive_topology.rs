@@ -208,11 +208,7 @@ impl AdaptiveTopology {
 
 /// A short name of a topology kind.
 pub fn kind_label(kind: TopologyKind) -> &'static str {
-    match kind {
-        TopologyKind::FullMesh => "full_mesh",
-        TopologyKind::ClientServer { .. } => "client_server",
-        TopologyKind::Static => "static",
-    }
+    kind.label()
 }
 
 #[cfg(test)]

@@ -212,6 +212,16 @@ impl<K: Hash + Eq + Clone> FailureDetector<K> {
     pub fn detector(&self, peer: &K) -> Option<&PhiAccrual> {
         self.peers.get(peer)
     }
+
+    /// Keeps watching only the peers for which `keep` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        self.peers.retain(|k, _| keep(k));
+    }
+
+    /// The watched peers.
+    pub fn watched(&self) -> impl Iterator<Item = &K> {
+        self.peers.keys()
+    }
 }
 
 #[cfg(test)]

@@ -1,36 +1,289 @@
 //! The membership service of a node: feeds the sans-IO [`View`](crate::membership::View)
 //! with gossip and with the φ detector's verdicts (φ is fed by heartbeats only), applies
 //! the view's events to the topology, the links and the subscribers, and disseminates the
-//! view periodically.
+//! view.
+//!
+//! Two regimes, by [`TopologyKind::is_partial`]:
+//!
+//! * **Full view** (full mesh, client/server, static): the first message on a new link is
+//!   the whole view, a peer that talks to us gets a link back, the whole view goes to a
+//!   few random peers every `gossip_every` rounds, every linked peer is watched, and down
+//!   members are knocked on. Cost per node grows with the cluster: meant for small ones.
+//! * **Partial view** (HyParView): the work per node is bounded by the active view, not
+//!   the cluster. The first message on a new link is the node's own entry only (twice
+//!   from a node that knows no other member: a joiner asking its contact for the view,
+//!   which it then gets once, in chunks; what a node without neighbours hears is not
+//!   passed on as news). Updates that change the view are *news*: each node passes each piece of
+//!   news once to each active neighbour, batched per round (a flood over the overlay,
+//!   `d·n` messages per change), and before any topology message to a peer, so a
+//!   forwarded join never names a member the receiver has no address for. Every
+//!   `gossip_every` rounds a bounded random sample of the view goes to one neighbour
+//!   (anti-entropy for lost news). φ watches the active view only (that is where
+//!   failures are detected); links the topology does not want are closed after a grace
+//!   period (the longer of the shuffle interval and ten heartbeats); no link back to a
+//!   peer that merely talks to us; down members are not knocked on (the overlay heals
+//!   through the passive view). Memory is O(n) per node: the view itself.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
-use rand::seq::IndexedRandom;
+use parking_lot::Mutex;
+use rand::seq::{IndexedRandom, IteratorRandom};
 use tokio::time::Instant;
 
 use super::wire::{encode, Wire};
 use super::{Inner, MembershipEvent};
 use crate::channel::COORDINATION;
+use crate::error::Error;
 use crate::membership::{Status, Update, ViewEvent};
 use crate::topology::{Change, Member, TopologyKind};
 
+/// Updates per gossip message under a partial view (news batches, view chunks).
+const CHUNK: usize = 256;
+/// Members in an anti-entropy sample.
+const SAMPLE: usize = 32;
+
+/// Partial-view state (see the [module docs](self)).
+#[derive(Default)]
+pub(crate) struct Overlay {
+    /// News to pass on, by member, each with the peers known to have it (its sender, and
+    /// the peers it went to).
+    news: Mutex<HashMap<String, (Update, HashSet<String>)>>,
+    /// Peers this module made links to, and since when each has been unwanted.
+    touched: Mutex<HashMap<String, Option<Instant>>>,
+    /// Members we hold down that talked to us, and when we last told them so.
+    told: Mutex<HashMap<String, Instant>>,
+}
+
 impl Inner {
+    /// Whether the topology keeps a partial view (see the [module docs](self)).
+    pub(super) fn partial(&self) -> bool {
+        self.topology.lock().kind().is_partial()
+    }
+
+    /// The first message on a new link: the whole view, or under a partial view this
+    /// node's own entry — twice while it knows no other member, which asks the peer for
+    /// its view (a joiner greeting its contact; an in-band request, so a node that does not
+    /// know it simply applies the entry twice).
+    pub(super) fn hello(&self) -> Vec<Update> {
+        if self.partial() {
+            let view = self.view.lock();
+            let me = view.me().clone();
+            if view.members().next().is_none() {
+                vec![me.clone(), me]
+            } else {
+                vec![me]
+            }
+        } else {
+            self.view.lock().digest()
+        }
+    }
+
     /// Applies gossiped updates from `peer`.
     pub(super) fn on_gossip(self: &Arc<Self>, peer: &str, members: Vec<Update>) {
         let now = Instant::now();
+        let partial = self.partial();
+        let mut changed = Vec::new();
+        let mut newcomer = false;
         let events = {
             let mut view = self.view.lock();
+            // A node without neighbours has nobody to pass news to; what it hears then
+            // is the cluster's view (a joiner's first view), not news.
+            let transfer = partial && self.topology.lock().wanted().is_empty();
             let mut events = Vec::new();
+            if partial
+                && members.len() == 2
+                && members
+                    .iter()
+                    .all(|u| u.name == peer && u.status == Status::Alive)
+            {
+                // A view request: a joiner greets with its own entry twice.
+                newcomer = true;
+            }
             for u in members {
-                events.extend(view.apply(u, now));
+                if !partial || u.name == self.name {
+                    events.extend(view.apply(u, now));
+                    continue;
+                }
+                let before = view.get(&u.name).cloned();
+                events.extend(view.apply(u.clone(), now));
+                if !transfer && view.get(&u.name) != before.as_ref() {
+                    changed.push(u);
+                }
             }
             events
         };
         self.on_view_events(events);
-        // Links are two-way: a peer that talks to us gets a link back (so each side
-        // heartbeats the other whatever the topology).
+        if !partial {
+            // Links are two-way: a peer that talks to us gets a link back (so each side
+            // heartbeats the other whatever the topology).
+            self.ensure_link(peer);
+            return;
+        }
+        for u in changed {
+            self.add_news(u, Some(peer));
+        }
+        self.heard_from(peer);
+        if newcomer {
+            // A joiner greets its contact: it gets the whole view once.
+            self.send_view(peer);
+        }
+    }
+
+    /// Sends the whole view to `peer` in chunks (a joiner's first view).
+    fn send_view(&self, peer: &str) {
+        let digest = self.view.lock().digest();
         self.ensure_link(peer);
+        let Some(link) = self.links.get(peer) else {
+            return;
+        };
+        metrics::counter!("foundation_node_view_transfers_total").increment(1);
+        for chunk in digest.chunks(CHUNK) {
+            let bytes = encode(&Wire::Gossip {
+                members: chunk.to_vec(),
+            });
+            if link.send_or_park(COORDINATION, None, bytes).is_err() {
+                self.meters.dropped("gossip_full").increment(1);
+            }
+        }
+    }
+
+    /// Queues `u` as news to pass on to the neighbours (partial view only).
+    pub(super) fn add_news(&self, u: Update, from: Option<&str>) {
+        let mut news = self.overlay.news.lock();
+        let (old, has) = news
+            .entry(u.name.clone())
+            .or_insert_with(|| (u.clone(), HashSet::new()));
+        if u.overrides(old) {
+            *old = u;
+            has.clear();
+        }
+        if let Some(f) = from {
+            has.insert(f.to_string());
+        }
+    }
+
+    /// Sends `peer` the news it does not have yet (before a topology message to it, so
+    /// the members that message names are known there first).
+    pub(super) fn news_to(&self, peer: &str) {
+        let batch: Vec<Update> = {
+            let mut news = self.overlay.news.lock();
+            news.values_mut()
+                .filter(|(_, has)| !has.contains(peer))
+                .map(|(u, has)| {
+                    has.insert(peer.to_string());
+                    u.clone()
+                })
+                .collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let Some(link) = self.links.get(peer) else {
+            return;
+        };
+        for chunk in batch.chunks(CHUNK) {
+            let bytes = encode(&Wire::Gossip {
+                members: chunk.to_vec(),
+            });
+            if link.send_or_park(COORDINATION, None, bytes).is_err() {
+                self.meters.dropped("gossip_full").increment(1);
+            }
+        }
+    }
+
+    /// Passes the news on to every neighbour that lacks it, and forgets it.
+    fn flush_news(&self, neighbours: &BTreeSet<String>) {
+        for p in neighbours {
+            self.news_to(p);
+        }
+        self.overlay.news.lock().clear();
+    }
+
+    /// Sends a topology manager's protocol messages: each on the link to its next hop
+    /// (made if needed; a partial-view topology talks to peers it holds no link to yet, so
+    /// the link holds the message until it is up), on `coordination`, or on a data
+    /// channel when it carries a broadcast payload. Under a partial view the peer first
+    /// gets the news it lacks. Never waits; what cannot be queued is counted.
+    pub(super) fn send_topology(&self, out: Vec<(String, Vec<u8>)>) {
+        if out.is_empty() {
+            return;
+        }
+        let partial = self.partial();
+        for (to, payload) in out {
+            let data = self.topology.lock().carries_data(&payload);
+            let w = Wire::Topology {
+                payload: bytes::Bytes::from(payload),
+            };
+            let sent = self.hop(&to).and_then(|hop| {
+                self.ensure_link(&hop);
+                if partial {
+                    self.news_to(&hop);
+                }
+                let bytes = encode(&w);
+                let channel = if data {
+                    self.channel_for(super::SendOptions::default(), bytes.len())
+                } else {
+                    COORDINATION
+                };
+                match self.links.get(&hop) {
+                    Some(l) => l.send_or_park(channel, None, bytes),
+                    None => Err(Error::NotConnected {
+                        node: hop,
+                        reason: "no link".into(),
+                    }),
+                }
+            });
+            if sent.is_err() {
+                self.meters.dropped("topology_failed").increment(1);
+            }
+        }
+    }
+
+    /// `peer` talked to us directly. Under a partial view, if we hold it suspect or down,
+    /// we tell it (at most once per heartbeat interval): a node without neighbours hears no
+    /// news, so it would never refute, and nobody would answer it. Its refutation then
+    /// reaches us on the link it talks to us on.
+    pub(super) fn heard_from(&self, peer: &str) {
+        let held = self
+            .view
+            .lock()
+            .get(peer)
+            .filter(|u| matches!(u.status, Status::Suspect | Status::Dead))
+            .cloned();
+        let Some(u) = held else { return };
+        if !self.partial() {
+            return;
+        }
+        let now = Instant::now();
+        {
+            let mut told = self.overlay.told.lock();
+            if told
+                .get(peer)
+                .is_some_and(|t| now.duration_since(*t) < self.settings.heartbeat)
+            {
+                return;
+            }
+            told.insert(peer.to_string(), now);
+            told.retain(|_, t| now.duration_since(*t) < self.settings.heartbeat * 10);
+        }
+        let addr = u.addr.clone();
+        if addr.is_empty() {
+            return;
+        }
+        let link = self.links.ensure(peer, &addr);
+        self.overlay.touched.lock().insert(peer.to_string(), None);
+        if link
+            .send_or_park(
+                COORDINATION,
+                None,
+                encode(&Wire::Gossip { members: vec![u] }),
+            )
+            .is_err()
+        {
+            self.meters.dropped("gossip_full").increment(1);
+        }
     }
 
     /// A heartbeat from `peer`: feeds φ, and carries the peer's generation (a refutation
@@ -42,7 +295,13 @@ impl Inner {
             let Some(known) = view.get(peer).filter(|_| peer != self.name) else {
                 return; // only members are watched
             };
-            self.detector.lock().heartbeat(&peer.to_string(), now);
+            {
+                let mut d = self.detector.lock();
+                // Under a partial view only the active neighbours are watched.
+                if d.detector(&peer.to_string()).is_some() || !self.partial() {
+                    d.heartbeat(&peer.to_string(), now);
+                }
+            }
             Some(known).and_then(|known| {
                 let newer = (incarnation, version) > (known.incarnation, known.version);
                 newer.then(|| Update {
@@ -56,6 +315,8 @@ impl Inner {
         if let Some(u) = newer {
             let events = self.view.lock().apply(u, now);
             self.on_view_events(events);
+        } else {
+            self.heard_from(peer);
         }
     }
 
@@ -69,8 +330,13 @@ impl Inner {
             if addr.is_empty() {
                 return;
             }
+            let partial = self.partial();
+            if partial {
+                self.overlay.touched.lock().insert(peer.to_string(), None);
+            }
             if self.links.get(peer).is_none()
                 && self.detector.lock().detector(&peer.to_string()).is_none()
+                && (!partial || self.topology.lock().wanted().contains(peer))
             {
                 // A new link: its heartbeats are expected from now on.
                 self.watch_fresh(peer);
@@ -116,7 +382,7 @@ impl Inner {
                 }
                 ViewEvent::Restarted(n) => {
                     // A new run of the node: forget what we measured of the old one.
-                    self.watch_fresh(&n);
+                    self.rewatch(&n);
                     let current = self.view.lock().get(&n).map_or(0, |u| u.incarnation);
                     self.acked
                         .inc
@@ -132,7 +398,7 @@ impl Inner {
                     self.meters.suspected.increment(1);
                 }
                 ViewEvent::Alive(n) => {
-                    self.watch_fresh(&n);
+                    self.rewatch(&n);
                     if self.down.lock().remove(&n) {
                         self.topology.lock().update(Change::Up(n.clone()));
                         self.emit(MembershipEvent::Up(n));
@@ -140,6 +406,11 @@ impl Inner {
                 }
                 ViewEvent::Dead(n) => {
                     self.detector.lock().remove(&n);
+                    if self.partial() && !self.topology.lock().wanted().contains(&n) {
+                        // No knocking on down members under a partial view.
+                        self.links.remove(&n);
+                        self.overlay.touched.lock().remove(&n);
+                    }
                     if self.down.lock().insert(n.clone()) {
                         self.topology.lock().update(Change::Down(n.clone()));
                         tracing::warn!(node = %n, "member down");
@@ -160,15 +431,19 @@ impl Inner {
         if gossip_me {
             let me = self.view.lock().me().clone();
             self.meters.refuted.increment(1);
+            if self.partial() {
+                self.add_news(me.clone(), None);
+            }
             self.gossip_all(vec![me]);
         }
         let (wanted, built_in) = {
             let t = self.topology.lock();
             let kind = t.service().kind();
+            // Partial views pass joins on as news (see the module docs).
             let built_in = matches!(
                 kind,
                 TopologyKind::FullMesh | TopologyKind::ClientServer { .. }
-            );
+            ) || kind.is_partial();
             (t.wanted(), built_in)
         };
         for p in &wanted {
@@ -211,6 +486,14 @@ impl Inner {
         }
     }
 
+    /// Restarts φ for `n` if it is watched: always in a full view, under a partial view
+    /// only if it is an active neighbour.
+    fn rewatch(&self, n: &str) {
+        if !self.partial() || self.topology.lock().wanted().contains(n) {
+            self.watch_fresh(n);
+        }
+    }
+
     /// Restarts φ for `n` (new statistics, as if heard from now).
     fn watch_fresh(&self, n: &str) {
         let mut d = self.detector.lock();
@@ -220,6 +503,7 @@ impl Inner {
 
     fn forget(&self, n: &str) {
         self.links.remove(n);
+        self.overlay.touched.lock().remove(n);
         self.detector.lock().remove(&n.to_string());
         self.down.lock().remove(n);
         self.topology.lock().update(Change::Left(n.to_string()));
@@ -244,6 +528,7 @@ impl Inner {
     /// One membership round: φ verdicts, view timers, periodic dissemination.
     pub(super) fn membership_round(self: &Arc<Self>, round: u64) {
         let now = Instant::now();
+        let partial = self.partial();
         let suspects = self.detector.lock().suspects(now);
         let mut news = Vec::new();
         for s in suspects {
@@ -254,10 +539,19 @@ impl Inner {
             }
         }
         if !news.is_empty() {
+            if partial {
+                for u in &news {
+                    self.add_news(u.clone(), None);
+                }
+            }
             self.gossip_all(news);
         }
         let events = self.view.lock().tick(now);
         self.on_view_events(events);
+        if partial {
+            self.partial_round(round, now);
+            return;
+        }
         // Keep knocking on members that are down, so a healed partition is noticed, and
         // on the peers the topology wants.
         let mut knock: Vec<String> = self.topology.lock().wanted().into_iter().collect();
@@ -286,5 +580,97 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// The rest of a round under a partial view: links and φ follow the active view,
+    /// unwanted links close after the grace period, news goes out, and now and then a
+    /// sample of the view.
+    fn partial_round(self: &Arc<Self>, round: u64, now: Instant) {
+        let (wanted, grace) = {
+            let t = self.topology.lock();
+            let grace = match t.kind() {
+                TopologyKind::HyParView(c) => c.shuffle_interval,
+                _ => Duration::ZERO,
+            };
+            (t.wanted(), grace.max(self.settings.heartbeat * 10))
+        };
+        for p in &wanted {
+            self.ensure_link(p);
+        }
+        {
+            let mut d = self.detector.lock();
+            d.retain(|p| wanted.contains(p));
+            let watched: HashSet<String> = d.watched().cloned().collect();
+            for p in wanted.iter().filter(|p| !watched.contains(*p)) {
+                d.heartbeat(p, now);
+            }
+        }
+        let mut close = Vec::new();
+        {
+            let mut touched = self.overlay.touched.lock();
+            for l in self.links.up_peers() {
+                touched.entry(l.peer.clone()).or_insert(None);
+            }
+            touched.retain(|p, since| {
+                if wanted.contains(p) {
+                    *since = None;
+                    return true;
+                }
+                let t = *since.get_or_insert(now);
+                if now.duration_since(t) >= grace {
+                    close.push(p.clone());
+                    return false;
+                }
+                true
+            });
+        }
+        for p in close {
+            self.links.remove(&p);
+            metrics::counter!("foundation_node_link_events_total", "event" => "closed_unwanted")
+                .increment(1);
+        }
+        self.flush_news(&wanted);
+        let every = self.settings.gossip_every.max(1);
+        if round.is_multiple_of(every) {
+            let mut rng = rand::rng();
+            let Some(to) = wanted.iter().choose(&mut rng).cloned() else {
+                return;
+            };
+            let sample: Vec<Update> = {
+                let view = self.view.lock();
+                let mut s: Vec<Update> = view
+                    .members()
+                    .choose_multiple(&mut rng, SAMPLE)
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                s.push(view.me().clone());
+                s
+            };
+            if let Some(l) = self.links.get(&to) {
+                if l.try_send(
+                    COORDINATION,
+                    None,
+                    encode(&Wire::Gossip { members: sample }),
+                )
+                .is_err()
+                {
+                    self.meters.dropped("gossip_full").increment(1);
+                }
+            }
+        }
+    }
+}
+
+impl super::Node {
+    /// The topology in force (its kind and parameters).
+    pub fn topology_kind(&self) -> TopologyKind {
+        self.inner.topology.lock().kind()
+    }
+
+    /// The peers the topology wants this node linked to now: everyone in a full mesh,
+    /// the active view under HyParView.
+    pub fn neighbours(&self) -> BTreeSet<String> {
+        self.inner.topology.lock().wanted()
     }
 }

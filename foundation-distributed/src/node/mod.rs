@@ -279,6 +279,7 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     inbox: Mutex<Option<Inbox>>,
     meters: Meters,
+    overlay: membership::Overlay,
 }
 
 /// A running cluster member. Cheap to clone; [`shutdown`](Self::shutdown) stops it (and
@@ -379,11 +380,11 @@ impl Node {
                 backoff_base: settings.reconnect_base.max(Duration::from_millis(1)),
                 backoff_max: settings.reconnect_max.max(settings.reconnect_base),
                 on_up: Box::new(move |_peer, channels| {
-                    // The first message on every new link is our view.
+                    // The first message on every new link is our view (membership.rs).
                     if let Some(inner) = on_up_weak.upgrade() {
-                        let digest = inner.view.lock().digest();
+                        let hello = inner.hello();
                         if let Ok(s) = channels.sender(COORDINATION) {
-                            let _ = s.try_send(None, encode(&Wire::Gossip { members: digest }));
+                            let _ = s.try_send(None, encode(&Wire::Gossip { members: hello }));
                         }
                     }
                 }),
@@ -396,10 +397,11 @@ impl Node {
                 view: Mutex::new(View::new(me, settings.view.clone())),
                 down: Mutex::new(HashSet::new()),
                 detector: Mutex::new(FailureDetector::new(settings.detector.clone())),
-                topology: Mutex::new(Topology::new(
+                topology: Mutex::new(Topology::with_tick(
                     settings.topology,
                     name,
                     &[Member::new(name, settings.role)],
+                    settings.heartbeat,
                 )),
                 slots: RwLock::new(HashMap::new()),
                 requests: Requests::new(settings.max_concurrent_requests),
@@ -410,6 +412,7 @@ impl Node {
                 tasks: Mutex::new(Vec::new()),
                 inbox: Mutex::new(Some(inbox)),
                 meters: Meters::new(),
+                overlay: membership::Overlay::default(),
                 settings,
             }
         });
@@ -516,7 +519,12 @@ impl Node {
             .filter(|u| u.status != Status::Left)
             .map(|u| Member::new(u.name.clone(), u.role))
             .collect();
-        let mut t = Topology::new(kind, &self.inner.name, &members);
+        let mut t = Topology::with_tick(
+            kind,
+            &self.inner.name,
+            &members,
+            self.inner.settings.heartbeat,
+        );
         for u in view.members().filter(|u| u.status == Status::Dead) {
             t.update(Change::Down(u.name.clone()));
         }
@@ -768,6 +776,11 @@ impl Node {
     /// topology's broadcast tree; each node delivers it once. Waits for room on each
     /// first-hop link that is up; a first hop whose link is still being made holds the
     /// message (bounded) until it is up; one that cannot is skipped (counted).
+    ///
+    /// Under [`TopologyKind::HyParView`] the broadcast goes through Plumtree over the
+    /// active view instead (eager push on a spanning tree, lazy ids to the other
+    /// neighbours, graft and prune; see `docs/NODE.md`): this never waits, and a node
+    /// that misses the payload grafts it from a neighbour that announced it.
     pub async fn broadcast<T: Serialize + ?Sized>(&self, name: &str, msg: &T) -> Result<()> {
         let id = self.inner.broadcasts.next_id();
         self.inner
@@ -781,6 +794,9 @@ impl Node {
             body: Bytes::new(),
         };
         let bytes = encode_with(&wire, msg).map_err(encode_error)?;
+        if self.inner.publish_overlay(&bytes) {
+            return Ok(()); // the topology's broadcast protocol (Plumtree) carries it
+        }
         let targets = self.inner.topology.lock().broadcast_targets(None);
         for t in targets {
             self.inner.ensure_link(&t);
@@ -999,33 +1015,7 @@ impl Inner {
         self.retransmit();
     }
 
-    fn send_topology(&self, out: Vec<(String, Vec<u8>)>) {
-        for (to, payload) in out {
-            let w = Wire::Topology {
-                payload: Bytes::from(payload),
-            };
-            // A partial-view topology (HyParView) talks to peers it holds no link to yet
-            // (join replies, neighbour requests, shuffles): make the link and let it hold
-            // the message until it is up. One connection per peer (a key): inbound
-            // connections are handled concurrently, each on its own reading task (D260),
-            // and a protocol's messages must arrive in the order sent.
-            let sent = self.hop(&to).and_then(|hop| {
-                self.ensure_link(&hop);
-                match self.links.get(&hop) {
-                    Some(l) => l.send_or_park(COORDINATION, Some(0), encode(&w)),
-                    None => Err(Error::NotConnected {
-                        node: hop,
-                        reason: "no link".into(),
-                    }),
-                }
-            });
-            if sent.is_err() {
-                self.meters.dropped("topology_failed").increment(1);
-            }
-        }
-    }
-
-    fn channel_for(&self, opts: SendOptions, size: usize) -> &str {
+    pub(crate) fn channel_for(&self, opts: SendOptions, size: usize) -> &str {
         let meta = MessageMeta {
             urgency: opts.urgency,
             size,
@@ -1211,8 +1201,11 @@ impl Inner {
             } => self.on_heartbeat(peer, incarnation, version),
             Wire::Gossip { members } => self.on_gossip(peer, members),
             Wire::Topology { payload } => {
+                self.heard_from(peer);
                 let out = self.topology.lock().on_message(peer, &payload);
                 self.send_topology(out);
+                // Broadcasts the topology's own protocol delivered (broadcast.rs).
+                return self.deliver_overlay(may_wait);
             }
             Wire::Send {
                 to_name,
@@ -1279,7 +1272,7 @@ impl Inner {
                         self.meters.dropped("broadcast_relay_failed").increment(1);
                     }
                 }
-                return self.deliver(&to_name, &origin, &body, may_wait);
+                return self.deliver_broadcast(&to_name, &origin, &body, may_wait);
             }
             Wire::Acked {
                 from,

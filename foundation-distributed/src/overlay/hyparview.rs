@@ -49,7 +49,7 @@ impl<T: Clone + Ord + Hash + Debug + Send + Sync + 'static> PeerId for T {}
 
 /// HyParView parameters. Defaults are the paper's (section 5, 10,000 nodes) where it gives
 /// one; timer values are ours (the paper counts in simulation cycles).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HyParViewConfig {
     /// Active view capacity (paper: 5, i.e. log10(n) + c with c = 1 at 10,000 nodes).
@@ -75,6 +75,12 @@ pub struct HyParViewConfig {
     /// How long a `Neighbor` request may stay unanswered before the candidate counts as
     /// failed.
     pub neighbor_timeout: Duration,
+    /// Repair ticks an active view may stay short of its capacity before the node
+    /// escalates anyway (one high-priority request, or a rejoin when no candidate is
+    /// left), even with half its slots or more filled: a small group whose members hold
+    /// one another but whose every other candidate is full would otherwise stay cut off
+    /// for good. 0 disables (escalation only below half).
+    pub escalate_after: u32,
 }
 
 impl Default for HyParViewConfig {
@@ -90,6 +96,7 @@ impl Default for HyParViewConfig {
             shuffle_interval: Duration::from_secs(10),
             repair_interval: Duration::from_secs(1),
             neighbor_timeout: Duration::from_secs(3),
+            escalate_after: 5,
         }
     }
 }
@@ -256,6 +263,8 @@ pub struct HyParView<P> {
     checks: Vec<(P, u64)>,
     /// Candidates that rejected us since the last repair timer.
     rejected: Vec<P>,
+    /// Consecutive repair ticks with the active view short of its capacity.
+    short_ticks: u32,
     /// What we sent in our last shuffle (evicted first when the reply arrives).
     last_shuffle: Vec<P>,
     /// The contact we joined through, retried when both views run empty.
@@ -278,6 +287,7 @@ impl<P: PeerId> HyParView<P> {
             pending: Vec::new(),
             checks: Vec::new(),
             rejected: Vec::new(),
+            short_ticks: 0,
             last_shuffle: Vec::new(),
             contact: None,
             next_token: 0,
@@ -569,8 +579,15 @@ impl<P: PeerId> HyParView<P> {
                 // tick: ask one refusing candidate with high priority. Low-priority
                 // requests are refused by full nodes, so without this a small group whose
                 // neighbours are all full would stay cut off.
-                let starved =
-                    !self.active.is_empty() && self.active.len() * 2 < self.config.active_capacity;
+                let short = self.active.len() < self.config.active_capacity;
+                self.short_ticks = if short { self.short_ticks + 1 } else { 0 };
+                let persistent = self.config.escalate_after > 0
+                    && self.short_ticks >= self.config.escalate_after;
+                let starved = !self.active.is_empty()
+                    && (self.active.len() * 2 < self.config.active_capacity || persistent);
+                if persistent {
+                    self.short_ticks = 0;
+                }
                 if starved {
                     let passive = &self.passive;
                     let pending = &self.pending;
@@ -600,7 +617,10 @@ impl<P: PeerId> HyParView<P> {
                     // Isolated, or starved with no candidate left (a small group cut off
                     // from the rest): join again through the contact, or ask the driver
                     // for one.
-                    match self.contact.clone() {
+                    // The contact is tried once: it may have failed without this node
+                    // hearing of it (a node without neighbours hears nothing), so the next
+                    // attempt asks the driver for another member.
+                    match self.contact.take() {
                         Some(c) if !self.active.contains(&c) => out.push(HvOutput::Send {
                             to: c,
                             msg: HvMessage::Join,

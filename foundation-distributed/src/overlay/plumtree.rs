@@ -28,11 +28,16 @@ use super::hyparview::PeerId;
 type FixedMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 type FixedSet<K> = HashSet<K, foldhash::fast::FixedState>;
 
-/// A broadcast's identity: its origin and the origin's sequence number.
+/// A broadcast's identity: its origin, the origin's incarnation (so a restarted origin,
+/// whose counter starts again, is not taken for its previous run) and the origin's
+/// sequence number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MessageId<P> {
     /// The node that published it.
     pub origin: P,
+    /// The origin's incarnation (0 where the driver has none, as in the simulator).
+    #[serde(default)]
+    pub incarnation: u64,
     /// The origin's counter.
     pub seq: u64,
 }
@@ -70,7 +75,17 @@ pub struct PlumtreeConfig {
     pub id_retention: Duration,
     /// Period of the cache eviction timer.
     pub evict_interval: Duration,
+    /// A new neighbour is sent the ids (`IHave`) of the messages delivered here within
+    /// this window (at most [`RECENT_IDS`]), so a node that joins the tree just after a
+    /// broadcast passed grafts it instead of missing it; zero disables. Not in the paper,
+    /// which assumes a stable overlay; Partisan's Plumtree exchanges ids periodically for
+    /// the same reason.
+    pub new_neighbour_window: Duration,
 }
+
+/// The most ids announced to a new neighbour (see
+/// [`PlumtreeConfig::new_neighbour_window`]).
+pub const RECENT_IDS: usize = 64;
 
 impl Default for PlumtreeConfig {
     fn default() -> Self {
@@ -82,6 +97,7 @@ impl Default for PlumtreeConfig {
             cache_retention: Duration::from_secs(30),
             id_retention: Duration::from_secs(120),
             evict_interval: Duration::from_secs(1),
+            new_neighbour_window: Duration::from_secs(5),
         }
     }
 }
@@ -195,6 +211,7 @@ pub struct PtStats {
 #[derive(Debug, Clone)]
 pub struct Plumtree<P> {
     me: P,
+    incarnation: u64,
     config: PlumtreeConfig,
     eager: BTreeSet<P>,
     lazy: BTreeSet<P>,
@@ -215,6 +232,7 @@ impl<P: PeerId> Plumtree<P> {
     pub fn new(me: P, config: PlumtreeConfig) -> Self {
         Plumtree {
             me,
+            incarnation: 0,
             config,
             eager: BTreeSet::new(),
             lazy: BTreeSet::new(),
@@ -227,6 +245,12 @@ impl<P: PeerId> Plumtree<P> {
             started: false,
             stats: PtStats::default(),
         }
+    }
+
+    /// Sets the incarnation the ids of this node's next broadcasts carry (the driver's
+    /// run; default 0).
+    pub fn set_incarnation(&mut self, incarnation: u64) {
+        self.incarnation = incarnation;
     }
 
     /// The eager peers (the tree links).
@@ -276,6 +300,7 @@ impl<P: PeerId> Plumtree<P> {
             PtInput::Broadcast(payload) => {
                 let id = MessageId {
                     origin: self.me.clone(),
+                    incarnation: self.incarnation,
                     seq: self.next_seq,
                 };
                 self.next_seq += 1;
@@ -301,7 +326,25 @@ impl<P: PeerId> Plumtree<P> {
             PtInput::NeighborUp(p) => {
                 if p != self.me {
                     self.lazy.remove(&p);
-                    self.eager.insert(p);
+                    let new = self.eager.insert(p.clone());
+                    if new && !self.config.new_neighbour_window.is_zero() {
+                        let window = self.config.new_neighbour_window;
+                        let recent: Vec<(MessageId<P>, u16)> = self
+                            .cache_order
+                            .iter()
+                            .rev()
+                            .take_while(|(at, _)| now.saturating_sub(*at) < window)
+                            .filter_map(|(_, id)| self.cache.get(id).map(|(h, _)| (id.clone(), *h)))
+                            .take(RECENT_IDS)
+                            .collect();
+                        if !recent.is_empty() {
+                            self.stats.lazy_sent += recent.len() as u64;
+                            out.push(PtOutput::Send {
+                                to: p,
+                                msg: PtMessage::IHave(recent),
+                            });
+                        }
+                    }
                 }
             }
             PtInput::NeighborDown(p) => {
@@ -535,7 +578,11 @@ mod tests {
 
     fn gossip(origin: u32, seq: u64, round: u16) -> PtMessage<u32> {
         PtMessage::Gossip {
-            id: MessageId { origin, seq },
+            id: MessageId {
+                origin,
+                incarnation: 0,
+                seq,
+            },
             round,
             payload: Bytes::from_static(b"x"),
         }
@@ -610,10 +657,21 @@ mod tests {
         );
         assert!(out.contains(&PtOutput::Send {
             to: 2,
-            msg: PtMessage::IHave(vec![(MessageId { origin: 0, seq: 0 }, 0)])
+            msg: PtMessage::IHave(vec![(
+                MessageId {
+                    origin: 0,
+                    incarnation: 0,
+                    seq: 0
+                },
+                0
+            )])
         }));
         out.clear();
-        let id = MessageId { origin: 7, seq: 3 };
+        let id = MessageId {
+            origin: 7,
+            incarnation: 0,
+            seq: 3,
+        };
         p.handle(
             Duration::ZERO,
             PtInput::Message {
@@ -676,7 +734,11 @@ mod tests {
             &mut out,
         );
         out.clear();
-        let id = MessageId { origin: 0, seq: 0 };
+        let id = MessageId {
+            origin: 0,
+            incarnation: 0,
+            seq: 0,
+        };
         p.handle(
             Duration::from_secs(1),
             PtInput::Message {

@@ -25,44 +25,81 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::hyparview::{
-    HvInput, HvMessage, HvOutput, HvStats, HvTimer, HyParView, HyParViewConfig,
-};
-use crate::topology::{Change, Member, PeerService, TopologyKind};
+use super::hyparview::{HvMessage, HvStats, HyParView, HyParViewConfig};
+use super::metrics::OverlayMetrics;
+use super::plumtree::{Plumtree, PlumtreeConfig, PtMessage};
+use super::swarm::{Swarm, SwarmConfig, SwarmInput, SwarmMessage, SwarmOutput, SwarmTimer};
+use crate::topology::{Change, Delivered, Member, PeerService, TopologyKind};
 
-/// HyParView behind the [`PeerService`] trait. See the [module docs](self).
+/// Envelope tags: the first byte of every protocol message.
+const TAG_HV: u8 = 0;
+const TAG_PT_CONTROL: u8 = 1;
+const TAG_PT_DATA: u8 = 2;
+
+/// HyParView (and Plumtree over it) behind the [`PeerService`] trait. See the
+/// [module docs](self).
 #[derive(Debug)]
 pub struct HyParViewService {
     local: String,
-    hv: HyParView<String>,
+    config: HyParViewConfig,
+    swarm: Swarm<String>,
     rng: SmallRng,
     members: BTreeMap<String, (Member, bool)>,
     contacted: bool,
     now: Duration,
     tick_interval: Duration,
-    timers: Vec<(Duration, HvTimer<String>)>,
+    timers: Vec<(Duration, SwarmTimer<String>)>,
     outbox: Vec<(String, Vec<u8>)>,
+    delivered: Vec<Delivered>,
     undecodable: u64,
-    buf: Vec<HvOutput<String>>,
+    buf: Vec<SwarmOutput<String>>,
     pending_join: Option<String>,
+    metrics: OverlayMetrics,
 }
 
 impl HyParViewService {
     /// HyParView at node `local` knowing `members`; `tick` is called every
-    /// `tick_interval`.
+    /// `tick_interval`. Plumtree runs with its defaults (see
+    /// [`with_plumtree`](Self::with_plumtree)).
     pub fn new(
         local: &str,
         members: &[Member],
         config: HyParViewConfig,
         tick_interval: Duration,
     ) -> Self {
+        Self::with_plumtree(
+            local,
+            members,
+            config,
+            PlumtreeConfig::default(),
+            tick_interval,
+        )
+    }
+
+    /// Like [`new`](Self::new), with Plumtree's parameters. Plumtree's timers (graft,
+    /// eviction) are rounded up to whole ticks as well.
+    pub fn with_plumtree(
+        local: &str,
+        members: &[Member],
+        config: HyParViewConfig,
+        plumtree: PlumtreeConfig,
+        tick_interval: Duration,
+    ) -> Self {
         let seed = foldhash::fast::FixedState::with_seed(0x4879_5061).hash_one(local);
         let mut s = HyParViewService {
             local: local.to_string(),
-            hv: HyParView::new(local.to_string(), config),
+            config,
+            swarm: Swarm::new(
+                local.to_string(),
+                SwarmConfig {
+                    hyparview: config,
+                    plumtree,
+                },
+            ),
             rng: SmallRng::seed_from_u64(seed),
             members: BTreeMap::new(),
             contacted: false,
@@ -70,24 +107,44 @@ impl HyParViewService {
             tick_interval: tick_interval.max(Duration::from_millis(1)),
             timers: Vec::new(),
             outbox: Vec::new(),
+            delivered: Vec::new(),
             undecodable: 0,
             buf: Vec::new(),
             pending_join: None,
+            metrics: OverlayMetrics::new("node"),
         };
+        // Known members are recorded first; the contact is a random one of them (seeded
+        // by the name), so a cluster switching to HyParView does not join through one node.
         for m in members {
-            s.update(Change::Joined(m.clone()));
+            s.members.insert(m.name.clone(), (m.clone(), true));
+        }
+        let others: Vec<String> = s
+            .members
+            .keys()
+            .filter(|n| **n != s.local)
+            .cloned()
+            .collect();
+        if !others.is_empty() {
+            let c = others[s.rng.random_range(0..others.len())].clone();
+            s.contacted = true;
+            s.input(SwarmInput::Join(c));
         }
         s
     }
 
     /// The membership machine.
     pub fn hyparview(&self) -> &HyParView<String> {
-        &self.hv
+        self.swarm.hyparview()
+    }
+
+    /// The broadcast machine.
+    pub fn plumtree(&self) -> &Plumtree<String> {
+        self.swarm.plumtree()
     }
 
     /// Its counters.
     pub fn stats(&self) -> HvStats {
-        self.hv.stats()
+        self.swarm.hyparview().stats()
     }
 
     /// Protocol messages dropped because they did not decode.
@@ -95,20 +152,60 @@ impl HyParViewService {
         self.undecodable
     }
 
-    fn input(&mut self, input: HvInput<String>) {
+    fn encode(msg: &SwarmMessage<String>) -> Option<Vec<u8>> {
+        let (tag, body) = match msg {
+            SwarmMessage::Hv(m) => (TAG_HV, rmp_serde::to_vec(m)),
+            SwarmMessage::Pt(m @ PtMessage::Gossip { .. }) => (TAG_PT_DATA, rmp_serde::to_vec(m)),
+            SwarmMessage::Pt(m) => (TAG_PT_CONTROL, rmp_serde::to_vec(m)),
+        };
+        let body = body.ok()?;
+        let mut out = Vec::with_capacity(body.len() + 1);
+        out.push(tag);
+        out.extend_from_slice(&body);
+        Some(out)
+    }
+
+    fn decode(payload: &[u8]) -> Option<SwarmMessage<String>> {
+        let (tag, body) = payload.split_first()?;
+        match *tag {
+            TAG_HV => rmp_serde::from_slice::<HvMessage<String>>(body)
+                .ok()
+                .map(SwarmMessage::Hv),
+            TAG_PT_CONTROL | TAG_PT_DATA => rmp_serde::from_slice::<PtMessage<String>>(body)
+                .ok()
+                .map(SwarmMessage::Pt),
+            _ => None,
+        }
+    }
+
+    fn input(&mut self, input: SwarmInput<String>) {
         let mut buf = std::mem::take(&mut self.buf);
-        self.hv.handle(input, &mut self.rng, &mut buf);
+        self.swarm.handle(self.now, input, &mut self.rng, &mut buf);
         for o in buf.drain(..) {
             match o {
-                HvOutput::Send { to, msg } => match rmp_serde::to_vec(&msg) {
-                    Ok(bytes) => self.outbox.push((to, bytes)),
-                    // Our own enum always encodes; nothing to send if it ever did not.
-                    Err(_) => self.undecodable += 1,
+                SwarmOutput::Send { to, msg } => match Self::encode(&msg) {
+                    Some(bytes) => self.outbox.push((to, bytes)),
+                    // Our own enums always encode; nothing to send if one ever did not.
+                    None => self.undecodable += 1,
                 },
-                HvOutput::SetTimer { after, timer } => {
+                SwarmOutput::SetTimer { after, timer } => {
                     self.timers.push((self.now + after, timer));
                 }
-                HvOutput::Isolated => {
+                SwarmOutput::Deliver {
+                    hops,
+                    from,
+                    payload,
+                    ..
+                } => {
+                    if from != self.local {
+                        self.delivered.push(Delivered {
+                            from,
+                            hops,
+                            payload,
+                        });
+                    }
+                }
+                SwarmOutput::Isolated => {
                     // Rejoin through any live member the node knows.
                     let live: Vec<String> = self
                         .members
@@ -121,20 +218,19 @@ impl HyParViewService {
                         self.pending_join = Some(c);
                     }
                 }
-                HvOutput::NeighborUp(_) | HvOutput::NeighborDown(_) => {}
+                SwarmOutput::NeighborUp(_) | SwarmOutput::NeighborDown(_) => {}
             }
         }
         self.buf = buf;
         if let Some(c) = self.pending_join.take() {
-            self.input(HvInput::Join(c));
+            self.input(SwarmInput::Join(c));
         }
     }
 }
 
 impl PeerService for HyParViewService {
     fn kind(&self) -> TopologyKind {
-        // No HyParView variant in `TopologyKind` yet; installed with `install_topology`.
-        TopologyKind::Static
+        TopologyKind::HyParView(self.config)
     }
 
     fn update(&mut self, change: Change) {
@@ -144,18 +240,18 @@ impl PeerService for HyParViewService {
                 self.members.insert(name.clone(), (m, true));
                 if !self.contacted && name != self.local {
                     self.contacted = true;
-                    self.input(HvInput::Join(name));
+                    self.input(SwarmInput::Join(name));
                 }
             }
             Change::Left(n) => {
                 self.members.remove(&n);
-                self.input(HvInput::PeerFailed(n));
+                self.input(SwarmInput::PeerFailed(n));
             }
             Change::Down(n) => {
                 if let Some(e) = self.members.get_mut(&n) {
                     e.1 = false;
                 }
-                self.input(HvInput::PeerFailed(n));
+                self.input(SwarmInput::PeerFailed(n));
             }
             Change::Up(n) => {
                 if let Some(e) = self.members.get_mut(&n) {
@@ -166,7 +262,7 @@ impl PeerService for HyParViewService {
     }
 
     fn wanted(&self) -> BTreeSet<String> {
-        self.hv.active().iter().cloned().collect()
+        self.swarm.hyparview().active().iter().cloned().collect()
     }
 
     fn next_hop(&self, to: &str) -> Option<String> {
@@ -175,7 +271,8 @@ impl PeerService for HyParViewService {
     }
 
     fn broadcast_targets(&self, from: Option<&str>) -> Vec<String> {
-        self.hv
+        self.swarm
+            .hyparview()
             .active()
             .iter()
             .filter(|p| Some(p.as_str()) != from)
@@ -192,12 +289,12 @@ impl PeerService for HyParViewService {
     }
 
     fn on_message(&mut self, from: &str, payload: &[u8]) -> Vec<(String, Vec<u8>)> {
-        match rmp_serde::from_slice::<HvMessage<String>>(payload) {
-            Ok(msg) => self.input(HvInput::Message {
+        match Self::decode(payload) {
+            Some(msg) => self.input(SwarmInput::Message {
                 from: from.to_string(),
                 msg,
             }),
-            Err(_) => self.undecodable += 1,
+            None => self.undecodable += 1,
         }
         std::mem::take(&mut self.outbox)
     }
@@ -210,9 +307,28 @@ impl PeerService for HyParViewService {
             .partition(|(at, _)| *at <= now);
         self.timers = later;
         for (_, t) in due {
-            self.input(HvInput::Timer(t));
+            self.input(SwarmInput::Timer(t));
         }
+        self.metrics.record(&self.swarm);
         std::mem::take(&mut self.outbox)
+    }
+
+    fn publish(&mut self, incarnation: u64, payload: Bytes) -> Option<Vec<(String, Vec<u8>)>> {
+        self.swarm.set_incarnation(incarnation);
+        self.input(SwarmInput::Broadcast(payload));
+        Some(std::mem::take(&mut self.outbox))
+    }
+
+    fn take_delivered(&mut self) -> Vec<Delivered> {
+        std::mem::take(&mut self.delivered)
+    }
+
+    fn carries_data(&self, payload: &[u8]) -> bool {
+        payload.first() == Some(&TAG_PT_DATA)
+    }
+
+    fn broadcast_stats(&self) -> Option<super::plumtree::PtStats> {
+        Some(self.swarm.plumtree().stats())
     }
 }
 

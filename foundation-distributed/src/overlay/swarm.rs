@@ -131,6 +131,11 @@ impl<P: PeerId> Swarm<P> {
         &self.pt
     }
 
+    /// See [`Plumtree::set_incarnation`].
+    pub fn set_incarnation(&mut self, incarnation: u64) {
+        self.pt.set_incarnation(incarnation);
+    }
+
     /// See [`Plumtree::set_mode`].
     pub fn set_broadcast_mode(&mut self, mode: super::plumtree::Mode) {
         self.pt.set_mode(mode);
