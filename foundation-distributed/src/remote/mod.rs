@@ -76,8 +76,8 @@
 //! let counter = ra.process::<Msg>("b", "counter");
 //! counter.send(&2).await.unwrap();
 //! counter.send_confirmed(&3, Duration::from_secs(5)).await.unwrap();
-//! // `send`s keep their order among themselves, but a call may overtake them (they
-//! // travel on different channels): ask until the first add has arrived too.
+//! // Calls and confirmed sends are not ordered relative to plain sends (see
+//! // `RemoteRef`): the plain send may still be on its way.
 //! let mut total = 0;
 //! for _ in 0..500 {
 //!     total = counter.call(&(), Duration::from_secs(5)).await.unwrap();
