@@ -628,7 +628,7 @@ impl Node {
             from: &self.inner.name,
         };
         let payload = encode_ref_with(&wire, msg).map_err(encode_error)?;
-        let r = self.inner.forward_now(node, payload, opts);
+        let r = self.inner.forward_now_on(node, payload, opts, false);
         match &r {
             Err(Error::Full { .. }) => self.inner.meters.dropped("try_send_full").increment(1),
             Err(_) => self
@@ -1087,12 +1087,26 @@ impl Inner {
 
     /// Queues `payload` towards `to` without waiting.
     fn forward_now(&self, to: &str, payload: Bytes, opts: SendOptions) -> Result<()> {
+        self.forward_now_on(to, payload, opts, true)
+    }
+
+    /// [`forward_now`](Self::forward_now) for node traffic (`control`: urgent goes on
+    /// `coordination`) or for application messages (urgent goes on the channel
+    /// [`channel_for`](Self::channel_for) picks, `urgent` in the default table, as
+    /// `send` does).
+    fn forward_now_on(
+        &self,
+        to: &str,
+        payload: Bytes,
+        opts: SendOptions,
+        control: bool,
+    ) -> Result<()> {
         let hop = self.hop(to)?;
         let link = self.links.get(&hop).ok_or_else(|| Error::NotConnected {
             node: hop.clone(),
             reason: "no link".into(),
         })?;
-        let channel = if opts.urgency == Urgency::Urgent {
+        let channel = if control && opts.urgency == Urgency::Urgent {
             COORDINATION
         } else {
             self.channel_for(opts, payload.len())
@@ -1181,7 +1195,13 @@ impl Inner {
                     },
                     key: msg.key,
                 };
-                if self.forward_now(&to, msg.payload.clone(), opts).is_err() {
+                // On the same kind of channel it came on (an urgent application message
+                // stays off `coordination`).
+                let control = &*msg.channel == COORDINATION;
+                if self
+                    .forward_now_on(&to, msg.payload.clone(), opts, control)
+                    .is_err()
+                {
                     self.meters.dropped("relay_failed").increment(1);
                 }
                 return None;
