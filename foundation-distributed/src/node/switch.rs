@@ -21,10 +21,13 @@
 //!   random peer.
 //! * **Make before break**: applying a state builds the new overlay (links to the peers
 //!   the new topology wants are started) and keeps every old link. The old links the new
-//!   topology does not want are torn down once the new neighbours are all connected and
-//!   stable for two rounds, or when `grace` has passed — and, even then, never while
-//!   acknowledged messages to that peer are unacknowledged. A torn-down link is drained
-//!   (what is queued on it is still written, within `drain_timeout`).
+//!   topology does without (not a neighbour, and — under a full view — not a peer it
+//!   sends to directly, like a client-server server's clients) are torn down once the new
+//!   neighbours are all connected and stable for two rounds, or when `grace` has passed —
+//!   and a link to a peer with unacknowledged messages only once they are acknowledged.
+//!   A torn-down link is drained (what is queued on it is still written, within
+//!   `drain_timeout`). Under HyParView the partial-view link closing waits while a switch
+//!   settles.
 //! * **Cooldown**: a node proposes no switch within `cooldown` of the last switch it
 //!   applied (its own or another node's); it always *adopts* a greater state, or the
 //!   cluster would not converge.
