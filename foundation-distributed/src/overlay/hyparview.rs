@@ -96,7 +96,7 @@ impl Default for HyParViewConfig {
             shuffle_interval: Duration::from_secs(10),
             repair_interval: Duration::from_secs(1),
             neighbor_timeout: Duration::from_secs(3),
-            escalate_after: 5,
+            escalate_after: 30,
         }
     }
 }
