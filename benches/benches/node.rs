@@ -6,9 +6,10 @@
 //!    to `b` every millisecond; p99 of the round trips, per run, for the node's default
 //!    channels and for the same nodes with every channel folded onto one connection.
 //! 2. **small messages**: `NODE_BENCH_SMALL` (default 1,000,000) 8-byte messages `a` →
-//!    `b` with `send().await`, counted at `b`'s receiver (zero loss checked), against raw
-//!    length-prefixed TCP writes of the same pre-encoded frames (buffered writes, one
-//!    reader counting frames).
+//!    `b`, counted at `b`'s receiver (zero loss checked), once with one `send().await`
+//!    per message and once with `send_batch` (`NODE_BENCH_BATCH` messages per call,
+//!    default 1024), against raw length-prefixed TCP writes of the same pre-encoded
+//!    per-message frames (buffered writes, one reader counting frames).
 //! 3. **request/reply round trip**: sequential 64-byte `request`s against a raw TCP
 //!    64-byte ping-pong.
 //!
@@ -27,6 +28,14 @@ use foundation_distributed::transport::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
+
+/// The 1-minute load average (the machine may be shared: printed beside each part).
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -173,8 +182,9 @@ async fn urgent_during_bulk(settings: NodeSettings, mib: usize) -> (f64, Vec<Dur
     (secs, latencies)
 }
 
-/// Part 2 through the node: msg/s until the receiver has counted them all.
-async fn node_small(n: usize) -> (f64, usize) {
+/// Part 2 through the node: msg/s until the receiver has counted them all; `batch` > 0
+/// sends with `send_batch` of that many messages per call.
+async fn node_small(n: usize, batch: usize) -> (f64, usize) {
     let (a, b) = pair(NodeSettings::default()).await;
     let mut inbox = b.register::<u64>("small");
     let consumer = tokio::spawn(async move {
@@ -188,12 +198,29 @@ async fn node_small(n: usize) -> (f64, usize) {
         got
     });
     let t = Instant::now();
-    for i in 0..n {
-        let opts = SendOptions {
-            key: Some((i % 2) as u64),
-            ..SendOptions::default()
-        };
-        a.send("b", "small", &(i as u64), opts).await.expect("send");
+    if batch == 0 {
+        for i in 0..n {
+            let opts = SendOptions {
+                key: Some((i % 2) as u64),
+                ..SendOptions::default()
+            };
+            a.send("b", "small", &(i as u64), opts).await.expect("send");
+        }
+    } else {
+        let mut msgs = Vec::with_capacity(batch);
+        let mut i = 0;
+        while i < n {
+            msgs.clear();
+            msgs.extend((i..(i + batch).min(n)).map(|v| v as u64));
+            let opts = SendOptions {
+                key: Some(((i / batch) % 2) as u64),
+                ..SendOptions::default()
+            };
+            a.send_batch("b", "small", &msgs, opts)
+                .await
+                .expect("send_batch");
+            i += msgs.len();
+        }
     }
     let got = consumer.await.expect("consumer");
     let secs = t.elapsed().as_secs_f64();
@@ -338,7 +365,8 @@ fn main() {
     let rt = builder.build().expect("runtime");
 
     println!(
-        "1. urgent request p99 while {mib} MiB go a -> b in 64 KiB sends (request every 1 ms)"
+        "1. urgent request p99 while {mib} MiB go a -> b in 64 KiB sends (request every 1 ms); load {}",
+        load()
     );
     println!(
         "{:<16} {:>4} {:>7} {:>8} {:>9} {:>9} {:>9}",
@@ -392,19 +420,30 @@ fn main() {
         best_one.as_secs_f64() / worst.as_secs_f64().max(1e-9)
     );
 
-    println!("\n2. small messages a -> b, {small} x 8-byte payload, send().await, counted at the receiver");
-    let (rate, got) = rt.block_on(node_small(small));
+    let batch = env("NODE_BENCH_BATCH", 1024);
+    println!(
+        "\n2. small messages a -> b, {small} x 8-byte payload, counted at the receiver; load {}",
+        load()
+    );
+    let (rate, got) = rt.block_on(node_small(small, 0));
+    let (brate, bgot) = rt.block_on(node_small(small, batch));
     let raw = rt.block_on(raw_small(small));
     println!(
-        "   node: {:.0} msg/s, delivered {got}/{small} ({} lost); raw pre-encoded TCP frames ({} bytes each): {:.0} msg/s; ratio {:.2}",
+        "   node send().await: {:.0} msg/s, delivered {got}/{small} ({} lost); node send_batch({batch}): {:.0} msg/s, delivered {bgot}/{small} ({} lost); raw pre-encoded TCP frames ({} bytes each): {:.0} msg/s; ratio send {:.3}, send_batch {:.3}",
         rate,
         small - got,
+        brate,
+        small - bgot,
         small_frame().len(),
         raw,
-        rate / raw
+        rate / raw,
+        brate / raw
     );
 
-    println!("\n3. request/reply round trip, 64-byte payload, sequential");
+    println!(
+        "\n3. request/reply round trip, 64-byte payload, sequential; load {}",
+        load()
+    );
     let n = 20_000;
     let (raw_mean, raw_p50, raw_p99) = rt.block_on(raw_rtt(n));
     let (node_mean, node_p50, node_p99) = rt.block_on(node_rtt(n));
@@ -419,4 +458,5 @@ fn main() {
         node_mean.as_secs_f64() / raw_mean.as_secs_f64(),
         node_p50.as_secs_f64() / raw_p50.as_secs_f64()
     );
+    println!("   load at the end {}", load());
 }

@@ -399,3 +399,104 @@ async fn switching_topology_keeps_down_members() {
         .unwrap();
     assert_eq!(inbox.recv().await.unwrap().1, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_arrive_whole_and_in_order_behind_a_slow_receiver() {
+    let net = MemoryNetwork::new();
+    let start = |name: &'static str| {
+        let net = net.clone();
+        async move {
+            let t: Arc<dyn Transport> =
+                Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
+            let s = NodeSettings {
+                listen: format!("mem://{name}"),
+                // A small receiver queue: the batches must wait for room, not drop.
+                receiver_capacity: 16,
+                ..NodeSettings::default()
+            };
+            Node::start(t, name, s).await.unwrap()
+        }
+    };
+    let a = start("a").await;
+    let b = start("b").await;
+    b.join(&[a.addr()]).await.unwrap();
+    eventually("joined", || up_names(&a) == ["a", "b"]).await;
+    let mut inbox = b.register::<u64>("seq");
+    const N: u64 = 30_000;
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let opts = SendOptions {
+                key: Some(1),
+                ..SendOptions::default()
+            };
+            let mut next = 0u64;
+            while next < N {
+                // Batches of varying size (several frames for the larger ones), mixed
+                // with single sends of the same key.
+                let n = 1 + (next % 9_000);
+                let batch: Vec<u64> = (next..(next + n).min(N)).collect();
+                next += batch.len() as u64;
+                a.send_batch("b", "seq", &batch, opts).await.unwrap();
+                if next < N {
+                    a.send("b", "seq", &next, opts).await.unwrap();
+                    next += 1;
+                }
+            }
+            a.send_batch::<u64>("b", "seq", &[], opts).await.unwrap();
+        })
+    };
+    for expect in 0..N {
+        if expect % 1000 == 0 {
+            // A consumer that pauses now and then.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (from, v) = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+            .await
+            .expect("a message within 10 s")
+            .unwrap();
+        assert_eq!((from.as_str(), v), ("a", expect));
+    }
+    sender.await.unwrap();
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_that_answer_at_once_wait_or_panic_all_get_replies() {
+    let net = MemoryNetwork::new();
+    let a = mem_node(&net, "a", Role::Peer, TopologyKind::FullMesh).await;
+    let b = mem_node(&net, "b", Role::Peer, TopologyKind::FullMesh).await;
+    b.join(&[a.addr()]).await.unwrap();
+    eventually("joined", || up_names(&a) == ["a", "b"]).await;
+    b.serve("now", |_from, x: u64| async move { x + 1 });
+    b.serve("later", |_from, x: u64| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::task::yield_now().await;
+        x + 2
+    });
+    b.serve("boom", |_from, x: u64| async move {
+        if x > 0 {
+            panic!("handler bug");
+        }
+        x
+    });
+    let t = Duration::from_secs(5);
+    for i in 0..100u64 {
+        let r: u64 = a.request("b", "now", &i, t).await.unwrap();
+        assert_eq!(r, i + 1);
+    }
+    let r: u64 = a.request("b", "later", &1u64, t).await.unwrap();
+    assert_eq!(r, 3);
+    let e = a
+        .request::<u64, u64>("b", "boom", &1u64, t)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("panicked"), "{e}");
+    // The link and the node go on serving.
+    let r: u64 = a.request("b", "now", &7u64, t).await.unwrap();
+    assert_eq!(r, 8);
+    eventually("no handler left running", || b.load().1 == 0).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

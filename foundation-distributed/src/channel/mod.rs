@@ -8,7 +8,8 @@
 //!
 //! * [`Channels`] is the sending side towards one peer: it opens every channel's
 //!   connections through an `Arc<dyn Transport>` (connection index `0..parallelism`) and
-//!   runs one sender task per connection, fed by a bounded queue. [`ChannelSender::send`]
+//!   runs one sender task per connection, fed by a queue bounded in messages
+//!   (`queue_capacity`) and in payload bytes (`queue_bytes`). [`ChannelSender::send`]
 //!   waits for space (backpressure); [`ChannelSender::try_send`] hands the message back.
 //! * A message with a partition key goes to connection `hash(key) % parallelism`, so
 //!   messages of one key stay in order; a message without a key goes round-robin. One
@@ -38,6 +39,7 @@
 //! | `foundation_channel_messages_total` | counter | `channel`, `direction` (`out`, `in`) |
 //! | `foundation_channel_bytes_total` | counter | `channel`, `direction` (payload bytes) |
 //! | `foundation_channel_queue_depth` | gauge | `channel` (outbound, all connections) |
+//! | `foundation_channel_queue_bytes` | gauge | `channel` (outbound payload bytes, all connections) |
 //! | `foundation_channel_dropped_total` | counter | `channel`, `reason` (`full`, `closed`, `connection_failed`, `too_large`, `interposed`, `inbox_closed`, `malformed`) |
 //! | `foundation_channel_superseded_total` | counter | `channel` |
 //! | `foundation_channel_send_seconds` | histogram | `channel` (queued → written) |
@@ -85,7 +87,6 @@ mod queue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use foundation_beam::core::telemetry::TaskGuard;
@@ -101,12 +102,13 @@ use crate::transport::{
     Connection, ConnectionReceiver, ConnectionSender, Frame, Listener, Transport,
 };
 use crate::{Error, Result};
-use queue::{Item, Queue, Refused};
+use queue::{Item, Queue, QueueMeters, Refused};
 
 pub(crate) mod metric {
     pub const MESSAGES: &str = "foundation_channel_messages_total";
     pub const BYTES: &str = "foundation_channel_bytes_total";
     pub const QUEUE_DEPTH: &str = "foundation_channel_queue_depth";
+    pub const QUEUE_BYTES: &str = "foundation_channel_queue_bytes";
     pub const DROPPED: &str = "foundation_channel_dropped_total";
     pub const SUPERSEDED: &str = "foundation_channel_superseded_total";
     pub const SEND_SECONDS: &str = "foundation_channel_send_seconds";
@@ -150,6 +152,13 @@ fn default_queue_capacity() -> usize {
     1024
 }
 
+fn default_queue_bytes() -> u32 {
+    DEFAULT_QUEUE_BYTES
+}
+
+/// Default outbound queue bound per connection in payload bytes: 4 MiB.
+pub const DEFAULT_QUEUE_BYTES: u32 = 4 << 20;
+
 fn default_parallelism() -> u16 {
     1
 }
@@ -170,11 +179,16 @@ pub struct ChannelSpec {
     /// Outbound queue capacity per connection, in messages, at least 1.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// Outbound queue capacity per connection, in payload bytes, at least 1 (default
+    /// [`DEFAULT_QUEUE_BYTES`]). A sender waits when either bound is reached; a message
+    /// larger than this is queued alone (it waits for an empty queue).
+    #[serde(default = "default_queue_bytes")]
+    pub queue_bytes: u32,
 }
 
 impl ChannelSpec {
-    /// A channel with `priority` and `parallelism`, not monotonic, 1024 messages of queue
-    /// per connection.
+    /// A channel with `priority` and `parallelism`, not monotonic, 1024 messages and
+    /// [`DEFAULT_QUEUE_BYTES`] of queue per connection.
     pub fn new(name: &str, priority: Priority, parallelism: u16) -> Self {
         ChannelSpec {
             name: name.to_owned(),
@@ -182,6 +196,7 @@ impl ChannelSpec {
             parallelism,
             monotonic: false,
             queue_capacity: default_queue_capacity(),
+            queue_bytes: DEFAULT_QUEUE_BYTES,
         }
     }
 
@@ -191,9 +206,15 @@ impl ChannelSpec {
         self
     }
 
-    /// Sets the per-connection queue capacity.
+    /// Sets the per-connection queue capacity (messages).
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.queue_capacity = capacity;
+        self
+    }
+
+    /// Sets the per-connection queue capacity in payload bytes.
+    pub fn queue_bytes(mut self, bytes: u32) -> Self {
+        self.queue_bytes = bytes;
         self
     }
 
@@ -212,6 +233,9 @@ impl ChannelSpec {
         }
         if self.queue_capacity == 0 || self.queue_capacity > tokio::sync::Semaphore::MAX_PERMITS {
             return bad("queue_capacity must be at least 1");
+        }
+        if self.queue_bytes == 0 {
+            return bad("queue_bytes must be at least 1");
         }
         Ok(())
     }
@@ -490,11 +514,7 @@ impl ChannelSender {
     /// connection has closed or failed.
     pub async fn send(&self, key: Option<u64>, payload: Bytes) -> Result<()> {
         let index = self.state.pick(key);
-        let item = Item {
-            key,
-            payload,
-            queued: Instant::now(),
-        };
+        let item = Item::new(key, payload);
         match self.state.queues[index].push(item).await {
             Ok(()) => Ok(()),
             // `push` waits for space, so a refusal means the queue is closed.
@@ -507,11 +527,7 @@ impl ChannelSender {
     /// A full queue is counted as a drop (`reason="full"`), as is a closed connection.
     pub fn try_send(&self, key: Option<u64>, payload: Bytes) -> Result<(), TrySendError> {
         let index = self.state.pick(key);
-        let item = Item {
-            key,
-            payload,
-            queued: Instant::now(),
-        };
+        let item = Item::new(key, payload);
         match self.state.queues[index].try_push(item) {
             Ok(()) => Ok(()),
             Err(Refused::Full(item)) => {
@@ -571,8 +587,11 @@ impl ChannelsBuilder {
         let mut peer = String::new();
         for spec in &self.settings.channels {
             let meters = Arc::new(Meters::new(&spec.name));
-            let depth = gauge!(metric::QUEUE_DEPTH, "channel" => spec.name.clone());
-            let superseded = counter!(metric::SUPERSEDED, "channel" => spec.name.clone());
+            let queue_meters = QueueMeters {
+                depth: gauge!(metric::QUEUE_DEPTH, "channel" => spec.name.clone()),
+                bytes: gauge!(metric::QUEUE_BYTES, "channel" => spec.name.clone()),
+                superseded: counter!(metric::SUPERSEDED, "channel" => spec.name.clone()),
+            };
             let mut queues = Vec::with_capacity(spec.parallelism.into());
             for index in 0..spec.parallelism {
                 let conn = self
@@ -582,9 +601,9 @@ impl ChannelsBuilder {
                 peer = conn.peer().node.clone();
                 let queue = Arc::new(Queue::new(
                     spec.queue_capacity,
+                    spec.queue_bytes,
                     spec.monotonic,
-                    depth.clone(),
-                    superseded.clone(),
+                    queue_meters.clone(),
                 ));
                 let interpose = self.interposer.as_ref().map(|(i, local)| Interpose {
                     interposer: i.clone(),
@@ -742,10 +761,12 @@ impl Writer {
                     break;
                 }
                 // Written front to back; what is left here when a write fails (or the
-                // task is stopped) is counted as lost with the queue's remainder.
+                // task is stopped) is counted as lost with the queue's remainder. One
+                // clock reading per batch for the queued → written histogram.
+                let now = std::time::Instant::now();
                 while let Some(item) = self.batch.pop_front() {
                     let len = item.payload.len();
-                    if let Err(e) = self.write(&mut tx, item).await {
+                    if let Err(e) = self.write(&mut tx, item, now).await {
                         break 'run e.to_string();
                     }
                     self.fairness.moved(len).await;
@@ -768,7 +789,12 @@ impl Writer {
         );
     }
 
-    async fn write(&self, tx: &mut ConnectionSender, item: Item) -> Result<()> {
+    async fn write(
+        &self,
+        tx: &mut ConnectionSender,
+        item: Item,
+        now: std::time::Instant,
+    ) -> Result<()> {
         let mut copies = 1;
         if let Some(i) = &self.interpose {
             match i.interposer.decide(&i.from, &i.to, &i.channel) {
@@ -815,7 +841,7 @@ impl Writer {
         }
         self.meters
             .send_seconds
-            .record(item.queued.elapsed().as_secs_f64());
+            .record(now.saturating_duration_since(item.queued).as_secs_f64());
         Ok(())
     }
 }
@@ -953,11 +979,36 @@ pub struct Inbound {
     pub payload: Bytes,
 }
 
+/// What an inbox made by [`Inbox::with_handler`] calls with each received message, on
+/// the task reading the message's connection. A returned future is awaited by that task
+/// before it reads the next message of the connection (backpressure to the sender);
+/// messages of other connections go on meanwhile.
+pub type InboundHandler =
+    Arc<dyn Fn(Inbound) -> Option<futures_util::future::BoxFuture<'static, ()>> + Send + Sync>;
+
+/// Where an inbox channel's messages go.
+#[derive(Clone)]
+enum Out {
+    /// A queue read by another task.
+    Queue(mpsc::Sender<Inbound>),
+    /// Handled on the reading task itself.
+    Handler(InboundHandler),
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Out::Queue(_) => f.write_str("Queue"),
+            Out::Handler(_) => f.write_str("Handler"),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct InboxChannel {
     priority: Priority,
-    /// Where this channel's messages go: its priority's queue, or its own.
-    out: mpsc::Sender<Inbound>,
+    /// Where this channel's messages go: its priority's queue, its own, or a handler.
+    out: Out,
     messages_in: Counter,
     bytes_in: Counter,
     dropped_inbox_closed: Counter,
@@ -994,7 +1045,9 @@ impl Inbox {
         let (m, mr) = mpsc::channel(cap);
         let (l, lr) = mpsc::channel(cap);
         let queues = [h, m, l];
-        let channels = Self::channels(settings, |spec| queues[spec.priority.slot()].clone());
+        let channels = Self::channels(settings, |spec| {
+            Out::Queue(queues[spec.priority.slot()].clone())
+        });
         Ok(Inbox {
             shared: Arc::new(InboxShared {
                 channels,
@@ -1024,7 +1077,7 @@ impl Inbox {
             senders.insert(spec.name.clone(), tx);
             receivers.push((spec.name.clone(), rx));
         }
-        let channels = Self::channels(settings, |spec| senders[&spec.name].clone());
+        let channels = Self::channels(settings, |spec| Out::Queue(senders[&spec.name].clone()));
         let (h, hr) = mpsc::channel(1);
         let (m, mr) = mpsc::channel(1);
         let (l, lr) = mpsc::channel(1);
@@ -1040,9 +1093,31 @@ impl Inbox {
         Ok((inbox, receivers))
     }
 
+    /// An inbox that hands each message to `handler` on the task reading its connection
+    /// (no queue and no task switch between reading and handling; see
+    /// [`InboundHandler`]). Messages of one connection are handled in order; those of
+    /// different connections (of one channel too) concurrently. [`recv`](Self::recv) on
+    /// this inbox yields nothing.
+    pub fn with_handler(settings: &ChannelSettings, handler: InboundHandler) -> Result<Inbox> {
+        settings.validate()?;
+        let channels = Self::channels(settings, |_| Out::Handler(handler.clone()));
+        let (h, hr) = mpsc::channel(1);
+        let (m, mr) = mpsc::channel(1);
+        let (l, lr) = mpsc::channel(1);
+        Ok(Inbox {
+            shared: Arc::new(InboxShared {
+                channels,
+                _queues: [h, m, l],
+                cancel: CancellationToken::new(),
+                tasks: Mutex::new(JoinSet::new()),
+            }),
+            queues: [hr, mr, lr],
+        })
+    }
+
     fn channels(
         settings: &ChannelSettings,
-        out: impl Fn(&ChannelSpec) -> mpsc::Sender<Inbound>,
+        out: impl Fn(&ChannelSpec) -> Out,
     ) -> HashMap<String, Arc<InboxChannel>> {
         settings
             .channels
@@ -1133,7 +1208,7 @@ fn attach(shared: &Arc<InboxShared>, conn: Connection) {
     });
 }
 
-async fn read(conn: Connection, meters: Arc<InboxChannel>, out: mpsc::Sender<Inbound>) {
+async fn read(conn: Connection, meters: Arc<InboxChannel>, out: Out) {
     let peer: Arc<str> = conn.peer().node.as_str().into();
     let name: Arc<str> = conn.peer().channel.as_str().into();
     let connection = conn.peer().index;
@@ -1173,9 +1248,18 @@ async fn read(conn: Connection, meters: Arc<InboxChannel>, out: mpsc::Sender<Inb
             payload,
         };
         let len = msg.payload.len();
-        if out.send(msg).await.is_err() {
-            meters.dropped_inbox_closed.increment(1);
-            return;
+        match &out {
+            Out::Queue(q) => {
+                if q.send(msg).await.is_err() {
+                    meters.dropped_inbox_closed.increment(1);
+                    return;
+                }
+            }
+            Out::Handler(h) => {
+                if let Some(wait) = h(msg) {
+                    wait.await;
+                }
+            }
         }
         fairness.moved(len).await;
     }
@@ -1194,6 +1278,10 @@ pub(crate) fn describe_metrics() {
     describe_gauge!(
         metric::QUEUE_DEPTH,
         "Messages queued for sending, by channel (all connections to all peers)."
+    );
+    describe_gauge!(
+        metric::QUEUE_BYTES,
+        "Payload bytes queued for sending, by channel (all connections to all peers)."
     );
     describe_counter!(
         metric::DROPPED,

@@ -1,4 +1,5 @@
-//! The bounded outbound queue of one connection, with optional monotonic supersession.
+//! The bounded outbound queue of one connection (bounded in messages and in payload
+//! bytes), with optional monotonic supersession.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,6 +16,19 @@ pub(crate) struct Item {
     pub key: Option<u64>,
     pub payload: Bytes,
     pub queued: Instant,
+    /// Byte permits this item holds while queued (set by the queue).
+    pub cost: u32,
+}
+
+impl Item {
+    pub(crate) fn new(key: Option<u64>, payload: Bytes) -> Self {
+        Item {
+            key,
+            payload,
+            queued: Instant::now(),
+            cost: 0,
+        }
+    }
 }
 
 /// Why a push was refused; the item comes back.
@@ -36,22 +50,45 @@ struct State {
 
 /// A bounded multi-producer, single-consumer queue.
 ///
-/// Capacity is a semaphore: a push takes a permit, a pop returns one, so `push().await`
-/// waits for space in FIFO order. In monotonic mode a push whose key already has a queued
-/// item replaces that item in place (keeping its position, so per-key order holds) and
-/// needs no permit.
+/// Capacity is two semaphores: one permit per message and one per payload byte. A push
+/// takes a message permit and `min(len, max_bytes)` byte permits (so a message larger
+/// than the byte bound still goes, alone); a pop returns them, so `push().await` waits
+/// for space in FIFO order. In monotonic mode a push whose key already has a queued item
+/// replaces that item in place (keeping its position, so per-key order holds), needs no
+/// permit and takes over the replaced item's byte permits.
 #[derive(Debug)]
 pub(crate) struct Queue {
     state: Mutex<State>,
     space: Semaphore,
+    bytes: Semaphore,
+    max_bytes: u32,
     ready: Notify,
     monotonic: bool,
     depth: Gauge,
+    queued_bytes: Gauge,
     superseded: Counter,
 }
 
+/// Gauges and counters of a queue.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueMeters {
+    /// Messages queued.
+    pub depth: Gauge,
+    /// Payload bytes queued.
+    pub bytes: Gauge,
+    /// Messages superseded.
+    pub superseded: Counter,
+}
+
 impl Queue {
-    pub(crate) fn new(capacity: usize, monotonic: bool, depth: Gauge, superseded: Counter) -> Self {
+    /// `capacity` messages and `max_bytes` payload bytes (at least 1 each).
+    pub(crate) fn new(
+        capacity: usize,
+        max_bytes: u32,
+        monotonic: bool,
+        meters: QueueMeters,
+    ) -> Self {
+        let max_bytes = max_bytes.max(1);
         Queue {
             state: Mutex::new(State {
                 items: VecDeque::with_capacity(capacity.min(1024)),
@@ -60,15 +97,33 @@ impl Queue {
                 closed: None,
             }),
             space: Semaphore::new(capacity),
+            bytes: Semaphore::new(max_bytes as usize),
+            max_bytes,
             ready: Notify::new(),
             monotonic,
-            depth,
-            superseded,
+            depth: meters.depth,
+            queued_bytes: meters.bytes,
+            superseded: meters.superseded,
+        }
+    }
+
+    /// The byte permits `item` needs.
+    fn cost(&self, item: &Item) -> u32 {
+        u32::try_from(item.payload.len()).map_or(self.max_bytes, |l| l.min(self.max_bytes))
+    }
+
+    /// Returns the space of items taken out of the queue.
+    fn release(&self, items: usize, cost: usize, bytes: usize) {
+        if items > 0 {
+            self.depth.decrement(items as f64);
+            self.queued_bytes.decrement(bytes as f64);
+            self.space.add_permits(items);
+            self.bytes.add_permits(cost);
         }
     }
 
     /// Replaces the queued item of the same key, if monotonic and there is one.
-    fn supersede(&self, st: &mut State, item: Item) -> Result<(), Item> {
+    fn supersede(&self, st: &mut State, mut item: Item) -> Result<(), Item> {
         if !self.monotonic {
             return Err(item);
         }
@@ -79,7 +134,11 @@ impl Queue {
             Some(&seq) => {
                 // Invariant: `latest` only holds sequence numbers of queued items.
                 let idx = (seq - st.popped) as usize;
-                st.items[idx] = item;
+                let old = &mut st.items[idx];
+                item.cost = old.cost;
+                self.queued_bytes.increment(item.payload.len() as f64);
+                self.queued_bytes.decrement(old.payload.len() as f64);
+                *old = item;
                 self.superseded.increment(1);
                 Ok(())
             }
@@ -94,8 +153,9 @@ impl Queue {
                 st.latest.insert(key, seq);
             }
         }
-        st.items.push_back(item);
         self.depth.increment(1.0);
+        self.queued_bytes.increment(item.payload.len() as f64);
+        st.items.push_back(item);
     }
 
     /// Queues `item`, waiting for space.
@@ -110,19 +170,19 @@ impl Queue {
                 Err(item) => item,
             }
         };
-        let permit = match self.space.acquire().await {
-            Ok(p) => p,
-            Err(_) => {
-                let reason = self
-                    .state
-                    .lock()
-                    .closed
-                    .clone()
-                    .unwrap_or_else(|| "closed".into());
-                return Err(Refused::Closed(item, reason));
-            }
+        let cost = self.cost(&item);
+        let permits = match self.space.acquire().await {
+            Ok(p) => match self.bytes.acquire_many(cost).await {
+                Ok(b) => Some((p, b)),
+                Err(_) => None,
+            },
+            Err(_) => None,
         };
-        self.finish_push(permit, item)
+        let Some((permit, bytes)) = permits else {
+            let reason = self.closed().unwrap_or_else(|| "closed".into());
+            return Err(Refused::Closed(item, reason));
+        };
+        self.finish_push(permit, bytes, cost, item)
     }
 
     /// Queues `item` if there is space now.
@@ -137,16 +197,16 @@ impl Queue {
                 Err(item) => item,
             }
         };
-        match self.space.try_acquire() {
-            Ok(permit) => self.finish_push(permit, item),
+        let cost = self.cost(&item);
+        let permits = self
+            .space
+            .try_acquire()
+            .and_then(|p| self.bytes.try_acquire_many(cost).map(|b| (p, b)));
+        match permits {
+            Ok((permit, bytes)) => self.finish_push(permit, bytes, cost, item),
             Err(TryAcquireError::NoPermits) => Err(Refused::Full(item)),
             Err(TryAcquireError::Closed) => {
-                let reason = self
-                    .state
-                    .lock()
-                    .closed
-                    .clone()
-                    .unwrap_or_else(|| "closed".into());
+                let reason = self.closed().unwrap_or_else(|| "closed".into());
                 Err(Refused::Closed(item, reason))
             }
         }
@@ -155,6 +215,8 @@ impl Queue {
     fn finish_push(
         &self,
         permit: tokio::sync::SemaphorePermit<'_>,
+        bytes: tokio::sync::SemaphorePermit<'_>,
+        cost: u32,
         item: Item,
     ) -> Result<(), Refused> {
         let mut st = self.state.lock();
@@ -162,11 +224,13 @@ impl Queue {
             return Err(Refused::Closed(item, reason.clone()));
         }
         // Another producer may have queued the same key while we waited for space.
-        let item = match self.supersede(&mut st, item) {
+        let mut item = match self.supersede(&mut st, item) {
             Ok(()) => return Ok(()),
             Err(item) => item,
         };
         permit.forget();
+        bytes.forget();
+        item.cost = cost;
         self.append(&mut st, item);
         drop(st);
         self.ready.notify_one();
@@ -182,8 +246,7 @@ impl Queue {
                 st.latest.remove(&key);
             }
         }
-        self.depth.decrement(1.0);
-        self.space.add_permits(1);
+        self.release(1, item.cost as usize, item.payload.len());
         Some(item)
     }
 
@@ -211,7 +274,7 @@ impl Queue {
     /// waits. Single consumer.
     pub(crate) fn take_batch(&self, out: &mut VecDeque<Item>, max_items: usize, max_bytes: usize) {
         let mut bytes: usize = out.iter().map(|i| i.payload.len()).sum();
-        let mut taken = 0usize;
+        let (mut taken, mut cost, mut taken_bytes) = (0usize, 0usize, 0usize);
         let mut st = self.state.lock();
         while out.len() < max_items && bytes < max_bytes {
             let Some(item) = st.items.pop_front() else {
@@ -225,14 +288,13 @@ impl Queue {
                 }
             }
             bytes += item.payload.len();
+            taken_bytes += item.payload.len();
+            cost += item.cost as usize;
             taken += 1;
             out.push_back(item);
         }
         drop(st);
-        if taken > 0 {
-            self.depth.decrement(taken as f64);
-            self.space.add_permits(taken);
-        }
+        self.release(taken, cost, taken_bytes);
     }
 
     /// Whether nothing is queued.
@@ -249,6 +311,7 @@ impl Queue {
         }
         drop(st);
         self.space.close();
+        self.bytes.close();
         self.ready.notify_one();
     }
 
@@ -260,12 +323,15 @@ impl Queue {
             st.closed = Some(reason.into());
         }
         let n = st.items.len();
+        let bytes: usize = st.items.iter().map(|i| i.payload.len()).sum();
         st.popped += n as u64;
         st.items.clear();
         st.latest.clear();
         self.depth.decrement(n as f64);
+        self.queued_bytes.decrement(bytes as f64);
         drop(st);
         self.space.close();
+        self.bytes.close();
         self.ready.notify_one();
         n
     }
@@ -281,15 +347,52 @@ mod tests {
     use super::*;
 
     fn item(key: Option<u64>, v: &'static [u8]) -> Item {
-        Item {
-            key,
-            payload: Bytes::from_static(v),
-            queued: Instant::now(),
+        Item::new(key, Bytes::from_static(v))
+    }
+
+    fn meters() -> QueueMeters {
+        QueueMeters {
+            depth: Gauge::noop(),
+            bytes: Gauge::noop(),
+            superseded: Counter::noop(),
         }
     }
 
     fn queue(cap: usize, monotonic: bool) -> Queue {
-        Queue::new(cap, monotonic, Gauge::noop(), Counter::noop())
+        Queue::new(cap, 1 << 20, monotonic, meters())
+    }
+
+    #[tokio::test]
+    async fn bounded_in_bytes_as_well_as_messages() {
+        let q = Queue::new(100, 10, false, meters());
+        q.try_push(item(None, b"0123456")).unwrap();
+        // 7 of 10 bytes queued: 4 more do not fit, 3 do.
+        assert!(matches!(
+            q.try_push(item(None, b"abcd")),
+            Err(Refused::Full(_))
+        ));
+        q.try_push(item(None, b"abc")).unwrap();
+        assert!(matches!(
+            q.try_push(item(None, b"x")),
+            Err(Refused::Full(_))
+        ));
+        // A waiting push goes once a pop returns the bytes.
+        let waiting = q.push(item(None, b"wxyz"));
+        tokio::pin!(waiting);
+        assert!(futures_util::FutureExt::now_or_never(waiting.as_mut()).is_none());
+        assert_eq!(q.pop().await.unwrap().payload, &b"0123456"[..]);
+        waiting.await.unwrap();
+        // A message larger than the bound goes alone.
+        let mut out = VecDeque::new();
+        q.take_batch(&mut out, 10, 1 << 20);
+        assert_eq!(out.len(), 2);
+        q.try_push(item(None, b"larger than ten bytes")).unwrap();
+        assert!(matches!(
+            q.try_push(item(None, b"y")),
+            Err(Refused::Full(_))
+        ));
+        assert_eq!(q.pop().await.unwrap().payload.len(), 21);
+        q.try_push(item(None, b"y")).unwrap();
     }
 
     #[tokio::test]

@@ -55,6 +55,11 @@ pub(crate) enum Attempt {
 
 /// Delivers `(from, body)`; `may_wait` allows a [`Attempt::Wait`] when the queue is full.
 pub(crate) type Deliver = Arc<dyn Fn(&str, &Bytes, bool) -> Attempt + Send + Sync>;
+/// Delivers the messages of a batch from `from`, in order: those that find room at once
+/// here; at the first full queue (when `may_wait`) the rest by the returned future, in
+/// order. Failed deliveries are counted (`foundation_node_dropped_total{reason}`).
+pub(crate) type DeliverMany =
+    Arc<dyn Fn(&str, Vec<Bytes>, bool) -> Option<BoxFuture<'static, ()>> + Send + Sync>;
 /// Serves one request.
 pub(crate) type Serve =
     Arc<dyn Fn(String, Bytes) -> BoxFuture<'static, Result<Bytes, ReplyError>> + Send + Sync>;
@@ -62,12 +67,97 @@ pub(crate) type Serve =
 /// What is registered under a name.
 #[derive(Clone)]
 pub(crate) enum Slot {
-    Receiver(Deliver),
+    Receiver(Deliver, DeliverMany),
     Server(Serve),
 }
 
+fn dropped(o: Outcome, n: u64) {
+    if o != Outcome::Delivered && n > 0 {
+        metrics::counter!("foundation_node_dropped_total", "reason" => o.label()).increment(n);
+    }
+}
+
 /// A receiver of `T` feeding `tx`.
-pub(crate) fn receiver<T>(tx: tokio::sync::mpsc::Sender<(String, T)>) -> Deliver
+pub(crate) fn receiver<T>(tx: tokio::sync::mpsc::Sender<(String, T)>) -> Slot
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
+    Slot::Receiver(one(tx.clone()), many(tx))
+}
+
+/// Batches: a full queue is waited for in chunks of up to half its capacity
+/// (`reserve_many`), so the reading task wakes once per chunk the consumer frees rather
+/// than once per message.
+fn many<T>(tx: tokio::sync::mpsc::Sender<(String, T)>) -> DeliverMany
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
+    use tokio::sync::mpsc::error::TrySendError;
+    Arc::new(move |from: &str, msgs: Vec<Bytes>, may_wait: bool| {
+        let from = from.to_string();
+        let mut rest = msgs.into_iter();
+        while let Some(m) = rest.next() {
+            let Ok(v) = rmp_serde::from_slice::<T>(&m) else {
+                dropped(Outcome::Undecodable, 1);
+                continue;
+            };
+            match tx.try_send((from.clone(), v)) {
+                Ok(()) => {}
+                Err(TrySendError::Closed(_)) => {
+                    dropped(Outcome::Closed, 1 + rest.len() as u64);
+                    return None;
+                }
+                Err(TrySendError::Full(_)) if !may_wait => dropped(Outcome::Full, 1),
+                Err(TrySendError::Full(first)) => {
+                    let tx = tx.clone();
+                    let rest: Vec<Bytes> = rest.collect();
+                    return Some(Box::pin(async move {
+                        let chunk = (tx.max_capacity() / 2).max(1);
+                        let mut first = Some(first);
+                        let mut rest = rest.into_iter();
+                        loop {
+                            let want = usize::from(first.is_some()) + rest.len();
+                            if want == 0 {
+                                return;
+                            }
+                            let Ok(permits) = tx.reserve_many(want.min(chunk)).await else {
+                                dropped(Outcome::Closed, want as u64);
+                                return;
+                            };
+                            for permit in permits {
+                                let item = match first.take() {
+                                    Some(item) => Some(item),
+                                    None => next_decoded::<T>(&mut rest, &from),
+                                };
+                                match item {
+                                    Some(item) => permit.send(item),
+                                    None => break,
+                                }
+                            }
+                        }
+                    }));
+                }
+            }
+        }
+        None
+    })
+}
+
+/// The next message of `rest` that decodes (those that do not are counted).
+fn next_decoded<T: serde::de::DeserializeOwned>(
+    rest: &mut std::vec::IntoIter<Bytes>,
+    from: &str,
+) -> Option<(String, T)> {
+    for m in rest.by_ref() {
+        match rmp_serde::from_slice::<T>(&m) {
+            Ok(v) => return Some((from.to_string(), v)),
+            Err(_) => dropped(Outcome::Undecodable, 1),
+        }
+    }
+    None
+}
+
+fn one<T>(tx: tokio::sync::mpsc::Sender<(String, T)>) -> Deliver
 where
     T: serde::de::DeserializeOwned + Send + 'static,
 {

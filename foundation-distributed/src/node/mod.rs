@@ -12,10 +12,12 @@
 //! * **links** (`link.rs`): one background task per peer connects, authenticates,
 //!   reconnects with capped exponential backoff and jitter, and replaces a failed link.
 //!   Nothing else waits for a connection.
-//! * **inbound dispatch**: one task per channel decodes that channel's messages and
-//!   dispatches them by kind, so a coordination message is never decoded behind a bulk
-//!   one. Nothing on an inbound path awaits another peer: relays, forwards, gossip and
-//!   replies are queued on the target's link without waiting (a full queue is counted).
+//! * **inbound dispatch**: each inbound connection's reading task decodes its messages
+//!   and dispatches them by kind itself (no queue, no hand-off to another task), so a
+//!   coordination message is never decoded behind a bulk one. Nothing on an inbound path
+//!   awaits another peer: relays, forwards, gossip and replies are queued on the target's
+//!   link without waiting (a full queue is counted). A full local receiver stalls only
+//!   the data connection whose message waits for it (backpressure to that sender).
 //! * **membership** (`membership.rs` over [`membership::View`](crate::membership::View)):
 //!   gossip, φ fed by heartbeats only, suspicion refuted by version, Down agreed by
 //!   gossip, dead members removed after a while and tombstoned, periodic dissemination.
@@ -79,7 +81,7 @@ use foundation_beam::core::telemetry::TaskGuard;
 use delivery::{AckedStreams, Attempt, Outcome, Slot};
 use link::{LinkContext, Links};
 use request::Requests;
-use wire::{encode, encode_ref_with, encode_with, ReplyError, Wire, WireRef};
+use wire::{encode, encode_batches, encode_ref_with, encode_with, ReplyError, Wire, WireRef};
 
 /// A membership event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,9 +135,11 @@ pub const URGENT_CHANNEL: &str = "urgent";
 /// The node's default channel table: `coordination` (node traffic, requests and replies;
 /// high, 3 connections), `urgent` (urgent application messages; high, 2), `messages`
 /// (application messages; medium, 2), `gossip` (background; low, 1) and `bulk_data`
-/// (large payloads; medium, 5, 64 messages of queue per connection), with 512 messages of
-/// inbound queue per channel. Queues count messages: the bulk ones are kept short so that
-/// at most 5 × 64 large messages wait per peer on each side.
+/// (large payloads; medium, 5, 64 messages of queue per connection). Every outbound
+/// queue is also bounded in payload bytes (`queue_bytes`, 4 MiB per connection), so a
+/// peer holds at most a few MiB per connection whatever the message size. Inbound
+/// messages are handled on the reading task (no inbound queue; `inbox_capacity` is
+/// unused by the node).
 pub fn default_channels() -> ChannelSettings {
     let mut c = ChannelSettings::default();
     for spec in &mut c.channels {
@@ -352,10 +356,9 @@ impl Node {
                 reason: "heartbeat interval is 0".into(),
             });
         }
-        let (inbox, receivers) = Inbox::per_channel(&settings.channels)?;
+        settings.channels.validate()?;
         let listener = transport.listen(&settings.listen).await?;
         let addr = listener.local_addr().to_string();
-        inbox.serve(listener);
         let me = Update {
             name: name.to_string(),
             addr: addr.clone(),
@@ -367,6 +370,8 @@ impl Node {
         let cancel = CancellationToken::new();
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let on_up_weak = weak.clone();
+            let inbox = Inbox::with_handler(&settings.channels, inbound_handler(weak.clone()))
+                .expect("channel settings validated above");
             let ctx = LinkContext {
                 me: name.to_string(),
                 transport,
@@ -407,25 +412,17 @@ impl Node {
                 events: bcast::channel(256).0,
                 cancel: cancel.clone(),
                 tasks: Mutex::new(Vec::new()),
-                inbox: Mutex::new(None),
+                inbox: Mutex::new(Some(inbox)),
                 meters: Meters::new(),
                 overlay: membership::Overlay::default(),
                 settings,
             }
         });
-        *inner.inbox.lock() = Some(inbox);
-        let mut tasks = Vec::new();
-        for (channel, rx) in receivers {
-            let may_wait = channel != COORDINATION;
-            tasks.push(tokio::spawn(dispatch(
-                Arc::downgrade(&inner),
-                rx,
-                may_wait,
-                cancel.clone(),
-            )));
+        if let Some(inbox) = inner.inbox.lock().as_ref() {
+            inbox.serve(listener);
         }
-        tasks.push(tokio::spawn(rounds(Arc::downgrade(&inner), cancel.clone())));
-        inner.tasks.lock().extend(tasks);
+        let rounds = tokio::spawn(rounds(Arc::downgrade(&inner), cancel.clone()));
+        inner.tasks.lock().push(rounds);
         Ok(Node { inner })
     }
 
@@ -549,7 +546,7 @@ impl Node {
         self.inner
             .slots
             .write()
-            .insert(name.to_string(), Slot::Receiver(delivery::receiver(tx)));
+            .insert(name.to_string(), delivery::receiver(tx));
         rx
     }
 
@@ -598,6 +595,32 @@ impl Node {
         };
         let payload = encode_ref_with(&wire, msg).map_err(encode_error)?;
         self.inner.forward(node, payload, opts, false).await
+    }
+
+    /// Sends every message of `msgs`, in order, to receiver `name` on `node`, packed many
+    /// to a frame (at most 64 KiB of messages per frame): one queue slot, one frame and
+    /// one dispatch at the receiver per frame instead of per message, so many small
+    /// messages cost far less than as many [`send`](Self::send)s. Delivered exactly as
+    /// that many `send`s with the same `opts` would be: in order (all frames of one call
+    /// keep their order if `opts.key` is set, like any keyed sends), with the same
+    /// backpressure; the channel is chosen by the largest message's size. `Ok` means
+    /// every frame is queued. On an error, the frames queued before it (a prefix of
+    /// `msgs`) may still be delivered; nothing after it is sent.
+    pub async fn send_batch<T: Serialize>(
+        &self,
+        node: &str,
+        name: &str,
+        msgs: &[T],
+        opts: SendOptions,
+    ) -> Result<()> {
+        let (frames, largest) =
+            encode_batches(node, name, &self.inner.name, msgs).map_err(encode_error)?;
+        for frame in frames {
+            self.inner
+                .forward_sized(node, frame, opts, false, largest)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Like [`send`](Self::send) but never waits: fails with [`Error::Full`] when the
@@ -902,44 +925,34 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
-/// One inbound channel's task: decodes and dispatches, in order.
-async fn dispatch(
-    weak: Weak<Inner>,
-    mut rx: mpsc::Receiver<Inbound>,
-    may_wait: bool,
-    cancel: CancellationToken,
-) {
-    let _live = TaskGuard::new();
-    let mut moved = 0usize;
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            m = rx.recv() => match m { Some(m) => m, None => break },
-        };
-        // Data channels yield every 64 KiB so that a busy bulk channel does not hold a
-        // worker while coordination work waits (coordination never yields voluntarily).
-        if may_wait {
-            moved += msg.payload.len();
-            if moved >= 64 * 1024 {
-                moved = 0;
-                tokio::task::yield_now().await;
-            }
+/// Decodes and dispatches each inbound message on the task that read it from its
+/// connection (one task switch less per message than a queue to a dispatching task; see
+/// D260). Messages of one connection are handled in order; a delivery that must wait for
+/// room in a receiver's queue holds only that connection (backpressure to the sender).
+/// From the start of shutdown on, inbound messages are ignored (counted,
+/// `reason="shutting_down"`).
+fn inbound_handler(weak: Weak<Inner>) -> crate::channel::InboundHandler {
+    Arc::new(move |msg: Inbound| {
+        let inner = weak.upgrade()?;
+        if inner.cancel.is_cancelled() {
+            inner.meters.dropped("shutting_down").increment(1);
+            return None;
         }
-        let Some(inner) = weak.upgrade() else { break };
-        let wait = inner.on_inbound(msg, may_wait);
+        let may_wait = &*msg.channel != COORDINATION;
+        let wait = inner.on_inbound(msg, may_wait)?;
+        let cancel = inner.cancel.clone();
         drop(inner);
-        if let Some(fut) = wait {
+        Some(Box::pin(async move {
             tokio::select! {
-                _ = cancel.cancelled() => break,
-                outcome = fut => {
+                _ = cancel.cancelled() => {}
+                outcome = wait => {
                     if outcome != Outcome::Delivered {
                         metrics::counter!("foundation_node_dropped_total", "reason" => outcome.label()).increment(1);
                     }
                 }
             }
-        }
-    }
+        }))
+    })
 }
 
 /// The heartbeat / membership / retransmission rounds.
@@ -1045,6 +1058,19 @@ impl Inner {
         opts: SendOptions,
         control: bool,
     ) -> Result<()> {
+        let size = payload.len();
+        self.forward_sized(to, payload, opts, control, size).await
+    }
+
+    /// [`forward`](Self::forward), routing as a message of `size` bytes.
+    async fn forward_sized(
+        &self,
+        to: &str,
+        payload: Bytes,
+        opts: SendOptions,
+        control: bool,
+        size: usize,
+    ) -> Result<()> {
         let hop = self.hop(to)?;
         let link = match self.links.get(&hop) {
             Some(l) => l,
@@ -1064,7 +1090,7 @@ impl Inner {
         if control {
             return ch.send(COORDINATION, opts.key, payload).await;
         }
-        let channel = self.channel_for(opts, payload.len());
+        let channel = self.channel_for(opts, size);
         ch.send(channel, opts.key, payload).await
     }
 
@@ -1189,6 +1215,30 @@ impl Inner {
                 body,
                 ..
             } => return self.deliver(&to_name, &from, &body, may_wait),
+            Wire::SendBatch {
+                to_name,
+                from,
+                count,
+                body,
+                ..
+            } => {
+                let Some(msgs) = wire::split_batch(&body, count) else {
+                    self.meters.dropped("undecodable").increment(1);
+                    return None;
+                };
+                let slot = self.slots.read().get(&to_name).cloned();
+                let Some(Slot::Receiver(_, many)) = slot else {
+                    self.meters
+                        .dropped("no_receiver")
+                        .increment(msgs.len() as u64);
+                    return None;
+                };
+                let wait = many(&from, msgs, may_wait)?;
+                return Some(Box::pin(async move {
+                    wait.await;
+                    Outcome::Delivered
+                }));
+            }
             Wire::Request {
                 id,
                 to_name,
@@ -1265,7 +1315,7 @@ impl Inner {
     ) -> Option<futures_util::future::BoxFuture<'static, Outcome>> {
         let slot = self.slots.read().get(to_name).cloned();
         match slot {
-            Some(Slot::Receiver(d)) => match d(from, body, may_wait) {
+            Some(Slot::Receiver(d, _)) => match d(from, body, may_wait) {
                 Attempt::Done(Outcome::Delivered) => None,
                 Attempt::Done(o) => {
                     self.meters.dropped(o.label()).increment(1);
@@ -1307,7 +1357,33 @@ impl Inner {
             return;
         };
         let weak = Arc::downgrade(self);
-        let fut = serve(from.clone(), body);
+        let mut fut = serve(from.clone(), body);
+        // First poll here, on the connection's reading task (D263): a handler that answers
+        // at once queues its reply without a task hand-off. One that is not ready goes on
+        // in its own owned task (its next poll registers that task's waker). A panic in
+        // that first poll is answered as a failure and does not reach the reading task.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let first =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
+        let ready = match first {
+            Ok(std::task::Poll::Ready(r)) => Some(r),
+            Ok(std::task::Poll::Pending) => None,
+            Err(_) => Some(Err(ReplyError::Failed(
+                "the request handler panicked".into(),
+            ))),
+        };
+        if let Some(r) = ready {
+            drop(permit);
+            metrics::counter!("foundation_node_requests_total", "result" => if r.is_ok() { "ok" } else { "failed" }).increment(1);
+            let w = Wire::Reply {
+                id,
+                to_node: from.clone(),
+                from: self.name.clone(),
+                body: r,
+            };
+            self.reply_soon(&from, w);
+            return;
+        }
         let requester = from.clone();
         self.requests.spawn_handler(&requester, id, async move {
             let _permit = permit;
@@ -1327,12 +1403,13 @@ impl Inner {
         });
     }
 
-    /// Sends a reply now if the link is up, otherwise from an owned task that waits for
-    /// the link (bounded by the handler limit; beyond it the reply is dropped, counted).
+    /// Sends a reply now if the link is up and its queue has room, otherwise from an owned
+    /// task that waits for the link and for room (bounded by the handler limit; beyond it
+    /// the reply is dropped, counted).
     fn reply_soon(self: &Arc<Self>, to: &str, w: Wire) {
         match self.forward_now(to, encode(&w), URGENT) {
             Ok(()) => {}
-            Err(Error::NotConnected { .. }) => {
+            Err(Error::NotConnected { .. } | Error::Full { .. }) => {
                 let Some(permit) = self.requests.permit() else {
                     self.meters.dropped("reply_failed").increment(1);
                     return;
@@ -1380,7 +1457,7 @@ impl Inner {
             while let Some((name, body)) = s.held.get(&s.expected).cloned() {
                 let slot = self.slots.read().get(&name).cloned();
                 let outcome = match slot {
-                    Some(Slot::Receiver(d)) => match d(&from, &body, false) {
+                    Some(Slot::Receiver(d, _)) => match d(&from, &body, false) {
                         Attempt::Done(o) => o,
                         Attempt::Wait(_) => Outcome::Full,
                     },

@@ -89,6 +89,16 @@ pub(crate) enum Wire {
         to_node: String,
         from: String,
     },
+    /// Several application messages for one receiver in one frame: the body is
+    /// `count` times a 4-byte big-endian length and that many bytes of one message.
+    SendBatch {
+        to_node: String,
+        to_name: String,
+        from: String,
+        count: u32,
+        #[serde(skip)]
+        body: Bytes,
+    },
 }
 
 impl Wire {
@@ -96,6 +106,7 @@ impl Wire {
     pub(crate) fn to_node(&self) -> Option<&str> {
         match self {
             Wire::Send { to_node, .. }
+            | Wire::SendBatch { to_node, .. }
             | Wire::Request { to_node, .. }
             | Wire::Reply { to_node, .. }
             | Wire::Acked { to_node, .. }
@@ -109,6 +120,7 @@ impl Wire {
     pub(crate) fn claimed_sender(&self) -> Option<&str> {
         match self {
             Wire::Send { from, .. }
+            | Wire::SendBatch { from, .. }
             | Wire::Request { from, .. }
             | Wire::Reply { from, .. }
             | Wire::Acked { from, .. }
@@ -132,6 +144,7 @@ impl Wire {
             Wire::Acked { .. } => "acked",
             Wire::Ack { .. } => "ack",
             Wire::Cancel { .. } => "cancel",
+            Wire::SendBatch { .. } => "send_batch",
         }
     }
 }
@@ -140,6 +153,7 @@ impl Wire {
     fn body(&self) -> Option<&Bytes> {
         match self {
             Wire::Send { body, .. }
+            | Wire::SendBatch { body, .. }
             | Wire::Request { body, .. }
             | Wire::Broadcast { body, .. }
             | Wire::Acked { body, .. } => Some(body),
@@ -150,6 +164,7 @@ impl Wire {
     fn body_mut(&mut self) -> Option<&mut Bytes> {
         match self {
             Wire::Send { body, .. }
+            | Wire::SendBatch { body, .. }
             | Wire::Request { body, .. }
             | Wire::Broadcast { body, .. }
             | Wire::Acked { body, .. } => Some(body),
@@ -202,6 +217,111 @@ pub(crate) enum WireRef<'a> {
         to_name: &'a str,
         from: &'a str,
     },
+}
+
+/// The header of a [`Wire::SendBatch`] with borrowed names, encoded exactly as the owned
+/// variant (same position: the variants before it only hold their places).
+#[derive(Serialize)]
+#[allow(dead_code)]
+pub(crate) enum BatchRef<'a> {
+    Gossip,
+    Heartbeat,
+    Topology,
+    Send,
+    Request,
+    Reply,
+    Broadcast,
+    Acked,
+    Ack,
+    Cancel,
+    SendBatch {
+        to_node: &'a str,
+        to_name: &'a str,
+        from: &'a str,
+        count: u32,
+    },
+}
+
+/// Most body bytes [`encode_batches`] puts in one frame (a message larger than this
+/// gets a frame of its own).
+pub(crate) const BATCH_FRAME_BYTES: usize = 64 * 1024;
+
+/// Encodes `msgs` as [`Wire::SendBatch`] frames of at most [`BATCH_FRAME_BYTES`] of body
+/// each (at least one message per frame), in order; also returns the largest encoded
+/// message (what routing by size looks at).
+pub(crate) fn encode_batches<T: Serialize>(
+    to_node: &str,
+    to_name: &str,
+    from: &str,
+    msgs: &[T],
+) -> Result<(Vec<Bytes>, usize), rmp_serde::encode::Error> {
+    let mut frames = Vec::new();
+    let mut largest = 0;
+    let mut body: Vec<u8> = Vec::with_capacity(256);
+    let mut count = 0u32;
+    let header = |count: u32, body_len: usize| {
+        let mut v = Vec::with_capacity(32 + body_len);
+        let h = BatchRef::SendBatch {
+            to_node,
+            to_name,
+            from,
+            count,
+        };
+        rmp_serde::encode::write(&mut v, &h).expect("wire messages always encode");
+        v
+    };
+    let mut flush = |body: &mut Vec<u8>, count: &mut u32| {
+        if *count > 0 {
+            let mut v = header(*count, body.len());
+            v.extend_from_slice(body);
+            frames.push(Bytes::from(v));
+            body.clear();
+            *count = 0;
+        }
+    };
+    for m in msgs {
+        let at = body.len();
+        body.extend_from_slice(&[0; 4]);
+        rmp_serde::encode::write(&mut body, m)?;
+        let len = body.len() - at - 4;
+        let len32 = u32::try_from(len).unwrap_or(u32::MAX);
+        body[at..at + 4].copy_from_slice(&len32.to_be_bytes());
+        largest = largest.max(len);
+        count += 1;
+        if body.len() >= BATCH_FRAME_BYTES || count == u32::MAX {
+            // Keep the frame within the bound: the message that crossed it opens the next
+            // frame (unless it is alone).
+            if count > 1 && body.len() > BATCH_FRAME_BYTES {
+                let tail = body.split_off(at);
+                count -= 1;
+                flush(&mut body, &mut count);
+                body = tail;
+                count = 1;
+            } else {
+                flush(&mut body, &mut count);
+            }
+        }
+    }
+    flush(&mut body, &mut count);
+    Ok((frames, largest))
+}
+
+/// The messages of a [`Wire::SendBatch`] body, as zero-copy slices; `None` if the body
+/// does not hold exactly `count` length-prefixed messages.
+pub(crate) fn split_batch(body: &Bytes, count: u32) -> Option<Vec<Bytes>> {
+    let mut out = Vec::with_capacity(count as usize);
+    let mut at = 0usize;
+    for _ in 0..count {
+        let len = body.get(at..at + 4)?;
+        let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+        let end = (at + 4).checked_add(len)?;
+        if end > body.len() {
+            return None;
+        }
+        out.push(body.slice(at + 4..end));
+        at = end;
+    }
+    (at == body.len()).then_some(out)
 }
 
 /// [`encode_with`] for a borrowed header.
@@ -267,6 +387,43 @@ mod tests {
             encode_with(&owned, "q").unwrap(),
             encode_ref_with(&borrowed, "q").unwrap()
         );
+    }
+
+    #[test]
+    fn batches_split_into_bounded_frames_and_come_back_in_order() {
+        let msgs: Vec<u64> = (0..20_000).collect();
+        let (frames, largest) = encode_batches("b", "inbox", "a", &msgs).unwrap();
+        assert!(frames.len() > 1, "{} frames", frames.len());
+        assert!(largest <= 9);
+        let mut got = Vec::new();
+        for f in &frames {
+            match decode(f).unwrap() {
+                Wire::SendBatch {
+                    to_node,
+                    to_name,
+                    from,
+                    count,
+                    body,
+                } => {
+                    assert_eq!((&*to_node, &*to_name, &*from), ("b", "inbox", "a"));
+                    assert!(body.len() <= BATCH_FRAME_BYTES);
+                    for m in split_batch(&body, count).unwrap() {
+                        got.push(rmp_serde::from_slice::<u64>(&m).unwrap());
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, msgs);
+        // A message larger than the frame bound goes alone.
+        let big = vec![vec![7u8; BATCH_FRAME_BYTES + 10], vec![1u8]];
+        let (frames, largest) = encode_batches("b", "inbox", "a", &big).unwrap();
+        assert_eq!(frames.len(), 2);
+        assert!(largest > BATCH_FRAME_BYTES);
+        // Malformed bodies are refused.
+        let body = Bytes::from_static(&[0, 0, 0, 5, 1, 2]);
+        assert!(split_batch(&body, 1).is_none());
+        assert!(split_batch(&Bytes::from_static(&[0, 0, 0, 0, 9]), 1).is_none());
     }
 
     #[test]
