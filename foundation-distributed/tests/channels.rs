@@ -732,3 +732,38 @@ async fn stalled_bulk_traffic_does_not_block_coordination() {
     }
     assert!(recv(&mut inbox).await.payload[..] == b"urgent"[..]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn queues_are_bounded_in_bytes_as_well_as_messages() {
+    let (recorder, seen) = recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    // Room for 1000 messages but only 256 KiB.
+    let mut settings = stallable(false, 1000);
+    settings.channels[0].queue_bytes = 256 * 1024;
+    let (channels, _inbox) = link(Kind::Memory, settings).await;
+    stall(&channels).await;
+    let state = channels.sender("state").unwrap();
+    let before = metric(
+        &seen,
+        "foundation_channel_queue_bytes",
+        &[("channel", "state")],
+    );
+    let chunk = Bytes::from(vec![3u8; 64 * 1024]);
+    let mut accepted = 0;
+    while state.try_send(None, chunk.clone()).is_ok() {
+        accepted += 1;
+        assert!(accepted <= 4, "more than 256 KiB queued");
+    }
+    // Full in bytes, far from full in messages: even one byte more is refused.
+    assert!(matches!(
+        state.try_send(None, Bytes::from_static(b"x")),
+        Err(TrySendError::Full { .. })
+    ));
+    let after = metric(
+        &seen,
+        "foundation_channel_queue_bytes",
+        &[("channel", "state")],
+    );
+    assert_eq!(after - before, (accepted * 64 * 1024) as f64);
+    drop(channels);
+}

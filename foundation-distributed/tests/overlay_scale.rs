@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use foundation_distributed::channel::ChannelSettings;
-use foundation_distributed::membership::PhiSettings;
+use foundation_distributed::membership::{PhiSettings, ViewSettings};
 use foundation_distributed::node::{default_channels, Node, NodeSettings};
 use foundation_distributed::overlay::HyParViewConfig;
 use foundation_distributed::topology::TopologyKind;
@@ -87,11 +87,15 @@ fn settings(name: &str, heartbeat: Duration, lean: bool) -> NodeSettings {
         heartbeat,
         detector: PhiSettings {
             min_std_dev_ms: 100,
-            // A loaded 2-core machine stalls tasks now and then; a false suspicion costs a
-            // refutation flood.
-            acceptable_pause_ms: 1000,
+            // A 2-core machine running 1,000 nodes (and other work) stalls rounds for
+            // seconds; a false suspicion costs a suspicion flood and a refutation flood.
+            acceptable_pause_ms: 4 * heartbeat.as_millis() as u64,
             first_heartbeat_estimate_ms: heartbeat.as_millis() as u64,
             ..PhiSettings::default()
+        },
+        view: ViewSettings {
+            suspicion_timeout: heartbeat * 6,
+            ..ViewSettings::default()
         },
         channels: if lean {
             lean_channels()
@@ -221,6 +225,7 @@ async fn scenario(
         nodes.push(Some(node));
         if verbose && (i + 1) % 100 == 0 {
             println!("  {} joined at {:.1} s", i + 1, t0.elapsed().as_secs_f64());
+            print_counters("these joins", &counters);
         }
     }
     let join = t0.elapsed();
@@ -345,8 +350,9 @@ async fn scenario(
         }
         if verbose {
             println!(
-                "  after the crash, broadcast {rounds} at {:.1} s: {got}/{survivors}",
-                t_kill.elapsed().as_secs_f64()
+                "  after the crash, broadcast {rounds} at {:.1} s: {got}/{survivors}; origin's neighbours {:?}",
+                t_kill.elapsed().as_secs_f64(),
+                nodes[0].as_ref().unwrap().neighbours()
             );
         }
         if verbose && rounds.is_multiple_of(10) {
