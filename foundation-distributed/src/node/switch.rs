@@ -67,10 +67,10 @@ use crate::error::{Error, Result};
 use crate::membership::Status;
 use crate::topology::{Change, Member, Topology, TopologyKind};
 
-/// The partition key of switch messages on `coordination`: one connection, so they keep
-/// their order, and the round-robin spread of the other (unkeyed) coordination messages
-/// is left as it is.
-pub(crate) const KEY: Option<u64> = Some(0x5317_c400);
+/// The partition key of switch messages on `coordination`: the connection membership and
+/// topology messages use (key 0), so they keep their order with them (the hello first)
+/// and the round-robin spread of the unkeyed coordination messages is left as it is.
+pub(crate) const KEY: Option<u64> = Some(0);
 
 /// Settings of coordinated topology switching ([`NodeSettings::switch`](super::NodeSettings::switch)).
 #[derive(Debug, Clone, PartialEq, Eq)]
