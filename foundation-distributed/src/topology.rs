@@ -8,13 +8,18 @@
 //! broadcast from here, and who a node forwards one to). Gossip-based managers (HyParView,
 //! Plumtree) also exchange protocol messages of their own through
 //! [`on_message`](PeerService::on_message) and [`tick`](PeerService::tick), which the node
-//! delivers; the managers here need none.
+//! delivers; the full mesh, client/server and static managers need none.
 //!
 //! * [`FullMesh`] — everyone connects to everyone; for small clusters.
 //! * [`ClientServer`] — servers form a full mesh; each client connects to `k` servers
 //!   chosen by rendezvous hashing (so every node computes the same choice), and traffic
 //!   between clients is relayed by servers.
 //! * [`Static`] — a fixed neighbour list; no relaying.
+//! * [`TopologyKind::HyParView`] — partial views ([`HyParViewService`]): a handful of
+//!   neighbours per node, repaired from a passive view; broadcasts through Plumtree over
+//!   them ([`publish`](PeerService::publish)). For large clusters.
+//!
+//! [`HyParViewService`]: crate::overlay::service::HyParViewService
 //!
 //! Application code addresses nodes by name and never sees the topology; [`Topology`]
 //! swaps the manager at run time, carrying the membership over.

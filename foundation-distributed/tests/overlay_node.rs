@@ -457,8 +457,9 @@ fn overlay_connected(nodes: &[Node]) -> bool {
 }
 
 /// `TopologyKind::HyParView` in `NodeSettings` and through `switch_topology`: bounded
-/// active views, a connected overlay, a broadcast reaching everyone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// active views, a connected overlay, a broadcast reaching everyone. Paused clock: the
+/// waits are virtual.
+#[tokio::test(start_paused = true)]
 async fn hyparview_from_settings_and_by_switching() {
     use foundation_distributed::overlay::HyParViewConfig;
     let config = HyParViewConfig {

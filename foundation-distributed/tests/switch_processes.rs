@@ -169,6 +169,28 @@ fn connections(procs: &mut Procs, tag: &str) -> (f64, usize) {
     (mean, max)
 }
 
+/// Waits (up to 60 s) until every process holds a link to every other; returns the
+/// connection figures and prints how long the mesh took to build.
+fn full_mesh_built(procs: &mut Procs, tag: &str) -> (f64, usize) {
+    let started = Instant::now();
+    let n = procs.0.len();
+    loop {
+        let c = connections(procs, tag);
+        if c.0 >= (n - 1) as f64 {
+            println!(
+                "{tag}: full mesh built {:?} after the switch applied",
+                started.elapsed()
+            );
+            return c;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{tag}: the full mesh was not built within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn switch(procs: &mut Procs, at: usize, kind: &str, epoch: u64) {
     procs.0[at].send(&format!("switch {kind}"));
     let line = format!("epoch {epoch} {kind}");
@@ -274,14 +296,14 @@ fn scenario(n: usize, settle: Duration) -> Figures {
     wait_all(&procs, "load started", Duration::from_secs(30), |p| {
         p.has(|l| l == "load-started")
     });
+    let fm = full_mesh_built(&mut procs, "full mesh under load");
     std::thread::sleep(settle);
-    let fm = connections(&mut procs, "full mesh under load");
     switch(&mut procs, 2 % n, "hyparview", 2);
     std::thread::sleep(settle * 3);
     let hv = connections(&mut procs, "HyParView under load");
     switch(&mut procs, 3 % n, "full_mesh", 3);
+    let _ = full_mesh_built(&mut procs, "full mesh again under load");
     std::thread::sleep(settle);
-    let _ = connections(&mut procs, "full mesh again under load");
 
     // Stop, wait for every acknowledgement, count.
     for p in &mut procs.0 {

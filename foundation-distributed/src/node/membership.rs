@@ -43,6 +43,10 @@ use crate::topology::{Change, Member, TopologyKind};
 const CHUNK: usize = 256;
 /// Members in an anti-entropy sample.
 const SAMPLE: usize = 32;
+/// The partition key of membership news, view transfers and topology messages: one
+/// connection per peer, so they arrive in the order sent (news before the topology
+/// message that names its members; inbound connections are read concurrently).
+const ORDERED: Option<u64> = Some(0);
 
 /// Partial-view state (see the [module docs](self)).
 #[derive(Default)]
@@ -143,7 +147,7 @@ impl Inner {
             let bytes = encode(&Wire::Gossip {
                 members: chunk.to_vec(),
             });
-            if link.send_or_park(COORDINATION, None, bytes).is_err() {
+            if link.send_or_park(COORDINATION, ORDERED, bytes).is_err() {
                 self.meters.dropped("gossip_full").increment(1);
             }
         }
@@ -187,7 +191,7 @@ impl Inner {
             let bytes = encode(&Wire::Gossip {
                 members: chunk.to_vec(),
             });
-            if link.send_or_park(COORDINATION, None, bytes).is_err() {
+            if link.send_or_park(COORDINATION, ORDERED, bytes).is_err() {
                 self.meters.dropped("gossip_full").increment(1);
             }
         }
@@ -228,10 +232,7 @@ impl Inner {
                     COORDINATION
                 };
                 match self.links.get(&hop) {
-                    // One connection per peer (a key): inbound connections are handled
-                    // concurrently, each on its own reading task (D260), and a protocol's
-                    // messages must arrive in the order sent.
-                    Some(l) => l.send_or_park(channel, Some(0), bytes),
+                    Some(l) => l.send_or_park(channel, ORDERED, bytes),
                     None => Err(Error::NotConnected {
                         node: hop,
                         reason: "no link".into(),
@@ -482,7 +483,7 @@ impl Inner {
             let sent = self
                 .links
                 .get(p)
-                .map(|l| l.send_or_park(COORDINATION, None, bytes.clone()));
+                .map(|l| l.send_or_park(COORDINATION, ORDERED, bytes.clone()));
             if !matches!(sent, Some(Ok(()))) {
                 self.meters.dropped("gossip_full").increment(1);
             }

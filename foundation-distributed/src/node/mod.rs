@@ -395,7 +395,9 @@ impl Node {
                     if let Some(inner) = on_up_weak.upgrade() {
                         let hello = inner.hello();
                         if let Ok(s) = channels.sender(COORDINATION) {
-                            let _ = s.try_send(None, encode(&Wire::Gossip { members: hello }));
+                            // Key 0: the connection membership and topology messages use,
+                            // so the hello arrives before them.
+                            let _ = s.try_send(Some(0), encode(&Wire::Gossip { members: hello }));
                             let _ = s.try_send(switch::KEY, inner.switch_state_wire());
                         }
                     }

@@ -21,10 +21,13 @@
 //!   random peer.
 //! * **Make before break**: applying a state builds the new overlay (links to the peers
 //!   the new topology wants are started) and keeps every old link. The old links the new
-//!   topology does not want are torn down once the new neighbours are all connected and
-//!   stable for two rounds, or when `grace` has passed — and, even then, never while
-//!   acknowledged messages to that peer are unacknowledged. A torn-down link is drained
-//!   (what is queued on it is still written, within `drain_timeout`).
+//!   topology does without (not a neighbour, and — under a full view — not a peer it
+//!   sends to directly, like a client-server server's clients) are torn down once the new
+//!   neighbours are all connected and stable for two rounds, or when `grace` has passed —
+//!   and a link to a peer with unacknowledged messages only once they are acknowledged.
+//!   A torn-down link is drained (what is queued on it is still written, within
+//!   `drain_timeout`). Under HyParView the partial-view link closing waits while a switch
+//!   settles.
 //! * **Cooldown**: a node proposes no switch within `cooldown` of the last switch it
 //!   applied (its own or another node's); it always *adopts* a greater state, or the
 //!   cluster would not converge.
@@ -64,10 +67,10 @@ use crate::error::{Error, Result};
 use crate::membership::Status;
 use crate::topology::{Change, Member, Topology, TopologyKind};
 
-/// The partition key of switch messages on `coordination`: one connection, so they keep
-/// their order, and the round-robin spread of the other (unkeyed) coordination messages
-/// is left as it is.
-pub(crate) const KEY: Option<u64> = Some(0x5317_c400);
+/// The partition key of switch messages on `coordination`: the connection membership and
+/// topology messages use (key 0), so they keep their order with them (the hello first)
+/// and the round-robin spread of the unkeyed coordination messages is left as it is.
+pub(crate) const KEY: Option<u64> = Some(0);
 
 /// Settings of coordinated topology switching ([`NodeSettings::switch`](super::NodeSettings::switch)).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -96,7 +96,7 @@ impl Default for HyParViewConfig {
             shuffle_interval: Duration::from_secs(10),
             repair_interval: Duration::from_secs(1),
             neighbor_timeout: Duration::from_secs(3),
-            escalate_after: 5,
+            escalate_after: 30,
         }
     }
 }
@@ -468,7 +468,12 @@ impl<P: PeerId> HyParView<P> {
                     if !self.rejected.contains(&from) {
                         self.rejected.push(from);
                     }
-                    self.fill(rng, out);
+                    // Try the next candidate at once only when short of half the slots;
+                    // otherwise the repair tick does (each request may cost the driver a
+                    // new connection).
+                    if self.active.len() * 2 < self.config.active_capacity {
+                        self.fill(rng, out);
+                    }
                 }
             }
             HvMessage::Disconnect { alive } => {
@@ -588,6 +593,7 @@ impl<P: PeerId> HyParView<P> {
                 if persistent {
                     self.short_ticks = 0;
                 }
+                let needy = self.active.len() * 2 < self.config.active_capacity || persistent;
                 if starved {
                     let passive = &self.passive;
                     let pending = &self.pending;
@@ -628,7 +634,12 @@ impl<P: PeerId> HyParView<P> {
                         _ => out.push(HvOutput::Isolated),
                     }
                 }
-                self.fill(rng, out);
+                // A view at half its capacity or more is topped up when a neighbour fails
+                // (as in the paper) and when a shortfall lasts (above); retrying every tick
+                // would cost a new connection per tick per short node.
+                if needy {
+                    self.fill(rng, out);
+                }
             }
             HvTimer::NeighborTimeout(peer, token) => {
                 if let Some(i) = self

@@ -1,25 +1,29 @@
-//! HyParView as a node's [`PeerService`]: the adapter between the I/O-free
-//! [`HyParView`] machine and the topology hooks the node drives.
+//! HyParView (and Plumtree over it) as a node's [`PeerService`]: the adapter between the
+//! I/O-free [`Swarm`] and the topology hooks the node drives. A node gets it with
+//! [`TopologyKind::HyParView`] in its settings or through `switch_topology`.
 //!
 //! * [`wanted`](PeerService::wanted) is the active view: the node holds connections to
-//!   those peers only.
-//! * [`broadcast_targets`](PeerService::broadcast_targets) floods over the active view (the
-//!   node drops duplicates by broadcast id); Plumtree's tree is available to applications
-//!   through [`PubSub`](super::PubSub).
+//!   those peers (and closes others after a grace period).
+//! * [`publish`](PeerService::publish) runs Plumtree over the active view: eager push on a
+//!   spanning tree, lazy `IHave` ids to the other neighbours, graft and prune; deliveries
+//!   come back through [`take_delivered`](PeerService::take_delivered).
+//!   [`broadcast_targets`](PeerService::broadcast_targets) (a flood over the active view)
+//!   remains for broadcasts that arrive as plain node broadcasts, e.g. across a switch.
 //! * [`next_hop`](PeerService::next_hop) to a live member outside the active view is the
 //!   member itself: the node opens a transient direct connection (shuffle replies need one
 //!   too). Routing through the overlay instead is not implemented.
-//! * Membership from the node: the first member that joins is the contact (`Join`); an
-//!   isolated node (both views empty, contact gone) rejoins through a random live member;
-//!   `Down` and `Left` are reported to HyParView as failures, which repairs the active
-//!   view from the passive one.
-//! * Protocol messages are `HvMessage<String>` in MessagePack, exchanged through
-//!   [`on_message`](PeerService::on_message) / [`tick`](PeerService::tick).
+//! * Membership from the node: the contact is a random known member (the first member
+//!   that joins, for a node started alone); an isolated node (both views empty, contact
+//!   tried) rejoins through a random live member; `Down` and `Left` are reported to
+//!   HyParView as failures, which repairs the active view from the passive one.
+//! * Protocol messages are one tag byte (HyParView, Plumtree control, Plumtree payload)
+//!   and MessagePack; [`carries_data`](PeerService::carries_data) tells the node which to
+//!   send on a data channel.
 //!
 //! Time: the adapter keeps a logical clock advanced by `tick_interval` on each
 //! [`tick`](PeerService::tick), which the node calls once per heartbeat; set
 //! `tick_interval` to the node's heartbeat interval. HyParView's timers (shuffle, repair,
-//! neighbour timeout) are rounded up to whole ticks.
+//! neighbour timeout) and Plumtree's (graft, eviction) are rounded up to whole ticks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
