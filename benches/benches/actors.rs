@@ -9,7 +9,9 @@
 //!   the default 1024-per-lane backpressured mailbox (like for like with the bounded
 //!   channel: the producer waits for room). `ractor` `cast` and `kameo` `tell` (unbounded
 //!   mailboxes) for the peers.
-//! * `request_reply`: `N` sequential round trips. Baseline: `mpsc` + `oneshot`.
+//! * `request_reply`: `N` sequential round trips. Baseline: `mpsc` + `oneshot`. Besides
+//!   `Handle::call`, `Ecosystem::call` to a 2-worker round-robin ecosystem of the same
+//!   process (its routing: the dispatch pick, the check that the worker runs, delivery).
 //! * `spawn_ecosystem_1000`: starting a 1,000-worker ecosystem (until every worker runs:
 //!   its `started` hook returned) vs spawning 1,000 tokio tasks with a channel each and
 //!   waiting until each has signalled that it runs.
@@ -23,142 +25,35 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use foundation_beam::ecosystem::{Ecosystem, EcosystemSpec, Workers};
 use foundation_beam::mailbox::MemoryStrategy;
-use foundation_beam::process::{spawn_with, Context, Process, Reply, SpawnOptions};
+use foundation_beam::process::{spawn_with, Context, Process, SpawnOptions};
 use foundation_beam::society::{AdaptiveSettings, Envelope, Society, SocietySettings, Topology};
 use foundation_beam::Handle;
+use foundation_benches::peers::{
+    fire, round_trips, tokio_fire, Counter, FCounter, FMsg, KCounter, RCounter, TrySend,
+};
+use foundation_benches::runtime;
+use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot};
 
 const N: u64 = 100_000;
 const CALLS: u64 = 10_000;
 const T: Duration = Duration::from_secs(5);
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-// ---- Foundation ----
-
-enum FMsg {
-    Start(u64, oneshot::Sender<()>),
-    Tick(u64),
-    Echo(u64, Reply<u64>),
-}
-
-#[derive(Default)]
-struct FCounter {
-    left: u64,
-    done: Option<oneshot::Sender<()>>,
-}
-
-impl Process for FCounter {
-    type Message = FMsg;
-    async fn handle(&mut self, msg: FMsg, _: &mut Context<FMsg>) {
-        match msg {
-            FMsg::Start(n, done) => {
-                self.left = n;
-                self.done = Some(done);
+/// Benches [`fire`] rounds of `counter` as `name`.
+fn bench_fire<C: Counter>(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, c: &C) {
+    g.bench_function(name, |b| {
+        b.to_async(rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += fire(c, N).await;
             }
-            FMsg::Tick(v) => {
-                black_box(v);
-                self.left -= 1;
-                if self.left == 0 {
-                    let _ = self.done.take().map(|d| d.send(()));
-                }
-            }
-            FMsg::Echo(v, r) => r.send(v),
-        }
-    }
-}
-
-// ---- ractor ----
-
-enum RMsg {
-    Start(u64, oneshot::Sender<()>),
-    Tick(u64),
-    Echo(u64, ractor::RpcReplyPort<u64>),
-}
-
-struct RCounter;
-
-impl ractor::Actor for RCounter {
-    type Msg = RMsg;
-    type State = (u64, Option<oneshot::Sender<()>>);
-    type Arguments = ();
-
-    async fn pre_start(
-        &self,
-        _: ractor::ActorRef<RMsg>,
-        _: (),
-    ) -> Result<Self::State, ractor::ActorProcessingErr> {
-        Ok((0, None))
-    }
-
-    async fn handle(
-        &self,
-        _: ractor::ActorRef<RMsg>,
-        msg: RMsg,
-        state: &mut Self::State,
-    ) -> Result<(), ractor::ActorProcessingErr> {
-        match msg {
-            RMsg::Start(n, done) => *state = (n, Some(done)),
-            RMsg::Tick(v) => {
-                black_box(v);
-                state.0 -= 1;
-                if state.0 == 0 {
-                    let _ = state.1.take().map(|d| d.send(()));
-                }
-            }
-            RMsg::Echo(v, r) => {
-                let _ = r.send(v);
-            }
-        }
-        Ok(())
-    }
-}
-
-// ---- kameo ----
-
-#[derive(kameo::Actor, Default)]
-struct KCounter {
-    left: u64,
-    done: Option<oneshot::Sender<()>>,
-}
-
-struct KStart(u64, oneshot::Sender<()>);
-struct KTick(u64);
-struct KEcho(u64);
-
-impl kameo::message::Message<KStart> for KCounter {
-    type Reply = ();
-    async fn handle(&mut self, m: KStart, _: &mut kameo::message::Context<Self, ()>) {
-        self.left = m.0;
-        self.done = Some(m.1);
-    }
-}
-
-impl kameo::message::Message<KTick> for KCounter {
-    type Reply = ();
-    async fn handle(&mut self, m: KTick, _: &mut kameo::message::Context<Self, ()>) {
-        black_box(m.0);
-        self.left -= 1;
-        if self.left == 0 {
-            let _ = self.done.take().map(|d| d.send(()));
-        }
-    }
-}
-
-impl kameo::message::Message<KEcho> for KCounter {
-    type Reply = u64;
-    async fn handle(&mut self, m: KEcho, _: &mut kameo::message::Context<Self, u64>) -> u64 {
-        m.0
-    }
+            total
+        })
+    });
 }
 
 fn fire_and_forget(c: &mut Criterion) {
@@ -168,174 +63,49 @@ fn fire_and_forget(c: &mut Criterion) {
     g.throughput(Throughput::Elements(N));
     g.sample_size(20);
 
-    g.bench_function("baseline_tokio_unbounded_mpsc", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
-                let (done_tx, done_rx) = oneshot::channel();
-                tokio::spawn(async move {
-                    let mut left = N;
-                    while let Some(v) = rx.recv().await {
-                        black_box(v);
-                        left -= 1;
-                        if left == 0 {
-                            let _ = done_tx.send(());
-                            break;
-                        }
-                    }
-                });
-                let start = Instant::now();
-                for i in 0..N {
-                    tx.send(i).unwrap();
-                }
-                done_rx.await.unwrap();
-                total += start.elapsed();
-            }
-            total
-        })
-    });
-
-    g.bench_function("baseline_tokio_bounded_1024_mpsc_send_await", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let (tx, mut rx) = mpsc::channel::<u64>(1024);
-                let (done_tx, done_rx) = oneshot::channel();
-                tokio::spawn(async move {
-                    let mut left = N;
-                    while let Some(v) = rx.recv().await {
-                        black_box(v);
-                        left -= 1;
-                        if left == 0 {
-                            let _ = done_tx.send(());
-                            break;
-                        }
-                    }
-                });
-                let start = Instant::now();
-                for i in 0..N {
-                    tx.send(i).await.unwrap();
-                }
-                done_rx.await.unwrap();
-                total += start.elapsed();
-            }
-            total
-        })
-    });
-
-    let fh = rt.block_on(async {
-        spawn_with(
-            FCounter::default(),
-            SpawnOptions::new().memory(MemoryStrategy::unbounded()),
-        )
-        .unwrap()
-    });
-    g.bench_function("foundation_process_try_send", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let fh = fh.clone();
-            async move {
+    for (name, capacity) in [
+        ("baseline_tokio_unbounded_mpsc", None),
+        ("baseline_tokio_bounded_1024_mpsc_send_await", Some(1024)),
+    ] {
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| async move {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let (done_tx, done_rx) = oneshot::channel();
-                    fh.try_send(FMsg::Start(N, done_tx)).unwrap();
-                    let start = Instant::now();
-                    for i in 0..N {
-                        fh.try_send(FMsg::Tick(i)).unwrap();
-                    }
-                    done_rx.await.unwrap();
-                    total += start.elapsed();
+                    total += tokio_fire(N, capacity).await;
                 }
                 total
-            }
-        })
-    });
+            })
+        });
+    }
 
-    g.bench_function("foundation_process_send_await", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let fh = fh.clone();
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let (done_tx, done_rx) = oneshot::channel();
-                    fh.send(FMsg::Start(N, done_tx)).await.unwrap();
-                    let start = Instant::now();
-                    for i in 0..N {
-                        fh.send(FMsg::Tick(i)).await.unwrap();
-                    }
-                    done_rx.await.unwrap();
-                    total += start.elapsed();
-                }
-                total
-            }
-        })
-    });
-
+    let unbounded = SpawnOptions::new().memory(MemoryStrategy::unbounded());
+    let fh = rt.block_on(async { spawn_with(FCounter::default(), unbounded).unwrap() });
+    bench_fire(
+        &mut g,
+        &rt,
+        "foundation_process_try_send",
+        &TrySend(fh.clone()),
+    );
+    bench_fire(&mut g, &rt, "foundation_process_send_await", &fh);
     let fb = rt.block_on(async { spawn_with(FCounter::default(), SpawnOptions::new()).unwrap() });
-    g.bench_function("foundation_process_send_await_bounded_1024", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let fb = fb.clone();
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let (done_tx, done_rx) = oneshot::channel();
-                    fb.send(FMsg::Start(N, done_tx)).await.unwrap();
-                    let start = Instant::now();
-                    for i in 0..N {
-                        fb.send(FMsg::Tick(i)).await.unwrap();
-                    }
-                    done_rx.await.unwrap();
-                    total += start.elapsed();
-                }
-                total
-            }
-        })
-    });
-
+    bench_fire(
+        &mut g,
+        &rt,
+        "foundation_process_send_await_bounded_1024",
+        &fb,
+    );
     let (rh, _rj) = rt.block_on(async { ractor::Actor::spawn(None, RCounter, ()).await.unwrap() });
-    g.bench_function("ractor_cast", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let rh = rh.clone();
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let (done_tx, done_rx) = oneshot::channel();
-                    rh.cast(RMsg::Start(N, done_tx)).unwrap();
-                    let start = Instant::now();
-                    for i in 0..N {
-                        rh.cast(RMsg::Tick(i)).unwrap();
-                    }
-                    done_rx.await.unwrap();
-                    total += start.elapsed();
-                }
-                total
-            }
-        })
-    });
-
+    bench_fire(&mut g, &rt, "ractor_cast", &rh);
     let kh = rt.block_on(async {
         KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
     });
-    g.bench_function("kameo_tell", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let kh = kh.clone();
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let (done_tx, done_rx) = oneshot::channel();
-                    kh.tell(KStart(N, done_tx)).await.unwrap();
-                    let start = Instant::now();
-                    for i in 0..N {
-                        kh.tell(KTick(i)).await.unwrap();
-                    }
-                    done_rx.await.unwrap();
-                    total += start.elapsed();
-                }
-                total
-            }
-        })
-    });
+    bench_fire(&mut g, &rt, "kameo_tell", &kh);
     g.finish();
+}
+
+/// Benches [`round_trips`] with `counter` as `name`.
+fn bench_calls<C: Counter>(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, c: &C) {
+    g.bench_function(name, |b| b.to_async(rt).iter(|| round_trips(c, CALLS)));
 }
 
 fn request_reply(c: &mut Criterion) {
@@ -364,50 +134,25 @@ fn request_reply(c: &mut Criterion) {
         })
     });
 
-    let fh = rt.block_on(async {
-        spawn_with(
-            FCounter::default(),
-            SpawnOptions::new().memory(MemoryStrategy::unbounded()),
-        )
-        .unwrap()
-    });
-    g.bench_function("foundation_process_call", |b| {
-        b.to_async(&rt).iter(|| {
-            let fh = fh.clone();
-            async move {
-                for i in 0..CALLS {
-                    black_box(fh.call(|r| FMsg::Echo(i, r), T).await.unwrap());
-                }
+    let unbounded = SpawnOptions::new().memory(MemoryStrategy::unbounded());
+    let fh = rt.block_on(async { spawn_with(FCounter::default(), unbounded).unwrap() });
+    bench_calls(&mut g, &rt, "foundation_process_call", &fh);
+    let spec = EcosystemSpec::new("calls").workers(Workers::Fixed(2));
+    let eco = rt.block_on(Ecosystem::start(spec, |_| FCounter::default()));
+    let eco = eco.unwrap();
+    g.bench_function("foundation_ecosystem_call", |b| {
+        b.to_async(&rt).iter(|| async {
+            for i in 0..CALLS {
+                black_box(eco.call(|r| FMsg::Echo(i, r), T).await.unwrap());
             }
         })
     });
-
     let (rh, _rj) = rt.block_on(async { ractor::Actor::spawn(None, RCounter, ()).await.unwrap() });
-    g.bench_function("ractor_call", |b| {
-        b.to_async(&rt).iter(|| {
-            let rh = rh.clone();
-            async move {
-                for i in 0..CALLS {
-                    let r = rh.call(|r| RMsg::Echo(i, r), Some(T)).await.unwrap();
-                    black_box(r.unwrap());
-                }
-            }
-        })
-    });
-
+    bench_calls(&mut g, &rt, "ractor_call", &rh);
     let kh = rt.block_on(async {
         KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
     });
-    g.bench_function("kameo_ask", |b| {
-        b.to_async(&rt).iter(|| {
-            let kh = kh.clone();
-            async move {
-                for i in 0..CALLS {
-                    black_box(kh.ask(KEcho(i)).await.unwrap());
-                }
-            }
-        })
-    });
+    bench_calls(&mut g, &rt, "kameo_ask", &kh);
     g.finish();
 }
 

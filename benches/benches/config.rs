@@ -13,19 +13,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use foundation_benches::runtime;
 use foundation_core::config::{Config, ConfigSettings, Namespace, RecvError};
 use parking_lot::RwLock;
 
 const KEYS: usize = 1_000;
 const HOT: &str = "svc.k000500";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn populated(rt: &tokio::runtime::Runtime, config: &Config) -> Namespace {
     rt.block_on(async {

@@ -23,20 +23,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use foundation_benches::runtime;
 use foundation_core::events::{
     CorrelationId, Event, EventStore, Events, EventsSettings, Filter, FsyncPolicy, StoreOptions,
     StreamSettings,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn service() -> Events {
     let store = EventStore::in_memory(StoreOptions {

@@ -15,17 +15,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use foundation_benches::runtime;
 use foundation_core::events::{correlate_events, CorrelateOptions, Correlator, Event};
 use foundation_core::port::Port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 async fn write_frame(w: &mut DuplexStream, payload: &[u8]) {
     w.write_all(&(payload.len() as u32).to_be_bytes())

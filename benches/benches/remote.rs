@@ -24,19 +24,12 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use foundation_beam::process::{spawn, Context, Process, Reply};
+use foundation_benches::runtime;
 use foundation_distributed::node::{Node, NodeSettings};
 use foundation_distributed::remote::{Remote, RemoteMessage};
 use foundation_distributed::transport::{ClusterSecret, Security, TcpTransport, TransportSettings};
 
 const T: Duration = Duration::from_secs(5);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// The called process: adds one to the request.
 enum Msg {

@@ -16,28 +16,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion};
+use foundation_benches::runtime;
+use foundation_benches::tcp::{settings, BULK_64K, SMALL_64B};
 use foundation_distributed::transport::tls::dev;
 use foundation_distributed::transport::{
-    ClusterSecret, ConnectionReceiver, ConnectionSender, Frame, Listener, Security, TcpTransport,
-    Transport, TransportSettings,
+    ClusterSecret, Listener, Security, TcpTransport, Transport,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const BULK: usize = 64 * 1024;
-const BULK_BATCH: usize = 16;
-const SMALL: usize = 64;
-const SMALL_BATCH: usize = 1024;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// The modes measured, with transports for a client and a server node.
 struct Modes {
@@ -48,15 +34,6 @@ struct Modes {
 impl Drop for Modes {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn settings(node: &str, security: Security) -> TransportSettings {
-    TransportSettings {
-        cluster: "bench".into(),
-        node: node.into(),
-        security,
-        ..Default::default()
     }
 }
 
@@ -85,141 +62,23 @@ fn modes() -> Modes {
     Modes { dir, modes }
 }
 
-/// A loopback connection whose far end acknowledges every `batch` frames.
-async fn ours(
-    client: &TcpTransport,
-    server: &TcpTransport,
-    batch: usize,
-) -> (ConnectionSender, ConnectionReceiver) {
-    let mut listener = server.listen("127.0.0.1:0").await.unwrap();
-    let conn = client
-        .connect(listener.local_addr(), "bulk", 0)
-        .await
-        .unwrap();
-    let mut far = listener.accept().await.unwrap();
-    tokio::spawn(async move {
-        let _listener = listener;
-        let mut seen = 0usize;
-        while let Ok(Some(frame)) = far.recv().await {
-            if let Frame::Data { .. } = frame {
-                seen += 1;
-                if seen == batch {
-                    seen = 0;
-                    if far.send(0, Bytes::from_static(b"ack")).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    conn.split()
-}
-
-async fn ours_batch(
-    tx: &mut ConnectionSender,
-    rx: &mut ConnectionReceiver,
-    payload: &Bytes,
-    n: usize,
-) {
-    for _ in 0..n {
-        tx.feed(1, payload.clone()).await.unwrap();
-    }
-    tx.flush().await.unwrap();
-    assert!(matches!(rx.recv().await.unwrap(), Some(Frame::Data { .. })));
-}
-
-/// A plain loopback TCP connection whose far end acknowledges every `frame * batch`
-/// bytes with one byte.
-async fn raw(frame: usize, batch: usize) -> TcpStream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    client.set_nodelay(true).unwrap();
-    let (server, _) = listener.accept().await.unwrap();
-    server.set_nodelay(true).unwrap();
-    tokio::spawn(async move {
-        let (mut r, mut w) = server.into_split();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut seen = 0usize;
-        loop {
-            match r.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => seen += n,
-            }
-            while seen >= frame * batch {
-                seen -= frame * batch;
-                if w.write_all(&[1]).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    client
-}
-
 fn bulk(c: &mut Criterion) {
     let rt = runtime();
     let modes = modes();
-    let payload = Bytes::from(vec![0x5a; BULK]);
-    let mut group = c.benchmark_group("security_bulk_64k");
-    group.throughput(Throughput::Bytes((BULK * BULK_BATCH) as u64));
-    group.measurement_time(Duration::from_secs(4));
-
+    let mut group = BULK_64K.group(c, "security_bulk_64k", 4);
     for (name, client, server) in &modes.modes {
-        let (mut tx, mut rx) = rt.block_on(ours(client, server, BULK_BATCH));
-        group.bench_function(*name, |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        ours_batch(&mut tx, &mut rx, &payload, BULK_BATCH).await;
-                    }
-                    start.elapsed()
-                })
-            })
-        });
+        BULK_64K.bench_foundation(&mut group, &rt, name, (client, server));
     }
-
-    let mut stream = rt.block_on(raw(BULK, BULK_BATCH));
-    group.bench_function("raw_tokio_tcp", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut ack = [0u8; 1];
-                let start = Instant::now();
-                for _ in 0..iters {
-                    for _ in 0..BULK_BATCH {
-                        stream.write_all(&payload).await.unwrap();
-                    }
-                    stream.read_exact(&mut ack).await.unwrap();
-                }
-                start.elapsed()
-            })
-        })
-    });
+    BULK_64K.bench_raw(&mut group, &rt, "raw_tokio_tcp", false);
     group.finish();
 }
 
 fn small(c: &mut Criterion) {
     let rt = runtime();
     let modes = modes();
-    let payload = Bytes::from(vec![0x5a; SMALL]);
-    let mut group = c.benchmark_group("security_small_64b");
-    group.throughput(Throughput::Elements(SMALL_BATCH as u64));
-    group.measurement_time(Duration::from_secs(4));
+    let mut group = SMALL_64B.group(c, "security_small_64b", 4);
     for (name, client, server) in &modes.modes {
-        let (mut tx, mut rx) = rt.block_on(ours(client, server, SMALL_BATCH));
-        group.bench_function(*name, |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        ours_batch(&mut tx, &mut rx, &payload, SMALL_BATCH).await;
-                    }
-                    start.elapsed()
-                })
-            })
-        });
+        SMALL_64B.bench_foundation(&mut group, &rt, name, (client, server));
     }
     group.finish();
 }

@@ -11,6 +11,27 @@
 //! what is queued before they stop — no queued work is lost — and a send that raced with
 //! the resize is re-routed to a remaining worker.
 //!
+//! # What a call promises
+//!
+//! [`Ecosystem::call`] delivers its message **at most once**, to one worker:
+//!
+//! * **Before delivery** nothing is lost by moving the message, so a worker that is
+//!   being restarted, or whose mailbox is closed, is passed over for the next running
+//!   one (counted in `foundation_ecosystem_rerouted_total`). When no worker runs (all
+//!   are being restarted) the call waits, within its timeout, for one to come back; if
+//!   none does it fails with [`Error::Unavailable`] — the message was not delivered, so
+//!   trying again is safe.
+//! * **After delivery** the call is never retried for you: a worker that panics or is
+//!   killed while handling the message makes the call fail with
+//!   [`Error::Interrupted`] — the message may have been partly handled. (Messages
+//!   *queued* for a worker that crashes on another message are kept: the restarted
+//!   worker handles them.)
+//! * When the coordinator has stopped (shut down, or it gave up because its restart
+//!   [`Intensity`] was exceeded — it then stops every worker and restarts none), calls
+//!   fail at once with [`Error::EcosystemDown`], which carries the reason.
+//!
+//! Every failed call is counted in `foundation_ecosystem_call_failures_total` by reason.
+//!
 //! ```
 //! use std::time::Duration;
 //! use foundation_beam::ecosystem::{Dispatch, Ecosystem, EcosystemSpec, Workers};
@@ -40,12 +61,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use metrics::Counter;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::group::MetricsGroup;
 use crate::mailbox::{Delivery, MemoryStrategy, SendError};
-use crate::process::{Handle, Process, ProcessInfo, Reply};
+use crate::process::{self, ExitReason, Handle, Process, ProcessId, ProcessInfo, Reply};
 use crate::supervisor::{Intensity, Restart, Strategy, Supervisor, SupervisorSpec};
 
 /// How many workers an ecosystem runs.
@@ -94,7 +118,9 @@ pub struct EcosystemSpec {
     pub memory: MemoryStrategy,
     /// Worker choice.
     pub dispatch: Dispatch,
-    /// Restart intensity of the coordinator.
+    /// Restart intensity of the coordinator: more restarts than this within its period
+    /// and the coordinator gives up — it stops every worker and the ecosystem is down
+    /// (see [`Ecosystem::down`]). Set it above the crash rate you expect to ride out.
     pub intensity: Intensity,
 }
 
@@ -193,6 +219,9 @@ pub struct Ecosystem<P: Process> {
     coordinator: Supervisor,
     factory: Factory<P>,
     resize: tokio::sync::Mutex<()>,
+    /// Woken when the worker list changes (a resize).
+    resized: Notify,
+    rerouted: Counter,
 }
 
 impl<P: Process> std::fmt::Debug for Ecosystem<P> {
@@ -239,13 +268,15 @@ impl<P: Process> Ecosystem<P> {
             w.life().wait_started().await;
         }
         Ok(Ecosystem {
-            spec,
             workers: ArcSwap::from_pointee(workers),
             next: AtomicUsize::new(0),
             hasher: foldhash::fast::FixedState::with_seed(0x5eed),
+            rerouted: metrics::counter!("foundation_ecosystem_rerouted_total", "ecosystem" => spec.name.clone()),
+            spec,
             coordinator,
             factory,
             resize: tokio::sync::Mutex::new(()),
+            resized: Notify::new(),
         })
     }
 
@@ -273,6 +304,20 @@ impl<P: Process> Ecosystem<P> {
         }
     }
 
+    /// From `i` on, the first worker that runs with an open mailbox (`i` itself when
+    /// none does). Counts a re-route when it is not `i`.
+    fn running_from(&self, workers: &[Handle<P::Message>], i: usize) -> usize {
+        let n = workers.len();
+        let found = (0..n)
+            .map(|k| (i + k) % n)
+            .find(|&j| accepts(&workers[j]))
+            .unwrap_or(i);
+        if found != i {
+            self.rerouted.increment(1);
+        }
+        found
+    }
+
     async fn route(
         &self,
         mut msg: P::Message,
@@ -282,7 +327,13 @@ impl<P: Process> Ecosystem<P> {
         // A worker taken out by a concurrent resize refuses the message; try the next.
         for _ in 0..4 {
             let workers = self.workers.load();
-            let w = &workers[self.pick(&workers, key)];
+            let mut i = self.pick(&workers, key);
+            if key.is_none() {
+                // Unkeyed: a worker being restarted is passed over while another runs
+                // (its mailbox would keep the message, but it waits for the restart).
+                i = self.running_from(&workers, i);
+            }
+            let w = &workers[i];
             let r = if urgent {
                 w.send_urgent(msg).await
             } else {
@@ -317,17 +368,181 @@ impl<P: Process> Ecosystem<P> {
             .await
     }
 
-    /// Request/reply with the picked worker.
+    /// Request/reply with a worker: builds the message around a [`Reply`] with `make`,
+    /// delivers it to the worker the dispatch strategy picks — or, when that one is being
+    /// restarted, its mailbox is closed or full, to the next running one — and waits for
+    /// the answer. `timeout` bounds the whole call, including waiting for a worker to
+    /// come back when none runs. See the [module docs](self#what-a-call-promises).
+    ///
+    /// Errors: [`Error::Unavailable`] (no worker ran within `timeout`; not delivered),
+    /// [`Error::EcosystemDown`] (the coordinator has stopped; not delivered),
+    /// [`Error::Interrupted`] (the worker panicked or was killed while handling the
+    /// message: delivered, maybe partly handled, not retried), [`Error::Timeout`] (no
+    /// answer in time, or no room in time in a full backpressured mailbox),
+    /// [`Error::NoReply`] (the worker dropped the `Reply`), [`Error::MailboxFull`] (every
+    /// running worker's mailbox refused it under `Reject`, or `DropNewest` dropped it).
     pub async fn call<R>(
         &self,
         make: impl FnOnce(Reply<R>) -> P::Message,
         timeout: Duration,
     ) -> Result<R> {
-        let worker = {
-            let workers = self.workers.load();
-            workers[self.pick(&workers, None)].clone()
+        let deadline = Instant::now().checked_add(timeout);
+        let (reply, rx) = Reply::channel();
+        let result = match self.deliver(make(reply), deadline, timeout).await {
+            Ok(worker) => process::wait_reply(rx, deadline, worker, timeout).await,
+            Err(e) => Err(e),
         };
-        worker.call(make, timeout).await
+        if let Err(e) = &result {
+            metrics::counter!(
+                "foundation_ecosystem_call_failures_total",
+                "ecosystem" => self.spec.name.clone(),
+                "reason" => failure_label(e),
+            )
+            .increment(1);
+        }
+        result
+    }
+
+    /// Puts `msg` into the mailbox of a running worker (the picked one first); returns
+    /// that worker. Until it returns `Ok`, the message was delivered nowhere.
+    async fn deliver(
+        &self,
+        mut msg: P::Message,
+        deadline: Option<Instant>,
+        timeout: Duration,
+    ) -> Result<ProcessId> {
+        loop {
+            let workers = self.workers.load_full();
+            let n = workers.len();
+            let first = self.pick(&workers, None);
+            let mut passed_over = false;
+            let mut wait_for_room = None;
+            let mut refused = None;
+            for k in 0..n {
+                let w = &workers[(first + k) % n];
+                if !w.life().is_running() {
+                    passed_over = true;
+                    continue;
+                }
+                match w.sender().push_now(msg, false) {
+                    Ok(Ok(Delivery::DroppedNewest)) => {
+                        return Err(Error::MailboxFull { process: w.id() })
+                    }
+                    Ok(Ok(_)) => {
+                        if passed_over {
+                            self.rerouted.increment(1);
+                        }
+                        return Ok(w.id());
+                    }
+                    Ok(Err(SendError::Closed(m))) => {
+                        msg = m;
+                        passed_over = true;
+                    }
+                    Ok(Err(SendError::Full(m))) => {
+                        msg = m;
+                        refused.get_or_insert(w.id());
+                    }
+                    // Full under backpressure: wait for room there if no one else has it.
+                    Err(m) => {
+                        msg = m;
+                        wait_for_room.get_or_insert(w.clone());
+                    }
+                }
+            }
+            if let Some(w) = wait_for_room {
+                let wait = w.sender().wait_for_room(msg, false);
+                let sent = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, wait).await {
+                        Ok(sent) => sent,
+                        // Never queued: the wait is cancel-safe.
+                        Err(_) => {
+                            return Err(Error::Timeout {
+                                process: w.id(),
+                                after: timeout,
+                            })
+                        }
+                    },
+                    None => wait.await,
+                };
+                match sent {
+                    Ok(Delivery::DroppedNewest) => {
+                        return Err(Error::MailboxFull { process: w.id() })
+                    }
+                    Ok(_) => return Ok(w.id()),
+                    // It closed (or refused) meanwhile: the message is back; pick again.
+                    Err(SendError::Closed(m) | SendError::Full(m)) => msg = m,
+                }
+                continue;
+            }
+            if let Some(process) = refused {
+                return Err(Error::MailboxFull { process });
+            }
+            self.wait_for_worker(&workers, deadline, timeout).await?;
+        }
+    }
+
+    /// Waits until a worker of `workers` runs with an open mailbox, the worker list
+    /// changes, the coordinator stops ([`Error::EcosystemDown`]) or the deadline passes
+    /// ([`Error::Unavailable`]).
+    async fn wait_for_worker(
+        &self,
+        workers: &[Handle<P::Message>],
+        deadline: Option<Instant>,
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut down = self.coordinator.monitor();
+        let expired = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+        loop {
+            // Register for every change before looking, so none is missed in between.
+            let resized = self.resized.notified();
+            tokio::pin!(resized);
+            resized.as_mut().enable();
+            let mut changes: Vec<_> = workers
+                .iter()
+                .map(|w| {
+                    let mut n = Box::pin(w.life().changed().notified());
+                    n.as_mut().enable();
+                    n
+                })
+                .collect();
+            if let Some(reason) = self.coordinator.exit_reason() {
+                return Err(self.down_error(reason));
+            }
+            if workers.iter().any(accepts) {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = futures_util::future::select_all(changes.iter_mut()) => {}
+                _ = &mut resized => return Ok(()),
+                reason = down.wait() => return Err(self.down_error(reason)),
+                _ = &mut expired => {
+                    return Err(Error::Unavailable {
+                        ecosystem: self.spec.name.clone(),
+                        waited: timeout,
+                    })
+                }
+            }
+        }
+    }
+
+    fn down_error(&self, reason: ExitReason) -> Error {
+        Error::EcosystemDown {
+            ecosystem: self.spec.name.clone(),
+            reason,
+        }
+    }
+
+    /// Why the ecosystem no longer serves, if it does not: its coordinator was shut
+    /// down ([`ExitReason::Shutdown`]) or gave up after its restart intensity was
+    /// exceeded ([`ExitReason::Failed`], saying which limit). No worker runs again.
+    pub fn down(&self) -> Option<ExitReason> {
+        self.coordinator.exit_reason()
     }
 
     /// Each worker's own numbers (backlog, drops, state), read now, in worker order:
@@ -398,8 +613,10 @@ impl<P: Process> Ecosystem<P> {
                 next.push(h);
             }
             self.workers.store(Arc::new(next));
+            self.resized.notify_waiters();
         } else if n < cur {
             self.workers.store(Arc::new(current[..n].to_vec()));
+            self.resized.notify_waiters();
             for i in (n..cur).rev() {
                 self.coordinator
                     .remove_child(&worker_name(&self.spec.name, i), Duration::from_secs(30))
@@ -417,4 +634,34 @@ impl<P: Process> Ecosystem<P> {
     pub async fn shutdown(&self, grace: Duration) {
         self.coordinator.shutdown_together(grace).await;
     }
+}
+
+/// Whether a worker takes messages now: it runs (not being restarted) and its mailbox
+/// is open.
+fn accepts<M: Send + 'static>(w: &Handle<M>) -> bool {
+    w.life().is_running() && !w.sender().is_closed()
+}
+
+fn failure_label(e: &Error) -> &'static str {
+    match e {
+        Error::Timeout { .. } => "timeout",
+        Error::Unavailable { .. } => "unavailable",
+        Error::EcosystemDown { .. } => "down",
+        Error::Interrupted { .. } => "interrupted",
+        Error::NoReply { .. } => "no_reply",
+        Error::MailboxFull { .. } => "mailbox_full",
+        _ => "other",
+    }
+}
+
+/// Describes the ecosystem metrics (HELP lines) to the current recorder.
+pub(crate) fn describe_metrics() {
+    metrics::describe_counter!(
+        "foundation_ecosystem_rerouted_total",
+        "Messages and calls sent to another worker than the one dispatch picked, because that one was being restarted or its mailbox was closed (never after delivery)."
+    );
+    metrics::describe_counter!(
+        "foundation_ecosystem_call_failures_total",
+        "Failed Ecosystem::call by reason: unavailable (no worker ran within the timeout; not delivered), down (coordinator stopped; not delivered), interrupted (worker stopped while handling it), timeout, no_reply, mailbox_full."
+    );
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::process::ProcessId;
+use crate::process::{ExitReason, ProcessId};
 
 /// Result alias of `foundation-beam`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -60,6 +60,36 @@ pub enum Error {
         /// The target's key ([`Deliver::key`](crate::message::Deliver::key)).
         target: u64,
     },
+    /// The process stopped — panicked, or was killed — while it held the call's message
+    /// (handling it, or keeping its `Reply`). The message **was delivered** and may have
+    /// been partly handled, so it is not retried for you: retry only if the request is
+    /// idempotent.
+    #[error("process {process} stopped ({reason}) while handling the call")]
+    Interrupted {
+        /// The process.
+        process: ProcessId,
+        /// Why it stopped.
+        reason: ExitReason,
+    },
+    /// No worker of the ecosystem was running within the call's timeout (all were being
+    /// restarted). The message was **not delivered**: trying again is safe.
+    #[error("no worker of ecosystem `{ecosystem}` was running within {waited:?}")]
+    Unavailable {
+        /// The ecosystem's name.
+        ecosystem: String,
+        /// How long the call waited for a worker.
+        waited: Duration,
+    },
+    /// The ecosystem's coordinator has stopped — it was shut down, or gave up after its
+    /// restart intensity was exceeded — so no worker will run again. The message was
+    /// not delivered.
+    #[error("ecosystem `{ecosystem}` is down: {reason}")]
+    EcosystemDown {
+        /// The ecosystem's name.
+        ecosystem: String,
+        /// Why its coordinator stopped.
+        reason: ExitReason,
+    },
     /// An error of the layer below.
     #[error(transparent)]
     Core(#[from] foundation_core::Error),
@@ -77,6 +107,9 @@ impl Error {
             Error::Shutdown(_) => 4005,
             Error::UnknownMember { .. } => 4010,
             Error::TargetClosed { .. } => 4011,
+            Error::Interrupted { .. } => 4012,
+            Error::Unavailable { .. } => 4013,
+            Error::EcosystemDown { .. } => 4014,
             Error::Core(e) => e.code(),
         }
     }
@@ -84,7 +117,7 @@ impl Error {
     /// Whether trying again later can succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Timeout { .. } | Error::MailboxFull { .. } => true,
+            Error::Timeout { .. } | Error::MailboxFull { .. } | Error::Unavailable { .. } => true,
             Error::Core(e) => e.is_retryable(),
             _ => false,
         }

@@ -38,6 +38,7 @@ pub fn describe_metrics() {
     foundation_core::telemetry::describe_foundation_metrics();
     mailbox::describe_metrics();
     supervisor::describe_metrics();
+    ecosystem::describe_metrics();
     scheduler::describe_metrics();
     table::describe_metrics();
     society::describe_metrics();

@@ -180,17 +180,99 @@ impl<M> Context<M> {
 }
 
 /// The reply half of a [`Handle::call`]: send the answer with [`Reply::send`].
-pub struct Reply<R>(oneshot::Sender<R>);
+///
+/// A `Reply` dropped unanswered makes the call fail with [`Error::NoReply`] — or with
+/// [`Error::Interrupted`] when it is dropped because its process panicked or was killed
+/// while holding it (the message being handled, or one kept in the process's state).
+pub struct Reply<R>(Option<oneshot::Sender<Answer<R>>>);
+
+/// What travels back to a caller.
+pub(crate) enum Answer<R> {
+    Value(R),
+    /// The process stopped abnormally while it held the reply.
+    Interrupted(ExitReason),
+}
+
+thread_local! {
+    /// Set while an incarnation that ended abnormally drops what it held (see
+    /// [`Interrupting`]): a `Reply` dropped then tells its caller why.
+    static INTERRUPTED: std::cell::RefCell<Option<ExitReason>> = const { std::cell::RefCell::new(None) };
+}
+
+/// While armed, replies dropped on this thread report [`Answer::Interrupted`]; dropping
+/// the guard disarms it. Declare it before what it covers: locals drop in reverse order,
+/// so what is declared after it drops while it is still armed. (One flag, not the
+/// reason, lives in the guard: it sits in every idle process's task.)
+pub(crate) struct Interrupting {
+    armed: bool,
+}
+
+impl Interrupting {
+    pub(crate) fn new() -> Self {
+        Interrupting { armed: false }
+    }
+
+    /// From now until this guard drops (on this thread), dropped replies were
+    /// interrupted by `reason`. Nothing awaits while it is armed, so the thread stays
+    /// the same.
+    pub(crate) fn arm(&mut self, reason: ExitReason) {
+        INTERRUPTED.with(|i| *i.borrow_mut() = Some(reason));
+        self.armed = true;
+    }
+}
+
+impl Drop for Interrupting {
+    fn drop(&mut self) {
+        if self.armed {
+            INTERRUPTED.with(|i| *i.borrow_mut() = None);
+        }
+    }
+}
+
+/// Drops `value` (a stopped process's state) so that replies it held report `reason`
+/// when the stop was abnormal.
+pub(crate) fn drop_stopped<T>(value: T, reason: &ExitReason) {
+    let mut guard = Interrupting::new();
+    if reason.is_abnormal() {
+        guard.arm(reason.clone());
+    }
+    drop(value);
+}
 
 impl<R> Reply<R> {
+    pub(crate) fn channel() -> (Reply<R>, oneshot::Receiver<Answer<R>>) {
+        let (tx, rx) = oneshot::channel();
+        (Reply(Some(tx)), rx)
+    }
+
     /// Answers the call. If the caller gave up (timed out), the answer is dropped.
-    pub fn send(self, value: R) {
-        let _ = self.0.send(value);
+    pub fn send(mut self, value: R) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(Answer::Value(value));
+        }
     }
 
     /// Whether the caller is still waiting.
     pub fn is_waiting(&self) -> bool {
-        !self.0.is_closed()
+        self.0.as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+}
+
+impl<R> Drop for Reply<R> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            // `try_with`: a reply dropped while this thread's locals are torn down.
+            let armed = INTERRUPTED.try_with(|i| i.borrow().clone()).ok().flatten();
+            let reason = armed.or_else(|| {
+                // Dropped while a panic unwinds (a local of the handler): the panic's
+                // message is not known yet at this point.
+                std::thread::panicking()
+                    .then(|| ExitReason::Panic("panicked while holding the reply".into()))
+            });
+            if let Some(reason) = reason {
+                let _ = tx.send(Answer::Interrupted(reason));
+            }
+        }
     }
 }
 
@@ -368,6 +450,18 @@ impl Life {
         }
     }
 
+    /// Woken when an incarnation exits or has started.
+    pub(crate) fn changed(&self) -> &Notify {
+        &self.changed
+    }
+
+    /// Whether an incarnation runs and its `started` hook has returned (supervised
+    /// children only: others never report a start).
+    pub(crate) fn is_running(&self) -> bool {
+        let s = self.state.lock();
+        s.current_exit().is_none() && s.started == s.incarnation + 1
+    }
+
     pub(crate) fn exit_reason(&self) -> Option<ExitReason> {
         self.state.lock().current_exit().cloned()
     }
@@ -432,6 +526,32 @@ pub struct ProcessInfo {
     pub dropped: u64,
     /// Messages returned to their senders because its mailbox was full.
     pub rejected: u64,
+}
+
+/// Waits for the answer to a call delivered to `process` (until `deadline`, if any).
+pub(crate) async fn wait_reply<R>(
+    rx: oneshot::Receiver<Answer<R>>,
+    deadline: Option<tokio::time::Instant>,
+    process: ProcessId,
+    timeout: Duration,
+) -> Result<R> {
+    let answer = match deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline, rx).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    process,
+                    after: timeout,
+                })
+            }
+        },
+        None => rx.await,
+    };
+    match answer {
+        Ok(Answer::Value(v)) => Ok(v),
+        Ok(Answer::Interrupted(reason)) => Err(Error::Interrupted { process, reason }),
+        Err(_) => Err(Error::NoReply { process }),
+    }
 }
 
 /// A handle to a process: send to it, call it, monitor it, link to it, stop it.
@@ -509,8 +629,11 @@ impl<M: Send + 'static> Handle<M> {
     /// waiting for room never queued its message.
     ///
     /// Errors: [`Error::Timeout`] (the late answer is dropped), [`Error::NoReply`] (the
-    /// process dropped the `Reply` or stopped), [`Error::Stopped`] (it had stopped), or
-    /// [`Error::MailboxFull`] (full mailbox under `Reject`/`DropNewest`).
+    /// process dropped the `Reply`, or stopped before handling the message),
+    /// [`Error::Interrupted`] (it panicked or was killed while handling the message: it
+    /// was delivered and may have been partly handled), [`Error::Stopped`] (it had
+    /// stopped; nothing was delivered), or [`Error::MailboxFull`] (full mailbox under
+    /// `Reject`/`DropNewest`).
     pub async fn call<R>(&self, make: impl FnOnce(Reply<R>) -> M, timeout: Duration) -> Result<R> {
         self.call_inner(make, timeout, false).await
     }
@@ -537,8 +660,8 @@ impl<M: Send + 'static> Handle<M> {
         // One deadline covers waiting for room in the mailbox and waiting for the reply.
         // `None`: too far in the future to represent; wait without a deadline.
         let deadline = tokio::time::Instant::now().checked_add(timeout);
-        let (tx, rx) = oneshot::channel();
-        let msg = make(Reply(tx));
+        let (reply, rx) = Reply::channel();
+        let msg = make(reply);
         // With room, the message is queued at once (no timer); only a wait for room in a
         // full backpressured mailbox runs under the deadline.
         let sent = match self.tx.push_now(msg, urgent) {
@@ -573,16 +696,7 @@ impl<M: Send + 'static> Handle<M> {
                 })
             }
         }
-        let reply = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, rx).await {
-                Ok(reply) => reply,
-                Err(_) => return Err(timed_out()),
-            },
-            None => rx.await,
-        };
-        reply.map_err(|_| Error::NoReply {
-            process: self.life.id,
-        })
+        wait_reply(rx, deadline, self.life.id, timeout).await
     }
 
     /// A monitor of the process's exit.
@@ -783,7 +897,7 @@ fn process_task<P: Process>(
     async move {
         let _live = TaskGuard::new();
         let reason = run_in(&mut process, &mut rx, &life, false).await;
-        drop(process);
+        drop_stopped(process, &reason);
         drop(registration);
         rx.group().process_exited(&reason);
         drop(rx); // closes the mailbox; queued messages are counted as dropped
@@ -825,11 +939,23 @@ pub(crate) async fn run_in<P: Process>(
             }
         }
     };
-    tokio::select! {
+    // Declared before `body`, so it is still armed while `body` (with the message being
+    // handled) drops at the end of this function.
+    let mut interrupting = Interrupting::new();
+    let body = std::pin::pin!(AssertUnwindSafe(body).catch_unwind());
+    let (reason, finished) = tokio::select! {
         biased;
-        _ = life.killed() => life.take_kill_reason(),
-        r = AssertUnwindSafe(body).catch_unwind() => r.unwrap_or_else(|p| ExitReason::Panic(panic_message(&*p))),
+        _ = life.killed() => (life.take_kill_reason(), false),
+        r = body => match r {
+            Ok(reason) => (reason, true),
+            Err(p) => (ExitReason::Panic(panic_message(&*p)), false),
+        },
+    };
+    if !finished {
+        // Panicked or killed mid-way: a reply it held was interrupted.
+        interrupting.arm(reason.clone());
     }
+    reason
 }
 
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -183,7 +183,7 @@ where
         tokio::spawn(async move {
             let _live = TaskGuard::new();
             let reason = process::run_in(&mut process, &mut rx, &life, true).await;
-            drop(process);
+            process::drop_stopped(process, &reason);
             rx.group().process_exited(&reason);
             *slot.lock() = Some(rx);
             life.finish(reason.clone());
@@ -539,6 +539,13 @@ impl Supervisor {
         self.life.exit_reason().is_none()
     }
 
+    /// Why the supervisor stopped, if it has: [`ExitReason::Shutdown`] after a
+    /// shutdown, [`ExitReason::Failed`] when it gave up because its restart intensity
+    /// was exceeded.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.life.exit_reason()
+    }
+
     /// The children and their state.
     pub async fn children(&self) -> Vec<ChildInfo> {
         let (tx, rx) = oneshot::channel();
@@ -841,6 +848,11 @@ async fn on_exit(s: &mut State, id: ProcessId, gen: u64, reason: ExitReason) -> 
     }
     tracing::warn!(supervisor = %s.config.name, child = child.name(), %reason, "child failed; restarting");
     if !s.allow_restart() {
+        tracing::error!(
+            supervisor = %s.config.name, child = s.children[i].child.name(), %reason,
+            max_restarts = s.config.intensity.max_restarts, period = ?s.config.intensity.period,
+            "restart intensity exceeded: stopping every child and giving up"
+        );
         let i = s.config.intensity;
         metrics::counter!("foundation_supervisor_escalations_total", "supervisor" => s.config.name.clone()).increment(1);
         s.stop_all(StopPlan::ordered(DEFAULT_GRACE)).await;

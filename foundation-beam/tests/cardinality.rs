@@ -3,13 +3,15 @@
 //! metric series once each group exists, and the groups' aggregate gauges return to
 //! where they were.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use foundation_beam::ecosystem::{Ecosystem, EcosystemSpec, Workers};
 use foundation_beam::group::MetricsGroup;
 use foundation_beam::process::{spawn, spawn_with, Context, Process, Reply, SpawnOptions};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::{DebugValue, Snapshotter};
 use metrics_util::MetricKind;
 
 struct Echo;
@@ -70,16 +72,10 @@ const T: Duration = Duration::from_secs(5);
 
 #[test]
 fn series_count_stays_constant_while_10000_processes_come_and_go() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let mut totals = Totals::default();
     // The whole test runs on this thread (current-thread runtime), so every spawn and
     // every process sees this recorder.
-    let _local = metrics::set_default_local_recorder(&recorder);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rt, snapshotter, _local) = common::recorded_runtime(false);
+    let mut totals = Totals::default();
     rt.block_on(async {
         let users = MetricsGroup::new("users");
         // One of each kind first, so that every group exists.
@@ -201,14 +197,8 @@ impl Process for Stuck {
 
 #[test]
 fn a_group_backlog_is_the_sum_of_its_processes_not_the_last_writer() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
+    let (rt, snapshotter, _local) = common::recorded_runtime(false);
     let mut totals = Totals::default();
-    let _local = metrics::set_default_local_recorder(&recorder);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     rt.block_on(async {
         let group = MetricsGroup::new("stuck");
         let a = spawn_with(Stuck, SpawnOptions::new().group(&group)).unwrap();

@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use foundation_beam::mailbox::Delivery;
 use foundation_beam::message::{
-    Deliver, FlowAction, MessageOptions, Messenger, Payload, Refused, Strategy, StrategySettings,
+    Deliver, FlowAction, MessageOptions, Messenger, Payload, Refused, SendReport, Strategy,
+    StrategySettings,
 };
 use foundation_beam::process::spawn_fn;
 use foundation_beam::table::{Ack, TableSettings};
@@ -266,20 +267,20 @@ async fn queue_gives_up_after_the_last_retry_with_capped_delays() {
     assert_eq!(m.table().len(), 0);
 }
 
+/// 10 bytes to `primary`, redirected to the least loaded of `alts` when it is busy.
+async fn redirect(m: &Messenger, primary: &Probe, alts: &[Probe]) -> SendReport {
+    let opts = MessageOptions::on_busy(FlowAction::Redirect);
+    m.send_optimized_or(primary, alts, bytes(10), &opts)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn redirect_picks_the_least_loaded_alternative_with_room() {
     let m = Messenger::new(settings()).unwrap();
     let primary = Probe::new(1, 40);
     let alts = vec![Probe::new(2, 30), Probe::new(3, 5), Probe::new(4, 2)];
-    let r = m
-        .send_optimized_or(
-            &primary,
-            &alts,
-            bytes(10),
-            &MessageOptions::on_busy(FlowAction::Redirect),
-        )
-        .await
-        .unwrap();
+    let r = redirect(&m, &primary, &alts).await;
     assert_eq!(r.strategy, Strategy::FlowControlled(FlowAction::Redirect));
     assert_eq!(r.delivered_to, Some(4));
     assert!(r.retry_delays.is_empty());
@@ -301,15 +302,7 @@ async fn redirect_retries_with_doubling_delays_when_everyone_is_busy() {
     let alts = vec![Probe::new(2, 30)];
     alts[0].drain_after(5 * MS, 0);
     let start = Instant::now();
-    let r = m
-        .send_optimized_or(
-            &primary,
-            &alts,
-            bytes(10),
-            &MessageOptions::on_busy(FlowAction::Redirect),
-        )
-        .await
-        .unwrap();
+    let r = redirect(&m, &primary, &alts).await;
     assert_eq!(r.delivered_to, Some(2));
     assert_eq!(r.retry_delays, vec![MS, 2 * MS, 4 * MS]);
     assert_eq!(start.elapsed(), 7 * MS);

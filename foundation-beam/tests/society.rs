@@ -66,6 +66,14 @@ fn fast() -> AdaptiveSettings {
     }
 }
 
+/// The next pseudo-random pair of members of `n` (a 64-bit LCG over `x`).
+fn random_pair(x: &mut u64, n: usize) -> (usize, usize) {
+    *x = x
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ((*x >> 33) as usize % n, (*x >> 13) as usize % n)
+}
+
 #[tokio::test]
 async fn mesh_neighbours_everyone_at_one_hop() {
     let (m, _rx) = members(5);
@@ -397,10 +405,7 @@ async fn a_10000_member_society_rewires() {
     let s = Society::start(adaptive("big", settings), sinks(n)).unwrap();
     let mut x = 1u64;
     for _ in 0..50_000 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let (a, b) = ((x >> 33) as usize % n, (x >> 13) as usize % n);
+        let (a, b) = random_pair(&mut x, n);
         let _ = s.try_send(a, b, 0);
     }
     for _ in 0..40 {
@@ -468,10 +473,7 @@ async fn ticker_under_traffic(
             let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 for _ in 0..100 {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let (a, b) = ((x >> 33) as usize % n, (x >> 13) as usize % n);
+                    let (a, b) = random_pair(&mut x, n);
                     let _ = s.try_send(a, b, 0);
                     sent += 1;
                 }
@@ -539,10 +541,7 @@ fn assumption_rewiring_10000_members_keeps_a_1ms_ticker_under_10ms_late() {
         let mut x = 11u64;
         for round in 0..20 {
             for _ in 0..20_000 {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let (a, b) = ((x >> 33) as usize % n, (x >> 13) as usize % n);
+                let (a, b) = random_pair(&mut x, n);
                 let _ = s.try_send(a, b, 0);
             }
             for _ in 0..3 {

@@ -69,19 +69,7 @@ async fn a_panicking_worker_is_restarted_while_siblings_keep_serving() {
         max_restarts: 10,
         period: T,
     });
-    let handles: Vec<_> = starts
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let s = s.clone();
-            spec.child(
-                format!("w{i}"),
-                Restart::Permanent,
-                Default::default(),
-                move || Worker::new(&s),
-            )
-        })
-        .collect();
+    let handles = add_children(&mut spec, &starts);
     let sup = spec.start();
 
     // Siblings answer a stream of requests while worker 0 panics three times.
@@ -159,20 +147,25 @@ fn three_children(
 ) {
     let starts: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::default()).collect();
     let mut spec = SupervisorSpec::new("sup", strategy);
-    let handles = starts
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let s = s.clone();
-            spec.child(
-                format!("c{i}"),
-                Restart::Permanent,
-                Default::default(),
-                move || Worker::new(&s),
-            )
-        })
-        .collect();
+    let handles = add_children(&mut spec, &starts);
     (spec, starts, handles)
+}
+
+/// Adds one permanent child `c<i>` per counter of `starts`, which counts its starts.
+fn add_children(
+    spec: &mut SupervisorSpec,
+    starts: &[Arc<AtomicUsize>],
+) -> Vec<foundation_beam::Handle<Job>> {
+    let add = |(i, s): (usize, &Arc<AtomicUsize>)| {
+        let s = s.clone();
+        spec.child(
+            format!("c{i}"),
+            Restart::Permanent,
+            Default::default(),
+            move || Worker::new(&s),
+        )
+    };
+    starts.iter().enumerate().map(add).collect()
 }
 
 async fn fail_and_settle(h: &foundation_beam::Handle<Job>) {
@@ -182,30 +175,29 @@ async fn fail_and_settle(h: &foundation_beam::Handle<Job>) {
     h.call(|r| Job::Echo(0, r), T).await.unwrap();
 }
 
-#[tokio::test]
-async fn one_for_all_restarts_every_child() {
-    let (spec, starts, handles) = three_children(Strategy::OneForAll);
+/// Fails the middle one of three children under `strategy`; returns how often each was
+/// started.
+async fn starts_after_the_middle_child_fails(strategy: Strategy) -> Vec<usize> {
+    let (spec, starts, handles) = three_children(strategy);
     let sup = spec.start();
     fail_and_settle(&handles[1]).await;
     for h in &handles {
         h.call(|r| Job::Echo(1, r), T).await.unwrap();
     }
-    let counts: Vec<usize> = starts.iter().map(|s| s.load(Ordering::SeqCst)).collect();
-    assert_eq!(counts, vec![2, 2, 2]);
     sup.shutdown(T).await;
+    starts.iter().map(|s| s.load(Ordering::SeqCst)).collect()
+}
+
+#[tokio::test]
+async fn one_for_all_restarts_every_child() {
+    let counts = starts_after_the_middle_child_fails(Strategy::OneForAll).await;
+    assert_eq!(counts, vec![2, 2, 2]);
 }
 
 #[tokio::test]
 async fn rest_for_one_restarts_the_failed_child_and_later_ones() {
-    let (spec, starts, handles) = three_children(Strategy::RestForOne);
-    let sup = spec.start();
-    fail_and_settle(&handles[1]).await;
-    for h in &handles {
-        h.call(|r| Job::Echo(1, r), T).await.unwrap();
-    }
-    let counts: Vec<usize> = starts.iter().map(|s| s.load(Ordering::SeqCst)).collect();
+    let counts = starts_after_the_middle_child_fails(Strategy::RestForOne).await;
     assert_eq!(counts, vec![1, 2, 2]);
-    sup.shutdown(T).await;
 }
 
 #[tokio::test]
@@ -426,17 +418,7 @@ async fn ecosystem_of_1000_workers_shuts_down_within_one_deadline() {
 async fn ordered_shutdown_with_an_overall_deadline() {
     let starts = Arc::new(AtomicUsize::new(0));
     let mut spec = SupervisorSpec::new("ordered", Strategy::OneForOne);
-    let children: Vec<_> = (0..3)
-        .map(|i| {
-            let s = starts.clone();
-            spec.child(
-                format!("c{i}"),
-                Restart::Permanent,
-                Default::default(),
-                move || Worker::new(&s),
-            )
-        })
-        .collect();
+    let children = add_children(&mut spec, &[starts.clone(), starts.clone(), starts.clone()]);
     let sup = spec.start();
     let mut gates = Vec::new();
     for c in &children {

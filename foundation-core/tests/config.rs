@@ -1,5 +1,7 @@
 //! Behaviour of `foundation_core::config`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -692,56 +694,33 @@ async fn after_shutdown_reads_work_and_updates_fail() {
 
 #[test]
 fn updates_and_rejections_are_counted_in_metrics() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let config = Config::with_settings(ConfigSettings {
-                limits: Limits {
-                    max_keys: 3,
-                    ..Limits::default()
-                },
-                ..settings_with_capacity(1)
-            })
-            .unwrap();
-            let ns = config.create_namespace("m").unwrap();
-            ns.add_rule("x", Rule::Type(Kind::Integer)).await;
-            let _sub = ns.subscribe("").await.unwrap();
-            ns.set("x", &1).await.unwrap();
-            ns.set("x", &2).await.unwrap(); // subscriber queue (1) is full: dropped
-            assert!(ns.set("x", "no").await.is_err());
-            let e = ns
-                .merge("", &BTreeMap::from([("a", 1), ("b", 2), ("c", 3)]))
-                .await
-                .unwrap_err();
-            assert!(matches!(
-                e,
-                Error::LimitExceeded {
-                    limit: Limit::KeyCount,
-                    ..
-                }
-            ));
-        });
+    let ((), seen) = common::with_metrics(&[], || async {
+        let config = Config::with_settings(ConfigSettings {
+            limits: Limits {
+                max_keys: 3,
+                ..Limits::default()
+            },
+            ..settings_with_capacity(1)
+        })
+        .unwrap();
+        let ns = config.create_namespace("m").unwrap();
+        ns.add_rule("x", Rule::Type(Kind::Integer)).await;
+        let _sub = ns.subscribe("").await.unwrap();
+        ns.set("x", &1).await.unwrap();
+        ns.set("x", &2).await.unwrap(); // subscriber queue (1) is full: dropped
+        assert!(ns.set("x", "no").await.is_err());
+        let e = ns
+            .merge("", &BTreeMap::from([("a", 1), ("b", 2), ("c", 3)]))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            Error::LimitExceeded {
+                limit: Limit::KeyCount,
+                ..
+            }
+        ));
     });
-    let mut seen = BTreeMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let labels: Vec<String> = key
-            .key()
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let v = match value {
-            DebugValue::Counter(c) => c as f64,
-            DebugValue::Gauge(g) => g.into_inner(),
-            DebugValue::Histogram(h) => h.len() as f64,
-        };
-        seen.insert(format!("{}{{{}}}", key.key().name(), labels.join(",")), v);
-    }
     assert_eq!(seen["foundation_config_updates_total{namespace=m}"], 2.0);
     assert_eq!(
         seen["foundation_config_rejected_total{namespace=m,reason=validation}"],

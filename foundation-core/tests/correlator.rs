@@ -2,6 +2,8 @@
 //! on a crafted batch (given in any order), a 10k-event batch, bad input to the binary,
 //! and a host that survives a correlator that crashes, hangs or answers garbage.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -13,7 +15,6 @@ use foundation_core::events::{
     Correlator, Event, EventId, GroupKind,
 };
 use foundation_core::port::child::{read_frame, write_frame, Incoming};
-use foundation_core::port::RestartPolicy;
 use foundation_core::Error;
 use rand::seq::SliceRandom;
 
@@ -23,15 +24,6 @@ fn ev(t: u64) -> Event {
     let mut e = Event::new("user", &t).unwrap();
     e.timestamp_us = t;
     e
-}
-
-fn fast_restarts() -> RestartPolicy {
-    RestartPolicy {
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-        reset_after: Duration::from_secs(60),
-        max_restarts: 20,
-    }
 }
 
 struct Crafted {
@@ -279,20 +271,10 @@ fn faulty(fault: &str, marker: &Marker) -> Correlator {
                 format!("{fault}:{}", marker.0.display()),
             )
             .request_timeout(Duration::from_secs(20))
-            .restart(fast_restarts()),
+            .restart(common::fast_restarts()),
     )
     .unwrap()
     .with_options(window_100us())
-}
-
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test]
@@ -321,14 +303,14 @@ async fn the_host_survives_a_correlator_that_hangs() {
             )
             .request_timeout(Duration::from_millis(300))
             .hang_timeout(Duration::from_millis(100))
-            .restart(fast_restarts()),
+            .restart(common::fast_restarts()),
     )
     .unwrap()
     .with_options(window_100us());
     let c = crafted();
     let err = correlator.correlate(&c.batch).await.unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
-    eventually("hung correlator replaced", || {
+    common::eventually("hung correlator replaced", || {
         correlator.port().stats().restarts == 1
     })
     .await;
@@ -347,7 +329,7 @@ async fn the_host_survives_a_correlator_that_answers_garbage() {
         "{err:?}"
     );
     // Garbage makes the host distrust the process: it is restarted.
-    eventually("garbling correlator replaced", || {
+    common::eventually("garbling correlator replaced", || {
         correlator.port().stats().restarts == 1
     })
     .await;

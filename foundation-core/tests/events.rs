@@ -1,6 +1,8 @@
 //! Behaviour of event streams and subscriptions: ordering, lanes, filters, overflow,
 //! panicking handlers, and teardown in every order.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -742,67 +744,44 @@ fn events_service_needs_a_runtime() {
 
 #[test]
 fn stream_and_drop_metrics_are_recorded() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let events = service(settings(1, 1, 1));
-            let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-            let _sub = events
-                .subscribe(Filter::of_type("user"), move |e: Event| {
-                    let tx = tx.clone();
-                    async move {
-                        if e.payload::<u32>().unwrap() == 1 {
-                            panic!("expected test panic");
-                        }
-                        tx.send(()).unwrap();
+    let ((), seen) = common::with_metrics(&[], || async {
+        let events = service(settings(1, 1, 1));
+        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let _sub = events
+            .subscribe(Filter::of_type("user"), move |e: Event| {
+                let tx = tx.clone();
+                async move {
+                    if e.payload::<u32>().unwrap() == 1 {
+                        panic!("expected test panic");
                     }
-                })
-                .unwrap();
-            events
-                .emit(Event::new("user", &0u32).unwrap())
-                .await
-                .unwrap();
-            events
-                .emit(Event::new("user", &1u32).unwrap().urgent())
-                .await
-                .unwrap();
-            events
-                .emit(Event::new("user", &2u32).unwrap())
-                .await
-                .unwrap();
-            rx.recv().await.unwrap();
-            rx.recv().await.unwrap();
-            // Fill: the inbox holds one, the next is refused.
-            let mut full = 0;
-            for i in 10..20u32 {
-                if events.try_emit(Event::new("user", &i).unwrap()).is_err() {
-                    full += 1;
+                    tx.send(()).unwrap();
                 }
+            })
+            .unwrap();
+        events
+            .emit(Event::new("user", &0u32).unwrap())
+            .await
+            .unwrap();
+        events
+            .emit(Event::new("user", &1u32).unwrap().urgent())
+            .await
+            .unwrap();
+        events
+            .emit(Event::new("user", &2u32).unwrap())
+            .await
+            .unwrap();
+        rx.recv().await.unwrap();
+        rx.recv().await.unwrap();
+        // Fill: the inbox holds one, the next is refused.
+        let mut full = 0;
+        for i in 10..20u32 {
+            if events.try_emit(Event::new("user", &i).unwrap()).is_err() {
+                full += 1;
             }
-            assert!(full > 0);
-            events.shutdown().await;
-        });
+        }
+        assert!(full > 0);
+        events.shutdown().await;
     });
-    let mut seen = BTreeMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let labels: Vec<String> = key
-            .key()
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let v = match value {
-            DebugValue::Counter(c) => c as f64,
-            DebugValue::Gauge(g) => g.into_inner(),
-            DebugValue::Histogram(h) => h.len() as f64,
-        };
-        seen.insert(format!("{}{{{}}}", key.key().name(), labels.join(",")), v);
-    }
     let emitted = seen["foundation_events_emitted_total{type=user}"];
     let full = seen["foundation_events_dropped_total{type=user,reason=full}"];
     let at_shutdown = seen["foundation_events_dropped_total{type=user,reason=shutdown}"];

@@ -4,6 +4,8 @@
 //! Time is real here: a paused tokio clock would fire timeouts while the child is still
 //! working. Tests poll with generous limits and assert only on outcomes.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,20 +15,11 @@ use foundation_core::port::{Port, PortBuilder, PortState, RestartPolicy};
 use foundation_core::{Error, FrameDirection};
 use parking_lot::Mutex;
 
-fn fast_restarts() -> RestartPolicy {
-    RestartPolicy {
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-        reset_after: Duration::from_secs(60),
-        max_restarts: 20,
-    }
-}
-
 fn sh(script: &str) -> PortBuilder {
     Port::builder("sh")
         .arg("-c")
         .arg(script)
-        .restart(fast_restarts())
+        .restart(common::fast_restarts())
         .request_timeout(Duration::from_secs(20))
 }
 
@@ -62,18 +55,17 @@ impl Drop for TempDir {
     }
 }
 
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The port answers again (echoing `probe`) after exactly one restart; then it is shut
+/// down.
+async fn recovered_after_one_restart(port: Port, probe: &'static [u8]) {
+    let reply = port.request(Bytes::from_static(probe)).await.unwrap();
+    assert_eq!(reply, Bytes::from_static(probe));
+    assert_eq!(port.stats().restarts, 1);
+    port.shutdown().await;
 }
 
 #[tokio::test]
@@ -131,12 +123,12 @@ async fn a_child_that_never_answers_times_out_and_is_restarted_as_hung() {
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     assert!(err.is_retryable());
     // Nothing came back for the abandoned request: the child is killed as hung.
-    eventually("hung child restarted", || port.stats().restarts >= 1).await;
-    eventually("new child running", || {
+    common::eventually("hung child restarted", || port.stats().restarts >= 1).await;
+    common::eventually("new child running", || {
         port.stats().pid.is_some_and(|p| p != first_pid)
     })
     .await;
-    eventually("hung child reaped", || !process_exists(first_pid)).await;
+    common::eventually("hung child reaped", || !process_exists(first_pid)).await;
     port.shutdown().await;
 }
 
@@ -175,10 +167,7 @@ async fn a_crash_fails_every_pending_caller_at_once_and_the_port_restarts() {
         }
     }
     assert_eq!(port.stats().inflight, 0);
-    let reply = port.request(Bytes::from_static(b"after")).await.unwrap();
-    assert_eq!(reply, Bytes::from_static(b"after"));
-    assert_eq!(port.stats().restarts, 1);
-    port.shutdown().await;
+    recovered_after_one_restart(port, b"after").await;
 }
 
 #[tokio::test]
@@ -204,10 +193,7 @@ async fn an_oversized_reply_is_rejected_counted_and_the_port_recovers() {
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(port.stats().frames_rejected, 1);
-    let reply = port.request(Bytes::from_static(b"again")).await.unwrap();
-    assert_eq!(reply, Bytes::from_static(b"again"));
-    assert_eq!(port.stats().restarts, 1);
-    port.shutdown().await;
+    recovered_after_one_restart(port, b"again").await;
 }
 
 #[tokio::test]
@@ -234,11 +220,11 @@ async fn an_unsolicited_frame_is_rejected_and_the_child_restarted() {
     // Speaks before being asked: a reply with no request outstanding.
     let (builder, _dir) = once_then_cat(r"printf '\000\000\000\001x'; exec sleep 1000");
     let port = builder.spawn().unwrap();
-    eventually("unexpected frame counted", || {
+    common::eventually("unexpected frame counted", || {
         port.stats().frames_rejected == 1
     })
     .await;
-    eventually("restarted", || port.stats().restarts == 1).await;
+    common::eventually("restarted", || port.stats().restarts == 1).await;
     let reply = port.request(Bytes::from_static(b"ok?")).await.unwrap();
     assert_eq!(reply, Bytes::from_static(b"ok?"));
     port.shutdown().await;
@@ -300,7 +286,7 @@ async fn restarts_back_off_and_the_port_gives_up_at_the_limit() {
         })
         .spawn()
         .unwrap();
-    eventually("gave up", || port.state() == PortState::Failed).await;
+    common::eventually("gave up", || port.state() == PortState::Failed).await;
     assert_eq!(port.stats().restarts, 3);
     let err = port.request(Bytes::from_static(b"x")).await.unwrap_err();
     assert!(
@@ -316,11 +302,11 @@ async fn a_request_during_a_long_backoff_fails_fast_with_retry_after() {
         .restart(RestartPolicy {
             initial_backoff: Duration::from_secs(30),
             max_backoff: Duration::from_secs(60),
-            ..fast_restarts()
+            ..common::fast_restarts()
         })
         .spawn()
         .unwrap();
-    eventually("restarting", || port.state() == PortState::Restarting).await;
+    common::eventually("restarting", || port.state() == PortState::Restarting).await;
     let err = port
         .request_with_timeout(Bytes::from_static(b"x"), Duration::from_secs(1))
         .await
@@ -334,19 +320,19 @@ async fn a_request_during_a_long_backoff_fails_fast_with_retry_after() {
     }
     // An explicit restart cuts the backoff short.
     port.restart();
-    eventually("restarted", || port.stats().restarts == 1).await;
+    common::eventually("restarted", || port.stats().restarts == 1).await;
 }
 
 #[tokio::test]
 async fn restart_replaces_the_child_and_requests_keep_working() {
     let port = Port::builder("cat")
-        .restart(fast_restarts())
+        .restart(common::fast_restarts())
         .spawn()
         .unwrap();
     let pid = port.stats().pid.unwrap();
     port.restart();
-    eventually("new child", || port.stats().pid.is_some_and(|p| p != pid)).await;
-    eventually("old child gone", || !process_exists(pid)).await;
+    common::eventually("new child", || port.stats().pid.is_some_and(|p| p != pid)).await;
+    common::eventually("old child gone", || !process_exists(pid)).await;
     assert_eq!(
         port.request(Bytes::from_static(b"x")).await.unwrap(),
         Bytes::from_static(b"x")
@@ -373,7 +359,7 @@ async fn shutdown_lets_outstanding_requests_finish() {
         let port = port.clone();
         tokio::spawn(async move { port.request(Bytes::from_static(b"slow")).await })
     };
-    eventually("in flight", || port.stats().inflight == 1).await;
+    common::eventually("in flight", || port.stats().inflight == 1).await;
     port.shutdown().await;
     assert_eq!(caller.await.unwrap().unwrap(), Bytes::from_static(b"slow"));
 }
@@ -386,7 +372,7 @@ async fn dropping_the_last_handle_stops_the_child() {
     drop(port);
     assert!(process_exists(pid), "a clone keeps it alive");
     drop(clone);
-    eventually("child gone after drop", || !process_exists(pid)).await;
+    common::eventually("child gone after drop", || !process_exists(pid)).await;
 }
 
 // ---- stderr forwarding, observed with a minimal tracing subscriber ----
@@ -447,7 +433,7 @@ async fn stderr_lines_are_forwarded_to_tracing_and_cut_at_the_limit() {
         .max_stderr_line(100)
         .spawn()
         .unwrap();
-    eventually("two stderr lines", || port.stats().stderr_lines == 2).await;
+    common::eventually("two stderr lines", || port.stats().stderr_lines == 2).await;
     // Still a working port.
     assert_eq!(
         port.request(Bytes::from_static(b"x")).await.unwrap(),
@@ -474,7 +460,7 @@ async fn a_reply_written_just_before_the_child_exits_is_delivered() {
     let port = builder.spawn().unwrap();
     let reply = port.request(Bytes::from_static(b"hello")).await.unwrap();
     assert_eq!(reply, Bytes::from_static(b"hello"));
-    eventually("restarted after the exit", || port.stats().restarts == 1).await;
+    common::eventually("restarted after the exit", || port.stats().restarts == 1).await;
     assert_eq!(
         port.request(Bytes::from_static(b"again")).await.unwrap(),
         Bytes::from_static(b"again")
@@ -484,42 +470,17 @@ async fn a_reply_written_just_before_the_child_exits_is_delivered() {
 
 #[test]
 fn requests_rejections_restarts_and_stderr_are_counted_in_metrics() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    use std::collections::BTreeMap;
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
     // The port registers its handles when spawned, so spawning under the local recorder
     // binds them to it.
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (builder, _dir) = once_then_cat("echo oops >&2; head -c 4 >/dev/null; exit 3");
-            let port = builder.name("m").max_frame(8).spawn().unwrap();
-            assert!(port.request(Bytes::from_static(b"x")).await.is_err()); // crash
-            assert!(port.request(Bytes::from(vec![0u8; 9])).await.is_err()); // too large
-            port.request(Bytes::from_static(b"ok")).await.unwrap();
-            port.request(Bytes::from_static(b"ok")).await.unwrap();
-            port.shutdown().await;
-        });
+    let ((), seen) = common::with_metrics(&["port"], || async {
+        let (builder, _dir) = once_then_cat("echo oops >&2; head -c 4 >/dev/null; exit 3");
+        let port = builder.name("m").max_frame(8).spawn().unwrap();
+        assert!(port.request(Bytes::from_static(b"x")).await.is_err()); // crash
+        assert!(port.request(Bytes::from(vec![0u8; 9])).await.is_err()); // too large
+        port.request(Bytes::from_static(b"ok")).await.unwrap();
+        port.request(Bytes::from_static(b"ok")).await.unwrap();
+        port.shutdown().await;
     });
-    let mut seen = BTreeMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let labels: Vec<String> = key
-            .key()
-            .labels()
-            .filter(|l| l.key() != "port")
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let v = match value {
-            DebugValue::Counter(c) => c as f64,
-            DebugValue::Gauge(g) => g.into_inner(),
-            DebugValue::Histogram(h) => h.len() as f64,
-        };
-        seen.insert(format!("{}{{{}}}", key.key().name(), labels.join(",")), v);
-    }
     let get = |k: &str| seen.get(k).copied().unwrap_or(-1.0);
     assert_eq!(
         get("foundation_port_requests_total{result=ok}"),

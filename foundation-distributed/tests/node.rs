@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use foundation_distributed::channel::Urgency;
 use foundation_distributed::interpose::Interposer;
 use foundation_distributed::node::{MembershipEvent, Node, NodeSettings, SendOptions};
 use foundation_distributed::topology::{Role, TopologyKind};
@@ -385,7 +386,7 @@ async fn switching_topology_keeps_down_members() {
     eventually("joined", || up_names(&nodes[0]) == ["a", "b"]).await;
     let cut = faults.partition(&["a"], &["b"]);
     eventually("b down at a", || up_names(&nodes[0]) == ["a"]).await;
-    nodes[0].switch_topology(TopologyKind::FullMesh);
+    nodes[0].switch_topology(TopologyKind::Static).unwrap();
     assert!(
         nodes[0].members().iter().any(|m| m.name == "b" && !m.up),
         "b still known, as down"
@@ -499,4 +500,57 @@ async fn handlers_that_answer_at_once_wait_or_panic_all_get_replies() {
     eventually("no handler left running", || b.load().1 == 0).await;
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Messages sent on `channel` by `n`, to every peer.
+fn sent_on(n: &Node, channel: &str) -> u64 {
+    n.peer_stats()
+        .iter()
+        .flat_map(|p| p.channels.iter())
+        .filter(|c| c.channel == channel)
+        .map(|c| c.sent_messages)
+        .sum()
+}
+
+#[tokio::test]
+async fn urgent_try_send_and_its_relays_use_the_urgent_channel_like_send() {
+    let net = MemoryNetwork::new();
+    let cs = TopologyKind::ClientServer {
+        servers_per_client: 1,
+    };
+    let s1 = mem_node(&net, "s1", Role::Server, cs).await;
+    let s2 = mem_node(&net, "s2", Role::Server, cs).await;
+    s2.join(&[s1.addr()]).await.unwrap();
+    let c1 = mem_node(&net, "c1", Role::Client, cs).await;
+    let c2 = mem_node(&net, "c2", Role::Client, cs).await;
+    c1.join(&[s1.addr()]).await.unwrap();
+    c2.join(&[s2.addr()]).await.unwrap();
+    for n in [&s1, &s2, &c1, &c2] {
+        eventually("membership", || up_names(n).len() == 4).await;
+    }
+    let urgent = SendOptions {
+        urgency: Urgency::Urgent,
+        key: None,
+    };
+    // Direct: a client to its server.
+    let mut at_s1 = s1.register::<u32>("inbox");
+    let before = sent_on(&c1, "urgent");
+    eventually("c1 -> s1 accepted", || {
+        c1.try_send("s1", "inbox", &1u32, urgent).is_ok()
+    })
+    .await;
+    assert_eq!(at_s1.recv().await.unwrap(), ("c1".to_string(), 1));
+    assert_eq!(sent_on(&c1, "urgent"), before + 1);
+    // Relayed: client to client through the servers, every hop on `urgent`.
+    let mut at_c2 = c2.register::<u32>("inbox");
+    let relayed = sent_on(&s1, "urgent") + sent_on(&s2, "urgent");
+    eventually("c1 -> c2 accepted", || {
+        c1.try_send("c2", "inbox", &2u32, urgent).is_ok()
+    })
+    .await;
+    assert_eq!(at_c2.recv().await.unwrap(), ("c1".to_string(), 2));
+    assert!(
+        sent_on(&s1, "urgent") + sent_on(&s2, "urgent") > relayed,
+        "the servers relayed the urgent message on another channel"
+    );
 }

@@ -509,7 +509,7 @@ async fn hyparview_from_settings_and_by_switching() {
     .await;
     assert!(mesh.iter().all(|n| n.neighbours().len() == 7));
     for n in &mesh {
-        n.switch_topology(TopologyKind::HyParView(config));
+        n.switch_topology(TopologyKind::HyParView(config)).unwrap();
     }
     eventually("a connected overlay after the switch", || {
         overlay_connected(&mesh) && mesh.iter().all(|n| n.neighbours().len() <= 3)

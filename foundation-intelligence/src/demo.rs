@@ -18,7 +18,8 @@
 //!   `faulty-codec`, a feature built to fail 20 % of its calls, which must be rolled back;
 //! * **predictive scaling**: a load ramping from 100 to 1000 jobs/s offered to an
 //!   ecosystem, resized ahead of the ramp when the forecast is confident (≥ 0.85);
-//! * **adaptive topology** on every node (switches when the cluster outgrows a full mesh).
+//! * **adaptive topology** on every node (the overlay's smart selector; a switch is agreed
+//!   by the whole cluster).
 //!
 //! One-way latencies are measured from send to receipt (one process, one clock) into
 //! HDR histograms per channel; request/reply latencies are round trips.
@@ -36,8 +37,9 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::adaptive_topology::{kind_label, AdaptiveTopology, SizeSelector};
+use crate::adaptive_topology::{kind_label, AdaptiveTopology, OverlaySelector};
 use crate::beam::ecosystem::{Ecosystem, EcosystemSpec, Workers};
+use crate::beam::supervisor::Intensity;
 use crate::beam::{Context, Process, Reply};
 use crate::core::telemetry::ShardedRecorder;
 use crate::distributed::channel::Urgency;
@@ -179,6 +181,8 @@ pub struct DemoSummary {
     pub crashes_injected: u64,
     /// Restarts over all ecosystems.
     pub restarts: u64,
+    /// Ecosystems whose coordinator stopped (restart intensity exceeded), with why.
+    pub ecosystems_down: Vec<String>,
     /// The hypothesis' verdict, if it finished in time.
     pub hypothesis: Option<Verdict>,
     /// The rollouts.
@@ -396,7 +400,15 @@ async fn start_node(
     )
     .await
     .map_err(|e| DemoError::Start(format!("node {name}: {e}")))?;
-    let spec = EcosystemSpec::new(format!("work.{name}")).workers(Workers::Fixed(2));
+    // Crashes come every 1.5 s, so up to 4 can hit one ecosystem within 5 s: more than
+    // the default intensity (3 in 5 s) allows, after which its coordinator would give up
+    // and the ecosystem stay down. Allow what the demo injects.
+    let spec = EcosystemSpec::new(format!("work.{name}"))
+        .workers(Workers::Fixed(2))
+        .intensity(Intensity {
+            max_restarts: 10,
+            period: Duration::from_secs(5),
+        });
     let eco = Arc::new(
         Ecosystem::start(spec, |_| Worker)
             .await
@@ -452,16 +464,48 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(true));
     let names: Vec<String> = nodes.iter().map(|n| n.node.name().to_string()).collect();
     let health_nodes: Vec<Node> = nodes.iter().map(|n| n.node.clone()).collect();
+    // Rollouts, checked by their monitors.
+    let check = (options.duration / 6).max(Duration::from_millis(500));
+    let inline = Rollout::new(
+        "inline-requests",
+        RolloutSettings {
+            initial_percent: 10.0,
+            check_interval: check,
+            min_samples: 20,
+            ..RolloutSettings::default()
+        },
+    )
+    .expect("valid rollout settings");
+    let faulty = Rollout::new(
+        "faulty-codec",
+        RolloutSettings {
+            initial_percent: 10.0,
+            check_interval: check,
+            min_samples: 20,
+            ..RolloutSettings::default()
+        },
+    )
+    .expect("valid rollout settings");
+    let hypotheses = Arc::new(HypothesisEngine::new());
     // The observer: every node answers `observer.snapshot`; n0's HTTP server shows them all.
+    // n0's timeline also shows the rollouts' steps and the hypothesis' verdict (both run
+    // on n0); the scaler's decisions go on the last node's.
     let topology_label = crate::adaptive_topology::kind_label(options.topology);
-    let mut observer = None;
-    for n in &nodes {
-        let o = crate::observer::Observer::new(n.node.clone(), topology_label)
+    let mut observers = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let mut o = crate::observer::Observer::new(n.node.clone(), topology_label)
             .recorder(recorder.clone())
             .ecosystem(n.eco.clone());
+        if i == 0 {
+            o = o
+                .rollout(inline.clone())
+                .rollout(faulty.clone())
+                .hypotheses(hypotheses.clone());
+        }
         o.serve();
-        observer.get_or_insert(o);
+        observers.push(o);
     }
+    let observer = observers.first().cloned();
     let mut endpoints = Endpoints::new(recorder, ready.clone()).health(move || {
         let members: BTreeMap<String, usize> = health_nodes
             .iter()
@@ -538,37 +582,15 @@ pub async fn run(
                     Duration::from_secs(2),
                 )
                 .await
-                .is_ok()
+                .map_err(|e| e.to_string())
             }
         });
-        n.node.serve(
-            "work-inline",
-            move |_from, _cost_us: u64| async move { true },
-        );
+        n.node
+            .serve("work-inline", move |_from, _cost_us: u64| async move {
+                Ok::<(), String>(())
+            });
     }
 
-    // Rollouts, checked by their monitors.
-    let check = (options.duration / 6).max(Duration::from_millis(500));
-    let inline = Rollout::new(
-        "inline-requests",
-        RolloutSettings {
-            initial_percent: 10.0,
-            check_interval: check,
-            min_samples: 20,
-            ..RolloutSettings::default()
-        },
-    )
-    .expect("valid rollout settings");
-    let faulty = Rollout::new(
-        "faulty-codec",
-        RolloutSettings {
-            initial_percent: 10.0,
-            check_interval: check,
-            min_samples: 20,
-            ..RolloutSettings::default()
-        },
-    )
-    .expect("valid rollout settings");
     tasks.spawn({
         let m = inline.spawn_monitor(stop.clone());
         async move {
@@ -635,16 +657,14 @@ pub async fn run(
                     let treated = inline.is_enabled(key.as_bytes());
                     let service = if treated { "work-inline" } else { "work" };
                     let start = Instant::now();
-                    let r: Result<bool, _> = node
+                    let r: Result<Result<(), String>, _> = node
                         .request(peer, service, &200u64, Duration::from_secs(2))
                         .await;
                     let took = start.elapsed();
-                    let ok = matches!(r, Ok(true));
+                    let ok = matches!(r, Ok(Ok(())));
                     match &r {
-                        Ok(true) => m.record_us(took.as_micros() as u64, 8),
-                        Ok(false) => m.fail_because(
-                            "the serving ecosystem's call failed (worker crashed or restarting)",
-                        ),
+                        Ok(Ok(())) => m.record_us(took.as_micros() as u64, 8),
+                        Ok(Err(e)) => m.fail_because(&format!("serving ecosystem: {e}")),
                         Err(e) => m.fail_because(&e.to_string()),
                     }
                     inline.record(treated, took, ok);
@@ -742,10 +762,17 @@ pub async fn run(
     let mut adaptive = Vec::new();
     let adapt = options.topology == TopologyKind::FullMesh;
     for node in all.iter().filter(|_| adapt) {
+        // The overlay's smart selector (size, measured latency, workload; hysteresis);
+        // a switch it asks for is agreed by the whole cluster.
+        let selector = OverlaySelector::new(
+            crate::distributed::overlay::selector::SelectorConfig::default(),
+            options.topology,
+        )
+        .map_err(DemoError::Start)?;
         let a = AdaptiveTopology::new(
             node.clone(),
             options.topology,
-            Box::new(SizeSelector::default()),
+            Box::new(selector),
             Duration::from_secs(5),
         );
         adaptive.push(a.spawn(Duration::from_secs(1), stop.clone()));
@@ -800,8 +827,8 @@ pub async fn run(
         let (eco_a, eco_r) = (hyp_eco.clone(), hyp_eco.clone());
         let (phase_a, phase_r) = (hypothesis_phase.clone(), hypothesis_phase.clone());
         let (stop, done, window) = (stop.clone(), hypothesis_done.clone(), window.clone());
+        let engine = hypotheses.clone();
         tasks.spawn(async move {
-            let engine = HypothesisEngine::new();
             hypothesis_phase_set(&phase_a, 1);
             let mut probe = move || {
                 let mut w = window.lock();
@@ -847,6 +874,7 @@ pub async fn run(
     {
         let (eco, stop, scaling) = (scaled.clone(), stop.clone(), scaling.clone());
         let total = options.duration.as_secs_f64();
+        let timeline = observers.last().cloned();
         tasks.spawn(async move {
             let policy = ScalingPolicy {
                 capacity_per_unit: 200.0,
@@ -887,6 +915,15 @@ pub async fn run(
                         if let Action::ScaleUp { from, to } | Action::ScaleDown { from, to } =
                             d.action
                         {
+                            if let Some(o) = &timeline {
+                                o.record(
+                                    crate::observer::live::EventKind::Decision,
+                                    eco.spec().name.as_str(),
+                                    format!(
+                                        "predictive scaling: {from} -> {to} workers (load {load:.0}/s)"
+                                    ),
+                                );
+                            }
                             scaling.lock().push(ScalingStep {
                                 load,
                                 from,
@@ -958,7 +995,7 @@ pub async fn run(
     let mut topology = options.topology;
     for (i, a) in adaptive.into_iter().enumerate() {
         if let Ok(a) = a.await {
-            switches += a.switches().len();
+            switches += a.switches().iter().filter(|s| s.proposed).count();
             if i == 0 {
                 topology = a.current();
             }
@@ -978,6 +1015,10 @@ pub async fn run(
     })
     .await;
     let restarts: u64 = nodes.iter().map(|n| n.eco.info().restarts).sum();
+    let ecosystems_down = nodes
+        .iter()
+        .filter_map(|n| Some(format!("{}: {}", n.eco.spec().name, n.eco.down()?)))
+        .collect();
     let rollouts = [&inline, &faulty]
         .iter()
         .map(|r| {
@@ -1000,6 +1041,9 @@ pub async fn run(
         })
         .collect();
     ready.store(false, Ordering::Release);
+    for o in &observers {
+        o.shutdown(Duration::from_secs(1)).await;
+    }
     http.shutdown().await;
     hyp_eco.shutdown(Duration::from_secs(2)).await;
     scaled.shutdown(Duration::from_secs(2)).await;
@@ -1029,6 +1073,7 @@ pub async fn run(
         members_up,
         crashes_injected: crashes.load(Ordering::Relaxed),
         restarts,
+        ecosystems_down,
         hypothesis,
         rollouts,
         scaling,
@@ -1100,6 +1145,9 @@ impl std::fmt::Display for DemoSummary {
             "supervision   {} crash(es) injected, {} restart(s)",
             self.crashes_injected, self.restarts
         )?;
+        for down in &self.ecosystems_down {
+            writeln!(f, "  ecosystem down (its coordinator gave up): {down}")?;
+        }
         match &self.hypothesis {
             Some(v) => writeln!(
                 f,

@@ -51,4 +51,5 @@ pub fn describe_metrics() {
     guard::describe_metrics();
     adaptive_topology::describe_metrics();
     http::describe_metrics();
+    observer::describe_metrics();
 }

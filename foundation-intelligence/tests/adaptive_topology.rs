@@ -2,6 +2,8 @@
 //! node from full mesh to client-server when the cluster outgrows the mesh limit, and
 //! application requests keep working across the switch (servers a, b; clients c, d).
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,14 +43,19 @@ async fn node(net: &MemoryNetwork, name: &str, role: Role, secret: &ClusterSecre
     n
 }
 
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("not reached: {what}");
+/// The controller every node runs here: a mesh up to 3 members, then client-server
+/// with one server per client; 60 s cooldown.
+fn controller(n: &Node) -> AdaptiveTopology {
+    AdaptiveTopology::new(
+        n.clone(),
+        TopologyKind::FullMesh,
+        Box::new(SizeSelector {
+            mesh_max: 3,
+            hysteresis: 1,
+            servers_per_client: 1,
+        }),
+        Duration::from_secs(60),
+    )
 }
 
 #[tokio::test]
@@ -58,17 +65,8 @@ async fn switches_to_client_server_when_the_cluster_outgrows_the_mesh() {
     let a = node(&net, "a", Role::Server, &secret).await;
     let b = node(&net, "b", Role::Server, &secret).await;
     b.join(&[a.addr()]).await.unwrap();
-    let mut ctl = AdaptiveTopology::new(
-        a.clone(),
-        TopologyKind::FullMesh,
-        Box::new(SizeSelector {
-            mesh_max: 3,
-            hysteresis: 1,
-            servers_per_client: 1,
-        }),
-        Duration::from_secs(60),
-    );
-    eventually("a sees b", || {
+    let mut ctl = controller(&a);
+    support::eventually("a sees b", || {
         a.members().iter().filter(|m| m.up).count() == 2
     })
     .await;
@@ -78,7 +76,7 @@ async fn switches_to_client_server_when_the_cluster_outgrows_the_mesh() {
     let d = node(&net, "d", Role::Client, &secret).await;
     c.join(&[a.addr()]).await.unwrap();
     d.join(&[a.addr()]).await.unwrap();
-    eventually("a sees 4 members", || {
+    support::eventually("a sees 4 members", || {
         a.members().iter().filter(|m| m.up).count() == 4
     })
     .await;
@@ -97,17 +95,8 @@ async fn switches_to_client_server_when_the_cluster_outgrows_the_mesh() {
 
     // Every node runs its own controller; they all switch.
     for n in [&b, &c, &d] {
-        let mut ctl = AdaptiveTopology::new(
-            n.clone(),
-            TopologyKind::FullMesh,
-            Box::new(SizeSelector {
-                mesh_max: 3,
-                hysteresis: 1,
-                servers_per_client: 1,
-            }),
-            Duration::from_secs(60),
-        );
-        eventually("the node sees 4 members", || {
+        let mut ctl = controller(n);
+        support::eventually("the node sees 4 members", || {
             n.members().iter().filter(|m| m.up).count() == 4
         })
         .await;

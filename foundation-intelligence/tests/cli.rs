@@ -261,6 +261,18 @@ fn the_demo_prints_its_summary() {
     ] {
         assert!(stdout.contains(needle), "`{needle}` missing:\n{stdout}");
     }
+    // Every injected crash was restarted: no ecosystem's coordinator gave up.
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("supervision"))
+        .unwrap();
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 2, "{line}");
+    assert_eq!(numbers[0], numbers[1], "crashes vs restarts: {line}");
+    assert!(!stdout.contains("ecosystem down"), "{stdout}");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use foundation_intelligence::hypothesis::{
     Decision, Experiment, FnIntervention, Goal, HypothesisEngine, HypothesisError, HypothesisSpec,
-    Intervention, Step, Test,
+    Intervention, Step, Test, Verdict,
 };
 use rand::{Rng, SeedableRng};
 
@@ -157,24 +157,29 @@ fn toggle(applied: &Arc<AtomicBool>) -> Toggle {
     Toggle(applied.clone())
 }
 
-#[tokio::test(start_paused = true)]
-async fn engine_commits_a_true_20_percent_improvement() {
+/// Runs the Welch spec on `engine` against a probe whose treatment scales the metric by
+/// `factor` (noise seeded by `seed`); returns the verdict and whether the change is still
+/// applied.
+async fn run_welch(engine: &HypothesisEngine, factor: f64, seed: u64) -> (Verdict, bool) {
     let applied = Arc::new(AtomicBool::new(false));
-    let engine = HypothesisEngine::new();
-    let start = tokio::time::Instant::now();
     let v = engine
         .run(
             &spec(Test::Welch),
-            &mut probe(applied.clone(), 0.8, 1),
+            &mut probe(applied.clone(), factor, seed),
             &mut toggle(&applied),
         )
         .await
         .unwrap();
+    (v, applied.load(Ordering::SeqCst))
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_commits_a_true_20_percent_improvement() {
+    let engine = HypothesisEngine::new();
+    let start = tokio::time::Instant::now();
+    let (v, applied) = run_welch(&engine, 0.8, 1).await;
     assert_eq!(v.decision, Decision::Commit, "{v:?}");
-    assert!(
-        applied.load(Ordering::SeqCst),
-        "a committed change stays applied"
-    );
+    assert!(applied, "a committed change stays applied");
     assert!(v.improvement > 0.1 && v.improvement < 0.3, "{v:?}");
     // 60 readings, one per second, on paused time.
     assert_eq!(start.elapsed(), Duration::from_secs(60));
@@ -185,38 +190,22 @@ async fn engine_commits_a_true_20_percent_improvement() {
 
 #[tokio::test(start_paused = true)]
 async fn engine_reverts_a_null_change() {
-    let applied = Arc::new(AtomicBool::new(false));
     let engine = HypothesisEngine::new();
-    let v = engine
-        .run(
-            &spec(Test::Welch),
-            &mut probe(applied.clone(), 1.0, 2),
-            &mut toggle(&applied),
-        )
-        .await
-        .unwrap();
+    let (v, applied) = run_welch(&engine, 1.0, 2).await;
     assert_eq!(v.decision, Decision::RevertNoImprovement, "{v:?}");
-    assert!(!applied.load(Ordering::SeqCst), "reverted");
+    assert!(!applied, "reverted");
     assert_eq!(engine.history()[0].outcome, "revert_no_improvement");
 }
 
 #[tokio::test(start_paused = true)]
 async fn engine_reverts_a_degradation_at_once() {
-    let applied = Arc::new(AtomicBool::new(false));
     let engine = HypothesisEngine::new();
     let start = tokio::time::Instant::now();
-    let v = engine
-        .run(
-            &spec(Test::Welch),
-            &mut probe(applied.clone(), 1.5, 3),
-            &mut toggle(&applied),
-        )
-        .await
-        .unwrap();
+    let (v, applied) = run_welch(&engine, 1.5, 3).await;
     assert_eq!(v.decision, Decision::RevertDegraded, "{v:?}");
     assert!(v.early && v.treatment_n < 30, "{v:?}");
     assert!(start.elapsed() < Duration::from_secs(60));
-    assert!(!applied.load(Ordering::SeqCst), "reverted");
+    assert!(!applied, "reverted");
 }
 
 #[tokio::test(start_paused = true)]
@@ -280,15 +269,7 @@ async fn outcomes_are_events() {
 
     let events = Events::new().unwrap();
     let engine = HypothesisEngine::new().with_events(events.clone());
-    let applied = Arc::new(AtomicBool::new(false));
-    engine
-        .run(
-            &spec(Test::Welch),
-            &mut probe(applied.clone(), 0.8, 6),
-            &mut toggle(&applied),
-        )
-        .await
-        .unwrap();
+    run_welch(&engine, 0.8, 6).await;
     let stored = events.store().query(&Query::new().event_type("hypothesis"));
     assert_eq!(stored.len(), 1);
     let record: Record = stored[0].payload().unwrap();

@@ -1124,16 +1124,29 @@ fn a14_topology_switch_no_loss() {
         let mut ok = std::collections::HashSet::new();
         let mut failed = 0u64;
         for i in 0..N {
+            // One node proposes; the switch is agreed by every member (coordinated, with
+            // an epoch). The second waits out the switch cooldown.
             if i == N / 4 {
-                for n in cluster.running() {
-                    n.switch_topology(TopologyKind::ClientServer {
+                cluster
+                    .node(0)
+                    .switch_topology(TopologyKind::ClientServer {
                         servers_per_client: 1,
-                    });
-                }
+                    })
+                    .expect("switch to client-server");
             }
             if i == 3 * N / 4 {
-                for n in cluster.running() {
-                    n.switch_topology(TopologyKind::FullMesh);
+                let n = cluster.node(1);
+                loop {
+                    match n.switch_topology(TopologyKind::FullMesh) {
+                        Err(foundation_distributed::node::SwitchError::CoolingDown {
+                            remaining,
+                            ..
+                        }) => tokio::time::sleep(remaining).await,
+                        r => {
+                            r.expect("switch back to full mesh");
+                            break;
+                        }
+                    }
                 }
             }
             match sender.send("n4", "seq", &i, SendOptions::default()).await {

@@ -5,6 +5,17 @@ use std::time::Duration;
 
 use foundation_distributed::node::{MembershipEvent, SendOptions};
 use foundation_testkit::cluster::{Cluster, ClusterSpec, Net};
+use tokio::sync::mpsc;
+
+async fn send_n0_to_n2(cluster: &Cluster, v: u32) {
+    let opts = SendOptions::default();
+    cluster.node(0).send("n2", "inbox", &v, opts).await.unwrap();
+}
+
+async fn assert_nothing_arrives(inbox: &mut mpsc::Receiver<(String, u32)>, why: &str) {
+    let r = tokio::time::timeout(Duration::from_millis(300), inbox.recv()).await;
+    assert!(r.is_err(), "{why}");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converges_sends_partitions_and_heals() {
@@ -13,44 +24,22 @@ async fn converges_sends_partitions_and_heals() {
         .unwrap();
     cluster.converge(Duration::from_secs(20)).await.unwrap();
     let mut inbox = cluster.node(2).register::<u32>("inbox");
-    cluster
-        .node(0)
-        .send("n2", "inbox", &1u32, SendOptions::default())
-        .await
-        .unwrap();
+    send_n0_to_n2(&cluster, 1).await;
     assert_eq!(inbox.recv().await.unwrap(), ("n0".to_string(), 1));
 
     let rule = cluster.partition(&["n0"], &["n2"]);
-    cluster
-        .node(0)
-        .send("n2", "inbox", &2u32, SendOptions::default())
-        .await
-        .unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), inbox.recv())
-            .await
-            .is_err(),
-        "a partitioned message is not delivered"
-    );
+    send_n0_to_n2(&cluster, 2).await;
+    assert_nothing_arrives(&mut inbox, "a partitioned message is not delivered").await;
     cluster.interposer().remove(rule);
     let lossy = cluster.drop_messages(&["n0"], &["n2"], 1.0);
-    cluster
-        .node(0)
-        .send("n2", "inbox", &4u32, SendOptions::default())
-        .await
-        .unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), inbox.recv())
-            .await
-            .is_err(),
-        "a message dropped with probability 1 is not delivered"
-    );
+    send_n0_to_n2(&cluster, 4).await;
+    assert_nothing_arrives(
+        &mut inbox,
+        "a message dropped with probability 1 is not delivered",
+    )
+    .await;
     cluster.interposer().remove(lossy);
-    cluster
-        .node(0)
-        .send("n2", "inbox", &3u32, SendOptions::default())
-        .await
-        .unwrap();
+    send_n0_to_n2(&cluster, 3).await;
     assert_eq!(inbox.recv().await.unwrap(), ("n0".to_string(), 3));
     cluster.shutdown().await;
 }

@@ -33,7 +33,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use foundation_beam::mailbox::MemoryStrategy;
 use foundation_beam::message::{MessageOptions, Messenger, Payload, StrategySettings};
-use foundation_beam::process::{spawn_fn, spawn_with, Context, Process, Reply, SpawnOptions};
+use foundation_beam::process::{spawn_fn, spawn_with, SpawnOptions};
+use foundation_benches::peers::{
+    fire, round_trips, tokio_fire, Counter, FCounter, KCounter, RCounter, TrySend,
+};
+use foundation_benches::runtime;
 use foundation_distributed::channel::ChannelSettings;
 use foundation_distributed::overlay::plumtree::Mode;
 use foundation_distributed::overlay::sim::{Sim, SimConfig};
@@ -48,8 +52,6 @@ use tokio::sync::{mpsc, oneshot};
 
 #[global_allocator]
 static ALLOC: PeakAlloc = PeakAlloc;
-
-const T: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------------------------------
 // Model
@@ -152,134 +154,18 @@ impl Scenario {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort_unstable();
     v[v.len() / 2]
 }
 
-// ------------------------------------------------------------------------------------
-// Peers: ractor and kameo actors
-
-enum RMsg {
-    Start(u64, oneshot::Sender<()>),
-    Tick(u64),
-    Echo(u64, ractor::RpcReplyPort<u64>),
-}
-
-struct RCounter;
-
-impl ractor::Actor for RCounter {
-    type Msg = RMsg;
-    type State = (u64, Option<oneshot::Sender<()>>);
-    type Arguments = ();
-
-    async fn pre_start(
-        &self,
-        _: ractor::ActorRef<RMsg>,
-        _: (),
-    ) -> Result<Self::State, ractor::ActorProcessingErr> {
-        Ok((0, None))
-    }
-
-    async fn handle(
-        &self,
-        _: ractor::ActorRef<RMsg>,
-        msg: RMsg,
-        state: &mut Self::State,
-    ) -> Result<(), ractor::ActorProcessingErr> {
-        match msg {
-            RMsg::Start(n, done) => *state = (n, Some(done)),
-            RMsg::Tick(v) => {
-                black_box(v);
-                state.0 -= 1;
-                if state.0 == 0 {
-                    let _ = state.1.take().map(|d| d.send(()));
-                }
-            }
-            RMsg::Echo(v, r) => {
-                let _ = r.send(v);
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(kameo::Actor, Default)]
-struct KCounter {
-    left: u64,
-    done: Option<oneshot::Sender<()>>,
-}
-
-struct KStart(u64, oneshot::Sender<()>);
-struct KTick(u64);
-struct KEcho(u64);
-
-impl kameo::message::Message<KStart> for KCounter {
-    type Reply = ();
-    async fn handle(&mut self, m: KStart, _: &mut kameo::message::Context<Self, ()>) {
-        self.left = m.0;
-        self.done = Some(m.1);
-    }
-}
-
-impl kameo::message::Message<KTick> for KCounter {
-    type Reply = ();
-    async fn handle(&mut self, m: KTick, _: &mut kameo::message::Context<Self, ()>) {
-        black_box(m.0);
-        self.left -= 1;
-        if self.left == 0 {
-            let _ = self.done.take().map(|d| d.send(()));
-        }
-    }
-}
-
-impl kameo::message::Message<KEcho> for KCounter {
-    type Reply = u64;
-    async fn handle(&mut self, m: KEcho, _: &mut kameo::message::Context<Self, u64>) -> u64 {
-        m.0
-    }
-}
-
-// Foundation process
-
-enum FMsg {
-    Start(u64, oneshot::Sender<()>),
-    Tick(u64),
-    Echo(u64, Reply<u64>),
-}
-
-#[derive(Default)]
-struct FCounter {
-    left: u64,
-    done: Option<oneshot::Sender<()>>,
-}
-
-impl Process for FCounter {
-    type Message = FMsg;
-    async fn handle(&mut self, msg: FMsg, _: &mut Context<FMsg>) {
-        match msg {
-            FMsg::Start(n, done) => {
-                self.left = n;
-                self.done = Some(done);
-            }
-            FMsg::Tick(v) => {
-                black_box(v);
-                self.left -= 1;
-                if self.left == 0 {
-                    let _ = self.done.take().map(|d| d.send(()));
-                }
-            }
-            FMsg::Echo(v, r) => r.send(v),
-        }
-    }
+/// The median of `rounds` runs of `round` on `rt`.
+fn median_rounds<F: std::future::Future<Output = Duration>>(
+    rt: &tokio::runtime::Runtime,
+    rounds: usize,
+    mut round: impl FnMut() -> F,
+) -> Duration {
+    median((0..rounds).map(|_| rt.block_on(round())).collect())
 }
 
 // ------------------------------------------------------------------------------------
@@ -297,8 +183,83 @@ struct Sizes {
     overlay_nodes: usize,
 }
 
-fn fire_and_forget(s: &Sizes) -> Scenario {
+/// What a counter row measures.
+#[derive(Clone, Copy)]
+enum Measure {
+    /// [`fire`] rounds of this many ticks.
+    Fire(u64),
+    /// [`round_trips`] of this many calls.
+    Calls(u64),
+}
+
+impl Measure {
+    async fn on<C: Counter>(self, c: &C) -> Duration {
+        match self {
+            Measure::Fire(n) => fire(c, n).await,
+            Measure::Calls(n) => round_trips(c, n).await,
+        }
+    }
+}
+
+/// A Foundation counter's row: the process spawned with `memory`, driven through
+/// `send().await` when `awaited` (else `try_send`); the median of `rounds`
+/// measurements, reported as `show(median)`.
+fn foundation_row(
+    sc: &mut Scenario,
+    label: &str,
+    memory: MemoryStrategy,
+    awaited: bool,
+    m: Measure,
+    rounds: usize,
+    show: impl Fn(Duration) -> (f64, String),
+) {
+    sc.row(label, || {
+        let rt = runtime();
+        let h = rt.block_on(async {
+            spawn_with(FCounter::default(), SpawnOptions::new().memory(memory)).expect("spawn")
+        });
+        let d = if awaited {
+            median_rounds(&rt, rounds, || m.on(&h))
+        } else {
+            let t = TrySend(h.clone());
+            median_rounds(&rt, rounds, || m.on(&t))
+        };
+        h.shutdown();
+        show(d)
+    });
+}
+
+/// The peers' rows: `labels` name the ractor and the kameo row; each runs the median of
+/// `rounds` measurements on its own runtime and reports `show(median)`.
+fn peer_rows(
+    sc: &mut Scenario,
+    [ractor_label, kameo_label]: [&str; 2],
+    m: Measure,
+    rounds: usize,
+    show: impl Fn(Duration) -> (f64, String),
+) {
     use kameo::actor::Spawn;
+    sc.row(ractor_label, || {
+        let rt = runtime();
+        let (rh, _j) = rt.block_on(async {
+            ractor::Actor::spawn(None, RCounter, ())
+                .await
+                .expect("spawn")
+        });
+        let d = median_rounds(&rt, rounds, || m.on(&rh));
+        rh.stop(None);
+        show(d)
+    });
+    sc.row(kameo_label, || {
+        let rt = runtime();
+        let kh = rt.block_on(async {
+            KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
+        });
+        show(median_rounds(&rt, rounds, || m.on(&kh)))
+    });
+}
+
+fn fire_and_forget(s: &Sizes) -> Scenario {
     let n = s.messages;
     let mut sc = Scenario::new(
         "fire_and_forget",
@@ -311,36 +272,10 @@ fn fire_and_forget(s: &Sizes) -> Scenario {
     );
     let rate = |d: Duration| n as f64 / d.as_secs_f64() / 1e6;
     let rounds = s.rounds;
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
     sc.row("tokio mpsc (unbounded)", || {
-        let rt = runtime();
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
-                        let (dtx, drx) = oneshot::channel();
-                        tokio::spawn(async move {
-                            let mut left = n;
-                            while let Some(v) = rx.recv().await {
-                                black_box(v);
-                                left -= 1;
-                                if left == 0 {
-                                    let _ = dtx.send(());
-                                    break;
-                                }
-                            }
-                        });
-                        let t = Instant::now();
-                        for i in 0..n {
-                            tx.send(i).expect("receiver alive");
-                        }
-                        drx.await.expect("done");
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
-        (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
+        let d = median_rounds(&runtime(), rounds, || tokio_fire(n, None));
+        (rate(d), ms(d))
     });
     for (label, awaited, mem) in [
         (
@@ -354,90 +289,20 @@ fn fire_and_forget(s: &Sizes) -> Scenario {
             MemoryStrategy::default(),
         ),
     ] {
-        sc.row(label, || {
-            let rt = runtime();
-            let h = rt.block_on(async {
-                spawn_with(FCounter::default(), SpawnOptions::new().memory(mem)).expect("spawn")
-            });
-            let d = median(
-                (0..rounds)
-                    .map(|_| {
-                        rt.block_on(async {
-                            let (dtx, drx) = oneshot::channel();
-                            h.send(FMsg::Start(n, dtx)).await.expect("alive");
-                            let t = Instant::now();
-                            for i in 0..n {
-                                if awaited {
-                                    h.send(FMsg::Tick(i)).await.expect("alive");
-                                } else {
-                                    h.try_send(FMsg::Tick(i)).expect("alive");
-                                }
-                            }
-                            drx.await.expect("done");
-                            t.elapsed()
-                        })
-                    })
-                    .collect(),
-            );
-            h.shutdown();
-            (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
+        let m = Measure::Fire(n);
+        foundation_row(&mut sc, label, mem, awaited, m, rounds, |d| {
+            (rate(d), ms(d))
         });
     }
-    sc.row("ractor cast", || {
-        let rt = runtime();
-        let (rh, _j) = rt.block_on(async {
-            ractor::Actor::spawn(None, RCounter, ())
-                .await
-                .expect("spawn")
-        });
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let (dtx, drx) = oneshot::channel();
-                        rh.cast(RMsg::Start(n, dtx)).expect("alive");
-                        let t = Instant::now();
-                        for i in 0..n {
-                            rh.cast(RMsg::Tick(i)).expect("alive");
-                        }
-                        drx.await.expect("done");
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
-        rh.stop(None);
-        (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
-    });
-    sc.row("kameo tell (unbounded)", || {
-        let rt = runtime();
-        let kh = rt.block_on(async {
-            KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
-        });
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let (dtx, drx) = oneshot::channel();
-                        kh.tell(KStart(n, dtx)).await.expect("alive");
-                        let t = Instant::now();
-                        for i in 0..n {
-                            kh.tell(KTick(i)).await.expect("alive");
-                        }
-                        drx.await.expect("done");
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
-        (rate(d), format!("{:.1} ms", d.as_secs_f64() * 1e3))
+    let labels = ["ractor cast", "kameo tell (unbounded)"];
+    peer_rows(&mut sc, labels, Measure::Fire(n), rounds, |d| {
+        (rate(d), ms(d))
     });
     sc.finish();
     sc
 }
 
 fn request_reply(s: &Sizes) -> Scenario {
-    use kameo::actor::Spawn;
     let n = s.calls;
     let mut sc = Scenario::new(
         "request_reply",
@@ -452,6 +317,7 @@ fn request_reply(s: &Sizes) -> Scenario {
         ),
     );
     let rate = |d: Duration| n as f64 / d.as_secs_f64() / 1e3;
+    let per_call = |d: Duration| format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64);
     let rounds = s.rounds;
     sc.row("tokio mpsc + oneshot", || {
         let rt = runtime();
@@ -476,84 +342,15 @@ fn request_reply(s: &Sizes) -> Scenario {
                 })
                 .collect(),
         );
-        (
-            rate(d),
-            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
-        )
+        (rate(d), per_call(d))
     });
-    sc.row("Foundation call", || {
-        let rt = runtime();
-        let h = rt.block_on(async {
-            spawn_with(FCounter::default(), SpawnOptions::new()).expect("spawn")
-        });
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let t = Instant::now();
-                        for i in 0..n {
-                            black_box(h.call(|r| FMsg::Echo(i, r), T).await.expect("reply"));
-                        }
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
-        h.shutdown();
-        (
-            rate(d),
-            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
-        )
+    let (mem, m) = (MemoryStrategy::default(), Measure::Calls(n));
+    foundation_row(&mut sc, "Foundation call", mem, true, m, rounds, |d| {
+        (rate(d), per_call(d))
     });
-    sc.row("ractor call", || {
-        let rt = runtime();
-        let (rh, _j) = rt.block_on(async {
-            ractor::Actor::spawn(None, RCounter, ())
-                .await
-                .expect("spawn")
-        });
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let t = Instant::now();
-                        for i in 0..n {
-                            let r = rh.call(|r| RMsg::Echo(i, r), Some(T)).await.expect("call");
-                            black_box(r.success_or(()).ok());
-                        }
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
-        rh.stop(None);
-        (
-            rate(d),
-            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
-        )
-    });
-    sc.row("kameo ask", || {
-        let rt = runtime();
-        let kh = rt.block_on(async {
-            KCounter::spawn_with_mailbox(KCounter::default(), kameo::mailbox::unbounded())
-        });
-        let d = median(
-            (0..rounds)
-                .map(|_| {
-                    rt.block_on(async {
-                        let t = Instant::now();
-                        for i in 0..n {
-                            black_box(kh.ask(KEcho(i)).await.expect("reply"));
-                        }
-                        t.elapsed()
-                    })
-                })
-                .collect(),
-        );
-        (
-            rate(d),
-            format!("{:.2} us/call", d.as_secs_f64() * 1e6 / n as f64),
-        )
+    let labels = ["ractor call", "kameo ask"];
+    peer_rows(&mut sc, labels, Measure::Calls(n), rounds, |d| {
+        (rate(d), per_call(d))
     });
     sc.finish();
     sc

@@ -83,6 +83,7 @@
 //! ```
 
 mod queue;
+mod stats;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,6 +104,7 @@ use crate::transport::{
 };
 use crate::{Error, Result};
 use queue::{Item, Queue, QueueMeters, Refused};
+pub use stats::{ChannelStats, LATE_AFTER};
 
 pub(crate) mod metric {
     pub const MESSAGES: &str = "foundation_channel_messages_total";
@@ -839,9 +841,9 @@ impl Writer {
             self.meters.messages_out.increment(1);
             self.meters.bytes_out.increment(len);
         }
-        self.meters
-            .send_seconds
-            .record(now.saturating_duration_since(item.queued).as_secs_f64());
+        let waited = now.saturating_duration_since(item.queued);
+        self.meters.send_seconds.record(waited.as_secs_f64());
+        self.queue.live.written(copies.into(), len, waited);
         Ok(())
     }
 }

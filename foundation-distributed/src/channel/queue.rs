@@ -67,6 +67,8 @@ pub(crate) struct Queue {
     depth: Gauge,
     queued_bytes: Gauge,
     superseded: Counter,
+    /// What this connection's writer wrote, for [`Channels::stats`](super::Channels::stats).
+    pub(crate) live: super::stats::LiveCounters,
 }
 
 /// Gauges and counters of a queue.
@@ -104,6 +106,7 @@ impl Queue {
             depth: meters.depth,
             queued_bytes: meters.bytes,
             superseded: meters.superseded,
+            live: super::stats::LiveCounters::default(),
         }
     }
 
@@ -334,6 +337,13 @@ impl Queue {
         self.bytes.close();
         self.ready.notify_one();
         n
+    }
+
+    /// Items queued and their payload bytes, read under the lock (for observers).
+    pub(crate) fn depth(&self) -> (usize, u64) {
+        let st = self.state.lock();
+        let bytes = st.items.iter().map(|i| i.payload.len() as u64).sum();
+        (st.items.len(), bytes)
     }
 
     /// Why the queue closed, if it did.

@@ -253,6 +253,17 @@ impl Links {
         metrics::gauge!("foundation_node_links").set(self.map.lock().len() as f64);
     }
 
+    /// Takes the link to `peer` out of service without dropping what is queued on it:
+    /// returns its channels (if up) for the caller to drain with
+    /// [`Channels::shutdown`] under a deadline. Used by a topology switch to tear down
+    /// links the new overlay no longer wants.
+    pub fn retire(&self, peer: &str) -> Option<Arc<Channels>> {
+        let link = self.map.lock().remove(peer);
+        let channels = link.and_then(|l| l.stop());
+        metrics::gauge!("foundation_node_links").set(self.map.lock().len() as f64);
+        channels
+    }
+
     /// Peers whose link is up.
     pub fn up_peers(&self) -> Vec<Arc<Link>> {
         self.map

@@ -628,6 +628,9 @@ impl Inner {
                 true
             });
         }
+        if self.switch_settling() {
+            close.clear(); // make before break: a topology switch keeps old links (switch.rs)
+        }
         for p in close {
             self.links.remove(&p);
             metrics::counter!("foundation_node_link_events_total", "event" => "closed_unwanted")

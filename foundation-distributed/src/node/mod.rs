@@ -50,8 +50,12 @@ mod broadcast;
 mod delivery;
 mod link;
 mod membership;
+mod peer_stats;
 mod request;
+mod switch;
 mod wire;
+
+pub use switch::{SwitchError, SwitchRecord, SwitchSettings, TopologyState};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,12 +78,13 @@ use crate::channel::{
 use crate::error::{Error, Result};
 use crate::interpose::Interposer;
 use crate::membership::{FailureDetector, PhiSettings, Status, Update, View, ViewSettings};
-use crate::topology::{Change, Member, Role, Topology, TopologyKind};
+use crate::topology::{Member, Role, Topology, TopologyKind};
 use crate::transport::Transport;
 use foundation_beam::core::telemetry::TaskGuard;
 
 use delivery::{AckedStreams, Attempt, Outcome, Slot};
 use link::{LinkContext, Links};
+pub use peer_stats::PeerStats;
 use request::Requests;
 use wire::{encode, encode_batches, encode_ref_with, encode_with, ReplyError, Wire, WireRef};
 
@@ -200,6 +205,8 @@ pub struct NodeSettings {
     pub shutdown_timeout: Duration,
     /// Fault injection applied to everything this node sends (tests).
     pub interposer: Option<Arc<Interposer>>,
+    /// Coordinated topology switching: cooldown, grace before old links are torn down.
+    pub switch: SwitchSettings,
 }
 
 impl Default for NodeSettings {
@@ -227,6 +234,7 @@ impl Default for NodeSettings {
             retransmit_after: Duration::from_millis(200),
             shutdown_timeout: Duration::from_secs(5),
             interposer: None,
+            switch: SwitchSettings::default(),
         }
     }
 }
@@ -279,6 +287,7 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     inbox: Mutex<Option<Inbox>>,
     meters: Meters,
+    switch: switch::SwitchState,
     overlay: membership::Overlay,
 }
 
@@ -380,13 +389,16 @@ impl Node {
                 backoff_base: settings.reconnect_base.max(Duration::from_millis(1)),
                 backoff_max: settings.reconnect_max.max(settings.reconnect_base),
                 on_up: Box::new(move |_peer, channels| {
-                    // The first message on every new link is our view (membership.rs).
+                    // The first message on every new link is our view (membership.rs),
+                    // then the topology epoch in force here (a late joiner learns the
+                    // cluster's).
                     if let Some(inner) = on_up_weak.upgrade() {
                         let hello = inner.hello();
                         if let Ok(s) = channels.sender(COORDINATION) {
                             // Key 0: the connection membership and topology messages use,
                             // so the hello arrives before them.
                             let _ = s.try_send(Some(0), encode(&Wire::Gossip { members: hello }));
+                            let _ = s.try_send(switch::KEY, inner.switch_state_wire());
                         }
                     }
                 }),
@@ -414,6 +426,7 @@ impl Node {
                 tasks: Mutex::new(Vec::new()),
                 inbox: Mutex::new(Some(inbox)),
                 meters: Meters::new(),
+                switch: switch::SwitchState::new(settings.topology),
                 overlay: membership::Overlay::default(),
                 settings,
             }
@@ -509,28 +522,6 @@ impl Node {
     /// Membership events from now on.
     pub fn subscribe(&self) -> bcast::Receiver<MembershipEvent> {
         self.inner.events.subscribe()
-    }
-
-    /// Switches the topology at run time; application code is unaffected. Members that
-    /// are down stay known (as down).
-    pub fn switch_topology(&self, kind: TopologyKind) {
-        let view = self.inner.view.lock();
-        let members: Vec<Member> = view
-            .digest()
-            .iter()
-            .filter(|u| u.status != Status::Left)
-            .map(|u| Member::new(u.name.clone(), u.role))
-            .collect();
-        let mut t = Topology::with_tick(
-            kind,
-            &self.inner.name,
-            &members,
-            self.inner.settings.heartbeat,
-        );
-        for u in view.members().filter(|u| u.status == Status::Dead) {
-            t.update(Change::Down(u.name.clone()));
-        }
-        *self.inner.topology.lock() = t;
     }
 
     /// Registers a receiver of `T` messages under `name` (replacing any receiver or
@@ -639,7 +630,7 @@ impl Node {
             from: &self.inner.name,
         };
         let payload = encode_ref_with(&wire, msg).map_err(encode_error)?;
-        let r = self.inner.forward_now(node, payload, opts);
+        let r = self.inner.forward_now_on(node, payload, opts, false);
         match &r {
             Err(Error::Full { .. }) => self.inner.meters.dropped("try_send_full").increment(1),
             Err(_) => self
@@ -1014,6 +1005,7 @@ impl Inner {
             }
         }
         self.membership_round(round);
+        self.switch_round(round);
         self.retransmit();
     }
 
@@ -1041,12 +1033,13 @@ impl Inner {
                 reason: "declared down".into(),
             });
         }
-        self.topology
-            .lock()
-            .next_hop(to)
-            .ok_or_else(|| Error::UnknownNode {
-                node: to.to_string(),
-            })
+        let hop = self.topology.lock().next_hop(to);
+        match hop {
+            Some(h) => Ok(h),
+            // Not reachable through the overlay (a topology without relaying, a
+            // partially switched cluster): a transient direct connection.
+            None => self.direct_hop(to),
+        }
     }
 
     /// Sends towards `to`, waiting for the link (bounded) and for queue room. Only for
@@ -1096,12 +1089,26 @@ impl Inner {
 
     /// Queues `payload` towards `to` without waiting.
     fn forward_now(&self, to: &str, payload: Bytes, opts: SendOptions) -> Result<()> {
+        self.forward_now_on(to, payload, opts, true)
+    }
+
+    /// [`forward_now`](Self::forward_now) for node traffic (`control`: urgent goes on
+    /// `coordination`) or for application messages (urgent goes on the channel
+    /// [`channel_for`](Self::channel_for) picks, `urgent` in the default table, as
+    /// `send` does).
+    fn forward_now_on(
+        &self,
+        to: &str,
+        payload: Bytes,
+        opts: SendOptions,
+        control: bool,
+    ) -> Result<()> {
         let hop = self.hop(to)?;
         let link = self.links.get(&hop).ok_or_else(|| Error::NotConnected {
             node: hop.clone(),
             reason: "no link".into(),
         })?;
-        let channel = if opts.urgency == Urgency::Urgent {
+        let channel = if control && opts.urgency == Urgency::Urgent {
             COORDINATION
         } else {
             self.channel_for(opts, payload.len())
@@ -1190,7 +1197,13 @@ impl Inner {
                     },
                     key: msg.key,
                 };
-                if self.forward_now(&to, msg.payload.clone(), opts).is_err() {
+                // On the same kind of channel it came on (an urgent application message
+                // stays off `coordination`).
+                let control = &*msg.channel == COORDINATION;
+                if self
+                    .forward_now_on(&to, msg.payload.clone(), opts, control)
+                    .is_err()
+                {
                     self.meters.dropped("relay_failed").increment(1);
                 }
                 return None;
@@ -1291,6 +1304,7 @@ impl Inner {
                         .increment(1);
                 }
             }
+            Wire::Switch { payload } => self.on_switch(peer, &payload),
             Wire::Ack {
                 from,
                 incarnation,
@@ -1530,4 +1544,5 @@ pub(crate) fn describe_metrics() {
         "foundation_node_retransmit_buffer",
         "Messages held for retransmission (all destinations)."
     );
+    switch::describe_metrics();
 }

@@ -99,6 +99,10 @@ pub(crate) enum Wire {
         #[serde(skip)]
         body: Bytes,
     },
+    /// The coordinated topology switch protocol (`switch.rs`): an epoch announcement,
+    /// from the authenticated peer only (never relayed). Last, so that the positions of
+    /// the variants before it do not change.
+    Switch { payload: Bytes },
 }
 
 impl Wire {
@@ -145,6 +149,7 @@ impl Wire {
             Wire::Ack { .. } => "ack",
             Wire::Cancel { .. } => "cancel",
             Wire::SendBatch { .. } => "send_batch",
+            Wire::Switch { .. } => "switch",
         }
     }
 }

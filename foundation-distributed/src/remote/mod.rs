@@ -76,7 +76,15 @@
 //! let counter = ra.process::<Msg>("b", "counter");
 //! counter.send(&2).await.unwrap();
 //! counter.send_confirmed(&3, Duration::from_secs(5)).await.unwrap();
-//! assert_eq!(counter.call(&(), Duration::from_secs(5)).await.unwrap(), 5);
+//! // Calls and confirmed sends are not ordered relative to plain sends (see
+//! // `RemoteRef`): the plain send may still be on its way.
+//! let mut total = 0;
+//! for _ in 0..500 {
+//!     total = counter.call(&(), Duration::from_secs(5)).await.unwrap();
+//!     if total == 5 { break }
+//!     tokio::time::sleep(Duration::from_millis(10)).await;
+//! }
+//! assert_eq!(total, 5);
 //! # }
 //! ```
 

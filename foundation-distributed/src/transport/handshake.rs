@@ -42,8 +42,11 @@ use super::{ClusterSecret, Peer};
 use crate::{Error, Result};
 
 /// The protocol version this build speaks. Version 2: the client proves first, session
-/// keys and sealed records in `secret` mode, security modes in the handshake.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// keys and sealed records in `secret` mode, security modes in the handshake. Version 3:
+/// the node's messages for batched sends, coordinated topology switches and partial-view
+/// membership (a version-2 node is refused at the handshake with a clear error instead of
+/// dropping those messages as undecodable).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Body limit while a connection is unauthenticated: an anonymous peer can make us
 /// buffer at most this much.

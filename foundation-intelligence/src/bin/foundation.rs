@@ -744,6 +744,9 @@ async fn serve_node(cfg: NodeConfig, transport: TcpTransport) -> Result<(), Stri
         tracing::warn!("node shutdown did not finish within 10 s");
     }
     eco.shutdown(Duration::from_secs(5)).await;
+    // Ends the observer's live streams first, so the HTTP server's shutdown need not
+    // wait for open pages.
+    observer.shutdown(Duration::from_secs(1)).await;
     if let Some(h) = http {
         h.shutdown().await;
     }

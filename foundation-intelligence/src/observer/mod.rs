@@ -1,28 +1,50 @@
 //! The observer: a read-only, live view of a node and its cluster over the node's HTTP
 //! server.
 //!
-//! Everything is computed when asked (no background task, no cost while nobody looks):
+//! Views are computed when asked; the only background work is the sampler of [`live`],
+//! which runs while somebody looks (a request within the last [`live::LEASE`]) and stops
+//! otherwise:
 //!
 //! * `GET /api/node` — name, address, incarnation, topology;
 //! * `GET /api/members` — the members this node knows, with their state and incarnation;
 //! * `GET /api/channels` — the channel counters the node's recorder holds
 //!   (`foundation_channel_*` series, by channel and direction);
+//! * `GET /api/peers` — per peer × channel: connections, queue depth (messages and
+//!   bytes), bytes/s and messages/s (from the last sample), head-of-line incidents
+//!   (urgent messages that waited longer than
+//!   [`LATE_AFTER`](crate::distributed::channel::LATE_AFTER) to be written), from
+//!   [`Node::peer_stats`];
+//! * `GET /api/history` — the samples of every peer × channel over the last
+//!   [`live::HISTORY`] seconds;
+//! * `GET /api/timeline` — link and membership changes, worker restarts, rollout steps and
+//!   hypothesis verdicts (and whatever [`Observer::record`] is given: topology switches,
+//!   scaling decisions); `?after=SEQ` for the newer ones;
 //! * `GET /api/processes` — the hosted ecosystems and each worker's numbers (backlog,
 //!   drops, rejections, exit reason) from [`Ecosystem::processes`];
 //! * `GET /api/cluster` — every up member's snapshot, gathered over the cluster by a
 //!   request to the `observer.snapshot` server each observed node registers
 //!   ([`Observer::serve`]); a member that does not answer within [`GATHER_TIMEOUT`] is
 //!   listed with its error, not left out;
+//! * `GET /api/events` — the same cluster view pushed as server-sent events (`event:
+//!   cluster`) every [`STREAM_EVERY`]; at most [`live::MAX_STREAMS`] at once;
 //! * `GET /` — a small page (embedded HTML/JS/SVG, no external assets) drawing the cluster
-//!   graph, each node's ecosystems and a sortable process table, refreshed by polling
-//!   `/api/cluster`.
+//!   graph with links coloured by load, each node's supervision tree, a sortable process
+//!   table, per-peer channel charts and the timeline, live from `/api/events` (polling
+//!   `/api/cluster` if the stream fails).
+//!
+//! Metric: `foundation_observer_streams_refused_total` (counter), live streams refused
+//! because [`live::MAX_STREAMS`] were open.
+
+pub mod live;
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::header;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -31,7 +53,19 @@ use serde::{Deserialize, Serialize};
 use crate::beam::ecosystem::Ecosystem;
 use crate::beam::Process;
 use crate::core::telemetry::ShardedRecorder;
+use crate::distributed::channel::ChannelStats;
 use crate::distributed::node::Node;
+use crate::hypothesis::HypothesisEngine;
+use crate::rollout::Rollout;
+use live::{EventKind, History, Live, Sources, TimelineEvent};
+
+/// Describes the observer's metrics (HELP lines) to the current recorder.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "foundation_observer_streams_refused_total",
+        "Live streams (/api/events) refused because the most allowed were open."
+    );
+}
 
 /// Name of the request server every observed node registers.
 pub const SNAPSHOT_SERVICE: &str = "observer.snapshot";
@@ -40,6 +74,10 @@ pub const SNAPSHOT_SERVICE: &str = "observer.snapshot";
 pub const MAX_PROCESSES_SHOWN: usize = 1000;
 /// Time a member gets to answer a snapshot request.
 pub const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time between two events of a live stream (`/api/events`).
+pub const STREAM_EVERY: Duration = Duration::from_secs(1);
+/// Timeline events each node's snapshot carries (the newest).
+pub const SNAPSHOT_TIMELINE: usize = 100;
 
 const PAGE: &str = include_str!("page.html");
 
@@ -82,6 +120,32 @@ pub struct ChannelSample {
     pub labels: BTreeMap<String, String>,
     /// Its value.
     pub value: f64,
+}
+
+/// One channel of a link, with its rates from the last sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerChannelView {
+    /// The link's counters, read now.
+    pub stats: ChannelStats,
+    /// Head-of-line incidents: on a high-priority channel, its late messages (urgent
+    /// messages held back longer than
+    /// [`LATE_AFTER`](crate::distributed::channel::LATE_AFTER)); 0 on other channels.
+    pub hol_incidents: u64,
+    /// Payload bytes written per second over the last sample, once there is one.
+    pub bytes_per_sec: Option<f64>,
+    /// Messages written per second over the last sample, once there is one.
+    pub messages_per_sec: Option<f64>,
+}
+
+/// One peer as this node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerView {
+    /// The peer's name.
+    pub peer: String,
+    /// Whether the link to it is up.
+    pub linked: bool,
+    /// Its channels (empty when the link is not up).
+    pub channels: Vec<PeerChannelView>,
 }
 
 /// One worker.
@@ -133,6 +197,12 @@ pub struct Snapshot {
     pub channels: Vec<ChannelSample>,
     /// Its ecosystems.
     pub ecosystems: Vec<EcosystemView>,
+    /// Its links, per peer and channel.
+    #[serde(default)]
+    pub peers: Vec<PeerView>,
+    /// Its newest timeline events (at most [`SNAPSHOT_TIMELINE`]).
+    #[serde(default)]
+    pub timeline: Vec<TimelineEvent>,
 }
 
 /// One member's entry in `/api/cluster`.
@@ -148,13 +218,16 @@ pub struct ClusterEntry {
 
 type EcoFn = Arc<dyn Fn() -> EcosystemView + Send + Sync>;
 
-/// What a node shows. Cheap to clone.
+/// What a node shows. Cheap to clone; the clones share the sampler and the timeline,
+/// which stop when the last clone is dropped or at [`shutdown`](Self::shutdown).
 #[derive(Clone)]
 pub struct Observer {
     node: Node,
     topology: String,
     recorder: Option<Arc<ShardedRecorder>>,
     ecosystems: Vec<EcoFn>,
+    src: Sources,
+    live: Arc<Live>,
 }
 
 impl std::fmt::Debug for Observer {
@@ -170,11 +243,119 @@ impl Observer {
     /// Observes `node`, started with `topology` (shown as given).
     pub fn new(node: Node, topology: impl Into<String>) -> Self {
         Observer {
+            src: Sources {
+                node: node.clone(),
+                restarts: Vec::new(),
+                rollouts: Vec::new(),
+                hypotheses: Vec::new(),
+            },
             node,
             topology: topology.into(),
             recorder: None,
             ecosystems: Vec::new(),
+            live: Arc::new(Live::new()),
         }
+    }
+
+    /// Puts `rollout`'s steps (widened, complete, rolled back) on the timeline.
+    pub fn rollout(mut self, rollout: Rollout) -> Self {
+        self.src.rollouts.push(rollout);
+        self
+    }
+
+    /// Puts `engine`'s verdicts on the timeline.
+    pub fn hypotheses(mut self, engine: Arc<HypothesisEngine>) -> Self {
+        self.src.hypotheses.push(engine);
+        self
+    }
+
+    /// Puts an event on this node's timeline: the hook for what the observer does not
+    /// find by itself (topology switches from `Node::switch_topology`'s callers,
+    /// scaling decisions of a [`PredictiveScaler`](crate::predictive::PredictiveScaler)).
+    pub fn record(&self, kind: EventKind, source: &str, text: impl Into<String>) {
+        self.live.record(kind, source, text.into());
+    }
+
+    /// Stops the sampler (waiting at most `within` for it) and ends the live streams; the
+    /// views keep answering, without new samples. Call it before shutting the HTTP server
+    /// down, whose graceful shutdown otherwise waits its grace period for open streams.
+    pub async fn shutdown(&self, within: Duration) {
+        self.live.stop(within).await;
+    }
+
+    /// Samples taken so far by this observer's sampler (or [`sample_now`](Self::sample_now)).
+    pub fn samples_taken(&self) -> u64 {
+        self.live.ticks()
+    }
+
+    /// Whether the sampler runs now (somebody looked within [`live::LEASE`]).
+    pub fn sampling(&self) -> bool {
+        self.live.sampling()
+    }
+
+    /// Takes one sample and updates the timeline now, as the sampler does every
+    /// [`live::SAMPLE_EVERY`] (for tests and embedders driving their own clock).
+    pub fn sample_now(&self) {
+        self.live.sample(&self.src);
+    }
+
+    /// Starts the sampler, or keeps it running, for [`live::LEASE`] from now: what every
+    /// observer request does (for embedders serving their own views).
+    pub fn keep_sampling(&self) {
+        self.live.touch(&self.src);
+    }
+
+    fn touch(&self) {
+        self.keep_sampling();
+    }
+
+    /// Each peer: the link's channels with their rates from the last sample; members
+    /// without a link are listed with `linked: false`.
+    pub fn peers(&self) -> Vec<PeerView> {
+        let latest = self.live.latest();
+        let stats = self.node.peer_stats();
+        let mut out: Vec<PeerView> = stats
+            .into_iter()
+            .map(|p| PeerView {
+                channels: p
+                    .channels
+                    .into_iter()
+                    .map(|c| {
+                        let s = latest.get(&(p.peer.clone(), c.channel.clone()));
+                        PeerChannelView {
+                            hol_incidents: if c.priority == "high" { c.late } else { 0 },
+                            bytes_per_sec: s.map(|s| s.bytes_per_sec),
+                            messages_per_sec: s.map(|s| s.messages_per_sec),
+                            stats: c,
+                        }
+                    })
+                    .collect(),
+                peer: p.peer,
+                linked: true,
+            })
+            .collect();
+        let me = self.node.name();
+        for m in self.node.members() {
+            if m.name != me && !out.iter().any(|p| p.peer == m.name) {
+                out.push(PeerView {
+                    peer: m.name,
+                    linked: false,
+                    channels: Vec::new(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.peer.cmp(&b.peer));
+        out
+    }
+
+    /// Every peer × channel series sampled so far.
+    pub fn history(&self) -> History {
+        self.live.history()
+    }
+
+    /// The timeline, oldest first (only events after sequence number `after`, if given).
+    pub fn timeline(&self, after: Option<u64>) -> Vec<TimelineEvent> {
+        self.live.timeline(after)
     }
 
     /// Reads channel counters from `recorder` (without one, `/api/channels` is empty).
@@ -185,6 +366,11 @@ impl Observer {
 
     /// Shows `eco` under `/api/processes`.
     pub fn ecosystem<P: Process>(mut self, eco: Arc<Ecosystem<P>>) -> Self {
+        let e = eco.clone();
+        self.src.restarts.push(Arc::new(move || {
+            let info = e.info();
+            (info.name, info.restarts)
+        }));
         self.ecosystems.push(Arc::new(move || {
             let info = eco.info();
             let (processes, omitted) = busiest(
@@ -221,7 +407,10 @@ impl Observer {
         let me = self.clone();
         self.node.serve(SNAPSHOT_SERVICE, move |_from, _: ()| {
             let me = me.clone();
-            async move { me.snapshot() }
+            async move {
+                me.touch();
+                me.snapshot()
+            }
         });
     }
 
@@ -282,6 +471,8 @@ impl Observer {
             members: self.members(),
             channels: self.channels(),
             ecosystems: self.ecosystems(),
+            peers: self.peers(),
+            timeline: self.live.recent(SNAPSHOT_TIMELINE),
         }
     }
 
@@ -327,30 +518,119 @@ impl Observer {
 
     /// The observer's routes (`/`, `/api/...`), to merge into the node's router.
     pub fn router(self) -> Router {
+        async fn view<T: Serialize>(o: &Observer, f: impl FnOnce(&Observer) -> T) -> Response {
+            o.touch();
+            json(&f(o))
+        }
         Router::new()
-            .route("/", get(page))
+            .route(
+                "/",
+                get(|State(o): State<Observer>| async move {
+                    o.touch();
+                    page().await
+                }),
+            )
             .route(
                 "/api/node",
-                get(|State(o): State<Observer>| async move { json(&o.node_view()) }),
+                get(|State(o): State<Observer>| async move { view(&o, Observer::node_view).await }),
             )
             .route(
                 "/api/members",
-                get(|State(o): State<Observer>| async move { json(&o.members()) }),
+                get(|State(o): State<Observer>| async move { view(&o, Observer::members).await }),
             )
             .route(
                 "/api/channels",
-                get(|State(o): State<Observer>| async move { json(&o.channels()) }),
+                get(|State(o): State<Observer>| async move { view(&o, Observer::channels).await }),
+            )
+            .route(
+                "/api/peers",
+                get(|State(o): State<Observer>| async move { view(&o, Observer::peers).await }),
+            )
+            .route(
+                "/api/history",
+                get(|State(o): State<Observer>| async move { view(&o, Observer::history).await }),
+            )
+            .route(
+                "/api/timeline",
+                get(
+                    |State(o): State<Observer>, uri: axum::http::Uri| async move {
+                        match after_param(uri.query()) {
+                            Ok(after) => view(&o, |o| o.timeline(after)).await,
+                            Err(bad) => (
+                                axum::http::StatusCode::BAD_REQUEST,
+                                format!("bad `after`: {bad:?} is not a sequence number\n"),
+                            )
+                                .into_response(),
+                        }
+                    },
+                ),
             )
             .route(
                 "/api/processes",
-                get(|State(o): State<Observer>| async move { json(&o.ecosystems()) }),
+                get(
+                    |State(o): State<Observer>| async move { view(&o, Observer::ecosystems).await },
+                ),
             )
             .route(
                 "/api/cluster",
-                get(|State(o): State<Observer>| async move { json(&o.cluster().await) }),
+                get(|State(o): State<Observer>| async move {
+                    o.touch();
+                    json(&o.cluster().await)
+                }),
             )
+            .route("/api/events", get(events))
             .with_state(self)
     }
+}
+
+/// `after=SEQ` of a query string; any other parameter is ignored.
+fn after_param(query: Option<&str>) -> Result<Option<u64>, String> {
+    for pair in query.unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("after=") {
+            return v.parse().map(Some).map_err(|_| v.to_string());
+        }
+    }
+    Ok(None)
+}
+
+/// `/api/events`: the cluster view every [`STREAM_EVERY`], as server-sent events.
+async fn events(State(o): State<Observer>) -> Response {
+    let Some(guard) = o.live.open_stream() else {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many live streams (at most {}); poll /api/cluster instead\n",
+                live::MAX_STREAMS
+            ),
+        )
+            .into_response();
+    };
+    o.touch();
+    let stream = futures_util::stream::unfold((o, guard, true), |(o, guard, first)| async move {
+        // The stream ends when the observer is shut down (so the HTTP server's graceful
+        // shutdown does not wait for it).
+        if !first {
+            tokio::select! {
+                _ = o.live.stopped() => return None,
+                _ = tokio::time::sleep(STREAM_EVERY) => {}
+            }
+        }
+        if o.live.is_stopped() {
+            return None;
+        }
+        o.touch();
+        let cluster = o.cluster().await;
+        let ev = match serde_json::to_string(&cluster) {
+            Ok(data) => Event::default().event("cluster").data(data),
+            Err(e) => Event::default()
+                .event("error")
+                .data(format!("cannot encode the view: {e}")),
+        };
+        Some((Ok::<_, Infallible>(ev), (o, guard, false)))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// Keeps the `max` workers with the largest backlog (in their original order); returns

@@ -1,5 +1,5 @@
-//! Helpers shared by the binary's tests: running `foundation`, temp files, a plain
-//! HTTP GET.
+//! Helpers shared by this crate's tests: running `foundation`, temp files, a plain
+//! HTTP GET, waiting for a condition.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -128,4 +128,15 @@ pub fn get(addr: &str, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Waits until `cond` holds, checking every 25 ms; panics naming `what` after 10 s.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("not reached: {what}");
 }
