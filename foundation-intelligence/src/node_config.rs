@@ -7,7 +7,7 @@
 //! cluster = "demo"                  # peers of another cluster are refused
 //! listen = "127.0.0.1:7101"         # cluster traffic
 //! seeds = ["127.0.0.1:7102"]        # any members to join through (empty: first node)
-//! topology = "full_mesh"            # full_mesh | client_server | static
+//! topology = "full_mesh"            # full_mesh | client_server | static | hyparview
 //! servers_per_client = 2            # client_server only
 //! role = "peer"                     # peer | server | client
 //! metrics = "127.0.0.1:9101"        # /metrics, /health, /ready ("off" to disable)
@@ -392,12 +392,13 @@ async fn read(ns: &Namespace, file: Option<&Path>) -> Result<NodeConfig, ConfigE
             }
         }
         Some("static") => TopologyKind::Static,
+        Some("hyparview") => TopologyKind::hyparview(),
         Some(other) => {
             return Err(bad(
                 ns,
                 file,
                 "topology",
-                format!("`{other}` is not one of full_mesh, client_server, static"),
+                format!("`{other}` is not one of full_mesh, client_server, static, hyparview"),
             )
             .await)
         }

@@ -65,6 +65,14 @@ async fn no_file_is_needed() {
             servers_per_client: 2
         }
     );
+    let flags = Overrides {
+        name: Some("big".into()),
+        topology: Some("hyparview".into()),
+        metrics: Some("off".into()),
+        ..Overrides::default()
+    };
+    let c = load(None, env(&[]), &flags).await.unwrap();
+    assert_eq!(c.topology, TopologyKind::hyparview());
 }
 
 #[tokio::test]

@@ -99,7 +99,7 @@ variables < flags. The file has one [node] table:
   cluster = \"demo\"                 # nodes of other clusters are refused
   listen = \"127.0.0.1:7101\"        # cluster traffic
   seeds = [\"127.0.0.1:7102\"]       # members to join through (none: first node)
-  topology = \"full_mesh\"           # full_mesh | client_server | static
+  topology = \"full_mesh\"           # full_mesh | client_server | static | hyparview
   metrics = \"127.0.0.1:9101\"       # /metrics, /health, /ready (\"off\": none)
   security = \"secret\"              # secret | tls | insecure-plaintext
   secret_file = \"cluster.secret\"   # relative to this file
