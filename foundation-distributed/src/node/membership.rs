@@ -403,7 +403,10 @@ impl Inner {
                 }
                 ViewEvent::Alive(n) => {
                     self.rewatch(&n);
-                    if self.down.lock().remove(&n) {
+                    let since = self.down.lock().remove(&n);
+                    if let Some(since) = since {
+                        metrics::histogram!("foundation_node_partition_recovery_seconds")
+                            .record(since.elapsed().as_secs_f64());
                         self.topology.lock().update(Change::Up(n.clone()));
                         self.emit(MembershipEvent::Up(n));
                     }
@@ -415,7 +418,14 @@ impl Inner {
                         self.links.remove(&n);
                         self.overlay.touched.lock().remove(&n);
                     }
-                    if self.down.lock().insert(n.clone()) {
+                    let newly = match self.down.lock().entry(n.clone()) {
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(Instant::now());
+                            true
+                        }
+                        std::collections::hash_map::Entry::Occupied(_) => false,
+                    };
+                    if newly {
                         self.topology.lock().update(Change::Down(n.clone()));
                         tracing::warn!(node = %n, "member down");
                         self.emit(MembershipEvent::Down(n));

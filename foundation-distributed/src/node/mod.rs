@@ -57,7 +57,7 @@ mod wire;
 
 pub use switch::{SwitchError, SwitchRecord, SwitchSettings, TopologyState};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -275,7 +275,8 @@ pub(crate) struct Inner {
     settings: NodeSettings,
     links: Links,
     view: Mutex<View>,
-    down: Mutex<HashSet<String>>,
+    /// Members declared down, and since when (for the recovery-time histogram).
+    down: Mutex<HashMap<String, Instant>>,
     detector: Mutex<FailureDetector<String>>,
     topology: Mutex<Topology>,
     slots: RwLock<HashMap<String, Slot>>,
@@ -409,7 +410,7 @@ impl Node {
                 incarnation: me.incarnation,
                 links: Links::new(ctx, cancel.child_token()),
                 view: Mutex::new(View::new(me, settings.view.clone())),
-                down: Mutex::new(HashSet::new()),
+                down: Mutex::new(HashMap::new()),
                 detector: Mutex::new(FailureDetector::new(settings.detector.clone())),
                 topology: Mutex::new(Topology::with_tick(
                     settings.topology,
@@ -1027,7 +1028,7 @@ impl Inner {
         if to == self.name {
             return Err(Error::InvalidArgument("sending to this node itself".into()));
         }
-        if self.down.lock().contains(to) {
+        if self.down.lock().contains_key(to) {
             return Err(Error::NotConnected {
                 node: to.to_string(),
                 reason: "declared down".into(),
@@ -1524,6 +1525,11 @@ pub(crate) fn describe_metrics() {
         "Requests served, by result (ok, failed, rejected: over max_concurrent_requests)."
     );
     metrics::describe_counter!("foundation_node_suspected_total", "Members suspected.");
+    metrics::describe_histogram!(
+        "foundation_node_partition_recovery_seconds",
+        metrics::Unit::Seconds,
+        "Time from a member being declared down until it is up again (a healed partition, a false Down refuted)."
+    );
     metrics::describe_counter!(
         "foundation_node_refuted_total",
         "Suspicions of this node it refuted."
