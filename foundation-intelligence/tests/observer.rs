@@ -169,6 +169,12 @@ async fn every_view_answers_with_the_nodes_state_and_the_cluster_is_gathered() {
     assert_eq!(node["addr"], "mem://a");
     assert_eq!(node["incarnation"], a.node.incarnation());
     assert_eq!(node["topology"], "full_mesh");
+    assert_eq!(node["topology_now"], "full_mesh");
+    assert_eq!(node["epoch"], 0);
+    assert_eq!(node["neighbours"], serde_json::json!(["b", "c"]));
+    assert_eq!(node["linked"], serde_json::json!(["b", "c"]));
+    assert_eq!(node["plumtree"], Value::Null);
+    assert_eq!(node["switches"], serde_json::json!([]));
 
     let members = json(addr, "/api/members").await;
     let names: Vec<&str> = members

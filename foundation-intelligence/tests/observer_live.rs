@@ -432,6 +432,14 @@ async fn timeline_shows_restarts_links_members_and_recorded_decisions() {
         })
     })
     .await;
+    // The node view shows the topology in force, its epoch, the switch and the
+    // Plumtree tree's counters.
+    let node = json(addr, "/api/node").await;
+    assert_eq!(node["topology"], "full_mesh", "as started");
+    assert_eq!(node["topology_now"], "hyparview");
+    assert_eq!(node["epoch"], 1);
+    assert_eq!(node["switches"][0]["proposer"], "b");
+    assert!(node["plumtree"].is_object(), "{node}");
     server.shutdown().await;
 }
 

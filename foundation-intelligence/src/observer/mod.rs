@@ -5,7 +5,8 @@
 //! which runs while somebody looks (a request within the last [`live::LEASE`]) and stops
 //! otherwise:
 //!
-//! * `GET /api/node` — name, address, incarnation, topology;
+//! * `GET /api/node` — name, address, incarnation, topology (as started and in force,
+//!   with its epoch), neighbours and live links, Plumtree counters, switch history;
 //! * `GET /api/members` — the members this node knows, with their state and incarnation;
 //! * `GET /api/channels` — the channel counters the node's recorder holds
 //!   (`foundation_channel_*` series, by channel and direction);
@@ -54,7 +55,7 @@ use crate::beam::ecosystem::Ecosystem;
 use crate::beam::Process;
 use crate::core::telemetry::ShardedRecorder;
 use crate::distributed::channel::ChannelStats;
-use crate::distributed::node::Node;
+use crate::distributed::node::{Node, SwitchRecord};
 use crate::hypothesis::HypothesisEngine;
 use crate::rollout::Rollout;
 use live::{EventKind, History, Live, Sources, TimelineEvent};
@@ -92,6 +93,45 @@ pub struct NodeView {
     pub incarnation: u64,
     /// The topology it was started with.
     pub topology: String,
+    /// The topology in force now (`full_mesh`, `client_server`, `static`, `hyparview`).
+    #[serde(default)]
+    pub topology_now: String,
+    /// The epoch of the topology in force (0: the one it started with).
+    #[serde(default)]
+    pub epoch: u64,
+    /// The peers the topology wants it linked to: every member in a full mesh, the
+    /// active view under HyParView.
+    #[serde(default)]
+    pub neighbours: Vec<String>,
+    /// The peers it holds a live link to now (neighbours, links kept while a switch
+    /// settles, transient direct links).
+    #[serde(default)]
+    pub linked: Vec<String>,
+    /// Its Plumtree counters, under HyParView (`None` under other topologies).
+    #[serde(default)]
+    pub plumtree: Option<PlumtreeView>,
+    /// The topology switches it applied, oldest first.
+    #[serde(default)]
+    pub switches: Vec<SwitchRecord>,
+}
+
+/// A node's Plumtree broadcast tree, as counters since it started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlumtreeView {
+    /// Payloads sent by eager push (tree edges used).
+    pub eager_sent: u64,
+    /// Message ids sent by lazy push.
+    pub lazy_sent: u64,
+    /// Grafts sent (a lazy edge turned eager to repair the tree).
+    pub graft_sent: u64,
+    /// Prunes sent (a redundant eager edge turned lazy).
+    pub prune_sent: u64,
+    /// Broadcasts delivered to the application.
+    pub delivered: u64,
+    /// Payloads received again after delivery.
+    pub duplicates: u64,
+    /// The largest hop count seen on a delivery.
+    pub max_hops: u16,
 }
 
 /// A member as this node sees it.
@@ -421,6 +461,20 @@ impl Observer {
             addr: self.node.addr().to_string(),
             incarnation: self.node.incarnation(),
             topology: self.topology.clone(),
+            topology_now: self.node.topology_kind().label().to_string(),
+            epoch: self.node.topology_state().epoch,
+            neighbours: self.node.neighbours().into_iter().collect(),
+            linked: self.node.connected_peers(),
+            plumtree: self.node.broadcast_stats().map(|p| PlumtreeView {
+                eager_sent: p.eager_sent,
+                lazy_sent: p.lazy_sent,
+                graft_sent: p.graft_sent,
+                prune_sent: p.prune_sent,
+                delivered: p.delivered,
+                duplicates: p.duplicates,
+                max_hops: p.max_hops,
+            }),
+            switches: self.node.switch_history(),
         }
     }
 
