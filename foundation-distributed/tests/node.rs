@@ -56,6 +56,26 @@ fn up_names(n: &Node) -> Vec<String> {
         .collect()
 }
 
+/// Servers `s1`, `s2` and clients `c1` (attached to `s1`), `c2` (attached to `s2`), one
+/// server per client, all seeing all four up.
+async fn client_server_four() -> [Node; 4] {
+    let net = MemoryNetwork::new();
+    let cs = TopologyKind::ClientServer {
+        servers_per_client: 1,
+    };
+    let s1 = mem_node(&net, "s1", Role::Server, cs).await;
+    let s2 = mem_node(&net, "s2", Role::Server, cs).await;
+    s2.join(&[s1.addr()]).await.unwrap();
+    let c1 = mem_node(&net, "c1", Role::Client, cs).await;
+    let c2 = mem_node(&net, "c2", Role::Client, cs).await;
+    c1.join(&[s1.addr()]).await.unwrap();
+    c2.join(&[s2.addr()]).await.unwrap();
+    for n in [&s1, &s2, &c1, &c2] {
+        eventually("membership", || up_names(n).len() == 4).await;
+    }
+    [s1, s2, c1, c2]
+}
+
 #[tokio::test]
 async fn three_nodes_converge_send_request_and_broadcast() {
     let net = MemoryNetwork::new();
@@ -171,20 +191,7 @@ async fn a_partition_is_detected_and_heals() {
 
 #[tokio::test]
 async fn client_server_relays_client_to_client_messages() {
-    let net = MemoryNetwork::new();
-    let cs = TopologyKind::ClientServer {
-        servers_per_client: 1,
-    };
-    let s1 = mem_node(&net, "s1", Role::Server, cs).await;
-    let s2 = mem_node(&net, "s2", Role::Server, cs).await;
-    s2.join(&[s1.addr()]).await.unwrap();
-    let c1 = mem_node(&net, "c1", Role::Client, cs).await;
-    let c2 = mem_node(&net, "c2", Role::Client, cs).await;
-    c1.join(&[s1.addr()]).await.unwrap();
-    c2.join(&[s2.addr()]).await.unwrap();
-    for n in [&s1, &s2, &c1, &c2] {
-        eventually("membership", || up_names(n).len() == 4).await;
-    }
+    let [_s1, _s2, c1, c2] = client_server_four().await;
     let mut inbox = c2.register::<String>("inbox");
     c1.send("c2", "inbox", "via a server", SendOptions::default())
         .await
@@ -514,20 +521,7 @@ fn sent_on(n: &Node, channel: &str) -> u64 {
 
 #[tokio::test]
 async fn urgent_try_send_and_its_relays_use_the_urgent_channel_like_send() {
-    let net = MemoryNetwork::new();
-    let cs = TopologyKind::ClientServer {
-        servers_per_client: 1,
-    };
-    let s1 = mem_node(&net, "s1", Role::Server, cs).await;
-    let s2 = mem_node(&net, "s2", Role::Server, cs).await;
-    s2.join(&[s1.addr()]).await.unwrap();
-    let c1 = mem_node(&net, "c1", Role::Client, cs).await;
-    let c2 = mem_node(&net, "c2", Role::Client, cs).await;
-    c1.join(&[s1.addr()]).await.unwrap();
-    c2.join(&[s2.addr()]).await.unwrap();
-    for n in [&s1, &s2, &c1, &c2] {
-        eventually("membership", || up_names(n).len() == 4).await;
-    }
+    let [s1, s2, c1, c2] = client_server_four().await;
     let urgent = SendOptions {
         urgency: Urgency::Urgent,
         key: None,
