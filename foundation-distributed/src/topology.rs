@@ -211,6 +211,25 @@ pub trait PeerService: Send + Sync + std::fmt::Debug {
     fn broadcast_stats(&self) -> Option<crate::overlay::plumtree::PtStats> {
         None
     }
+
+    /// The overlay's views (active, passive, broadcast tree), for managers that keep
+    /// partial views.
+    fn overlay_views(&self) -> Option<OverlayViews> {
+        None
+    }
+}
+
+/// A partial-view overlay as one node holds it now ([`Node::overlay_views`](crate::node::Node::overlay_views)).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayViews {
+    /// HyParView's active view: the peers it is linked to.
+    pub active: Vec<String>,
+    /// HyParView's passive view: candidates to replace a failed active peer.
+    pub passive: Vec<String>,
+    /// Plumtree's eager peers: the edges of the broadcast tree (payloads pushed).
+    pub eager: Vec<String>,
+    /// Plumtree's lazy peers: edges off the tree (message ids only, grafted on a loss).
+    pub lazy: Vec<String>,
 }
 
 /// A broadcast delivered by a manager's own broadcast protocol (see
@@ -623,6 +642,11 @@ impl Topology {
     /// See [`PeerService::broadcast_stats`].
     pub fn broadcast_stats(&self) -> Option<crate::overlay::plumtree::PtStats> {
         self.service.broadcast_stats()
+    }
+
+    /// See [`PeerService::overlay_views`].
+    pub fn overlay_views(&self) -> Option<OverlayViews> {
+        self.service.overlay_views()
     }
 }
 

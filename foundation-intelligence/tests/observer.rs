@@ -174,6 +174,7 @@ async fn every_view_answers_with_the_nodes_state_and_the_cluster_is_gathered() {
     assert_eq!(node["neighbours"], serde_json::json!(["b", "c"]));
     assert_eq!(node["linked"], serde_json::json!(["b", "c"]));
     assert_eq!(node["plumtree"], Value::Null);
+    assert_eq!(node["overlay"], Value::Null);
     assert_eq!(node["switches"], serde_json::json!([]));
 
     let members = json(addr, "/api/members").await;

@@ -440,6 +440,14 @@ async fn timeline_shows_restarts_links_members_and_recorded_decisions() {
     assert_eq!(node["epoch"], 1);
     assert_eq!(node["switches"][0]["proposer"], "b");
     assert!(node["plumtree"].is_object(), "{node}");
+    // Under HyParView the overlay's views: a's active view is among the live members
+    // (b; c has stopped) once repaired.
+    eventually("a's active view", || {
+        oa.node_view()
+            .overlay
+            .is_some_and(|o| o.active == ["b"] && o.eager.iter().all(|p| p == "b"))
+    })
+    .await;
     server.shutdown().await;
 }
 

@@ -145,6 +145,13 @@ impl Node {
         self.inner.topology.lock().broadcast_stats()
     }
 
+    /// The overlay as this node holds it now, under a partial-view topology (HyParView):
+    /// its active and passive views and its Plumtree eager (tree) and lazy peers. `None`
+    /// under full mesh, client-server and static.
+    pub fn overlay_views(&self) -> Option<crate::topology::OverlayViews> {
+        self.inner.topology.lock().overlay_views()
+    }
+
     /// Subscribes to `topic`: messages [`publish`](Self::publish)ed on it by other nodes
     /// arrive on the returned receiver as (publishing node, message), each once. A second
     /// subscription replaces the first. Backpressure and decoding are as for

@@ -334,6 +334,16 @@ impl PeerService for HyParViewService {
     fn broadcast_stats(&self) -> Option<super::plumtree::PtStats> {
         Some(self.swarm.plumtree().stats())
     }
+
+    fn overlay_views(&self) -> Option<crate::topology::OverlayViews> {
+        let (hv, pt) = (self.swarm.hyparview(), self.swarm.plumtree());
+        Some(crate::topology::OverlayViews {
+            active: hv.active().to_vec(),
+            passive: hv.passive().to_vec(),
+            eager: pt.eager().iter().cloned().collect(),
+            lazy: pt.lazy().iter().cloned().collect(),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -110,6 +110,10 @@ pub struct NodeView {
     /// Its Plumtree counters, under HyParView (`None` under other topologies).
     #[serde(default)]
     pub plumtree: Option<PlumtreeView>,
+    /// Its overlay views under HyParView: active, passive, and the Plumtree tree's eager
+    /// and lazy peers (`None` under other topologies).
+    #[serde(default)]
+    pub overlay: Option<crate::distributed::topology::OverlayViews>,
     /// The topology switches it applied, oldest first.
     #[serde(default)]
     pub switches: Vec<SwitchRecord>,
@@ -474,6 +478,7 @@ impl Observer {
                 duplicates: p.duplicates,
                 max_hops: p.max_hops,
             }),
+            overlay: self.node.overlay_views(),
             switches: self.node.switch_history(),
         }
     }
