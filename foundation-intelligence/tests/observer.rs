@@ -2,76 +2,18 @@
 //! transport): every `/api/*` view answers JSON with this node's real state, and
 //! `/api/cluster` gathers the other nodes' snapshots over the cluster.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use foundation_intelligence::beam::ecosystem::{Ecosystem, EcosystemSpec, Workers};
-use foundation_intelligence::beam::{Context, Process};
 use foundation_intelligence::core::telemetry::{ShardedRecorder, DEFAULT_BUCKETS};
-use foundation_intelligence::distributed::node::{Node, NodeSettings};
-use foundation_intelligence::distributed::topology::{Role, TopologyKind};
-use foundation_intelligence::distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
-};
+use foundation_intelligence::distributed::transport::{ClusterSecret, MemoryNetwork};
 use foundation_intelligence::http::{Endpoints, HttpServer};
 use foundation_intelligence::observer::Observer;
 use serde_json::Value;
 
-enum Job {
-    Tick,
-    Crash,
-}
-
-struct Worker;
-
-impl Process for Worker {
-    type Message = Job;
-    async fn handle(&mut self, job: Job, _: &mut Context<Job>) {
-        match job {
-            Job::Tick => {}
-            Job::Crash => panic!("injected crash"),
-        }
-    }
-}
-
-struct Member {
-    node: Node,
-    eco: Arc<Ecosystem<Worker>>,
-}
-
-async fn member(net: &MemoryNetwork, name: &str, secret: &ClusterSecret) -> Member {
-    let settings = TransportSettings {
-        cluster: "observer".into(),
-        node: name.into(),
-        security: Security::Secret(secret.clone()),
-        ..TransportSettings::default()
-    };
-    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings).unwrap());
-    let node = Node::start(
-        t,
-        name,
-        NodeSettings {
-            listen: format!("mem://{name}"),
-            role: Role::Peer,
-            topology: TopologyKind::FullMesh,
-            ..NodeSettings::default()
-        },
-    )
-    .await
-    .unwrap();
-    let eco = Arc::new(
-        Ecosystem::start(
-            EcosystemSpec::new(format!("work.{name}")).workers(Workers::Fixed(2)),
-            |_| Worker,
-        )
-        .await
-        .unwrap(),
-    );
-    Member { node, eco }
-}
+mod support;
+use support::observed::{http_get, json, member, Job, Member};
 
 fn observer(m: &Member, recorder: &Arc<ShardedRecorder>) -> Observer {
     let o = Observer::new(m.node.clone(), "full_mesh")
@@ -79,38 +21,6 @@ fn observer(m: &Member, recorder: &Arc<ShardedRecorder>) -> Observer {
         .ecosystem(m.eco.clone());
     o.serve();
     o
-}
-
-async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let path = path.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, head.to_string(), body.to_string())
-    })
-    .await
-    .unwrap()
-}
-
-async fn json(addr: SocketAddr, path: &str) -> Value {
-    let (status, head, body) = get(addr, path).await;
-    assert_eq!(status, 200, "{path}: {head}\n{body}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/json"),
-        "{path}: {head}"
-    );
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
@@ -127,9 +37,9 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 async fn every_view_answers_with_the_nodes_state_and_the_cluster_is_gathered() {
     let net = MemoryNetwork::new();
     let secret = ClusterSecret::generate();
-    let a = member(&net, "a", &secret).await;
-    let b = member(&net, "b", &secret).await;
-    let c = member(&net, "c", &secret).await;
+    let a = member(&net, "observer", "a", &secret, None).await;
+    let b = member(&net, "observer", "b", &secret, None).await;
+    let c = member(&net, "observer", "c", &secret, None).await;
     b.node.join(&[a.node.addr()]).await.unwrap();
     c.node.join(&[a.node.addr()]).await.unwrap();
     eventually("3 members everywhere", || {
@@ -235,13 +145,13 @@ async fn every_view_answers_with_the_nodes_state_and_the_cluster_is_gathered() {
     );
 
     // The page: HTML, self-contained (no external scripts), polling /api/cluster.
-    let (status, head, body) = get(addr, "/").await;
+    let (status, head, body) = http_get(addr, "/").await;
     assert_eq!(status, 200);
     assert!(head.to_ascii_lowercase().contains("text/html"), "{head}");
     assert!(body.contains("<svg") && body.contains("api/cluster"));
     assert!(!body.contains("<script src") && !body.contains("<link"));
     // The metrics stay at /metrics.
-    let (status, _, body) = get(addr, "/metrics").await;
+    let (status, _, body) = http_get(addr, "/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("foundation_channel_messages_total"));
 
@@ -255,8 +165,6 @@ async fn every_view_answers_with_the_nodes_state_and_the_cluster_is_gathered() {
     }
     server.shutdown().await;
 }
-
-mod support;
 
 /// Two `foundation node` processes: the second node's page shows the first, asked over
 /// the (authenticated) cluster link.

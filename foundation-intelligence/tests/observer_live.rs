@@ -5,82 +5,32 @@
 //! that only runs while somebody looks (on tokio's paused clock).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use foundation_intelligence::beam::ecosystem::{Ecosystem, EcosystemSpec, Workers};
-use foundation_intelligence::beam::{Context, Process};
 use foundation_intelligence::core::telemetry::{ShardedRecorder, DEFAULT_BUCKETS};
 use foundation_intelligence::distributed::channel::{Urgency, LATE_AFTER};
 use foundation_intelligence::distributed::interpose::{Fault, Interposer, Rule};
-use foundation_intelligence::distributed::node::{Node, NodeSettings, SendOptions};
-use foundation_intelligence::distributed::topology::{Role, TopologyKind};
-use foundation_intelligence::distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
-};
+use foundation_intelligence::distributed::node::SendOptions;
+use foundation_intelligence::distributed::topology::TopologyKind;
+use foundation_intelligence::distributed::transport::{ClusterSecret, MemoryNetwork};
 use foundation_intelligence::http::{Endpoints, HttpServer};
 use foundation_intelligence::observer::live::{EventKind, LEASE, MAX_STREAMS, SAMPLE_EVERY};
 use foundation_intelligence::observer::Observer;
 use foundation_intelligence::rollout::{CheckAction, Rollout, RolloutSettings};
 use serde_json::Value;
 
-struct Worker;
-
-impl Process for Worker {
-    type Message = ();
-    async fn handle(&mut self, _: (), _: &mut Context<()>) {}
-}
-
-struct Member {
-    node: Node,
-    eco: Arc<Ecosystem<Worker>>,
-}
-
-async fn member(
-    net: &MemoryNetwork,
-    name: &str,
-    secret: &ClusterSecret,
-    interposer: Option<Arc<Interposer>>,
-) -> Member {
-    let settings = TransportSettings {
-        cluster: "observer-live".into(),
-        node: name.into(),
-        security: Security::Secret(secret.clone()),
-        ..TransportSettings::default()
-    };
-    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings).unwrap());
-    let node = Node::start(
-        t,
-        name,
-        NodeSettings {
-            listen: format!("mem://{name}"),
-            role: Role::Peer,
-            topology: TopologyKind::FullMesh,
-            interposer,
-            ..NodeSettings::default()
-        },
-    )
-    .await
-    .unwrap();
-    let eco = Arc::new(
-        Ecosystem::start(
-            EcosystemSpec::new(format!("work.{name}")).workers(Workers::Fixed(2)),
-            |_| Worker,
-        )
-        .await
-        .unwrap(),
-    );
-    Member { node, eco }
-}
+mod support;
+use support::observed::{http_get, json, member, Member};
 
 async fn cluster(a_interposer: Option<Arc<Interposer>>) -> (Member, Member, Member) {
     let net = MemoryNetwork::new();
     let secret = ClusterSecret::generate();
-    let a = member(&net, "a", &secret, a_interposer).await;
-    let b = member(&net, "b", &secret, None).await;
-    let c = member(&net, "c", &secret, None).await;
+    let a = member(&net, "observer-live", "a", &secret, a_interposer).await;
+    let b = member(&net, "observer-live", "b", &secret, None).await;
+    let c = member(&net, "observer-live", "c", &secret, None).await;
     b.node.join(&[a.node.addr()]).await.unwrap();
     c.node.join(&[a.node.addr()]).await.unwrap();
     eventually("3 members and links everywhere", || {
@@ -104,33 +54,6 @@ async fn serve(o: Observer) -> HttpServer {
     HttpServer::start("127.0.0.1:0".parse().unwrap(), endpoints)
         .await
         .unwrap()
-}
-
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let path = path.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, body.to_string())
-    })
-    .await
-    .unwrap()
-}
-
-async fn json(addr: SocketAddr, path: &str) -> Value {
-    let (status, body) = get(addr, path).await;
-    assert_eq!(status, 200, "{path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
@@ -396,7 +319,7 @@ async fn timeline_shows_restarts_links_members_and_recorded_decisions() {
     );
     let before = json(addr, &format!("/api/timeline?after={}", seq - 1)).await;
     assert_eq!(before.as_array().unwrap().len(), 1);
-    let (status, body) = get(addr, "/api/timeline?after=soon").await;
+    let (status, _, body) = http_get(addr, "/api/timeline?after=soon").await;
     assert_eq!(status, 400, "{body}");
 
     // c stops: its link goes down and the membership changes.
@@ -534,7 +457,7 @@ async fn events_stream_the_cluster_and_are_bounded() {
     })
     .await
     .unwrap();
-    let (status, body) = get(addr, "/api/events").await;
+    let (status, _, body) = http_get(addr, "/api/events").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("poll /api/cluster"), "{body}");
     drop(streams);
@@ -563,7 +486,14 @@ async fn events_stream_the_cluster_and_are_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_stream_is_served_as_text_event_stream() {
     let net = MemoryNetwork::new();
-    let a = member(&net, "solo", &ClusterSecret::generate(), None).await;
+    let a = member(
+        &net,
+        "observer-live",
+        "solo",
+        &ClusterSecret::generate(),
+        None,
+    )
+    .await;
     let o = observer(&a);
     let server = serve(o.clone()).await;
     let addr = server.local_addr();
@@ -588,7 +518,7 @@ async fn event_stream_is_served_as_text_event_stream() {
     })
     .await
     .unwrap();
-    let (status, page) = get(addr, "/").await;
+    let (status, _, page) = http_get(addr, "/").await;
     assert_eq!(status, 200);
     assert!(page.contains("new EventSource(\"api/events\")"));
     assert!(page.contains("startPolling"), "falls back to polling");
@@ -600,7 +530,7 @@ async fn event_stream_is_served_as_text_event_stream() {
 #[tokio::test(start_paused = true)]
 async fn the_sampler_runs_only_while_somebody_looks() {
     let net = MemoryNetwork::new();
-    let a = member(&net, "a", &ClusterSecret::generate(), None).await;
+    let a = member(&net, "observer-live", "a", &ClusterSecret::generate(), None).await;
     let o = observer(&a);
     tokio::time::sleep(LEASE * 3).await;
     assert_eq!(o.samples_taken(), 0, "nobody looked, nothing sampled");

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::CommandCargoExt;
 
+pub mod observed;
+
 /// `foundation` with a clean environment.
 pub fn foundation() -> Command {
     let mut c = Command::cargo_bin("foundation").expect("the foundation binary is built");
