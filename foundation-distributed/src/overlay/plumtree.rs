@@ -185,7 +185,7 @@ pub enum PtOutput<P> {
 }
 
 /// Counters for metrics: monotonic totals since creation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PtStats {
     /// Payloads sent by eager push (including answers to grafts).
     pub eager_sent: u64,

@@ -109,7 +109,7 @@ pub struct NodeView {
     pub linked: Vec<String>,
     /// Its Plumtree counters, under HyParView (`None` under other topologies).
     #[serde(default)]
-    pub plumtree: Option<PlumtreeView>,
+    pub plumtree: Option<crate::distributed::overlay::plumtree::PtStats>,
     /// Its overlay views under HyParView: active, passive, and the Plumtree tree's eager
     /// and lazy peers (`None` under other topologies).
     #[serde(default)]
@@ -117,25 +117,6 @@ pub struct NodeView {
     /// The topology switches it applied, oldest first.
     #[serde(default)]
     pub switches: Vec<SwitchRecord>,
-}
-
-/// A node's Plumtree broadcast tree, as counters since it started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlumtreeView {
-    /// Payloads sent by eager push (tree edges used).
-    pub eager_sent: u64,
-    /// Message ids sent by lazy push.
-    pub lazy_sent: u64,
-    /// Grafts sent (a lazy edge turned eager to repair the tree).
-    pub graft_sent: u64,
-    /// Prunes sent (a redundant eager edge turned lazy).
-    pub prune_sent: u64,
-    /// Broadcasts delivered to the application.
-    pub delivered: u64,
-    /// Payloads received again after delivery.
-    pub duplicates: u64,
-    /// The largest hop count seen on a delivery.
-    pub max_hops: u16,
 }
 
 /// A member as this node sees it.
@@ -469,15 +450,7 @@ impl Observer {
             epoch: self.node.topology_state().epoch,
             neighbours: self.node.neighbours().into_iter().collect(),
             linked: self.node.connected_peers(),
-            plumtree: self.node.broadcast_stats().map(|p| PlumtreeView {
-                eager_sent: p.eager_sent,
-                lazy_sent: p.lazy_sent,
-                graft_sent: p.graft_sent,
-                prune_sent: p.prune_sent,
-                delivered: p.delivered,
-                duplicates: p.duplicates,
-                max_hops: p.max_hops,
-            }),
+            plumtree: self.node.broadcast_stats(),
             overlay: self.node.overlay_views(),
             switches: self.node.switch_history(),
         }
