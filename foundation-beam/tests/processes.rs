@@ -331,9 +331,12 @@ async fn named_processes_stop_when_their_last_handle_is_dropped() {
 /// Assumption: `Handle::send().await` into a mailbox with room runs at ≥ 0.8× a raw
 /// tokio unbounded channel (1 producer, 1 consumer, 2-worker runtime). The two are
 /// measured in alternation (ABAB…, 100,000 messages per round) so that load on a shared
-/// machine hits both alike; the median of the per-round ratios is compared. Run in an
-/// optimised build: `cargo test --profile bench -p foundation-beam --features assumptions
-/// --test processes assumption -- --nocapture`.
+/// machine hits both alike; the median of the per-round ratios is compared. The claim is
+/// about optimised code, so the verdict is given only in an optimised build: `cargo test
+/// --profile bench -p foundation-beam --features assumptions --test processes assumption
+/// -- --nocapture` (0.94–1.09× over five runs, D364). A debug build (as in `cargo test
+/// --workspace --features assumptions`) measures and prints the ratio without a verdict:
+/// there `send().await`'s extra code is not optimised away (0.60–0.75×, D364).
 #[cfg(feature = "assumptions")]
 #[test]
 fn assumption_send_await_is_within_0_8_of_a_raw_unbounded_channel() {
@@ -399,6 +402,10 @@ fn assumption_send_await_is_within_0_8_of_a_raw_unbounded_channel() {
             15.0 * N as f64 / raw_total / 1e6,
             15.0 * N as f64 / ours_total / 1e6,
         );
+        if cfg!(debug_assertions) {
+            println!("debug build: no verdict (the assumption is about optimised code; see the doc comment)");
+            return;
+        }
         assert!(median >= 0.8, "median ratio {median:.2} < 0.8");
     });
 }
