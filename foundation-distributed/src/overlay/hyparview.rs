@@ -817,6 +817,17 @@ fn sample<P: Clone>(v: &[P], k: usize, rng: &mut dyn RngCore, keep: impl Fn(&P) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hands `hv` message `msg` from `from`.
+    fn receive(
+        hv: &mut HyParView<u32>,
+        from: u32,
+        msg: HvMessage<u32>,
+        rng: &mut SmallRng,
+        out: &mut Vec<HvOutput<u32>>,
+    ) {
+        hv.handle(HvInput::Message { from, msg }, rng, out);
+    }
     use rand::rngs::SmallRng;
     use rand::SeedableRng;
 
@@ -835,24 +846,16 @@ mod tests {
         let mut hv = HyParView::new(0u32, HyParViewConfig::default());
         let mut out = Vec::new();
         for p in [1, 2, 3] {
-            hv.handle(
-                HvInput::Message {
-                    from: p,
-                    msg: HvMessage::Neighbor { high: false },
-                },
+            receive(
+                &mut hv,
+                p,
+                HvMessage::Neighbor { high: false },
                 &mut rng,
                 &mut out,
             );
         }
         out.clear();
-        hv.handle(
-            HvInput::Message {
-                from: 9,
-                msg: HvMessage::Join,
-            },
-            &mut rng,
-            &mut out,
-        );
+        receive(&mut hv, 9, HvMessage::Join, &mut rng, &mut out);
         assert!(hv.is_active(&9));
         let s = sends(&out);
         assert!(s.contains(&(9, HvMessage::Neighbor { high: true })));
@@ -871,21 +874,19 @@ mod tests {
         let mut hv = HyParView::new(0u32, HyParViewConfig::default());
         let mut out = Vec::new();
         for p in [1, 2] {
-            hv.handle(
-                HvInput::Message {
-                    from: p,
-                    msg: HvMessage::Neighbor { high: false },
-                },
+            receive(
+                &mut hv,
+                p,
+                HvMessage::Neighbor { high: false },
                 &mut rng,
                 &mut out,
             );
         }
         out.clear();
-        hv.handle(
-            HvInput::Message {
-                from: 1,
-                msg: HvMessage::ForwardJoin { joiner: 7, ttl: 3 },
-            },
+        receive(
+            &mut hv,
+            1,
+            HvMessage::ForwardJoin { joiner: 7, ttl: 3 },
             &mut rng,
             &mut out,
         );
@@ -896,11 +897,10 @@ mod tests {
             "forwarded to an active peer other than the sender"
         );
         out.clear();
-        hv.handle(
-            HvInput::Message {
-                from: 1,
-                msg: HvMessage::ForwardJoin { joiner: 8, ttl: 0 },
-            },
+        receive(
+            &mut hv,
+            1,
+            HvMessage::ForwardJoin { joiner: 8, ttl: 0 },
             &mut rng,
             &mut out,
         );
@@ -917,21 +917,19 @@ mod tests {
         let mut hv = HyParView::new(0u32, cfg);
         let mut out = Vec::new();
         for p in [1, 2] {
-            hv.handle(
-                HvInput::Message {
-                    from: p,
-                    msg: HvMessage::Neighbor { high: false },
-                },
+            receive(
+                &mut hv,
+                p,
+                HvMessage::Neighbor { high: false },
                 &mut rng,
                 &mut out,
             );
         }
         out.clear();
-        hv.handle(
-            HvInput::Message {
-                from: 3,
-                msg: HvMessage::Neighbor { high: false },
-            },
+        receive(
+            &mut hv,
+            3,
+            HvMessage::Neighbor { high: false },
             &mut rng,
             &mut out,
         );
@@ -941,11 +939,10 @@ mod tests {
         );
         assert!(!hv.is_active(&3));
         out.clear();
-        hv.handle(
-            HvInput::Message {
-                from: 3,
-                msg: HvMessage::Neighbor { high: true },
-            },
+        receive(
+            &mut hv,
+            3,
+            HvMessage::Neighbor { high: true },
             &mut rng,
             &mut out,
         );
@@ -969,21 +966,19 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(4);
         let mut hv = HyParView::new(0u32, HyParViewConfig::default());
         let mut out = Vec::new();
-        hv.handle(
-            HvInput::Message {
-                from: 1,
-                msg: HvMessage::Neighbor { high: false },
-            },
+        receive(
+            &mut hv,
+            1,
+            HvMessage::Neighbor { high: false },
             &mut rng,
             &mut out,
         );
         // Passive peers arrive by shuffle reply.
-        hv.handle(
-            HvInput::Message {
-                from: 1,
-                msg: HvMessage::ShuffleReply {
-                    nodes: vec![5, 6, 7],
-                },
+        receive(
+            &mut hv,
+            1,
+            HvMessage::ShuffleReply {
+                nodes: vec![5, 6, 7],
             },
             &mut rng,
             &mut out,
@@ -997,11 +992,10 @@ mod tests {
             .iter()
             .all(|(_, m)| *m == HvMessage::Neighbor { high: true }));
         out.clear();
-        hv.handle(
-            HvInput::Message {
-                from: 6,
-                msg: HvMessage::NeighborReply { accepted: true },
-            },
+        receive(
+            &mut hv,
+            6,
+            HvMessage::NeighborReply { accepted: true },
             &mut rng,
             &mut out,
         );
@@ -1023,24 +1017,22 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(5);
         let mut hv = HyParView::new(0u32, HyParViewConfig::default());
         let mut out = Vec::new();
-        hv.handle(
-            HvInput::Message {
-                from: 1,
-                msg: HvMessage::Neighbor { high: false },
-            },
+        receive(
+            &mut hv,
+            1,
+            HvMessage::Neighbor { high: false },
             &mut rng,
             &mut out,
         );
         out.clear();
         // Single active peer: the walk ends here.
-        hv.handle(
-            HvInput::Message {
-                from: 1,
-                msg: HvMessage::Shuffle {
-                    origin: 20,
-                    nodes: vec![20, 21, 22],
-                    ttl: 4,
-                },
+        receive(
+            &mut hv,
+            1,
+            HvMessage::Shuffle {
+                origin: 20,
+                nodes: vec![20, 21, 22],
+                ttl: 4,
             },
             &mut rng,
             &mut out,
@@ -1081,21 +1073,19 @@ mod tests {
         let mut hv = HyParView::new(0u32, HyParViewConfig::default());
         let mut out = Vec::new();
         for p in [1, 2] {
-            hv.handle(
-                HvInput::Message {
-                    from: p,
-                    msg: HvMessage::Neighbor { high: false },
-                },
+            receive(
+                &mut hv,
+                p,
+                HvMessage::Neighbor { high: false },
                 &mut rng,
                 &mut out,
             );
         }
         out.clear();
-        hv.handle(
-            HvInput::Message {
-                from: 2,
-                msg: HvMessage::NeighborReply { accepted: false },
-            },
+        receive(
+            &mut hv,
+            2,
+            HvMessage::NeighborReply { accepted: false },
             &mut rng,
             &mut out,
         );
