@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use foundation_distributed::channel::Urgency;
-use foundation_distributed::interpose::Interposer;
+use foundation_distributed::interpose::{Fault, Interposer, Rule};
 use foundation_distributed::node::{MembershipEvent, Node, NodeSettings, SendOptions};
 use foundation_distributed::topology::{Role, TopologyKind};
 use foundation_distributed::transport::{
@@ -59,15 +59,35 @@ fn up_names(n: &Node) -> Vec<String> {
 /// Servers `s1`, `s2` and clients `c1` (attached to `s1`), `c2` (attached to `s2`), one
 /// server per client, all seeing all four up.
 async fn client_server_four() -> [Node; 4] {
+    client_server_four_with(None).await
+}
+
+/// [`client_server_four`] with every node's traffic through `faults`.
+async fn client_server_four_with(faults: Option<Arc<Interposer>>) -> [Node; 4] {
     let net = MemoryNetwork::new();
     let cs = TopologyKind::ClientServer {
         servers_per_client: 1,
     };
-    let s1 = mem_node(&net, "s1", Role::Server, cs).await;
-    let s2 = mem_node(&net, "s2", Role::Server, cs).await;
+    let node = |name: &'static str, role: Role| {
+        let (net, faults) = (net.clone(), faults.clone());
+        async move {
+            let t: Arc<dyn Transport> =
+                Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
+            let s = NodeSettings {
+                listen: format!("mem://{name}"),
+                role,
+                topology: cs,
+                interposer: faults,
+                ..NodeSettings::default()
+            };
+            Node::start(t, name, s).await.unwrap()
+        }
+    };
+    let s1 = node("s1", Role::Server).await;
+    let s2 = node("s2", Role::Server).await;
     s2.join(&[s1.addr()]).await.unwrap();
-    let c1 = mem_node(&net, "c1", Role::Client, cs).await;
-    let c2 = mem_node(&net, "c2", Role::Client, cs).await;
+    let c1 = node("c1", Role::Client).await;
+    let c2 = node("c2", Role::Client).await;
     c1.join(&[s1.addr()]).await.unwrap();
     c2.join(&[s2.addr()]).await.unwrap();
     for n in [&s1, &s2, &c1, &c2] {
@@ -206,6 +226,48 @@ async fn client_server_relays_client_to_client_messages() {
         .map(|_: ()| String::new())
         .unwrap_or_else(|e| e.to_string());
     assert!(r.contains("no server named"), "{r}");
+}
+
+/// A relay whose next hop's link is being remade holds the message until the link is
+/// back, instead of dropping it (before D365 the relay dropped it as `relay_failed` and
+/// the request timed out).
+#[tokio::test(start_paused = true)]
+async fn a_relay_waits_for_a_next_hop_link_that_is_being_remade() {
+    let faults = Arc::new(Interposer::with_seed(5));
+    let [s1, s2, c1, c2] = client_server_four_with(Some(faults.clone())).await;
+    c2.serve("whoami", |_from, _: ()| async { "c2".to_string() });
+    // Client to client goes through the sender's home server, which relays to the
+    // receiver's (here the same server, by the rendezvous hash).
+    let relay = c1.neighbours().into_iter().next().expect("c1 has a server");
+    assert_eq!(c2.neighbours().into_iter().next(), Some(relay.clone()));
+    let relay = if relay == "s1" { &s1 } else { &s2 };
+    let name = relay.name().to_string();
+    // Break the relay's link to c2 (every message between them fails its connection)
+    // until the relay sees it down, then let it be remade.
+    let cut = faults.add(
+        Rule::new(Fault::Reset { probability: 1.0 })
+            .from(&[name.as_str(), "c2"])
+            .to(&[name.as_str(), "c2"]),
+    );
+    eventually("the relay's link to c2 is down", || {
+        !relay.peer_stats().iter().any(|p| p.peer == "c2")
+    })
+    .await;
+    faults.remove(cut);
+    assert!(!relay.peer_stats().iter().any(|p| p.peer == "c2"));
+    // c1 -> relay -> c2, while the relay's link to c2 is still down.
+    let who: String = c1
+        .request("c2", "whoami", &(), Duration::from_secs(10))
+        .await
+        .expect("the relay held the request until its link to c2 was back");
+    assert_eq!(who, "c2");
+    assert!(
+        up_names(relay).contains(&"c2".to_string()),
+        "c2 was never declared down"
+    );
+    for n in [&s1, &s2, &c1, &c2] {
+        n.shutdown().await;
+    }
 }
 
 #[tokio::test]

@@ -3,45 +3,20 @@
 //! outgrows the full-mesh band, one coordinated switch to HyParView is agreed by every
 //! member, the controllers follow it and do not flap, and requests keep working.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
 use foundation_intelligence::adaptive_topology::{AdaptiveTopology, OverlaySelector};
-use foundation_intelligence::distributed::node::{Node, NodeSettings};
+use foundation_intelligence::distributed::node::Node;
 use foundation_intelligence::distributed::overlay::selector::SelectorConfig;
 use foundation_intelligence::distributed::overlay::HyParViewConfig;
 use foundation_intelligence::distributed::topology::{Role, TopologyKind};
-use foundation_intelligence::distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
-};
+use foundation_intelligence::distributed::transport::{ClusterSecret, MemoryNetwork};
 use tokio::time::Instant;
 
 async fn node(net: &MemoryNetwork, name: &str, secret: &ClusterSecret) -> Node {
-    let settings = TransportSettings {
-        cluster: "adaptive-switch".into(),
-        node: name.into(),
-        security: Security::Secret(secret.clone()),
-        ..TransportSettings::default()
-    };
-    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings).unwrap());
-    let n = Node::start(
-        t,
-        name,
-        NodeSettings {
-            listen: format!("mem://{name}"),
-            role: Role::Peer,
-            topology: TopologyKind::FullMesh,
-            ..NodeSettings::default()
-        },
-    )
-    .await
-    .unwrap();
-    let me = name.to_string();
-    n.serve("whoami", move |_from, _: ()| {
-        let me = me.clone();
-        async move { me }
-    });
-    n
+    support::mem_node::whoami_node(net, "adaptive-switch", name, Role::Peer, secret).await
 }
 
 #[tokio::test(start_paused = true)]

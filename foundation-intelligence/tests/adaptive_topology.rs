@@ -4,43 +4,16 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use foundation_intelligence::adaptive_topology::{AdaptiveTopology, SizeSelector};
-use foundation_intelligence::distributed::node::{Node, NodeSettings};
+use foundation_intelligence::distributed::node::Node;
 use foundation_intelligence::distributed::topology::{Role, TopologyKind};
-use foundation_intelligence::distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
-};
+use foundation_intelligence::distributed::transport::{ClusterSecret, MemoryNetwork};
 use tokio::time::Instant;
 
 async fn node(net: &MemoryNetwork, name: &str, role: Role, secret: &ClusterSecret) -> Node {
-    let settings = TransportSettings {
-        cluster: "adaptive".into(),
-        node: name.into(),
-        security: Security::Secret(secret.clone()),
-        ..TransportSettings::default()
-    };
-    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings).unwrap());
-    let n = Node::start(
-        t,
-        name,
-        NodeSettings {
-            listen: format!("mem://{name}"),
-            role,
-            topology: TopologyKind::FullMesh,
-            ..NodeSettings::default()
-        },
-    )
-    .await
-    .unwrap();
-    let me = name.to_string();
-    n.serve("whoami", move |_from, _: ()| {
-        let me = me.clone();
-        async move { me }
-    });
-    n
+    support::mem_node::whoami_node(net, "adaptive", name, role, secret).await
 }
 
 /// The controller every node runs here: a mesh up to 3 members, then client-server

@@ -1097,6 +1097,11 @@ impl Inner {
     /// `coordination`) or for application messages (urgent goes on the channel
     /// [`channel_for`](Self::channel_for) picks, `urgent` in the default table, as
     /// `send` does).
+    ///
+    /// Never waits: a next hop whose link is still being made (or remade) holds the
+    /// message in the link's bounded backlog, sent when it comes up (D365); a hop with
+    /// no link yet gets one started in the background. It fails only when the hop is
+    /// unknown, its queue or backlog is full, or its link has ended.
     fn forward_now_on(
         &self,
         to: &str,
@@ -1105,16 +1110,27 @@ impl Inner {
         control: bool,
     ) -> Result<()> {
         let hop = self.hop(to)?;
-        let link = self.links.get(&hop).ok_or_else(|| Error::NotConnected {
-            node: hop.clone(),
-            reason: "no link".into(),
-        })?;
+        let link = match self.links.get(&hop) {
+            Some(l) => l,
+            None => {
+                let addr = self.view.lock().get(&hop).map(|u| u.addr.clone());
+                match addr {
+                    Some(a) if !a.is_empty() => self.links.ensure(&hop, &a),
+                    _ => {
+                        return Err(Error::NotConnected {
+                            node: hop,
+                            reason: "no link and no known address".into(),
+                        })
+                    }
+                }
+            }
+        };
         let channel = if control && opts.urgency == Urgency::Urgent {
             COORDINATION
         } else {
             self.channel_for(opts, payload.len())
         };
-        link.try_send(channel, opts.key, payload)
+        link.send_or_park(channel, opts.key, payload)
     }
 
     fn acked_wire(&self, to: &str, seq: u64, base: u64, name: &str, body: Bytes) -> Wire {
@@ -1201,10 +1217,8 @@ impl Inner {
                 // On the same kind of channel it came on (an urgent application message
                 // stays off `coordination`).
                 let control = &*msg.channel == COORDINATION;
-                if self
-                    .forward_now_on(&to, msg.payload.clone(), opts, control)
-                    .is_err()
-                {
+                if let Err(e) = self.forward_now_on(&to, msg.payload.clone(), opts, control) {
+                    tracing::debug!(from = peer, to = %to, error = %e, "relay dropped");
                     self.meters.dropped("relay_failed").increment(1);
                 }
                 return None;

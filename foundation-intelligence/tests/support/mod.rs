@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::CommandCargoExt;
 
+pub mod mem_node;
 pub mod observed;
 
 /// `foundation` with a clean environment.
