@@ -255,12 +255,28 @@ async fn a_relay_waits_for_a_next_hop_link_that_is_being_remade() {
     .await;
     faults.remove(cut);
     assert!(!relay.peer_stats().iter().any(|p| p.peer == "c2"));
-    // c1 -> relay -> c2, while the relay's link to c2 is still down.
+    // c1 -> relay -> c2, while the relay's link to c2 is still down: a keyed stream,
+    // then a request, then more of the stream once the link is back; all of it arrives,
+    // the stream in order.
+    let mut inbox = c2.register::<u32>("inbox");
+    let keyed = SendOptions {
+        key: Some(7),
+        ..SendOptions::default()
+    };
+    for i in 0..50u32 {
+        c1.send("c2", "inbox", &i, keyed).await.unwrap();
+    }
     let who: String = c1
         .request("c2", "whoami", &(), Duration::from_secs(10))
         .await
         .expect("the relay held the request until its link to c2 was back");
     assert_eq!(who, "c2");
+    for i in 50..100u32 {
+        c1.send("c2", "inbox", &i, keyed).await.unwrap();
+    }
+    for i in 0..100u32 {
+        assert_eq!(inbox.recv().await.unwrap(), ("c1".to_string(), i));
+    }
     assert!(
         up_names(relay).contains(&"c2".to_string()),
         "c2 was never declared down"

@@ -109,26 +109,29 @@ impl Link {
     /// Like [`try_send`](Self::try_send), but a link that is not up (yet) holds the
     /// message in a bounded backlog, sent as soon as it comes up, and is asked to connect
     /// now. Never waits. For messages that must not be lost to a link still being made
-    /// (a topology's protocol messages, broadcast hops): a partial-view topology changes
-    /// its neighbours faster than links come up. Fails when the backlog is full.
+    /// (a topology's protocol messages, broadcast hops, relays): a partial-view topology
+    /// changes its neighbours faster than links come up. Fails when the backlog is full.
+    ///
+    /// Order: messages given to this method reach the connection in the order of the
+    /// calls, backlog or not (the backlog's lock is held while it is sent, and a message
+    /// goes straight to the connection only while the backlog is empty).
     pub fn send_or_park(&self, channel: &str, key: Option<u64>, payload: Bytes) -> Result<()> {
-        if self.current().is_some() {
+        let mut backlog = self.backlog.lock();
+        if backlog.is_empty() && self.current().is_some() {
             return self.try_send(channel, key, payload);
         }
-        {
-            let mut backlog = self.backlog.lock();
-            if backlog.len() >= BACKLOG {
-                return Err(Error::Full {
-                    node: self.peer.clone(),
-                });
-            }
-            backlog.push_back((channel.to_string(), key, payload));
+        if backlog.len() >= BACKLOG {
+            return Err(Error::Full {
+                node: self.peer.clone(),
+            });
         }
+        backlog.push_back((channel.to_string(), key, payload));
         metrics::gauge!("foundation_node_link_backlog").increment(1.0);
         // Came up meanwhile: its flush may have run before our push.
         if self.current().is_some() {
-            self.flush();
+            self.flush_locked(&mut backlog);
         } else {
+            drop(backlog);
             self.poke();
         }
         Ok(())
@@ -136,12 +139,16 @@ impl Link {
 
     /// Sends the backlog on the live link (never waits); what does not fit is counted.
     fn flush(&self) {
-        let pending: Vec<_> = self.backlog.lock().drain(..).collect();
-        if pending.is_empty() {
+        let mut backlog = self.backlog.lock();
+        self.flush_locked(&mut backlog);
+    }
+
+    fn flush_locked(&self, backlog: &mut VecDeque<(String, Option<u64>, Bytes)>) {
+        if backlog.is_empty() {
             return;
         }
-        metrics::gauge!("foundation_node_link_backlog").decrement(pending.len() as f64);
-        for (channel, key, payload) in pending {
+        metrics::gauge!("foundation_node_link_backlog").decrement(backlog.len() as f64);
+        for (channel, key, payload) in backlog.drain(..) {
             if self.try_send(&channel, key, payload).is_err() {
                 metrics::counter!("foundation_node_dropped_total", "reason" => "backlog_failed")
                     .increment(1);
