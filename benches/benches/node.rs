@@ -118,9 +118,16 @@ impl<'de> serde::Deserialize<'de> for Blob {
 /// The nodes' settings for part 1: the defaults, except `priority_thread` when
 /// `NODE_BENCH_PRIORITY_THREAD=0`.
 fn node_settings() -> NodeSettings {
+    let d = NodeSettings::default();
     NodeSettings {
         priority_thread: priority_thread(),
-        ..NodeSettings::default()
+        // `NODE_BENCH_NICE=none` leaves the thread's priority alone; a number sets it.
+        priority_thread_nice: match std::env::var("NODE_BENCH_NICE").as_deref() {
+            Ok("none") => None,
+            Ok(v) => v.parse().ok().or(d.priority_thread_nice),
+            Err(_) => d.priority_thread_nice,
+        },
+        ..d
     }
 }
 
@@ -408,8 +415,9 @@ fn main() {
     let rt = builder.build().expect("runtime");
 
     println!(
-        "1. urgent request p99 while {mib} MiB go a -> b in 64 KiB sends (request every 1 ms); priority thread {}; load {}",
+        "1. urgent request p99 while {mib} MiB go a -> b in 64 KiB sends (request every 1 ms); priority thread {} (nice {:?}); load {}",
         if priority_thread() { "on" } else { "off" },
+        node_settings().priority_thread_nice,
         load()
     );
     println!(

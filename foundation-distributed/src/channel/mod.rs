@@ -44,6 +44,7 @@
 //! | `foundation_channel_superseded_total` | counter | `channel` |
 //! | `foundation_channel_send_seconds` | histogram | `channel` (queued → written) |
 //! | `foundation_channel_priority_threads` | gauge | — (running [`PriorityThread`]s) |
+//! | `foundation_channel_priority_nice_total` | counter | `result` (`ok`, `refused`) |
 //!
 //! # Example
 //!
@@ -1374,6 +1375,10 @@ pub(crate) fn describe_metrics() {
     describe_gauge!(
         priority::THREADS,
         "Priority threads (high-priority channel tasks off the application runtime, D380) running in the process."
+    );
+    describe_counter!(
+        priority::NICE,
+        "Attempts to set a priority thread's nice value, by result (ok, refused: the thread keeps the process's priority)."
     );
     describe_histogram!(
         metric::SEND_SECONDS,

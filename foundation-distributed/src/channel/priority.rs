@@ -19,6 +19,7 @@
 //! | metric | kind |
 //! |---|---|
 //! | `foundation_channel_priority_threads` | gauge: priority threads running in the process |
+//! | `foundation_channel_priority_nice_total` | counter, `result` (`ok`, `refused`): attempts to raise the thread's priority |
 
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
@@ -30,6 +31,8 @@ use crate::{Error, Result};
 
 /// The gauge of running priority threads.
 pub(crate) const THREADS: &str = "foundation_channel_priority_threads";
+/// Attempts to set a priority thread's nice value, by result (`ok`, `refused`).
+pub(crate) const NICE: &str = "foundation_channel_priority_nice_total";
 
 /// One OS thread running a single-threaded tokio runtime (I/O and time enabled) for
 /// high-priority channel tasks. Owned by whoever started it (a node); stopped by
@@ -44,9 +47,13 @@ pub struct PriorityThread {
 }
 
 impl PriorityThread {
-    /// Starts the thread, named `name` (shown by `top -H`, debuggers and panics).
+    /// Starts the thread, named `name` (shown by `top -H`, debuggers and panics), and,
+    /// with `nice`, asks the OS to run it at that nice value (-20 ..= 19; lower runs
+    /// sooner when the CPUs are busy; D381). A refusal (raising priority needs
+    /// `CAP_SYS_NICE` or `RLIMIT_NICE`) leaves the thread at the process's priority; it is
+    /// logged and counted (`foundation_channel_priority_nice_total{result="refused"}`).
     /// Fails if the runtime or the thread cannot be created (out of resources).
-    pub fn start(name: &str) -> Result<PriorityThread> {
+    pub fn start(name: &str, nice: Option<i32>) -> Result<PriorityThread> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name(name)
@@ -61,6 +68,9 @@ impl PriorityThread {
             .spawn(move || {
                 let gauge = metrics::gauge!(THREADS);
                 gauge.increment(1.0);
+                if let Some(nice) = nice {
+                    set_nice(nice);
+                }
                 rt.block_on(token.cancelled());
                 // Drops every task still on the runtime, on this thread.
                 drop(rt);
@@ -111,6 +121,26 @@ impl Drop for PriorityThread {
         // Not joined: the thread ends by itself once its runtime has dropped its tasks.
         self.stop.cancel();
     }
+}
+
+/// Sets the calling thread's nice value (Linux: per thread); counts and logs a refusal.
+fn set_nice(nice: i32) {
+    #[cfg(target_os = "linux")]
+    let r = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
+    #[cfg(not(target_os = "linux"))]
+    let r: std::io::Result<()> = Err(std::io::Error::other("per-thread priority is Linux only"));
+    let result = match r {
+        Ok(()) => "ok",
+        Err(e) => {
+            tracing::info!(
+                nice,
+                error = %e,
+                "the priority thread keeps the process's priority (raising it needs CAP_SYS_NICE or RLIMIT_NICE)"
+            );
+            "refused"
+        }
+    };
+    metrics::counter!(NICE, "result" => result).increment(1);
 }
 
 /// Whether a node started from this runtime context should use a priority thread: only

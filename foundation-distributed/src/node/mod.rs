@@ -217,6 +217,13 @@ pub struct NodeSettings {
     /// poll of request handlers included) still spawn onto the application's runtime.
     /// Default `true`; `false` keeps every task of the node on the caller's runtime.
     pub priority_thread: bool,
+    /// The nice value the priority thread asks the OS for (Linux; -20 ..= 19, lower is
+    /// scheduled sooner when the CPUs are busy), so that it preempts bulk work on a busy
+    /// machine (D381). Needs `CAP_SYS_NICE` or `RLIMIT_NICE` to go below the process's
+    /// own; refused, the thread keeps the process's priority (logged, counted in
+    /// `foundation_channel_priority_nice_total{result="refused"}`). `None` leaves it
+    /// alone. Default `Some(-10)`.
+    pub priority_thread_nice: Option<i32>,
 }
 
 impl Default for NodeSettings {
@@ -246,6 +253,7 @@ impl Default for NodeSettings {
             interposer: None,
             switch: SwitchSettings::default(),
             priority_thread: true,
+            priority_thread_nice: Some(-10),
         }
     }
 }
@@ -393,9 +401,10 @@ impl Node {
         let cancel = CancellationToken::new();
         let priority = if settings.priority_thread && crate::channel::priority_thread_wanted() {
             // Short: Linux shows the first 15 bytes of a thread's name.
-            Some(crate::channel::PriorityThread::start(&format!(
-                "fprio-{name}"
-            ))?)
+            Some(crate::channel::PriorityThread::start(
+                &format!("fprio-{name}"),
+                settings.priority_thread_nice,
+            )?)
         } else {
             None
         };
