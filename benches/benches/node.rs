@@ -22,8 +22,10 @@
 //! Prints tables; run with `cargo bench -p foundation-benches --bench node`
 //! (`NODE_BENCH_RUNS`, default 10, sets the runs of part 1; `NODE_BENCH_EVENT_INTERVAL`
 //! sets tokio's `event_interval`, default tokio's 61: how many task polls a busy worker
-//! makes between two looks at the I/O driver; `NODE_BENCH_PART1_ONLY=1` stops after
-//! part 1).
+//! makes between two looks at the I/O driver; `NODE_BENCH_GLOBAL_QUEUE_INTERVAL` sets
+//! tokio's `global_queue_interval`, default self-tuned: how many task polls a busy worker
+//! makes between two looks at the queue of tasks woken from outside the runtime;
+//! `NODE_BENCH_PART1_ONLY=1` stops after part 1).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -411,6 +413,10 @@ fn main() {
     if let Ok(Ok(n)) = std::env::var("NODE_BENCH_EVENT_INTERVAL").map(|v| v.parse::<u32>()) {
         println!("tokio event_interval = {n}");
         builder.event_interval(n);
+    }
+    if let Ok(Ok(n)) = std::env::var("NODE_BENCH_GLOBAL_QUEUE_INTERVAL").map(|v| v.parse::<u32>()) {
+        println!("tokio global_queue_interval = {n}");
+        builder.global_queue_interval(n);
     }
     let rt = builder.build().expect("runtime");
 
