@@ -185,6 +185,30 @@ async fn plaintext_and_memory_transports_work_on_it() {
     assert!(b.shutdown_within(Duration::from_secs(10)).await);
 }
 
+/// TLS streams stay registered with the application runtime's I/O driver (only plain TCP
+/// sockets move); their tasks still run on the priority thread, and traffic flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_work_on_it() {
+    use foundation_distributed::transport::tls::dev;
+    let dir = std::env::temp_dir().join(format!("fprio-tls-{}", std::process::id()));
+    let ca = dev::generate_ca(dir.join("ca"), "test").unwrap();
+    let tls = |n: &str| Security::Tls(dev::issue_node_cert(&ca, n, dir.join(n)).unwrap());
+    let (a, b) = start_pair(
+        tcp("tlsa", tls("tlsa")),
+        tcp("tlsb", tls("tlsb")),
+        ["127.0.0.1:0"; 2],
+        true,
+        ["tlsa", "tlsb"],
+    )
+    .await;
+    assert!(a.has_priority_thread());
+    serve_where(&b);
+    assert_eq!(exercise(&a, &b).await.0.as_deref(), Some("fprio-tlsb"));
+    assert!(a.shutdown_within(Duration::from_secs(10)).await);
+    assert!(b.shutdown_within(Duration::from_secs(10)).await);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_by_setting() {
     let (a, b) = pair(

@@ -150,3 +150,64 @@ pub(crate) fn wanted_here() -> bool {
     Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(30)
+    }
+
+    #[tokio::test]
+    async fn runs_tasks_on_its_own_named_thread_and_stops() {
+        let p = PriorityThread::start("fprio-unit", None).unwrap();
+        assert!(p.is_running());
+        let name = p
+            .handle()
+            .spawn(async { std::thread::current().name().map(str::to_string) })
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("fprio-unit"));
+        // A task still running at shutdown is dropped, not left behind.
+        let (tx, rx) = oneshot::channel::<()>();
+        p.handle().spawn(async move {
+            let _held = tx;
+            std::future::pending::<()>().await;
+        });
+        assert!(p.shutdown(later()).await);
+        assert!(!p.is_running());
+        assert!(rx.await.is_err(), "the task was dropped with the runtime");
+        // Nothing runs on it any more; a second shutdown is harmless.
+        assert!(p.handle().spawn(async {}).await.is_err());
+        assert!(p.shutdown(later()).await);
+    }
+
+    #[tokio::test]
+    async fn dropping_it_stops_the_thread() {
+        let p = PriorityThread::start("fprio-drop", Some(0)).unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        p.handle().spawn(async move {
+            let _held = tx;
+            std::future::pending::<()>().await;
+        });
+        drop(p);
+        // Resolves once the thread has dropped its runtime's tasks.
+        assert!(rx.await.is_err());
+    }
+
+    #[test]
+    fn wanted_only_on_a_multi_thread_runtime() {
+        assert!(!wanted_here(), "outside any runtime");
+        let ct = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(!ct.block_on(async { wanted_here() }));
+        let mt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        assert!(mt.block_on(async { wanted_here() }));
+    }
+}
