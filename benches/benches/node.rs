@@ -205,6 +205,30 @@ async fn urgent_during_bulk(
             }
         })
     };
+    // `NODE_BENCH_PROBE=1`: a plain thread wakes a task on the runtime every ms during the
+    // run; how long the woken task waits to run is the price of any wake-up from outside
+    // the runtime's workers (as a reply read by the priority thread is) during the bulk.
+    let probe = (env("NODE_BENCH_PROBE", 0) == 1).then(|| {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = done.clone();
+        let thread = std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+                if tx.send(Instant::now()).is_err() {
+                    break;
+                }
+            }
+        });
+        let task = tokio::spawn(async move {
+            let mut waits = Vec::new();
+            while let Some(t) = rx.recv().await {
+                waits.push(t.elapsed());
+            }
+            waits
+        });
+        (done, thread, task)
+    });
     let requests = {
         let a = a.clone();
         async move {
@@ -228,6 +252,19 @@ async fn urgent_during_bulk(
     };
     bulk.await.expect("bulk task");
     let secs = started.elapsed().as_secs_f64();
+    if let Some((done, thread, task)) = probe {
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = thread.join();
+        let mut waits = task.await.expect("probe");
+        waits.sort();
+        println!(
+            "   probe: {} wake-ups from a plain thread: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            waits.len(),
+            ms(percentile(&waits, 0.5)),
+            ms(percentile(&waits, 0.99)),
+            ms(*waits.last().unwrap_or(&Duration::ZERO))
+        );
+    }
     a.shutdown().await;
     b.shutdown().await;
     latencies.sort();

@@ -521,9 +521,16 @@ impl ChannelSender {
     /// connection has closed or failed.
     pub async fn send(&self, key: Option<u64>, payload: Bytes) -> Result<()> {
         let index = self.state.pick(key);
+        let large = payload.len() >= SENDER_YIELD_AT && self.state.spec.priority != Priority::High;
         let item = Item::new(key, payload);
         match self.state.queues[index].push(item).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if large {
+                    // See `SENDER_YIELD_AT`.
+                    tokio::task::yield_now().await;
+                }
+                Ok(())
+            }
             // `push` waits for space, so a refusal means the queue is closed.
             Err(Refused::Closed(_, reason)) => Err(self.state.closed_error(index, &reason)),
             Err(Refused::Full(_)) => Err(self.state.closed_error(index, "queue refused")),
@@ -716,6 +723,15 @@ struct Writer {
 /// several ms of 64 KiB copies) is spent, and the high-priority tasks on the same worker
 /// wait that long. High-priority tasks never yield voluntarily.
 const YIELD_EVERY: usize = 64 * 1024;
+
+/// A [`ChannelSender::send`] of at least this many payload bytes on a medium- or
+/// low-priority channel yields to the scheduler once queued (D382). Why: while queues
+/// have room, `send` never waits, so a task sending large messages in a loop runs until
+/// tokio's co-operative budget is spent (up to 128 sends: milliseconds of encoding and
+/// copying 64 KiB messages), and every task woken meanwhile for that worker waits that
+/// long — among them a requester whose reply the priority thread has read. Smaller
+/// messages never yield here, so the small-message path is unchanged.
+const SENDER_YIELD_AT: usize = 16 * 1024;
 
 /// Voluntary yielding of one task (see [`YIELD_EVERY`]).
 #[derive(Debug)]
