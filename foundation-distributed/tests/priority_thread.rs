@@ -150,6 +150,21 @@ async fn starts_serves_and_stops_at_shutdown_on_tcp() {
         assert_eq!(here.as_deref(), Some("fprio-lifeb"));
     }
 
+    // From a task on the runtime as well.
+    let from_task = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for i in 0..100u64 {
+                let (here, _) = a
+                    .request::<u64, Seen>("lifeb", "where", &i, Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                assert_eq!(here.as_deref(), Some("fprio-lifeb"));
+            }
+        })
+    };
+    from_task.await.unwrap();
+
     assert!(a.shutdown_within(Duration::from_secs(10)).await);
     assert!(b.shutdown_within(Duration::from_secs(10)).await);
     assert!(!a.has_priority_thread() && !b.has_priority_thread());
