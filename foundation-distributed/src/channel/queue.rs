@@ -1,8 +1,8 @@
 //! The bounded outbound queue of one connection (bounded in messages and in payload
 //! bytes), with optional monotonic supersession and write-combining: a message pushed
-//! with [`Queue::push_merging`] is appended to the last queued item when that item was
-//! pushed the same way with the same key and the same header bytes, so many small
-//! messages queued behind a busy writer leave as one frame (D390).
+//! with [`Queue::push_merging`] is appended to the last queued item of its key when that
+//! item was pushed the same way with the same header bytes, so many small messages
+//! queued behind a busy writer leave as one frame (D390).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -16,6 +16,10 @@ use tokio::sync::{Notify, Semaphore, TryAcquireError};
 /// Most payload bytes the queue lets an item grow to by appending messages to it
 /// ([`Queue::push_merging`]); a message that does not fit opens a new item.
 pub(crate) const MERGE_MAX: usize = 64 * 1024;
+
+/// How many items from the tail [`Queue::push_merging`] looks back for the last item of
+/// the message's key (keys that share a connection interleave in its queue).
+const MERGE_LOOKBACK: usize = 8;
 
 /// One queued message (or, after [`Queue::push_merging`], several appended into one).
 #[derive(Debug)]
@@ -149,21 +153,29 @@ impl Queue {
         u32::try_from(item.len()).map_or(self.max_bytes, |l| l.min(self.max_bytes))
     }
 
-    /// Appends the part of `payload` after its `header` bytes to the last queued item, if
-    /// that item takes appends with the same key and the same header, the result stays
-    /// within [`MERGE_MAX`] and the byte bound, and a message permit and the byte permits
-    /// of the appended part are free now. Never waits. Never on a monotonic queue.
+    /// Appends the part of `payload` after its `header` bytes to the last queued item of
+    /// the same key (looking back at most [`MERGE_LOOKBACK`] items), if that item takes
+    /// appends with the same header, the result stays within [`MERGE_MAX`] and the byte
+    /// bound, and a message permit and the byte permits of the appended part are free
+    /// now. Never waits. Never on a monotonic queue. Per-key order holds: nothing of the
+    /// key is queued after that item; messages of other keys queued after it may now
+    /// leave after this one (order across keys is not promised).
     fn try_merge(&self, st: &mut State, key: Option<u64>, payload: &Bytes, header: usize) -> bool {
         if self.monotonic || header == 0 || header >= payload.len() {
             return false;
         }
-        let Some(tail) = st.items.back_mut() else {
+        let Some(tail) = st
+            .items
+            .iter_mut()
+            .rev()
+            .take(MERGE_LOOKBACK)
+            .find(|i| i.key == key)
+        else {
             return false;
         };
         let add = payload.len() - header;
         let cap = MERGE_MAX.min(self.max_bytes as usize);
         if tail.merge as usize != header
-            || tail.key != key
             || tail.len() + add > cap
             || tail.payload.get(..header) != payload.get(..header)
         {
@@ -265,11 +277,11 @@ impl Queue {
     }
 
     /// Queues `payload`, a message whose first `header` bytes say where it goes: appended
-    /// to the last queued item if that one was pushed this way with the same key and the
-    /// same header and there is room (see `try_merge`; no wait, no wake-up of the writer,
-    /// one message permit), otherwise as an item of its own that later messages may be
+    /// to the last queued item of its key if that one was pushed this way with the same
+    /// header and there is room (see `try_merge`; no wait, no wake-up of the writer, one
+    /// message permit), otherwise as an item of its own that later messages may be
     /// appended to (waiting for space like [`push`](Self::push)). Per-key order holds:
-    /// appends go to the tail only. Whoever reads the payload must take a run of messages
+    /// appends go to the key's last item only. Whoever reads the payload must take a run of messages
     /// after one header for what it is: the node's `SendBatch` frame is made for it.
     pub(crate) async fn push_merging(
         &self,
@@ -638,6 +650,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(q.pop().await.unwrap().payload, &b"HHh"[..]);
+    }
+
+    #[tokio::test]
+    async fn interleaved_keys_append_to_their_own_last_item() {
+        let q = queue(100, false);
+        for (k, b) in [(1, b"a"), (2, b"b"), (1, b"c"), (2, b"d"), (1, b"e")] {
+            q.try_push_merging(Some(k), framed(b"H", b), 1).unwrap();
+        }
+        // A plain item of key 1 ends key 1's run: later ones may not jump ahead of it.
+        q.try_push(item(Some(1), b"Hf")).unwrap();
+        q.try_push_merging(Some(1), framed(b"H", b"g"), 1).unwrap();
+        q.try_push_merging(Some(2), framed(b"H", b"h"), 1).unwrap();
+        let mut out = VecDeque::new();
+        q.take_batch(&mut out, 100, 1 << 20);
+        let got: Vec<(Option<u64>, &[u8])> = out.iter().map(|i| (i.key, &i.payload[..])).collect();
+        assert_eq!(
+            got,
+            [
+                (Some(1), &b"Hace"[..]),
+                (Some(2), b"Hbdh"),
+                (Some(1), b"Hf"),
+                (Some(1), b"Hg"),
+            ]
+        );
     }
 
     #[tokio::test]
