@@ -547,6 +547,13 @@ impl ChannelSender {
         }
     }
 
+    /// Appends `payload` to a waiting message as [`send_merging`](Self::send_merging)
+    /// would, if that can be done now; `false` (nothing queued) otherwise.
+    pub(crate) fn append_now(&self, key: Option<u64>, payload: &[u8], header: usize) -> bool {
+        let index = self.state.pick(key);
+        self.state.queues[index].append_now(key, payload, header)
+    }
+
     /// [`try_send`](Self::try_send) with the appending of
     /// [`send_merging`](Self::send_merging).
     pub(crate) fn try_send_merging(
@@ -934,6 +941,19 @@ impl Channels {
             .ok_or_else(|| Error::UnknownChannel {
                 channel: name.to_owned(),
             })
+    }
+
+    /// See `ChannelSender::append_now`; `false` for an unknown channel.
+    pub(crate) fn append_now(
+        &self,
+        name: &str,
+        key: Option<u64>,
+        payload: &[u8],
+        header: usize,
+    ) -> bool {
+        self.by_name
+            .get(name)
+            .is_some_and(|s| s.append_now(key, payload, header))
     }
 
     /// Sends on channel `name`; see `ChannelSender::send_merging`.

@@ -160,7 +160,7 @@ impl Queue {
     /// now. Never waits. Never on a monotonic queue. Per-key order holds: nothing of the
     /// key is queued after that item; messages of other keys queued after it may now
     /// leave after this one (order across keys is not promised).
-    fn try_merge(&self, st: &mut State, key: Option<u64>, payload: &Bytes, header: usize) -> bool {
+    fn try_merge(&self, st: &mut State, key: Option<u64>, payload: &[u8], header: usize) -> bool {
         if self.monotonic || header == 0 || header >= payload.len() {
             return false;
         }
@@ -309,6 +309,15 @@ impl Queue {
             Err(Err(refused)) => Err(refused),
             Err(Ok((payload, header))) => self.try_push(Self::mergeable(key, payload, header)),
         }
+    }
+
+    /// Appends `payload` (see [`push_merging`](Self::push_merging)) to a waiting item if
+    /// it can be done now; `false` (nothing queued) otherwise, also when closed. Takes a
+    /// borrowed message, so a caller that encodes into a reused buffer allocates nothing
+    /// for a message that is appended.
+    pub(crate) fn append_now(&self, key: Option<u64>, payload: &[u8], header: usize) -> bool {
+        let mut st = self.state.lock();
+        st.closed.is_none() && self.try_merge(&mut st, key, payload, header)
     }
 
     fn mergeable(key: Option<u64>, payload: Bytes, header: usize) -> Item {

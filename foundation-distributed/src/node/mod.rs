@@ -87,7 +87,8 @@ use link::{LinkContext, Links};
 pub use peer_stats::PeerStats;
 use request::Requests;
 use wire::{
-    encode, encode_batches, encode_one, encode_ref_with, encode_with, ReplyError, Wire, WireRef,
+    encode, encode_batches, encode_one, encode_one_into, encode_ref_with, encode_with, ReplyError,
+    Wire, WireRef,
 };
 
 /// A membership event.
@@ -117,6 +118,15 @@ pub struct MemberInfo {
     /// Whether it is considered up (alive or merely suspected, not declared down).
     pub up: bool,
 }
+
+thread_local! {
+    /// Where [`Node::send`] encodes a message before trying to append it to a waiting
+    /// frame.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Capacity beyond which [`SCRATCH`] is given back after a large message.
+const SCRATCH_MAX: usize = 64 * 1024;
 
 /// Requests and replies go urgent, unkeyed.
 const URGENT: SendOptions = SendOptions {
@@ -587,8 +597,31 @@ impl Node {
         msg: &T,
         opts: SendOptions,
     ) -> Result<()> {
-        let (payload, header) =
-            encode_one(node, name, &self.inner.name, msg).map_err(encode_error)?;
+        // Encoded into this thread's reused buffer: a message appended to a waiting frame
+        // (the common case while the connection is busy) allocates nothing.
+        let mut encoded = None;
+        let appended = SCRATCH.with(|cell| {
+            let Ok(mut v) = cell.try_borrow_mut() else {
+                return Ok(false);
+            };
+            let header =
+                encode_one_into(&mut v, node, name, &self.inner.name, msg).map_err(encode_error)?;
+            let appended = self.inner.append_now(node, &v, header, opts);
+            if !appended {
+                encoded = Some((Bytes::copy_from_slice(&v), header));
+            }
+            if v.capacity() > SCRATCH_MAX {
+                *v = Vec::new();
+            }
+            Ok::<_, Error>(appended)
+        })?;
+        if appended {
+            return Ok(());
+        }
+        let (payload, header) = match encoded {
+            Some(e) => e,
+            None => encode_one(node, name, &self.inner.name, msg).map_err(encode_error)?,
+        };
         let size = payload.len() - header;
         self.inner
             .forward_sized(node, payload, opts, false, size, header)
@@ -1124,6 +1157,20 @@ impl Inner {
             self.channel_for(opts, payload.len())
         };
         link.try_send(channel, opts.key, payload)
+    }
+
+    /// Appends an application `SendBatch` frame with a header of `header` bytes to a
+    /// frame waiting in the queue towards `to` (the one `forward_sized` would use), if
+    /// that can be done now without waiting; `false` (nothing sent) otherwise.
+    fn append_now(&self, to: &str, payload: &[u8], header: usize, opts: SendOptions) -> bool {
+        let Ok(hop) = self.hop(to) else {
+            return false;
+        };
+        let Some(channels) = self.links.get(&hop).and_then(|l| l.current()) else {
+            return false;
+        };
+        let channel = self.channel_for(opts, payload.len() - header);
+        channels.append_now(channel, opts.key, payload, header)
     }
 
     /// [`forward_now_on`](Self::forward_now_on) for an application `SendBatch` frame

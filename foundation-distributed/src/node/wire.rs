@@ -289,6 +289,21 @@ fn push_message<T: Serialize + ?Sized>(
     Ok(len)
 }
 
+/// [`encode_one`] into `v` (cleared first); returns the header's length.
+pub(crate) fn encode_one_into<T: Serialize + ?Sized>(
+    v: &mut Vec<u8>,
+    to_node: &str,
+    to_name: &str,
+    from: &str,
+    msg: &T,
+) -> Result<usize, rmp_serde::encode::Error> {
+    v.clear();
+    batch_header(v, to_node, to_name, from);
+    let header = v.len();
+    push_message(v, msg)?;
+    Ok(header)
+}
+
 /// Encodes one message as a [`Wire::SendBatch`] frame; also returns the header's length
 /// (the bytes a frame with the same destination and sender starts with: what the
 /// outbound queue compares before appending the rest to a waiting frame).
