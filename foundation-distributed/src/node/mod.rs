@@ -125,8 +125,9 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Capacity beyond which [`SCRATCH`] is given back after a large message.
-const SCRATCH_MAX: usize = 64 * 1024;
+/// Messages longer than this leave [`SCRATCH`] with its buffer (not copied out), and a
+/// buffer grown beyond it is not kept.
+const SCRATCH_KEEP: usize = 4096;
 
 /// Requests and replies go urgent, unkeyed.
 const URGENT: SendOptions = SendOptions {
@@ -608,9 +609,16 @@ impl Node {
                 encode_one_into(&mut v, node, name, &self.inner.name, msg).map_err(encode_error)?;
             let appended = self.inner.append_now(node, &v, header, opts);
             if !appended {
-                encoded = Some((Bytes::copy_from_slice(&v), header));
+                // A large message leaves with the buffer itself (no copy); a small one is
+                // copied out and the buffer kept for the next.
+                let payload = if v.len() > SCRATCH_KEEP {
+                    Bytes::from(std::mem::take(&mut *v))
+                } else {
+                    Bytes::copy_from_slice(&v)
+                };
+                encoded = Some((payload, header));
             }
-            if v.capacity() > SCRATCH_MAX {
+            if v.capacity() > SCRATCH_KEEP {
                 *v = Vec::new();
             }
             Ok::<_, Error>(appended)
