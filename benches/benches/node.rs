@@ -5,6 +5,12 @@
 //!    `NODE_BENCH_MIB` MiB (default 256) to `b` in 64 KiB `send`s, it makes a `request`
 //!    to `b` every millisecond; p99 of the round trips, per run, for the node's default
 //!    channels and for the same nodes with every channel folded onto one connection.
+//!    Each layout is measured twice: with the requester on the bench's main thread
+//!    (inside `block_on`, as the figures were taken) and with the requester in
+//!    a task spawned on the runtime's workers (where an application's code usually runs,
+//!    sharing the workers with the bulk transfer). `NODE_BENCH_PRIORITY_THREAD=0` turns
+//!    the nodes' priority thread (`NodeSettings::priority_thread`, D380) off, for an
+//!    A/B comparison with the same binary.
 //! 2. **small messages**: `NODE_BENCH_SMALL` (default 1,000,000) 8-byte messages `a` →
 //!    `b`, counted at `b`'s receiver (zero loss checked), once with one `send().await`
 //!    per message and once with `send_batch` (`NODE_BENCH_BATCH` messages per call,
@@ -20,7 +26,10 @@
 //! Prints tables; run with `cargo bench -p foundation-benches --bench node`
 //! (`NODE_BENCH_RUNS`, default 10, sets the runs of part 1; `NODE_BENCH_EVENT_INTERVAL`
 //! sets tokio's `event_interval`, default tokio's 61: how many task polls a busy worker
-//! makes between two looks at the I/O driver).
+//! makes between two looks at the I/O driver; `NODE_BENCH_GLOBAL_QUEUE_INTERVAL` sets
+//! tokio's `global_queue_interval`, default self-tuned: how many task polls a busy worker
+//! makes between two looks at the queue of tasks woken from outside the runtime;
+//! `NODE_BENCH_PART1_ONLY=1` stops after part 1).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,6 +121,26 @@ impl<'de> serde::Deserialize<'de> for Blob {
     }
 }
 
+/// The nodes' settings for part 1: the defaults, except `priority_thread` when
+/// `NODE_BENCH_PRIORITY_THREAD=0`.
+fn node_settings() -> NodeSettings {
+    let d = NodeSettings::default();
+    NodeSettings {
+        priority_thread: priority_thread(),
+        // `NODE_BENCH_NICE=none` leaves the thread's priority alone; a number sets it.
+        priority_thread_nice: match std::env::var("NODE_BENCH_NICE").as_deref() {
+            Ok("none") => None,
+            Ok(v) => v.parse().ok().or(d.priority_thread_nice),
+            Err(_) => d.priority_thread_nice,
+        },
+        ..d
+    }
+}
+
+fn priority_thread() -> bool {
+    std::env::var("NODE_BENCH_PRIORITY_THREAD").map_or(true, |v| v != "0")
+}
+
 fn one_connection() -> NodeSettings {
     let mut channels = ChannelSettings {
         channels: vec![ChannelSpec::new(COORDINATION, Priority::High, 1)],
@@ -127,7 +156,7 @@ fn one_connection() -> NodeSettings {
         // Bulk messages arrive on `coordination`, where the node never waits for a
         // receiver: make room for all of them so none is dropped.
         receiver_capacity: 1 << 16,
-        ..NodeSettings::default()
+        ..node_settings()
     }
 }
 
@@ -142,8 +171,21 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Where part 1's requester runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Requester {
+    /// On the thread calling `block_on` (not a runtime worker).
+    Main,
+    /// In a task spawned on the runtime's workers.
+    Task,
+}
+
 /// One run of part 1: (seconds, request latencies).
-async fn urgent_during_bulk(settings: NodeSettings, mib: usize) -> (f64, Vec<Duration>) {
+async fn urgent_during_bulk(
+    settings: NodeSettings,
+    mib: usize,
+    requester: Requester,
+) -> (f64, Vec<Duration>) {
     let (a, b) = pair(settings).await;
     b.serve("ping", |_from, x: u64| async move { x });
     let mut inbox = b.register::<Blob>("bulk");
@@ -167,19 +209,66 @@ async fn urgent_during_bulk(settings: NodeSettings, mib: usize) -> (f64, Vec<Dur
             }
         })
     };
-    let mut latencies = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    while !consumer.is_finished() {
-        tick.tick().await;
-        let t = Instant::now();
-        let _: u64 = a
-            .request("b", "ping", &1u64, Duration::from_secs(10))
-            .await
-            .expect("ping");
-        latencies.push(t.elapsed());
-    }
+    // `NODE_BENCH_PROBE=1`: a plain thread wakes a task on the runtime every ms during the
+    // run; how long the woken task waits to run is the price of any wake-up from outside
+    // the runtime's workers (as a reply read by the priority thread is) during the bulk.
+    let probe = (env("NODE_BENCH_PROBE", 0) == 1).then(|| {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = done.clone();
+        let thread = std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+                if tx.send(Instant::now()).is_err() {
+                    break;
+                }
+            }
+        });
+        let task = tokio::spawn(async move {
+            let mut waits = Vec::new();
+            while let Some(t) = rx.recv().await {
+                waits.push(t.elapsed());
+            }
+            waits
+        });
+        (done, thread, task)
+    });
+    let requests = {
+        let a = a.clone();
+        async move {
+            let mut latencies = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            while !consumer.is_finished() {
+                tick.tick().await;
+                let t = Instant::now();
+                let _: u64 = a
+                    .request("b", "ping", &1u64, Duration::from_secs(10))
+                    .await
+                    .expect("ping");
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }
+    };
+    let mut latencies = match requester {
+        Requester::Main => requests.await,
+        Requester::Task => tokio::spawn(requests).await.expect("requester task"),
+    };
     bulk.await.expect("bulk task");
     let secs = started.elapsed().as_secs_f64();
+    if let Some((done, thread, task)) = probe {
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = thread.join();
+        let mut waits = task.await.expect("probe");
+        waits.sort();
+        println!(
+            "   probe: {} wake-ups from a plain thread: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            waits.len(),
+            ms(percentile(&waits, 0.5)),
+            ms(percentile(&waits, 0.99)),
+            ms(*waits.last().unwrap_or(&Duration::ZERO))
+        );
+    }
     a.shutdown().await;
     b.shutdown().await;
     latencies.sort();
@@ -447,64 +536,79 @@ fn main() {
         println!("tokio event_interval = {n}");
         builder.event_interval(n);
     }
+    if let Ok(Ok(n)) = std::env::var("NODE_BENCH_GLOBAL_QUEUE_INTERVAL").map(|v| v.parse::<u32>()) {
+        println!("tokio global_queue_interval = {n}");
+        builder.global_queue_interval(n);
+    }
     let rt = builder.build().expect("runtime");
 
     println!(
-        "1. urgent request p99 while {mib} MiB go a -> b in 64 KiB sends (request every 1 ms); load {}",
+        "1. urgent request p99 while {mib} MiB go a -> b in 64 KiB sends (request every 1 ms); priority thread {} (nice {:?}); load {}",
+        if priority_thread() { "on" } else { "off" },
+        node_settings().priority_thread_nice,
         load()
     );
     println!(
-        "{:<16} {:>4} {:>7} {:>8} {:>9} {:>9} {:>9}",
-        "layout", "run", "secs", "requests", "p50 ms", "p99 ms", "max ms"
+        "{:<16} {:<9} {:>4} {:>7} {:>8} {:>9} {:>9} {:>9} {:>6}",
+        "layout", "requester", "run", "secs", "requests", "p50 ms", "p99 ms", "max ms", "load"
     );
-    let mut node_p99 = Vec::new();
-    for run in 0..runs {
-        let (secs, l) = rt.block_on(urgent_during_bulk(NodeSettings::default(), mib));
-        let p99 = percentile(&l, 0.99);
-        node_p99.push(p99);
-        println!(
-            "{:<16} {:>4} {:>7.2} {:>8} {:>9.3} {:>9.3} {:>9.3}",
-            "node channels",
-            run + 1,
-            secs,
-            l.len(),
-            ms(percentile(&l, 0.5)),
-            ms(p99),
-            ms(*l.last().unwrap_or(&Duration::ZERO))
-        );
-    }
+    let part1 = |layout: &str, settings: fn() -> NodeSettings, requester: Requester, n: usize| {
+        let mut p99s = Vec::new();
+        for run in 0..n {
+            let (secs, l) = rt.block_on(urgent_during_bulk(settings(), mib, requester));
+            let p99 = percentile(&l, 0.99);
+            p99s.push(p99);
+            println!(
+                "{:<16} {:<9} {:>4} {:>7.2} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>6}",
+                layout,
+                match requester {
+                    Requester::Main => "main",
+                    Requester::Task => "task",
+                },
+                run + 1,
+                secs,
+                l.len(),
+                ms(percentile(&l, 0.5)),
+                ms(p99),
+                ms(*l.last().unwrap_or(&Duration::ZERO)),
+                load()
+            );
+        }
+        p99s.sort();
+        p99s
+    };
     let one_runs = runs.clamp(1, 3);
-    let mut one_p99 = Vec::new();
-    for run in 0..one_runs {
-        let (secs, l) = rt.block_on(urgent_during_bulk(one_connection(), mib));
-        let p99 = percentile(&l, 0.99);
-        one_p99.push(p99);
+    for requester in [Requester::Main, Requester::Task] {
+        let node_p99 = part1("node channels", node_settings, requester, runs);
+        let one_p99 = part1("one connection", one_connection, requester, one_runs);
+        let within = node_p99
+            .iter()
+            .filter(|d| **d <= Duration::from_millis(5))
+            .count();
+        let worst = *node_p99.last().unwrap_or(&Duration::ZERO);
+        let best_one = *one_p99.first().unwrap_or(&Duration::ZERO);
+        let median = |v: &[Duration]| v.get(v.len() / 2).copied().unwrap_or(Duration::ZERO);
+        let place = match requester {
+            Requester::Main => "requester on the main thread",
+            Requester::Task => "requester in a spawned task",
+        };
         println!(
-            "{:<16} {:>4} {:>7.2} {:>8} {:>9.3} {:>9.3} {:>9.3}",
-            "one connection",
-            run + 1,
-            secs,
-            l.len(),
-            ms(percentile(&l, 0.5)),
-            ms(p99),
-            ms(*l.last().unwrap_or(&Duration::ZERO))
+            "   {place}: p99 <= 5 ms in {within}/{runs} runs; worst node p99 {:.3} ms vs best one-connection p99 {:.3} ms: {:.1}x",
+            ms(worst),
+            ms(best_one),
+            best_one.as_secs_f64() / worst.as_secs_f64().max(1e-9)
+        );
+        println!(
+            "   {place}: median-of-runs p99, node {:.3} ms vs one connection {:.3} ms: {:.1}x",
+            ms(median(&node_p99)),
+            ms(median(&one_p99)),
+            median(&one_p99).as_secs_f64() / median(&node_p99).as_secs_f64().max(1e-9)
         );
     }
-    node_p99.sort();
-    one_p99.sort();
-    let within = node_p99
-        .iter()
-        .filter(|d| **d <= Duration::from_millis(5))
-        .count();
-    let worst = *node_p99.last().unwrap_or(&Duration::ZERO);
-    let best_one = *one_p99.first().unwrap_or(&Duration::ZERO);
-    println!(
-        "   p99 <= 5 ms in {within}/{runs} runs; worst node p99 {:.3} ms vs best one-connection p99 {:.3} ms: {:.1}x",
-        ms(worst),
-        ms(best_one),
-        best_one.as_secs_f64() / worst.as_secs_f64().max(1e-9)
-    );
 
+    if env("NODE_BENCH_PART1_ONLY", 0) == 1 {
+        return;
+    }
     let batch = env("NODE_BENCH_BATCH", 1024);
     println!(
         "\n2. small messages a -> b, {small} x 8-byte payload, counted at the receiver; load {}",

@@ -43,6 +43,8 @@
 //! | `foundation_channel_dropped_total` | counter | `channel`, `reason` (`full`, `closed`, `connection_failed`, `too_large`, `interposed`, `inbox_closed`, `malformed`) |
 //! | `foundation_channel_superseded_total` | counter | `channel` |
 //! | `foundation_channel_send_seconds` | histogram | `channel` (queued → written) |
+//! | `foundation_channel_priority_threads` | gauge | — (running [`PriorityThread`]s) |
+//! | `foundation_channel_priority_nice_total` | counter | `result` (`ok`, `refused`) |
 //!
 //! # Example
 //!
@@ -82,6 +84,7 @@
 //! # }
 //! ```
 
+mod priority;
 mod queue;
 mod stats;
 
@@ -103,6 +106,8 @@ use crate::transport::{
     Connection, ConnectionReceiver, ConnectionSender, Frame, Listener, Transport,
 };
 use crate::{Error, Result};
+pub(crate) use priority::wanted_here as priority_thread_wanted;
+pub use priority::PriorityThread;
 use queue::{Item, Queue, QueueMeters, Refused};
 pub use stats::{ChannelStats, LATE_AFTER};
 
@@ -516,9 +521,16 @@ impl ChannelSender {
     /// connection has closed or failed.
     pub async fn send(&self, key: Option<u64>, payload: Bytes) -> Result<()> {
         let index = self.state.pick(key);
+        let large = payload.len() >= SENDER_YIELD_AT && self.state.spec.priority != Priority::High;
         let item = Item::new(key, payload);
         match self.state.queues[index].push(item).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if large {
+                    // See `SENDER_YIELD_AT`.
+                    tokio::task::yield_now().await;
+                }
+                Ok(())
+            }
             // `push` waits for space, so a refusal means the queue is closed.
             Err(Refused::Closed(_, reason)) => Err(self.state.closed_error(index, &reason)),
             Err(Refused::Full(_)) => Err(self.state.closed_error(index, "queue refused")),
@@ -605,9 +617,19 @@ pub struct ChannelsBuilder {
     addr: String,
     settings: ChannelSettings,
     interposer: Option<(Arc<Interposer>, String)>,
+    priority: Option<tokio::runtime::Handle>,
 }
 
 impl ChannelsBuilder {
+    /// Runs the sender tasks of [`Priority::High`] channels on `runtime` (a
+    /// [`PriorityThread`]'s) instead of the caller's, and moves their TCP sockets to its
+    /// I/O driver, so urgent messages are written without waiting behind bulk tasks
+    /// (D380).
+    pub fn priority_runtime(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.priority = Some(runtime);
+        self
+    }
+
     /// The channel table (default: [`ChannelSettings::default`]).
     pub fn settings(mut self, settings: ChannelSettings) -> Self {
         self.settings = settings;
@@ -660,7 +682,6 @@ impl ChannelsBuilder {
                     to: conn.peer().node.clone(),
                     channel: spec.name.clone(),
                 });
-                let (tx, rx) = conn.split();
                 let mut writer = Writer {
                     queue: queue.clone(),
                     batch: VecDeque::with_capacity(BATCH_ITEMS),
@@ -670,17 +691,37 @@ impl ChannelsBuilder {
                 };
                 let token = cancel.clone();
                 let ended = ended.clone();
-                tasks.push(tokio::spawn(async move {
+                let on = self
+                    .priority
+                    .as_ref()
+                    .filter(|_| spec.priority == Priority::High);
+                let rehome = on.is_some();
+                let task = async move {
                     let _guard = TaskGuard::new();
+                    let conn = if rehome { conn.rehome() } else { Ok(conn) };
                     tokio::select! {
                         _ = token.cancelled() => {
                             let lost = writer.queue.fail("channels dropped") + writer.batch.len();
                             writer.meters.dropped_failed.increment(lost as u64);
                         }
-                        _ = writer.run(tx, rx) => {}
+                        _ = async {
+                            match conn {
+                                Ok(conn) => {
+                                    let (tx, rx) = conn.split();
+                                    writer.run(tx, rx).await;
+                                }
+                                Err(e) => {
+                                    writer.failed(&e.to_string());
+                                }
+                            }
+                        } => {}
                     }
                     ended.cancel();
-                }));
+                };
+                tasks.push(match on {
+                    Some(rt) => rt.spawn(task),
+                    None => tokio::spawn(task),
+                });
                 queues.push(queue);
             }
             let state = Arc::new(ChannelState {
@@ -729,6 +770,15 @@ struct Writer {
 /// several ms of 64 KiB copies) is spent, and the high-priority tasks on the same worker
 /// wait that long. High-priority tasks never yield voluntarily.
 const YIELD_EVERY: usize = 64 * 1024;
+
+/// A [`ChannelSender::send`] of at least this many payload bytes on a medium- or
+/// low-priority channel yields to the scheduler once queued (D382). Why: while queues
+/// have room, `send` never waits, so a task sending large messages in a loop runs until
+/// tokio's co-operative budget is spent (up to 128 sends: milliseconds of encoding and
+/// copying 64 KiB messages), and every task woken meanwhile for that worker waits that
+/// long — among them a requester whose reply the priority thread has read. Smaller
+/// messages never yield here, so the small-message path is unchanged.
+const SENDER_YIELD_AT: usize = 16 * 1024;
 
 /// Voluntary yielding of one task (see [`YIELD_EVERY`]).
 #[derive(Debug)]
@@ -825,9 +875,7 @@ impl Writer {
                 break e.to_string();
             }
         };
-        let lost = self.queue.fail(&reason) + self.batch.len();
-        self.batch.clear();
-        self.meters.dropped_failed.increment(lost as u64);
+        let lost = self.failed(&reason);
         tracing::warn!(
             peer = %peer.node,
             channel = %peer.channel,
@@ -836,6 +884,14 @@ impl Writer {
             %reason,
             "channel connection failed"
         );
+    }
+
+    /// Fails the queue and counts what it and the batch held; returns that number.
+    fn failed(&mut self, reason: &str) -> usize {
+        let lost = self.queue.fail(reason) + self.batch.len();
+        self.batch.clear();
+        self.meters.dropped_failed.increment(lost as u64);
+        lost
     }
 
     async fn write(
@@ -920,6 +976,7 @@ impl Channels {
             addr: addr.to_owned(),
             settings: ChannelSettings::default(),
             interposer: None,
+            priority: None,
         }
     }
 
@@ -1100,6 +1157,9 @@ struct InboxShared {
     _queues: [mpsc::Sender<Inbound>; 3],
     cancel: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
+    /// Where the reading tasks of [`Priority::High`] channels run, if not on the caller's
+    /// runtime (see [`Inbox::set_priority_runtime`]).
+    priority: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 /// The receiving side: merges every accepted channel connection into one stream.
@@ -1132,6 +1192,7 @@ impl Inbox {
                 _queues: queues,
                 cancel: CancellationToken::new(),
                 tasks: Mutex::new(JoinSet::new()),
+                priority: std::sync::OnceLock::new(),
             }),
             queues: [hr, mr, lr],
         })
@@ -1165,6 +1226,7 @@ impl Inbox {
                 _queues: [h, m, l],
                 cancel: CancellationToken::new(),
                 tasks: Mutex::new(JoinSet::new()),
+                priority: std::sync::OnceLock::new(),
             }),
             queues: [hr, mr, lr],
         };
@@ -1188,6 +1250,7 @@ impl Inbox {
                 _queues: [h, m, l],
                 cancel: CancellationToken::new(),
                 tasks: Mutex::new(JoinSet::new()),
+                priority: std::sync::OnceLock::new(),
             }),
             queues: [hr, mr, lr],
         })
@@ -1237,6 +1300,13 @@ impl Inbox {
         });
     }
 
+    /// Reads the connections of [`Priority::High`] channels accepted from now on on
+    /// `runtime` (a [`PriorityThread`]'s), with their TCP sockets moved to its I/O driver
+    /// (D380). Set once; later calls are ignored (returns `false`).
+    pub fn set_priority_runtime(&self, runtime: tokio::runtime::Handle) -> bool {
+        self.shared.priority.set(runtime).is_ok()
+    }
+
     /// Reads `conn` (an accepted channel connection) into this inbox.
     pub fn attach(&self, conn: Connection) {
         attach(&self.shared, conn);
@@ -1266,9 +1336,19 @@ fn attach(shared: &Arc<InboxShared>, conn: Connection) {
     let channel = shared.channels.get(&conn.peer().channel).cloned();
     let cancel = shared.cancel.clone();
     let out = channel.as_ref().map(|c| c.out.clone());
+    let on = shared
+        .priority
+        .get()
+        .filter(|_| {
+            channel
+                .as_ref()
+                .is_some_and(|c| c.priority == Priority::High)
+        })
+        .cloned();
+    let rehome = on.is_some();
     let mut tasks = shared.tasks.lock();
     while tasks.try_join_next().is_some() {}
-    tasks.spawn(async move {
+    let task = async move {
         let _guard = TaskGuard::new();
         let (Some(channel), Some(out)) = (channel, out) else {
             tracing::warn!(
@@ -1279,11 +1359,26 @@ fn attach(shared: &Arc<InboxShared>, conn: Connection) {
             let _ = conn.close("unknown channel").await;
             return;
         };
+        let conn = if rehome {
+            match conn.rehome() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot move a connection to the priority thread");
+                    return;
+                }
+            }
+        } else {
+            conn
+        };
         tokio::select! {
             _ = cancel.cancelled() => {}
             _ = read(conn, channel, out) => {}
         }
-    });
+    };
+    match on {
+        Some(rt) => tasks.spawn_on(task, &rt),
+        None => tasks.spawn(task),
+    };
 }
 
 async fn read(conn: Connection, meters: Arc<InboxChannel>, out: Out) {
@@ -1368,6 +1463,14 @@ pub(crate) fn describe_metrics() {
     describe_counter!(
         metric::SUPERSEDED,
         "Queued messages replaced by a newer one of the same key on a monotonic channel."
+    );
+    describe_gauge!(
+        priority::THREADS,
+        "Priority threads (high-priority channel tasks off the application runtime, D380) running in the process."
+    );
+    describe_counter!(
+        priority::NICE,
+        "Attempts to set a priority thread's nice value, by result (ok, refused: the thread keeps the process's priority)."
     );
     describe_histogram!(
         metric::SEND_SECONDS,

@@ -38,6 +38,9 @@ pub(crate) struct LinkContext {
     pub backoff_max: Duration,
     /// Called with each new link (sends the first gossip).
     pub on_up: OnUp,
+    /// The node's priority thread's runtime, if it has one: high-priority channels'
+    /// sender tasks run there (D380).
+    pub priority: Option<tokio::runtime::Handle>,
 }
 
 /// One peer's link.
@@ -296,6 +299,9 @@ async fn connect(ctx: &LinkContext, addr: &str) -> Result<Channels> {
     let mut builder = Channels::builder(ctx.transport.clone(), addr).settings(ctx.channels.clone());
     if let Some(i) = &ctx.interposer {
         builder = builder.interposer(i.clone(), &ctx.me);
+    }
+    if let Some(rt) = &ctx.priority {
+        builder = builder.priority_runtime(rt.clone());
     }
     builder.connect().await
 }

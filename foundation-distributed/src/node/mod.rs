@@ -220,6 +220,23 @@ pub struct NodeSettings {
     pub interposer: Option<Arc<Interposer>>,
     /// Coordinated topology switching: cooldown, grace before old links are torn down.
     pub switch: SwitchSettings,
+    /// Runs the reader and writer tasks of high-priority channels (`coordination`,
+    /// `urgent`: requests, replies, membership) on a thread of their own, owned by the
+    /// node, with its own tokio runtime and I/O driver, so that their wake-ups never wait
+    /// behind bulk traffic in the application runtime's run queues (D380). Used only when
+    /// the node is started on a multi-thread runtime; on a `current_thread` runtime (and
+    /// so under tokio's paused clock) everything runs on the caller's runtime. The
+    /// thread is stopped at the end of [`Node::shutdown`]. Inbound handlers (the first
+    /// poll of request handlers included) still spawn onto the application's runtime.
+    /// Default `true`; `false` keeps every task of the node on the caller's runtime.
+    pub priority_thread: bool,
+    /// The nice value the priority thread asks the OS for (Linux; -20 ..= 19, lower is
+    /// scheduled sooner when the CPUs are busy), so that it preempts bulk work on a busy
+    /// machine (D381). Needs `CAP_SYS_NICE` or `RLIMIT_NICE` to go below the process's
+    /// own; refused, the thread keeps the process's priority (logged, counted in
+    /// `foundation_channel_priority_nice_total{result="refused"}`). `None` leaves it
+    /// alone. Default `Some(-10)`.
+    pub priority_thread_nice: Option<i32>,
 }
 
 impl Default for NodeSettings {
@@ -248,6 +265,8 @@ impl Default for NodeSettings {
             shutdown_timeout: Duration::from_secs(5),
             interposer: None,
             switch: SwitchSettings::default(),
+            priority_thread: true,
+            priority_thread_nice: Some(-10),
         }
     }
 }
@@ -303,6 +322,8 @@ pub(crate) struct Inner {
     meters: Meters,
     switch: switch::SwitchState,
     overlay: membership::Overlay,
+    /// The node's priority thread (D380), if it runs one.
+    priority: Option<crate::channel::PriorityThread>,
 }
 
 /// A running cluster member. Cheap to clone; [`shutdown`](Self::shutdown) stops it (and
@@ -391,10 +412,24 @@ impl Node {
             status: Status::Alive,
         };
         let cancel = CancellationToken::new();
+        let priority = if settings.priority_thread && crate::channel::priority_thread_wanted() {
+            // Short: Linux shows the first 15 bytes of a thread's name.
+            Some(crate::channel::PriorityThread::start(
+                &format!("fprio-{name}"),
+                settings.priority_thread_nice,
+            )?)
+        } else {
+            None
+        };
+        // Inbound handlers on the priority thread spawn onto the application's runtime.
+        let app = priority.as_ref().map(|_| tokio::runtime::Handle::current());
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let on_up_weak = weak.clone();
-            let inbox = Inbox::with_handler(&settings.channels, inbound_handler(weak.clone()))
+            let inbox = Inbox::with_handler(&settings.channels, inbound_handler(weak.clone(), app))
                 .expect("channel settings validated above");
+            if let Some(p) = &priority {
+                inbox.set_priority_runtime(p.handle().clone());
+            }
             let ctx = LinkContext {
                 me: name.to_string(),
                 transport,
@@ -416,6 +451,7 @@ impl Node {
                         }
                     }
                 }),
+                priority: priority.as_ref().map(|p| p.handle().clone()),
             };
             Inner {
                 name: name.to_string(),
@@ -443,6 +479,7 @@ impl Node {
                 switch: switch::SwitchState::new(settings.topology),
                 overlay: membership::Overlay::default(),
                 settings,
+                priority,
             }
         });
         if let Some(inbox) = inner.inbox.lock().as_ref() {
@@ -456,6 +493,12 @@ impl Node {
     /// This node's name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Whether this node runs its high-priority channels on a priority thread of its own
+    /// (see [`NodeSettings::priority_thread`]) that has not been stopped yet.
+    pub fn has_priority_thread(&self) -> bool {
+        self.inner.priority.as_ref().is_some_and(|p| p.is_running())
     }
 
     /// The address this node listens on.
@@ -929,6 +972,9 @@ impl Node {
             }
         }
         drop(inner.inbox.lock().take());
+        if let Some(p) = &inner.priority {
+            clean &= p.shutdown(until).await;
+        }
         clean
     }
 }
@@ -966,8 +1012,14 @@ impl Drop for CancelOnDrop<'_> {
 /// room in a receiver's queue holds only that connection (backpressure to the sender).
 /// From the start of shutdown on, inbound messages are ignored (counted,
 /// `reason="shutting_down"`).
-fn inbound_handler(weak: Weak<Inner>) -> crate::channel::InboundHandler {
+fn inbound_handler(
+    weak: Weak<Inner>,
+    app: Option<tokio::runtime::Handle>,
+) -> crate::channel::InboundHandler {
     Arc::new(move |msg: Inbound| {
+        // On the priority thread: whatever the handling spawns (request handlers, reply
+        // senders) belongs to the application's runtime.
+        let _app = app.as_ref().map(tokio::runtime::Handle::enter);
         let inner = weak.upgrade()?;
         if inner.cancel.is_cancelled() {
             inner.meters.dropped("shutting_down").increment(1);

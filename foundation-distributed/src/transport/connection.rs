@@ -16,8 +16,17 @@ const RECORD_EXTRA: usize = frame::HEADER_LEN + TAG_LEN;
 use super::{metric, Refusal};
 use crate::{Error, Result};
 
-pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
-pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+pub(crate) type BoxRead = Box<dyn ReadStream>;
+pub(crate) type BoxWrite = Box<dyn WriteStream>;
+
+/// The read side of a connection's stream; `Any` so that [`Connection::rehome`] can find
+/// a TCP socket inside it.
+pub(crate) trait ReadStream: AsyncRead + Send + Unpin + std::any::Any {}
+impl<T: AsyncRead + Send + Unpin + std::any::Any> ReadStream for T {}
+
+/// The write side of a connection's stream; see [`ReadStream`].
+pub(crate) trait WriteStream: AsyncWrite + Send + Unpin + std::any::Any {}
+impl<T: AsyncWrite + Send + Unpin + std::any::Any> WriteStream for T {}
 
 /// Payloads up to this size are copied into the write buffer; larger ones are written
 /// from their own memory (header and payload in one vectored write).
@@ -257,6 +266,55 @@ impl Connection {
     /// Splits into a sender and a receiver that can be used from different tasks.
     pub fn split(self) -> (ConnectionSender, ConnectionReceiver) {
         (self.sender, self.receiver)
+    }
+
+    /// Moves a plain TCP connection's socket (the `secret` and `insecure_plaintext` modes)
+    /// to the I/O driver of the runtime this is called in, so that its readiness events
+    /// are delivered by that runtime rather than by the one that accepted or connected
+    /// it. The channel layer calls it on a priority runtime's thread (D380): the socket of
+    /// an urgent connection is then watched by that mostly idle thread, not by worker
+    /// threads busy with bulk traffic. Buffered bytes, keys and sequence numbers are kept.
+    ///
+    /// Other streams (memory, TLS) are returned as they are: their tasks may still run on
+    /// the calling runtime; only readiness stays with the original driver.
+    ///
+    /// Must be called inside a tokio runtime with I/O enabled. Fails only if the socket
+    /// cannot be re-registered; the connection is then gone.
+    pub(crate) fn rehome(self) -> Result<Connection> {
+        use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+        let Connection {
+            mut sender,
+            mut receiver,
+        } = self;
+        let is_tcp = {
+            let r: &dyn std::any::Any = &*receiver.reader;
+            let w: &dyn std::any::Any = &*sender.writer;
+            r.is::<OwnedReadHalf>() && w.is::<OwnedWriteHalf>()
+        };
+        if !is_tcp {
+            return Ok(Connection { sender, receiver });
+        }
+        let r: BoxRead = std::mem::replace(&mut receiver.reader, Box::new(tokio::io::empty()));
+        let w: BoxWrite = std::mem::replace(&mut sender.writer, Box::new(tokio::io::sink()));
+        let (r, w): (Box<dyn std::any::Any>, Box<dyn std::any::Any>) = (r, w);
+        let (Ok(r), Ok(w)) = (
+            r.downcast::<OwnedReadHalf>(),
+            w.downcast::<OwnedWriteHalf>(),
+        ) else {
+            unreachable!("checked above");
+        };
+        let peer = sender.peer.node.clone();
+        let stream = r.reunite(*w).map_err(|e| Error::Closed {
+            reason: format!("cannot move the connection to another runtime: {e}"),
+        })?;
+        let stream = stream
+            .into_std()
+            .and_then(tokio::net::TcpStream::from_std)
+            .map_err(|e| Error::io(&peer, e))?;
+        let (r, w) = stream.into_split();
+        receiver.reader = Box::new(r);
+        sender.writer = Box::new(w);
+        Ok(Connection { sender, receiver })
     }
 }
 
