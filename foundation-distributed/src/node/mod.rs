@@ -631,7 +631,22 @@ impl Node {
             from: &self.inner.name,
         };
         let payload = encode_ref_with(&wire, msg).map_err(encode_error)?;
-        let r = self.inner.forward_now_on(node, payload, opts, false);
+        let size = payload.len();
+        self.try_forward_counted(node, payload, opts, size)
+    }
+
+    /// Queues `payload` towards `node` without waiting, routed as a message of `size`
+    /// bytes; failures counted as [`try_send`](Self::try_send) counts them.
+    fn try_forward_counted(
+        &self,
+        node: &str,
+        payload: Bytes,
+        opts: SendOptions,
+        size: usize,
+    ) -> Result<()> {
+        let r = self
+            .inner
+            .forward_now_sized(node, payload, opts, false, size);
         match &r {
             Err(Error::Full { .. }) => self.inner.meters.dropped("try_send_full").increment(1),
             Err(_) => self
@@ -888,6 +903,74 @@ impl Node {
         drop(inner.inbox.lock().take());
         clean
     }
+
+    // ---- one ordered path per key, whatever the size (for `remote`) --------------------
+
+    /// [`send`](Self::send) on the channel a *small* message with `opts` takes, whatever
+    /// the size of `msg` (a large one is not moved to the bulk channel): messages with one
+    /// key then share one connection, so they keep their order whatever their sizes.
+    pub(crate) async fn send_pinned<T: Serialize + ?Sized>(
+        &self,
+        node: &str,
+        name: &str,
+        msg: &T,
+        opts: SendOptions,
+    ) -> Result<()> {
+        let wire = WireRef::Send {
+            to_node: node,
+            to_name: name,
+            from: &self.inner.name,
+        };
+        let payload = encode_ref_with(&wire, msg).map_err(encode_error)?;
+        self.inner
+            .forward_sized(node, payload, opts, false, 0)
+            .await
+    }
+
+    /// [`try_send`](Self::try_send), pinned like [`send_pinned`](Self::send_pinned).
+    pub(crate) fn try_send_pinned<T: Serialize + ?Sized>(
+        &self,
+        node: &str,
+        name: &str,
+        msg: &T,
+        opts: SendOptions,
+    ) -> Result<()> {
+        let wire = WireRef::Send {
+            to_node: node,
+            to_name: name,
+            from: &self.inner.name,
+        };
+        let payload = encode_ref_with(&wire, msg).map_err(encode_error)?;
+        self.try_forward_counted(node, payload, opts, 0)
+    }
+
+    /// One partition key per connection of the channel [`send_pinned`](Self::send_pinned)
+    /// uses with `urgency`: a message sent with each of them (a fence) is, at the peer,
+    /// behind every message queued before it on that channel, whatever their keys.
+    pub(crate) fn fence_keys(&self, urgency: Urgency) -> Vec<u64> {
+        let opts = SendOptions { urgency, key: None };
+        let channel = self.inner.channel_for(opts, 0);
+        let n = self
+            .inner
+            .settings
+            .channels
+            .channels
+            .iter()
+            .find(|s| s.name == channel)
+            .map_or(1, |s| usize::from(s.parallelism.max(1)));
+        let mut keys = vec![None; n];
+        let mut found = 0;
+        let mut k = 0u64;
+        while found < n {
+            let slot = &mut keys[crate::channel::connection_of(k, n)];
+            if slot.is_none() {
+                *slot = Some(k);
+                found += 1;
+            }
+            k += 1;
+        }
+        keys.into_iter().flatten().collect()
+    }
 }
 
 /// Sends a `Cancel` (without waiting) if the request it guards is dropped unanswered.
@@ -1104,6 +1187,19 @@ impl Inner {
         opts: SendOptions,
         control: bool,
     ) -> Result<()> {
+        let size = payload.len();
+        self.forward_now_sized(to, payload, opts, control, size)
+    }
+
+    /// [`forward_now_on`](Self::forward_now_on), routing as a message of `size` bytes.
+    fn forward_now_sized(
+        &self,
+        to: &str,
+        payload: Bytes,
+        opts: SendOptions,
+        control: bool,
+        size: usize,
+    ) -> Result<()> {
         let hop = self.hop(to)?;
         let link = self.links.get(&hop).ok_or_else(|| Error::NotConnected {
             node: hop.clone(),
@@ -1112,7 +1208,7 @@ impl Inner {
         let channel = if control && opts.urgency == Urgency::Urgent {
             COORDINATION
         } else {
-            self.channel_for(opts, payload.len())
+            self.channel_for(opts, size)
         };
         link.try_send(channel, opts.key, payload)
     }
@@ -1201,8 +1297,15 @@ impl Inner {
                 // On the same kind of channel it came on (an urgent application message
                 // stays off `coordination`).
                 let control = &*msg.channel == COORDINATION;
+                // A large message that came on the small-message channel (pinned there to
+                // keep its key's order, see `Node::send_pinned`) stays on it.
+                let size = if *msg.channel == *self.channel_for(opts, 0) {
+                    0
+                } else {
+                    msg.payload.len()
+                };
                 if self
-                    .forward_now_on(&to, msg.payload.clone(), opts, control)
+                    .forward_now_sized(&to, msg.payload.clone(), opts, control, size)
                     .is_err()
                 {
                     self.meters.dropped("relay_failed").increment(1);
