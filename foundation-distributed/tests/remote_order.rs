@@ -1,6 +1,7 @@
 //! Order between a pair of processes, as Erlang promises it: the casts, calls and confirmed
 //! sends from one node to one remote process are handled in the order sent, whatever their
-//! sizes; the DOWN of a process comes after the messages it sent before exiting; the
+//! sizes; the DOWN (or link exit) of a process comes after the messages it sent before
+//! exiting; the
 //! urgent lane overtakes the normal one (documented). Each test delays one channel with
 //! the interposer (paused clock), so a message on another path would overtake: on the
 //! code before D400 (calls on `coordination`, large casts on `bulk_data`, DOWN unkeyed)
@@ -83,6 +84,7 @@ impl RemoteMessage for Go {
 struct Farewell {
     to: RemoteRef<Rec>,
     notes: Vec<Note>,
+    exit: ExitReason,
 }
 
 impl Process for Farewell {
@@ -92,7 +94,7 @@ impl Process for Farewell {
             for n in self.notes.drain(..) {
                 self.to.send(&n).await.unwrap();
             }
-            ctx.stop(ExitReason::Normal);
+            ctx.stop(self.exit.clone());
         }
     }
 }
@@ -152,6 +154,7 @@ async fn notes_seen_at_down(faults: Arc<Interposer>, notes: Vec<Note>) -> Vec<u6
     let p = spawn(Farewell {
         to: rb.process::<Rec>("a", "rec"),
         notes,
+        exit: ExitReason::Normal,
     });
     rb.register("p", &p).unwrap();
     let mut down = ra.process::<Go>("b", "p").monitor().await;
@@ -176,6 +179,32 @@ async fn the_down_of_a_process_comes_after_the_many_messages_it_sent_before_exit
     let notes: Vec<Note> = (1..=40).map(Note::Small).collect();
     let seen = notes_seen_at_down(faults, notes).await;
     assert_eq!(seen, (1..=40).collect::<Vec<u64>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_link_exit_comes_after_the_messages_the_process_sent_before_failing() {
+    let faults = delay("b", "bulk_data", Duration::from_millis(300));
+    let (_a, ra, _b, rb) = pair(Some(faults)).await;
+    ra.register("rec", &spawn(Recorder(Vec::new()))).unwrap();
+    let t = spawn(Farewell {
+        to: rb.process::<Rec>("a", "rec"),
+        notes: vec![Note::Small(1), big(2)],
+        exit: ExitReason::Failed("done".into()),
+    });
+    rb.register("t", &t).unwrap();
+    // A process on `a` linked to `t`: the link exit stops it.
+    let linked = spawn(Recorder(Vec::new()));
+    ra.process::<Go>("b", "t").link(&linked).await.unwrap();
+    let mut stopped = linked.monitor();
+    t.try_send(Go::Run).unwrap();
+    drop(t);
+    assert!(matches!(stopped.wait().await, ExitReason::Linked { .. }));
+    let seen = ra.process::<Rec>("a", "rec").call(&(), T).await.unwrap();
+    assert_eq!(
+        seen,
+        [1, 2],
+        "the link exit overtook the process's last message"
+    );
 }
 
 #[tokio::test(start_paused = true)]

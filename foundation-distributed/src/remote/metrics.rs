@@ -90,6 +90,11 @@ impl Metrics {
         metrics::counter!("foundation_remote_signals_lost_total", "reason" => reason).increment(1);
         bump(&self.stats.signals_lost);
     }
+
+    /// An answer arrived for a call no longer waiting (timed out or given up).
+    pub(crate) fn late_answer(&self) {
+        metrics::counter!("foundation_remote_late_answers_total").increment(1);
+    }
 }
 
 /// Describes the remote-process metrics (HELP lines) to the current recorder.
@@ -114,6 +119,10 @@ pub(crate) fn describe_metrics() {
     metrics::describe_counter!(
         "foundation_remote_name_conflicts_total",
         "Cluster-wide name conflicts settled at this node (after a partition heals)."
+    );
+    metrics::describe_counter!(
+        "foundation_remote_late_answers_total",
+        "Answers to remote calls that arrived after the caller stopped waiting (dropped)."
     );
     metrics::describe_counter!(
         "foundation_remote_signals_lost_total",

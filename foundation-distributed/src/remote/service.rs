@@ -839,7 +839,7 @@ impl Shared {
                     Some(p) => {
                         let _ = p.tx.send(reply);
                     }
-                    None => self.metrics.signal_lost("late_answer"),
+                    None => self.metrics.late_answer(),
                 }
             }
             Signal::Down {
@@ -943,7 +943,10 @@ impl Shared {
             };
             let s = Signal::Answer { call, reply };
             // A lost answer leaves the caller to its timeout (or its node-down error).
-            let _ = node.send_pinned(&from, URGENT_SIGNALS, &s, opts).await;
+            if node.send_pinned(&from, URGENT_SIGNALS, &s, opts).await.is_err() {
+                metrics::counter!("foundation_remote_signals_lost_total", "reason" => "answer_failed")
+                    .increment(1);
+            }
         });
     }
 
