@@ -63,7 +63,7 @@ impl Process for Recorder {
     }
 }
 
-/// A process that, when told to, sends its notes to a remote recorder and stops normally.
+/// What a [`Farewell`] is told.
 enum Go {
     Run,
     Ignore,
@@ -81,9 +81,11 @@ impl RemoteMessage for Go {
     }
 }
 
+/// A process that, when told to, sends its notes (each to the recorder of its index) and
+/// stops.
 struct Farewell {
-    to: RemoteRef<Rec>,
-    notes: Vec<Note>,
+    to: Vec<RemoteRef<Rec>>,
+    notes: Vec<(usize, Note)>,
     exit: ExitReason,
 }
 
@@ -91,8 +93,8 @@ impl Process for Farewell {
     type Message = Go;
     async fn handle(&mut self, msg: Go, ctx: &mut Context<Go>) {
         if let Go::Run = msg {
-            for n in self.notes.drain(..) {
-                self.to.send(&n).await.unwrap();
+            for (i, n) in self.notes.drain(..) {
+                self.to[i].send(&n).await.unwrap();
             }
             ctx.stop(self.exit.clone());
         }
@@ -146,13 +148,21 @@ async fn casts_keep_their_order_whatever_their_sizes() {
     assert_eq!(r.call(&(), T).await.unwrap(), [1, 2, 3, 4, 5]);
 }
 
-/// Process `p` on `b` sends `notes` to a recorder on `a`, then stops normally; `a`
-/// monitors `p`. Returns what the recorder had received when the DOWN arrived.
-async fn notes_seen_at_down(faults: Arc<Interposer>, notes: Vec<Note>) -> Vec<u64> {
+/// Process `p` on `b` sends `notes` to `recorders` recorders on `a` (each note to the
+/// recorder of its index; each recorder on its own pair path), then stops normally; `a`
+/// monitors `p`. Returns what the recorders had received when the DOWN arrived, sorted.
+async fn notes_seen_at_down(
+    faults: Arc<Interposer>,
+    notes: Vec<(usize, Note)>,
+    recorders: usize,
+) -> Vec<u64> {
     let (_a, ra, _b, rb) = pair(Some(faults)).await;
-    ra.register("rec", &spawn(Recorder(Vec::new()))).unwrap();
+    let names: Vec<String> = (0..recorders).map(|i| format!("rec{i}")).collect();
+    for name in &names {
+        ra.register(name, &spawn(Recorder(Vec::new()))).unwrap();
+    }
     let p = spawn(Farewell {
-        to: rb.process::<Rec>("a", "rec"),
+        to: names.iter().map(|n| rb.process::<Rec>("a", n)).collect(),
         notes,
         exit: ExitReason::Normal,
     });
@@ -162,23 +172,44 @@ async fn notes_seen_at_down(faults: Arc<Interposer>, notes: Vec<Note>) -> Vec<u6
     drop(p);
     assert_eq!(down.wait().await, RemoteExitReason::Normal);
     // A local call queues behind whatever had reached the recorder's mailbox.
-    ra.process::<Rec>("a", "rec").call(&(), T).await.unwrap()
+    let mut seen = Vec::new();
+    for name in &names {
+        seen.extend(ra.process::<Rec>("a", name).call(&(), T).await.unwrap());
+    }
+    seen.sort_unstable();
+    seen
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_down_of_a_process_comes_after_the_large_message_it_sent_before_exiting() {
     let faults = delay("b", "bulk_data", Duration::from_millis(300));
-    let seen = notes_seen_at_down(faults, vec![Note::Small(1), big(2)]).await;
+    let seen = notes_seen_at_down(faults, vec![(0, Note::Small(1)), (0, big(2))], 1).await;
     assert_eq!(seen, [1, 2], "the DOWN overtook the process's last message");
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_down_of_a_process_comes_after_the_many_messages_it_sent_before_exiting() {
-    // Every message on the normal lane is slow: the DOWN waits for all of them.
-    let faults = delay("b", "messages", Duration::from_millis(20));
-    let notes: Vec<Note> = (1..=40).map(Note::Small).collect();
-    let seen = notes_seen_at_down(faults, notes).await;
-    assert_eq!(seen, (1..=40).collect::<Vec<u64>>());
+    // Every message on the normal lane is slow. The process sends many messages to one
+    // recorder, then one to each of three others (four pair keys, spread over the lane's
+    // connections): whichever connection a single DOWN took, in one of the rounds the
+    // heavy recorder's connection is another one, still draining. The fenced DOWN waits
+    // for all of them.
+    for heavy in 0..4 {
+        let faults = delay("b", "messages", Duration::from_millis(20));
+        let mut notes: Vec<(usize, Note)> = (1..=30).map(|n| (heavy, Note::Small(n))).collect();
+        notes.extend(
+            (0..4)
+                .filter(|&r| r != heavy)
+                .zip(31..)
+                .map(|(r, n)| (r, Note::Small(n))),
+        );
+        let seen = notes_seen_at_down(faults, notes, 4).await;
+        assert_eq!(
+            seen,
+            (1..=33).collect::<Vec<u64>>(),
+            "heavy recorder {heavy}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -187,8 +218,8 @@ async fn a_link_exit_comes_after_the_messages_the_process_sent_before_failing() 
     let (_a, ra, _b, rb) = pair(Some(faults)).await;
     ra.register("rec", &spawn(Recorder(Vec::new()))).unwrap();
     let t = spawn(Farewell {
-        to: rb.process::<Rec>("a", "rec"),
-        notes: vec![Note::Small(1), big(2)],
+        to: vec![rb.process::<Rec>("a", "rec")],
+        notes: vec![(0, Note::Small(1)), (0, big(2))],
         exit: ExitReason::Failed("done".into()),
     });
     rb.register("t", &t).unwrap();
