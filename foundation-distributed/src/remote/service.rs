@@ -198,6 +198,19 @@ impl Drop for Shared {
     }
 }
 
+/// Removes and returns the entries of `map` whose value is `pred`.
+fn take_where<K: Clone + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    pred: impl Fn(&V) -> bool,
+) -> Vec<V> {
+    let keys: Vec<K> = map
+        .iter()
+        .filter(|(_, v)| pred(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    keys.into_iter().filter_map(|k| map.remove(&k)).collect()
+}
+
 fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, Failure> {
     rmp_serde::from_slice(b).map_err(|e| Failure::Undecodable(e.to_string()))
 }
@@ -354,39 +367,7 @@ impl Shared {
     /// `noconnection`, and its names are dropped.
     fn on_node_down(&self, node: &str) {
         self.set_down(node, true);
-        let reason = RemoteExitReason::NoConnection {
-            node: node.to_string(),
-        };
-        let monitors: Vec<MonitorEnd> = {
-            let mut m = self.monitors.lock();
-            let ids: Vec<u64> = m
-                .iter()
-                .filter(|(_, e)| e.node == node)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter().filter_map(|id| m.remove(&id)).collect()
-        };
-        for m in monitors {
-            let _ = m.tx.send(reason.clone());
-        }
-        let links: Vec<LinkEnd> = {
-            let mut l = self.links.lock();
-            let ids: Vec<LinkId> = l
-                .iter()
-                .filter(|(_, e)| e.node == node)
-                .map(|(id, _)| id.clone())
-                .collect();
-            ids.into_iter().filter_map(|id| l.remove(&id)).collect()
-        };
-        for l in links {
-            let _ = l.proxy.try_send_urgent(ProxyExit(reason.clone()));
-        }
-        let exports: Vec<Arc<Export>> = self.exports.read().values().cloned().collect();
-        for e in exports {
-            if let Watchers::Running(w) = &mut *e.watchers.lock() {
-                w.retain(|w| w.node() != node);
-            }
-        }
+        self.end_ties(node, |n, _| n == node);
         self.names.lock().drop_node(node);
         self.fences.lock().retain(|(from, _), _| from != node);
     }
@@ -394,41 +375,29 @@ impl Shared {
     /// `node` runs as incarnation `inc`: monitors, links and watchers that belong to an
     /// earlier run of it are gone with that run (`noconnection`), and so are its claims.
     fn on_node_restarted(&self, node: &str, inc: u64) {
+        self.end_ties(node, |n, i| n == node && i.is_some_and(|i| i < inc));
+        self.names.lock().drop_older(node, inc);
+    }
+
+    /// Ends with `noconnection` for `node` this node's monitors and links, and forgets the
+    /// watchers of its exports, whose (node, incarnation) is `gone` (an incarnation not
+    /// known yet is `None`).
+    fn end_ties(&self, node: &str, gone: impl Fn(&str, Option<u64>) -> bool) {
         let reason = RemoteExitReason::NoConnection {
             node: node.to_string(),
         };
-        let older = |n: &str, i: Option<u64>| n == node && i.is_some_and(|i| i < inc);
-        let monitors: Vec<MonitorEnd> = {
-            let mut m = self.monitors.lock();
-            let ids: Vec<u64> = m
-                .iter()
-                .filter(|(_, e)| older(&e.node, e.inc))
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter().filter_map(|id| m.remove(&id)).collect()
-        };
-        for m in monitors {
+        for m in take_where(&mut self.monitors.lock(), |e| gone(&e.node, e.inc)) {
             let _ = m.tx.send(reason.clone());
         }
-        let links: Vec<LinkEnd> = {
-            let mut l = self.links.lock();
-            let ids: Vec<LinkId> = l
-                .iter()
-                .filter(|(_, e)| older(&e.node, e.inc))
-                .map(|(id, _)| id.clone())
-                .collect();
-            ids.into_iter().filter_map(|id| l.remove(&id)).collect()
-        };
-        for l in links {
+        for l in take_where(&mut self.links.lock(), |e| gone(&e.node, e.inc)) {
             let _ = l.proxy.try_send_urgent(ProxyExit(reason.clone()));
         }
         let exports: Vec<Arc<Export>> = self.exports.read().values().cloned().collect();
         for e in exports {
             if let Watchers::Running(w) = &mut *e.watchers.lock() {
-                w.retain(|w| !(w.node() == node && w.inc() < inc));
+                w.retain(|w| !gone(w.node(), Some(w.inc())));
             }
         }
-        self.names.lock().drop_older(node, inc);
     }
 
     /// Asks `node` which run it is, then forgets what belonged to earlier runs. Spawned

@@ -1,5 +1,8 @@
-//! Set-ups shared by the remote-process tests: in-memory nodes of one cluster, joined.
+//! Set-ups shared by the integration tests: in-memory nodes of one cluster, joined, with
+//! their remote-process services; nodes as OS processes ([`procs`]).
 #![allow(dead_code)] // each test file uses its own part
+
+pub mod procs;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,30 +14,42 @@ use foundation_distributed::transport::{
     ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
 };
 
-/// Transport settings of node `node` in the test cluster (one fixed secret).
-pub fn settings(node: &str) -> TransportSettings {
+/// The test clusters' secret (hex).
+pub const SECRET: &str = "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f";
+
+/// Transport settings of node `node` in cluster `cluster` with [`SECRET`].
+pub fn settings_in(cluster: &str, node: &str) -> TransportSettings {
     TransportSettings {
-        cluster: "remote-test".into(),
+        cluster: cluster.into(),
         node: node.into(),
-        security: Security::Secret(
-            ClusterSecret::from_hex(
-                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
-            )
-            .unwrap(),
-        ),
+        security: Security::Secret(ClusterSecret::from_hex(SECRET).unwrap()),
         ..TransportSettings::default()
     }
 }
 
+/// Transport settings of node `node` in the in-memory test cluster.
+pub fn settings(node: &str) -> TransportSettings {
+    settings_in("remote-test", node)
+}
+
 /// Starts node `name` on `net` (listening on `mem://name`), with `faults` interposed.
-pub async fn start(net: &MemoryNetwork, name: &str, faults: Option<Arc<Interposer>>) -> Node {
-    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings(name)).unwrap());
+pub async fn try_start(
+    net: &MemoryNetwork,
+    name: &str,
+    faults: Option<Arc<Interposer>>,
+) -> foundation_distributed::Result<Node> {
+    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings(name))?);
     let s = NodeSettings {
         listen: format!("mem://{name}"),
         interposer: faults,
         ..NodeSettings::default()
     };
-    Node::start(t, name, s).await.unwrap()
+    Node::start(t, name, s).await
+}
+
+/// [`try_start`], which must succeed.
+pub async fn start(net: &MemoryNetwork, name: &str, faults: Option<Arc<Interposer>>) -> Node {
+    try_start(net, name, faults).await.unwrap()
 }
 
 /// Waits (up to 20 s of test time, polling every 25 ms) until `f` holds.
@@ -57,13 +72,18 @@ pub fn up(n: &Node) -> Vec<String> {
         .collect()
 }
 
-/// Two nodes `a` and `b`, joined, each with its remote service.
-pub async fn pair(faults: Option<Arc<Interposer>>) -> (Node, Remote, Node, Remote) {
-    let net = MemoryNetwork::new();
-    let a = start(&net, "a", faults.clone()).await;
-    let b = start(&net, "b", faults).await;
+/// Two nodes `a` and `b` on `net`, joined (each sees both up).
+pub async fn joined(net: &MemoryNetwork, faults: Option<Arc<Interposer>>) -> (Node, Node) {
+    let a = start(net, "a", faults.clone()).await;
+    let b = start(net, "b", faults).await;
     b.join(&[a.addr()]).await.unwrap();
     eventually("joined", || up(&a) == ["a", "b"] && up(&b) == ["a", "b"]).await;
+    (a, b)
+}
+
+/// Two nodes `a` and `b`, joined, each with its remote service.
+pub async fn pair(faults: Option<Arc<Interposer>>) -> (Node, Remote, Node, Remote) {
+    let (a, b) = joined(&MemoryNetwork::new(), faults).await;
     let (ra, rb) = (Remote::start(&a), Remote::start(&b));
     (a, ra, b, rb)
 }
