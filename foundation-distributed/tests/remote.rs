@@ -142,6 +142,15 @@ async fn linked_worker(
     (w, r, local)
 }
 
+/// Nodes `a` and `b` on `net` with their remote services, and a worker exported as
+/// `worker` on `b` (kept running by its export).
+async fn worker_on_b(net: &MemoryNetwork) -> (Node, Remote, Node, Remote) {
+    let (a, b) = joined(net, None).await;
+    let (ra, rb) = (Remote::start(&a), Remote::start(&b));
+    rb.register("worker", &worker().0).unwrap();
+    (a, ra, b, rb)
+}
+
 /// The reason inside a link exit (panics on any other reason).
 fn link_exit(reason: ExitReason) -> String {
     match reason {
@@ -299,10 +308,7 @@ async fn monitors_report_normal_and_abnormal_exits_and_noproc() {
 #[tokio::test(start_paused = true)]
 async fn a_killed_node_gives_monitors_links_and_calls_noconnection_within_the_detector_bound() {
     let net = MemoryNetwork::new();
-    let (a, b) = joined(&net, None).await;
-    let (ra, rb) = (Remote::start(&a), Remote::start(&b));
-    let (w, _) = worker();
-    rb.register("worker", &w).unwrap();
+    let (a, ra, b, rb) = worker_on_b(&net).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // let the detector learn the rhythm
     let bound = a.detection_bound("b").expect("a watches b");
 
@@ -589,10 +595,7 @@ async fn monitors_and_links_work_for_a_process_on_this_node_too() {
 #[tokio::test(start_paused = true)]
 async fn a_node_restarted_before_it_is_declared_down_ends_monitors_of_its_earlier_run() {
     let net = MemoryNetwork::new();
-    let (a, b) = joined(&net, None).await;
-    let (ra, rb) = (Remote::start(&a), Remote::start(&b));
-    let (w, _) = worker();
-    rb.register("worker", &w).unwrap();
+    let (a, ra, b, rb) = worker_on_b(&net).await;
     let r = ra.process::<Msg>("b", "worker");
     let mut m = r.monitor().await;
     let mut events = a.subscribe();

@@ -989,27 +989,6 @@ impl Shared {
             let _ = tx.send(no_connection);
             return (id, rx);
         }
-        if node == self.me {
-            // Local: the same bookkeeping, without the network.
-            self.monitors.lock().insert(
-                id,
-                MonitorEnd {
-                    node: node.to_string(),
-                    inc: None,
-                    tx,
-                },
-            );
-            let reply = self.on_control(
-                self.me.clone(),
-                Control::Monitor {
-                    to: name.to_string(),
-                    monitor: id,
-                    inc: self.node.incarnation(),
-                },
-            );
-            self.settle_monitor(id, reply);
-            return (id, rx);
-        }
         // Registered before asking, so a `Down` racing the reply still finds it.
         self.monitors.lock().insert(
             id,
@@ -1024,6 +1003,12 @@ impl Shared {
             monitor: id,
             inc: self.node.incarnation(),
         };
+        if node == self.me {
+            // Local: the same bookkeeping, without the network.
+            let reply = self.on_control(self.me.clone(), c);
+            self.settle_monitor(id, reply);
+            return (id, rx);
+        }
         let r = self
             .node
             .request::<_, ControlReply>(node, CONTROL, &c, SETUP_TIMEOUT)
