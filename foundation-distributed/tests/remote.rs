@@ -8,14 +8,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, joined, pair, settings, try_start, up};
+use common::{eventually, joined, pair, try_start, up};
 use foundation_distributed::beam::{spawn, spawn_fn, Context, ExitReason, Handle, Process, Reply};
 use foundation_distributed::interpose::Interposer;
 use foundation_distributed::node::{MembershipEvent, Node, NodeSettings};
 use foundation_distributed::remote::{
     Remote, RemoteError, RemoteExitReason, RemoteMessage, RemoteRef,
 };
-use foundation_distributed::transport::{MemoryNetwork, MemoryTransport, Transport};
+use foundation_distributed::transport::MemoryNetwork;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -638,33 +638,7 @@ async fn a_node_restarted_before_it_is_declared_down_ends_monitors_of_its_earlie
 
 #[tokio::test(start_paused = true)]
 async fn a_process_is_reachable_through_a_relay_in_a_client_server_topology() {
-    use foundation_distributed::topology::{Role, TopologyKind};
-    let net = MemoryNetwork::new();
-    let cs = TopologyKind::ClientServer {
-        servers_per_client: 1,
-    };
-    let node = |name: &'static str, role: Role| {
-        let net = net.clone();
-        async move {
-            let t: Arc<dyn Transport> =
-                Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
-            let s = NodeSettings {
-                listen: format!("mem://{name}"),
-                role,
-                topology: cs,
-                ..NodeSettings::default()
-            };
-            Node::start(t, name, s).await.unwrap()
-        }
-    };
-    let s1 = node("s1", Role::Server).await;
-    let c1 = node("c1", Role::Client).await;
-    let c2 = node("c2", Role::Client).await;
-    c1.join(&[s1.addr()]).await.unwrap();
-    c2.join(&[s1.addr()]).await.unwrap();
-    for n in [&s1, &c1, &c2] {
-        eventually("membership", || up(n).len() == 3).await;
-    }
+    let (s1, c1, c2) = common::client_server(None).await;
     let (_rs, r1, r2) = (Remote::start(&s1), Remote::start(&c1), Remote::start(&c2));
     let (w, _) = worker();
     r2.register("worker", &w).unwrap();

@@ -252,3 +252,18 @@ async fn the_urgent_lane_overtakes_the_normal_lane_and_keeps_its_own_order() {
     assert_eq!(r.call_urgent(&(), T).await.unwrap(), [2, 3]);
     assert_eq!(r.call(&(), T).await.unwrap(), [2, 3, 1]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_relay_keeps_the_pairs_order() {
+    use foundation_distributed::remote::Remote;
+
+    // Clients reach each other through the server; the hop from it is slow on `bulk_data`.
+    let faults = delay("s1", "bulk_data", Duration::from_millis(300));
+    let (s1, c1, c2) = common::client_server(Some(faults)).await;
+    let (_rs, r1, r2) = (Remote::start(&s1), Remote::start(&c1), Remote::start(&c2));
+    r2.register("rec", &spawn(Recorder(Vec::new()))).unwrap();
+    let r = r1.process::<Rec>("c2", "rec");
+    r.send(&big(1)).await.unwrap();
+    r.send(&Note::Small(2)).await.unwrap();
+    assert_eq!(r.call(&(), T).await.unwrap(), [1, 2]);
+}

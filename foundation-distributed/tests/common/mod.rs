@@ -87,3 +87,36 @@ pub async fn pair(faults: Option<Arc<Interposer>>) -> (Node, Remote, Node, Remot
     let (ra, rb) = (Remote::start(&a), Remote::start(&b));
     (a, ra, b, rb)
 }
+
+/// A client-server cluster on a new network: server `s1`, clients `c1` and `c2` (which
+/// reach each other only through `s1`), each seeing all three up.
+pub async fn client_server(faults: Option<Arc<Interposer>>) -> (Node, Node, Node) {
+    use foundation_distributed::topology::{Role, TopologyKind};
+    let net = MemoryNetwork::new();
+    let node = |name: &'static str, role: Role| {
+        let (net, faults) = (net.clone(), faults.clone());
+        async move {
+            let t: Arc<dyn Transport> =
+                Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
+            let s = NodeSettings {
+                listen: format!("mem://{name}"),
+                role,
+                topology: TopologyKind::ClientServer {
+                    servers_per_client: 1,
+                },
+                interposer: faults,
+                ..NodeSettings::default()
+            };
+            Node::start(t, name, s).await.unwrap()
+        }
+    };
+    let s1 = node("s1", Role::Server).await;
+    let c1 = node("c1", Role::Client).await;
+    let c2 = node("c2", Role::Client).await;
+    c1.join(&[s1.addr()]).await.unwrap();
+    c2.join(&[s1.addr()]).await.unwrap();
+    for n in [&s1, &c1, &c2] {
+        eventually("membership", || up(n).len() == 3).await;
+    }
+    (s1, c1, c2)
+}
