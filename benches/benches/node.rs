@@ -229,30 +229,41 @@ async fn node_small(n: usize, batch: usize) -> (f64, usize) {
     (n as f64 / secs, got)
 }
 
-/// The bytes of one node message of part 2 (the node's wire encoding of a `Send` of a
-/// `u64` from `a` to `b`'s `small`: header, then the body), plus the 4-byte length
-/// prefix, for the raw baseline. (The node's frame adds the transport's envelope and an
-/// 8-byte key on top.)
+/// The bytes of one node message of part 2 (the node's wire encoding of a one-message
+/// `SendBatch` of a `u64` from `a` to `b`'s `small`, what `send` produces: header, the
+/// message's 4-byte length, the body), plus the 4-byte length prefix, for the raw
+/// baseline. (The node's frame adds the transport's envelope and an 8-byte key on top;
+/// messages the sender's queue appends to a waiting frame add only their length and
+/// body.)
 fn small_frame() -> Vec<u8> {
     #[derive(serde::Serialize)]
     #[allow(dead_code)]
     enum Wire {
-        Gossip(()),
-        Heartbeat(()),
-        Topology(()),
-        Send {
+        Gossip,
+        Heartbeat,
+        Topology,
+        Send,
+        Request,
+        Reply,
+        Broadcast,
+        Acked,
+        Ack,
+        Cancel,
+        SendBatch {
             to_node: String,
             to_name: String,
             from: String,
         },
     }
-    let w = Wire::Send {
+    let w = Wire::SendBatch {
         to_node: "b".into(),
         to_name: "small".into(),
         from: "a".into(),
     };
     let mut payload = rmp_serde::to_vec(&w).expect("wire");
-    payload.extend(rmp_serde::to_vec(&123_456u64).expect("body"));
+    let body = rmp_serde::to_vec(&123_456u64).expect("body");
+    payload.extend((body.len() as u32).to_be_bytes());
+    payload.extend(body);
     let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(&payload);
     frame

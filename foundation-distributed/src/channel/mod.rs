@@ -531,12 +531,52 @@ impl ChannelSender {
         }
     }
 
+    /// [`send`](Self::send) of a message whose first `header` bytes name where it goes:
+    /// while it waits in the queue, later messages sent this way with the same key and
+    /// the same header bytes are appended to it (their bytes after the header), so they
+    /// leave as one frame (see `queue::Queue::push_merging`; D390). For payload formats
+    /// made for it (the node's `SendBatch`).
+    pub(crate) async fn send_merging(
+        &self,
+        key: Option<u64>,
+        payload: Bytes,
+        header: usize,
+    ) -> Result<()> {
+        let index = self.state.pick(key);
+        match self.state.queues[index]
+            .push_merging(key, payload, header)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(Refused::Closed(_, reason)) => Err(self.state.closed_error(index, &reason)),
+            Err(Refused::Full(_)) => Err(self.state.closed_error(index, "queue refused")),
+        }
+    }
+
+    /// [`try_send`](Self::try_send) with the appending of
+    /// [`send_merging`](Self::send_merging).
+    pub(crate) fn try_send_merging(
+        &self,
+        key: Option<u64>,
+        payload: Bytes,
+        header: usize,
+    ) -> Result<(), TrySendError> {
+        let index = self.state.pick(key);
+        let r = self.state.queues[index].try_push_merging(key, payload, header);
+        self.refused(r)
+    }
+
     /// Queues a message if its connection's queue has space now; otherwise hands it back.
     /// A full queue is counted as a drop (`reason="full"`), as is a closed connection.
     pub fn try_send(&self, key: Option<u64>, payload: Bytes) -> Result<(), TrySendError> {
         let index = self.state.pick(key);
         let item = Item::new(key, payload);
-        match self.state.queues[index].try_push(item) {
+        let r = self.state.queues[index].try_push(item);
+        self.refused(r)
+    }
+
+    fn refused(&self, r: Result<(), Refused>) -> Result<(), TrySendError> {
+        match r {
             Ok(()) => Ok(()),
             Err(Refused::Full(item)) => {
                 self.state.meters.dropped_full.increment(1);
@@ -900,6 +940,22 @@ impl Channels {
             .ok_or_else(|| Error::UnknownChannel {
                 channel: name.to_owned(),
             })
+    }
+
+    /// Sends on channel `name`; see `ChannelSender::send_merging`.
+    pub(crate) async fn send_merging(
+        &self,
+        name: &str,
+        key: Option<u64>,
+        payload: Bytes,
+        header: usize,
+    ) -> Result<()> {
+        match self.by_name.get(name) {
+            Some(s) => s.send_merging(key, payload, header).await,
+            None => Err(Error::UnknownChannel {
+                channel: name.to_owned(),
+            }),
+        }
     }
 
     /// Sends on channel `name`; see [`ChannelSender::send`].

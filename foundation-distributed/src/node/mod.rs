@@ -86,7 +86,9 @@ use delivery::{AckedStreams, Attempt, Outcome, Slot};
 use link::{LinkContext, Links};
 pub use peer_stats::PeerStats;
 use request::Requests;
-use wire::{encode, encode_batches, encode_ref_with, encode_with, ReplyError, Wire, WireRef};
+use wire::{
+    encode, encode_batches, encode_one, encode_ref_with, encode_with, ReplyError, Wire, WireRef,
+};
 
 /// A membership event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -573,6 +575,11 @@ impl Node {
     /// relay. Waits for room in the queue (backpressure) and, up to
     /// [`NodeSettings::link_wait`], for the link to come up. See the
     /// [module docs](self) for what `Ok` means.
+    ///
+    /// While the message waits in its connection's queue, later messages to the same
+    /// receiver with the same key are appended to its frame (write-combining, up to
+    /// 64 KiB a frame): many small `send`s behind a busy connection cost one frame, one
+    /// record and one dispatch at the receiver, and nothing waits for a batch to fill.
     pub async fn send<T: Serialize + ?Sized>(
         &self,
         node: &str,
@@ -580,13 +587,12 @@ impl Node {
         msg: &T,
         opts: SendOptions,
     ) -> Result<()> {
-        let wire = WireRef::Send {
-            to_node: node,
-            to_name: name,
-            from: &self.inner.name,
-        };
-        let payload = encode_ref_with(&wire, msg).map_err(encode_error)?;
-        self.inner.forward(node, payload, opts, false).await
+        let (payload, header) =
+            encode_one(node, name, &self.inner.name, msg).map_err(encode_error)?;
+        let size = payload.len() - header;
+        self.inner
+            .forward_sized(node, payload, opts, false, size, header)
+            .await
     }
 
     /// Sends every message of `msgs`, in order, to receiver `name` on `node`, packed many
@@ -605,11 +611,11 @@ impl Node {
         msgs: &[T],
         opts: SendOptions,
     ) -> Result<()> {
-        let (frames, largest) =
+        let (frames, header, largest) =
             encode_batches(node, name, &self.inner.name, msgs).map_err(encode_error)?;
         for frame in frames {
             self.inner
-                .forward_sized(node, frame, opts, false, largest)
+                .forward_sized(node, frame, opts, false, largest, header)
                 .await?;
         }
         Ok(())
@@ -625,28 +631,9 @@ impl Node {
         msg: &T,
         opts: SendOptions,
     ) -> Result<()> {
-        let wire = WireRef::Send {
-            to_node: node,
-            to_name: name,
-            from: &self.inner.name,
-        };
-        let payload = encode_ref_with(&wire, msg).map_err(encode_error)?;
-        let size = payload.len();
-        self.try_forward_counted(node, payload, opts, size)
-    }
-
-    /// Queues `payload` towards `node` without waiting, routed as a message of `size`
-    /// bytes; failures counted as [`try_send`](Self::try_send) counts them.
-    fn try_forward_counted(
-        &self,
-        node: &str,
-        payload: Bytes,
-        opts: SendOptions,
-        size: usize,
-    ) -> Result<()> {
-        let r = self
-            .inner
-            .forward_now_sized(node, payload, opts, false, size);
+        let (payload, header) =
+            encode_one(node, name, &self.inner.name, msg).map_err(encode_error)?;
+        let r = self.inner.try_forward_merging(node, payload, header, opts);
         match &r {
             Err(Error::Full { .. }) => self.inner.meters.dropped("try_send_full").increment(1),
             Err(_) => self
@@ -909,25 +896,27 @@ impl Node {
     /// [`send`](Self::send) on the channel a *small* message with `opts` takes, whatever
     /// the size of `msg` (a large one is not moved to the bulk channel): messages with one
     /// key then share one connection, so they keep their order whatever their sizes.
+    /// With `merge`, it may be appended to a waiting frame of its key like `send`'s
+    /// (write-combining: only later messages move ahead, of other keys); without, it
+    /// stays behind everything queued before it on its connection (a fence copy).
     pub(crate) async fn send_pinned<T: Serialize + ?Sized>(
         &self,
         node: &str,
         name: &str,
         msg: &T,
         opts: SendOptions,
+        merge: bool,
     ) -> Result<()> {
-        let wire = WireRef::Send {
-            to_node: node,
-            to_name: name,
-            from: &self.inner.name,
-        };
-        let payload = encode_ref_with(&wire, msg).map_err(encode_error)?;
+        let (payload, header) =
+            encode_one(node, name, &self.inner.name, msg).map_err(encode_error)?;
+        let header = if merge { header } else { 0 };
         self.inner
-            .forward_sized(node, payload, opts, false, 0)
+            .forward_sized(node, payload, opts, false, 0, header)
             .await
     }
 
-    /// [`try_send`](Self::try_send), pinned like [`send_pinned`](Self::send_pinned).
+    /// [`try_send`](Self::try_send), pinned like [`send_pinned`](Self::send_pinned)
+    /// (without write-combining); failures counted as `try_send` counts them.
     pub(crate) fn try_send_pinned<T: Serialize + ?Sized>(
         &self,
         node: &str,
@@ -935,13 +924,16 @@ impl Node {
         msg: &T,
         opts: SendOptions,
     ) -> Result<()> {
-        let wire = WireRef::Send {
-            to_node: node,
-            to_name: name,
-            from: &self.inner.name,
-        };
-        let payload = encode_ref_with(&wire, msg).map_err(encode_error)?;
-        self.try_forward_counted(node, payload, opts, 0)
+        let (payload, _) = encode_one(node, name, &self.inner.name, msg).map_err(encode_error)?;
+        let r = self.inner.forward_now_sized(node, payload, opts, false, 0);
+        if let Err(e) = &r {
+            let reason = match e {
+                Error::Full { .. } => "try_send_full",
+                _ => "try_send_not_connected",
+            };
+            self.inner.meters.dropped(reason).increment(1);
+        }
+        r
     }
 
     /// One partition key per connection of the channel [`send_pinned`](Self::send_pinned)
@@ -1136,10 +1128,13 @@ impl Inner {
         control: bool,
     ) -> Result<()> {
         let size = payload.len();
-        self.forward_sized(to, payload, opts, control, size).await
+        self.forward_sized(to, payload, opts, control, size, 0)
+            .await
     }
 
-    /// [`forward`](Self::forward), routing as a message of `size` bytes.
+    /// [`forward`](Self::forward), routing as a message of `size` bytes; `header` > 0
+    /// marks a `SendBatch` frame with a header of that length, which the queue may
+    /// append later frames of the same header to (`ChannelSender::send_merging`).
     async fn forward_sized(
         &self,
         to: &str,
@@ -1147,6 +1142,7 @@ impl Inner {
         opts: SendOptions,
         control: bool,
         size: usize,
+        header: usize,
     ) -> Result<()> {
         let hop = self.hop(to)?;
         let link = match self.links.get(&hop) {
@@ -1168,6 +1164,9 @@ impl Inner {
             return ch.send(COORDINATION, opts.key, payload).await;
         }
         let channel = self.channel_for(opts, size);
+        if header > 0 {
+            return ch.send_merging(channel, opts.key, payload, header).await;
+        }
         ch.send(channel, opts.key, payload).await
     }
 
@@ -1211,6 +1210,36 @@ impl Inner {
             self.channel_for(opts, size)
         };
         link.try_send(channel, opts.key, payload)
+    }
+
+    /// [`forward_now_on`](Self::forward_now_on) for an application `SendBatch` frame
+    /// with a header of `header` bytes, which the queue may append to a waiting frame
+    /// (`ChannelSender::try_send_merging`).
+    fn try_forward_merging(
+        &self,
+        to: &str,
+        payload: Bytes,
+        header: usize,
+        opts: SendOptions,
+    ) -> Result<()> {
+        let hop = self.hop(to)?;
+        let channels = self.links.get(&hop).and_then(|l| l.current());
+        let Some(channels) = channels else {
+            return Err(Error::NotConnected {
+                node: hop,
+                reason: "link down".into(),
+            });
+        };
+        let channel = self.channel_for(opts, payload.len() - header);
+        let sender = channels.sender(channel)?;
+        sender
+            .try_send_merging(opts.key, payload, header)
+            .map_err(|e| match e {
+                crate::channel::TrySendError::Full { .. } => Error::Full { node: hop },
+                crate::channel::TrySendError::Closed { reason, .. } => {
+                    Error::NotConnected { node: hop, reason }
+                }
+            })
     }
 
     fn acked_wire(&self, to: &str, seq: u64, base: u64, name: &str, body: Bytes) -> Wire {
@@ -1335,22 +1364,19 @@ impl Inner {
             Wire::SendBatch {
                 to_name,
                 from,
-                count,
                 body,
                 ..
             } => {
-                let Some(msgs) = wire::split_batch(&body, count) else {
+                let Some(n) = wire::batch_count(&body) else {
                     self.meters.dropped("undecodable").increment(1);
                     return None;
                 };
                 let slot = self.slots.read().get(&to_name).cloned();
                 let Some(Slot::Receiver(_, many)) = slot else {
-                    self.meters
-                        .dropped("no_receiver")
-                        .increment(msgs.len() as u64);
+                    self.meters.dropped("no_receiver").increment(n as u64);
                     return None;
                 };
-                let wait = many(&from, msgs, may_wait)?;
+                let wait = many(&from, body, may_wait)?;
                 return Some(Box::pin(async move {
                     wait.await;
                     Outcome::Delivered

@@ -340,7 +340,7 @@ impl<M: RemoteMessage> RemoteRef<M> {
         match self
             .shared
             .node
-            .send_pinned(&self.node, to, &signal, opts)
+            .send_pinned(&self.node, to, &signal, opts, true)
             .await
         {
             Ok(()) => Ok(()),
@@ -522,7 +522,7 @@ impl<M: RemoteMessage> RemoteRef<M> {
         let exchange = async {
             self.shared
                 .node
-                .send_pinned(&self.node, receiver, &signal, opts)
+                .send_pinned(&self.node, receiver, &signal, opts, true)
                 .await
                 .map_err(|e| map_node_error(&self.node, &self.name, timeout, e))?;
             // Dropped unanswered: the service shut down.

@@ -912,7 +912,7 @@ impl Shared {
             };
             let s = Signal::Answer { call, reply };
             // A lost answer leaves the caller to its timeout (or its node-down error).
-            if node.send_pinned(&from, URGENT_SIGNALS, &s, opts).await.is_err() {
+            if node.send_pinned(&from, URGENT_SIGNALS, &s, opts, true).await.is_err() {
                 metrics::counter!("foundation_remote_signals_lost_total", "reason" => "answer_failed")
                     .increment(1);
             }
@@ -1307,7 +1307,9 @@ async fn transmit(node: &Node, peer: &str, mut s: Signal, route: Route) -> crate
             urgency: Urgency::Normal,
             key,
         };
-        node.send_pinned(peer, SIGNALS, &s, opts).await?;
+        // Fence copies are not appended to earlier frames: each stays behind its connection.
+        node.send_pinned(peer, SIGNALS, &s, opts, route != Route::Fence)
+            .await?;
     }
     Ok(())
 }
