@@ -188,15 +188,19 @@ async fn the_down_of_a_process_comes_after_the_large_message_it_sent_before_exit
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_down_of_a_process_comes_after_the_many_messages_it_sent_before_exiting() {
-    // Every message on the normal lane is slow. The process sends many messages to one
-    // recorder, then one to each of three others (four pair keys, spread over the lane's
-    // connections): whichever connection a single DOWN took, in one of the rounds the
-    // heavy recorder's connection is another one, still draining. The fenced DOWN waits
-    // for all of them.
+async fn the_down_of_a_process_comes_after_the_many_messages_it_sent_before_exiting_on_every_connection(
+) {
+    // Every frame on the normal lane is slow. The process sends many 16 KiB messages to
+    // one recorder (several frames even when the queue combines waiting messages into
+    // 64 KiB frames), then one small one to each of three others (four pair keys, spread
+    // over the lane's connections): whichever connection a single DOWN took, in one of
+    // the rounds the heavy recorder's connection is another one, still draining. The
+    // fenced DOWN waits for all of them.
     for heavy in 0..4 {
         let faults = delay("b", "messages", Duration::from_millis(20));
-        let mut notes: Vec<(usize, Note)> = (1..=30).map(|n| (heavy, Note::Small(n))).collect();
+        let mut notes: Vec<(usize, Note)> = (1..=30)
+            .map(|n| (heavy, Note::Big(n, vec![7; 16 * 1024])))
+            .collect();
         notes.extend(
             (0..4)
                 .filter(|&r| r != heavy)
