@@ -49,6 +49,11 @@ const OUTBOUND_QUEUE: usize = 4096;
 /// refused with [`Failure::Overloaded`].
 pub(crate) const CALLS_IN_FLIGHT: usize = 4096;
 
+/// Fenced signals collected at once (each waiting for its last copies); beyond, a new
+/// one takes effect at its first copy (counted,
+/// `foundation_remote_signals_lost_total{reason="fence_overflow"}`).
+const FENCES_MAX: usize = 4096;
+
 /// How a control signal travels to its peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
@@ -769,7 +774,15 @@ impl Shared {
             return true;
         }
         let mut fences = self.fences.lock();
-        let seen = fences.entry((from.to_string(), what.clone())).or_insert(0);
+        let key = (from.to_string(), what.clone());
+        if fences.len() >= FENCES_MAX && !fences.contains_key(&key) {
+            // Too many incomplete fences (lost copies, or a peer misbehaving): act now,
+            // losing only the order, and count it.
+            drop(fences);
+            self.metrics.signal_lost("fence_overflow");
+            return true;
+        }
+        let seen = fences.entry(key).or_insert(0);
         *seen += 1;
         if *seen < fence {
             return false;
