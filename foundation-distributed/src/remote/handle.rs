@@ -59,8 +59,9 @@ pub struct RemoteStats {
     pub rejected_undecodable: u64,
     /// Cluster-wide name conflicts settled at this node.
     pub name_conflicts: u64,
-    /// Control signals (down notices, link exits, claims, rejection notices) that could
-    /// not be sent.
+    /// Control signals (down notices, link exits, claims, rejection notices, answers to
+    /// calls) that could not be sent, or (fences) that took effect before all their
+    /// copies arrived.
     pub signals_lost: u64,
 }
 

@@ -85,7 +85,8 @@ impl Metrics {
         bump(&self.stats.name_conflicts);
     }
 
-    /// A control signal (down, link exit, claim, rejection notice) could not be sent.
+    /// A control signal (down, link exit, claim, rejection notice, answer) could not be
+    /// sent, or a fence overflowed.
     pub(crate) fn signal_lost(&self, reason: &'static str) {
         metrics::counter!("foundation_remote_signals_lost_total", "reason" => reason).increment(1);
         bump(&self.stats.signals_lost);
@@ -126,6 +127,6 @@ pub(crate) fn describe_metrics() {
     );
     metrics::describe_counter!(
         "foundation_remote_signals_lost_total",
-        "Remote control signals (down, link exit, claims, rejection notices) that could not be sent."
+        "Remote control signals (down, link exit, claims, rejection notices, call answers) that could not be sent (or fences that overflowed), by reason."
     );
 }

@@ -190,7 +190,7 @@ pub(crate) struct Shared {
     fences: Mutex<HashMap<(String, Fenced), u32>>,
     /// Room for answering calls from other nodes.
     answering: Arc<tokio::sync::Semaphore>,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
     cancel: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
     closed: AtomicBool,
@@ -282,7 +282,7 @@ impl Shared {
             calls: Mutex::new(HashMap::new()),
             fences: Mutex::new(HashMap::new()),
             answering: Arc::new(tokio::sync::Semaphore::new(CALLS_IN_FLIGHT)),
-            metrics: Metrics::new(),
+            metrics: Arc::new(Metrics::new()),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(JoinSet::new()),
             closed: AtomicBool::new(false),
@@ -913,7 +913,7 @@ impl Shared {
     /// an owned task), or refuses the call if too many are being answered.
     fn answer(&self, from: String, call: u64, answer: BoxFuture<'static, ControlReply>) {
         let permit = self.answering.clone().try_acquire_owned();
-        let node = self.node.clone();
+        let (node, metrics) = (self.node.clone(), self.metrics.clone());
         self.spawn(async move {
             let reply = match permit {
                 Ok(_permit) => answer.await,
@@ -925,9 +925,12 @@ impl Shared {
             };
             let s = Signal::Answer { call, reply };
             // A lost answer leaves the caller to its timeout (or its node-down error).
-            if node.send_pinned(&from, URGENT_SIGNALS, &s, opts, true).await.is_err() {
-                metrics::counter!("foundation_remote_signals_lost_total", "reason" => "answer_failed")
-                    .increment(1);
+            if node
+                .send_pinned(&from, URGENT_SIGNALS, &s, opts, true)
+                .await
+                .is_err()
+            {
+                metrics.signal_lost("answer_failed");
             }
         });
     }
