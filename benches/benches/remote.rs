@@ -6,8 +6,9 @@
 //!   `Handle::call` (no network: the floor of the process part);
 //! * `node_request`: a `Node::request` round trip to a `serve` handler on `b` (the node
 //!   layer alone, no process: the floor of the network part);
-//! * `foundation_remote_call`: `RemoteRef::call` a → b (node request + the remote
-//!   service + the process's mailbox and reply);
+//! * `foundation_remote_call`: `RemoteRef::call` a → b (a call signal on the pair's
+//!   ordered path, the remote service's dispatcher, the process's mailbox and reply, the
+//!   answer back on the urgent lane; D400);
 //! * with `--features ractor-cluster`: `ractor_local_call` and `ractor_cluster_remote_call`,
 //!   two `ractor_cluster::NodeServer`s in this process over loopback TCP (plaintext), the
 //!   remote actor found through a `pg` group and called through its `RemoteActor` stand-in.

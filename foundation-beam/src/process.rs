@@ -699,6 +699,37 @@ impl<M: Send + 'static> Handle<M> {
         wait_reply(rx, deadline, self.life.id, timeout).await
     }
 
+    /// Request/reply that never waits for room: queues the request now (through the
+    /// urgent lane if `urgent`) and returns the wait for its answer, bounded by `timeout`.
+    /// The request takes its place in the mailbox before this returns, so it is ordered
+    /// with the messages sent before and after it (a relay that must keep a sender's order
+    /// uses this rather than [`call`](Self::call), whose queueing may wait).
+    ///
+    /// Errors at once: [`Error::MailboxFull`] (a full mailbox, whatever its policy) or
+    /// [`Error::Stopped`]; then from the returned future as [`call`](Self::call).
+    pub fn try_call<R: Send + 'static>(
+        &self,
+        make: impl FnOnce(Reply<R>) -> M,
+        timeout: Duration,
+        urgent: bool,
+    ) -> Result<impl Future<Output = Result<R>> + Send + 'static> {
+        let process = self.life.id;
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
+        let (reply, rx) = Reply::channel();
+        let pushed = if urgent {
+            self.tx.try_send_urgent(make(reply))
+        } else {
+            self.tx.try_send(make(reply))
+        };
+        match pushed {
+            Ok(Delivery::DroppedNewest) | Err(SendError::Full(_)) => {
+                Err(Error::MailboxFull { process })
+            }
+            Err(SendError::Closed(_)) => Err(Error::Stopped { process }),
+            Ok(_) => Ok(wait_reply(rx, deadline, process, timeout)),
+        }
+    }
+
     /// A monitor of the process's exit.
     pub fn monitor(&self) -> Monitor {
         self.life.monitor()

@@ -290,6 +290,36 @@ async fn call_timeout_covers_waiting_for_room() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn try_call_queues_now_in_order_or_fails_at_once() {
+    let h = spawn_with(
+        Recorder::default(),
+        SpawnOptions::new().memory(MemoryStrategy::bounded(3, Overflow::Backpressure)),
+    )
+    .unwrap();
+    let gate = blocked(&h).await;
+    h.send(Msg::Log(1)).await.unwrap();
+    // Queued before this returns: behind `Log(1)`, ahead of `Log(2)`.
+    let answer = h.try_call(Msg::Get, T, false).unwrap();
+    h.send(Msg::Log(2)).await.unwrap();
+    // Full (a backpressured mailbox would make `call` wait): refused at once.
+    let e = h.try_call(Msg::Get, T, false).err().unwrap();
+    assert!(matches!(e, Error::MailboxFull { .. }), "{e}");
+    gate.send(()).unwrap();
+    assert_eq!(answer.await.unwrap(), [1]);
+    // The urgent lane overtakes queued normal messages.
+    let gate = blocked(&h).await;
+    h.send(Msg::Log(3)).await.unwrap();
+    let urgent = h.try_call(Msg::Get, T, true).unwrap();
+    gate.send(()).unwrap();
+    assert_eq!(urgent.await.unwrap(), [1, 2]);
+    // A stopped process.
+    h.send(Msg::Stop).await.unwrap();
+    h.monitor().wait().await;
+    let e = h.try_call(Msg::Get, T, false).err().unwrap();
+    assert!(matches!(e, Error::Stopped { .. }), "{e}");
+}
+
 /// The registry holds a weak entry: a named process stops when the last handle held
 /// outside the registry is dropped, as for any process, and leaves the registry.
 #[tokio::test]

@@ -3,16 +3,19 @@
 //! the detector's bound), prompt failure of calls to dead processes and nodes, links
 //! across nodes, cluster-wide name conflicts after a partition heals, undecodable messages.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{eventually, joined, pair, try_start, up};
 use foundation_distributed::beam::{spawn, spawn_fn, Context, ExitReason, Handle, Process, Reply};
 use foundation_distributed::interpose::Interposer;
 use foundation_distributed::node::{MembershipEvent, Node, NodeSettings};
-use foundation_distributed::remote::{Remote, RemoteError, RemoteExitReason, RemoteMessage};
-use foundation_distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
+use foundation_distributed::remote::{
+    Remote, RemoteError, RemoteExitReason, RemoteMessage, RemoteRef,
 };
+use foundation_distributed::transport::MemoryNetwork;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -102,60 +105,7 @@ impl RemoteMessage for Other {
     }
 }
 
-// ---- a cluster --------------------------------------------------------------------------
-
-fn settings(node: &str) -> TransportSettings {
-    TransportSettings {
-        cluster: "remote-test".into(),
-        node: node.into(),
-        security: Security::Secret(
-            ClusterSecret::from_hex(
-                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
-            )
-            .unwrap(),
-        ),
-        ..TransportSettings::default()
-    }
-}
-
-async fn start(net: &MemoryNetwork, name: &str, faults: Option<Arc<Interposer>>) -> Node {
-    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings(name)).unwrap());
-    let s = NodeSettings {
-        listen: format!("mem://{name}"),
-        interposer: faults,
-        ..NodeSettings::default()
-    };
-    Node::start(t, name, s).await.unwrap()
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..800 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("not reached within 20 s: {what}");
-}
-
-fn up(n: &Node) -> Vec<String> {
-    n.members()
-        .into_iter()
-        .filter(|m| m.up)
-        .map(|m| m.name)
-        .collect()
-}
-
-/// Two nodes `a` and `b`, joined, each with its remote service.
-async fn pair(faults: Option<Arc<Interposer>>) -> (Node, Remote, Node, Remote) {
-    let net = MemoryNetwork::new();
-    let a = start(&net, "a", faults.clone()).await;
-    let b = start(&net, "b", faults).await;
-    b.join(&[a.addr()]).await.unwrap();
-    eventually("joined", || up(&a) == ["a", "b"] && up(&b) == ["a", "b"]).await;
-    let (ra, rb) = (Remote::start(&a), Remote::start(&b));
-    (a, ra, b, rb)
-}
+// ---- helpers ----------------------------------------------------------------------------
 
 fn worker() -> (Handle<Msg>, Arc<Mutex<Vec<u64>>>) {
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -167,6 +117,47 @@ fn worker() -> (Handle<Msg>, Arc<Mutex<Vec<u64>>>) {
 }
 
 const T: Duration = Duration::from_secs(5);
+
+/// A local process that does nothing until its handles are dropped.
+fn idle() -> Handle<()> {
+    spawn_fn(
+        |mut inbox: foundation_distributed::beam::process::Inbox<()>| async move {
+            while inbox.recv().await.is_some() {}
+        },
+    )
+}
+
+/// A worker exported as `name` on `rb`'s node `b`, reached from `ra`, linked to a new idle
+/// local process: (the worker's handle, the remote handle, the local process).
+async fn linked_worker(
+    ra: &Remote,
+    rb: &Remote,
+    name: &str,
+) -> (Handle<Msg>, RemoteRef<Msg>, Handle<()>) {
+    let (w, _) = worker();
+    rb.register(name, &w).unwrap();
+    let r = ra.process::<Msg>("b", name);
+    let local = idle();
+    r.link(&local).await.unwrap();
+    (w, r, local)
+}
+
+/// Nodes `a` and `b` on `net` with their remote services, and a worker exported as
+/// `worker` on `b` (kept running by its export).
+async fn worker_on_b(net: &MemoryNetwork) -> (Node, Remote, Node, Remote) {
+    let (a, b) = joined(net, None).await;
+    let (ra, rb) = (Remote::start(&a), Remote::start(&b));
+    rb.register("worker", &worker().0).unwrap();
+    (a, ra, b, rb)
+}
+
+/// The reason inside a link exit (panics on any other reason).
+fn link_exit(reason: ExitReason) -> String {
+    match reason {
+        ExitReason::Linked { reason, .. } => reason.to_string(),
+        other => panic!("expected a link exit, got {other}"),
+    }
+}
 
 /// How long after a crash the node declares a peer down, at most (see
 /// `Node::detection_bound`): the detector's bound, the suspicion timeout, one round.
@@ -317,23 +308,13 @@ async fn monitors_report_normal_and_abnormal_exits_and_noproc() {
 #[tokio::test(start_paused = true)]
 async fn a_killed_node_gives_monitors_links_and_calls_noconnection_within_the_detector_bound() {
     let net = MemoryNetwork::new();
-    let a = start(&net, "a", None).await;
-    let b = start(&net, "b", None).await;
-    b.join(&[a.addr()]).await.unwrap();
-    eventually("joined", || up(&a) == ["a", "b"]).await;
-    let (ra, rb) = (Remote::start(&a), Remote::start(&b));
-    let (w, _) = worker();
-    rb.register("worker", &w).unwrap();
+    let (a, ra, b, rb) = worker_on_b(&net).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // let the detector learn the rhythm
     let bound = a.detection_bound("b").expect("a watches b");
 
     let r = ra.process::<Msg>("b", "worker");
     let mut m = r.monitor().await;
-    let linked = spawn_fn(
-        |mut inbox: foundation_distributed::beam::process::Inbox<()>| async move {
-            while inbox.recv().await.is_some() {}
-        },
-    );
+    let linked = idle();
     let mut linked_exit = linked.monitor();
     r.link(&linked).await.unwrap();
     let killed_at = Instant::now();
@@ -358,12 +339,8 @@ async fn a_killed_node_gives_monitors_links_and_calls_noconnection_within_the_de
         "{e}"
     );
     // The link broke with noconnection.
-    match linked_exit.wait().await {
-        ExitReason::Linked { reason, .. } => {
-            assert!(reason.to_string().contains("noconnection"), "{reason}")
-        }
-        other => panic!("expected a link exit, got {other}"),
-    }
+    let reason = link_exit(linked_exit.wait().await);
+    assert!(reason.contains("noconnection"), "{reason}");
     // New monitors of the lost node resolve at once.
     assert_eq!(
         r.monitor().await.wait().await,
@@ -374,35 +351,16 @@ async fn a_killed_node_gives_monitors_links_and_calls_noconnection_within_the_de
 #[tokio::test(start_paused = true)]
 async fn links_propagate_abnormal_exits_across_nodes_both_ways() {
     let (_a, ra, _b, rb) = pair(None).await;
-    let idle = || {
-        spawn_fn(
-            |mut inbox: foundation_distributed::beam::process::Inbox<()>| async move {
-                while inbox.recv().await.is_some() {}
-            },
-        )
-    };
 
     // Remote failure → local process stopped with a link exit carrying the remote reason.
-    let (w, _) = worker();
-    rb.register("w1", &w).unwrap();
-    let r1 = ra.process::<Msg>("b", "w1");
-    let local = idle();
+    let (_w1, r1, local) = linked_worker(&ra, &rb, "w1").await;
     let mut local_exit = local.monitor();
-    r1.link(&local).await.unwrap();
     r1.send(&Cast::Panic).await.unwrap();
-    match local_exit.wait().await {
-        ExitReason::Linked { reason, .. } => {
-            assert!(reason.to_string().contains("panic: boom"), "{reason}")
-        }
-        other => panic!("expected a link exit, got {other}"),
-    }
+    let reason = link_exit(local_exit.wait().await);
+    assert!(reason.contains("panic: boom"), "{reason}");
 
     // Local failure → remote process stopped.
-    let (w2, _) = worker();
-    rb.register("w2", &w2).unwrap();
-    let r2 = ra.process::<Msg>("b", "w2");
-    let local = idle();
-    r2.link(&local).await.unwrap();
+    let (_w2, r2, local) = linked_worker(&ra, &rb, "w2").await;
     let mut remote_exit = r2.monitor().await;
     local.kill();
     match remote_exit.wait().await {
@@ -413,11 +371,7 @@ async fn links_propagate_abnormal_exits_across_nodes_both_ways() {
     }
 
     // Normal exits do not propagate.
-    let (w3, _) = worker();
-    rb.register("w3", &w3).unwrap();
-    let r3 = ra.process::<Msg>("b", "w3");
-    let local = idle();
-    r3.link(&local).await.unwrap();
+    let (_w3, r3, local) = linked_worker(&ra, &rb, "w3").await;
     let mut m3 = r3.monitor().await;
     r3.send(&Cast::Stop).await.unwrap();
     assert_eq!(m3.wait().await, RemoteExitReason::Normal);
@@ -626,11 +580,7 @@ async fn monitors_and_links_work_for_a_process_on_this_node_too() {
     ra.register("here", &w).unwrap();
     let r = ra.process::<Msg>("a", "here");
     let mut m = r.monitor().await;
-    let local = spawn_fn(
-        |mut inbox: foundation_distributed::beam::process::Inbox<()>| async move {
-            while inbox.recv().await.is_some() {}
-        },
-    );
+    let local = idle();
     let mut local_exit = local.monitor();
     r.link(&local).await.unwrap();
     r.send(&Cast::Fail).await.unwrap();
@@ -638,24 +588,14 @@ async fn monitors_and_links_work_for_a_process_on_this_node_too() {
         m.wait().await,
         RemoteExitReason::Failed("asked to fail".into())
     );
-    match local_exit.wait().await {
-        ExitReason::Linked { reason, .. } => {
-            assert!(reason.to_string().contains("asked to fail"), "{reason}")
-        }
-        other => panic!("expected a link exit, got {other}"),
-    }
+    let reason = link_exit(local_exit.wait().await);
+    assert!(reason.contains("asked to fail"), "{reason}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_node_restarted_before_it_is_declared_down_ends_monitors_of_its_earlier_run() {
     let net = MemoryNetwork::new();
-    let a = start(&net, "a", None).await;
-    let b = start(&net, "b", None).await;
-    b.join(&[a.addr()]).await.unwrap();
-    eventually("joined", || up(&a) == ["a", "b"]).await;
-    let (ra, rb) = (Remote::start(&a), Remote::start(&b));
-    let (w, _) = worker();
-    rb.register("worker", &w).unwrap();
+    let (a, ra, b, rb) = worker_on_b(&net).await;
     let r = ra.process::<Msg>("b", "worker");
     let mut m = r.monitor().await;
     let mut events = a.subscribe();
@@ -666,12 +606,7 @@ async fn a_node_restarted_before_it_is_declared_down_ends_monitors_of_its_earlie
     drop(b);
     let mut b2 = None;
     for _ in 0..100 {
-        let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, settings("b")).unwrap());
-        let s = NodeSettings {
-            listen: "mem://b".into(),
-            ..NodeSettings::default()
-        };
-        match Node::start(t, "b", s).await {
+        match try_start(&net, "b", None).await {
             Ok(n) => {
                 b2 = Some(n);
                 break;
@@ -703,33 +638,7 @@ async fn a_node_restarted_before_it_is_declared_down_ends_monitors_of_its_earlie
 
 #[tokio::test(start_paused = true)]
 async fn a_process_is_reachable_through_a_relay_in_a_client_server_topology() {
-    use foundation_distributed::topology::{Role, TopologyKind};
-    let net = MemoryNetwork::new();
-    let cs = TopologyKind::ClientServer {
-        servers_per_client: 1,
-    };
-    let node = |name: &'static str, role: Role| {
-        let net = net.clone();
-        async move {
-            let t: Arc<dyn Transport> =
-                Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
-            let s = NodeSettings {
-                listen: format!("mem://{name}"),
-                role,
-                topology: cs,
-                ..NodeSettings::default()
-            };
-            Node::start(t, name, s).await.unwrap()
-        }
-    };
-    let s1 = node("s1", Role::Server).await;
-    let c1 = node("c1", Role::Client).await;
-    let c2 = node("c2", Role::Client).await;
-    c1.join(&[s1.addr()]).await.unwrap();
-    c2.join(&[s1.addr()]).await.unwrap();
-    for n in [&s1, &c1, &c2] {
-        eventually("membership", || up(n).len() == 3).await;
-    }
+    let (s1, c1, c2) = common::client_server(None).await;
     let (_rs, r1, r2) = (Remote::start(&s1), Remote::start(&c1), Remote::start(&c2));
     let (w, _) = worker();
     r2.register("worker", &w).unwrap();
@@ -776,9 +685,9 @@ async fn sends_calls_and_failures_are_in_the_metrics() {
     let r = ra.process::<Msg>("b", "worker");
     r.send(&Cast::Add(1)).await.unwrap();
     r.send_urgent(&Cast::Add(1)).await.unwrap();
-    // Calls are not ordered relative to sends (see `RemoteRef`): wait until both ran.
-    eventually("both sends handled", || log.lock().len() == 2).await;
+    // A call comes after the normal send before it; the urgent one overtook both.
     assert_eq!(r.call(&Call::Get, T).await.unwrap(), 2);
+    assert_eq!(*log.lock(), [1, 1]);
     let _ = ra.process::<Msg>("b", "nobody").call(&Call::Get, T).await;
     ra.process::<Other>("b", "worker")
         .send(&"x".to_string())

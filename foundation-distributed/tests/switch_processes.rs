@@ -12,116 +12,18 @@
 //! cargo test -p foundation-distributed --release --features assumptions --test switch_processes -- --nocapture
 //! ```
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_foundation-node");
-const SECRET: &str = "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f";
+use common::procs::{NodeProc as Proc, Procs};
+use common::SECRET;
 
-struct Proc {
-    name: String,
-    addr: String,
-    child: Child,
-    stdin: ChildStdin,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(name: &str, seed: Option<&str>, topology: &str) -> Proc {
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "--name",
-            name,
-            "--listen",
-            "127.0.0.1:0",
-            "--cluster",
-            "switch-procs",
-            "--topology",
-            topology,
-            "--switch-cooldown-ms",
-            "1000",
-        ])
-        .env("FOUNDATION_CLUSTER_SECRET", SECRET)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-        if let Some(s) = seed {
-            cmd.args(["--seed", s]);
-        }
-        let mut child = cmd.spawn().expect("spawn foundation-node");
-        let stdin = child.stdin.take().unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        out.read_line(&mut first).unwrap();
-        let addr = first
-            .trim()
-            .strip_prefix("listening ")
-            .unwrap_or_else(|| panic!("unexpected output {first:?}"))
-            .to_string();
-        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for l in out.lines() {
-                let Ok(l) = l else { break };
-                sink.lock().unwrap().push(l);
-            }
-        });
-        Proc {
-            name: name.to_string(),
-            addr,
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    fn send(&mut self, cmd: &str) {
-        writeln!(self.stdin, "{cmd}").expect("write a command");
-        self.stdin.flush().unwrap();
-    }
-
-    fn has(&self, f: impl Fn(&str) -> bool) -> bool {
-        self.lines.lock().unwrap().iter().any(|l| f(l))
-    }
-
-    fn last(&self, prefix: &str) -> Option<String> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find(|l| l.starts_with(prefix))
-            .cloned()
-    }
-
-    /// The lines starting with `prefix` (since the last [`clear`](Self::clear)).
-    fn all(&self, prefix: &str) -> Vec<String> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.starts_with(prefix))
-            .cloned()
-            .collect()
-    }
-
-    fn clear(&self) {
-        self.lines.lock().unwrap().clear();
-    }
-}
-
-struct Procs(Vec<Proc>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for p in &mut self.0 {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-    }
+/// Starts node process `name` of the cluster `switch-procs` with `topology`.
+fn spawn(name: &str, seed: Option<&str>, topology: &str) -> Proc {
+    let extra = ["--topology", topology, "--switch-cooldown-ms", "1000"];
+    Proc::spawn(name, seed, "switch-procs", SECRET, &extra)
 }
 
 fn wait_all(procs: &Procs, what: &str, within: Duration, f: impl Fn(&Proc) -> bool) {
@@ -221,11 +123,11 @@ struct Figures {
 fn scenario(n: usize, settle: Duration) -> Figures {
     let names: Vec<String> = (0..n).map(|i| format!("p{i:02}")).collect();
     let mut procs = Procs(Vec::new());
-    let first = Proc::spawn(&names[0], None, "hyparview");
+    let first = spawn(&names[0], None, "hyparview");
     let seed = first.addr.clone();
     procs.0.push(first);
     for name in &names[1..] {
-        procs.0.push(Proc::spawn(name, Some(&seed), "hyparview"));
+        procs.0.push(spawn(name, Some(&seed), "hyparview"));
     }
     let all = format!("members {n}");
     wait_all(&procs, &all, Duration::from_secs(90), |p| {

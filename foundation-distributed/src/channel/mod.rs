@@ -477,8 +477,7 @@ impl ChannelState {
     fn pick(&self, key: Option<u64>) -> usize {
         let n = self.queues.len();
         match key {
-            // Fibonacci hashing spreads sequential keys; the high bits are the good ones.
-            Some(k) => ((k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % n as u64) as usize,
+            Some(k) => connection_of(k, n),
             None => self.next.fetch_add(1, Ordering::Relaxed) % n,
         }
     }
@@ -491,6 +490,13 @@ impl ChannelState {
             reason: reason.to_owned(),
         }
     }
+}
+
+/// The connection (`0..parallelism`) of a channel that messages with partition key `key`
+/// take.
+pub(crate) fn connection_of(key: u64, parallelism: usize) -> usize {
+    // Fibonacci hashing spreads sequential keys; the high bits are the good ones.
+    ((key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % parallelism.max(1) as u64) as usize
 }
 
 /// A cheap, cloneable handle that sends on one channel of a [`Channels`].

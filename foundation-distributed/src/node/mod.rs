@@ -977,6 +977,79 @@ impl Node {
         }
         clean
     }
+
+    // ---- one ordered path per key, whatever the size (for `remote`) --------------------
+
+    /// [`send`](Self::send) on the channel a *small* message with `opts` takes, whatever
+    /// the size of `msg` (a large one is not moved to the bulk channel): messages with one
+    /// key then share one connection, so they keep their order whatever their sizes.
+    /// With `merge`, it may be appended to a waiting frame of its key like `send`'s
+    /// (write-combining: only later messages move ahead, of other keys); without, it
+    /// stays behind everything queued before it on its connection (a fence copy).
+    pub(crate) async fn send_pinned<T: Serialize + ?Sized>(
+        &self,
+        node: &str,
+        name: &str,
+        msg: &T,
+        opts: SendOptions,
+        merge: bool,
+    ) -> Result<()> {
+        let (payload, header) =
+            encode_one(node, name, &self.inner.name, msg).map_err(encode_error)?;
+        let header = if merge { header } else { 0 };
+        self.inner
+            .forward_sized(node, payload, opts, false, 0, header)
+            .await
+    }
+
+    /// [`try_send`](Self::try_send), pinned like [`send_pinned`](Self::send_pinned)
+    /// (without write-combining); failures counted as `try_send` counts them.
+    pub(crate) fn try_send_pinned<T: Serialize + ?Sized>(
+        &self,
+        node: &str,
+        name: &str,
+        msg: &T,
+        opts: SendOptions,
+    ) -> Result<()> {
+        let (payload, _) = encode_one(node, name, &self.inner.name, msg).map_err(encode_error)?;
+        let r = self.inner.forward_now_sized(node, payload, opts, false, 0);
+        if let Err(e) = &r {
+            let reason = match e {
+                Error::Full { .. } => "try_send_full",
+                _ => "try_send_not_connected",
+            };
+            self.inner.meters.dropped(reason).increment(1);
+        }
+        r
+    }
+
+    /// One partition key per connection of the channel [`send_pinned`](Self::send_pinned)
+    /// uses with `urgency`: a message sent with each of them (a fence) is, at the peer,
+    /// behind every message queued before it on that channel, whatever their keys.
+    pub(crate) fn fence_keys(&self, urgency: Urgency) -> Vec<u64> {
+        let opts = SendOptions { urgency, key: None };
+        let channel = self.inner.channel_for(opts, 0);
+        let n = self
+            .inner
+            .settings
+            .channels
+            .channels
+            .iter()
+            .find(|s| s.name == channel)
+            .map_or(1, |s| usize::from(s.parallelism.max(1)));
+        let mut keys = vec![None; n];
+        let mut found = 0;
+        let mut k = 0u64;
+        while found < n {
+            let slot = &mut keys[crate::channel::connection_of(k, n)];
+            if slot.is_none() {
+                *slot = Some(k);
+                found += 1;
+            }
+            k += 1;
+        }
+        keys.into_iter().flatten().collect()
+    }
 }
 
 /// Sends a `Cancel` (without waiting) if the request it guards is dropped unanswered.
@@ -1211,6 +1284,19 @@ impl Inner {
         opts: SendOptions,
         control: bool,
     ) -> Result<()> {
+        let size = payload.len();
+        self.forward_now_sized(to, payload, opts, control, size)
+    }
+
+    /// [`forward_now_on`](Self::forward_now_on), routing as a message of `size` bytes.
+    fn forward_now_sized(
+        &self,
+        to: &str,
+        payload: Bytes,
+        opts: SendOptions,
+        control: bool,
+        size: usize,
+    ) -> Result<()> {
         let hop = self.hop(to)?;
         let link = match self.links.get(&hop) {
             Some(l) => l,
@@ -1230,7 +1316,7 @@ impl Inner {
         let channel = if control && opts.urgency == Urgency::Urgent {
             COORDINATION
         } else {
-            self.channel_for(opts, payload.len())
+            self.channel_for(opts, size)
         };
         link.send_or_park(channel, opts.key, payload)
     }
@@ -1363,7 +1449,16 @@ impl Inner {
                 // On the same kind of channel it came on (an urgent application message
                 // stays off `coordination`).
                 let control = &*msg.channel == COORDINATION;
-                if let Err(e) = self.forward_now_on(&to, msg.payload.clone(), opts, control) {
+                // A large message that came on the small-message channel (pinned there to
+                // keep its key's order, see `Node::send_pinned`) stays on it.
+                let size = if *msg.channel == *self.channel_for(opts, 0) {
+                    0
+                } else {
+                    msg.payload.len()
+                };
+                if let Err(e) =
+                    self.forward_now_sized(&to, msg.payload.clone(), opts, control, size)
+                {
                     tracing::debug!(from = peer, to = %to, error = %e, "relay dropped");
                     self.meters.dropped("relay_failed").increment(1);
                 }

@@ -140,6 +140,8 @@ pub(crate) enum Failure {
     MailboxFull,
     Timeout,
     Undecodable(String),
+    /// The answering node has too many calls in flight.
+    Overloaded,
 }
 
 impl Failure {
@@ -151,6 +153,10 @@ impl Failure {
             Failure::MailboxFull => RemoteError::MailboxFull { node, name },
             Failure::Timeout => RemoteError::Timeout { node, name, after },
             Failure::Undecodable(detail) => RemoteError::Undecodable { node, name, detail },
+            Failure::Overloaded => RemoteError::Node(crate::Error::Overloaded {
+                node,
+                what: "remote calls in flight".into(),
+            }),
         }
     }
 
@@ -161,6 +167,7 @@ impl Failure {
             Failure::MailboxFull => "mailbox_full",
             Failure::Timeout => "timeout",
             Failure::Undecodable(_) => "undecodable",
+            Failure::Overloaded => "overloaded",
         }
     }
 }

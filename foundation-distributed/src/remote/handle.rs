@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, watch};
 use super::error::{RemoteError, RemoteResult};
 use super::exit::RemoteExitReason;
 use super::service::{map_node_error, Shared};
-use super::wire::{Control, ControlReply, Signal, CONTROL, SIGNALS, URGENT_SIGNALS};
+use super::wire::{key_of, ControlReply, Signal, SIGNALS, URGENT_SIGNALS};
 use super::RemoteMessage;
 use crate::channel::Urgency;
 use crate::node::{Node, SendOptions};
@@ -59,8 +59,9 @@ pub struct RemoteStats {
     pub rejected_undecodable: u64,
     /// Cluster-wide name conflicts settled at this node.
     pub name_conflicts: u64,
-    /// Control signals (down notices, link exits, claims, rejection notices) that could
-    /// not be sent.
+    /// Control signals (down notices, link exits, claims, rejection notices, answers to
+    /// calls) that could not be sent, or (fences) that took effect before all their
+    /// copies arrived.
     pub signals_lost: u64,
 }
 
@@ -205,17 +206,6 @@ impl Remote {
     }
 }
 
-/// Partition key of a target: its messages keep their order across parallel connections.
-fn key_of(node: &str, name: &str) -> u64 {
-    // FNV-1a: stable, cheap, and good enough to spread targets over connections.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in node.bytes().chain([0]).chain(name.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 /// A typed handle to the process exported as `name` on `node`: send to it, call it,
 /// monitor it, link to it. Made by [`Remote::process`] or [`Remote::global`]; cheap to
 /// clone. It keeps its node's [`Remote`] service running.
@@ -228,9 +218,33 @@ fn key_of(node: &str, name: &str) -> u64 {
 /// | [`send_confirmed`](Self::send_confirmed) | the message is queued in the process's mailbox | that the process handles it (it may stop first) |
 /// | [`call`](Self::call) | the process handled the request and this is its reply | — a timeout leaves unknown whether it was handled |
 ///
-/// Order: messages from one node to one process through `send` keep their order (one
-/// partition key per target); `send_urgent` ones keep theirs and overtake normal ones;
-/// calls and confirmed sends are not ordered relative to sends.
+/// # Order (D400)
+///
+/// Erlang's promise — signals between a pair of processes arrive in the order sent — holds
+/// for the pair (this node, the remote process), with two lanes:
+///
+/// | lane | methods | ordered with | overtakes / overtaken by |
+/// |---|---|---|---|
+/// | normal | [`send`](Self::send), [`try_send`](Self::try_send), [`send_confirmed`](Self::send_confirmed), [`call`](Self::call), dropping an unfired [`RemoteMonitor`] | each other: handled in the order sent, whatever their sizes (a call after the casts sent before it, before those sent after it) | overtaken by the urgent lane |
+/// | urgent | [`send_urgent`](Self::send_urgent), [`call_urgent`](Self::call_urgent) | each other | overtakes every normal-lane message not yet handled: on the wire (its own channel) and in the mailbox (handled first) |
+/// | exits | the process's DOWN ([`monitor`](Self::monitor)) and link exit ([`link`](Self::link)) | after every normal-lane message the process's node sent to this node before the exit (so "the message, then the DOWN") | not ordered with urgent-lane messages |
+///
+/// * "In the order sent" means: sends whose calls do not overlap (one returned before the
+///   next began), from any task of this node — the path is the node's, not a task's, so
+///   it is stronger than Erlang's per-process promise. Calls still run concurrently: a call
+///   does not wait for an earlier call's answer; answers come back on the urgent lane.
+/// * How: one partition key per (node, process) pair, and the pair's messages stay on the
+///   channel a small message takes (a large one is not moved to `bulk_data`, also at a
+///   relay), so they share one connection and one receiving queue. A DOWN or link exit is
+///   a fence: one copy on each connection of the normal channel, taking effect when the
+///   last arrives. The other way, a local process's link exit goes to the remote process
+///   on the pair's path, behind what was sent to it.
+/// * A node declared down gives `noconnection` at once to monitors, links and calls: it
+///   does not wait for messages in flight (they may still arrive until the link closes,
+///   or be lost; sends are at most once).
+/// * Order is lost only with the messages themselves: a full mailbox, a missing process
+///   or a broken connection drops (and counts) a message; later ones are still handled
+///   in order.
 pub struct RemoteRef<M> {
     shared: Arc<Shared>,
     node: Arc<str>,
@@ -296,7 +310,8 @@ impl<M: RemoteMessage> RemoteRef<M> {
     }
 
     /// Sends `msg` to the process's urgent lane, on the node's urgent channel: it is
-    /// handled before the process's normal messages. See the type docs for what `Ok` means.
+    /// handled before the process's normal messages (see the type docs for the order and
+    /// what `Ok` means).
     pub async fn send_urgent(&self, msg: &M::Cast) -> RemoteResult<()> {
         self.cast(msg, true).await
     }
@@ -311,7 +326,7 @@ impl<M: RemoteMessage> RemoteRef<M> {
         };
         self.shared
             .node
-            .try_send(&self.node, to, &signal, opts)
+            .try_send_pinned(&self.node, to, &signal, opts)
             .or_else(|e| {
                 let e = map_node_error(&self.node, &self.name, Duration::ZERO, e);
                 self.fail("try_send", e)
@@ -323,7 +338,12 @@ impl<M: RemoteMessage> RemoteRef<M> {
         let Some((to, signal, opts)) = self.prepare(msg, urgent, op)? else {
             return Ok(());
         };
-        match self.shared.node.send(&self.node, to, &signal, opts).await {
+        match self
+            .shared
+            .node
+            .send_pinned(&self.node, to, &signal, opts, true)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) => {
                 let e = map_node_error(&self.node, &self.name, Duration::ZERO, e);
@@ -359,6 +379,13 @@ impl<M: RemoteMessage> RemoteRef<M> {
             to: self.name.to_string(),
             body,
         };
+        let (to, opts) = self.lane(urgent);
+        Ok(Some((to, signal, opts)))
+    }
+
+    /// The receiver and send options of the pair's path on the normal or urgent lane: one
+    /// key, one connection, whatever the message (D400).
+    fn lane(&self, urgent: bool) -> (&'static str, SendOptions) {
         let (to, urgency) = if urgent {
             (URGENT_SIGNALS, Urgency::Urgent)
         } else {
@@ -368,7 +395,7 @@ impl<M: RemoteMessage> RemoteRef<M> {
             urgency,
             key: Some(self.key),
         };
-        Ok(Some((to, signal, opts)))
+        (to, opts)
     }
 
     /// Sends `msg` and waits (up to `timeout`) until it is queued in the process's mailbox.
@@ -376,16 +403,12 @@ impl<M: RemoteMessage> RemoteRef<M> {
     /// Errors: as [`call`](Self::call), with [`RemoteError::MailboxFull`] when the
     /// mailbox refuses it.
     pub async fn send_confirmed(&self, msg: &M::Cast, timeout: Duration) -> RemoteResult<()> {
-        let c = match encode(msg) {
-            Ok(body) => Control::Deliver {
-                to: self.name.to_string(),
-                urgent: false,
-                body,
-            },
+        let body = match encode(msg) {
+            Ok(body) => body,
             Err(e) => return self.fail("send_confirmed", e),
         };
         self.shared.metrics.sent(false);
-        match self.control(c, timeout).await {
+        match self.ask(body, false, false, timeout).await {
             Ok(ControlReply::Done) => Ok(()),
             Ok(ControlReply::Failed(f)) => {
                 let e = f.into_error(&self.node, &self.name, timeout);
@@ -397,7 +420,8 @@ impl<M: RemoteMessage> RemoteRef<M> {
     }
 
     /// Calls the process with `request` (delivered to its normal lane as
-    /// [`RemoteMessage::from_call`]) and waits up to `timeout` for its reply.
+    /// [`RemoteMessage::from_call`], after the messages sent to it before) and waits up to
+    /// `timeout` for its reply.
     ///
     /// Fails promptly — without waiting for the timeout — when the process is not
     /// exported there or stops before replying ([`RemoteError::NoProcess`],
@@ -409,7 +433,8 @@ impl<M: RemoteMessage> RemoteRef<M> {
         self.call_inner(request, timeout, false).await
     }
 
-    /// Like [`call`](Self::call), through the process's urgent lane.
+    /// Like [`call`](Self::call), through the process's urgent lane: ordered with
+    /// [`send_urgent`](Self::send_urgent)s, ahead of the normal lane (see the type docs).
     pub async fn call_urgent(
         &self,
         request: &M::Call,
@@ -424,17 +449,12 @@ impl<M: RemoteMessage> RemoteRef<M> {
         timeout: Duration,
         urgent: bool,
     ) -> RemoteResult<M::Reply> {
-        let c = match encode(request) {
-            Ok(body) => Control::Call {
-                to: self.name.to_string(),
-                urgent,
-                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                body,
-            },
+        let body = match encode(request) {
+            Ok(body) => body,
             Err(e) => return self.fail("call", e),
         };
         self.shared.metrics.called();
-        let answer = match self.control(c, timeout).await {
+        let answer = match self.ask(body, true, urgent, timeout).await {
             Ok(ControlReply::Answer(bytes)) => bytes,
             Ok(ControlReply::Failed(f)) => {
                 let e = f.into_error(&self.node, &self.name, timeout);
@@ -464,27 +484,54 @@ impl<M: RemoteMessage> RemoteRef<M> {
         }
     }
 
-    /// A control request, local or remote, that fails as soon as the node is declared
-    /// down.
-    async fn control(&self, c: Control, timeout: Duration) -> RemoteResult<ControlReply> {
+    /// A call (`call`) or confirmed send of `body` on the pair's path (the urgent lane if
+    /// `urgent`), local or remote, waiting up to `timeout` for its answer; fails as soon as
+    /// the node is declared down.
+    async fn ask(
+        &self,
+        body: bytes::Bytes,
+        call: bool,
+        urgent: bool,
+        timeout: Duration,
+    ) -> RemoteResult<ControlReply> {
         self.precheck()?;
+        let timed_out = || RemoteError::Timeout {
+            node: self.node.to_string(),
+            name: self.name.to_string(),
+            after: timeout,
+        };
+        let timeout_ms = call.then(|| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         if self.is_local() {
-            let me = self.shared.me.clone();
-            return tokio::time::timeout(timeout, self.shared.on_control(me, c))
+            let answer = self.shared.accept(&self.name, body, timeout_ms, urgent);
+            return tokio::time::timeout(timeout, answer)
                 .await
-                .map_err(|_| RemoteError::Timeout {
-                    node: self.node.to_string(),
-                    name: self.name.to_string(),
-                    after: timeout,
-                });
+                .map_err(|_| timed_out());
         }
+        let (id, answer) = self.shared.pending_call(&self.node);
+        let _forget = ForgetCall(&self.shared, id);
+        let to = self.name.to_string();
+        let signal = match timeout_ms {
+            Some(timeout_ms) => Signal::Call {
+                to,
+                call: id,
+                timeout_ms,
+                body,
+            },
+            None => Signal::Confirm { to, call: id, body },
+        };
+        let (receiver, opts) = self.lane(urgent);
+        let exchange = async {
+            self.shared
+                .node
+                .send_pinned(&self.node, receiver, &signal, opts, true)
+                .await
+                .map_err(|e| map_node_error(&self.node, &self.name, timeout, e))?;
+            // Dropped unanswered: the service shut down.
+            answer.await.map_err(|_| RemoteError::Closed)
+        };
         let mut down = self.shared.down_flag(&self.node);
-        let request = self
-            .shared
-            .node
-            .request::<_, ControlReply>(&self.node, CONTROL, &c, timeout);
         tokio::select! {
-            r = request => r.map_err(|e| map_node_error(&self.node, &self.name, timeout, e)),
+            r = tokio::time::timeout(timeout, exchange) => r.unwrap_or_else(|_| Err(timed_out())),
             _ = down.wait_for(|d| *d) => Err(RemoteError::NoConnection { node: self.node.to_string() }),
         }
     }
@@ -522,6 +569,15 @@ impl<M: RemoteMessage> RemoteRef<M> {
             Ok(()) => Ok(()),
             Err(e) => self.fail("link", e),
         }
+    }
+}
+
+/// Removes a pending call when its caller is done with it (answered or not).
+struct ForgetCall<'a>(&'a Shared, u64);
+
+impl Drop for ForgetCall<'_> {
+    fn drop(&mut self) {
+        self.0.forget_call(self.1);
     }
 }
 

@@ -85,10 +85,16 @@ impl Metrics {
         bump(&self.stats.name_conflicts);
     }
 
-    /// A control signal (down, link exit, claim, rejection notice) could not be sent.
+    /// A control signal (down, link exit, claim, rejection notice, answer) could not be
+    /// sent, or a fence overflowed.
     pub(crate) fn signal_lost(&self, reason: &'static str) {
         metrics::counter!("foundation_remote_signals_lost_total", "reason" => reason).increment(1);
         bump(&self.stats.signals_lost);
+    }
+
+    /// An answer arrived for a call no longer waiting (timed out or given up).
+    pub(crate) fn late_answer(&self) {
+        metrics::counter!("foundation_remote_late_answers_total").increment(1);
     }
 }
 
@@ -116,7 +122,11 @@ pub(crate) fn describe_metrics() {
         "Cluster-wide name conflicts settled at this node (after a partition heals)."
     );
     metrics::describe_counter!(
+        "foundation_remote_late_answers_total",
+        "Answers to remote calls that arrived after the caller stopped waiting (dropped)."
+    );
+    metrics::describe_counter!(
         "foundation_remote_signals_lost_total",
-        "Remote control signals (down, link exit, claims, rejection notices) that could not be sent."
+        "Remote control signals (down, link exit, claims, rejection notices, call answers) that could not be sent (or fences that overflowed), by reason."
     );
 }

@@ -21,14 +21,22 @@
 //!   does not decode as the process's type is [`RemoteError::Undecodable`] to a caller,
 //!   and counted for a sender on both nodes ([`RemoteStats`], `foundation_remote_*`
 //!   metrics). [`RemoteRef`] states per method what `Ok` means.
+//! * **Order, as in Erlang** (D400). What one node sends to one remote process on the
+//!   normal lane — casts, calls, confirmed sends — is handled in the order sent, whatever
+//!   the sizes; a monitor's DOWN (or a link's exit) comes after the messages the process
+//!   sent to the monitoring node before it exited. The urgent lane (`send_urgent`,
+//!   `call_urgent`) keeps its own order and overtakes the normal one. Details in
+//!   [`RemoteRef`]'s delivery table.
 //! * **Cluster-wide names.** [`Remote::register_global`] claims a name on every node;
 //!   [`Remote::whereis`] / [`Remote::global`] find its holder. When a partition heals
 //!   with the name claimed on both sides, every node keeps the claim with the smaller
 //!   (Lamport clock at registration, node name) — the same winner everywhere, whatever
 //!   order the claims arrive in — and the loser's [`GlobalName::lost`] resolves.
 //!
-//! Built only on the node's public API: signals travel as messages to the receivers
-//! `$remote` and `$remote!urgent`, calls and set-ups as requests to `$remote/control`.
+//! Built on the node: casts, calls, answers, demonitors and exits travel as signals to
+//! the receivers `$remote` (normal lane) and `$remote!urgent` (urgent lane), one keyed
+//! path per (node, process) pair; monitor and link set-ups as requests to
+//! `$remote/control`.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -76,15 +84,8 @@
 //! let counter = ra.process::<Msg>("b", "counter");
 //! counter.send(&2).await.unwrap();
 //! counter.send_confirmed(&3, Duration::from_secs(5)).await.unwrap();
-//! // Calls and confirmed sends are not ordered relative to plain sends (see
-//! // `RemoteRef`): the plain send may still be on its way.
-//! let mut total = 0;
-//! for _ in 0..500 {
-//!     total = counter.call(&(), Duration::from_secs(5)).await.unwrap();
-//!     if total == 5 { break }
-//!     tokio::time::sleep(Duration::from_millis(10)).await;
-//! }
-//! assert_eq!(total, 5);
+//! // A call is handled after the messages sent before it (one path per pair).
+//! assert_eq!(counter.call(&(), Duration::from_secs(5)).await.unwrap(), 5);
 //! # }
 //! ```
 

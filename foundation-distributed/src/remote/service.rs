@@ -4,7 +4,10 @@
 //! Tasks (all owned by [`Shared::tasks`], stopped by [`Shared::cancel`], aborted when the
 //! service is dropped):
 //! * two dispatchers, one per signal receiver (normal, urgent): decode-and-`try_send` into
-//!   mailboxes, never awaiting another peer;
+//!   mailboxes (calls too, so they keep their place among the casts), never awaiting
+//!   another peer;
+//! * one answering task per call in flight (bounded by [`CALLS_IN_FLIGHT`]): waits for
+//!   the process's reply and sends it back;
 //! * the outbound task and one sender per peer: send queued control signals (down
 //!   notices, link exits, claims, rejection notices) so no inbound path awaits network
 //!   I/O, and a peer whose link is down holds up only its own signals;
@@ -31,17 +34,57 @@ use super::error::{Failure, RemoteError, RemoteResult};
 use super::exit::RemoteExitReason;
 use super::metrics::Metrics;
 use super::names::{Claim, Merged, Table};
-use super::wire::{Control, ControlReply, LinkId, Signal, CONTROL, SIGNALS, URGENT_SIGNALS};
+use super::wire::{
+    key_of, Control, ControlReply, LinkId, Signal, CONTROL, SIGNALS, URGENT_SIGNALS,
+};
 use super::{NameLost, RemoteMessage};
+use crate::channel::Urgency;
 use crate::node::{MembershipEvent, Node, SendOptions};
 
 /// Capacity of the outbound control-signal queue; a signal that finds it full is dropped
 /// and counted (`foundation_remote_signals_lost_total{reason="queue_full"}`).
 const OUTBOUND_QUEUE: usize = 4096;
 
+/// Calls (and confirmed sends) from other nodes being answered at once; beyond, a call is
+/// refused with [`Failure::Overloaded`].
+pub(crate) const CALLS_IN_FLIGHT: usize = 4096;
+
+/// Fenced signals collected at once (each waiting for its last copies); beyond, a new
+/// one takes effect at its first copy (counted,
+/// `foundation_remote_signals_lost_total{reason="fence_overflow"}`).
+const FENCES_MAX: usize = 4096;
+
+/// How a control signal travels to its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Normal lane, any connection (no order needed).
+    Any,
+    /// Normal lane, behind what was sent with this key (a pair's path).
+    Key(u64),
+    /// Normal lane, one copy per connection: behind everything sent before it.
+    Fence,
+}
+
+/// A fenced signal being collected: (sending node, what).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Fenced {
+    Down(u64),
+    Link(LinkId),
+}
+
+/// A call (or confirmed send) of this node waiting for its answer.
+struct PendingCall {
+    node: String,
+    tx: oneshot::Sender<ControlReply>,
+}
+
 type CastFn = Box<dyn Fn(Bytes, bool) -> Result<(), Failure> + Send + Sync>;
-type CallFn =
-    Box<dyn Fn(Bytes, bool, Duration) -> BoxFuture<'static, Result<Bytes, Failure>> + Send + Sync>;
+/// Queues a call in the mailbox now (or fails now); the future is its answer.
+type CallFn = Box<
+    dyn Fn(Bytes, bool, Duration) -> Result<BoxFuture<'static, Result<Bytes, Failure>>, Failure>
+        + Send
+        + Sync,
+>;
 type LinkFn = Box<dyn Fn(&Handle<ProxyExit>) + Send + Sync>;
 type MonitorFn = Box<dyn Fn() -> Monitor + Send + Sync>;
 
@@ -140,8 +183,14 @@ pub(crate) struct Shared {
     down: Mutex<HashMap<String, watch::Sender<bool>>>,
     names: Mutex<Table>,
     held: Mutex<HashMap<String, Held>>,
-    outbound: mpsc::Sender<(String, Signal)>,
-    pub(crate) metrics: Metrics,
+    outbound: mpsc::Sender<(String, Signal, Route)>,
+    /// This node's calls waiting for answers, by id.
+    calls: Mutex<HashMap<u64, PendingCall>>,
+    /// Copies of fenced signals received so far, by (sender, signal).
+    fences: Mutex<HashMap<(String, Fenced), u32>>,
+    /// Room for answering calls from other nodes.
+    answering: Arc<tokio::sync::Semaphore>,
+    pub(crate) metrics: Arc<Metrics>,
     cancel: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
     closed: AtomicBool,
@@ -154,8 +203,30 @@ impl Drop for Shared {
     }
 }
 
+/// Removes and returns the entries of `map` whose value is `pred`.
+fn take_where<K: Clone + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    pred: impl Fn(&V) -> bool,
+) -> Vec<V> {
+    let keys: Vec<K> = map
+        .iter()
+        .filter(|(_, v)| pred(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    keys.into_iter().filter_map(|k| map.remove(&k)).collect()
+}
+
 fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, Failure> {
     rmp_serde::from_slice(b).map_err(|e| Failure::Undecodable(e.to_string()))
+}
+
+fn call_failure(e: foundation_beam::Error) -> Failure {
+    match e {
+        foundation_beam::Error::Timeout { .. } => Failure::Timeout,
+        foundation_beam::Error::MailboxFull { .. } => Failure::MailboxFull,
+        foundation_beam::Error::Stopped { .. } => Failure::NoProcess,
+        _ => Failure::NoReply,
+    }
 }
 
 fn mailbox_result<M>(r: Result<Delivery, SendError<M>>) -> Result<(), Failure> {
@@ -208,7 +279,10 @@ impl Shared {
             names: Mutex::new(Table::default()),
             held: Mutex::new(HashMap::new()),
             outbound: out_tx,
-            metrics: Metrics::new(),
+            calls: Mutex::new(HashMap::new()),
+            fences: Mutex::new(HashMap::new()),
+            answering: Arc::new(tokio::sync::Semaphore::new(CALLS_IN_FLIGHT)),
+            metrics: Arc::new(Metrics::new()),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(JoinSet::new()),
             closed: AtomicBool::new(false),
@@ -222,11 +296,10 @@ impl Shared {
         node.serve(CONTROL, move |from: String, c: Control| {
             let weak = weak.clone();
             async move {
-                let reply = match weak.upgrade() {
+                match weak.upgrade() {
                     Some(s) if !s.closed.load(Ordering::Acquire) => s.on_control(from, c),
-                    _ => return ControlReply::Failed(Failure::NoProcess),
-                };
-                reply.await
+                    _ => ControlReply::Failed(Failure::NoProcess),
+                }
             }
         });
         shared.spawn(dispatch(Arc::downgrade(&shared), normal, false));
@@ -299,80 +372,37 @@ impl Shared {
     /// `noconnection`, and its names are dropped.
     fn on_node_down(&self, node: &str) {
         self.set_down(node, true);
-        let reason = RemoteExitReason::NoConnection {
-            node: node.to_string(),
-        };
-        let monitors: Vec<MonitorEnd> = {
-            let mut m = self.monitors.lock();
-            let ids: Vec<u64> = m
-                .iter()
-                .filter(|(_, e)| e.node == node)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter().filter_map(|id| m.remove(&id)).collect()
-        };
-        for m in monitors {
-            let _ = m.tx.send(reason.clone());
-        }
-        let links: Vec<LinkEnd> = {
-            let mut l = self.links.lock();
-            let ids: Vec<LinkId> = l
-                .iter()
-                .filter(|(_, e)| e.node == node)
-                .map(|(id, _)| id.clone())
-                .collect();
-            ids.into_iter().filter_map(|id| l.remove(&id)).collect()
-        };
-        for l in links {
-            let _ = l.proxy.try_send_urgent(ProxyExit(reason.clone()));
-        }
-        let exports: Vec<Arc<Export>> = self.exports.read().values().cloned().collect();
-        for e in exports {
-            if let Watchers::Running(w) = &mut *e.watchers.lock() {
-                w.retain(|w| w.node() != node);
-            }
-        }
+        self.end_ties(node, |n, _| n == node);
         self.names.lock().drop_node(node);
+        self.fences.lock().retain(|(from, _), _| from != node);
     }
 
     /// `node` runs as incarnation `inc`: monitors, links and watchers that belong to an
     /// earlier run of it are gone with that run (`noconnection`), and so are its claims.
     fn on_node_restarted(&self, node: &str, inc: u64) {
+        self.end_ties(node, |n, i| n == node && i.is_some_and(|i| i < inc));
+        self.names.lock().drop_older(node, inc);
+    }
+
+    /// Ends with `noconnection` for `node` this node's monitors and links, and forgets the
+    /// watchers of its exports, whose (node, incarnation) is `gone` (an incarnation not
+    /// known yet is `None`).
+    fn end_ties(&self, node: &str, gone: impl Fn(&str, Option<u64>) -> bool) {
         let reason = RemoteExitReason::NoConnection {
             node: node.to_string(),
         };
-        let older = |n: &str, i: Option<u64>| n == node && i.is_some_and(|i| i < inc);
-        let monitors: Vec<MonitorEnd> = {
-            let mut m = self.monitors.lock();
-            let ids: Vec<u64> = m
-                .iter()
-                .filter(|(_, e)| older(&e.node, e.inc))
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter().filter_map(|id| m.remove(&id)).collect()
-        };
-        for m in monitors {
+        for m in take_where(&mut self.monitors.lock(), |e| gone(&e.node, e.inc)) {
             let _ = m.tx.send(reason.clone());
         }
-        let links: Vec<LinkEnd> = {
-            let mut l = self.links.lock();
-            let ids: Vec<LinkId> = l
-                .iter()
-                .filter(|(_, e)| older(&e.node, e.inc))
-                .map(|(id, _)| id.clone())
-                .collect();
-            ids.into_iter().filter_map(|id| l.remove(&id)).collect()
-        };
-        for l in links {
+        for l in take_where(&mut self.links.lock(), |e| gone(&e.node, e.inc)) {
             let _ = l.proxy.try_send_urgent(ProxyExit(reason.clone()));
         }
         let exports: Vec<Arc<Export>> = self.exports.read().values().cloned().collect();
         for e in exports {
             if let Watchers::Running(w) = &mut *e.watchers.lock() {
-                w.retain(|w| !(w.node() == node && w.inc() < inc));
+                w.retain(|w| !gone(w.node(), Some(w.inc())));
             }
         }
-        self.names.lock().drop_older(node, inc);
     }
 
     /// Asks `node` which run it is, then forgets what belonged to earlier runs. Spawned
@@ -394,23 +424,27 @@ impl Shared {
         self.set_down(node, false);
         let claims = self.names.lock().owned_by(&self.me);
         if !claims.is_empty() {
-            self.signal(node, Signal::Claims { claims });
+            self.signal(node, Signal::Claims { claims }, Route::Any);
         }
     }
 
     /// Sends a control signal to `node` (handled at once if that is this node), waiting
     /// for room in the outbound queue but not for the network.
-    async fn send_signal(&self, node: String, s: Signal) {
+    async fn send_signal(&self, node: String, s: Signal, route: Route) {
         if node == self.me {
             self.on_signal(node, s, false);
-        } else if self.outbound.send((node, s)).await.is_err() {
+        } else if self.outbound.send((node, s, route)).await.is_err() {
             self.metrics.signal_lost("closed");
         }
     }
 
     /// Queues a control signal for `node` without waiting; counted if the queue is full.
-    fn signal(&self, node: &str, s: Signal) {
-        if self.outbound.try_send((node.to_string(), s)).is_err() {
+    fn signal(&self, node: &str, s: Signal, route: Route) {
+        if self
+            .outbound
+            .try_send((node.to_string(), s, route))
+            .is_err()
+        {
             self.metrics.signal_lost("queue_full");
         }
     }
@@ -445,25 +479,17 @@ impl Shared {
         });
         let h = handle.clone();
         let call: CallFn = Box::new(move |bytes, urgent, timeout| {
-            let h = h.clone();
-            Box::pin(async move {
-                let req = decode::<M::Call>(&bytes)?;
-                let make = |reply: Reply<M::Reply>| M::from_call(req, reply);
-                let r = if urgent {
-                    h.call_urgent(make, timeout).await
-                } else {
-                    h.call(make, timeout).await
-                };
-                match r {
+            let req = decode::<M::Call>(&bytes)?;
+            let make = |reply: Reply<M::Reply>| M::from_call(req, reply);
+            let answer = h.try_call(make, timeout, urgent).map_err(call_failure)?;
+            Ok(Box::pin(async move {
+                match answer.await {
                     Ok(answer) => rmp_serde::to_vec_named(&answer)
                         .map(Bytes::from)
                         .map_err(|e| Failure::Undecodable(format!("cannot encode reply: {e}"))),
-                    Err(foundation_beam::Error::Timeout { .. }) => Err(Failure::Timeout),
-                    Err(foundation_beam::Error::MailboxFull { .. }) => Err(Failure::MailboxFull),
-                    Err(foundation_beam::Error::Stopped { .. }) => Err(Failure::NoProcess),
-                    Err(_) => Err(Failure::NoReply),
+                    Err(e) => Err(call_failure(e)),
                 }
-            })
+            }) as BoxFuture<'static, _>)
         });
         let h = handle.clone();
         let link: LinkFn = Box::new(move |proxy| h.link(proxy));
@@ -526,6 +552,7 @@ impl Shared {
                     Signal::Down {
                         monitor: id,
                         reason: reason.clone(),
+                        fence: 1,
                     },
                 ),
                 Watcher::Link { node, link, .. } => {
@@ -537,11 +564,14 @@ impl Shared {
                         Signal::LinkExit {
                             link,
                             reason: reason.clone(),
+                            fence: 1,
                         },
                     )
                 }
             };
-            self.send_signal(node, s).await;
+            // Fenced: behind every message the process sent to that node before it
+            // exited, whichever of its processes they went to (D400).
+            self.send_signal(node, s, Route::Fence).await;
         }
         self.release_names_of(id).await;
     }
@@ -579,7 +609,7 @@ impl Shared {
                 name: name.to_string(),
                 export,
             };
-            if self.outbound.send((peer, s)).await.is_err() {
+            if self.outbound.send((peer, s, Route::Any)).await.is_err() {
                 self.metrics.signal_lost("closed");
             }
         }
@@ -625,7 +655,7 @@ impl Shared {
             let s = Signal::Claims {
                 claims: vec![claim.clone()],
             };
-            if self.outbound.send((peer, s)).await.is_err() {
+            if self.outbound.send((peer, s, Route::Any)).await.is_err() {
                 self.metrics.signal_lost("closed");
             }
         }
@@ -672,7 +702,7 @@ impl Shared {
         if !answer.is_empty() {
             // Tell the loser who won, so it gives the name up even if it never hears the
             // winner's claim otherwise.
-            self.signal(from, Signal::Claims { claims: answer });
+            self.signal(from, Signal::Claims { claims: answer }, Route::Any);
         }
     }
 
@@ -716,10 +746,49 @@ impl Shared {
                         to: to.to_string(),
                         failure: f.clone(),
                     },
+                    Route::Any,
                 );
             }
         }
         r
+    }
+
+    /// Registers a call (or confirmed send) of this node to `node`: its id and the
+    /// receiver of its answer. [`forget_call`](Self::forget_call) removes it.
+    pub(crate) fn pending_call(&self, node: &str) -> (u64, oneshot::Receiver<ControlReply>) {
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        let node = node.to_string();
+        self.calls.lock().insert(id, PendingCall { node, tx });
+        (id, rx)
+    }
+
+    /// Forgets call `id` (answered, timed out, or given up).
+    pub(crate) fn forget_call(&self, id: u64) {
+        self.calls.lock().remove(&id);
+    }
+
+    /// Whether the last copy of a fenced signal has arrived (`fence` copies in all).
+    fn fence_passed(&self, from: &str, what: Fenced, fence: u32) -> bool {
+        if fence <= 1 {
+            return true;
+        }
+        let mut fences = self.fences.lock();
+        let key = (from.to_string(), what.clone());
+        if fences.len() >= FENCES_MAX && !fences.contains_key(&key) {
+            // Too many incomplete fences (lost copies, or a peer misbehaving): act now,
+            // losing only the order, and count it.
+            drop(fences);
+            self.metrics.signal_lost("fence_overflow");
+            return true;
+        }
+        let seen = fences.entry(key).or_insert(0);
+        *seen += 1;
+        if *seen < fence {
+            return false;
+        }
+        fences.remove(&(from.to_string(), what));
+        true
     }
 
     fn on_signal(&self, from: String, s: Signal, urgent: bool) {
@@ -727,13 +796,55 @@ impl Shared {
             Signal::Cast { to, body } => {
                 let _ = self.deliver(&from, &to, body, urgent);
             }
-            Signal::Down { monitor, reason } => {
+            Signal::Call {
+                to,
+                call,
+                timeout_ms,
+                body,
+            } => {
+                let answer = self.accept(&to, body, Some(timeout_ms), urgent);
+                self.answer(from, call, answer);
+            }
+            Signal::Confirm { to, call, body } => {
+                let answer = self.accept(&to, body, None, urgent);
+                self.answer(from, call, answer);
+            }
+            Signal::Answer { call, reply } => {
+                let pending = {
+                    let mut calls = self.calls.lock();
+                    match calls.get(&call) {
+                        Some(p) if p.node == from => calls.remove(&call),
+                        _ => None,
+                    }
+                };
+                match pending {
+                    Some(p) => {
+                        let _ = p.tx.send(reply);
+                    }
+                    None => self.metrics.late_answer(),
+                }
+            }
+            Signal::Down {
+                monitor,
+                reason,
+                fence,
+            } => {
+                if !self.fence_passed(&from, Fenced::Down(monitor), fence) {
+                    return;
+                }
                 let m = self.monitors.lock().remove(&monitor);
                 if let Some(m) = m.filter(|m| m.node == from) {
                     let _ = m.tx.send(reason);
                 }
             }
-            Signal::LinkExit { link, reason } => {
+            Signal::LinkExit {
+                link,
+                reason,
+                fence,
+            } => {
+                if !self.fence_passed(&from, Fenced::Link(link.clone()), fence) {
+                    return;
+                }
                 let end = {
                     let mut links = self.links.lock();
                     match links.get(&link) {
@@ -765,40 +876,68 @@ impl Shared {
         }
     }
 
-    /// Handles a control request. The returned future does not hold the service: a call in
-    /// flight does not keep a dropped service (and its node) alive.
-    pub(crate) fn on_control(&self, from: String, c: Control) -> BoxFuture<'static, ControlReply> {
-        if let Control::Call {
-            to,
-            urgent,
-            timeout_ms,
-            body,
-        } = c
-        {
-            let export = self.export_of(&to);
-            return Box::pin(async move {
-                let Some(e) = export else {
-                    return ControlReply::Failed(Failure::NoProcess);
-                };
-                match (e.call)(body, urgent, Duration::from_millis(timeout_ms)).await {
-                    Ok(answer) => ControlReply::Answer(answer),
+    /// Starts a call (`timeout_ms` set) or a confirmed send of `body` to the export `to`:
+    /// queued in its mailbox now, in order with the casts, or failed now. The returned
+    /// future (which does not hold the service) is the answer.
+    pub(crate) fn accept(
+        &self,
+        to: &str,
+        body: Bytes,
+        timeout_ms: Option<u64>,
+        urgent: bool,
+    ) -> BoxFuture<'static, ControlReply> {
+        let Some(timeout_ms) = timeout_ms else {
+            // The caller gets a failure as an error; it is counted here too.
+            let reply = match self.deliver(&self.me.clone(), to, body, urgent) {
+                Ok(()) => ControlReply::Done,
+                Err(f) => ControlReply::Failed(f),
+            };
+            return Box::pin(std::future::ready(reply));
+        };
+        let started = match self.export_of(to) {
+            Some(e) => (e.call)(body, urgent, Duration::from_millis(timeout_ms)),
+            None => Err(Failure::NoProcess),
+        };
+        match started {
+            Ok(answer) => Box::pin(async move {
+                match answer.await {
+                    Ok(bytes) => ControlReply::Answer(bytes),
                     Err(f) => ControlReply::Failed(f),
                 }
-            });
+            }),
+            Err(f) => Box::pin(std::future::ready(ControlReply::Failed(f))),
         }
-        Box::pin(std::future::ready(self.control_now(from, c)))
     }
 
-    fn control_now(&self, from: String, c: Control) -> ControlReply {
-        match c {
-            Control::Call { .. } => unreachable!("handled by on_control"),
-            Control::Deliver { to, urgent, body } => {
-                // The caller gets the failure as an error; it is counted here too.
-                match self.deliver(&self.me.clone(), &to, body, urgent) {
-                    Ok(()) => ControlReply::Done,
-                    Err(f) => ControlReply::Failed(f),
-                }
+    /// Sends `answer` to call `call` of `from` once it is ready (on the urgent lane, from
+    /// an owned task), or refuses the call if too many are being answered.
+    fn answer(&self, from: String, call: u64, answer: BoxFuture<'static, ControlReply>) {
+        let permit = self.answering.clone().try_acquire_owned();
+        let (node, metrics) = (self.node.clone(), self.metrics.clone());
+        self.spawn(async move {
+            let reply = match permit {
+                Ok(_permit) => answer.await,
+                Err(_) => ControlReply::Failed(Failure::Overloaded),
+            };
+            let opts = SendOptions {
+                urgency: Urgency::Urgent,
+                key: None,
+            };
+            let s = Signal::Answer { call, reply };
+            // A lost answer leaves the caller to its timeout (or its node-down error).
+            if node
+                .send_pinned(&from, URGENT_SIGNALS, &s, opts, true)
+                .await
+                .is_err()
+            {
+                metrics.signal_lost("answer_failed");
             }
+        });
+    }
+
+    /// Handles a control request (monitor and link set-ups).
+    pub(crate) fn on_control(&self, from: String, c: Control) -> ControlReply {
+        match c {
             Control::Whoami => ControlReply::Incarnation(self.node.incarnation()),
             Control::Monitor { to, monitor, inc } => {
                 let Some(e) = self.export_of(&to) else {
@@ -866,29 +1005,6 @@ impl Shared {
             let _ = tx.send(no_connection);
             return (id, rx);
         }
-        if node == self.me {
-            // Local: the same bookkeeping, without the network.
-            self.monitors.lock().insert(
-                id,
-                MonitorEnd {
-                    node: node.to_string(),
-                    inc: None,
-                    tx,
-                },
-            );
-            let reply = self
-                .on_control(
-                    self.me.clone(),
-                    Control::Monitor {
-                        to: name.to_string(),
-                        monitor: id,
-                        inc: self.node.incarnation(),
-                    },
-                )
-                .await;
-            self.settle_monitor(id, reply);
-            return (id, rx);
-        }
         // Registered before asking, so a `Down` racing the reply still finds it.
         self.monitors.lock().insert(
             id,
@@ -903,6 +1019,12 @@ impl Shared {
             monitor: id,
             inc: self.node.incarnation(),
         };
+        if node == self.me {
+            // Local: the same bookkeeping, without the network.
+            let reply = self.on_control(self.me.clone(), c);
+            self.settle_monitor(id, reply);
+            return (id, rx);
+        }
         let r = self
             .node
             .request::<_, ControlReply>(node, CONTROL, &c, SETUP_TIMEOUT)
@@ -947,7 +1069,8 @@ impl Shared {
         if node == self.me {
             self.on_signal(self.me.clone(), s, false);
         } else {
-            self.signal(node, s);
+            // On the pair's path: behind the casts and calls sent to it before.
+            self.signal(node, s, Route::Key(key_of(node, name)));
         }
     }
 
@@ -1014,6 +1137,7 @@ impl Shared {
         let mut monitor: Monitor = local.monitor();
         let weak = Arc::downgrade(self);
         let node = node.to_string();
+        let key = key_of(&node, name);
         self.spawn(async move {
             let reason = monitor.wait().await;
             let Some(s) = weak.upgrade() else { return };
@@ -1023,8 +1147,10 @@ impl Shared {
                 let sig = Signal::LinkExit {
                     link,
                     reason: RemoteExitReason::from(&reason),
+                    fence: 1,
                 };
-                s.send_signal(node, sig).await;
+                // On the pair's path: behind what was sent to that process before.
+                s.send_signal(node, sig, Route::Key(key)).await;
             }
         });
         Ok(())
@@ -1088,6 +1214,7 @@ impl Shared {
                             Signal::Down {
                                 monitor: id,
                                 reason: reason.clone(),
+                                fence: 1,
                             },
                         )),
                         Watcher::Link { node, link, .. } => notices.push((
@@ -1095,6 +1222,7 @@ impl Shared {
                             Signal::LinkExit {
                                 link,
                                 reason: reason.clone(),
+                                fence: 1,
                             },
                         )),
                     }
@@ -1105,7 +1233,7 @@ impl Shared {
         let send_all = async move {
             for (peer, s) in notices {
                 if peer != node.name() {
-                    let _ = node.send(&peer, SIGNALS, &s, SendOptions::default()).await;
+                    let _ = transmit(&node, &peer, s, Route::Fence).await;
                 }
             }
         };
@@ -1123,6 +1251,8 @@ impl Shared {
             });
         }
         self.links.lock().clear();
+        // Calls waiting for answers fail with `Closed` (their senders are dropped).
+        self.calls.lock().clear();
     }
 }
 
@@ -1141,9 +1271,9 @@ const PEER_QUEUE: usize = 256;
 
 /// Hands queued signals to one sender task per peer, so a peer whose link is down (the
 /// node waits for it) does not hold up signals to the others.
-async fn outbound(weak: Weak<Shared>, mut rx: mpsc::Receiver<(String, Signal)>) {
-    let mut peers: HashMap<String, mpsc::Sender<Signal>> = HashMap::new();
-    while let Some((peer, s)) = rx.recv().await {
+async fn outbound(weak: Weak<Shared>, mut rx: mpsc::Receiver<(String, Signal, Route)>) {
+    let mut peers: HashMap<String, mpsc::Sender<(Signal, Route)>> = HashMap::new();
+    while let Some((peer, s, route)) = rx.recv().await {
         let Some(shared) = weak.upgrade() else { return };
         if peer == shared.me {
             continue;
@@ -1153,27 +1283,51 @@ async fn outbound(weak: Weak<Shared>, mut rx: mpsc::Receiver<(String, Signal)>) 
             shared.spawn(peer_sender(weak.clone(), peer, rx));
             tx
         });
-        if tx.try_send(s).is_err() {
+        if tx.try_send((s, route)).is_err() {
             shared.metrics.signal_lost("queue_full");
         }
     }
 }
 
-async fn peer_sender(weak: Weak<Shared>, peer: String, mut rx: mpsc::Receiver<Signal>) {
-    while let Some(s) = rx.recv().await {
+async fn peer_sender(weak: Weak<Shared>, peer: String, mut rx: mpsc::Receiver<(Signal, Route)>) {
+    while let Some((s, route)) = rx.recv().await {
         let Some(shared) = weak.upgrade() else { return };
         let node = shared.node.clone();
         drop(shared);
-        if node
-            .send(&peer, SIGNALS, &s, SendOptions::default())
-            .await
-            .is_err()
-        {
+        if transmit(&node, &peer, s, route).await.is_err() {
             if let Some(shared) = weak.upgrade() {
                 shared.metrics.signal_lost("send_failed");
             }
         }
     }
+}
+
+/// Sends a control signal to `peer` on the normal lane, the way `route` says; a fenced
+/// one (`Down`, `LinkExit`) as one copy per connection of the lane.
+async fn transmit(node: &Node, peer: &str, mut s: Signal, route: Route) -> crate::Result<()> {
+    let keys = match route {
+        Route::Any => vec![None],
+        Route::Key(k) => vec![Some(k)],
+        Route::Fence => node
+            .fence_keys(Urgency::Normal)
+            .into_iter()
+            .map(Some)
+            .collect(),
+    };
+    let copies = u32::try_from(keys.len()).unwrap_or(u32::MAX);
+    if let Signal::Down { fence, .. } | Signal::LinkExit { fence, .. } = &mut s {
+        *fence = if route == Route::Fence { copies } else { 1 };
+    }
+    for key in keys {
+        let opts = SendOptions {
+            urgency: Urgency::Normal,
+            key,
+        };
+        // Fence copies are not appended to earlier frames: each stays behind its connection.
+        node.send_pinned(peer, SIGNALS, &s, opts, route != Route::Fence)
+            .await?;
+    }
+    Ok(())
 }
 
 async fn membership(weak: Weak<Shared>, mut events: broadcast::Receiver<MembershipEvent>) {

@@ -1,9 +1,12 @@
 //! What remote-process services say to each other, through the node's public API.
 //!
-//! One-way signals go through [`Node::send`](crate::node::Node::send) to the receivers
-//! [`SIGNALS`] (normal) and [`URGENT_SIGNALS`] (urgent casts); calls and set-up requests
-//! (monitor, link, confirmed send) through [`Node::request`](crate::node::Node::request)
-//! to the server [`CONTROL`], so each has a reply.
+//! Everything between a pair (this node, a remote process) that must keep its order —
+//! casts, calls, confirmed sends, demonitors, and the process's DOWN and link exits —
+//! is a [`Signal`] sent through [`Node::send_pinned`](crate::node::Node) to the receiver
+//! [`SIGNALS`] (normal lane) or [`URGENT_SIGNALS`] (urgent lane), keyed by the target
+//! (one connection per pair, whatever the message size; see D400). Answers to calls come
+//! back as [`Signal::Answer`] on the urgent lane. Monitor and link set-ups are requests
+//! (through [`Node::request`](crate::node::Node::request)) to the server [`CONTROL`].
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -14,10 +17,23 @@ use super::names::Claim;
 
 /// Receiver of normal signals.
 pub(crate) const SIGNALS: &str = "$remote";
-/// Receiver of urgent casts (its own queue, so they never wait behind normal ones).
+/// Receiver of the urgent lane (urgent casts and calls, answers; its own queue, so they
+/// never wait behind normal ones).
 pub(crate) const URGENT_SIGNALS: &str = "$remote!urgent";
-/// Server of calls and set-up requests.
+/// Server of monitor and link set-up requests.
 pub(crate) const CONTROL: &str = "$remote/control";
+
+/// Partition key of the pair (this node, the process `name` on `node`): everything this
+/// node sends to it that must keep its order takes this key (D400).
+pub(crate) fn key_of(node: &str, name: &str) -> u64 {
+    // FNV-1a: stable, cheap, and good enough to spread targets over connections.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.bytes().chain([0]).chain(name.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
 
 /// Identifies a cross-node link: the node that made it and its id there.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -30,15 +46,32 @@ pub(crate) struct LinkId {
 pub(crate) enum Signal {
     /// A message for the process registered as `to`.
     Cast { to: String, body: Bytes },
+    /// Call `call` (the sending node's id) of the process registered as `to`, on the lane
+    /// it arrives on; the process answers within `timeout_ms`, the answer comes back as
+    /// [`Signal::Answer`].
+    Call {
+        to: String,
+        call: u64,
+        timeout_ms: u64,
+        body: Bytes,
+    },
+    /// A cast whose [`Signal::Answer`] says whether it was queued in the mailbox.
+    Confirm { to: String, call: u64, body: Bytes },
+    /// The answer to call (or confirmed send) `call` of the receiving node.
+    Answer { call: u64, reply: ControlReply },
     /// The process watched by monitor `monitor` (made by the receiving node) exited.
+    /// Sent as `fence` copies, one per connection of the normal lane: it takes effect
+    /// when the last arrives, behind everything sent before it on that lane.
     Down {
         monitor: u64,
         reason: RemoteExitReason,
+        fence: u32,
     },
-    /// The other end of link `link` exited with `reason`.
+    /// The other end of link `link` exited with `reason` (in `fence` copies, as `Down`).
     LinkExit {
         link: LinkId,
         reason: RemoteExitReason,
+        fence: u32,
     },
     /// The monitor is no longer wanted.
     Demonitor { to: String, monitor: u64 },
@@ -52,19 +85,6 @@ pub(crate) enum Signal {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Control {
-    /// A call to the process registered as `to`; the process answers within `timeout_ms`.
-    Call {
-        to: String,
-        urgent: bool,
-        timeout_ms: u64,
-        body: Bytes,
-    },
-    /// A cast whose reply says it was queued in the mailbox.
-    Deliver {
-        to: String,
-        urgent: bool,
-        body: Bytes,
-    },
     /// Watch `to`; report its exit as `Signal::Down { monitor }`. `inc` is the
     /// requesting node's incarnation.
     Monitor { to: String, monitor: u64, inc: u64 },

@@ -47,7 +47,9 @@ use crate::{Error, Result};
 /// membership (a version-2 node is refused at the handshake with a clear error instead of
 /// dropping those messages as undecodable). Version 4: the node's `SendBatch` carries no
 /// count (its messages run to the end of the frame, so the sender's queue can append to
-/// a waiting frame, D390), and `send` uses it for single messages too.
+/// a waiting frame, D390), and `send` uses it for single messages too;
+/// remote-process calls, confirmed sends and answers travel as signals on the pair's
+/// ordered path, DOWN and link exits as fenced copies (D400).
 pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Body limit while a connection is unauthenticated: an anonymous peer can make us
