@@ -257,11 +257,12 @@ impl Inner {
             }
         }
         // A partial view that named a peer this node cannot address (unknown, or held
-        // down) would keep it as a one-sided neighbour nobody watches: its protocol
-        // hears it failed, as from a broken connection, and picks another (D370).
+        // down) would keep it as a one-sided neighbour nobody watches: the topology
+        // hears it is unreachable and picks another (D370).
         for p in unreachable {
             metrics::counter!("foundation_node_topology_unreachable_total").increment(1);
-            self.topology.lock().update(Change::Down(p));
+            let more = self.topology.lock().unreachable(&p);
+            self.send_topology(more);
         }
     }
 
@@ -564,6 +565,16 @@ impl Inner {
         let now = Instant::now();
         let partial = self.partial();
         let suspects = self.detector.lock().suspects(now);
+        if partial {
+            // φ watches the active view only: a neighbour it suspects is replaced now,
+            // not a suspicion timeout later, and also when the view already holds it
+            // suspect or down (no `Down` would come then) (D371).
+            for s in &suspects {
+                metrics::counter!("foundation_node_topology_unreachable_total").increment(1);
+                let more = self.topology.lock().unreachable(s);
+                self.send_topology(more);
+            }
+        }
         let mut news = Vec::new();
         for s in suspects {
             let u = self.view.lock().suspect(&s, now);
