@@ -217,6 +217,15 @@ pub trait PeerService: Send + Sync + std::fmt::Debug {
     fn overlay_views(&self) -> Option<OverlayViews> {
         None
     }
+
+    /// The node cannot reach `peer` for this manager: its failure detector suspects it,
+    /// or a protocol message to it could not be sent (an unknown member, one held down).
+    /// Not a membership change (a suspicion may be refuted): a manager keeping partial
+    /// views replaces it as a neighbour at once. The default ignores it.
+    /// Returns the messages to send, as [`tick`](Self::tick) does.
+    fn unreachable(&mut self, _peer: &str) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
 }
 
 /// A partial-view overlay as one node holds it now ([`Node::overlay_views`](crate::node::Node::overlay_views)).
@@ -593,6 +602,11 @@ impl Topology {
     /// See [`PeerService::update`].
     pub fn update(&mut self, change: Change) {
         self.service.update(change);
+    }
+
+    /// See [`PeerService::unreachable`].
+    pub fn unreachable(&mut self, peer: &str) -> Vec<(String, Vec<u8>)> {
+        self.service.unreachable(peer)
     }
 
     /// See [`PeerService::next_hop`].

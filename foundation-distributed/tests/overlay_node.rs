@@ -74,6 +74,11 @@ impl PeerService for Observed {
     fn broadcast_stats(&self) -> Option<foundation_distributed::overlay::plumtree::PtStats> {
         self.inner.broadcast_stats()
     }
+    fn unreachable(&mut self, peer: &str) -> Vec<(String, Vec<u8>)> {
+        let out = self.inner.unreachable(peer);
+        self.sync();
+        out
+    }
 }
 
 async fn node(net: &MemoryNetwork, name: &str) -> (Node, Arc<Mutex<BTreeSet<String>>>) {
@@ -481,6 +486,8 @@ async fn hyparview_from_settings_and_by_switching() {
         overlay_connected(&nodes)
     })
     .await;
+    // Once quiescent, active views are symmetric (D370).
+    eventually("symmetric active views", || one_sided(&nodes).is_none()).await;
     for n in &nodes {
         assert!((1..=3).contains(&n.neighbours().len()), "{}", n.name());
     }
@@ -515,7 +522,190 @@ async fn hyparview_from_settings_and_by_switching() {
         overlay_connected(&mesh) && mesh.iter().all(|n| n.neighbours().len() <= 3)
     })
     .await;
+    eventually("symmetric active views after the switch", || {
+        one_sided(&mesh).is_none()
+    })
+    .await;
     for n in nodes.iter().chain(&mesh) {
+        n.shutdown().await;
+    }
+}
+
+/// Whether active views are symmetric (`p` in A(q) ⇔ `q` in A(p)); names the first
+/// one-sided pair otherwise.
+fn one_sided(nodes: &[Node]) -> Option<(String, String)> {
+    let views: Vec<(String, BTreeSet<String>)> = nodes
+        .iter()
+        .map(|n| (n.name().to_string(), n.neighbours()))
+        .collect();
+    for (n, v) in &views {
+        for p in v {
+            let back = views.iter().find(|(m, _)| m == p).map(|(_, w)| w);
+            if !back.is_some_and(|w| w.contains(n)) {
+                return Some((n.clone(), p.clone()));
+            }
+        }
+    }
+    None
+}
+
+/// A seed that several nodes join before it has a HyParView neighbour (all within one
+/// heartbeat) must still pass the newcomers on as membership news: a forwarded join then
+/// names members the receiver knows, and the neighbour request it sends is not dropped
+/// for want of an address. The old code treated everything a node without neighbours
+/// heard as a view transfer (not news), so the first joiners never learned of the later
+/// ones (anti-entropy is off here, as it is too slow to count on), held one-sided links
+/// to them, and suspected them (D370). Paused clock.
+#[tokio::test(start_paused = true)]
+async fn joiners_at_a_seed_without_neighbours_are_news_and_views_stay_symmetric() {
+    let config = HyParViewConfig {
+        active_capacity: 3,
+        passive_capacity: 6,
+        ..HyParViewConfig::default()
+    };
+    let net = MemoryNetwork::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..6 {
+        let name = format!("j{i:02}");
+        let ts = TransportSettings {
+            cluster: "overlay".into(),
+            node: name.clone(),
+            security: Security::Secret(
+                ClusterSecret::from_hex(
+                    "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
+                )
+                .unwrap(),
+            ),
+            ..TransportSettings::default()
+        };
+        let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, ts).unwrap());
+        let settings = NodeSettings {
+            listen: format!("mem://{name}"),
+            topology: TopologyKind::HyParView(config),
+            // No anti-entropy sample: membership must travel as news.
+            gossip_every: 1_000_000,
+            ..NodeSettings::default()
+        };
+        let n = Node::start(t, &name, settings).await.unwrap();
+        if i > 0 {
+            n.join(&[nodes[0].addr()]).await.unwrap();
+        }
+        nodes.push(n);
+    }
+    // Well within one shuffle (10 s), so the symmetry check has not run yet.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for n in &nodes {
+        let known: Vec<String> = n
+            .members()
+            .into_iter()
+            .filter(|m| m.up)
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(
+            known.len(),
+            nodes.len(),
+            "{} knows only {known:?}",
+            n.name()
+        );
+    }
+    assert_eq!(one_sided(&nodes), None, "one-sided active link");
+    assert!(overlay_connected(&nodes));
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+/// A crashed active neighbour leaves every active view within the failure detector's
+/// bound and the overlay repairs around it, however long the membership takes to declare
+/// it dead. The old code replaced a neighbour only on the membership's `Down` (a
+/// suspicion timeout after φ's verdict, 30 s here), and never when the view already held
+/// the neighbour suspect or down (D288's origin kept a dead neighbour for 85 s); φ's
+/// suspicion of an active neighbour now replaces it at once (D371). Shuffles (and their
+/// symmetry checks) are set to 60 s so they play no part. Paused clock.
+#[tokio::test(start_paused = true)]
+async fn a_crashed_active_peer_is_evicted_and_replaced_within_the_detectors_bound() {
+    use foundation_distributed::membership::ViewSettings;
+    let config = HyParViewConfig {
+        active_capacity: 3,
+        passive_capacity: 6,
+        shuffle_interval: Duration::from_secs(60),
+        ..HyParViewConfig::default()
+    };
+    let net = MemoryNetwork::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..8 {
+        let name = format!("c{i:02}");
+        let ts = TransportSettings {
+            cluster: "overlay".into(),
+            node: name.clone(),
+            security: Security::Secret(
+                ClusterSecret::from_hex(
+                    "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
+                )
+                .unwrap(),
+            ),
+            ..TransportSettings::default()
+        };
+        let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, ts).unwrap());
+        let settings = NodeSettings {
+            listen: format!("mem://{name}"),
+            topology: TopologyKind::HyParView(config),
+            view: ViewSettings {
+                suspicion_timeout: Duration::from_secs(30),
+                ..ViewSettings::default()
+            },
+            ..NodeSettings::default()
+        };
+        let n = Node::start(t, &name, settings).await.unwrap();
+        if i > 0 {
+            n.join(&[nodes[0].addr()]).await.unwrap();
+        }
+        nodes.push(n);
+    }
+    eventually("a connected, symmetric overlay", || {
+        overlay_connected(&nodes) && one_sided(&nodes).is_none()
+    })
+    .await;
+    // Crash the node held by the most neighbours (dropped: no goodbye).
+    let victim = (0..nodes.len())
+        .max_by_key(|&i| {
+            nodes
+                .iter()
+                .filter(|n| n.neighbours().contains(nodes[i].name()))
+                .count()
+        })
+        .unwrap();
+    let victim = nodes.remove(victim);
+    let name = victim.name().to_string();
+    let holders: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.neighbours().contains(&name))
+        .map(|n| n.name().to_string())
+        .collect();
+    assert!(!holders.is_empty());
+    drop(victim);
+    let crashed = tokio::time::Instant::now();
+    // φ's verdict with the default settings (200 ms heartbeats) comes within about a
+    // second of silence; 5 s leaves room and stays far below the 30 s suspicion timeout.
+    let bound = Duration::from_secs(5);
+    let repaired = |nodes: &[Node]| {
+        nodes.iter().all(|n| {
+            let v = n.neighbours();
+            !v.contains(&name) && !v.is_empty()
+        }) && overlay_connected(nodes)
+    };
+    while !repaired(&nodes) && crashed.elapsed() < bound {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let views: Vec<(String, BTreeSet<String>)> = nodes
+        .iter()
+        .map(|n| (n.name().to_string(), n.neighbours()))
+        .collect();
+    assert!(
+        repaired(&nodes),
+        "{name} (held by {holders:?}) not evicted and replaced within {bound:?}: {views:?}"
+    );
+    for n in &nodes {
         n.shutdown().await;
     }
 }

@@ -92,8 +92,10 @@ impl Inner {
         let mut newcomer = false;
         let events = {
             let mut view = self.view.lock();
-            // A node without neighbours has nobody to pass news to; what it hears then
-            // is the cluster's view (a joiner's first view), not news.
+            // What a node without neighbours hears from others about third members is
+            // the cluster's view (a joiner's first view), not news. The sender's own
+            // entry is always news: a newcomer greeting a seed that has no neighbour yet
+            // is known to nobody else, and the seed's forwarded joins will name it (D370).
             let transfer = partial && self.topology.lock().wanted().is_empty();
             let mut events = Vec::new();
             if partial
@@ -112,7 +114,7 @@ impl Inner {
                 }
                 let before = view.get(&u.name).cloned();
                 events.extend(view.apply(u.clone(), now));
-                if !transfer && view.get(&u.name) != before.as_ref() {
+                if (!transfer || u.name == peer) && view.get(&u.name) != before.as_ref() {
                     changed.push(u);
                 }
             }
@@ -197,8 +199,14 @@ impl Inner {
         }
     }
 
-    /// Passes the news on to every neighbour that lacks it, and forgets it.
+    /// Passes the news on to every neighbour that lacks it, and forgets it. A node
+    /// without neighbours keeps its news (at most one entry per member) for its first
+    /// neighbour: forgetting it lost the members that joined a seed before the seed had
+    /// an overlay neighbour (D370).
     fn flush_news(&self, neighbours: &BTreeSet<String>) {
+        if neighbours.is_empty() {
+            return;
+        }
         for p in neighbours {
             self.news_to(p);
         }
@@ -215,12 +223,17 @@ impl Inner {
             return;
         }
         let partial = self.partial();
+        let mut unreachable: Vec<String> = Vec::new();
         for (to, payload) in out {
             let data = self.topology.lock().carries_data(&payload);
             let w = Wire::Topology {
                 payload: bytes::Bytes::from(payload),
             };
-            let sent = self.hop(&to).and_then(|hop| {
+            let hop = self.hop(&to);
+            if partial && hop.is_err() && !unreachable.contains(&to) {
+                unreachable.push(to.clone());
+            }
+            let sent = hop.and_then(|hop| {
                 self.ensure_link(&hop);
                 if partial {
                     self.news_to(&hop);
@@ -242,6 +255,14 @@ impl Inner {
             if sent.is_err() {
                 self.meters.dropped("topology_failed").increment(1);
             }
+        }
+        // A partial view that named a peer this node cannot address (unknown, or held
+        // down) would keep it as a one-sided neighbour nobody watches: the topology
+        // hears it is unreachable and picks another (D370).
+        for p in unreachable {
+            metrics::counter!("foundation_node_topology_unreachable_total").increment(1);
+            let more = self.topology.lock().unreachable(&p);
+            self.send_topology(more);
         }
     }
 
@@ -544,6 +565,16 @@ impl Inner {
         let now = Instant::now();
         let partial = self.partial();
         let suspects = self.detector.lock().suspects(now);
+        if partial {
+            // φ watches the active view only: a neighbour it suspects is replaced now,
+            // not a suspicion timeout later, and also when the view already holds it
+            // suspect or down (no `Down` would come then) (D371).
+            for s in &suspects {
+                metrics::counter!("foundation_node_topology_unreachable_total").increment(1);
+                let more = self.topology.lock().unreachable(s);
+                self.send_topology(more);
+            }
+        }
         let mut news = Vec::new();
         for s in suspects {
             let u = self.view.lock().suspect(&s, now);

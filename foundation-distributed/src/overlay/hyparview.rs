@@ -327,6 +327,15 @@ impl<P: PeerId> HyParView<P> {
         self.active.contains(peer)
     }
 
+    /// Whether a `Neighbor` request to `peer` is outstanding.
+    pub fn is_pending<Q>(&self, peer: &Q) -> bool
+    where
+        P: std::borrow::Borrow<Q>,
+        Q: PartialEq + ?Sized,
+    {
+        self.pending.iter().any(|(p, _)| p.borrow() == peer)
+    }
+
     /// Feeds one input; appends what to do to `out`.
     pub fn handle(&mut self, input: HvInput<P>, rng: &mut dyn RngCore, out: &mut Vec<HvOutput<P>>) {
         if self.left {

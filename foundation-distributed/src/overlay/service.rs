@@ -335,6 +335,28 @@ impl PeerService for HyParViewService {
         Some(self.swarm.plumtree().stats())
     }
 
+    /// An active neighbour is dropped at once (told with a `Disconnect`, so a live one
+    /// drops its side too and the views stay symmetric) and replaced from the passive
+    /// view; a candidate with a request outstanding or in the passive view is dropped
+    /// from it. Waiting for the membership's verdict (a suspicion timeout later) kept a
+    /// dead neighbour in the view, and one the view already held down was never reported
+    /// again (D371).
+    fn unreachable(&mut self, peer: &str) -> Vec<(String, Vec<u8>)> {
+        let hv = self.swarm.hyparview();
+        let active = hv.is_active(&peer.to_string());
+        if !active && !hv.passive().iter().any(|p| p == peer) && !hv.is_pending(peer) {
+            return Vec::new();
+        }
+        if active {
+            let bye = SwarmMessage::Hv(HvMessage::Disconnect { alive: true });
+            if let Some(bytes) = Self::encode(&bye) {
+                self.outbox.push((peer.to_string(), bytes));
+            }
+        }
+        self.input(SwarmInput::PeerFailed(peer.to_string()));
+        std::mem::take(&mut self.outbox)
+    }
+
     fn overlay_views(&self) -> Option<crate::topology::OverlayViews> {
         let (hv, pt) = (self.swarm.hyparview(), self.swarm.plumtree());
         Some(crate::topology::OverlayViews {
