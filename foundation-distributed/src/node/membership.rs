@@ -421,6 +421,14 @@ impl Inner {
                 ViewEvent::Suspected(n) => {
                     tracing::info!(node = %n, "member suspected");
                     self.meters.suspected.increment(1);
+                    if self.partial() && !self.topology.lock().wanted().contains(&n) {
+                        // A suspect is a poor candidate: it leaves the passive view, and
+                        // a request to it is given up, now rather than a suspicion timeout
+                        // (or a neighbour timeout) later. An active neighbour is judged by
+                        // this node's own φ, not by the rumour (D372).
+                        let more = self.topology.lock().unreachable(&n);
+                        self.send_topology(more);
+                    }
                 }
                 ViewEvent::Alive(n) => {
                     self.rewatch(&n);
