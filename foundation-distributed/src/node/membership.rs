@@ -19,7 +19,11 @@
 //!   forwarded join never names a member the receiver has no address for. Every
 //!   `gossip_every` rounds a bounded random sample of the view goes to one neighbour
 //!   (anti-entropy for lost news). φ watches the active view only (that is where
-//!   failures are detected); links the topology does not want are closed after a grace
+//!   failures are detected), and a neighbour it suspects, a suspected candidate, or a
+//!   peer a topology message cannot be addressed to is reported to the topology as
+//!   unreachable at once (replaced, without waiting for `Down`); the sender's own entry
+//!   is news even at a node without neighbours, which keeps its news for its first
+//!   one; links the topology does not want are closed after a grace
 //!   period (the longer of the shuffle interval and ten heartbeats); no link back to a
 //!   peer that merely talks to us; down members are not knocked on (the overlay heals
 //!   through the passive view). Memory is O(n) per node: the view itself.

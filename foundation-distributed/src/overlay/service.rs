@@ -16,6 +16,10 @@
 //!   that joins, for a node started alone); an isolated node (both views empty, contact
 //!   tried) rejoins through a random live member; `Down` and `Left` are reported to
 //!   HyParView as failures, which repairs the active view from the passive one.
+//! * [`unreachable`](PeerService::unreachable) (φ suspects a neighbour, the membership
+//!   suspects a candidate, or the node cannot address a peer): an active neighbour is
+//!   dropped at once with a `Disconnect` and replaced; a candidate leaves the passive view
+//!   and its request is given up. The member's status is left to the membership.
 //! * Protocol messages are one tag byte (HyParView, Plumtree control, Plumtree payload)
 //!   and MessagePack; [`carries_data`](PeerService::carries_data) tells the node which to
 //!   send on a data channel.
