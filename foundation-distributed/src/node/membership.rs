@@ -19,7 +19,11 @@
 //!   forwarded join never names a member the receiver has no address for. Every
 //!   `gossip_every` rounds a bounded random sample of the view goes to one neighbour
 //!   (anti-entropy for lost news). φ watches the active view only (that is where
-//!   failures are detected); links the topology does not want are closed after a grace
+//!   failures are detected), and a neighbour it suspects, a suspected candidate, or a
+//!   peer a topology message cannot be addressed to is reported to the topology as
+//!   unreachable at once (replaced, without waiting for `Down`); the sender's own entry
+//!   is news even at a node without neighbours, which keeps its news for its first
+//!   one; links the topology does not want are closed after a grace
 //!   period (the longer of the shuffle interval and ten heartbeats); no link back to a
 //!   peer that merely talks to us; down members are not knocked on (the overlay heals
 //!   through the passive view). Memory is O(n) per node: the view itself.
@@ -421,6 +425,14 @@ impl Inner {
                 ViewEvent::Suspected(n) => {
                     tracing::info!(node = %n, "member suspected");
                     self.meters.suspected.increment(1);
+                    if self.partial() && !self.topology.lock().wanted().contains(&n) {
+                        // A suspect is a poor candidate: it leaves the passive view, and
+                        // a request to it is given up, now rather than a suspicion timeout
+                        // (or a neighbour timeout) later. An active neighbour is judged by
+                        // this node's own φ, not by the rumour (D372).
+                        let more = self.topology.lock().unreachable(&n);
+                        self.send_topology(more);
+                    }
                 }
                 ViewEvent::Alive(n) => {
                     self.rewatch(&n);

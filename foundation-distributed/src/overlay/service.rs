@@ -16,6 +16,10 @@
 //!   that joins, for a node started alone); an isolated node (both views empty, contact
 //!   tried) rejoins through a random live member; `Down` and `Left` are reported to
 //!   HyParView as failures, which repairs the active view from the passive one.
+//! * [`unreachable`](PeerService::unreachable) (φ suspects a neighbour, the membership
+//!   suspects a candidate, or the node cannot address a peer): an active neighbour is
+//!   dropped at once with a `Disconnect` and replaced; a candidate leaves the passive view
+//!   and its request is given up. The member's status is left to the membership.
 //! * Protocol messages are one tag byte (HyParView, Plumtree control, Plumtree payload)
 //!   and MessagePack; [`carries_data`](PeerService::carries_data) tells the node which to
 //!   send on a data channel.
@@ -486,6 +490,47 @@ mod tests {
             let targets = net.nodes[n].broadcast_targets(Some(w.iter().next().unwrap()));
             assert_eq!(targets.len(), w.len() - 1);
         }
+    }
+
+    #[test]
+    fn an_unreachable_neighbour_is_dropped_on_both_sides_and_replaced() {
+        let mut net = Net::new(20);
+        for _ in 0..60 {
+            net.round();
+        }
+        assert!(net.connected());
+        let me = "n000".to_string();
+        let peer = net.nodes[&me].wanted().into_iter().next().unwrap();
+        let before = net.nodes[&me].wanted().len();
+        let out = net.nodes.get_mut(&me).unwrap().unreachable(&peer);
+        assert!(!net.nodes[&me].wanted().contains(&peer));
+        // The `Disconnect` goes to the peer, which drops its side (a live peer falsely
+        // suspected keeps the views symmetric); the slot is refilled from the passive view.
+        let mut queue: VecDeque<(String, String, Vec<u8>)> =
+            out.into_iter().map(|(to, b)| (me.clone(), to, b)).collect();
+        while let Some((from, to, b)) = queue.pop_front() {
+            for (next, q) in net.nodes.get_mut(&to).unwrap().on_message(&from, &b) {
+                queue.push_back((to.clone(), next, q));
+            }
+        }
+        assert!(!net.nodes[&peer].wanted().contains(&me));
+        for _ in 0..10 {
+            net.round();
+        }
+        assert!(net.connected());
+        assert!(net.nodes[&me].wanted().len() >= before.min(2));
+        for (n, s) in &net.nodes {
+            for p in s.wanted() {
+                assert!(net.nodes[&p].wanted().contains(n), "{n} -> {p} one-sided");
+            }
+        }
+        // A name that is neither active, pending nor passive is ignored.
+        assert!(net
+            .nodes
+            .get_mut(&me)
+            .unwrap()
+            .unreachable("nobody")
+            .is_empty());
     }
 
     #[test]
