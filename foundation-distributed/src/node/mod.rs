@@ -29,8 +29,13 @@
 //! * [`send`](Node::send) returns `Ok` once the message is queued on a live connection
 //!   towards the next hop (the link may be waited for up to
 //!   [`NodeSettings::link_wait`]). To a live peer, messages from one sender with the same
-//!   key are delivered in order; messages without a key may be reordered (they spread
-//!   over the channel's connections). The receiver's queue is never overrun: a full
+//!   key **on the same channel** are delivered in order; messages without a key may be
+//!   reordered (they spread over the channel's connections). The channel is picked per
+//!   message by urgency and size ([`RouteOptions`](crate::channel::RouteOptions): by default
+//!   a message over 1 KiB goes on `bulk_data`, an urgent one on `urgent`), so a small and
+//!   a large message with one key, or a normal and an urgent one, may arrive in either
+//!   order. Remote process handles keep one order per pair whatever the sizes (they pin
+//!   their messages to one channel, D400). The receiver's queue is never overrun: a full
 //!   receiver makes the inbound channel wait, which fills the sender's queue, which makes
 //!   `send().await` wait (end-to-end backpressure). A message is lost only when its
 //!   connection fails (counted in `foundation_channel_dropped_total{reason="connection_failed"}`)
