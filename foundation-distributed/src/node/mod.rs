@@ -208,18 +208,19 @@ pub struct NodeSettings {
     /// Coordinated topology switching: cooldown, grace before old links are torn down.
     pub switch: SwitchSettings,
     /// Runs the reader and writer tasks of high-priority channels (`coordination`,
-    /// `urgent`: requests, replies, membership) on a thread of their own, owned by the
-    /// node, with its own tokio runtime and I/O driver, so that their wake-ups never wait
-    /// behind bulk traffic in the application runtime's run queues (D380). Used only when
-    /// the node is started on a multi-thread runtime; on a `current_thread` runtime (and
-    /// so under tokio's paused clock) everything runs on the caller's runtime. The
-    /// thread is stopped at the end of [`Node::shutdown`]. Inbound handlers (the first
-    /// poll of request handlers included) still spawn onto the application's runtime.
+    /// `urgent`: requests, replies, membership) on a priority thread (`fprio`) with its
+    /// own tokio runtime and I/O driver, their TCP sockets moved there, so that their
+    /// wake-ups never wait behind bulk traffic in the application runtime's run queues
+    /// (D380). One thread per process, shared by its nodes; the last node to shut down
+    /// stops it at the end of [`Node::shutdown`]. Used only when the node is started on
+    /// a multi-thread runtime; on a `current_thread` runtime (and so under tokio's paused
+    /// clock) everything runs on the caller's runtime. Inbound handlers (the first poll
+    /// of request handlers included) still spawn onto the application's runtime.
     /// Default `true`; `false` keeps every task of the node on the caller's runtime.
     pub priority_thread: bool,
     /// The nice value the priority thread asks the OS for (Linux; -20 ..= 19, lower is
     /// scheduled sooner when the CPUs are busy), so that it preempts bulk work on a busy
-    /// machine (D381). Needs `CAP_SYS_NICE` or `RLIMIT_NICE` to go below the process's
+    /// machine (D381); the node that starts the process's thread sets it. Needs `CAP_SYS_NICE` or `RLIMIT_NICE` to go below the process's
     /// own; refused, the thread keeps the process's priority (logged, counted in
     /// `foundation_channel_priority_nice_total{result="refused"}`). `None` leaves it
     /// alone. Default `Some(-10)`.
@@ -309,8 +310,8 @@ pub(crate) struct Inner {
     meters: Meters,
     switch: switch::SwitchState,
     overlay: membership::Overlay,
-    /// The node's priority thread (D380), if it runs one.
-    priority: Option<crate::channel::PriorityThread>,
+    /// The process's priority thread (D380), while this node uses it.
+    priority: Mutex<Option<Arc<crate::channel::PriorityThread>>>,
 }
 
 /// A running cluster member. Cheap to clone; [`shutdown`](Self::shutdown) stops it (and
@@ -400,9 +401,7 @@ impl Node {
         };
         let cancel = CancellationToken::new();
         let priority = if settings.priority_thread && crate::channel::priority_thread_wanted() {
-            // Short: Linux shows the first 15 bytes of a thread's name.
-            Some(crate::channel::PriorityThread::start(
-                &format!("fprio-{name}"),
+            Some(crate::channel::PriorityThread::shared(
                 settings.priority_thread_nice,
             )?)
         } else {
@@ -466,7 +465,7 @@ impl Node {
                 switch: switch::SwitchState::new(settings.topology),
                 overlay: membership::Overlay::default(),
                 settings,
-                priority,
+                priority: Mutex::new(priority),
             }
         });
         if let Some(inbox) = inner.inbox.lock().as_ref() {
@@ -482,10 +481,14 @@ impl Node {
         &self.inner.name
     }
 
-    /// Whether this node runs its high-priority channels on a priority thread of its own
-    /// (see [`NodeSettings::priority_thread`]) that has not been stopped yet.
+    /// Whether this node runs its high-priority channels on the process's priority thread
+    /// (see [`NodeSettings::priority_thread`]); `false` once it has shut down.
     pub fn has_priority_thread(&self) -> bool {
-        self.inner.priority.as_ref().is_some_and(|p| p.is_running())
+        self.inner
+            .priority
+            .lock()
+            .as_ref()
+            .is_some_and(|p| p.is_running())
     }
 
     /// The address this node listens on.
@@ -929,8 +932,12 @@ impl Node {
             }
         }
         drop(inner.inbox.lock().take());
-        if let Some(p) = &inner.priority {
-            clean &= p.shutdown(until).await;
+        // The last node of the process to let go of the priority thread stops it.
+        let priority = inner.priority.lock().take();
+        if let Some(p) = priority {
+            if let Ok(p) = Arc::try_unwrap(p) {
+                clean &= p.shutdown(until).await;
+            }
         }
         clean
     }
