@@ -646,12 +646,12 @@ impl Node {
         let mut encoded = None;
         let appended = SCRATCH.with(|cell| {
             let Ok(mut v) = cell.try_borrow_mut() else {
-                return Ok(false);
+                return Ok(None);
             };
             let header =
                 encode_one_into(&mut v, node, name, &self.inner.name, msg).map_err(encode_error)?;
             let appended = self.inner.append_now(node, &v, header, opts);
-            if !appended {
+            if appended.is_none() {
                 // A large message leaves with the buffer itself (no copy); a small one is
                 // copied out and the buffer kept for the next.
                 let payload = if v.len() > SCRATCH_KEEP {
@@ -666,7 +666,11 @@ impl Node {
             }
             Ok::<_, Error>(appended)
         })?;
-        if appended {
+        if let Some(yields) = appended {
+            if yields {
+                // As a channel send of a large message does (D382).
+                tokio::task::yield_now().await;
+            }
             return Ok(());
         }
         let (payload, header) = match encoded {
@@ -1222,13 +1226,16 @@ impl Inner {
     /// Appends an application `SendBatch` frame with a header of `header` bytes to a
     /// frame waiting in the queue towards `to` (the one `forward_sized` would use), if
     /// that can be done now without waiting; `false` (nothing sent) otherwise.
-    fn append_now(&self, to: &str, payload: &[u8], header: usize, opts: SendOptions) -> bool {
-        let Ok(hop) = self.hop(to) else {
-            return false;
-        };
-        let Some(channels) = self.links.get(&hop).and_then(|l| l.current()) else {
-            return false;
-        };
+    /// Returns `Some(yield)` when appended (see `ChannelSender::append_now`).
+    fn append_now(
+        &self,
+        to: &str,
+        payload: &[u8],
+        header: usize,
+        opts: SendOptions,
+    ) -> Option<bool> {
+        let hop = self.hop(to).ok()?;
+        let channels = self.links.get(&hop).and_then(|l| l.current())?;
         let channel = self.channel_for(opts, payload.len() - header);
         channels.append_now(channel, opts.key, payload, header)
     }
