@@ -650,7 +650,13 @@ impl Node {
             };
             let header =
                 encode_one_into(&mut v, node, name, &self.inner.name, msg).map_err(encode_error)?;
-            let appended = self.inner.append_now(node, &v, header, opts);
+            // A message of a whole frame's size is never appended (the queue's bound is
+            // the same 64 KiB): do not look.
+            let appended = if v.len() < wire::BATCH_FRAME_BYTES {
+                self.inner.append_now(node, &v, header, opts)
+            } else {
+                None
+            };
             if appended.is_none() {
                 // A large message leaves with the buffer itself (no copy); a small one is
                 // copied out and the buffer kept for the next.
