@@ -15,7 +15,11 @@
 //!    `b`, counted at `b`'s receiver (zero loss checked), once with one `send().await`
 //!    per message and once with `send_batch` (`NODE_BENCH_BATCH` messages per call,
 //!    default 1024), against raw length-prefixed TCP writes of the same pre-encoded
-//!    per-message frames (buffered writes, one reader counting frames).
+//!    per-message frames (buffered writes, one reader counting frames). The consumer is a
+//!    plain `recv().await` loop (an idle watchdog ends it if messages stop coming). Also
+//!    printed: `send_batch` with a consumer taking messages with `recv_many`, and the
+//!    receiver floor: the same consumer loops fed `(String, u64)` through a tokio channel
+//!    in chunks by one task, no node (what delivery through `register` costs by itself).
 //! 3. **request/reply round trip**: sequential 64-byte `request`s against a raw TCP
 //!    64-byte ping-pong.
 //!
@@ -271,21 +275,63 @@ async fn urgent_during_bulk(
     (secs, latencies)
 }
 
-/// Part 2 through the node: msg/s until the receiver has counted them all; `batch` > 0
-/// sends with `send_batch` of that many messages per call.
-async fn node_small(n: usize, batch: usize) -> (f64, usize) {
-    let (a, b) = pair(NodeSettings::default()).await;
-    let mut inbox = b.register::<u64>("small");
-    let consumer = tokio::spawn(async move {
+/// Counts `n` messages from `inbox` as a user's loop would (`recv().await`, or
+/// `recv_many` of up to 1024 when `many`; nothing else per message); gives up when
+/// nothing arrives for 10 s. Returns how many arrived.
+async fn count_with<T: Send + 'static>(
+    mut inbox: tokio::sync::mpsc::Receiver<(String, T)>,
+    n: usize,
+    many: bool,
+) -> tokio::task::JoinHandle<usize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let progress = Arc::new(AtomicUsize::new(0));
+    let seen = progress.clone();
+    let mut consumer = tokio::spawn(async move {
         let mut got = 0;
+        let mut buf = Vec::with_capacity(1024);
         while got < n {
-            match tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await {
-                Ok(Some(_)) => got += 1,
-                _ => break,
+            if many {
+                buf.clear();
+                match inbox.recv_many(&mut buf, 1024).await {
+                    0 => break,
+                    k => got += k,
+                }
+            } else {
+                match inbox.recv().await {
+                    Some(_) => got += 1,
+                    None => break,
+                }
+            }
+            if got % 1024 == 0 || many {
+                seen.store(got, Ordering::Relaxed);
             }
         }
         got
     });
+    tokio::spawn(async move {
+        let (mut last, mut idle) = (0, 0);
+        loop {
+            tokio::select! {
+                got = &mut consumer => return got.expect("consumer"),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let now = progress.load(Ordering::Relaxed);
+            idle = if now == last { idle + 1 } else { 0 };
+            last = now;
+            if idle >= 10 {
+                consumer.abort();
+                return now;
+            }
+        }
+    })
+}
+
+/// Part 2 through the node: msg/s until the receiver has counted them all; `batch` > 0
+/// sends with `send_batch` of that many messages per call; `many`: the consumer takes
+/// them with `recv_many`.
+async fn node_small(n: usize, batch: usize, many: bool) -> (f64, usize) {
+    let (a, b) = pair(NodeSettings::default()).await;
+    let consumer = count_with(b.register::<u64>("small"), n, many).await;
     let t = Instant::now();
     if batch == 0 {
         for i in 0..n {
@@ -318,30 +364,69 @@ async fn node_small(n: usize, batch: usize) -> (f64, usize) {
     (n as f64 / secs, got)
 }
 
-/// The bytes of one node message of part 2 (the node's wire encoding of a `Send` of a
-/// `u64` from `a` to `b`'s `small`: header, then the body), plus the 4-byte length
-/// prefix, for the raw baseline. (The node's frame adds the transport's envelope and an
-/// 8-byte key on top.)
+/// Part 2's floor of delivery at the receiver: `n` `(String, u64)` handed to the same
+/// consumer loop through a tokio channel of the node's receiver capacity, by one task
+/// that reserves room in chunks of half the capacity (`reserve_many`, as the node's
+/// receiver does when it waits) and makes a fresh sender `String` per message (as the
+/// node must), in the same runtime, with no node, no encoding and no network. What
+/// delivery through `register`'s receiver costs by itself.
+async fn mpsc_floor(n: usize, many: bool) -> f64 {
+    let cap = NodeSettings::default().receiver_capacity;
+    let (tx, rx) = tokio::sync::mpsc::channel(cap);
+    let consumer = count_with(rx, n, many).await;
+    let t = Instant::now();
+    let from = String::from("a");
+    let mut i = 0;
+    while i < n {
+        let permits = tx
+            .reserve_many((cap / 2).max(1).min(n - i))
+            .await
+            .expect("open");
+        for p in permits {
+            p.send((from.clone(), i as u64));
+            i += 1;
+        }
+    }
+    let got = consumer.await.expect("consumer");
+    assert_eq!(got, n);
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The bytes of one node message of part 2 (the node's wire encoding of a one-message
+/// `SendBatch` of a `u64` from `a` to `b`'s `small`, what `send` produces: header, the
+/// message's 4-byte length, the body), plus the 4-byte length prefix, for the raw
+/// baseline. (The node's frame adds the transport's envelope and an 8-byte key on top;
+/// messages the sender's queue appends to a waiting frame add only their length and
+/// body.)
 fn small_frame() -> Vec<u8> {
     #[derive(serde::Serialize)]
     #[allow(dead_code)]
     enum Wire {
-        Gossip(()),
-        Heartbeat(()),
-        Topology(()),
-        Send {
+        Gossip,
+        Heartbeat,
+        Topology,
+        Send,
+        Request,
+        Reply,
+        Broadcast,
+        Acked,
+        Ack,
+        Cancel,
+        SendBatch {
             to_node: String,
             to_name: String,
             from: String,
         },
     }
-    let w = Wire::Send {
+    let w = Wire::SendBatch {
         to_node: "b".into(),
         to_name: "small".into(),
         from: "a".into(),
     };
     let mut payload = rmp_serde::to_vec(&w).expect("wire");
-    payload.extend(rmp_serde::to_vec(&123_456u64).expect("body"));
+    let body = rmp_serde::to_vec(&123_456u64).expect("body");
+    payload.extend((body.len() as u32).to_be_bytes());
+    payload.extend(body);
     let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(&payload);
     frame
@@ -529,9 +614,12 @@ fn main() {
         "\n2. small messages a -> b, {small} x 8-byte payload, counted at the receiver; load {}",
         load()
     );
-    let (rate, got) = rt.block_on(node_small(small, 0));
-    let (brate, bgot) = rt.block_on(node_small(small, batch));
+    let (rate, got) = rt.block_on(node_small(small, 0, false));
+    let (brate, bgot) = rt.block_on(node_small(small, batch, false));
+    let (mrate, mgot) = rt.block_on(node_small(small, batch, true));
     let raw = rt.block_on(raw_small(small));
+    let floor = rt.block_on(mpsc_floor(small, false));
+    let mfloor = rt.block_on(mpsc_floor(small, true));
     println!(
         "   node send().await: {:.0} msg/s, delivered {got}/{small} ({} lost); node send_batch({batch}): {:.0} msg/s, delivered {bgot}/{small} ({} lost); raw pre-encoded TCP frames ({} bytes each): {:.0} msg/s; ratio send {:.3}, send_batch {:.3}",
         rate,
@@ -542,6 +630,20 @@ fn main() {
         raw,
         rate / raw,
         brate / raw
+    );
+    println!(
+        "   node send_batch({batch}) with a recv_many consumer: {:.0} msg/s, delivered {mgot}/{small} ({} lost); ratio to raw {:.3}",
+        mrate,
+        small - mgot,
+        mrate / raw
+    );
+    println!(
+        "   receiver floor (the same consumer loop fed (String, u64) through a tokio channel in chunks, no node): recv {:.0} msg/s, recv_many {:.0} msg/s; node send {:.2}x, send_batch {:.2}x, send_batch + recv_many {:.2}x of it",
+        floor,
+        mfloor,
+        rate / floor,
+        brate / floor,
+        mrate / mfloor
     );
 
     println!(

@@ -537,12 +537,81 @@ impl ChannelSender {
         }
     }
 
+    /// [`send`](Self::send) of a message whose first `header` bytes name where it goes:
+    /// while it waits in the queue, later messages sent this way with the same key and
+    /// the same header bytes are appended to it (their bytes after the header), so they
+    /// leave as one frame (see `queue::Queue::push_merging`; D390). For payload formats
+    /// made for it (the node's `SendBatch`).
+    pub(crate) async fn send_merging(
+        &self,
+        key: Option<u64>,
+        payload: Bytes,
+        header: usize,
+    ) -> Result<()> {
+        let index = self.state.pick(key);
+        let yields = self.yields_after(payload.len() - header.min(payload.len()));
+        match self.state.queues[index]
+            .push_merging(key, payload, header)
+            .await
+        {
+            Ok(()) => {
+                if yields {
+                    // As `send` does: see `SENDER_YIELD_AT`.
+                    tokio::task::yield_now().await;
+                }
+                Ok(())
+            }
+            Err(Refused::Closed(_, reason)) => Err(self.state.closed_error(index, &reason)),
+            Err(Refused::Full(_)) => Err(self.state.closed_error(index, "queue refused")),
+        }
+    }
+
+    /// Appends `payload` to a waiting message as [`send_merging`](Self::send_merging)
+    /// would, if that can be done now: `Some(yield)`, where `yield` says the caller must
+    /// yield to the scheduler once before going on, as `send` does for a large message on
+    /// a medium- or low-priority channel (`SENDER_YIELD_AT`); `None` (nothing queued)
+    /// otherwise.
+    pub(crate) fn append_now(
+        &self,
+        key: Option<u64>,
+        payload: &[u8],
+        header: usize,
+    ) -> Option<bool> {
+        let index = self.state.pick(key);
+        self.state.queues[index]
+            .append_now(key, payload, header)
+            .then(|| self.yields_after(payload.len() - header.min(payload.len())))
+    }
+
+    /// Whether a send of a message of `len` bytes yields once queued (`SENDER_YIELD_AT`).
+    fn yields_after(&self, len: usize) -> bool {
+        len >= SENDER_YIELD_AT && self.state.spec.priority != Priority::High
+    }
+
+    /// [`try_send`](Self::try_send) with the appending of
+    /// [`send_merging`](Self::send_merging).
+    pub(crate) fn try_send_merging(
+        &self,
+        key: Option<u64>,
+        payload: Bytes,
+        header: usize,
+    ) -> Result<(), TrySendError> {
+        let index = self.state.pick(key);
+        let r = self.state.queues[index].try_push_merging(key, payload, header);
+        self.refused(r)
+    }
+
     /// Queues a message if its connection's queue has space now; otherwise hands it back.
     /// A full queue is counted as a drop (`reason="full"`), as is a closed connection.
     pub fn try_send(&self, key: Option<u64>, payload: Bytes) -> Result<(), TrySendError> {
         let index = self.state.pick(key);
         let item = Item::new(key, payload);
-        match self.state.queues[index].try_push(item) {
+        let r = self.state.queues[index].try_push(item);
+        self.refused(r)
+    }
+
+    fn refused(&self, r: Result<(), Refused>) -> Result<(), TrySendError> {
+        match r {
             Ok(()) => Ok(()),
             Err(Refused::Full(item)) => {
                 self.state.meters.dropped_full.increment(1);
@@ -951,6 +1020,35 @@ impl Channels {
             .ok_or_else(|| Error::UnknownChannel {
                 channel: name.to_owned(),
             })
+    }
+
+    /// See `ChannelSender::append_now`; `None` for an unknown channel.
+    pub(crate) fn append_now(
+        &self,
+        name: &str,
+        key: Option<u64>,
+        payload: &[u8],
+        header: usize,
+    ) -> Option<bool> {
+        self.by_name
+            .get(name)
+            .and_then(|s| s.append_now(key, payload, header))
+    }
+
+    /// Sends on channel `name`; see `ChannelSender::send_merging`.
+    pub(crate) async fn send_merging(
+        &self,
+        name: &str,
+        key: Option<u64>,
+        payload: Bytes,
+        header: usize,
+    ) -> Result<()> {
+        match self.by_name.get(name) {
+            Some(s) => s.send_merging(key, payload, header).await,
+            None => Err(Error::UnknownChannel {
+                channel: name.to_owned(),
+            }),
+        }
     }
 
     /// Sends on channel `name`; see [`ChannelSender::send`].

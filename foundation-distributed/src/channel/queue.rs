@@ -1,16 +1,27 @@
 //! The bounded outbound queue of one connection (bounded in messages and in payload
-//! bytes), with optional monotonic supersession.
+//! bytes), with optional monotonic supersession and write-combining: a message pushed
+//! with [`Queue::push_merging`] is appended to the last queued item of its key when that
+//! item was pushed the same way with the same header bytes, so many small messages
+//! queued behind a busy writer leave as one frame (D390).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use metrics::{Counter, Gauge};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, TryAcquireError};
 
-/// One queued message.
+/// Most payload bytes the queue lets an item grow to by appending messages to it
+/// ([`Queue::push_merging`]); a message that does not fit opens a new item.
+pub(crate) const MERGE_MAX: usize = 64 * 1024;
+
+/// How many items from the tail [`Queue::push_merging`] looks back for the last item of
+/// the message's key (keys that share a connection interleave in its queue).
+const MERGE_LOOKBACK: usize = 8;
+
+/// One queued message (or, after [`Queue::push_merging`], several appended into one).
 #[derive(Debug)]
 pub(crate) struct Item {
     pub key: Option<u64>,
@@ -18,6 +29,16 @@ pub(crate) struct Item {
     pub queued: Instant,
     /// Byte permits this item holds while queued (set by the queue).
     pub cost: u32,
+    /// Messages pushed into this item: 1, or more once others were appended to it. Each
+    /// holds one of the queue's message permits while queued.
+    pub messages: u32,
+    /// The length of the header that a message appended to this item must start with
+    /// (0: nothing is appended to it).
+    merge: u32,
+    /// While messages are appended: the payload being built (taken out as `payload`
+    /// when the item leaves the queue).
+    /// (Boxed: it is rare, and keeps `Item`, moved on every push, small.)
+    building: Option<Box<BytesMut>>,
 }
 
 impl Item {
@@ -27,6 +48,23 @@ impl Item {
             payload,
             queued: Instant::now(),
             cost: 0,
+            messages: 1,
+            merge: 0,
+            building: None,
+        }
+    }
+
+    /// Payload bytes, appended ones included.
+    fn len(&self) -> usize {
+        self.building
+            .as_ref()
+            .map_or(self.payload.len(), |b| b.len())
+    }
+
+    /// The payload with every appended message.
+    fn seal(&mut self) {
+        if let Some(b) = self.building.take() {
+            self.payload = (*b).freeze();
         }
     }
 }
@@ -112,15 +150,65 @@ impl Queue {
 
     /// The byte permits `item` needs.
     fn cost(&self, item: &Item) -> u32 {
-        u32::try_from(item.payload.len()).map_or(self.max_bytes, |l| l.min(self.max_bytes))
+        u32::try_from(item.len()).map_or(self.max_bytes, |l| l.min(self.max_bytes))
     }
 
-    /// Returns the space of items taken out of the queue.
-    fn release(&self, items: usize, cost: usize, bytes: usize) {
-        if items > 0 {
-            self.depth.decrement(items as f64);
+    /// Appends the part of `payload` after its `header` bytes to the last queued item of
+    /// the same key (looking back at most [`MERGE_LOOKBACK`] items), if that item takes
+    /// appends with the same header, the result stays within [`MERGE_MAX`] and the byte
+    /// bound, and a message permit and the byte permits of the appended part are free
+    /// now. Never waits. Never on a monotonic queue. Per-key order holds: nothing of the
+    /// key is queued after that item; messages of other keys queued after it may now
+    /// leave after this one (order across keys is not promised).
+    fn try_merge(&self, st: &mut State, key: Option<u64>, payload: &[u8], header: usize) -> bool {
+        if self.monotonic || header == 0 || header >= payload.len() {
+            return false;
+        }
+        let Some(tail) = st
+            .items
+            .iter_mut()
+            .rev()
+            .take(MERGE_LOOKBACK)
+            .find(|i| i.key == key)
+        else {
+            return false;
+        };
+        let add = payload.len() - header;
+        let cap = MERGE_MAX.min(self.max_bytes as usize);
+        if tail.merge as usize != header
+            || tail.len() + add > cap
+            || tail.payload.get(..header) != payload.get(..header)
+        {
+            return false;
+        }
+        let Ok(space) = self.space.try_acquire() else {
+            return false;
+        };
+        // `add` < MERGE_MAX, so it fits a u32.
+        let Ok(bytes) = self.bytes.try_acquire_many(add as u32) else {
+            return false;
+        };
+        space.forget();
+        bytes.forget();
+        let building = tail.building.get_or_insert_with(|| {
+            let mut b = BytesMut::with_capacity((4 * tail.payload.len()).max(256).min(cap));
+            b.extend_from_slice(&tail.payload);
+            Box::new(b)
+        });
+        building.extend_from_slice(&payload[header..]);
+        tail.messages += 1;
+        tail.cost += add as u32;
+        self.depth.increment(1.0);
+        self.queued_bytes.increment(add as f64);
+        true
+    }
+
+    /// Returns the space of `messages` taken out of the queue.
+    fn release(&self, messages: usize, cost: usize, bytes: usize) {
+        if messages > 0 {
+            self.depth.decrement(messages as f64);
             self.queued_bytes.decrement(bytes as f64);
-            self.space.add_permits(items);
+            self.space.add_permits(messages);
             self.bytes.add_permits(cost);
         }
     }
@@ -157,7 +245,7 @@ impl Queue {
             }
         }
         self.depth.increment(1.0);
-        self.queued_bytes.increment(item.payload.len() as f64);
+        self.queued_bytes.increment(item.len() as f64);
         st.items.push_back(item);
     }
 
@@ -186,6 +274,78 @@ impl Queue {
             return Err(Refused::Closed(item, reason));
         };
         self.finish_push(permit, bytes, cost, item)
+    }
+
+    /// Queues `payload`, a message whose first `header` bytes say where it goes: appended
+    /// to the last queued item of its key if that one was pushed this way with the same
+    /// header and there is room (see `try_merge`; no wait, no wake-up of the writer, one
+    /// message permit), otherwise as an item of its own that later messages may be
+    /// appended to (waiting for space like [`push`](Self::push)). Per-key order holds:
+    /// appends go to the key's last item only. Whoever reads the payload must take a run of messages
+    /// after one header for what it is: the node's `SendBatch` frame is made for it.
+    pub(crate) async fn push_merging(
+        &self,
+        key: Option<u64>,
+        payload: Bytes,
+        header: usize,
+    ) -> Result<(), Refused> {
+        match self.merge_now(key, payload, header) {
+            Ok(()) => Ok(()),
+            Err(Err(refused)) => Err(refused),
+            Err(Ok((payload, header))) => self.push(Self::mergeable(key, payload, header)).await,
+        }
+    }
+
+    /// [`push_merging`](Self::push_merging) without waiting: [`Refused::Full`] when
+    /// neither an append nor a new item fits now.
+    pub(crate) fn try_push_merging(
+        &self,
+        key: Option<u64>,
+        payload: Bytes,
+        header: usize,
+    ) -> Result<(), Refused> {
+        match self.merge_now(key, payload, header) {
+            Ok(()) => Ok(()),
+            Err(Err(refused)) => Err(refused),
+            Err(Ok((payload, header))) => self.try_push(Self::mergeable(key, payload, header)),
+        }
+    }
+
+    /// Appends `payload` (see [`push_merging`](Self::push_merging)) to a waiting item if
+    /// it can be done now; `false` (nothing queued) otherwise, also when closed. Takes a
+    /// borrowed message, so a caller that encodes into a reused buffer allocates nothing
+    /// for a message that is appended.
+    pub(crate) fn append_now(&self, key: Option<u64>, payload: &[u8], header: usize) -> bool {
+        let mut st = self.state.lock();
+        st.closed.is_none() && self.try_merge(&mut st, key, payload, header)
+    }
+
+    fn mergeable(key: Option<u64>, payload: Bytes, header: usize) -> Item {
+        let mut item = Item::new(key, payload);
+        item.merge = u32::try_from(header).unwrap_or(0);
+        item
+    }
+
+    /// Appends under the lock if possible; otherwise hands the message back (`Ok`) or
+    /// the refusal of a closed queue.
+    #[allow(clippy::type_complexity)]
+    fn merge_now(
+        &self,
+        key: Option<u64>,
+        payload: Bytes,
+        header: usize,
+    ) -> Result<(), Result<(Bytes, usize), Refused>> {
+        let mut st = self.state.lock();
+        if let Some(reason) = &st.closed {
+            return Err(Err(Refused::Closed(
+                Item::new(key, payload),
+                reason.clone(),
+            )));
+        }
+        if self.try_merge(&mut st, key, &payload, header) {
+            return Ok(());
+        }
+        Err(Ok((payload, header)))
     }
 
     /// Queues `item` if there is space now.
@@ -241,7 +401,7 @@ impl Queue {
     }
 
     fn take(&self, st: &mut State) -> Option<Item> {
-        let item = st.items.pop_front()?;
+        let mut item = st.items.pop_front()?;
         let seq = st.popped;
         st.popped += 1;
         if let Some(key) = item.key {
@@ -249,7 +409,12 @@ impl Queue {
                 st.latest.remove(&key);
             }
         }
-        self.release(1, item.cost as usize, item.payload.len());
+        item.seal();
+        self.release(
+            item.messages as usize,
+            item.cost as usize,
+            item.payload.len(),
+        );
         Some(item)
     }
 
@@ -280,9 +445,10 @@ impl Queue {
         let (mut taken, mut cost, mut taken_bytes) = (0usize, 0usize, 0usize);
         let mut st = self.state.lock();
         while out.len() < max_items && bytes < max_bytes {
-            let Some(item) = st.items.pop_front() else {
+            let Some(mut item) = st.items.pop_front() else {
                 break;
             };
+            item.seal();
             let seq = st.popped;
             st.popped += 1;
             if let Some(key) = item.key {
@@ -293,7 +459,7 @@ impl Queue {
             bytes += item.payload.len();
             taken_bytes += item.payload.len();
             cost += item.cost as usize;
-            taken += 1;
+            taken += item.messages as usize;
             out.push_back(item);
         }
         drop(st);
@@ -325,9 +491,9 @@ impl Queue {
         if st.closed.is_none() {
             st.closed = Some(reason.into());
         }
-        let n = st.items.len();
-        let bytes: usize = st.items.iter().map(|i| i.payload.len()).sum();
-        st.popped += n as u64;
+        let n: usize = st.items.iter().map(|i| i.messages as usize).sum();
+        let bytes: usize = st.items.iter().map(Item::len).sum();
+        st.popped += st.items.len() as u64;
         st.items.clear();
         st.latest.clear();
         self.depth.decrement(n as f64);
@@ -339,11 +505,12 @@ impl Queue {
         n
     }
 
-    /// Items queued and their payload bytes, read under the lock (for observers).
+    /// Messages queued and their payload bytes, read under the lock (for observers).
     pub(crate) fn depth(&self) -> (usize, u64) {
         let st = self.state.lock();
-        let bytes = st.items.iter().map(|i| i.payload.len() as u64).sum();
-        (st.items.len(), bytes)
+        let bytes = st.items.iter().map(|i| i.len() as u64).sum();
+        let messages = st.items.iter().map(|i| i.messages as usize).sum();
+        (messages, bytes)
     }
 
     /// Why the queue closed, if it did.
@@ -437,5 +604,161 @@ mod tests {
             matches!(q.try_push(item(None, b"z")), Err(Refused::Closed(_, r)) if &*r == "gone")
         );
         assert!(q.pop().await.is_none());
+    }
+
+    /// A "frame" of header `h` and body `b` (what the node's `SendBatch` looks like to
+    /// the queue).
+    fn framed(h: &[u8], b: &[u8]) -> Bytes {
+        let mut v = h.to_vec();
+        v.extend_from_slice(b);
+        Bytes::from(v)
+    }
+
+    #[tokio::test]
+    async fn appends_runs_of_the_same_key_and_header_in_order() {
+        let q = queue(100, false);
+        q.push_merging(Some(1), framed(b"HH", b"a"), 2)
+            .await
+            .unwrap();
+        q.push_merging(Some(1), framed(b"HH", b"b"), 2)
+            .await
+            .unwrap();
+        q.try_push_merging(Some(1), framed(b"HH", b"c"), 2).unwrap();
+        // Another key, another header, a plain push: each opens an item of its own.
+        q.push_merging(Some(2), framed(b"HH", b"d"), 2)
+            .await
+            .unwrap();
+        q.push_merging(Some(2), framed(b"GG", b"e"), 2)
+            .await
+            .unwrap();
+        q.try_push(item(Some(2), b"GGf")).unwrap();
+        // A plain item takes no appends.
+        q.push_merging(Some(2), framed(b"GG", b"g"), 2)
+            .await
+            .unwrap();
+        assert_eq!(q.depth().0, 7, "messages, not items");
+        let mut out = VecDeque::new();
+        q.take_batch(&mut out, 100, 1 << 20);
+        let got: Vec<(Option<u64>, &[u8], u32)> = out
+            .iter()
+            .map(|i| (i.key, &i.payload[..], i.messages))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some(1), &b"HHabc"[..], 3),
+                (Some(2), b"HHd", 1),
+                (Some(2), b"GGe", 1),
+                (Some(2), b"GGf", 1),
+                (Some(2), b"GGg", 1),
+            ]
+        );
+        assert!(q.is_empty());
+        // Taken: the next message opens a new item.
+        q.push_merging(Some(1), framed(b"HH", b"h"), 2)
+            .await
+            .unwrap();
+        assert_eq!(q.pop().await.unwrap().payload, &b"HHh"[..]);
+    }
+
+    #[tokio::test]
+    async fn interleaved_keys_append_to_their_own_last_item() {
+        let q = queue(100, false);
+        for (k, b) in [(1, b"a"), (2, b"b"), (1, b"c"), (2, b"d"), (1, b"e")] {
+            q.try_push_merging(Some(k), framed(b"H", b), 1).unwrap();
+        }
+        // A plain item of key 1 ends key 1's run: later ones may not jump ahead of it.
+        q.try_push(item(Some(1), b"Hf")).unwrap();
+        q.try_push_merging(Some(1), framed(b"H", b"g"), 1).unwrap();
+        q.try_push_merging(Some(2), framed(b"H", b"h"), 1).unwrap();
+        let mut out = VecDeque::new();
+        q.take_batch(&mut out, 100, 1 << 20);
+        let got: Vec<(Option<u64>, &[u8])> = out.iter().map(|i| (i.key, &i.payload[..])).collect();
+        assert_eq!(
+            got,
+            [
+                (Some(1), &b"Hace"[..]),
+                (Some(2), b"Hbdh"),
+                (Some(1), b"Hf"),
+                (Some(1), b"Hg"),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn appended_messages_hold_message_and_byte_permits() {
+        // Three messages of room: two appends fill it; the fourth waits (backpressure).
+        let q = queue(3, false);
+        for b in [b"1", b"2", b"3"] {
+            q.try_push_merging(None, framed(b"H", b), 1).unwrap();
+        }
+        assert!(matches!(
+            q.try_push_merging(None, framed(b"H", b"4"), 1),
+            Err(Refused::Full(_))
+        ));
+        let waiting = q.push_merging(None, framed(b"H", b"4"), 1);
+        tokio::pin!(waiting);
+        assert!(futures_util::FutureExt::now_or_never(waiting.as_mut()).is_none());
+        // Taking the item returns all three permits at once.
+        let first = q.pop().await.unwrap();
+        assert_eq!((&first.payload[..], first.messages), (&b"H123"[..], 3));
+        waiting.await.unwrap();
+        assert_eq!(q.pop().await.unwrap().payload, &b"H4"[..]);
+
+        // The byte bound: 10 bytes, header 1; "H" + 4 + 4 = 9 bytes fit, one more does not
+        // go into the item (nor anywhere: the queue is full in bytes).
+        let q = Queue::new(100, 10, false, meters());
+        q.try_push_merging(None, framed(b"H", b"aaaa"), 1).unwrap();
+        q.try_push_merging(None, framed(b"H", b"bbbb"), 1).unwrap();
+        assert!(matches!(
+            q.try_push_merging(None, framed(b"H", b"cc"), 1),
+            Err(Refused::Full(_))
+        ));
+        assert_eq!(q.depth(), (2, 9));
+        assert_eq!(q.pop().await.unwrap().payload, &b"Haaaabbbb"[..]);
+        assert_eq!(q.depth(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn items_stop_growing_at_the_merge_bound() {
+        let q = Queue::new(1 << 16, 1 << 24, false, meters());
+        let body = vec![7u8; 1000];
+        for _ in 0..100 {
+            q.try_push_merging(Some(3), framed(b"HDR", &body), 3)
+                .unwrap();
+        }
+        let mut out = VecDeque::new();
+        q.take_batch(&mut out, 1000, usize::MAX);
+        let total: u32 = out.iter().map(|i| i.messages).sum();
+        assert_eq!(total, 100);
+        assert!(out.len() > 1);
+        for i in &out {
+            assert!(i.payload.len() <= MERGE_MAX, "{}", i.payload.len());
+            assert_eq!(&i.payload[..3], b"HDR");
+            assert_eq!(i.payload.len(), 3 + 1000 * i.messages as usize);
+        }
+    }
+
+    #[tokio::test]
+    async fn monotonic_and_closed_queues_do_not_append() {
+        let q = queue(10, true);
+        q.try_push_merging(Some(1), framed(b"H", b"a"), 1).unwrap();
+        q.try_push_merging(Some(1), framed(b"H", b"b"), 1).unwrap();
+        // Monotonic: the newer message replaced the older instead.
+        assert_eq!(q.pop().await.unwrap().payload, &b"Hb"[..]);
+        assert!(q.is_empty());
+
+        let q = queue(10, false);
+        q.try_push_merging(None, framed(b"H", b"a"), 1).unwrap();
+        q.try_push_merging(None, framed(b"H", b"b"), 1).unwrap();
+        assert_eq!(q.fail("gone"), 2, "discarded messages, not items");
+        assert!(matches!(
+            q.try_push_merging(None, framed(b"H", b"c"), 1),
+            Err(Refused::Closed(_, r)) if &*r == "gone"
+        ));
+        assert!(matches!(
+            q.push_merging(None, framed(b"H", b"c"), 1).await,
+            Err(Refused::Closed(..))
+        ));
     }
 }

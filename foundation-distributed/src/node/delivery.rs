@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::wire::ReplyError;
+use super::wire::{batch_count, next_message, ReplyError};
 
 /// The fate of one delivery attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,11 +55,12 @@ pub(crate) enum Attempt {
 
 /// Delivers `(from, body)`; `may_wait` allows a [`Attempt::Wait`] when the queue is full.
 pub(crate) type Deliver = Arc<dyn Fn(&str, &Bytes, bool) -> Attempt + Send + Sync>;
-/// Delivers the messages of a batch from `from`, in order: those that find room at once
-/// here; at the first full queue (when `may_wait`) the rest by the returned future, in
-/// order. Failed deliveries are counted (`foundation_node_dropped_total{reason}`).
+/// Delivers the messages of a `SendBatch` body from `from` (checked by
+/// `wire::batch_count`), in order: those that find room at once here; at the first full
+/// queue (when `may_wait`) the rest by the returned future, in order. Failed deliveries
+/// are counted (`foundation_node_dropped_total{reason}`).
 pub(crate) type DeliverMany =
-    Arc<dyn Fn(&str, Vec<Bytes>, bool) -> Option<BoxFuture<'static, ()>> + Send + Sync>;
+    Arc<dyn Fn(&str, Bytes, bool) -> Option<BoxFuture<'static, ()>> + Send + Sync>;
 /// Serves one request.
 pub(crate) type Serve =
     Arc<dyn Fn(String, Bytes) -> BoxFuture<'static, Result<Bytes, ReplyError>> + Send + Sync>;
@@ -85,38 +86,40 @@ where
     Slot::Receiver(one(tx.clone()), many(tx))
 }
 
-/// Batches: a full queue is waited for in chunks of up to half its capacity
-/// (`reserve_many`), so the reading task wakes once per chunk the consumer frees rather
-/// than once per message.
+/// Batches: messages are decoded straight from the frame's body (no copy, no
+/// per-message slice) and handed over with `try_send` while there is room; a full queue
+/// is then waited for in chunks of up to half its capacity (`reserve_many`), so the
+/// reading task wakes once per chunk the consumer frees rather than once per message.
 fn many<T>(tx: tokio::sync::mpsc::Sender<(String, T)>) -> DeliverMany
 where
     T: serde::de::DeserializeOwned + Send + 'static,
 {
     use tokio::sync::mpsc::error::TrySendError;
-    Arc::new(move |from: &str, msgs: Vec<Bytes>, may_wait: bool| {
-        let from = from.to_string();
-        let mut rest = msgs.into_iter();
-        while let Some(m) = rest.next() {
-            let Ok(v) = rmp_serde::from_slice::<T>(&m) else {
+    Arc::new(move |from: &str, body: Bytes, may_wait: bool| {
+        let mut at = 0;
+        while let Some((m, next)) = next_message(&body, at) {
+            at = next;
+            let Ok(v) = rmp_serde::from_slice::<T>(m) else {
                 dropped(Outcome::Undecodable, 1);
                 continue;
             };
-            match tx.try_send((from.clone(), v)) {
+            match tx.try_send((from.to_string(), v)) {
                 Ok(()) => {}
                 Err(TrySendError::Closed(_)) => {
-                    dropped(Outcome::Closed, 1 + rest.len() as u64);
+                    let rest = batch_count(&body[at..]).unwrap_or(0);
+                    dropped(Outcome::Closed, 1 + rest as u64);
                     return None;
                 }
                 Err(TrySendError::Full(_)) if !may_wait => dropped(Outcome::Full, 1),
                 Err(TrySendError::Full(first)) => {
                     let tx = tx.clone();
-                    let rest: Vec<Bytes> = rest.collect();
+                    let from = from.to_string();
                     return Some(Box::pin(async move {
                         let chunk = (tx.max_capacity() / 2).max(1);
                         let mut first = Some(first);
-                        let mut rest = rest.into_iter();
                         loop {
-                            let want = usize::from(first.is_some()) + rest.len();
+                            let want = usize::from(first.is_some())
+                                + batch_count(&body[at..]).unwrap_or(0);
                             if want == 0 {
                                 return;
                             }
@@ -127,7 +130,7 @@ where
                             for permit in permits {
                                 let item = match first.take() {
                                     Some(item) => Some(item),
-                                    None => next_decoded::<T>(&mut rest, &from),
+                                    None => next_decoded::<T>(&body, &mut at, &from),
                                 };
                                 match item {
                                     Some(item) => permit.send(item),
@@ -143,13 +146,16 @@ where
     })
 }
 
-/// The next message of `rest` that decodes (those that do not are counted).
+/// The next message of `body` from `at` on that decodes (those that do not are counted);
+/// advances `at` past it.
 fn next_decoded<T: serde::de::DeserializeOwned>(
-    rest: &mut std::vec::IntoIter<Bytes>,
+    body: &[u8],
+    at: &mut usize,
     from: &str,
 ) -> Option<(String, T)> {
-    for m in rest.by_ref() {
-        match rmp_serde::from_slice::<T>(&m) {
+    while let Some((m, next)) = next_message(body, *at) {
+        *at = next;
+        match rmp_serde::from_slice::<T>(m) {
             Ok(v) => return Some((from.to_string(), v)),
             Err(_) => dropped(Outcome::Undecodable, 1),
         }

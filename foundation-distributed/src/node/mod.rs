@@ -86,7 +86,10 @@ use delivery::{AckedStreams, Attempt, Outcome, Slot};
 use link::{LinkContext, Links};
 pub use peer_stats::PeerStats;
 use request::Requests;
-use wire::{encode, encode_batches, encode_ref_with, encode_with, ReplyError, Wire, WireRef};
+use wire::{
+    encode, encode_batches, encode_one, encode_one_into, encode_ref_with, encode_with, ReplyError,
+    Wire, WireRef,
+};
 
 /// A membership event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +118,16 @@ pub struct MemberInfo {
     /// Whether it is considered up (alive or merely suspected, not declared down).
     pub up: bool,
 }
+
+thread_local! {
+    /// Where [`Node::send`] encodes a message before trying to append it to a waiting
+    /// frame.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Messages longer than this leave [`SCRATCH`] with its buffer (not copied out), and a
+/// buffer grown beyond it is not kept.
+const SCRATCH_KEEP: usize = 4096;
 
 /// Requests and replies go urgent, unkeyed.
 const URGENT: SendOptions = SendOptions {
@@ -619,6 +632,11 @@ impl Node {
     /// relay. Waits for room in the queue (backpressure) and, up to
     /// [`NodeSettings::link_wait`], for the link to come up. See the
     /// [module docs](self) for what `Ok` means.
+    ///
+    /// While the message waits in its connection's queue, later messages to the same
+    /// receiver with the same key are appended to its frame (write-combining, up to
+    /// 64 KiB a frame): many small `send`s behind a busy connection cost one frame, one
+    /// record and one dispatch at the receiver, and nothing waits for a batch to fill.
     pub async fn send<T: Serialize + ?Sized>(
         &self,
         node: &str,
@@ -626,13 +644,52 @@ impl Node {
         msg: &T,
         opts: SendOptions,
     ) -> Result<()> {
-        let wire = WireRef::Send {
-            to_node: node,
-            to_name: name,
-            from: &self.inner.name,
+        // Encoded into this thread's reused buffer: a message appended to a waiting frame
+        // (the common case while the connection is busy) allocates nothing.
+        let mut encoded = None;
+        let appended = SCRATCH.with(|cell| {
+            let Ok(mut v) = cell.try_borrow_mut() else {
+                return Ok(None);
+            };
+            let header =
+                encode_one_into(&mut v, node, name, &self.inner.name, msg).map_err(encode_error)?;
+            // A message of a whole frame's size is never appended (the queue's bound is
+            // the same 64 KiB): do not look.
+            let appended = if v.len() < wire::BATCH_FRAME_BYTES {
+                self.inner.append_now(node, &v, header, opts)
+            } else {
+                None
+            };
+            if appended.is_none() {
+                // A large message leaves with the buffer itself (no copy); a small one is
+                // copied out and the buffer kept for the next.
+                let payload = if v.len() > SCRATCH_KEEP {
+                    Bytes::from(std::mem::take(&mut *v))
+                } else {
+                    Bytes::copy_from_slice(&v)
+                };
+                encoded = Some((payload, header));
+            }
+            if v.capacity() > SCRATCH_KEEP {
+                *v = Vec::new();
+            }
+            Ok::<_, Error>(appended)
+        })?;
+        if let Some(yields) = appended {
+            if yields {
+                // As a channel send of a large message does (D382).
+                tokio::task::yield_now().await;
+            }
+            return Ok(());
+        }
+        let (payload, header) = match encoded {
+            Some(e) => e,
+            None => encode_one(node, name, &self.inner.name, msg).map_err(encode_error)?,
         };
-        let payload = encode_ref_with(&wire, msg).map_err(encode_error)?;
-        self.inner.forward(node, payload, opts, false).await
+        let size = payload.len() - header;
+        self.inner
+            .forward_sized(node, payload, opts, false, size, header)
+            .await
     }
 
     /// Sends every message of `msgs`, in order, to receiver `name` on `node`, packed many
@@ -651,11 +708,11 @@ impl Node {
         msgs: &[T],
         opts: SendOptions,
     ) -> Result<()> {
-        let (frames, largest) =
+        let (frames, header, largest) =
             encode_batches(node, name, &self.inner.name, msgs).map_err(encode_error)?;
         for frame in frames {
             self.inner
-                .forward_sized(node, frame, opts, false, largest)
+                .forward_sized(node, frame, opts, false, largest, header)
                 .await?;
         }
         Ok(())
@@ -671,13 +728,9 @@ impl Node {
         msg: &T,
         opts: SendOptions,
     ) -> Result<()> {
-        let wire = WireRef::Send {
-            to_node: node,
-            to_name: name,
-            from: &self.inner.name,
-        };
-        let payload = encode_ref_with(&wire, msg).map_err(encode_error)?;
-        let r = self.inner.forward_now_on(node, payload, opts, false);
+        let (payload, header) =
+            encode_one(node, name, &self.inner.name, msg).map_err(encode_error)?;
+        let r = self.inner.try_forward_merging(node, payload, header, opts);
         match &r {
             Err(Error::Full { .. }) => self.inner.meters.dropped("try_send_full").increment(1),
             Err(_) => self
@@ -1112,10 +1165,13 @@ impl Inner {
         control: bool,
     ) -> Result<()> {
         let size = payload.len();
-        self.forward_sized(to, payload, opts, control, size).await
+        self.forward_sized(to, payload, opts, control, size, 0)
+            .await
     }
 
-    /// [`forward`](Self::forward), routing as a message of `size` bytes.
+    /// [`forward`](Self::forward), routing as a message of `size` bytes; `header` > 0
+    /// marks a `SendBatch` frame with a header of that length, which the queue may
+    /// append later frames of the same header to (`ChannelSender::send_merging`).
     async fn forward_sized(
         &self,
         to: &str,
@@ -1123,6 +1179,7 @@ impl Inner {
         opts: SendOptions,
         control: bool,
         size: usize,
+        header: usize,
     ) -> Result<()> {
         let hop = self.hop(to)?;
         let link = match self.links.get(&hop) {
@@ -1144,6 +1201,9 @@ impl Inner {
             return ch.send(COORDINATION, opts.key, payload).await;
         }
         let channel = self.channel_for(opts, size);
+        if header > 0 {
+            return ch.send_merging(channel, opts.key, payload, header).await;
+        }
         ch.send(channel, opts.key, payload).await
     }
 
@@ -1174,6 +1234,53 @@ impl Inner {
             self.channel_for(opts, payload.len())
         };
         link.try_send(channel, opts.key, payload)
+    }
+
+    /// Appends an application `SendBatch` frame with a header of `header` bytes to a
+    /// frame waiting in the queue towards `to` (the one `forward_sized` would use), if
+    /// that can be done now without waiting; `false` (nothing sent) otherwise.
+    /// Returns `Some(yield)` when appended (see `ChannelSender::append_now`).
+    fn append_now(
+        &self,
+        to: &str,
+        payload: &[u8],
+        header: usize,
+        opts: SendOptions,
+    ) -> Option<bool> {
+        let hop = self.hop(to).ok()?;
+        let channels = self.links.get(&hop).and_then(|l| l.current())?;
+        let channel = self.channel_for(opts, payload.len() - header);
+        channels.append_now(channel, opts.key, payload, header)
+    }
+
+    /// [`forward_now_on`](Self::forward_now_on) for an application `SendBatch` frame
+    /// with a header of `header` bytes, which the queue may append to a waiting frame
+    /// (`ChannelSender::try_send_merging`).
+    fn try_forward_merging(
+        &self,
+        to: &str,
+        payload: Bytes,
+        header: usize,
+        opts: SendOptions,
+    ) -> Result<()> {
+        let hop = self.hop(to)?;
+        let channels = self.links.get(&hop).and_then(|l| l.current());
+        let Some(channels) = channels else {
+            return Err(Error::NotConnected {
+                node: hop,
+                reason: "link down".into(),
+            });
+        };
+        let channel = self.channel_for(opts, payload.len() - header);
+        let sender = channels.sender(channel)?;
+        sender
+            .try_send_merging(opts.key, payload, header)
+            .map_err(|e| match e {
+                crate::channel::TrySendError::Full { .. } => Error::Full { node: hop },
+                crate::channel::TrySendError::Closed { reason, .. } => {
+                    Error::NotConnected { node: hop, reason }
+                }
+            })
     }
 
     fn acked_wire(&self, to: &str, seq: u64, base: u64, name: &str, body: Bytes) -> Wire {
@@ -1291,22 +1398,19 @@ impl Inner {
             Wire::SendBatch {
                 to_name,
                 from,
-                count,
                 body,
                 ..
             } => {
-                let Some(msgs) = wire::split_batch(&body, count) else {
+                let Some(n) = wire::batch_count(&body) else {
                     self.meters.dropped("undecodable").increment(1);
                     return None;
                 };
                 let slot = self.slots.read().get(&to_name).cloned();
                 let Some(Slot::Receiver(_, many)) = slot else {
-                    self.meters
-                        .dropped("no_receiver")
-                        .increment(msgs.len() as u64);
+                    self.meters.dropped("no_receiver").increment(n as u64);
                     return None;
                 };
-                let wait = many(&from, msgs, may_wait)?;
+                let wait = many(&from, body, may_wait)?;
                 return Some(Box::pin(async move {
                     wait.await;
                     Outcome::Delivered

@@ -89,13 +89,15 @@ pub(crate) enum Wire {
         to_node: String,
         from: String,
     },
-    /// Several application messages for one receiver in one frame: the body is
-    /// `count` times a 4-byte big-endian length and that many bytes of one message.
+    /// One or more application messages for one receiver in one frame: the body is, to
+    /// its end, a 4-byte big-endian length and that many bytes of one message, repeated
+    /// (at least once). [`Node::send`](super::Node::send) sends one message this way and
+    /// the outbound queue appends later messages with the same header to it while it
+    /// waits (D390); [`Node::send_batch`](super::Node::send_batch) packs many.
     SendBatch {
         to_node: String,
         to_name: String,
         from: String,
-        count: u32,
         #[serde(skip)]
         body: Bytes,
     },
@@ -243,90 +245,149 @@ pub(crate) enum BatchRef<'a> {
         to_node: &'a str,
         to_name: &'a str,
         from: &'a str,
-        count: u32,
     },
 }
 
 /// Most body bytes [`encode_batches`] puts in one frame (a message larger than this
-/// gets a frame of its own).
+/// gets a frame of its own). The outbound queue appends messages to a waiting frame up to
+/// the same bound (`channel::MERGE_MAX`).
 pub(crate) const BATCH_FRAME_BYTES: usize = 64 * 1024;
 
+/// Length of the per-message prefix in a [`Wire::SendBatch`] body.
+pub(crate) const LEN_PREFIX: usize = 4;
+
+/// The MessagePack header of a [`Wire::SendBatch`] to `to_name` on `to_node` from `from`,
+/// appended to `v`.
+fn batch_header(v: &mut Vec<u8>, to_node: &str, to_name: &str, from: &str) {
+    let h = BatchRef::SendBatch {
+        to_node,
+        to_name,
+        from,
+    };
+    rmp_serde::encode::write(v, &h).expect("wire messages always encode");
+}
+
+/// Appends `msg`, length-prefixed, to `v`; returns its encoded length.
+fn push_message<T: Serialize + ?Sized>(
+    v: &mut Vec<u8>,
+    msg: &T,
+) -> Result<usize, rmp_serde::encode::Error> {
+    let at = v.len();
+    v.extend_from_slice(&[0; LEN_PREFIX]);
+    if let Err(e) = rmp_serde::encode::write(v, msg) {
+        v.truncate(at);
+        return Err(e);
+    }
+    let len = v.len() - at - LEN_PREFIX;
+    let Ok(len32) = u32::try_from(len) else {
+        v.truncate(at);
+        return Err(rmp_serde::encode::Error::Syntax(format!(
+            "a message of {len} bytes is over the 4 GiB limit of a length prefix"
+        )));
+    };
+    v[at..at + LEN_PREFIX].copy_from_slice(&len32.to_be_bytes());
+    Ok(len)
+}
+
+/// [`encode_one`] into `v` (cleared first); returns the header's length.
+pub(crate) fn encode_one_into<T: Serialize + ?Sized>(
+    v: &mut Vec<u8>,
+    to_node: &str,
+    to_name: &str,
+    from: &str,
+    msg: &T,
+) -> Result<usize, rmp_serde::encode::Error> {
+    v.clear();
+    batch_header(v, to_node, to_name, from);
+    let header = v.len();
+    push_message(v, msg)?;
+    Ok(header)
+}
+
+/// Encodes one message as a [`Wire::SendBatch`] frame; also returns the header's length
+/// (the bytes a frame with the same destination and sender starts with: what the
+/// outbound queue compares before appending the rest to a waiting frame).
+pub(crate) fn encode_one<T: Serialize + ?Sized>(
+    to_node: &str,
+    to_name: &str,
+    from: &str,
+    msg: &T,
+) -> Result<(Bytes, usize), rmp_serde::encode::Error> {
+    let mut v = Vec::with_capacity(32 + to_node.len() + to_name.len() + from.len());
+    batch_header(&mut v, to_node, to_name, from);
+    let header = v.len();
+    push_message(&mut v, msg)?;
+    Ok((Bytes::from(v), header))
+}
+
 /// Encodes `msgs` as [`Wire::SendBatch`] frames of at most [`BATCH_FRAME_BYTES`] of body
-/// each (at least one message per frame), in order; also returns the largest encoded
-/// message (what routing by size looks at).
+/// each (at least one message per frame), in order; also returns the header length of
+/// every frame (see [`encode_one`]) and the largest encoded message (what routing by
+/// size looks at).
+#[allow(clippy::type_complexity)]
 pub(crate) fn encode_batches<T: Serialize>(
     to_node: &str,
     to_name: &str,
     from: &str,
     msgs: &[T],
-) -> Result<(Vec<Bytes>, usize), rmp_serde::encode::Error> {
+) -> Result<(Vec<Bytes>, usize, usize), rmp_serde::encode::Error> {
     let mut frames = Vec::new();
     let mut largest = 0;
-    let mut body: Vec<u8> = Vec::with_capacity(256);
-    let mut count = 0u32;
-    let header = |count: u32, body_len: usize| {
-        let mut v = Vec::with_capacity(32 + body_len);
-        let h = BatchRef::SendBatch {
-            to_node,
-            to_name,
-            from,
-            count,
-        };
-        rmp_serde::encode::write(&mut v, &h).expect("wire messages always encode");
+    let mut head = Vec::with_capacity(32);
+    batch_header(&mut head, to_node, to_name, from);
+    let header = head.len();
+    let fresh = |body_hint: usize| {
+        let mut v = Vec::with_capacity(header + body_hint);
+        v.extend_from_slice(&head);
         v
     };
-    let mut flush = |body: &mut Vec<u8>, count: &mut u32| {
-        if *count > 0 {
-            let mut v = header(*count, body.len());
-            v.extend_from_slice(body);
-            frames.push(Bytes::from(v));
-            body.clear();
-            *count = 0;
-        }
-    };
+    let hint = (msgs.len() * 16).min(BATCH_FRAME_BYTES + 64);
+    let mut v = fresh(hint);
     for m in msgs {
-        let at = body.len();
-        body.extend_from_slice(&[0; 4]);
-        rmp_serde::encode::write(&mut body, m)?;
-        let len = body.len() - at - 4;
-        let len32 = u32::try_from(len).unwrap_or(u32::MAX);
-        body[at..at + 4].copy_from_slice(&len32.to_be_bytes());
+        let at = v.len();
+        let len = push_message(&mut v, m)?;
         largest = largest.max(len);
-        count += 1;
-        if body.len() >= BATCH_FRAME_BYTES || count == u32::MAX {
+        let body = v.len() - header;
+        if body >= BATCH_FRAME_BYTES {
             // Keep the frame within the bound: the message that crossed it opens the next
             // frame (unless it is alone).
-            if count > 1 && body.len() > BATCH_FRAME_BYTES {
-                let tail = body.split_off(at);
-                count -= 1;
-                flush(&mut body, &mut count);
-                body = tail;
-                count = 1;
+            if at > header && body > BATCH_FRAME_BYTES {
+                let mut next = fresh(hint);
+                next.extend_from_slice(&v[at..]);
+                v.truncate(at);
+                frames.push(Bytes::from(std::mem::replace(&mut v, next)));
             } else {
-                flush(&mut body, &mut count);
+                frames.push(Bytes::from(std::mem::replace(&mut v, fresh(hint))));
             }
         }
     }
-    flush(&mut body, &mut count);
-    Ok((frames, largest))
+    if v.len() > header {
+        frames.push(Bytes::from(v));
+    }
+    Ok((frames, header, largest))
 }
 
-/// The messages of a [`Wire::SendBatch`] body, as zero-copy slices; `None` if the body
-/// does not hold exactly `count` length-prefixed messages.
-pub(crate) fn split_batch(body: &Bytes, count: u32) -> Option<Vec<Bytes>> {
-    let mut out = Vec::with_capacity(count as usize);
+/// The number of messages in a [`Wire::SendBatch`] body; `None` unless it holds one or
+/// more length-prefixed messages and nothing else.
+pub(crate) fn batch_count(body: &[u8]) -> Option<usize> {
     let mut at = 0usize;
-    for _ in 0..count {
-        let len = body.get(at..at + 4)?;
+    let mut n = 0usize;
+    while at < body.len() {
+        let len = body.get(at..at + LEN_PREFIX)?;
         let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
-        let end = (at + 4).checked_add(len)?;
-        if end > body.len() {
-            return None;
-        }
-        out.push(body.slice(at + 4..end));
-        at = end;
+        at = (at + LEN_PREFIX).checked_add(len)?;
+        n += 1;
     }
-    (at == body.len()).then_some(out)
+    (at == body.len() && n > 0).then_some(n)
+}
+
+/// The messages of a [`Wire::SendBatch`] body checked by [`batch_count`], from offset
+/// `at` on: each message's bytes and the offset after it.
+pub(crate) fn next_message(body: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let len = body.get(at..at + LEN_PREFIX)?;
+    let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+    let end = (at + LEN_PREFIX).checked_add(len)?;
+    Some((body.get(at + LEN_PREFIX..end)?, end))
 }
 
 /// [`encode_with`] for a borrowed header.
@@ -394,10 +455,23 @@ mod tests {
         );
     }
 
+    /// The messages of a batch body, decoded.
+    fn messages(body: &[u8]) -> Vec<u64> {
+        let n = batch_count(body).expect("a well-formed body");
+        let mut at = 0;
+        let mut out = Vec::new();
+        while let Some((m, next)) = next_message(body, at) {
+            out.push(rmp_serde::from_slice::<u64>(m).unwrap());
+            at = next;
+        }
+        assert_eq!(out.len(), n);
+        out
+    }
+
     #[test]
     fn batches_split_into_bounded_frames_and_come_back_in_order() {
         let msgs: Vec<u64> = (0..20_000).collect();
-        let (frames, largest) = encode_batches("b", "inbox", "a", &msgs).unwrap();
+        let (frames, header, largest) = encode_batches("b", "inbox", "a", &msgs).unwrap();
         assert!(frames.len() > 1, "{} frames", frames.len());
         assert!(largest <= 9);
         let mut got = Vec::new();
@@ -407,14 +481,12 @@ mod tests {
                     to_node,
                     to_name,
                     from,
-                    count,
                     body,
                 } => {
                     assert_eq!((&*to_node, &*to_name, &*from), ("b", "inbox", "a"));
+                    assert_eq!(f.len() - body.len(), header);
                     assert!(body.len() <= BATCH_FRAME_BYTES);
-                    for m in split_batch(&body, count).unwrap() {
-                        got.push(rmp_serde::from_slice::<u64>(&m).unwrap());
-                    }
+                    got.extend(messages(&body));
                 }
                 other => panic!("{other:?}"),
             }
@@ -422,13 +494,45 @@ mod tests {
         assert_eq!(got, msgs);
         // A message larger than the frame bound goes alone.
         let big = vec![vec![7u8; BATCH_FRAME_BYTES + 10], vec![1u8]];
-        let (frames, largest) = encode_batches("b", "inbox", "a", &big).unwrap();
+        let (frames, _, largest) = encode_batches("b", "inbox", "a", &big).unwrap();
         assert_eq!(frames.len(), 2);
         assert!(largest > BATCH_FRAME_BYTES);
-        // Malformed bodies are refused.
-        let body = Bytes::from_static(&[0, 0, 0, 5, 1, 2]);
-        assert!(split_batch(&body, 1).is_none());
-        assert!(split_batch(&Bytes::from_static(&[0, 0, 0, 0, 9]), 1).is_none());
+        // Nothing to send: no frame.
+        let (frames, _, _) = encode_batches::<u64>("b", "inbox", "a", &[]).unwrap();
+        assert!(frames.is_empty());
+    }
+
+    #[test]
+    fn one_message_frames_concatenate_into_a_batch() {
+        // What the outbound queue does: a frame's messages (all after the header) appended
+        // to another frame with the same header make one frame holding both, in order.
+        let (first, header) = encode_one("b", "inbox", "a", &1u64).unwrap();
+        let (second, header2) = encode_one("b", "inbox", "a", &2u64).unwrap();
+        assert_eq!(header, header2);
+        assert_eq!(first[..header], second[..header]);
+        let mut merged = first.to_vec();
+        merged.extend_from_slice(&second[header..]);
+        match decode(&Bytes::from(merged)).unwrap() {
+            Wire::SendBatch { body, .. } => assert_eq!(messages(&body), [1, 2]),
+            other => panic!("{other:?}"),
+        }
+        // Another destination has another header.
+        let (other, _) = encode_one("b", "other", "a", &1u64).unwrap();
+        assert_ne!(first[..header], other[..header]);
+    }
+
+    #[test]
+    fn malformed_batch_bodies_are_refused() {
+        for body in [
+            &[][..],                       // no message at all
+            &[0, 0, 0, 5, 1, 2][..],       // a message cut short
+            &[0, 0, 0, 0, 9][..],          // junk after a message
+            &[0, 0][..],                   // a cut length prefix
+            &[0xff, 0xff, 0xff, 0xff][..], // a length far past the end
+        ] {
+            assert_eq!(batch_count(body), None, "{body:?}");
+        }
+        assert_eq!(batch_count(&[0, 0, 0, 1, 7, 0, 0, 0, 0]), Some(2));
     }
 
     #[test]

@@ -45,8 +45,10 @@ use crate::{Error, Result};
 /// keys and sealed records in `secret` mode, security modes in the handshake. Version 3:
 /// the node's messages for batched sends, coordinated topology switches and partial-view
 /// membership (a version-2 node is refused at the handshake with a clear error instead of
-/// dropping those messages as undecodable).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// dropping those messages as undecodable). Version 4: the node's `SendBatch` carries no
+/// count (its messages run to the end of the frame, so the sender's queue can append to
+/// a waiting frame, D390), and `send` uses it for single messages too.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Body limit while a connection is unauthenticated: an anonymous peer can make us
 /// buffer at most this much.
