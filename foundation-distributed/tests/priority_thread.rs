@@ -1,7 +1,8 @@
-//! The node's priority thread (D380): started on a multi-thread runtime, serving the
-//! high-priority channels (request handlers' first poll runs on it, their spawns go to
-//! the application's runtime), stopped at shutdown; off on a `current_thread` runtime
-//! and when the setting is off.
+//! The priority thread (D380): used on a multi-thread runtime, serving the high-priority
+//! channels (request handlers' first poll runs on it, their spawns go to the
+//! application's runtime); off on a `current_thread` runtime and when the setting is off.
+//! Its start and stop are in `priority_thread_lifecycle.rs` (a process of its own: the
+//! thread is shared by every node of a process).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,8 +120,7 @@ async fn exercise(a: &Node, b: &Node) -> Seen {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn starts_serves_and_stops_at_shutdown_on_tcp() {
-    // Names of their own: the other tests run in this process at the same time.
+async fn serves_on_tcp() {
     let (a, b) = start_pair(
         tcp("lifea", secret()),
         tcp("lifeb", secret()),
@@ -130,24 +130,22 @@ async fn starts_serves_and_stops_at_shutdown_on_tcp() {
     )
     .await;
     assert!(a.has_priority_thread() && b.has_priority_thread());
-    let names = thread_names();
-    assert!(names.iter().any(|n| n == "fprio-lifea"), "{names:?}");
-    assert!(names.iter().any(|n| n == "fprio-lifeb"), "{names:?}");
+    assert!(thread_names().iter().any(|n| n == "fprio"));
 
     serve_where(&b);
     let (here, there) = exercise(&a, &b).await;
     // The handler's first poll runs on the reading task of an urgent connection: on the
     // priority thread (its socket moved there); what it spawns runs on the application's
     // workers.
-    assert_eq!(here.as_deref(), Some("fprio-lifeb"));
-    assert!(there.is_some_and(|n| !n.starts_with("fprio-")));
+    assert_eq!(here.as_deref(), Some("fprio"));
+    assert!(there.is_some_and(|n| n != "fprio"));
     // Replies come back the same way, many times.
     for i in 0..100u64 {
         let (here, _) = a
             .request::<u64, Seen>("lifeb", "where", &i, Duration::from_secs(10))
             .await
             .unwrap();
-        assert_eq!(here.as_deref(), Some("fprio-lifeb"));
+        assert_eq!(here.as_deref(), Some("fprio"));
     }
 
     // From a task on the runtime as well.
@@ -159,7 +157,7 @@ async fn starts_serves_and_stops_at_shutdown_on_tcp() {
                     .request::<u64, Seen>("lifeb", "where", &i, Duration::from_secs(10))
                     .await
                     .unwrap();
-                assert_eq!(here.as_deref(), Some("fprio-lifeb"));
+                assert_eq!(here.as_deref(), Some("fprio"));
             }
         })
     };
@@ -168,11 +166,6 @@ async fn starts_serves_and_stops_at_shutdown_on_tcp() {
     assert!(a.shutdown_within(Duration::from_secs(10)).await);
     assert!(b.shutdown_within(Duration::from_secs(10)).await);
     assert!(!a.has_priority_thread() && !b.has_priority_thread());
-    let names = thread_names();
-    assert!(
-        !names.iter().any(|n| n.starts_with("fprio-life")),
-        "{names:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +178,7 @@ async fn plaintext_and_memory_transports_work_on_it() {
     )
     .await;
     serve_where(&b);
-    assert_eq!(exercise(&a, &b).await.0.as_deref(), Some("fprio-pb"));
+    assert_eq!(exercise(&a, &b).await.0.as_deref(), Some("fprio"));
     assert!(a.shutdown_within(Duration::from_secs(10)).await);
     assert!(b.shutdown_within(Duration::from_secs(10)).await);
 
@@ -195,7 +188,7 @@ async fn plaintext_and_memory_transports_work_on_it() {
     };
     let (a, b) = pair(t("pa"), t("pb"), ["mem://pa", "mem://pb"], true).await;
     serve_where(&b);
-    assert_eq!(exercise(&a, &b).await.0.as_deref(), Some("fprio-pb"));
+    assert_eq!(exercise(&a, &b).await.0.as_deref(), Some("fprio"));
     assert!(a.shutdown_within(Duration::from_secs(10)).await);
     assert!(b.shutdown_within(Duration::from_secs(10)).await);
 }
@@ -218,7 +211,7 @@ async fn tls_connections_work_on_it() {
     .await;
     assert!(a.has_priority_thread());
     serve_where(&b);
-    assert_eq!(exercise(&a, &b).await.0.as_deref(), Some("fprio-tlsb"));
+    assert_eq!(exercise(&a, &b).await.0.as_deref(), Some("fprio"));
     assert!(a.shutdown_within(Duration::from_secs(10)).await);
     assert!(b.shutdown_within(Duration::from_secs(10)).await);
     let _ = std::fs::remove_dir_all(&dir);
@@ -236,7 +229,7 @@ async fn off_by_setting() {
     assert!(!a.has_priority_thread() && !b.has_priority_thread());
     serve_where(&b);
     let (here, _) = exercise(&a, &b).await;
-    assert!(here.is_some_and(|n| !n.starts_with("fprio-")));
+    assert!(here.is_some_and(|n| n != "fprio"));
     assert!(a.shutdown_within(Duration::from_secs(10)).await);
     assert!(b.shutdown_within(Duration::from_secs(10)).await);
 }

@@ -555,21 +555,43 @@ impl ChannelSender {
         header: usize,
     ) -> Result<()> {
         let index = self.state.pick(key);
+        let yields = self.yields_after(payload.len() - header.min(payload.len()));
         match self.state.queues[index]
             .push_merging(key, payload, header)
             .await
         {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if yields {
+                    // As `send` does: see `SENDER_YIELD_AT`.
+                    tokio::task::yield_now().await;
+                }
+                Ok(())
+            }
             Err(Refused::Closed(_, reason)) => Err(self.state.closed_error(index, &reason)),
             Err(Refused::Full(_)) => Err(self.state.closed_error(index, "queue refused")),
         }
     }
 
     /// Appends `payload` to a waiting message as [`send_merging`](Self::send_merging)
-    /// would, if that can be done now; `false` (nothing queued) otherwise.
-    pub(crate) fn append_now(&self, key: Option<u64>, payload: &[u8], header: usize) -> bool {
+    /// would, if that can be done now: `Some(yield)`, where `yield` says the caller must
+    /// yield to the scheduler once before going on, as `send` does for a large message on
+    /// a medium- or low-priority channel (`SENDER_YIELD_AT`); `None` (nothing queued)
+    /// otherwise.
+    pub(crate) fn append_now(
+        &self,
+        key: Option<u64>,
+        payload: &[u8],
+        header: usize,
+    ) -> Option<bool> {
         let index = self.state.pick(key);
-        self.state.queues[index].append_now(key, payload, header)
+        self.state.queues[index]
+            .append_now(key, payload, header)
+            .then(|| self.yields_after(payload.len() - header.min(payload.len())))
+    }
+
+    /// Whether a send of a message of `len` bytes yields once queued (`SENDER_YIELD_AT`).
+    fn yields_after(&self, len: usize) -> bool {
+        len >= SENDER_YIELD_AT && self.state.spec.priority != Priority::High
     }
 
     /// [`try_send`](Self::try_send) with the appending of
@@ -1006,17 +1028,17 @@ impl Channels {
             })
     }
 
-    /// See `ChannelSender::append_now`; `false` for an unknown channel.
+    /// See `ChannelSender::append_now`; `None` for an unknown channel.
     pub(crate) fn append_now(
         &self,
         name: &str,
         key: Option<u64>,
         payload: &[u8],
         header: usize,
-    ) -> bool {
+    ) -> Option<bool> {
         self.by_name
             .get(name)
-            .is_some_and(|s| s.append_now(key, payload, header))
+            .and_then(|s| s.append_now(key, payload, header))
     }
 
     /// Sends on channel `name`; see `ChannelSender::send_merging`.

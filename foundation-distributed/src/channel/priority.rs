@@ -11,15 +11,17 @@
 //! their TCP sockets with its driver; the thread is idle but for that traffic, so the OS
 //! wakes it as soon as an urgent frame arrives or is queued.
 //!
-//! The node starts one per node when `NodeSettings::priority_thread` is on and the node
-//! is started on a multi-thread runtime (never on a `current_thread` runtime, so tests on
-//! tokio's paused clock keep one clock and stay deterministic), and stops it at the end
-//! of `Node::shutdown`.
+//! Nodes share one per process (named `fprio`) when `NodeSettings::priority_thread` is on
+//! and they are started on a multi-thread runtime (never on a `current_thread` runtime,
+//! so tests on tokio's paused clock keep one clock and stay deterministic); the last node
+//! to shut down stops it at the end of `Node::shutdown`.
 //!
 //! | metric | kind |
 //! |---|---|
 //! | `foundation_channel_priority_threads` | gauge: priority threads running in the process |
 //! | `foundation_channel_priority_nice_total` | counter, `result` (`ok`, `refused`): attempts to raise the thread's priority |
+
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
@@ -63,6 +65,7 @@ impl PriorityThread {
         let stop = CancellationToken::new();
         let (tx, exited) = oneshot::channel();
         let token = stop.clone();
+        let (started_tx, started) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
@@ -71,6 +74,7 @@ impl PriorityThread {
                 if let Some(nice) = nice {
                     set_nice(nice);
                 }
+                let _ = started_tx.send(());
                 rt.block_on(token.cancelled());
                 // Drops every task still on the runtime, on this thread.
                 drop(rt);
@@ -78,6 +82,9 @@ impl PriorityThread {
                 let _ = tx.send(());
             })
             .map_err(|e| Error::io(name, e))?;
+        // Returns once the thread runs (named, priority set): a few microseconds, once
+        // per process in a node's start.
+        let _ = started.recv();
         Ok(PriorityThread {
             handle,
             stop,
@@ -143,6 +150,29 @@ fn set_nice(nice: i32) {
     metrics::counter!(NICE, "result" => result).increment(1);
 }
 
+/// The process's shared priority thread, while any node holds it.
+static SHARED: parking_lot::Mutex<std::sync::Weak<PriorityThread>> =
+    parking_lot::Mutex::new(std::sync::Weak::new());
+
+/// The name of the process's shared priority thread.
+pub(crate) const SHARED_NAME: &str = "fprio";
+
+impl PriorityThread {
+    /// The process's shared priority thread (named `fprio`), started with `nice` if no
+    /// node holds one now. Every node of the process uses the same one: a process runs
+    /// one thread for all its nodes' high-priority traffic, however many nodes it
+    /// simulates. It stops when the last holder shuts it down or drops it.
+    pub(crate) fn shared(nice: Option<i32>) -> Result<Arc<PriorityThread>> {
+        let mut shared = SHARED.lock();
+        if let Some(p) = shared.upgrade().filter(|p| p.is_running()) {
+            return Ok(p);
+        }
+        let p = Arc::new(PriorityThread::start(SHARED_NAME, nice)?);
+        *shared = Arc::downgrade(&p);
+        Ok(p)
+    }
+}
+
 /// Whether a node started from this runtime context should use a priority thread: only
 /// on a multi-thread runtime (a `current_thread` runtime, and so tokio's paused clock,
 /// keeps everything on itself).
@@ -195,6 +225,25 @@ mod tests {
         drop(p);
         // Resolves once the thread has dropped its runtime's tasks.
         assert!(rx.await.is_err());
+    }
+
+    #[tokio::test]
+    async fn shared_is_one_thread_until_its_last_holder_lets_go() {
+        let a = PriorityThread::shared(None).unwrap();
+        let b = PriorityThread::shared(None).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        drop(a);
+        // The last holder stops it; the next caller gets a new one.
+        let b = Arc::try_unwrap(b).expect("the only holder");
+        assert!(b.shutdown(later()).await);
+        let c = PriorityThread::shared(None).unwrap();
+        assert!(c.is_running());
+        let name = c
+            .handle()
+            .spawn(async { std::thread::current().name().map(str::to_string) })
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some(SHARED_NAME));
     }
 
     #[test]

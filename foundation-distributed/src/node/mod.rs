@@ -226,18 +226,19 @@ pub struct NodeSettings {
     /// Coordinated topology switching: cooldown, grace before old links are torn down.
     pub switch: SwitchSettings,
     /// Runs the reader and writer tasks of high-priority channels (`coordination`,
-    /// `urgent`: requests, replies, membership) on a thread of their own, owned by the
-    /// node, with its own tokio runtime and I/O driver, so that their wake-ups never wait
-    /// behind bulk traffic in the application runtime's run queues (D380). Used only when
-    /// the node is started on a multi-thread runtime; on a `current_thread` runtime (and
-    /// so under tokio's paused clock) everything runs on the caller's runtime. The
-    /// thread is stopped at the end of [`Node::shutdown`]. Inbound handlers (the first
-    /// poll of request handlers included) still spawn onto the application's runtime.
+    /// `urgent`: requests, replies, membership) on a priority thread (`fprio`) with its
+    /// own tokio runtime and I/O driver, their TCP sockets moved there, so that their
+    /// wake-ups never wait behind bulk traffic in the application runtime's run queues
+    /// (D380). One thread per process, shared by its nodes; the last node to shut down
+    /// stops it at the end of [`Node::shutdown`]. Used only when the node is started on
+    /// a multi-thread runtime; on a `current_thread` runtime (and so under tokio's paused
+    /// clock) everything runs on the caller's runtime. Inbound handlers (the first poll
+    /// of request handlers included) still spawn onto the application's runtime.
     /// Default `true`; `false` keeps every task of the node on the caller's runtime.
     pub priority_thread: bool,
     /// The nice value the priority thread asks the OS for (Linux; -20 ..= 19, lower is
     /// scheduled sooner when the CPUs are busy), so that it preempts bulk work on a busy
-    /// machine (D381). Needs `CAP_SYS_NICE` or `RLIMIT_NICE` to go below the process's
+    /// machine (D381); the node that starts the process's thread sets it. Needs `CAP_SYS_NICE` or `RLIMIT_NICE` to go below the process's
     /// own; refused, the thread keeps the process's priority (logged, counted in
     /// `foundation_channel_priority_nice_total{result="refused"}`). `None` leaves it
     /// alone. Default `Some(-10)`.
@@ -327,8 +328,8 @@ pub(crate) struct Inner {
     meters: Meters,
     switch: switch::SwitchState,
     overlay: membership::Overlay,
-    /// The node's priority thread (D380), if it runs one.
-    priority: Option<crate::channel::PriorityThread>,
+    /// The process's priority thread (D380), while this node uses it.
+    priority: Mutex<Option<Arc<crate::channel::PriorityThread>>>,
 }
 
 /// A running cluster member. Cheap to clone; [`shutdown`](Self::shutdown) stops it (and
@@ -418,9 +419,7 @@ impl Node {
         };
         let cancel = CancellationToken::new();
         let priority = if settings.priority_thread && crate::channel::priority_thread_wanted() {
-            // Short: Linux shows the first 15 bytes of a thread's name.
-            Some(crate::channel::PriorityThread::start(
-                &format!("fprio-{name}"),
+            Some(crate::channel::PriorityThread::shared(
                 settings.priority_thread_nice,
             )?)
         } else {
@@ -484,7 +483,7 @@ impl Node {
                 switch: switch::SwitchState::new(settings.topology),
                 overlay: membership::Overlay::default(),
                 settings,
-                priority,
+                priority: Mutex::new(priority),
             }
         });
         if let Some(inbox) = inner.inbox.lock().as_ref() {
@@ -500,10 +499,14 @@ impl Node {
         &self.inner.name
     }
 
-    /// Whether this node runs its high-priority channels on a priority thread of its own
-    /// (see [`NodeSettings::priority_thread`]) that has not been stopped yet.
+    /// Whether this node runs its high-priority channels on the process's priority thread
+    /// (see [`NodeSettings::priority_thread`]); `false` once it has shut down.
     pub fn has_priority_thread(&self) -> bool {
-        self.inner.priority.as_ref().is_some_and(|p| p.is_running())
+        self.inner
+            .priority
+            .lock()
+            .as_ref()
+            .is_some_and(|p| p.is_running())
     }
 
     /// The address this node listens on.
@@ -651,12 +654,18 @@ impl Node {
         let mut encoded = None;
         let appended = SCRATCH.with(|cell| {
             let Ok(mut v) = cell.try_borrow_mut() else {
-                return Ok(false);
+                return Ok(None);
             };
             let header =
                 encode_one_into(&mut v, node, name, &self.inner.name, msg).map_err(encode_error)?;
-            let appended = self.inner.append_now(node, &v, header, opts);
-            if !appended {
+            // A message of a whole frame's size is never appended (the queue's bound is
+            // the same 64 KiB): do not look.
+            let appended = if v.len() < wire::BATCH_FRAME_BYTES {
+                self.inner.append_now(node, &v, header, opts)
+            } else {
+                None
+            };
+            if appended.is_none() {
                 // A large message leaves with the buffer itself (no copy); a small one is
                 // copied out and the buffer kept for the next.
                 let payload = if v.len() > SCRATCH_KEEP {
@@ -671,7 +680,11 @@ impl Node {
             }
             Ok::<_, Error>(appended)
         })?;
-        if appended {
+        if let Some(yields) = appended {
+            if yields {
+                // As a channel send of a large message does (D382).
+                tokio::task::yield_now().await;
+            }
             return Ok(());
         }
         let (payload, header) = match encoded {
@@ -977,8 +990,12 @@ impl Node {
             }
         }
         drop(inner.inbox.lock().take());
-        if let Some(p) = &inner.priority {
-            clean &= p.shutdown(until).await;
+        // The last node of the process to let go of the priority thread stops it.
+        let priority = inner.priority.lock().take();
+        if let Some(p) = priority {
+            if let Ok(p) = Arc::try_unwrap(p) {
+                clean &= p.shutdown(until).await;
+            }
         }
         clean
     }
@@ -1329,13 +1346,16 @@ impl Inner {
     /// Appends an application `SendBatch` frame with a header of `header` bytes to a
     /// frame waiting in the queue towards `to` (the one `forward_sized` would use), if
     /// that can be done now without waiting; `false` (nothing sent) otherwise.
-    fn append_now(&self, to: &str, payload: &[u8], header: usize, opts: SendOptions) -> bool {
-        let Ok(hop) = self.hop(to) else {
-            return false;
-        };
-        let Some(channels) = self.links.get(&hop).and_then(|l| l.current()) else {
-            return false;
-        };
+    /// Returns `Some(yield)` when appended (see `ChannelSender::append_now`).
+    fn append_now(
+        &self,
+        to: &str,
+        payload: &[u8],
+        header: usize,
+        opts: SendOptions,
+    ) -> Option<bool> {
+        let hop = self.hop(to).ok()?;
+        let channels = self.links.get(&hop).and_then(|l| l.current())?;
         let channel = self.channel_for(opts, payload.len() - header);
         channels.append_now(channel, opts.key, payload, header)
     }
