@@ -723,7 +723,7 @@ impl ChannelsBuilder {
                     let conn = if rehome { conn.rehome() } else { Ok(conn) };
                     tokio::select! {
                         _ = token.cancelled() => {
-                            let lost = writer.queue.fail("channels dropped") + writer.batch.len();
+                            let lost = writer.queue.fail("channels dropped") + writer.batch_messages();
                             writer.meters.dropped_failed.increment(lost as u64);
                         }
                         _ = async {
@@ -908,9 +908,14 @@ impl Writer {
         );
     }
 
+    /// Messages in the taken batch (a frame with appended messages counts each, D390).
+    fn batch_messages(&self) -> usize {
+        self.batch.iter().map(|i| i.messages as usize).sum()
+    }
+
     /// Fails the queue and counts what it and the batch held; returns that number.
     fn failed(&mut self, reason: &str) -> usize {
-        let lost = self.queue.fail(reason) + self.batch.len();
+        let lost = self.queue.fail(reason) + self.batch_messages();
         self.batch.clear();
         self.meters.dropped_failed.increment(lost as u64);
         lost
@@ -926,11 +931,15 @@ impl Writer {
         if let Some(i) = &self.interpose {
             match i.interposer.decide(&i.from, &i.to, &i.channel) {
                 Action::Drop => {
-                    self.meters.dropped_interposed.increment(1);
+                    self.meters
+                        .dropped_interposed
+                        .increment(item.messages.into());
                     return Ok(());
                 }
                 Action::Reset => {
-                    self.meters.dropped_interposed.increment(1);
+                    self.meters
+                        .dropped_interposed
+                        .increment(item.messages.into());
                     return Err(Error::Closed {
                         reason: "reset by the interposer".into(),
                     });
@@ -944,6 +953,7 @@ impl Writer {
             }
         }
         let len = item.payload.len() as u64;
+        let messages = u64::from(item.messages);
         let (tag, body) = match item.key {
             None => (UNKEYED, item.payload),
             Some(key) => {
@@ -958,7 +968,7 @@ impl Writer {
                 Ok(()) => {}
                 // Refused before anything was written: the connection stays usable.
                 Err(Error::FrameTooLarge { .. }) => {
-                    self.meters.dropped_too_large.increment(1);
+                    self.meters.dropped_too_large.increment(messages);
                     return Ok(());
                 }
                 Err(e) => return Err(e),
