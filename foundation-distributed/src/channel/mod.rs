@@ -13,7 +13,9 @@
 //!   waits for space (backpressure); [`ChannelSender::try_send`] hands the message back.
 //! * A message with a partition key goes to connection `hash(key) % parallelism`, so
 //!   messages of one key stay in order; a message without a key goes round-robin. One
-//!   message is one frame on one connection (large messages are not split).
+//!   message is one frame on one connection (large messages are not split), except that
+//!   the node's sends may be appended, inside the crate, to a frame of the same key and
+//!   header still waiting in the queue (write-combining, D390).
 //! * On a monotonic channel a newer message for a key replaces an older one of the same
 //!   key that is still queued (in place: per-key order holds), counted in
 //!   `foundation_channel_superseded_total`.
