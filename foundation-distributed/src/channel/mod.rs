@@ -13,7 +13,9 @@
 //!   waits for space (backpressure); [`ChannelSender::try_send`] hands the message back.
 //! * A message with a partition key goes to connection `hash(key) % parallelism`, so
 //!   messages of one key stay in order; a message without a key goes round-robin. One
-//!   message is one frame on one connection (large messages are not split).
+//!   message is one frame on one connection (large messages are not split), except that
+//!   the node's sends may be appended, inside the crate, to a frame of the same key and
+//!   header still waiting in the queue (write-combining, D390).
 //! * On a monotonic channel a newer message for a key replaces an older one of the same
 //!   key that is still queued (in place: per-key order holds), counted in
 //!   `foundation_channel_superseded_total`.
@@ -729,7 +731,7 @@ impl ChannelsBuilder {
                     let conn = if rehome { conn.rehome() } else { Ok(conn) };
                     tokio::select! {
                         _ = token.cancelled() => {
-                            let lost = writer.queue.fail("channels dropped") + writer.batch.len();
+                            let lost = writer.queue.fail("channels dropped") + writer.batch_messages();
                             writer.meters.dropped_failed.increment(lost as u64);
                         }
                         _ = async {
@@ -914,9 +916,14 @@ impl Writer {
         );
     }
 
+    /// Messages in the taken batch (a frame with appended messages counts each, D390).
+    fn batch_messages(&self) -> usize {
+        self.batch.iter().map(|i| i.messages as usize).sum()
+    }
+
     /// Fails the queue and counts what it and the batch held; returns that number.
     fn failed(&mut self, reason: &str) -> usize {
-        let lost = self.queue.fail(reason) + self.batch.len();
+        let lost = self.queue.fail(reason) + self.batch_messages();
         self.batch.clear();
         self.meters.dropped_failed.increment(lost as u64);
         lost
@@ -932,11 +939,15 @@ impl Writer {
         if let Some(i) = &self.interpose {
             match i.interposer.decide(&i.from, &i.to, &i.channel) {
                 Action::Drop => {
-                    self.meters.dropped_interposed.increment(1);
+                    self.meters
+                        .dropped_interposed
+                        .increment(item.messages.into());
                     return Ok(());
                 }
                 Action::Reset => {
-                    self.meters.dropped_interposed.increment(1);
+                    self.meters
+                        .dropped_interposed
+                        .increment(item.messages.into());
                     return Err(Error::Closed {
                         reason: "reset by the interposer".into(),
                     });
@@ -950,6 +961,7 @@ impl Writer {
             }
         }
         let len = item.payload.len() as u64;
+        let messages = u64::from(item.messages);
         let (tag, body) = match item.key {
             None => (UNKEYED, item.payload),
             Some(key) => {
@@ -964,7 +976,7 @@ impl Writer {
                 Ok(()) => {}
                 // Refused before anything was written: the connection stays usable.
                 Err(Error::FrameTooLarge { .. }) => {
-                    self.meters.dropped_too_large.increment(1);
+                    self.meters.dropped_too_large.increment(messages);
                     return Ok(());
                 }
                 Err(e) => return Err(e),
