@@ -8,9 +8,9 @@
 //!    Each layout is measured twice: with the requester on the bench's main thread
 //!    (inside `block_on`, as the figures were taken) and with the requester in
 //!    a task spawned on the runtime's workers (where an application's code usually runs,
-//!    sharing the workers with the bulk transfer). `NODE_BENCH_PRIORITY_THREAD=0` turns
-//!    the nodes' priority thread (`NodeSettings::priority_thread`, D380) off, for an
-//!    A/B comparison with the same binary.
+//!    sharing the workers with the bulk transfer). `NODE_BENCH_PRIORITY_THREAD=1` turns
+//!    the nodes' priority thread (`NodeSettings::priority_thread`, D380, off by default:
+//!    D366) on, `=0` off, for an A/B comparison with the same binary.
 //! 2. **small messages**: `NODE_BENCH_SMALL` (default 1,000,000) 8-byte messages `a` →
 //!    `b`, counted at `b`'s receiver (zero loss checked), once with one `send().await`
 //!    per message and once with `send_batch` (`NODE_BENCH_BATCH` messages per call,
@@ -122,7 +122,7 @@ impl<'de> serde::Deserialize<'de> for Blob {
 }
 
 /// The nodes' settings for part 1: the defaults, except `priority_thread` when
-/// `NODE_BENCH_PRIORITY_THREAD=0`.
+/// `NODE_BENCH_PRIORITY_THREAD` is set (`1` on, `0` off).
 fn node_settings() -> NodeSettings {
     let d = NodeSettings::default();
     NodeSettings {
@@ -138,7 +138,8 @@ fn node_settings() -> NodeSettings {
 }
 
 fn priority_thread() -> bool {
-    std::env::var("NODE_BENCH_PRIORITY_THREAD").map_or(true, |v| v != "0")
+    std::env::var("NODE_BENCH_PRIORITY_THREAD")
+        .map_or(NodeSettings::default().priority_thread, |v| v != "0")
 }
 
 fn one_connection() -> NodeSettings {

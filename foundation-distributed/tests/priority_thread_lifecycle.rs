@@ -39,6 +39,7 @@ async fn starts_with_the_first_node_and_stops_with_the_last() {
     assert_eq!(priority_threads(), 0);
     let s = NodeSettings {
         listen: "127.0.0.1:0".into(),
+        priority_thread: true,
         ..NodeSettings::default()
     };
     let a = Node::start(tcp("la"), "la", s.clone()).await.unwrap();
