@@ -144,9 +144,14 @@ async fn peers_show_connections_queues_rates_and_head_of_line_incidents() {
     assert_eq!(channel(&peers, "b", "urgent")["stats"]["parallelism"], 2);
 
     // A burst of ordinary messages to b waits in the queue (the writer holds each 20 ms).
-    let normal = SendOptions::default();
+    // Each with a key of its own: messages of one key would be appended to one waiting
+    // frame (write-combining, D390) and leave the queue together.
     for i in 0..400u64 {
-        a.node.try_send("b", "sink", &i, normal).unwrap();
+        let own_key = SendOptions {
+            key: Some(i),
+            ..SendOptions::default()
+        };
+        a.node.try_send("b", "sink", &i, own_key).unwrap();
     }
     let peers = json(addr, "/api/peers").await;
     let m = channel(&peers, "b", "messages");

@@ -986,7 +986,9 @@ impl Writer {
         }
         let waited = now.saturating_duration_since(item.queued);
         self.meters.send_seconds.record(waited.as_secs_f64());
-        self.queue.live.written(copies.into(), len, waited);
+        self.queue
+            .live
+            .written(copies.into(), messages, len, waited);
         Ok(())
     }
 }

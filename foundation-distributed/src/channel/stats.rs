@@ -32,10 +32,13 @@ impl LiveCounters {
     /// `copies` copies of a `len`-byte payload were written after waiting `waited`.
     /// Single writer: only the connection's sender task calls it.
     #[inline]
-    pub(crate) fn written(&self, copies: u64, len: u64, waited: Duration) {
+    /// One frame written `copies` times, holding `messages` messages (more than one when
+    /// later sends were appended to it while it waited), `len` payload bytes, after
+    /// `waited` in the queue.
+    pub(crate) fn written(&self, copies: u64, messages: u64, len: u64, waited: Duration) {
         let bump =
             |c: &AtomicU64, by: u64| c.store(c.load(Ordering::Relaxed) + by, Ordering::Relaxed);
-        bump(&self.messages, copies);
+        bump(&self.messages, copies * messages);
         bump(&self.bytes, len * copies);
         if waited > LATE_AFTER {
             bump(&self.late, 1);
@@ -70,7 +73,9 @@ pub struct ChannelStats {
     pub sent_messages: u64,
     /// Payload bytes written since the link came up.
     pub sent_bytes: u64,
-    /// Messages that waited longer than [`LATE_AFTER`] in the queue.
+    /// Messages that waited longer than [`LATE_AFTER`] in the queue (of a frame that
+    /// later messages were appended to while it waited, its first message: the others
+    /// waited less).
     pub late: u64,
 }
 
