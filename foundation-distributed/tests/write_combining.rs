@@ -66,7 +66,7 @@ fn frames_sent(a: &Node) -> u64 {
         .filter(|p| p.peer == "b")
         .flat_map(|p| p.channels.iter())
         .filter(|c| c.channel == MESSAGES)
-        .map(|c| c.sent_messages)
+        .map(|c| c.sent_frames)
         .sum()
 }
 

@@ -1,6 +1,6 @@
 //! Read-only numbers of one link's channels, for observers ([`Channels::stats`]).
 //!
-//! Each connection's sender task keeps three counters (messages and payload bytes
+//! Each connection's sender task keeps four counters (frames, messages and payload bytes
 //! written, messages that waited longer than [`LATE_AFTER`] in the queue), single-writer atomics updated with a relaxed load and store; the queue depth is read from the queues
 //! themselves when asked. Nothing here runs unless [`Channels::stats`] is called.
 
@@ -23,6 +23,7 @@ pub const LATE_AFTER: Duration = Duration::from_millis(10);
 /// with another writer) and read by [`Channels::stats`].
 #[derive(Debug, Default)]
 pub(crate) struct LiveCounters {
+    frames: AtomicU64,
     messages: AtomicU64,
     bytes: AtomicU64,
     late: AtomicU64,
@@ -38,6 +39,7 @@ impl LiveCounters {
     pub(crate) fn written(&self, copies: u64, messages: u64, len: u64, waited: Duration) {
         let bump =
             |c: &AtomicU64, by: u64| c.store(c.load(Ordering::Relaxed) + by, Ordering::Relaxed);
+        bump(&self.frames, copies);
         bump(&self.messages, copies * messages);
         bump(&self.bytes, len * copies);
         if waited > LATE_AFTER {
@@ -45,8 +47,9 @@ impl LiveCounters {
         }
     }
 
-    fn read(&self) -> (u64, u64, u64) {
+    fn read(&self) -> (u64, u64, u64, u64) {
         (
+            self.frames.load(Ordering::Relaxed),
             self.messages.load(Ordering::Relaxed),
             self.bytes.load(Ordering::Relaxed),
             self.late.load(Ordering::Relaxed),
@@ -71,6 +74,9 @@ pub struct ChannelStats {
     pub queued_bytes: u64,
     /// Messages written since the link came up (copies made by an interposer count).
     pub sent_messages: u64,
+    /// Frames written since the link came up: one per message, or fewer when later
+    /// messages were appended to a frame while it waited (write-combining, D390).
+    pub sent_frames: u64,
     /// Payload bytes written since the link came up.
     pub sent_bytes: u64,
     /// Messages that waited longer than [`LATE_AFTER`] in the queue (of a frame that
@@ -91,6 +97,7 @@ impl Channels {
                 let st = &s.state;
                 let (mut queued_messages, mut queued_bytes, mut connections) = (0u64, 0u64, 0u16);
                 let (mut sent_messages, mut sent_bytes, mut late) = (0u64, 0u64, 0u64);
+                let mut sent_frames = 0u64;
                 for q in &st.queues {
                     let (n, b) = q.depth();
                     queued_messages += n as u64;
@@ -98,7 +105,8 @@ impl Channels {
                     if q.closed().is_none() {
                         connections += 1;
                     }
-                    let (m, b, l) = q.live.read();
+                    let (f, m, b, l) = q.live.read();
+                    sent_frames += f;
                     sent_messages += m;
                     sent_bytes += b;
                     late += l;
@@ -116,6 +124,7 @@ impl Channels {
                     queued_messages,
                     queued_bytes,
                     sent_messages,
+                    sent_frames,
                     sent_bytes,
                     late,
                 })
