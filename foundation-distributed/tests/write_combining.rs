@@ -9,54 +9,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use foundation_distributed::channel::Channels;
 use foundation_distributed::node::{default_channels, Node, NodeSettings, SendOptions, MESSAGES};
-use foundation_distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
-};
+use foundation_distributed::transport::{MemoryNetwork, MemoryTransport, Transport};
 use serde::Serialize;
 
-fn settings(node: &str) -> TransportSettings {
-    TransportSettings {
-        cluster: "test".into(),
-        node: node.into(),
-        security: Security::Secret(
-            ClusterSecret::from_hex(
-                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
-            )
-            .unwrap(),
-        ),
-        ..TransportSettings::default()
-    }
-}
+mod common;
 
-async fn mem_node(net: &MemoryNetwork, name: &str, s: NodeSettings) -> Node {
-    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings(name)).unwrap());
-    let s = NodeSettings {
-        listen: format!("mem://{name}"),
-        ..s
-    };
-    Node::start(t, name, s).await.unwrap()
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("not reached within 10 s: {what}");
-}
+use common::settings;
 
 async fn pair(net: &MemoryNetwork, s: NodeSettings) -> (Node, Node) {
-    let a = mem_node(net, "a", s.clone()).await;
-    let b = mem_node(net, "b", s).await;
-    b.join(&[a.addr()]).await.unwrap();
-    eventually("linked both ways", || {
-        a.members().iter().filter(|m| m.up).count() == 2
-            && b.members().iter().filter(|m| m.up).count() == 2
-    })
-    .await;
-    (a, b)
+    common::joined_with(net, s).await
 }
 
 /// Frames `a` wrote on its `messages` channel to `b`.

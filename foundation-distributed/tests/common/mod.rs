@@ -47,6 +47,25 @@ pub async fn try_start(
     Node::start(t, name, s).await
 }
 
+/// Starts node `name` on `net` (listening on `mem://name`) with the rest of `s`.
+pub async fn start_with(net: &MemoryNetwork, name: &str, s: NodeSettings) -> Node {
+    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings(name)).unwrap());
+    let s = NodeSettings {
+        listen: format!("mem://{name}"),
+        ..s
+    };
+    Node::start(t, name, s).await.unwrap()
+}
+
+/// Two nodes `a` and `b` on `net` with settings `s`, joined (each sees both up).
+pub async fn joined_with(net: &MemoryNetwork, s: NodeSettings) -> (Node, Node) {
+    let a = start_with(net, "a", s.clone()).await;
+    let b = start_with(net, "b", s).await;
+    b.join(&[a.addr()]).await.unwrap();
+    eventually("joined", || up(&a) == ["a", "b"] && up(&b) == ["a", "b"]).await;
+    (a, b)
+}
+
 /// [`try_start`], which must succeed.
 pub async fn start(net: &MemoryNetwork, name: &str, faults: Option<Arc<Interposer>>) -> Node {
     try_start(net, name, faults).await.unwrap()
