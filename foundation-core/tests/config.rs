@@ -763,12 +763,20 @@ async fn loads_across_namespaces_are_atomic_under_concurrent_writers() {
                 tokio::task::yield_now().await;
                 b.unfreeze("x").await.unwrap();
                 b.set("other", &i).await.unwrap();
-                tokio::task::yield_now().await;
+                // A varying pause, so the racer does not fall into step with the loads
+                // (in lock-step every load can meet `x` frozen: 1 run in 40 did).
+                for _ in 0..=(i % 4) {
+                    tokio::task::yield_now().await;
+                }
             }
         })
     };
     let (mut ok, mut refused) = (0, 0);
-    for i in 1..=300u64 {
+    // At least 300 loads, and on until one went through (at most 3,000).
+    for i in 1..=3_000u64 {
+        if i > 300 && ok > 0 {
+            break;
+        }
         let doc = format!("[alpha]\nx = {i}\n[beta]\nx = {i}\n");
         let loaded = config.load_toml_str("file race.toml", &doc).await;
         let got_a = a.get::<u64>("x").ok();
