@@ -1238,6 +1238,16 @@ impl Inner {
         }
     }
 
+    /// The link to `hop`, started in the background if there is none and its address is
+    /// known; `None` when it is not.
+    fn link_or_start(&self, hop: &str) -> Option<Arc<link::Link>> {
+        if let Some(l) = self.links.get(hop) {
+            return Some(l);
+        }
+        let addr = self.view.lock().get(hop).map(|u| u.addr.clone())?;
+        (!addr.is_empty()).then(|| self.links.ensure(hop, &addr))
+    }
+
     /// Sends towards `to`, waiting for the link (bounded) and for queue room. Only for
     /// callers' own tasks.
     async fn forward(
@@ -1265,20 +1275,9 @@ impl Inner {
         header: usize,
     ) -> Result<()> {
         let hop = self.hop(to)?;
-        let link = match self.links.get(&hop) {
-            Some(l) => l,
-            None => {
-                let addr = self.view.lock().get(&hop).map(|u| u.addr.clone());
-                match addr {
-                    Some(a) if !a.is_empty() => self.links.ensure(&hop, &a),
-                    _ => {
-                        return Err(Error::UnknownNode {
-                            node: to.to_string(),
-                        })
-                    }
-                }
-            }
-        };
+        let link = self.link_or_start(&hop).ok_or_else(|| Error::UnknownNode {
+            node: to.to_string(),
+        })?;
         let ch = link.ready(self.settings.link_wait).await?;
         if control {
             return ch.send(COORDINATION, opts.key, payload).await;
@@ -1325,20 +1324,11 @@ impl Inner {
         size: usize,
     ) -> Result<()> {
         let hop = self.hop(to)?;
-        let link = match self.links.get(&hop) {
-            Some(l) => l,
-            None => {
-                let addr = self.view.lock().get(&hop).map(|u| u.addr.clone());
-                match addr {
-                    Some(a) if !a.is_empty() => self.links.ensure(&hop, &a),
-                    _ => {
-                        return Err(Error::NotConnected {
-                            node: hop,
-                            reason: "no link and no known address".into(),
-                        })
-                    }
-                }
-            }
+        let Some(link) = self.link_or_start(&hop) else {
+            return Err(Error::NotConnected {
+                node: hop,
+                reason: "no link and no known address".into(),
+            });
         };
         let channel = if control && opts.urgency == Urgency::Urgent {
             COORDINATION
