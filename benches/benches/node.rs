@@ -34,7 +34,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use foundation_distributed::channel::{ChannelSettings, ChannelSpec, Priority, COORDINATION};
+use foundation_distributed::channel::{
+    ChannelSettings, ChannelSpec, Priority, Urgency, COORDINATION,
+};
 use foundation_distributed::node::{Node, NodeSettings, SendOptions};
 use foundation_distributed::transport::{
     ClusterSecret, Security, TcpTransport, Transport, TransportSettings,
@@ -202,9 +204,11 @@ async fn urgent_during_bulk(
         tokio::spawn(async move {
             let blob = Blob(vec![1u8; 64 * 1024]);
             for i in 0..chunks {
+                // A keyed bulk transfer says so: a keyed message is not moved to
+                // `bulk_data` by its size (D402).
                 let opts = SendOptions {
+                    urgency: Urgency::Bulk,
                     key: Some((i % 5) as u64),
-                    ..SendOptions::default()
                 };
                 a.send("b", "bulk", &blob, opts).await.expect("bulk send");
             }

@@ -479,6 +479,14 @@ async fn routing_rules() {
         }),
         "state"
     );
+    // Bulk goes on `bulk_data` whatever the size (a keyed bulk stream stays on one channel).
+    assert_eq!(
+        r(MessageMeta {
+            urgency: Urgency::Bulk,
+            ..small
+        }),
+        BULK_DATA
+    );
     assert_eq!(
         r(MessageMeta {
             channel: Some("mine"),

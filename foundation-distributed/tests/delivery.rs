@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use foundation_distributed::channel::{ChannelSettings, Channels};
+use foundation_distributed::channel::{ChannelSettings, Channels, Urgency};
 use foundation_distributed::interpose::{Fault, Interposer, Rule};
 use foundation_distributed::node::{default_channels, Node, NodeSettings, SendOptions};
 use foundation_distributed::transport::{MemoryNetwork, MemoryTransport, TcpTransport, Transport};
@@ -305,4 +305,145 @@ async fn a_full_acked_window_fails_at_shutdown() {
     a.shutdown().await;
     let e = waiting.await.unwrap().unwrap_err();
     assert!(matches!(e, Error::NodeShutDown { .. }), "{e}");
+}
+
+/// An interposer delaying everything `from` sends on `channel` by `by` (paused clock: a
+/// message on another path overtakes it for sure).
+fn delayed(from: &str, channel: &str, by: Duration) -> Arc<Interposer> {
+    let faults = Arc::new(Interposer::with_seed(1));
+    faults.add(
+        Rule::new(Fault::Delay { min: by, max: by })
+            .from(&[from])
+            .channel(channel),
+    );
+    faults
+}
+
+/// Message `n`, small or (`big`) 4 KiB: over the 1 KiB bulk threshold.
+fn sized(n: u64, big: bool) -> (u64, Vec<u8>) {
+    (n, vec![7; if big { 4096 } else { 8 }])
+}
+
+/// Receives `n` messages from `inbox`; returns their numbers in arrival order.
+async fn arrival_order(
+    inbox: &mut tokio::sync::mpsc::Receiver<(String, (u64, Vec<u8>))>,
+    n: usize,
+) -> Vec<u64> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let (_, (i, _)) = tokio::time::timeout(Duration::from_secs(30), inbox.recv())
+            .await
+            .expect("all messages arrive")
+            .expect("receiver open");
+        seen.push(i);
+    }
+    seen
+}
+
+/// `from` sends 1..=12 to `to`'s receiver `r` with `opts`, every third message 4 KiB.
+async fn send_mixed(from: &Node, to: &str, opts: SendOptions) {
+    for i in 1..=12u64 {
+        from.send(to, "r", &sized(i, i % 3 == 1), opts)
+            .await
+            .unwrap();
+    }
+}
+
+/// A keyed stream keeps its order whatever the sizes of its messages (D402): the 4 KiB
+/// ones are not moved to `bulk_data` (delayed here, so before D402 the small ones overtook
+/// them).
+#[tokio::test(start_paused = true)]
+async fn a_keyed_stream_keeps_its_order_across_the_bulk_threshold() {
+    let net = MemoryNetwork::new();
+    let faults = delayed("a", "bulk_data", Duration::from_millis(300));
+    let (a, b) = common::joined(&net, Some(faults)).await;
+    let mut inbox = b.register::<(u64, Vec<u8>)>("r");
+    let keyed = SendOptions {
+        key: Some(9),
+        ..SendOptions::default()
+    };
+    send_mixed(&a, "b", keyed).await;
+    assert_eq!(
+        arrival_order(&mut inbox, 12).await,
+        (1..=12).collect::<Vec<_>>()
+    );
+}
+
+/// `Urgency::Bulk` puts a keyed stream on `bulk_data` whatever its sizes, in order: with
+/// `messages` delayed, nothing of it goes there.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_bulk_stream_stays_on_bulk_data_in_order() {
+    let net = MemoryNetwork::new();
+    let faults = delayed("a", "messages", Duration::from_millis(300));
+    let (a, b) = common::joined(&net, Some(faults)).await;
+    let mut inbox = b.register::<(u64, Vec<u8>)>("r");
+    let bulk = SendOptions {
+        urgency: Urgency::Bulk,
+        key: Some(3),
+    };
+    send_mixed(&a, "b", bulk).await;
+    // One normal message after the stream, on the delayed `messages`: it comes last.
+    a.send("b", "r", &sized(13, false), SendOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        arrival_order(&mut inbox, 13).await,
+        (1..=13).collect::<Vec<_>>()
+    );
+}
+
+/// What `from`'s link to `to` has sent on `channel` so far.
+fn sent_on(from: &Node, to: &str, channel: &str) -> u64 {
+    from.peer_stats()
+        .into_iter()
+        .find(|p| p.peer == to)
+        .and_then(|p| p.channels.into_iter().find(|c| c.channel == channel))
+        .map_or(0, |c| c.sent_messages)
+}
+
+/// Relayed through a server whose `bulk_data` is slow, a keyed stream keeps its order too,
+/// and a bulk stream stays on `bulk_data`: the relay passes each message on by the
+/// urgency of the channel it came on, never by its size.
+#[tokio::test(start_paused = true)]
+async fn a_relayed_keyed_stream_keeps_its_order_across_the_bulk_threshold() {
+    let faults = delayed("s1", "bulk_data", Duration::from_millis(300));
+    let (s1, c1, c2) = common::client_server(Some(faults)).await;
+    let mut inbox = c2.register::<(u64, Vec<u8>)>("r");
+    let keyed = SendOptions {
+        key: Some(4),
+        ..SendOptions::default()
+    };
+    send_mixed(&c1, "c2", keyed).await;
+    assert_eq!(
+        arrival_order(&mut inbox, 12).await,
+        (1..=12).collect::<Vec<_>>()
+    );
+    assert_eq!(sent_on(&s1, "c2", "bulk_data"), 0);
+
+    let bulk = SendOptions {
+        urgency: Urgency::Bulk,
+        key: Some(4),
+    };
+    send_mixed(&c1, "c2", bulk).await;
+    assert_eq!(
+        arrival_order(&mut inbox, 12).await,
+        (1..=12).collect::<Vec<_>>()
+    );
+    // On `bulk_data` from `s1` too (as one or more frames: `c1` packs a keyed stream into
+    // waiting frames, and a relay passes frames on whole).
+    assert!(sent_on(&s1, "c2", "bulk_data") > 0);
+}
+
+/// Unkeyed messages are still routed by size: a large one goes on `bulk_data` (delayed
+/// here), so a small one sent after it arrives first.
+#[tokio::test(start_paused = true)]
+async fn an_unkeyed_large_message_still_goes_on_bulk_data() {
+    let net = MemoryNetwork::new();
+    let faults = delayed("a", "bulk_data", Duration::from_millis(300));
+    let (a, b) = common::joined(&net, Some(faults)).await;
+    let mut inbox = b.register::<(u64, Vec<u8>)>("r");
+    let unkeyed = SendOptions::default();
+    a.send("b", "r", &sized(1, true), unkeyed).await.unwrap();
+    a.send("b", "r", &sized(2, false), unkeyed).await.unwrap();
+    assert_eq!(arrival_order(&mut inbox, 2).await, [2, 1]);
 }

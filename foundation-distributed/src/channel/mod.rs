@@ -313,6 +313,9 @@ pub enum Urgency {
     Normal,
     /// May wait.
     Background,
+    /// A large transfer: goes on `bulk_channel` whatever its size, so a keyed stream of
+    /// bulk data keeps its order even when some of its messages are small.
+    Bulk,
 }
 
 /// What [`route`] looks at.
@@ -363,6 +366,7 @@ impl Default for RouteOptions {
 ///
 /// 1. a channel named in `meta.channel`;
 /// 2. [`Urgency::Urgent`] → `urgent_channel` (`coordination`), whatever the size;
+///    [`Urgency::Bulk`] → `bulk_channel` (`bulk_data`), whatever the size;
 /// 3. a `monotonic_key` (a state update) → `monotonic_channel`, or else the first
 ///    monotonic channel in `channels` (skipped when there is none);
 /// 4. `size > bulk_threshold` (1 KiB) → `bulk_channel` (`bulk_data`);
@@ -378,6 +382,9 @@ pub fn route<'a>(
     }
     if meta.urgency == Urgency::Urgent {
         return &opts.urgent_channel;
+    }
+    if meta.urgency == Urgency::Bulk {
+        return &opts.bulk_channel;
     }
     if meta.monotonic_key.is_some() {
         if let Some(c) = &opts.monotonic_channel {

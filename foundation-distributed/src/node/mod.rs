@@ -29,13 +29,16 @@
 //! * [`send`](Node::send) returns `Ok` once the message is queued on a live connection
 //!   towards the next hop (the link may be waited for up to
 //!   [`NodeSettings::link_wait`]). To a live peer, messages from one sender with the same
-//!   key **on the same channel** are delivered in order; messages without a key may be
-//!   reordered (they spread over the channel's connections). The channel is picked per
-//!   message by urgency and size ([`RouteOptions`](crate::channel::RouteOptions): by default
-//!   a message over 1 KiB goes on `bulk_data`, an urgent one on `urgent`), so a small and
-//!   a large message with one key, or a normal and an urgent one, may arrive in either
-//!   order. Remote process handles keep one order per pair whatever the sizes (they pin
-//!   their messages to one channel, D400). The receiver's queue is never overrun: a full
+//!   key and the same [`Urgency`] are delivered in order, whatever their sizes; messages
+//!   without a key may be reordered (they spread over the channel's connections). The
+//!   channel is picked by urgency ([`RouteOptions`](crate::channel::RouteOptions): `urgent`,
+//!   `messages`, `gossip`, and `bulk_data` for [`Urgency::Bulk`]); an *unkeyed* normal or
+//!   background message over 1 KiB also goes on `bulk_data`, but a keyed one stays on its
+//!   urgency's channel, since order needs one connection (D402). A keyed bulk transfer
+//!   that should not share `messages` with small traffic says [`Urgency::Bulk`]. Messages
+//!   with one key but different urgencies (an urgent one and a normal one) may arrive in
+//!   either order: the urgent lane is there to overtake. Remote process handles keep one
+//!   order per pair the same way (D400). The receiver's queue is never overrun: a full
 //!   receiver makes the inbound channel wait, which fills the sender's queue, which makes
 //!   `send().await` wait (end-to-end backpressure). A message is lost only when its
 //!   connection fails (counted in `foundation_channel_dropped_total{reason="connection_failed"}`)
@@ -143,10 +146,12 @@ const URGENT: SendOptions = SendOptions {
 /// Options of a [`Node::send`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SendOptions {
-    /// Urgency: urgent goes on the `urgent` channel, background on `gossip`, normal on
-    /// `messages` (or `bulk_data` when larger than the bulk threshold).
+    /// Urgency: urgent goes on the `urgent` channel, bulk on `bulk_data`, background on
+    /// `gossip`, normal on `messages`. An unkeyed normal or background message larger
+    /// than the bulk threshold (1 KiB) goes on `bulk_data` too; a keyed one does not.
     pub urgency: Urgency,
-    /// A partition key: messages with the same key keep their order.
+    /// A partition key: messages with the same key and urgency keep their order, whatever
+    /// their sizes (they stay on one connection of their urgency's channel).
     pub key: Option<u64>,
 }
 
@@ -708,9 +713,9 @@ impl Node {
     /// messages cost far less than as many [`send`](Self::send)s. Delivered exactly as
     /// that many `send`s with the same `opts` would be: in order (all frames of one call
     /// keep their order if `opts.key` is set, like any keyed sends), with the same
-    /// backpressure; the channel is chosen by the largest message's size. `Ok` means
-    /// every frame is queued. On an error, the frames queued before it (a prefix of
-    /// `msgs`) may still be delivered; nothing after it is sent.
+    /// backpressure; the channel is chosen by `opts` (and, unkeyed, by the largest
+    /// message's size). `Ok` means every frame is queued. On an error, the frames queued
+    /// before it (a prefix of `msgs`) may still be delivered; nothing after it is sent.
     pub async fn send_batch<T: Serialize>(
         &self,
         node: &str,
@@ -1205,10 +1210,13 @@ impl Inner {
         self.retransmit();
     }
 
+    /// The channel of an application message: by urgency, and for an unkeyed message also
+    /// by size (a keyed one is never moved by its size: its key's order needs one
+    /// connection, D402).
     pub(crate) fn channel_for(&self, opts: SendOptions, size: usize) -> &str {
         let meta = MessageMeta {
             urgency: opts.urgency,
-            size,
+            size: if opts.key.is_some() { 0 } else { size },
             ..MessageMeta::default()
         };
         crate::channel::route(
@@ -1216,6 +1224,21 @@ impl Inner {
             &self.settings.channels.route,
             &self.settings.channels.channels,
         )
+    }
+
+    /// The urgency under which a message that came on `channel` is passed on, so a relay
+    /// puts it on the same kind of channel (with the default table: the same channel).
+    fn urgency_of(&self, channel: &str) -> Urgency {
+        let route = &self.settings.channels.route;
+        if channel == COORDINATION || channel == route.urgent_channel {
+            Urgency::Urgent
+        } else if channel == route.bulk_channel {
+            Urgency::Bulk
+        } else if channel == route.background_channel {
+            Urgency::Background
+        } else {
+            Urgency::Normal
+        }
     }
 
     /// The next hop towards `to`.
@@ -1459,11 +1482,7 @@ impl Inner {
                 // A hop on the message's route: pass the same bytes on, never waiting.
                 let to = to.to_string();
                 let opts = SendOptions {
-                    urgency: if &*msg.channel == COORDINATION || &*msg.channel == URGENT_CHANNEL {
-                        Urgency::Urgent
-                    } else {
-                        Urgency::Normal
-                    },
+                    urgency: self.urgency_of(&msg.channel),
                     key: msg.key,
                 };
                 // On the same kind of channel it came on (an urgent application message
