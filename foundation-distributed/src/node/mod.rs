@@ -1278,6 +1278,7 @@ impl Inner {
         let link = self.link_or_start(&hop).ok_or_else(|| Error::UnknownNode {
             node: to.to_string(),
         })?;
+        self.links.used(&link);
         let ch = link.ready(self.settings.link_wait).await?;
         if control {
             return ch.send(COORDINATION, opts.key, payload).await;
@@ -1330,6 +1331,7 @@ impl Inner {
                 reason: "no link and no known address".into(),
             });
         };
+        self.links.used(&link);
         let channel = if control && opts.urgency == Urgency::Urgent {
             COORDINATION
         } else {
@@ -1350,7 +1352,9 @@ impl Inner {
         opts: SendOptions,
     ) -> Option<bool> {
         let hop = self.hop(to).ok()?;
-        let channels = self.links.get(&hop).and_then(|l| l.current())?;
+        let link = self.links.get(&hop)?;
+        self.links.used(&link);
+        let channels = link.current()?;
         let channel = self.channel_for(opts, payload.len() - header);
         channels.append_now(channel, opts.key, payload, header)
     }
@@ -1366,7 +1370,11 @@ impl Inner {
         opts: SendOptions,
     ) -> Result<()> {
         let hop = self.hop(to)?;
-        let channels = self.links.get(&hop).and_then(|l| l.current());
+        let link = self.links.get(&hop);
+        if let Some(l) = &link {
+            self.links.used(l);
+        }
+        let channels = link.and_then(|l| l.current());
         let Some(channels) = channels else {
             return Err(Error::NotConnected {
                 node: hop,

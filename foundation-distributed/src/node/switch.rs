@@ -49,6 +49,7 @@
 //! | `foundation_node_topology_switches_total{to, origin="local"\|"remote"}` | counter |
 //! | `foundation_node_topology_superseded_total` | counter (a state replaced by a concurrent greater one of the same epoch) |
 //! | `foundation_node_links_retired_total` | counter (old links torn down after a switch) |
+//! | `foundation_node_links_closed_total{reason}` | counter (links this node closed: `switch`, and from the membership `idle`, `dead`, `forgotten`) |
 //! | `foundation_node_direct_hops_total` | counter (sends to a member the topology does not reach, over a direct connection) |
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -255,6 +256,10 @@ pub(crate) fn describe_metrics() {
     metrics::describe_counter!(
         "foundation_node_links_retired_total",
         "Links torn down after a topology switch (the new overlay did not want them)."
+    );
+    metrics::describe_counter!(
+        "foundation_node_links_closed_total",
+        "Links this node closed, by reason: idle (outside the topology's wants and unused for the grace period), switch (torn down by a topology switch), dead (a member held down, partial view), forgotten (a member that left or was removed)."
     );
     metrics::describe_counter!(
         "foundation_node_direct_hops_total",
@@ -537,8 +542,8 @@ impl Inner {
     }
 
     /// Retired peers are not watched while we hold no link to them; a link to one seen
-    /// again is torn down again after `grace` unless the topology wants it or acknowledged
-    /// messages to it wait.
+    /// again is torn down again once idle for `grace` (no application traffic) unless the
+    /// topology wants it or acknowledged messages to it wait.
     fn watch_retired(&self, unacked: &[String]) {
         let retired: Vec<(String, Option<Instant>)> = {
             let st = self.switch.st.lock();
@@ -562,6 +567,16 @@ impl Inner {
             }
             match seen {
                 None => {
+                    self.switch.st.lock().retired.insert(p, Some(now));
+                }
+                // Carried application traffic this round or the last (a transient
+                // direct link in use): its grace starts again (D430).
+                Some(_)
+                    if self
+                        .links
+                        .get(&p)
+                        .is_some_and(|l| self.links.idle_rounds(&l) <= 1) =>
+                {
                     self.switch.st.lock().retired.insert(p, Some(now));
                 }
                 Some(t) if now - t >= self.settings.switch.grace && !unacked.contains(&p) => {
@@ -632,6 +647,7 @@ impl Inner {
         self.detector.lock().remove(&p.to_string());
         self.switch.st.lock().retired.insert(p.to_string(), None);
         metrics::counter!("foundation_node_links_retired_total").increment(1);
+        metrics::counter!("foundation_node_links_closed_total", "reason" => "switch").increment(1);
         let Some(mut c) = channels else { return };
         let until = Instant::now() + self.settings.switch.drain_timeout;
         let cancel = self.cancel.clone();

@@ -1,0 +1,208 @@
+//! Transient direct links under a partial-view topology (D430): a link to a member
+//! outside the active view (a `send`, a `request`, and the reply back) stays open while
+//! it carries application traffic, and closes once idle for the grace period.
+//!
+//! The topology is a fixed line `a – b – c` run in the partial-view regime (it reports
+//! itself as HyParView, so the node's partial-view link sweep applies, with a grace of
+//! the shuffle interval, 5 s here), so no shuffle or repair changes who is a neighbour:
+//! only the sweep decides which links close. Links opened and closed are read from the
+//! node metrics through a recorder local to the test's thread (a paused-clock test runs
+//! every node task on that thread), so tests in this binary do not see each other's.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use foundation_distributed::node::{Node, NodeSettings, SendOptions};
+use foundation_distributed::overlay::HyParViewConfig;
+use foundation_distributed::topology::{Change, Member, PeerService, Role, Static, TopologyKind};
+use foundation_distributed::transport::{MemoryNetwork, MemoryTransport, Transport};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+use common::{eventually, settings_in, up};
+
+/// The partial-view link sweep's grace here: the shuffle interval (longer than ten
+/// default heartbeats).
+const GRACE: Duration = Duration::from_secs(5);
+
+/// A fixed neighbour list run as a partial view (see the module docs).
+#[derive(Debug)]
+struct FixedPartial(Static);
+
+impl PeerService for FixedPartial {
+    fn kind(&self) -> TopologyKind {
+        TopologyKind::HyParView(HyParViewConfig {
+            shuffle_interval: GRACE,
+            ..HyParViewConfig::default()
+        })
+    }
+    fn update(&mut self, change: Change) {
+        self.0.update(change);
+    }
+    fn wanted(&self) -> BTreeSet<String> {
+        self.0.wanted()
+    }
+    fn next_hop(&self, to: &str) -> Option<String> {
+        self.0.next_hop(to)
+    }
+    fn broadcast_targets(&self, from: Option<&str>) -> Vec<String> {
+        self.0.broadcast_targets(from)
+    }
+    fn alive(&self) -> Vec<Member> {
+        self.0.alive()
+    }
+}
+
+async fn node(net: &MemoryNetwork, name: &str, neighbours: &[&str]) -> Node {
+    let t: Arc<dyn Transport> =
+        Arc::new(MemoryTransport::new(net, settings_in("overlay", name)).unwrap());
+    let s = NodeSettings {
+        listen: format!("mem://{name}"),
+        ..NodeSettings::default()
+    };
+    let n = Node::start(t, name, s).await.unwrap();
+    n.install_topology(Box::new(FixedPartial(Static::new(
+        name,
+        &[Member::new(name, Role::Peer)],
+        neighbours,
+    ))));
+    n
+}
+
+/// The line `a – b – c`, every node seeing all three up; `c` serves `echo` and has a
+/// receiver `sink`.
+async fn line(net: &MemoryNetwork) -> (Node, Node, Node) {
+    let a = node(net, "a", &["b"]).await;
+    let b = node(net, "b", &["a", "c"]).await;
+    let c = node(net, "c", &["b"]).await;
+    a.join(&[b.addr()]).await.unwrap();
+    c.join(&[b.addr()]).await.unwrap();
+    for n in [&a, &b, &c] {
+        eventually("all three up", || up(n) == ["a", "b", "c"]).await;
+    }
+    assert_eq!(a.neighbours(), BTreeSet::from(["b".to_string()]));
+    assert_eq!(c.neighbours(), BTreeSet::from(["b".to_string()]));
+    c.serve("echo", |_from: String, x: u64| async move { x });
+    (a, b, c)
+}
+
+/// Link events since the last look: (links that came up, links closed as idle).
+struct Links(Snapshotter);
+
+impl Links {
+    fn take(&self) -> (u64, u64) {
+        // One snapshot resets every counter: read both from it.
+        let all = self.0.snapshot().into_vec();
+        let count = |name: &str, label: (&str, &str)| -> u64 {
+            all.iter()
+                .filter(|(k, ..)| {
+                    k.key().name() == name
+                        && k.key()
+                            .labels()
+                            .any(|l| l.key() == label.0 && l.value() == label.1)
+                })
+                .map(|(.., v)| match v {
+                    DebugValue::Counter(n) => *n,
+                    _ => 0,
+                })
+                .sum()
+        };
+        (
+            count("foundation_node_link_events_total", ("event", "up")),
+            count("foundation_node_links_closed_total", ("reason", "idle")),
+        )
+    }
+}
+
+/// A node that sends to and calls a member outside its active view every second for
+/// 60 s keeps one direct link to it (and the member one back, for the replies): none is
+/// closed and reopened. The old sweep closed both every grace period (5 s) in use or
+/// not, and the next send opened them again: about 20 opens and closes here. Paused
+/// clock.
+#[tokio::test(start_paused = true)]
+async fn a_transient_link_in_use_stays_open() {
+    let recorder = DebuggingRecorder::new();
+    let links = Links(recorder.snapshotter());
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let net = MemoryNetwork::new();
+    let (a, b, c) = line(&net).await;
+    let mut sink = c.register::<u64>("sink");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    links.take(); // the line's own links
+    for i in 0..60u64 {
+        a.send("c", "sink", &i, SendOptions::default())
+            .await
+            .unwrap();
+        let echoed: u64 = a
+            .request("c", "echo", &i, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(echoed, i);
+        assert_eq!(sink.recv().await.unwrap(), ("a".to_string(), i));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (opened, closed) = links.take();
+    assert_eq!(
+        (opened, closed),
+        (2, 0),
+        "links opened and closed as idle during 60 s of traffic: one each way expected"
+    );
+    assert!(a.peer_stats().iter().any(|p| p.peer == "c"));
+    assert_eq!(a.neighbours(), BTreeSet::from(["b".to_string()]));
+    for n in [&a, &b, &c] {
+        n.shutdown().await;
+    }
+}
+
+/// A transient link still closes once idle: not before the grace period after its last
+/// use, and soon after it (a few rounds); the next send opens it again. Paused clock.
+#[tokio::test(start_paused = true)]
+async fn an_idle_transient_link_closes_after_the_grace() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let links = Links(snap);
+    let net = MemoryNetwork::new();
+    let (a, b, c) = line(&net).await;
+    let mut sink = c.register::<u64>("sink");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    links.take();
+    // Used for 3 s (longer than nothing, shorter than the grace).
+    for i in 0..4u64 {
+        let echoed: u64 = a
+            .request("c", "echo", &i, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(echoed, i);
+        if i < 3 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    assert_eq!(links.take(), (2, 0), "one link each way, none closed");
+    // Idle from now: still open a little before the grace has passed...
+    tokio::time::sleep(GRACE - Duration::from_millis(500)).await;
+    assert_eq!(links.take(), (0, 0), "closed before the grace period");
+    assert!(a.peer_stats().iter().any(|p| p.peer == "c"));
+    // ... closed (both ways) within a few rounds after it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        links.take(),
+        (0, 2),
+        "idle links not closed after the grace"
+    );
+    assert!(a.peer_stats().iter().all(|p| p.peer != "c"));
+    assert!(c.peer_stats().iter().all(|p| p.peer != "a"));
+    // The neighbours' links stay.
+    assert!(a.peer_stats().iter().any(|p| p.peer == "b"));
+    // The next send opens it again.
+    a.send("c", "sink", &7u64, SendOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(sink.recv().await.unwrap(), ("a".to_string(), 7));
+    assert_eq!(links.take(), (1, 0));
+    for n in [&a, &b, &c] {
+        n.shutdown().await;
+    }
+}
