@@ -206,3 +206,56 @@ async fn an_idle_transient_link_closes_after_the_grace() {
         n.shutdown().await;
     }
 }
+
+/// After a topology switch that leaves two members without a link between them (a
+/// static topology without neighbours: every other member is reached over a direct
+/// link), a link in use is not torn down again every `switch.grace` (5 s) — the old
+/// `watch_retired` did that for every link to a retired peer, in use or not. Paused
+/// clock.
+#[tokio::test(start_paused = true)]
+async fn a_direct_link_in_use_after_a_switch_stays_open() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let net = MemoryNetwork::new();
+    let (a, b) = common::joined_with(&net, NodeSettings::default()).await;
+    b.serve("echo", |_from: String, x: u64| async move { x });
+    a.switch_topology(TopologyKind::Static).unwrap();
+    eventually("both switched", || {
+        b.topology_kind() == TopologyKind::Static && b.neighbours().is_empty()
+    })
+    .await;
+    // Make before break settles (its deadline is `switch.grace`), the old links go.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let retired = |snap: &Snapshotter| {
+        snap.snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(k, ..)| {
+                k.key().name() == "foundation_node_links_closed_total"
+                    && k.key().labels().any(|l| l.value() == "switch")
+            })
+            .map(|(.., v)| match v {
+                DebugValue::Counter(n) => n,
+                _ => 0,
+            })
+            .sum::<u64>()
+    };
+    assert!(retired(&snap) >= 1, "the switch retired no link");
+    for i in 0..30u64 {
+        let echoed: u64 = a
+            .request("b", "echo", &i, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(echoed, i);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        retired(&snap),
+        0,
+        "links in use torn down again during 30 s of one call a second"
+    );
+    for n in [&a, &b] {
+        n.shutdown().await;
+    }
+}
