@@ -19,7 +19,9 @@ use foundation_distributed::node::{Node, NodeSettings, SendOptions};
 use foundation_distributed::overlay::HyParViewConfig;
 use foundation_distributed::topology::{Change, Member, PeerService, Role, Static, TopologyKind};
 use foundation_distributed::transport::{MemoryNetwork, MemoryTransport, Transport};
+use metrics::LocalRecorderGuard;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use tokio::sync::mpsc;
 
 use common::{eventually, settings_in, up};
 
@@ -71,30 +73,27 @@ async fn node(net: &MemoryNetwork, name: &str, neighbours: &[&str]) -> Node {
     n
 }
 
-/// The line `a – b – c`, every node seeing all three up; `c` serves `echo` and has a
-/// receiver `sink`.
-async fn line(net: &MemoryNetwork) -> (Node, Node, Node) {
-    let a = node(net, "a", &["b"]).await;
-    let b = node(net, "b", &["a", "c"]).await;
-    let c = node(net, "c", &["b"]).await;
-    a.join(&[b.addr()]).await.unwrap();
-    c.join(&[b.addr()]).await.unwrap();
-    for n in [&a, &b, &c] {
-        eventually("all three up", || up(n) == ["a", "b", "c"]).await;
-    }
-    assert_eq!(a.neighbours(), BTreeSet::from(["b".to_string()]));
-    assert_eq!(c.neighbours(), BTreeSet::from(["b".to_string()]));
-    c.serve("echo", |_from: String, x: u64| async move { x });
-    (a, b, c)
+/// Link counters of this test's nodes, since the last look.
+struct Links {
+    snap: Snapshotter,
+    _local: LocalRecorderGuard<'static>,
 }
 
-/// Link events since the last look: (links that came up, links closed as idle).
-struct Links(Snapshotter);
-
 impl Links {
-    fn take(&self) -> (u64, u64) {
-        // One snapshot resets every counter: read both from it.
-        let all = self.0.snapshot().into_vec();
+    /// A debugging recorder as the default of this thread (every node task of a
+    /// paused-clock test runs on it); leaked, one small recorder per test.
+    fn record() -> Self {
+        let recorder: &'static DebuggingRecorder = Box::leak(Box::new(DebuggingRecorder::new()));
+        Links {
+            snap: recorder.snapshotter(),
+            _local: metrics::set_default_local_recorder(recorder),
+        }
+    }
+
+    /// Since the last call (a snapshot resets the counters): links that came up, and
+    /// links closed as `reason` (`foundation_node_links_closed_total{reason}`).
+    fn take(&self, reason: &str) -> (u64, u64) {
+        let all = self.snap.snapshot().into_vec();
         let count = |name: &str, label: (&str, &str)| -> u64 {
             all.iter()
                 .filter(|(k, ..)| {
@@ -111,9 +110,41 @@ impl Links {
         };
         (
             count("foundation_node_link_events_total", ("event", "up")),
-            count("foundation_node_links_closed_total", ("reason", "idle")),
+            count("foundation_node_links_closed_total", ("reason", reason)),
         )
     }
+}
+
+/// The line `a – b – c` on a new network, every node seeing all three up, `c` serving
+/// `echo` and receiving on the returned `sink`, with the test's link counters read
+/// past the line's own links.
+async fn line() -> (Links, [Node; 3], mpsc::Receiver<(String, u64)>) {
+    let links = Links::record();
+    let net = MemoryNetwork::new();
+    let a = node(&net, "a", &["b"]).await;
+    let b = node(&net, "b", &["a", "c"]).await;
+    let c = node(&net, "c", &["b"]).await;
+    a.join(&[b.addr()]).await.unwrap();
+    c.join(&[b.addr()]).await.unwrap();
+    for n in [&a, &b, &c] {
+        eventually("all three up", || up(n) == ["a", "b", "c"]).await;
+    }
+    assert_eq!(a.neighbours(), BTreeSet::from(["b".to_string()]));
+    assert_eq!(c.neighbours(), BTreeSet::from(["b".to_string()]));
+    c.serve("echo", |_from: String, x: u64| async move { x });
+    let sink = c.register::<u64>("sink");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    links.take("idle");
+    (links, [a, b, c], sink)
+}
+
+/// `from` calls `echo` on node `to` with `i`, which must answer it.
+async fn call(from: &Node, to: &str, i: u64) {
+    let echoed: u64 = from
+        .request(to, "echo", &i, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(echoed, i);
 }
 
 /// A node that sends to and calls a member outside its active view every second for
@@ -123,29 +154,17 @@ impl Links {
 /// clock.
 #[tokio::test(start_paused = true)]
 async fn a_transient_link_in_use_stays_open() {
-    let recorder = DebuggingRecorder::new();
-    let links = Links(recorder.snapshotter());
-    let _local = metrics::set_default_local_recorder(&recorder);
-    let net = MemoryNetwork::new();
-    let (a, b, c) = line(&net).await;
-    let mut sink = c.register::<u64>("sink");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    links.take(); // the line's own links
+    let (links, [a, b, c], mut sink) = line().await;
     for i in 0..60u64 {
         a.send("c", "sink", &i, SendOptions::default())
             .await
             .unwrap();
-        let echoed: u64 = a
-            .request("c", "echo", &i, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert_eq!(echoed, i);
+        call(&a, "c", i).await;
         assert_eq!(sink.recv().await.unwrap(), ("a".to_string(), i));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let (opened, closed) = links.take();
     assert_eq!(
-        (opened, closed),
+        links.take("idle"),
         (2, 0),
         "links opened and closed as idle during 60 s of traffic: one each way expected"
     );
@@ -160,35 +179,23 @@ async fn a_transient_link_in_use_stays_open() {
 /// use, and soon after it (a few rounds); the next send opens it again. Paused clock.
 #[tokio::test(start_paused = true)]
 async fn an_idle_transient_link_closes_after_the_grace() {
-    let recorder = DebuggingRecorder::new();
-    let snap = recorder.snapshotter();
-    let _local = metrics::set_default_local_recorder(&recorder);
-    let links = Links(snap);
-    let net = MemoryNetwork::new();
-    let (a, b, c) = line(&net).await;
-    let mut sink = c.register::<u64>("sink");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    links.take();
+    let (links, [a, b, c], mut sink) = line().await;
     // Used for 3 s (longer than nothing, shorter than the grace).
     for i in 0..4u64 {
-        let echoed: u64 = a
-            .request("c", "echo", &i, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert_eq!(echoed, i);
+        call(&a, "c", i).await;
         if i < 3 {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    assert_eq!(links.take(), (2, 0), "one link each way, none closed");
+    assert_eq!(links.take("idle"), (2, 0), "one link each way, none closed");
     // Idle from now: still open a little before the grace has passed...
     tokio::time::sleep(GRACE - Duration::from_millis(500)).await;
-    assert_eq!(links.take(), (0, 0), "closed before the grace period");
+    assert_eq!(links.take("idle"), (0, 0), "closed before the grace period");
     assert!(a.peer_stats().iter().any(|p| p.peer == "c"));
     // ... closed (both ways) within a few rounds after it.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        links.take(),
+        links.take("idle"),
         (0, 2),
         "idle links not closed after the grace"
     );
@@ -201,7 +208,7 @@ async fn an_idle_transient_link_closes_after_the_grace() {
         .await
         .unwrap();
     assert_eq!(sink.recv().await.unwrap(), ("a".to_string(), 7));
-    assert_eq!(links.take(), (1, 0));
+    assert_eq!(links.take("idle"), (1, 0));
     for n in [&a, &b, &c] {
         n.shutdown().await;
     }
@@ -214,9 +221,7 @@ async fn an_idle_transient_link_closes_after_the_grace() {
 /// clock.
 #[tokio::test(start_paused = true)]
 async fn a_direct_link_in_use_after_a_switch_stays_open() {
-    let recorder = DebuggingRecorder::new();
-    let snap = recorder.snapshotter();
-    let _local = metrics::set_default_local_recorder(&recorder);
+    let links = Links::record();
     let net = MemoryNetwork::new();
     let (a, b) = common::joined_with(&net, NodeSettings::default()).await;
     b.serve("echo", |_from: String, x: u64| async move { x });
@@ -227,31 +232,13 @@ async fn a_direct_link_in_use_after_a_switch_stays_open() {
     .await;
     // Make before break settles (its deadline is `switch.grace`), the old links go.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let retired = |snap: &Snapshotter| {
-        snap.snapshot()
-            .into_vec()
-            .into_iter()
-            .filter(|(k, ..)| {
-                k.key().name() == "foundation_node_links_closed_total"
-                    && k.key().labels().any(|l| l.value() == "switch")
-            })
-            .map(|(.., v)| match v {
-                DebugValue::Counter(n) => n,
-                _ => 0,
-            })
-            .sum::<u64>()
-    };
-    assert!(retired(&snap) >= 1, "the switch retired no link");
+    assert!(links.take("switch").1 >= 1, "the switch retired no link");
     for i in 0..30u64 {
-        let echoed: u64 = a
-            .request("b", "echo", &i, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert_eq!(echoed, i);
+        call(&a, "b", i).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert_eq!(
-        retired(&snap),
+        links.take("switch").1,
         0,
         "links in use torn down again during 30 s of one call a second"
     );
