@@ -16,7 +16,7 @@ use foundation_distributed::transport::{MemoryNetwork, MemoryTransport, Transpor
 use parking_lot::Mutex;
 
 mod common;
-use common::{eventually, settings_in, start_with};
+use common::{eventually, holds_within, settings_in, start_with};
 
 /// The adapter, with its active view mirrored where the test can see it.
 #[derive(Debug)]
@@ -191,12 +191,7 @@ async fn hyparview_nodes_broadcast_over_bounded_views_and_repair() {
                 .filter(|(n, _)| !dead.contains(n))
                 .all(|(_, v)| v.lock().iter().all(|p| !dead.contains(p)) && !v.lock().is_empty())
     };
-    for _ in 0..800 {
-        if repaired() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    holds_within(20, repaired).await;
     let state: Vec<(String, BTreeSet<String>)> = views
         .iter()
         .map(|(n, v)| (n.clone(), v.lock().clone()))
@@ -428,11 +423,8 @@ async fn settled_overlay(what: &str, nodes: &[Node], cap: usize) {
                 .iter()
                 .all(|n| (1..=cap).contains(&n.neighbours().len()))
     };
-    for _ in 0..800 {
-        if settled() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    if holds_within(20, settled).await {
+        return;
     }
     let views: Vec<(String, BTreeSet<String>)> = nodes
         .iter()

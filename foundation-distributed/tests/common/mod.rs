@@ -72,14 +72,27 @@ pub async fn start(net: &MemoryNetwork, name: &str, faults: Option<Arc<Interpose
 }
 
 /// Waits (up to 20 s of test time, polling every 25 ms) until `f` holds.
-pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..800 {
+pub async fn eventually(what: &str, f: impl FnMut() -> bool) {
+    eventually_within(what, 20, f).await;
+}
+
+/// Waits (up to `secs` seconds of test time, polling every 25 ms) until `f` holds.
+pub async fn eventually_within(what: &str, secs: u64, f: impl FnMut() -> bool) {
+    if !holds_within(secs, f).await {
+        panic!("not reached within {secs} s: {what}");
+    }
+}
+
+/// Polls `f` every 25 ms for up to `secs` seconds of test time; whether it came to hold
+/// (for a caller that reports the state it found when it did not).
+pub async fn holds_within(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..secs * 40 {
         if f() {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("not reached within 20 s: {what}");
+    false
 }
 
 /// The members `n` considers up, by name.
