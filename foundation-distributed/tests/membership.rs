@@ -15,7 +15,7 @@ use foundation_distributed::transport::{MemoryNetwork, TcpTransport, Transport};
 use tokio::sync::broadcast::error::TryRecvError;
 
 mod common;
-use common::{eventually_within, settings, start_with, try_start, up};
+use common::{eventually_within, restart, settings, start_with, up};
 
 fn downs(rx: &mut tokio::sync::broadcast::Receiver<MembershipEvent>) -> Vec<String> {
     let mut v = Vec::new();
@@ -123,17 +123,7 @@ async fn a_restarted_node_rejoins() {
     eventually_within("b down", 10, || up(&nodes[0]) == ["a"]).await;
     let mut events = nodes[0].subscribe();
     // The memory listener name is released shortly after the old node's drop.
-    let mut b2 = None;
-    for _ in 0..100 {
-        match try_start(&net, "b", None).await {
-            Ok(n) => {
-                b2 = Some(n);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    let b2 = b2.expect("restarted");
+    let b2 = restart(&net, "b").await;
     assert!(b2.incarnation() > old);
     b2.join(&[nodes[0].addr()]).await.unwrap();
     eventually_within("b up again", 10, || up(&nodes[0]) == ["a", "b"]).await;

@@ -66,6 +66,19 @@ pub async fn joined_with(net: &MemoryNetwork, s: NodeSettings) -> (Node, Node) {
     (a, b)
 }
 
+/// Starts node `name` on `net` again after the old one was dropped (a restart under the
+/// same name, a new incarnation), retrying while the in-memory listener name is still
+/// held (it is released shortly after the drop); up to 100 tries, 10 ms apart.
+pub async fn restart(net: &MemoryNetwork, name: &str) -> Node {
+    for _ in 0..100 {
+        if let Ok(n) = try_start(net, name, None).await {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{name} not restarted: its listener name stayed taken");
+}
+
 /// [`try_start`], which must succeed.
 pub async fn start(net: &MemoryNetwork, name: &str, faults: Option<Arc<Interposer>>) -> Node {
     try_start(net, name, faults).await.unwrap()
