@@ -58,6 +58,7 @@ mod membership;
 mod peer_stats;
 mod request;
 mod switch;
+mod table;
 mod wire;
 
 pub use switch::{SwitchError, SwitchRecord, SwitchSettings, TopologyState};
@@ -1229,12 +1230,19 @@ impl Inner {
                 reason: "declared down".into(),
             });
         }
+        if let Some(e) = self.refused(to) {
+            return Err(e);
+        }
         let hop = self.topology.lock().next_hop(to);
-        match hop {
-            Some(h) => Ok(h),
+        let hop = match hop {
+            Some(h) => h,
             // Not reachable through the overlay (a topology without relaying, a
             // partially switched cluster): a transient direct connection.
-            None => self.direct_hop(to),
+            None => self.direct_hop(to)?,
+        };
+        match self.refused(&hop) {
+            Some(e) => Err(e),
+            None => Ok(hop),
         }
     }
 
@@ -1461,6 +1469,16 @@ impl Inner {
                 );
                 return None;
             }
+        }
+        if !matches!(
+            wire,
+            Wire::Gossip { .. }
+                | Wire::Heartbeat { .. }
+                | Wire::Topology { .. }
+                | Wire::Switch { .. }
+        ) && self.refuses_traffic_from(peer)
+        {
+            return None; // a peer with another channel table (table.rs, D431)
         }
         if let Some(to) = wire.to_node() {
             if to != self.name {
