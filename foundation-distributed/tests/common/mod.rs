@@ -7,6 +7,7 @@ pub mod procs;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foundation_distributed::channel::ChannelSettings;
 use foundation_distributed::interpose::Interposer;
 use foundation_distributed::node::{Node, NodeSettings};
 use foundation_distributed::remote::Remote;
@@ -136,24 +137,27 @@ pub async fn pair(faults: Option<Arc<Interposer>>) -> (Node, Remote, Node, Remot
 /// A client-server cluster on a new network: server `s1`, clients `c1` and `c2` (which
 /// reach each other only through `s1`), each seeing all three up.
 pub async fn client_server(faults: Option<Arc<Interposer>>) -> (Node, Node, Node) {
+    client_server_with(faults, NodeSettings::default().channels).await
+}
+
+/// [`client_server`] with `channels` as every node's channel table.
+pub async fn client_server_with(
+    faults: Option<Arc<Interposer>>,
+    channels: ChannelSettings,
+) -> (Node, Node, Node) {
     use foundation_distributed::topology::{Role, TopologyKind};
     let net = MemoryNetwork::new();
     let node = |name: &'static str, role: Role| {
-        let (net, faults) = (net.clone(), faults.clone());
-        async move {
-            let t: Arc<dyn Transport> =
-                Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
-            let s = NodeSettings {
-                listen: format!("mem://{name}"),
-                role,
-                topology: TopologyKind::ClientServer {
-                    servers_per_client: 1,
-                },
-                interposer: faults,
-                ..NodeSettings::default()
-            };
-            Node::start(t, name, s).await.unwrap()
-        }
+        let s = NodeSettings {
+            role,
+            topology: TopologyKind::ClientServer {
+                servers_per_client: 1,
+            },
+            interposer: faults.clone(),
+            channels: channels.clone(),
+            ..NodeSettings::default()
+        };
+        start_with(&net, name, s)
     };
     let s1 = node("s1", Role::Server).await;
     let c1 = node("c1", Role::Client).await;
