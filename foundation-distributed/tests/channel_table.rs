@@ -44,9 +44,10 @@ fn is_mismatch(e: &Error, peer: &str) -> bool {
 }
 
 /// `b` runs the normal lane (`messages`) on 4 connections, `a` and `c` on the default 2.
-/// All three are members and see each other up; `b` and the others refuse each other's
-/// sends and requests with [`Error::ChannelTableMismatch`] naming both tables; `a` and
-/// `c` talk as usual. Without the check the sends "succeed" and `b` receives them.
+/// `b`'s join through `a` fails with [`Error::ChannelTableMismatch`], yet all three are
+/// members and see each other up; `b` and the others refuse each other's sends and
+/// requests with that error, naming both tables; `a` and `c` talk as usual. Without the
+/// check the join and the sends "succeed" and `b` receives them.
 #[tokio::test(start_paused = true)]
 async fn a_node_with_another_channel_table_is_refused_both_ways() {
     let recorder = DebuggingRecorder::new();
@@ -69,7 +70,9 @@ async fn a_node_with_another_channel_table_is_refused_both_ways() {
     )
     .await;
     let c = start_with(&net, "c", NodeSettings::default()).await;
-    b.join(&[a.addr()]).await.unwrap();
+    // Joining through a seed with another table fails, naming both.
+    let e = b.join(&[a.addr()]).await.unwrap_err();
+    assert!(is_mismatch(&e, "a"), "{e}");
     c.join(&[a.addr()]).await.unwrap();
     for n in [&a, &b, &c] {
         eventually("all three up", || up(n) == ["a", "b", "c"]).await;

@@ -552,6 +552,7 @@ impl Inner {
 
     fn forget(&self, n: &str) {
         self.close_link(n, "forgotten");
+        self.forget_table(n);
         self.overlay.touched.lock().remove(n);
         self.detector.lock().remove(&n.to_string());
         self.down.lock().remove(n);

@@ -536,6 +536,11 @@ impl Node {
 
     /// Joins the cluster through `seeds` (addresses of any members): links to the first
     /// that answers and sends it this node's view; the views then converge by gossip.
+    ///
+    /// Fails with [`Error::ChannelTableMismatch`] when the seed's channel table differs
+    /// from this node's: the two have exchanged views (this node is a member), but
+    /// neither takes the other's application traffic (see `docs/NODE.md`); start this
+    /// node again with the cluster's table.
     pub async fn join(&self, seeds: &[&str]) -> Result<()> {
         let mut last = None;
         for seed in seeds {
@@ -543,6 +548,7 @@ impl Node {
                 Ok(link) => {
                     // Wait (bounded) for the seed's view, so the cluster is known on return.
                     let until = Instant::now() + self.inner.settings.link_wait;
+                    let unknown = self.inner.view.lock().get(&link.peer).is_none();
                     while self.inner.view.lock().get(&link.peer).is_none() {
                         if Instant::now() >= until {
                             return Err(Error::NotConnected {
@@ -551,6 +557,16 @@ impl Node {
                             });
                         }
                         tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    // And (as long) for its channel table, which follows a view it sent
+                    // (a seed known already may not link back under a partial view): a
+                    // seed with another table fails the join, with both tables (D431).
+                    while unknown && !self.inner.table_checked(&link.peer) && Instant::now() < until
+                    {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    if let Some(e) = self.inner.refused(&link.peer) {
+                        return Err(e);
                     }
                     return Ok(());
                 }

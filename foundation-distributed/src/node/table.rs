@@ -15,12 +15,13 @@
 //! replies and relays to or through it fail with [`Error::ChannelTableMismatch`], what
 //! it sends is dropped and counted (`foundation_node_refused_total{reason="channel_table"}`),
 //! the refusal is logged once with both tables, and the peer is told this node's table
-//! (so it refuses too, even if it never links back). Membership, heartbeats and the
+//! (so it refuses too, even if it never links back). `Node::join` waits for its seed's
+//! table and fails with that error when it differs. Membership, heartbeats and the
 //! topology protocol still flow: the node stays a member (a partial view routes around
 //! it). A summary that agrees again (the peer restarted with the cluster's table) lifts
 //! the refusal.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -67,6 +68,8 @@ pub(crate) struct Refused {
     /// relaxed load) while every table agrees.
     any: AtomicBool,
     peers: Mutex<HashMap<String, String>>,
+    /// Peers whose table was checked (for `Node::join`, which waits for its seed's).
+    checked: Mutex<HashSet<String>>,
 }
 
 impl Refused {
@@ -109,6 +112,12 @@ impl Inner {
     /// refuses the peer when it differs (see the [module docs](self)). Returns whether
     /// the peer is newly refused (to be told this node's table).
     pub(super) fn check_table(&self, peer: &str, theirs: &str) -> bool {
+        if !theirs.is_empty() {
+            let mut checked = self.switch.refused.checked.lock();
+            if !checked.contains(peer) {
+                checked.insert(peer.to_string());
+            }
+        }
         let ours = self.table_summary();
         if theirs.is_empty() || theirs == ours {
             if self.switch.refused.accept(peer) {
@@ -128,6 +137,17 @@ impl Inner {
             );
         }
         newly
+    }
+
+    /// Whether `peer`'s table has been checked (it sent a topology state).
+    pub(super) fn table_checked(&self, peer: &str) -> bool {
+        self.switch.refused.checked.lock().contains(peer)
+    }
+
+    /// Forgets what was checked of `peer` (it left or was removed).
+    pub(super) fn forget_table(&self, peer: &str) {
+        self.switch.refused.checked.lock().remove(peer);
+        self.switch.refused.accept(peer);
     }
 
     /// The error for traffic to or through `node`, if it is refused.
