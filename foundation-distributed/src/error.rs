@@ -161,6 +161,20 @@ pub enum Error {
     /// An API was used in a way it does not support.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The peer's channel table (channels, parallelism, routing) differs from this
+    /// node's: its application traffic is refused both ways (D431). Give every node of
+    /// the cluster the same channel table.
+    #[error(
+        "node `{node}` is refused: its channel table differs (ours: {ours}; theirs: {theirs})"
+    )]
+    ChannelTableMismatch {
+        /// The node.
+        node: String,
+        /// This node's table, summarised.
+        ours: String,
+        /// The peer's table, summarised.
+        theirs: String,
+    },
     /// The peer is a known member but its link is not up (connecting, backing off, or
     /// the member is down); nothing was sent.
     #[error("node `{node}` is not connected: {reason}")]
@@ -225,6 +239,7 @@ impl Error {
             Error::Full { .. } => 5055,
             Error::Overloaded { .. } => 5056,
             Error::NodeShutDown { .. } => 5057,
+            Error::ChannelTableMismatch { .. } => 5058,
             Error::Beam(e) => e.code(),
             Error::Core(e) => e.code(),
         }

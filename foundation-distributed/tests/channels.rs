@@ -12,12 +12,11 @@ use foundation_distributed::channel::{
     RouteOptions, TrySendError, Urgency, BULK_DATA, COORDINATION, GOSSIP,
 };
 use foundation_distributed::interpose::{Fault, Interposer, Rule};
-use foundation_distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Security, TcpTransport, Transport,
-    TransportSettings,
-};
+use foundation_distributed::transport::{MemoryNetwork, MemoryTransport, TcpTransport, Transport};
 use foundation_distributed::Error;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+mod common;
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -26,17 +25,7 @@ enum Kind {
 }
 
 fn transport(kind: Kind, network: &MemoryNetwork, node: &str) -> Arc<dyn Transport> {
-    let settings = TransportSettings {
-        cluster: "test".into(),
-        node: node.into(),
-        security: Security::Secret(
-            ClusterSecret::from_hex(
-                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
-            )
-            .unwrap(),
-        ),
-        ..Default::default()
-    };
+    let settings = common::settings_in("test", node);
     match kind {
         Kind::Tcp => Arc::new(TcpTransport::new(settings).unwrap()),
         Kind::Memory => Arc::new(MemoryTransport::new(network, settings).unwrap()),

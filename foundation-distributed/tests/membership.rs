@@ -11,52 +11,11 @@ use std::time::Duration;
 use foundation_distributed::interpose::{Fault, Interposer, Rule};
 use foundation_distributed::membership::{Status, ViewSettings};
 use foundation_distributed::node::{MembershipEvent, Node, NodeSettings, SendOptions};
-use foundation_distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Security, TcpTransport, Transport,
-    TransportSettings,
-};
+use foundation_distributed::transport::{MemoryNetwork, TcpTransport, Transport};
 use tokio::sync::broadcast::error::TryRecvError;
 
-fn settings(node: &str) -> TransportSettings {
-    TransportSettings {
-        cluster: "test".into(),
-        node: node.into(),
-        security: Security::Secret(
-            ClusterSecret::from_hex(
-                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
-            )
-            .unwrap(),
-        ),
-        ..TransportSettings::default()
-    }
-}
-
-async fn mem_node(net: &MemoryNetwork, name: &str, s: NodeSettings) -> Node {
-    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings(name)).unwrap());
-    let s = NodeSettings {
-        listen: format!("mem://{name}"),
-        ..s
-    };
-    Node::start(t, name, s).await.unwrap()
-}
-
-async fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    for _ in 0..secs * 40 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("not reached within {secs} s: {what}");
-}
-
-fn up_names(n: &Node) -> Vec<String> {
-    n.members()
-        .into_iter()
-        .filter(|m| m.up)
-        .map(|m| m.name)
-        .collect()
-}
+mod common;
+use common::{eventually_within, restart, settings, start_with, up};
 
 fn downs(rx: &mut tokio::sync::broadcast::Receiver<MembershipEvent>) -> Vec<String> {
     let mut v = Vec::new();
@@ -72,13 +31,13 @@ fn downs(rx: &mut tokio::sync::broadcast::Receiver<MembershipEvent>) -> Vec<Stri
 async fn cluster(net: &MemoryNetwork, names: &[&str], s: NodeSettings) -> Vec<Node> {
     let mut nodes = Vec::new();
     for name in names {
-        nodes.push(mem_node(net, name, s.clone()).await);
+        nodes.push(start_with(net, name, s.clone()).await);
     }
     for n in &nodes[1..] {
         n.join(&[nodes[0].addr()]).await.unwrap();
     }
     for n in &nodes {
-        eventually("full membership", 20, || up_names(n).len() == names.len()).await;
+        eventually_within("full membership", 20, || up(n).len() == names.len()).await;
     }
     nodes
 }
@@ -110,7 +69,7 @@ async fn a_suspicion_is_refuted() {
     assert!(suspected, "a suspected b");
     assert!(downs(&mut events).is_empty(), "b never declared down");
     faults.heal();
-    eventually("b alive at a", 10, || {
+    eventually_within("b alive at a", 10, || {
         nodes[0].member_status("b") == Some(Status::Alive)
     })
     .await;
@@ -132,10 +91,10 @@ async fn a_dead_member_is_removed_and_not_resurrected() {
     let c = nodes.pop().unwrap();
     drop(c); // crash: no goodbye
     for n in &nodes {
-        eventually("c down", 10, || up_names(n) == ["a", "b"]).await;
+        eventually_within("c down", 10, || up(n) == ["a", "b"]).await;
     }
     for n in &nodes {
-        eventually("c removed", 10, || {
+        eventually_within("c removed", 10, || {
             !n.members().iter().any(|m| m.name == "c")
         })
         .await;
@@ -161,28 +120,13 @@ async fn a_restarted_node_rejoins() {
     let b = nodes.pop().unwrap();
     let old = b.incarnation();
     drop(b);
-    eventually("b down", 10, || up_names(&nodes[0]) == ["a"]).await;
+    eventually_within("b down", 10, || up(&nodes[0]) == ["a"]).await;
     let mut events = nodes[0].subscribe();
     // The memory listener name is released shortly after the old node's drop.
-    let mut b2 = None;
-    for _ in 0..100 {
-        let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, settings("b")).unwrap());
-        let s = NodeSettings {
-            listen: "mem://b".into(),
-            ..NodeSettings::default()
-        };
-        match Node::start(t, "b", s).await {
-            Ok(n) => {
-                b2 = Some(n);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    let b2 = b2.expect("restarted");
+    let b2 = restart(&net, "b").await;
     assert!(b2.incarnation() > old);
     b2.join(&[nodes[0].addr()]).await.unwrap();
-    eventually("b up again", 10, || up_names(&nodes[0]) == ["a", "b"]).await;
+    eventually_within("b up again", 10, || up(&nodes[0]) == ["a", "b"]).await;
     let mut rejoined = false;
     while let Ok(e) = events.try_recv() {
         rejoined |= e == MembershipEvent::Joined("b".into());
@@ -215,20 +159,20 @@ async fn five_nodes_partitioned_two_three_then_healed_converge() {
     let nodes = cluster(&net, &names, s).await;
     let cut = faults.partition(&["a", "b"], &["c", "d", "e"]);
     for n in &nodes[..2] {
-        eventually("minority sees the majority down", 20, || {
-            up_names(n) == ["a", "b"]
+        eventually_within("minority sees the majority down", 20, || {
+            up(n) == ["a", "b"]
         })
         .await;
     }
     for n in &nodes[2..] {
-        eventually("majority sees the minority down", 20, || {
-            up_names(n) == ["c", "d", "e"]
+        eventually_within("majority sees the minority down", 20, || {
+            up(n) == ["c", "d", "e"]
         })
         .await;
     }
     faults.remove(cut);
     for n in &nodes {
-        eventually("healed", 30, || up_names(n) == names).await;
+        eventually_within("healed", 30, || up(n) == names).await;
     }
     // Each side saw each member of the other go down and come back after the heal: at
     // least 2×3 + 3×2 recovery times that took time. (A Down agreed by the other side
@@ -275,7 +219,7 @@ async fn a_silent_peer_causes_no_false_down() {
     b.join(&[a.addr()]).await.unwrap();
     c.join(&[a.addr()]).await.unwrap();
     for n in [&a, &b, &c] {
-        eventually("three", 20, || up_names(n).len() == 3).await;
+        eventually_within("three", 20, || up(n).len() == 3).await;
     }
     let addr = c.addr().to_string();
     drop(c);
@@ -317,7 +261,7 @@ async fn no_false_down_during_a_large_transfer() {
     let a = tcp_node("a").await;
     let b = tcp_node("b").await;
     b.join(&[a.addr()]).await.unwrap();
-    eventually("two", 20, || up_names(&a).len() == 2).await;
+    eventually_within("two", 20, || up(&a).len() == 2).await;
     let mut inbox = b.register::<serde_bytes_shim::Blob>("bulk");
     let mut ea = a.subscribe();
     let mut eb = b.subscribe();

@@ -8,53 +8,10 @@ use foundation_distributed::channel::Urgency;
 use foundation_distributed::interpose::{Fault, Interposer, Rule};
 use foundation_distributed::node::{MembershipEvent, Node, NodeSettings, SendOptions};
 use foundation_distributed::topology::{Role, TopologyKind};
-use foundation_distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Security, TcpTransport, Transport,
-    TransportSettings,
-};
+use foundation_distributed::transport::{MemoryNetwork, TcpTransport, Transport};
 
-fn settings(node: &str) -> TransportSettings {
-    TransportSettings {
-        cluster: "test".into(),
-        node: node.into(),
-        security: Security::Secret(
-            ClusterSecret::from_hex(
-                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
-            )
-            .unwrap(),
-        ),
-        ..TransportSettings::default()
-    }
-}
-
-async fn mem_node(net: &MemoryNetwork, name: &str, role: Role, topology: TopologyKind) -> Node {
-    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings(name)).unwrap());
-    let s = NodeSettings {
-        listen: format!("mem://{name}"),
-        role,
-        topology,
-        ..NodeSettings::default()
-    };
-    Node::start(t, name, s).await.unwrap()
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("not reached within 10 s: {what}");
-}
-
-fn up_names(n: &Node) -> Vec<String> {
-    n.members()
-        .into_iter()
-        .filter(|m| m.up)
-        .map(|m| m.name)
-        .collect()
-}
+mod common;
+use common::{eventually, joined_with, settings, start, start_with, up};
 
 /// Servers `s1`, `s2` and clients `c1` (attached to `s1`), `c2` (attached to `s2`), one
 /// server per client, all seeing all four up.
@@ -69,19 +26,13 @@ async fn client_server_four_with(faults: Option<Arc<Interposer>>) -> [Node; 4] {
         servers_per_client: 1,
     };
     let node = |name: &'static str, role: Role| {
-        let (net, faults) = (net.clone(), faults.clone());
-        async move {
-            let t: Arc<dyn Transport> =
-                Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
-            let s = NodeSettings {
-                listen: format!("mem://{name}"),
-                role,
-                topology: cs,
-                interposer: faults,
-                ..NodeSettings::default()
-            };
-            Node::start(t, name, s).await.unwrap()
-        }
+        let s = NodeSettings {
+            role,
+            topology: cs,
+            interposer: faults.clone(),
+            ..NodeSettings::default()
+        };
+        start_with(&net, name, s)
     };
     let s1 = node("s1", Role::Server).await;
     let s2 = node("s2", Role::Server).await;
@@ -91,7 +42,7 @@ async fn client_server_four_with(faults: Option<Arc<Interposer>>) -> [Node; 4] {
     c1.join(&[s1.addr()]).await.unwrap();
     c2.join(&[s2.addr()]).await.unwrap();
     for n in [&s1, &s2, &c1, &c2] {
-        eventually("membership", || up_names(n).len() == 4).await;
+        eventually("membership", || up(n).len() == 4).await;
     }
     [s1, s2, c1, c2]
 }
@@ -99,13 +50,13 @@ async fn client_server_four_with(faults: Option<Arc<Interposer>>) -> [Node; 4] {
 #[tokio::test]
 async fn three_nodes_converge_send_request_and_broadcast() {
     let net = MemoryNetwork::new();
-    let a = mem_node(&net, "a", Role::Peer, TopologyKind::FullMesh).await;
-    let b = mem_node(&net, "b", Role::Peer, TopologyKind::FullMesh).await;
-    let c = mem_node(&net, "c", Role::Peer, TopologyKind::FullMesh).await;
+    let a = start(&net, "a", None).await;
+    let b = start(&net, "b", None).await;
+    let c = start(&net, "c", None).await;
     b.join(&[a.addr()]).await.unwrap();
     c.join(&[b.addr()]).await.unwrap();
     for n in [&a, &b, &c] {
-        eventually("full membership", || up_names(n) == ["a", "b", "c"]).await;
+        eventually("full membership", || up(n) == ["a", "b", "c"]).await;
     }
 
     let mut inbox = c.register::<String>("inbox");
@@ -156,10 +107,10 @@ async fn three_nodes_converge_send_request_and_broadcast() {
 #[tokio::test(start_paused = true)]
 async fn a_killed_node_is_marked_down_within_the_detector_bound() {
     let net = MemoryNetwork::new();
-    let a = mem_node(&net, "a", Role::Peer, TopologyKind::FullMesh).await;
-    let b = mem_node(&net, "b", Role::Peer, TopologyKind::FullMesh).await;
+    let a = start(&net, "a", None).await;
+    let b = start(&net, "b", None).await;
     b.join(&[a.addr()]).await.unwrap();
-    eventually("joined", || up_names(&a) == ["a", "b"]).await;
+    eventually("joined", || up(&a) == ["a", "b"]).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // let the detector learn the rhythm
     let bound = a.detection_bound("b").expect("a watches b");
     let mut events = a.subscribe();
@@ -187,25 +138,19 @@ async fn a_partition_is_detected_and_heals() {
     let faults = Arc::new(Interposer::with_seed(1));
     let mut nodes = Vec::new();
     for name in ["a", "b", "c"] {
-        let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
-        let s = NodeSettings {
-            listen: format!("mem://{name}"),
-            interposer: Some(faults.clone()),
-            ..NodeSettings::default()
-        };
-        nodes.push(Node::start(t, name, s).await.unwrap());
+        nodes.push(start(&net, name, Some(faults.clone())).await);
     }
     nodes[1].join(&[nodes[0].addr()]).await.unwrap();
     nodes[2].join(&[nodes[0].addr()]).await.unwrap();
     for n in &nodes {
-        eventually("full membership", || up_names(n) == ["a", "b", "c"]).await;
+        eventually("full membership", || up(n) == ["a", "b", "c"]).await;
     }
     let cut = faults.partition(&["a"], &["b", "c"]);
-    eventually("a sees b and c down", || up_names(&nodes[0]) == ["a"]).await;
-    eventually("b sees a down", || up_names(&nodes[1]) == ["b", "c"]).await;
+    eventually("a sees b and c down", || up(&nodes[0]) == ["a"]).await;
+    eventually("b sees a down", || up(&nodes[1]) == ["b", "c"]).await;
     faults.remove(cut);
     for n in &nodes {
-        eventually("healed", || up_names(n) == ["a", "b", "c"]).await;
+        eventually("healed", || up(n) == ["a", "b", "c"]).await;
     }
 }
 
@@ -278,7 +223,7 @@ async fn a_relay_waits_for_a_next_hop_link_that_is_being_remade() {
         assert_eq!(inbox.recv().await.unwrap(), ("c1".to_string(), i));
     }
     assert!(
-        up_names(relay).contains(&"c2".to_string()),
+        up(relay).contains(&"c2".to_string()),
         "c2 was never declared down"
     );
     for n in [&s1, &s2, &c1, &c2] {
@@ -295,9 +240,9 @@ async fn nodes_talk_over_loopback_tcp() {
     let a = start("a").await;
     let b = start("b").await;
     b.join(&[a.addr()]).await.unwrap();
-    eventually("joined", || up_names(&a) == ["a", "b"]).await;
+    eventually("joined", || up(&a) == ["a", "b"]).await;
     // b learns of a from a's answer: wait for b's view too before b sends.
-    eventually("joined (b)", || up_names(&b) == ["a", "b"]).await;
+    eventually("joined (b)", || up(&b) == ["a", "b"]).await;
     let mut inbox = a.register::<Vec<u8>>("blob");
     b.send("a", "blob", &vec![7u8; 64 * 1024], SendOptions::default())
         .await
@@ -327,7 +272,7 @@ async fn three_tcp_nodes_keep_order_per_key_and_heal_a_partition() {
     let seeds = foundation_distributed::discovery::Seeds::new().dns("localhost", port);
     nodes[2].join_seeds(&seeds).await.unwrap();
     for n in &nodes {
-        eventually("full membership", || up_names(n) == ["a", "b", "c"]).await;
+        eventually("full membership", || up(n) == ["a", "b", "c"]).await;
     }
 
     // Per-(sender, key) order across the parallel connections of a channel.
@@ -360,12 +305,12 @@ async fn three_tcp_nodes_keep_order_per_key_and_heal_a_partition() {
 
     let cut = faults.partition(&["c"], &["a", "b"]);
     eventually("c cut off", || {
-        up_names(&nodes[0]) == ["a", "b"] && up_names(&nodes[2]) == ["c"]
+        up(&nodes[0]) == ["a", "b"] && up(&nodes[2]) == ["c"]
     })
     .await;
     faults.remove(cut);
     for n in &nodes {
-        eventually("healed", || up_names(n) == ["a", "b", "c"]).await;
+        eventually("healed", || up(n) == ["a", "b", "c"]).await;
     }
     for n in &nodes {
         n.shutdown().await;
@@ -420,13 +365,10 @@ impl foundation_distributed::topology::PeerService for Pinging {
 async fn topology_managers_exchange_their_own_protocol_messages() {
     use foundation_distributed::topology::{FullMesh, Member, PeerService};
     let net = MemoryNetwork::new();
-    let a = mem_node(&net, "a", Role::Peer, TopologyKind::FullMesh).await;
-    let b = mem_node(&net, "b", Role::Peer, TopologyKind::FullMesh).await;
+    let a = start(&net, "a", None).await;
+    let b = start(&net, "b", None).await;
     b.join(&[a.addr()]).await.unwrap();
-    eventually("joined", || {
-        up_names(&a) == ["a", "b"] && up_names(&b) == ["a", "b"]
-    })
-    .await;
+    eventually("joined", || up(&a) == ["a", "b"] && up(&b) == ["a", "b"]).await;
     let members = [Member::new("a", Role::Peer), Member::new("b", Role::Peer)];
     let heard_a = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let heard_b = Arc::new(parking_lot::Mutex::new(Vec::new()));
@@ -459,25 +401,19 @@ async fn switching_topology_keeps_down_members() {
     let faults = Arc::new(Interposer::with_seed(9));
     let mut nodes = Vec::new();
     for name in ["a", "b"] {
-        let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
-        let s = NodeSettings {
-            listen: format!("mem://{name}"),
-            interposer: Some(faults.clone()),
-            ..NodeSettings::default()
-        };
-        nodes.push(Node::start(t, name, s).await.unwrap());
+        nodes.push(start(&net, name, Some(faults.clone())).await);
     }
     nodes[1].join(&[nodes[0].addr()]).await.unwrap();
-    eventually("joined", || up_names(&nodes[0]) == ["a", "b"]).await;
+    eventually("joined", || up(&nodes[0]) == ["a", "b"]).await;
     let cut = faults.partition(&["a"], &["b"]);
-    eventually("b down at a", || up_names(&nodes[0]) == ["a"]).await;
+    eventually("b down at a", || up(&nodes[0]) == ["a"]).await;
     nodes[0].switch_topology(TopologyKind::Static).unwrap();
     assert!(
         nodes[0].members().iter().any(|m| m.name == "b" && !m.up),
         "b still known, as down"
     );
     faults.remove(cut);
-    eventually("b back at a", || up_names(&nodes[0]) == ["a", "b"]).await;
+    eventually("b back at a", || up(&nodes[0]) == ["a", "b"]).await;
     let mut inbox = nodes[1].register::<u8>("x");
     nodes[0]
         .send("b", "x", &3u8, SendOptions::default())
@@ -488,25 +424,12 @@ async fn switching_topology_keeps_down_members() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_arrive_whole_and_in_order_behind_a_slow_receiver() {
-    let net = MemoryNetwork::new();
-    let start = |name: &'static str| {
-        let net = net.clone();
-        async move {
-            let t: Arc<dyn Transport> =
-                Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
-            let s = NodeSettings {
-                listen: format!("mem://{name}"),
-                // A small receiver queue: the batches must wait for room, not drop.
-                receiver_capacity: 16,
-                ..NodeSettings::default()
-            };
-            Node::start(t, name, s).await.unwrap()
-        }
+    let s = NodeSettings {
+        // A small receiver queue: the batches must wait for room, not drop.
+        receiver_capacity: 16,
+        ..NodeSettings::default()
     };
-    let a = start("a").await;
-    let b = start("b").await;
-    b.join(&[a.addr()]).await.unwrap();
-    eventually("joined", || up_names(&a) == ["a", "b"]).await;
+    let (a, b) = joined_with(&MemoryNetwork::new(), s).await;
     let mut inbox = b.register::<u64>("seq");
     const N: u64 = 30_000;
     let sender = {
@@ -551,10 +474,10 @@ async fn batches_arrive_whole_and_in_order_behind_a_slow_receiver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handlers_that_answer_at_once_wait_or_panic_all_get_replies() {
     let net = MemoryNetwork::new();
-    let a = mem_node(&net, "a", Role::Peer, TopologyKind::FullMesh).await;
-    let b = mem_node(&net, "b", Role::Peer, TopologyKind::FullMesh).await;
+    let a = start(&net, "a", None).await;
+    let b = start(&net, "b", None).await;
     b.join(&[a.addr()]).await.unwrap();
-    eventually("joined", || up_names(&a) == ["a", "b"]).await;
+    eventually("joined", || up(&a) == ["a", "b"]).await;
     b.serve("now", |_from, x: u64| async move { x + 1 });
     b.serve("later", |_from, x: u64| async move {
         tokio::time::sleep(Duration::from_millis(20)).await;

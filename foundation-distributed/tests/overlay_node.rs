@@ -12,10 +12,11 @@ use foundation_distributed::overlay::HyParViewConfig;
 use foundation_distributed::topology::{
     Change, Delivered, Member, PeerService, Role, TopologyKind,
 };
-use foundation_distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
-};
+use foundation_distributed::transport::{MemoryNetwork, MemoryTransport, Transport};
 use parking_lot::Mutex;
+
+mod common;
+use common::{eventually, holds_within, settings_in, start_with};
 
 /// The adapter, with its active view mirrored where the test can see it.
 #[derive(Debug)]
@@ -82,17 +83,7 @@ impl PeerService for Observed {
 }
 
 async fn node(net: &MemoryNetwork, name: &str) -> (Node, Arc<Mutex<BTreeSet<String>>>) {
-    let ts = TransportSettings {
-        cluster: "overlay".into(),
-        node: name.into(),
-        security: Security::Secret(
-            ClusterSecret::from_hex(
-                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
-            )
-            .unwrap(),
-        ),
-        ..TransportSettings::default()
-    };
+    let ts = settings_in("overlay", name);
     let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, ts).unwrap());
     let settings = NodeSettings {
         listen: format!("mem://{name}"),
@@ -114,16 +105,6 @@ async fn node(net: &MemoryNetwork, name: &str) -> (Node, Arc<Mutex<BTreeSet<Stri
         view: view.clone(),
     }));
     (n, view)
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..800 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("not reached within 20 s: {what}");
 }
 
 /// Whether every live node reaches every other along active views (directed, as a
@@ -210,12 +191,7 @@ async fn hyparview_nodes_broadcast_over_bounded_views_and_repair() {
                 .filter(|(n, _)| !dead.contains(n))
                 .all(|(_, v)| v.lock().iter().all(|p| !dead.contains(p)) && !v.lock().is_empty())
     };
-    for _ in 0..800 {
-        if repaired() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    holds_within(20, repaired).await;
     let state: Vec<(String, BTreeSet<String>)> = views
         .iter()
         .map(|(n, v)| (n.clone(), v.lock().clone()))
@@ -274,17 +250,7 @@ async fn thousand_nodes_in_one_process() {
     let mut join_failures = 0usize;
     for i in 0..n {
         let name = format!("n{i:04}");
-        let ts = TransportSettings {
-            cluster: "overlay".into(),
-            node: name.clone(),
-            security: Security::Secret(
-                ClusterSecret::from_hex(
-                    "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
-                )
-                .unwrap(),
-            ),
-            ..TransportSettings::default()
-        };
+        let ts = settings_in("overlay", &name);
         let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, ts).unwrap());
         let settings = NodeSettings {
             listen: format!("mem://{name}"),
@@ -432,25 +398,43 @@ async fn thousand_nodes_in_one_process() {
     assert!(ok, "survivors not reached after 30 rounds");
 }
 
-async fn configured_node(net: &MemoryNetwork, name: &str, topology: TopologyKind) -> Node {
-    let ts = TransportSettings {
-        cluster: "overlay".into(),
-        node: name.into(),
-        security: Security::Secret(
-            ClusterSecret::from_hex(
-                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
-            )
-            .unwrap(),
-        ),
-        ..TransportSettings::default()
+/// `n` nodes `{prefix}00`, `{prefix}01`, … on `net` with the rest of `s`, each after the
+/// first joined to the first.
+async fn cluster(net: &MemoryNetwork, prefix: &str, n: usize, s: NodeSettings) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..n {
+        let node = start_with(net, &format!("{prefix}{i:02}"), s.clone()).await;
+        if i > 0 {
+            node.join(&[nodes[0].addr()]).await.unwrap();
+        }
+        nodes.push(node);
+    }
+    nodes
+}
+
+/// Waits (up to 20 s of test time) until the nodes' active views form a connected
+/// overlay, are symmetric (`p` in A(q) ⇔ `q` in A(p), D370) and hold 1 to `cap` peers
+/// each; panics with the views otherwise.
+async fn settled_overlay(what: &str, nodes: &[Node], cap: usize) {
+    let settled = || {
+        overlay_connected(nodes)
+            && one_sided(nodes).is_none()
+            && nodes
+                .iter()
+                .all(|n| (1..=cap).contains(&n.neighbours().len()))
     };
-    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, ts).unwrap());
-    let settings = NodeSettings {
-        listen: format!("mem://{name}"),
-        topology,
-        ..NodeSettings::default()
-    };
-    Node::start(t, name, settings).await.unwrap()
+    if holds_within(20, settled).await {
+        return;
+    }
+    let views: Vec<(String, BTreeSet<String>)> = nodes
+        .iter()
+        .map(|n| (n.name().to_string(), n.neighbours()))
+        .collect();
+    panic!(
+        "{what}: not a connected, symmetric overlay of views of 1..={cap} within 20 s \
+         (first one-sided pair {:?}): {views:?}",
+        one_sided(nodes)
+    );
 }
 
 fn overlay_connected(nodes: &[Node]) -> bool {
@@ -473,24 +457,14 @@ async fn hyparview_from_settings_and_by_switching() {
         ..HyParViewConfig::default()
     };
     let net = MemoryNetwork::new();
-    let mut nodes: Vec<Node> = Vec::new();
-    for i in 0..10 {
-        let n = configured_node(&net, &format!("h{i:02}"), TopologyKind::HyParView(config)).await;
-        if i > 0 {
-            n.join(&[nodes[0].addr()]).await.unwrap();
-        }
-        nodes.push(n);
-    }
+    let hyparview = NodeSettings {
+        topology: TopologyKind::HyParView(config),
+        ..NodeSettings::default()
+    };
+    let nodes = cluster(&net, "h", 10, hyparview).await;
     assert_eq!(nodes[3].topology_kind(), TopologyKind::HyParView(config));
-    eventually("a connected HyParView overlay", || {
-        overlay_connected(&nodes)
-    })
-    .await;
     // Once quiescent, active views are symmetric (D370).
-    eventually("symmetric active views", || one_sided(&nodes).is_none()).await;
-    for n in &nodes {
-        assert!((1..=3).contains(&n.neighbours().len()), "{}", n.name());
-    }
+    settled_overlay("a HyParView overlay", &nodes, 3).await;
     let mut inboxes: Vec<_> = nodes.iter().map(|n| n.register::<u32>("news")).collect();
     nodes[4].broadcast("news", &7u32).await.unwrap();
     for (i, inbox) in inboxes.iter_mut().enumerate().filter(|(i, _)| *i != 4) {
@@ -502,14 +476,7 @@ async fn hyparview_from_settings_and_by_switching() {
 
     // A full mesh switched to HyParView at every node.
     let mesh_net = MemoryNetwork::new();
-    let mut mesh: Vec<Node> = Vec::new();
-    for i in 0..8 {
-        let n = configured_node(&mesh_net, &format!("m{i:02}"), TopologyKind::FullMesh).await;
-        if i > 0 {
-            n.join(&[mesh[0].addr()]).await.unwrap();
-        }
-        mesh.push(n);
-    }
+    let mesh = cluster(&mesh_net, "m", 8, NodeSettings::default()).await;
     eventually("the full mesh", || {
         mesh.iter().all(|n: &Node| n.members().len() == 8)
     })
@@ -518,14 +485,7 @@ async fn hyparview_from_settings_and_by_switching() {
     for n in &mesh {
         n.switch_topology(TopologyKind::HyParView(config)).unwrap();
     }
-    eventually("a connected overlay after the switch", || {
-        overlay_connected(&mesh) && mesh.iter().all(|n| n.neighbours().len() <= 3)
-    })
-    .await;
-    eventually("symmetric active views after the switch", || {
-        one_sided(&mesh).is_none()
-    })
-    .await;
+    settled_overlay("the overlay after the switch", &mesh, 3).await;
     for n in nodes.iter().chain(&mesh) {
         n.shutdown().await;
     }
@@ -563,35 +523,13 @@ async fn joiners_at_a_seed_without_neighbours_are_news_and_views_stay_symmetric(
         passive_capacity: 6,
         ..HyParViewConfig::default()
     };
-    let net = MemoryNetwork::new();
-    let mut nodes: Vec<Node> = Vec::new();
-    for i in 0..6 {
-        let name = format!("j{i:02}");
-        let ts = TransportSettings {
-            cluster: "overlay".into(),
-            node: name.clone(),
-            security: Security::Secret(
-                ClusterSecret::from_hex(
-                    "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
-                )
-                .unwrap(),
-            ),
-            ..TransportSettings::default()
-        };
-        let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, ts).unwrap());
-        let settings = NodeSettings {
-            listen: format!("mem://{name}"),
-            topology: TopologyKind::HyParView(config),
-            // No anti-entropy sample: membership must travel as news.
-            gossip_every: 1_000_000,
-            ..NodeSettings::default()
-        };
-        let n = Node::start(t, &name, settings).await.unwrap();
-        if i > 0 {
-            n.join(&[nodes[0].addr()]).await.unwrap();
-        }
-        nodes.push(n);
-    }
+    let settings = NodeSettings {
+        topology: TopologyKind::HyParView(config),
+        // No anti-entropy sample: membership must travel as news.
+        gossip_every: 1_000_000,
+        ..NodeSettings::default()
+    };
+    let nodes = cluster(&MemoryNetwork::new(), "j", 6, settings).await;
     // Well within one shuffle (10 s), so the symmetry check has not run yet.
     tokio::time::sleep(Duration::from_secs(4)).await;
     for n in &nodes {
@@ -631,41 +569,16 @@ async fn a_crashed_active_peer_is_evicted_and_replaced_within_the_detectors_boun
         shuffle_interval: Duration::from_secs(60),
         ..HyParViewConfig::default()
     };
-    let net = MemoryNetwork::new();
-    let mut nodes: Vec<Node> = Vec::new();
-    for i in 0..8 {
-        let name = format!("c{i:02}");
-        let ts = TransportSettings {
-            cluster: "overlay".into(),
-            node: name.clone(),
-            security: Security::Secret(
-                ClusterSecret::from_hex(
-                    "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
-                )
-                .unwrap(),
-            ),
-            ..TransportSettings::default()
-        };
-        let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(&net, ts).unwrap());
-        let settings = NodeSettings {
-            listen: format!("mem://{name}"),
-            topology: TopologyKind::HyParView(config),
-            view: ViewSettings {
-                suspicion_timeout: Duration::from_secs(30),
-                ..ViewSettings::default()
-            },
-            ..NodeSettings::default()
-        };
-        let n = Node::start(t, &name, settings).await.unwrap();
-        if i > 0 {
-            n.join(&[nodes[0].addr()]).await.unwrap();
-        }
-        nodes.push(n);
-    }
-    eventually("a connected, symmetric overlay", || {
-        overlay_connected(&nodes) && one_sided(&nodes).is_none()
-    })
-    .await;
+    let settings = NodeSettings {
+        topology: TopologyKind::HyParView(config),
+        view: ViewSettings {
+            suspicion_timeout: Duration::from_secs(30),
+            ..ViewSettings::default()
+        },
+        ..NodeSettings::default()
+    };
+    let mut nodes = cluster(&MemoryNetwork::new(), "c", 8, settings).await;
+    settled_overlay("an overlay before the crash", &nodes, 3).await;
     // Crash the node held by the most neighbours (dropped: no goodbye).
     let victim = (0..nodes.len())
         .max_by_key(|&i| {

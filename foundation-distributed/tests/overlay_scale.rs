@@ -184,6 +184,21 @@ struct Figures {
     after: [u64; 4],
 }
 
+/// Prints how many of `nodes` know fewer than `n` members (and the first 20 of them).
+fn print_unaware(when: &str, nodes: &[Option<Node>], n: usize) {
+    let known: Vec<(String, usize)> = nodes
+        .iter()
+        .flatten()
+        .map(|x| (x.name().to_string(), x.members().len()))
+        .filter(|(_, k)| *k < n)
+        .collect();
+    println!(
+        "  {when}, {} nodes know fewer than {n} members: {:?}",
+        known.len(),
+        &known[..known.len().min(20)]
+    );
+}
+
 fn plumtree_totals(nodes: &[Option<Node>]) -> [u64; 4] {
     let mut t = [0; 4];
     for s in nodes.iter().flatten().filter_map(|x| x.broadcast_stats()) {
@@ -237,17 +252,7 @@ async fn scenario(
     }
     let connected_after = t0.elapsed();
     if verbose {
-        let known: Vec<(String, usize)> = nodes
-            .iter()
-            .flatten()
-            .map(|x| (x.name().to_string(), x.members().len()))
-            .filter(|(_, k)| *k < n)
-            .collect();
-        println!(
-            "  at connection, {} nodes know fewer than {n} members: {:?}",
-            known.len(),
-            &known[..known.len().min(20)]
-        );
+        print_unaware("at connection", &nodes, n);
     }
     print_counters("joins", &counters);
     let views: Vec<usize> = nodes
@@ -302,17 +307,7 @@ async fn scenario(
 
     if verbose {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let known: Vec<(String, usize)> = nodes
-            .iter()
-            .flatten()
-            .map(|x| (x.name().to_string(), x.members().len()))
-            .filter(|(_, k)| *k < n)
-            .collect();
-        println!(
-            "  5 s later, {} nodes know fewer than {n} members: {:?}",
-            known.len(),
-            &known[..known.len().min(20)]
-        );
+        print_unaware("5 s later", &nodes, n);
     }
     let before = plumtree_totals(&nodes);
     print_counters("first broadcast", &counters);

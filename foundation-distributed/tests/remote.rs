@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, joined, pair, try_start, up};
+use common::{eventually, joined, pair, restart, up};
 use foundation_distributed::beam::{spawn, spawn_fn, Context, ExitReason, Handle, Process, Reply};
 use foundation_distributed::interpose::Interposer;
 use foundation_distributed::node::{MembershipEvent, Node, NodeSettings};
@@ -604,17 +604,7 @@ async fn a_node_restarted_before_it_is_declared_down_ends_monitors_of_its_earlie
     let old = b.incarnation();
     drop(rb);
     drop(b);
-    let mut b2 = None;
-    for _ in 0..100 {
-        match try_start(&net, "b", None).await {
-            Ok(n) => {
-                b2 = Some(n);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-    let b2 = b2.expect("restarted");
+    let b2 = restart(&net, "b").await;
     assert!(b2.incarnation() > old);
     let _rb2 = Remote::start(&b2);
     b2.join(&[a.addr()]).await.unwrap();

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::pair;
 use foundation_distributed::beam::{spawn, Context, ExitReason, Process, Reply};
 use foundation_distributed::interpose::{Fault, Interposer, Rule};
-use foundation_distributed::remote::{RemoteExitReason, RemoteMessage, RemoteRef};
+use foundation_distributed::remote::{Remote, RemoteExitReason, RemoteMessage, RemoteRef};
 use serde::{Deserialize, Serialize};
 
 const T: Duration = Duration::from_secs(30);
@@ -157,27 +157,52 @@ async fn notes_seen_at_down(
     recorders: usize,
 ) -> Vec<u64> {
     let (_a, ra, _b, rb) = pair(Some(faults)).await;
+    notes_seen_at_down_between(("a", &ra), ("b", &rb), notes, recorders).await
+}
+
+/// [`notes_seen_at_down`] with the recorders on node `a.0` and `p` on node `b.0`.
+async fn notes_seen_at_down_between(
+    (a, ra): (&str, &Remote),
+    (b, rb): (&str, &Remote),
+    notes: Vec<(usize, Note)>,
+    recorders: usize,
+) -> Vec<u64> {
     let names: Vec<String> = (0..recorders).map(|i| format!("rec{i}")).collect();
     for name in &names {
         ra.register(name, &spawn(Recorder(Vec::new()))).unwrap();
     }
     let p = spawn(Farewell {
-        to: names.iter().map(|n| rb.process::<Rec>("a", n)).collect(),
+        to: names.iter().map(|n| rb.process::<Rec>(a, n)).collect(),
         notes,
         exit: ExitReason::Normal,
     });
     rb.register("p", &p).unwrap();
-    let mut down = ra.process::<Go>("b", "p").monitor().await;
+    let mut down = ra.process::<Go>(b, "p").monitor().await;
     p.try_send(Go::Run).unwrap();
     drop(p);
     assert_eq!(down.wait().await, RemoteExitReason::Normal);
     // A local call queues behind whatever had reached the recorder's mailbox.
     let mut seen = Vec::new();
     for name in &names {
-        seen.extend(ra.process::<Rec>("a", name).call(&(), T).await.unwrap());
+        seen.extend(ra.process::<Rec>(a, name).call(&(), T).await.unwrap());
     }
     seen.sort_unstable();
     seen
+}
+
+/// Many 16 KiB notes to recorder `heavy`, then one small note to each of the three others
+/// (four pair keys, spread over the normal lane's connections): notes 1 to 33.
+fn heavy_then_small(heavy: usize) -> Vec<(usize, Note)> {
+    let mut notes: Vec<(usize, Note)> = (1..=30)
+        .map(|n| (heavy, Note::Big(n, vec![7; 16 * 1024])))
+        .collect();
+    notes.extend(
+        (0..4)
+            .filter(|&r| r != heavy)
+            .zip(31..)
+            .map(|(r, n)| (r, Note::Small(n))),
+    );
+    notes
 }
 
 #[tokio::test(start_paused = true)]
@@ -198,16 +223,7 @@ async fn the_down_of_a_process_comes_after_the_many_messages_it_sent_before_exit
     // fenced DOWN waits for all of them.
     for heavy in 0..4 {
         let faults = delay("b", "messages", Duration::from_millis(20));
-        let mut notes: Vec<(usize, Note)> = (1..=30)
-            .map(|n| (heavy, Note::Big(n, vec![7; 16 * 1024])))
-            .collect();
-        notes.extend(
-            (0..4)
-                .filter(|&r| r != heavy)
-                .zip(31..)
-                .map(|(r, n)| (r, Note::Small(n))),
-        );
-        let seen = notes_seen_at_down(faults, notes, 4).await;
+        let seen = notes_seen_at_down(faults, heavy_then_small(heavy), 4).await;
         assert_eq!(
             seen,
             (1..=33).collect::<Vec<u64>>(),
@@ -259,8 +275,6 @@ async fn the_urgent_lane_overtakes_the_normal_lane_and_keeps_its_own_order() {
 
 #[tokio::test(start_paused = true)]
 async fn a_relay_keeps_the_pairs_order() {
-    use foundation_distributed::remote::Remote;
-
     // Clients reach each other through the server; the hop from it is slow on `bulk_data`.
     let faults = delay("s1", "bulk_data", Duration::from_millis(300));
     let (s1, c1, c2) = common::client_server(Some(faults)).await;
@@ -270,4 +284,33 @@ async fn a_relay_keeps_the_pairs_order() {
     r.send(&big(1)).await.unwrap();
     r.send(&Note::Small(2)).await.unwrap();
     assert_eq!(r.call(&(), T).await.unwrap(), [1, 2]);
+}
+
+/// The fenced DOWN through a relay: `p` on client `c2` sends to recorders on client `c1`
+/// through the server, whose hop to `c1` is slow on the normal lane, then exits. The
+/// relay re-keys each copy and each note with its own table; with the cluster's one
+/// table (checked, D431) the copies land on the connections the notes took, and the
+/// DOWN comes after them all. With the server on 4 connections of `messages` (clients
+/// on 2) and the table check disabled, the DOWN overtook notes (D431).
+#[tokio::test(start_paused = true)]
+async fn a_down_relayed_through_a_server_comes_after_the_messages_sent_before_it() {
+    use foundation_distributed::node::{default_channels, MESSAGES};
+    let mut channels = default_channels();
+    for spec in &mut channels.channels {
+        if spec.name == MESSAGES {
+            spec.parallelism = 4;
+        }
+    }
+    for heavy in 0..4 {
+        let faults = delay("s1", "messages", Duration::from_millis(20));
+        let (s1, c1, c2) = common::client_server_with(Some(faults), channels.clone()).await;
+        let (_rs, r1, r2) = (Remote::start(&s1), Remote::start(&c1), Remote::start(&c2));
+        let seen =
+            notes_seen_at_down_between(("c1", &r1), ("c2", &r2), heavy_then_small(heavy), 4).await;
+        assert_eq!(
+            seen,
+            (1..=33).collect::<Vec<u64>>(),
+            "heavy recorder {heavy}"
+        );
+    }
 }

@@ -9,27 +9,17 @@ use std::time::Duration;
 
 use foundation_distributed::node::{Node, NodeSettings, SwitchError, SwitchSettings};
 use foundation_distributed::topology::{Role, TopologyKind};
-use foundation_distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
-};
+use foundation_distributed::transport::{MemoryNetwork, MemoryTransport, Transport};
+
+mod common;
+use common::{eventually, settings_in};
 
 const CS: TopologyKind = TopologyKind::ClientServer {
     servers_per_client: 1,
 };
 
 fn transport(net: &MemoryNetwork, node: &str) -> Arc<dyn Transport> {
-    let settings = TransportSettings {
-        cluster: "switch".into(),
-        node: node.into(),
-        security: Security::Secret(
-            ClusterSecret::from_hex(
-                "9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f",
-            )
-            .unwrap(),
-        ),
-        ..TransportSettings::default()
-    };
-    Arc::new(MemoryTransport::new(net, settings).unwrap())
+    Arc::new(MemoryTransport::new(net, settings_in("switch", node)).unwrap())
 }
 
 async fn start(net: &MemoryNetwork, name: &str, role: Role) -> Node {
@@ -76,16 +66,6 @@ async fn cluster(net: &MemoryNetwork, names: &[&str], servers: usize) -> Vec<Nod
         .await;
     }
     nodes
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..800 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("not reached within 20 s (paused clock): {what}");
 }
 
 async fn all_answer(nodes: &[Node]) {

@@ -6,6 +6,7 @@
 //! the heartbeat only looks at the link's current state and queues without waiting.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +55,9 @@ pub(crate) struct Link {
     /// Messages queued by [`Link::send_or_park`] while the link was not up; sent when
     /// it comes up. At most [`BACKLOG`].
     backlog: Mutex<VecDeque<(String, Option<u64>, Bytes)>>,
+    /// The [`Links`] round in which application traffic last went on this link (see
+    /// [`Links::used`]); the round it was made in, until then.
+    used: AtomicU64,
 }
 
 impl Link {
@@ -189,6 +193,9 @@ pub(crate) struct Links {
     ctx: Arc<LinkContext>,
     map: Mutex<HashMap<String, Arc<Link>>>,
     cancel: CancellationToken,
+    /// The round counter [`Link`]s' last-used stamps are taken from
+    /// ([`next_round`](Self::next_round), once per membership round).
+    round: AtomicU64,
 }
 
 impl Links {
@@ -197,7 +204,33 @@ impl Links {
             ctx: Arc::new(ctx),
             map: Mutex::new(HashMap::new()),
             cancel,
+            round: AtomicU64::new(0),
         }
+    }
+
+    /// Marks `link` as carrying application traffic this round (D430). On every send: a
+    /// relaxed load of two counters, and a relaxed store at most once per round per link
+    /// (no lock, no read-modify-write, the cache line stays shared while the stamp is
+    /// current).
+    #[inline]
+    pub fn used(&self, link: &Link) {
+        let round = self.round.load(Ordering::Relaxed);
+        if link.used.load(Ordering::Relaxed) != round {
+            link.used.store(round, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts the next round (called once per membership round).
+    pub fn next_round(&self) {
+        self.round.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whole rounds since `link` last carried application traffic (0: this round; a
+    /// link counts as used in the round it was made in).
+    pub fn idle_rounds(&self, link: &Link) -> u64 {
+        self.round
+            .load(Ordering::Relaxed)
+            .saturating_sub(link.used.load(Ordering::Relaxed))
     }
 
     pub fn get(&self, peer: &str) -> Option<Arc<Link>> {
@@ -219,6 +252,7 @@ impl Links {
             cancel: self.cancel.child_token(),
             task: Mutex::new(None),
             backlog: Mutex::new(VecDeque::new()),
+            used: AtomicU64::new(self.round.load(Ordering::Relaxed)),
         });
         let task = tokio::spawn(run(link.clone(), self.ctx.clone(), None));
         *link.task.lock() = Some(task);
@@ -246,6 +280,7 @@ impl Links {
             cancel: self.cancel.child_token(),
             task: Mutex::new(None),
             backlog: Mutex::new(VecDeque::new()),
+            used: AtomicU64::new(self.round.load(Ordering::Relaxed)),
         });
         let task = tokio::spawn(run(link.clone(), self.ctx.clone(), Some(channels)));
         *link.task.lock() = Some(task);

@@ -23,8 +23,10 @@
 //!   peer a topology message cannot be addressed to is reported to the topology as
 //!   unreachable at once (replaced, without waiting for `Down`); the sender's own entry
 //!   is news even at a node without neighbours, which keeps its news for its first
-//!   one; links the topology does not want are closed after a grace
-//!   period (the longer of the shuffle interval and ten heartbeats); no link back to a
+//!   one; links the topology does not want are closed once idle for a grace
+//!   period (the longer of the shuffle interval and ten heartbeats): a transient direct
+//!   link that carries application traffic (a send or a remote call to a member outside
+//!   the active view, a reply) stays while it does (D430); no link back to a
 //!   peer that merely talks to us; down members are not knocked on (the overlay heals
 //!   through the passive view). Memory is O(n) per node: the view itself.
 
@@ -58,7 +60,7 @@ pub(crate) struct Overlay {
     /// News to pass on, by member, each with the peers known to have it (its sender, and
     /// the peers it went to).
     news: Mutex<HashMap<String, (Update, HashSet<String>)>>,
-    /// Peers this module made links to, and since when each has been unwanted.
+    /// Peers this module made links to, and since when each has been unwanted and idle.
     touched: Mutex<HashMap<String, Option<Instant>>>,
     /// Members we hold down that talked to us, and when we last told them so.
     told: Mutex<HashMap<String, Instant>>,
@@ -448,7 +450,7 @@ impl Inner {
                     self.detector.lock().remove(&n);
                     if self.partial() && !self.topology.lock().wanted().contains(&n) {
                         // No knocking on down members under a partial view.
-                        self.links.remove(&n);
+                        self.close_link(&n, "dead");
                         self.overlay.touched.lock().remove(&n);
                     }
                     let newly = match self.down.lock().entry(n.clone()) {
@@ -549,7 +551,8 @@ impl Inner {
     }
 
     fn forget(&self, n: &str) {
-        self.links.remove(n);
+        self.close_link(n, "forgotten");
+        self.forget_table(n);
         self.overlay.touched.lock().remove(n);
         self.detector.lock().remove(&n.to_string());
         self.down.lock().remove(n);
@@ -572,8 +575,22 @@ impl Inner {
         }
     }
 
+    /// Stops and forgets the link to `peer`, if there is one, counted under `reason`
+    /// (`foundation_node_links_closed_total{reason}`): `idle` (outside the topology's
+    /// wants and unused for the grace period), `dead` (a member held down outside a
+    /// partial view's wants), `forgotten` (a member that left or was removed).
+    pub(super) fn close_link(&self, peer: &str, reason: &'static str) {
+        if self.links.get(peer).is_some() {
+            self.links.remove(peer);
+            metrics::counter!("foundation_node_links_closed_total", "reason" => reason)
+                .increment(1);
+        }
+    }
+
     /// One membership round: φ verdicts, view timers, periodic dissemination.
     pub(super) fn membership_round(self: &Arc<Self>, round: u64) {
+        // Links' last-used stamps count membership rounds (D430).
+        self.links.next_round();
         let now = Instant::now();
         let partial = self.partial();
         let suspects = self.detector.lock().suspects(now);
@@ -640,7 +657,7 @@ impl Inner {
     }
 
     /// The rest of a round under a partial view: links and φ follow the active view,
-    /// unwanted links close after the grace period, news goes out, and now and then a
+    /// unwanted links idle for the grace period close, news goes out, and now and then a
     /// sample of the view.
     fn partial_round(self: &Arc<Self>, round: u64, now: Instant) {
         let (wanted, grace) = {
@@ -669,7 +686,15 @@ impl Inner {
                 touched.entry(l.peer.clone()).or_insert(None);
             }
             touched.retain(|p, since| {
-                if wanted.contains(p) {
+                // Wanted, or carried application traffic this round or the last (a
+                // transient direct link in use: a remote call, a send to a member outside
+                // the active view): not idle (D430).
+                if wanted.contains(p)
+                    || self
+                        .links
+                        .get(p)
+                        .is_some_and(|l| self.links.idle_rounds(&l) <= 1)
+                {
                     *since = None;
                     return true;
                 }
@@ -685,9 +710,7 @@ impl Inner {
             close.clear(); // make before break: a topology switch keeps old links (switch.rs)
         }
         for p in close {
-            self.links.remove(&p);
-            metrics::counter!("foundation_node_link_events_total", "event" => "closed_unwanted")
-                .increment(1);
+            self.close_link(&p, "idle");
         }
         self.flush_news(&wanted);
         let every = self.settings.gossip_every.max(1);

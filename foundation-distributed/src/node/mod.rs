@@ -61,6 +61,7 @@ mod membership;
 mod peer_stats;
 mod request;
 mod switch;
+mod table;
 mod wire;
 
 pub use switch::{SwitchError, SwitchRecord, SwitchSettings, TopologyState};
@@ -540,6 +541,11 @@ impl Node {
 
     /// Joins the cluster through `seeds` (addresses of any members): links to the first
     /// that answers and sends it this node's view; the views then converge by gossip.
+    ///
+    /// Fails with [`Error::ChannelTableMismatch`] when the seed's channel table differs
+    /// from this node's: the two have exchanged views (this node is a member), but
+    /// neither takes the other's application traffic (see `docs/NODE.md`); start this
+    /// node again with the cluster's table.
     pub async fn join(&self, seeds: &[&str]) -> Result<()> {
         let mut last = None;
         for seed in seeds {
@@ -547,6 +553,7 @@ impl Node {
                 Ok(link) => {
                     // Wait (bounded) for the seed's view, so the cluster is known on return.
                     let until = Instant::now() + self.inner.settings.link_wait;
+                    let unknown = self.inner.view.lock().get(&link.peer).is_none();
                     while self.inner.view.lock().get(&link.peer).is_none() {
                         if Instant::now() >= until {
                             return Err(Error::NotConnected {
@@ -555,6 +562,16 @@ impl Node {
                             });
                         }
                         tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    // And (as long) for its channel table, which follows a view it sent
+                    // (a seed known already may not link back under a partial view): a
+                    // seed with another table fails the join, with both tables (D431).
+                    while unknown && !self.inner.table_checked(&link.peer) && Instant::now() < until
+                    {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    if let Some(e) = self.inner.refused(&link.peer) {
+                        return Err(e);
                     }
                     return Ok(());
                 }
@@ -1252,12 +1269,19 @@ impl Inner {
                 reason: "declared down".into(),
             });
         }
+        if let Some(e) = self.refused(to) {
+            return Err(e);
+        }
         let hop = self.topology.lock().next_hop(to);
-        match hop {
-            Some(h) => Ok(h),
+        let hop = match hop {
+            Some(h) => h,
             // Not reachable through the overlay (a topology without relaying, a
             // partially switched cluster): a transient direct connection.
-            None => self.direct_hop(to),
+            None => self.direct_hop(to)?,
+        };
+        match self.refused(&hop) {
+            Some(e) => Err(e),
+            None => Ok(hop),
         }
     }
 
@@ -1301,6 +1325,7 @@ impl Inner {
         let link = self.link_or_start(&hop).ok_or_else(|| Error::UnknownNode {
             node: to.to_string(),
         })?;
+        self.links.used(&link);
         let ch = link.ready(self.settings.link_wait).await?;
         if control {
             return ch.send(COORDINATION, opts.key, payload).await;
@@ -1353,6 +1378,7 @@ impl Inner {
                 reason: "no link and no known address".into(),
             });
         };
+        self.links.used(&link);
         let channel = if control && opts.urgency == Urgency::Urgent {
             COORDINATION
         } else {
@@ -1373,7 +1399,9 @@ impl Inner {
         opts: SendOptions,
     ) -> Option<bool> {
         let hop = self.hop(to).ok()?;
-        let channels = self.links.get(&hop).and_then(|l| l.current())?;
+        let link = self.links.get(&hop)?;
+        self.links.used(&link);
+        let channels = link.current()?;
         let channel = self.channel_for(opts, payload.len() - header);
         channels.append_now(channel, opts.key, payload, header)
     }
@@ -1389,7 +1417,11 @@ impl Inner {
         opts: SendOptions,
     ) -> Result<()> {
         let hop = self.hop(to)?;
-        let channels = self.links.get(&hop).and_then(|l| l.current());
+        let link = self.links.get(&hop);
+        if let Some(l) = &link {
+            self.links.used(l);
+        }
+        let channels = link.and_then(|l| l.current());
         let Some(channels) = channels else {
             return Err(Error::NotConnected {
                 node: hop,
@@ -1476,6 +1508,16 @@ impl Inner {
                 );
                 return None;
             }
+        }
+        if !matches!(
+            wire,
+            Wire::Gossip { .. }
+                | Wire::Heartbeat { .. }
+                | Wire::Topology { .. }
+                | Wire::Switch { .. }
+        ) && self.refuses_traffic_from(peer)
+        {
+            return None; // a peer with another channel table (table.rs, D431)
         }
         if let Some(to) = wire.to_node() {
             if to != self.name {

@@ -49,6 +49,8 @@
 //! | `foundation_node_topology_switches_total{to, origin="local"\|"remote"}` | counter |
 //! | `foundation_node_topology_superseded_total` | counter (a state replaced by a concurrent greater one of the same epoch) |
 //! | `foundation_node_links_retired_total` | counter (old links torn down after a switch) |
+//! | `foundation_node_links_closed_total{reason}` | counter (links this node closed: `switch`, and from the membership `idle`, `dead`, `forgotten`) |
+//! | `foundation_node_channel_table_mismatches_total` | counter (peers refused for another channel table, `table.rs`; their messages: `foundation_node_refused_total{reason="channel_table"}`) |
 //! | `foundation_node_direct_hops_total` | counter (sends to a member the topology does not reach, over a direct connection) |
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -162,6 +164,10 @@ struct Announce {
     proposer: String,
     kind: TopologyKind,
     reason: String,
+    /// The *sending* node's channel-table summary (`table::summary`), stamped when
+    /// sent; empty in the state held (D431).
+    #[serde(default)]
+    table: String,
 }
 
 impl Announce {
@@ -196,6 +202,8 @@ struct St {
 /// The switch state of a node.
 pub(crate) struct SwitchState {
     st: Mutex<St>,
+    /// Peers refused for a different channel table (carried by the state messages).
+    pub(super) refused: super::table::Refused,
     started: Instant,
     drains: Mutex<tokio::task::JoinSet<()>>,
 }
@@ -211,12 +219,14 @@ impl SwitchState {
                     proposer: String::new(),
                     kind,
                     reason: "start".into(),
+                    table: String::new(),
                 },
                 last_switch: None,
                 history: VecDeque::new(),
                 settling: None,
                 retired: HashMap::new(),
             }),
+            refused: Default::default(),
             started: Instant::now(),
             drains: Mutex::new(tokio::task::JoinSet::new()),
         }
@@ -255,6 +265,14 @@ pub(crate) fn describe_metrics() {
     metrics::describe_counter!(
         "foundation_node_links_retired_total",
         "Links torn down after a topology switch (the new overlay did not want them)."
+    );
+    metrics::describe_counter!(
+        "foundation_node_links_closed_total",
+        "Links this node closed, by reason: idle (outside the topology's wants and unused for the grace period), switch (torn down by a topology switch), dead (a member held down, partial view), forgotten (a member that left or was removed)."
+    );
+    metrics::describe_counter!(
+        "foundation_node_channel_table_mismatches_total",
+        "Peers found with a channel table other than this node's (their application traffic is refused both ways)."
     );
     metrics::describe_counter!(
         "foundation_node_direct_hops_total",
@@ -310,6 +328,7 @@ impl Node {
                 proposer: inner.name.clone(),
                 kind,
                 reason: reason.to_string(),
+                table: String::new(),
             }
         };
         let epoch = ann.epoch;
@@ -377,7 +396,7 @@ impl Inner {
     /// The encoded state in force (the first message on a new link, after the view).
     pub(super) fn switch_state_wire(&self) -> bytes::Bytes {
         let ann = self.switch.st.lock().current.clone();
-        encode_announce(&ann)
+        self.encode_announce(&ann)
     }
 
     /// Applies `ann` if it is greater than the state in force; passes it on to every
@@ -462,7 +481,7 @@ impl Inner {
             self.ensure_link(p);
         }
         // Pass it on.
-        let bytes = encode_announce(&ann);
+        let bytes = self.encode_announce(&ann);
         for l in self.links.up_peers() {
             if Some(l.peer.as_str()) == from {
                 continue;
@@ -476,11 +495,17 @@ impl Inner {
 
     /// A switch message from `peer`.
     pub(super) fn on_switch(self: &Arc<Self>, peer: &str, payload: &[u8]) {
-        let Ok(ann) = rmp_serde::from_slice::<Announce>(payload) else {
+        let Ok(mut ann) = rmp_serde::from_slice::<Announce>(payload) else {
             self.meters.dropped("undecodable").increment(1);
             return;
         };
+        let theirs = std::mem::take(&mut ann.table);
         let mine = self.switch.st.lock().current.clone();
+        if self.check_table(peer, &theirs) {
+            // Newly refused: tell it our table, so it refuses us too even if it never
+            // links back (it answers once, when it newly refuses us).
+            self.send_state(peer, &mine);
+        }
         match ann.key().cmp(&mine.key()) {
             std::cmp::Ordering::Greater => {
                 self.adopt(ann, Some(peer));
@@ -496,7 +521,7 @@ impl Inner {
         let sent = self
             .links
             .get(peer)
-            .map(|l| l.send_or_park(COORDINATION, KEY, encode_announce(ann)));
+            .map(|l| l.send_or_park(COORDINATION, KEY, self.encode_announce(ann)));
         if !matches!(sent, Some(Ok(()))) {
             self.meters.dropped("switch_failed").increment(1);
         }
@@ -537,8 +562,8 @@ impl Inner {
     }
 
     /// Retired peers are not watched while we hold no link to them; a link to one seen
-    /// again is torn down again after `grace` unless the topology wants it or acknowledged
-    /// messages to it wait.
+    /// again is torn down again once idle for `grace` (no application traffic) unless the
+    /// topology wants it or acknowledged messages to it wait.
     fn watch_retired(&self, unacked: &[String]) {
         let retired: Vec<(String, Option<Instant>)> = {
             let st = self.switch.st.lock();
@@ -562,6 +587,16 @@ impl Inner {
             }
             match seen {
                 None => {
+                    self.switch.st.lock().retired.insert(p, Some(now));
+                }
+                // Carried application traffic this round or the last (a transient
+                // direct link in use): its grace starts again (D430).
+                Some(_)
+                    if self
+                        .links
+                        .get(&p)
+                        .is_some_and(|l| self.links.idle_rounds(&l) <= 1) =>
+                {
                     self.switch.st.lock().retired.insert(p, Some(now));
                 }
                 Some(t) if now - t >= self.settings.switch.grace && !unacked.contains(&p) => {
@@ -632,6 +667,7 @@ impl Inner {
         self.detector.lock().remove(&p.to_string());
         self.switch.st.lock().retired.insert(p.to_string(), None);
         metrics::counter!("foundation_node_links_retired_total").increment(1);
+        metrics::counter!("foundation_node_links_closed_total", "reason" => "switch").increment(1);
         let Some(mut c) = channels else { return };
         let until = Instant::now() + self.settings.switch.drain_timeout;
         let cancel = self.cancel.clone();
@@ -674,9 +710,16 @@ impl Inner {
     }
 }
 
-fn encode_announce(ann: &Announce) -> bytes::Bytes {
-    let payload = rmp_serde::to_vec(ann).expect("announcements always encode");
-    encode(&Wire::Switch {
-        payload: payload.into(),
-    })
+impl Inner {
+    /// `ann` on the wire, stamped with this node's channel-table summary.
+    fn encode_announce(&self, ann: &Announce) -> bytes::Bytes {
+        let ann = Announce {
+            table: self.table_summary(),
+            ..ann.clone()
+        };
+        let payload = rmp_serde::to_vec(&ann).expect("announcements always encode");
+        encode(&Wire::Switch {
+            payload: payload.into(),
+        })
+    }
 }

@@ -7,6 +7,7 @@ pub mod procs;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foundation_distributed::channel::ChannelSettings;
 use foundation_distributed::interpose::Interposer;
 use foundation_distributed::node::{Node, NodeSettings};
 use foundation_distributed::remote::Remote;
@@ -66,20 +67,46 @@ pub async fn joined_with(net: &MemoryNetwork, s: NodeSettings) -> (Node, Node) {
     (a, b)
 }
 
+/// Starts node `name` on `net` again after the old one was dropped (a restart under the
+/// same name, a new incarnation), retrying while the in-memory listener name is still
+/// held (it is released shortly after the drop); up to 100 tries, 10 ms apart.
+pub async fn restart(net: &MemoryNetwork, name: &str) -> Node {
+    for _ in 0..100 {
+        if let Ok(n) = try_start(net, name, None).await {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{name} not restarted: its listener name stayed taken");
+}
+
 /// [`try_start`], which must succeed.
 pub async fn start(net: &MemoryNetwork, name: &str, faults: Option<Arc<Interposer>>) -> Node {
     try_start(net, name, faults).await.unwrap()
 }
 
 /// Waits (up to 20 s of test time, polling every 25 ms) until `f` holds.
-pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..800 {
+pub async fn eventually(what: &str, f: impl FnMut() -> bool) {
+    eventually_within(what, 20, f).await;
+}
+
+/// Waits (up to `secs` seconds of test time, polling every 25 ms) until `f` holds.
+pub async fn eventually_within(what: &str, secs: u64, f: impl FnMut() -> bool) {
+    if !holds_within(secs, f).await {
+        panic!("not reached within {secs} s: {what}");
+    }
+}
+
+/// Polls `f` every 25 ms for up to `secs` seconds of test time; whether it came to hold
+/// (for a caller that reports the state it found when it did not).
+pub async fn holds_within(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..secs * 40 {
         if f() {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("not reached within 20 s: {what}");
+    false
 }
 
 /// The members `n` considers up, by name.
@@ -110,24 +137,27 @@ pub async fn pair(faults: Option<Arc<Interposer>>) -> (Node, Remote, Node, Remot
 /// A client-server cluster on a new network: server `s1`, clients `c1` and `c2` (which
 /// reach each other only through `s1`), each seeing all three up.
 pub async fn client_server(faults: Option<Arc<Interposer>>) -> (Node, Node, Node) {
+    client_server_with(faults, NodeSettings::default().channels).await
+}
+
+/// [`client_server`] with `channels` as every node's channel table.
+pub async fn client_server_with(
+    faults: Option<Arc<Interposer>>,
+    channels: ChannelSettings,
+) -> (Node, Node, Node) {
     use foundation_distributed::topology::{Role, TopologyKind};
     let net = MemoryNetwork::new();
     let node = |name: &'static str, role: Role| {
-        let (net, faults) = (net.clone(), faults.clone());
-        async move {
-            let t: Arc<dyn Transport> =
-                Arc::new(MemoryTransport::new(&net, settings(name)).unwrap());
-            let s = NodeSettings {
-                listen: format!("mem://{name}"),
-                role,
-                topology: TopologyKind::ClientServer {
-                    servers_per_client: 1,
-                },
-                interposer: faults,
-                ..NodeSettings::default()
-            };
-            Node::start(t, name, s).await.unwrap()
-        }
+        let s = NodeSettings {
+            role,
+            topology: TopologyKind::ClientServer {
+                servers_per_client: 1,
+            },
+            interposer: faults.clone(),
+            channels: channels.clone(),
+            ..NodeSettings::default()
+        };
+        start_with(&net, name, s)
     };
     let s1 = node("s1", Role::Server).await;
     let c1 = node("c1", Role::Client).await;
