@@ -88,6 +88,7 @@ use crate::transport::Transport;
 use foundation_beam::core::telemetry::TaskGuard;
 
 use delivery::{AckedStreams, Attempt, Outcome, Slot};
+pub use delivery::{Batch, BatchReceiver, Frame, FrameMessages, FrameReceiver};
 use link::{LinkContext, Links};
 pub use peer_stats::PeerStats;
 use request::Requests;
@@ -608,6 +609,68 @@ impl Node {
             .slots
             .write()
             .insert(name.to_string(), delivery::receiver(tx));
+        rx
+    }
+
+    /// Registers a receiver of `T` messages under `name` (replacing any receiver or
+    /// server of that name) that hands them over a frame at a time: one [`Batch`] (the
+    /// sender, shared, and the frame's messages, decoded, in order) per received frame,
+    /// instead of one `(String, T)` per message as [`register`](Self::register) does. Many
+    /// small messages then cost one queue hand-over, one wake-up and one sender name per
+    /// frame. Everything else is as for `register`: messages from [`send`](Self::send)
+    /// (those appended to one waiting frame come as one batch), [`send_batch`](Self::send_batch),
+    /// [`send_acked`](Self::send_acked) (one batch per message), relays; in order per
+    /// (sender, key); a full receiver slows the senders down (end-to-end backpressure on
+    /// data channels, nothing dropped); messages that do not decode as `T` are left out
+    /// of their batch and counted (`foundation_node_dropped_total{reason="undecodable"}`).
+    ///
+    /// The bound is `receiver_capacity` **messages** (see [`BatchReceiver`] for the one
+    /// exception: a frame holding more is handed over whole once the receiver is empty).
+    ///
+    /// ```no_run
+    /// # async fn demo(node: foundation_distributed::node::Node) {
+    /// let mut inbox = node.register_batched::<u64>("counts");
+    /// let mut total = 0u64;
+    /// while let Some(batch) = inbox.recv().await {
+    ///     for v in &batch.messages {
+    ///         total += v;
+    ///     }
+    ///     println!("{} messages from {}", batch.messages.len(), batch.from);
+    /// }
+    /// # }
+    /// ```
+    pub fn register_batched<T: DeserializeOwned + Send + 'static>(
+        &self,
+        name: &str,
+    ) -> BatchReceiver<T> {
+        let (slot, rx) = delivery::batched(self.inner.settings.receiver_capacity.max(1));
+        self.inner.slots.write().insert(name.to_string(), slot);
+        rx
+    }
+
+    /// Like [`register_batched`](Self::register_batched), but hands each frame over
+    /// undecoded: a [`Frame`] is the frame's received bytes (not copied) with an iterator
+    /// over each message's bytes (the MessagePack encoding of the value the sender gave
+    /// `send` or `send_batch`), for consumers that decode themselves, lazily, or not at
+    /// all (a relay, a counter). The node checks a frame's layout (whole length-prefixed
+    /// messages, else the frame is dropped and counted as `undecodable`) but not the
+    /// messages: undecodable ones are the consumer's to count. Bound and backpressure as
+    /// for `register_batched`.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: foundation_distributed::node::Node) {
+    /// let mut frames = node.register_frames("counts");
+    /// while let Some(frame) = frames.recv().await {
+    ///     for body in frame.messages() {
+    ///         let v: u64 = rmp_serde::from_slice(body).expect("a u64");
+    ///         # let _ = v;
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn register_frames(&self, name: &str) -> FrameReceiver {
+        let (slot, rx) = delivery::frames(self.inner.settings.receiver_capacity.max(1));
+        self.inner.slots.write().insert(name.to_string(), slot);
         rx
     }
 
@@ -1519,7 +1582,13 @@ impl Inner {
                     self.meters.dropped("no_receiver").increment(n as u64);
                     return None;
                 };
-                let wait = many(&from, body, may_wait)?;
+                // The sender's name: the connection's own (shared, no copy) unless relayed.
+                let from: Arc<str> = if from == *msg.peer {
+                    msg.peer.clone()
+                } else {
+                    from.into()
+                };
+                let wait = many(&from, body, n, may_wait)?;
                 return Some(Box::pin(async move {
                     wait.await;
                     Outcome::Delivered
