@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use foundation_distributed::channel::{ChannelSettings, ChannelSpec, Priority, COORDINATION};
+use foundation_distributed::node::wire_format::{batch_body, send_batch_frame};
 use foundation_distributed::node::{Node, NodeSettings, SendOptions};
 use foundation_distributed::transport::{
     ClusterSecret, Security, TcpTransport, Transport, TransportSettings,
@@ -468,34 +469,8 @@ async fn mpsc_floor(n: usize, many: bool) -> f64 {
 /// messages the sender's queue appends to a waiting frame add only their length and
 /// body.)
 fn small_frame() -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    #[allow(dead_code)]
-    enum Wire {
-        Gossip,
-        Heartbeat,
-        Topology,
-        Send,
-        Request,
-        Reply,
-        Broadcast,
-        Acked,
-        Ack,
-        Cancel,
-        SendBatch {
-            to_node: String,
-            to_name: String,
-            from: String,
-        },
-    }
-    let w = Wire::SendBatch {
-        to_node: "b".into(),
-        to_name: "small".into(),
-        from: "a".into(),
-    };
-    let mut payload = rmp_serde::to_vec(&w).expect("wire");
-    let body = rmp_serde::to_vec(&123_456u64).expect("body");
-    payload.extend((body.len() as u32).to_be_bytes());
-    payload.extend(body);
+    let body = batch_body(&[123_456u64]).expect("body");
+    let payload = send_batch_frame("b", "small", "a", &body);
     let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(&payload);
     frame

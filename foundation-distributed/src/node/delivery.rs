@@ -8,6 +8,20 @@
 //! message that arrives there anyway is delivered if there is room and otherwise dropped
 //! and counted.
 //!
+//! Batched receivers ([`Node::register_batched`](super::Node::register_batched),
+//! [`Node::register_frames`](super::Node::register_frames)) are handed one item per
+//! received frame instead of one `(String, T)` per message: a [`Batch`] (the sender's
+//! name, an `Arc<str>` shared by every frame of its connection, and the frame's messages
+//! decoded into a `Vec`) or a [`Frame`] (the frame's bytes, not copied, with an iterator
+//! over each message's bytes). Their queue is bounded in messages (an item of `k`
+//! messages takes `min(k, capacity)` of it: a frame is never split), and a full queue
+//! makes the frame wait exactly as above (backpressure, no drop; on `coordination`, no
+//! room means the frame's messages are dropped and counted). Undecodable messages are
+//! left out of their batch and counted; a frame receiver leaves decoding to its consumer.
+//! The queue hands items over through an unbounded tokio channel whose length is bounded
+//! by a semaphore of `capacity` permits, taken before an item is queued and given back
+//! when the consumer takes it.
+//!
 //! Acknowledged streams ([`Node::send_acked`](super::Node::send_acked)): per destination,
 //! the sender numbers messages and keeps them (a bounded window: a full window makes
 //! `send_acked` wait) until a cumulative acknowledgement covers them, resending every

@@ -62,6 +62,13 @@ mod wire;
 
 pub use switch::{SwitchError, SwitchRecord, SwitchSettings, TopologyState};
 
+/// The node's wire layout of application batches (what [`Node::send`] and
+/// [`Node::send_batch`] write), for tests that forge frames and for benchmarks that
+/// measure raw baselines on the node's exact bytes. Applications do not need it.
+pub mod wire_format {
+    pub use super::wire::{batch_body, send_batch_frame};
+}
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
