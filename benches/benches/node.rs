@@ -12,14 +12,23 @@
 //!    the nodes' priority thread (`NodeSettings::priority_thread`, D380, off by default:
 //!    D366) on, `=0` off, for an A/B comparison with the same binary.
 //! 2. **small messages**: `NODE_BENCH_SMALL` (default 1,000,000) 8-byte messages `a` →
-//!    `b`, counted at `b`'s receiver (zero loss checked), once with one `send().await`
-//!    per message and once with `send_batch` (`NODE_BENCH_BATCH` messages per call,
-//!    default 1024), against raw length-prefixed TCP writes of the same pre-encoded
-//!    per-message frames (buffered writes, one reader counting frames). The consumer is a
-//!    plain `recv().await` loop (an idle watchdog ends it if messages stop coming). Also
-//!    printed: `send_batch` with a consumer taking messages with `recv_many`, and the
-//!    receiver floor: the same consumer loops fed `(String, u64)` through a tokio channel
-//!    in chunks by one task, no node (what delivery through `register` costs by itself).
+//!    `b`, counted at `b`'s receiver (zero loss checked), with one `send().await` per
+//!    message and with `send_batch` (`NODE_BENCH_BATCH` messages per call, default 1024),
+//!    each into four kinds of receiver: `register` with a plain `recv().await` loop,
+//!    `register` with `recv_many` (`send_batch` only), `register_batched` (one `Batch`
+//!    of decoded messages per frame, the consumer counts them) and `register_frames`
+//!    (one undecoded `Frame` per frame, the consumer walks its messages). An idle
+//!    watchdog ends a consumer if messages stop coming. Two raw baselines write the same
+//!    pre-encoded per-message frames (the node's own bytes for one message,
+//!    `node::wire_format`, behind a 4-byte length) over loopback TCP to a reader that
+//!    only counts length prefixes: **buffered** (through a 64 KiB `BufWriter`: few, large
+//!    writes; the strict baseline, the one the ratio has always been taken against) and
+//!    **one write per frame** (one `write_all` per frame on the `TcpStream`: the issue's
+//!    literal "raw pre-encoded length-prefixed TCP writes"). Ratios are printed against
+//!    both, labelled. Also printed: the receiver floor, the `register` consumer loops fed
+//!    `(String, u64)` through a tokio channel in chunks by one task, no node (what
+//!    delivery through `register` costs by itself). `NODE_BENCH_PART2_ONLY=1` runs only
+//!    this part.
 //! 3. **request/reply round trip**: sequential 64-byte `request`s against a raw TCP
 //!    64-byte ping-pong.
 //!
