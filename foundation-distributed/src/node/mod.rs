@@ -41,6 +41,11 @@
 //!   connection fails (counted in `foundation_channel_dropped_total{reason="connection_failed"}`)
 //!   or when it is relayed through a node whose queue to the next hop is full
 //!   (`foundation_node_dropped_total{reason="relay_failed"}`).
+//! * Receivers: [`register`](Node::register) hands over one `(String, T)` per message;
+//!   [`register_batched`](Node::register_batched) one [`Batch`] (shared sender name,
+//!   decoded messages) per received frame and [`register_frames`](Node::register_frames)
+//!   one undecoded [`Frame`] per received frame, with the same order, backpressure and
+//!   counting (bounded in messages).
 //! * [`try_send`](Node::try_send) is the lossy variant: it never waits and returns
 //!   [`Error::Full`] / [`Error::NotConnected`] (counted) instead.
 //! * [`send_acked`](Node::send_acked) survives lost messages and reconnects: it is
@@ -606,7 +611,9 @@ impl Node {
     /// server of that name). Its queue holds `receiver_capacity` messages; when full,
     /// senders are slowed down (see the [module docs](self)), nothing is dropped.
     /// Messages that do not decode as `T` are dropped and counted
-    /// (`foundation_node_dropped_total{reason="undecodable"}`).
+    /// (`foundation_node_dropped_total{reason="undecodable"}`). For many small messages,
+    /// [`register_batched`](Self::register_batched) hands them over a frame at a time
+    /// (no `String` and no queue slot per message).
     pub fn register<T: DeserializeOwned + Send + 'static>(
         &self,
         name: &str,
