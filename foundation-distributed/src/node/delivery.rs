@@ -300,7 +300,7 @@ impl<'a> Iterator for FrameMessages<'a> {
     fn next(&mut self) -> Option<&'a [u8]> {
         let (m, next) = next_message(self.body, self.at)?;
         self.at = next;
-        self.left -= 1;
+        self.left = self.left.saturating_sub(1);
         Some(m)
     }
 
