@@ -333,3 +333,100 @@ async fn relayed_and_acknowledged_messages_and_replacement() {
         n.shutdown().await;
     }
 }
+
+/// `register_frames` behind a stalled consumer: the sender waits instead of dropping,
+/// and once the consumer reads, every message arrives in order.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_frame_consumer_holds_the_sender_back() {
+    let net = MemoryNetwork::new();
+    let mut channels = default_channels();
+    for spec in &mut channels.channels {
+        if spec.name == MESSAGES {
+            spec.queue_capacity = 4;
+        }
+    }
+    let s = NodeSettings {
+        channels,
+        receiver_capacity: 4,
+        ..NodeSettings::default()
+    };
+    let (a, b) = joined_with(&net, s).await;
+    let mut frames = b.register_frames("stalled");
+    const N: u64 = 100_000;
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for chunk in (0..N).collect::<Vec<u64>>().chunks(7) {
+                a.send_batch("b", "stalled", chunk, keyed(3)).await.unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!sender.is_finished(), "send_batch waited for room");
+    let mut want = 0u64;
+    while want < N {
+        let frame = tokio::time::timeout(Duration::from_secs(30), frames.recv())
+            .await
+            .expect("a frame within 30 s")
+            .expect("open");
+        assert_eq!(&*frame.from, "a");
+        assert_eq!(frame.messages().len(), frame.len());
+        for body in frame.messages() {
+            let v: u64 = rmp_serde::from_slice(body).unwrap();
+            assert_eq!(v, want, "in order, nothing lost");
+            want += 1;
+        }
+    }
+    sender.await.unwrap();
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// On `coordination` (here every channel folded onto it) the node never waits for a
+/// receiver: a full batched receiver's frames are dropped whole and counted
+/// (`receiver_full`); what is delivered is in order, and delivered plus dropped is
+/// everything sent.
+#[tokio::test(start_paused = true)]
+async fn on_coordination_a_full_batched_receiver_drops_and_counts() {
+    use foundation_distributed::channel::{ChannelSettings, ChannelSpec, Priority, COORDINATION};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut channels = ChannelSettings {
+        channels: vec![ChannelSpec::new(COORDINATION, Priority::High, 1)],
+        ..ChannelSettings::default()
+    };
+    let r = &mut channels.route;
+    r.urgent_channel = COORDINATION.into();
+    r.bulk_channel = COORDINATION.into();
+    r.background_channel = COORDINATION.into();
+    r.default_channel = COORDINATION.into();
+    let s = NodeSettings {
+        channels,
+        receiver_capacity: 10,
+        ..NodeSettings::default()
+    };
+    let net = MemoryNetwork::new();
+    let (a, b) = joined_with(&net, s).await;
+    let mut inbox = b.register_batched::<u64>("full");
+    dropped(&snapshotter, "receiver_full"); // from now on
+    const N: u64 = 1_000;
+    for chunk in (0..N).collect::<Vec<u64>>().chunks(5) {
+        a.send_batch("b", "full", chunk, keyed(0)).await.unwrap();
+        // Each batch its own frame (not appended to a waiting one).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let full = dropped(&snapshotter, "receiver_full");
+    let mut got = Vec::new();
+    while let Ok(batch) = inbox.try_recv() {
+        got.extend(batch.messages);
+    }
+    assert!(full > 0, "the stalled receiver overflowed");
+    assert!(got.len() <= 10, "{} held over a capacity of 10", got.len());
+    assert_eq!(got.len() as u64 + full, N, "delivered + counted = sent");
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+    // The link still works: the receiver has room again.
+    a.send_batch("b", "full", &[N], keyed(0)).await.unwrap();
+    assert_eq!(next(&mut inbox).await.messages, [N]);
+}
