@@ -12,14 +12,23 @@
 //!    the nodes' priority thread (`NodeSettings::priority_thread`, D380, off by default:
 //!    D366) on, `=0` off, for an A/B comparison with the same binary.
 //! 2. **small messages**: `NODE_BENCH_SMALL` (default 1,000,000) 8-byte messages `a` →
-//!    `b`, counted at `b`'s receiver (zero loss checked), once with one `send().await`
-//!    per message and once with `send_batch` (`NODE_BENCH_BATCH` messages per call,
-//!    default 1024), against raw length-prefixed TCP writes of the same pre-encoded
-//!    per-message frames (buffered writes, one reader counting frames). The consumer is a
-//!    plain `recv().await` loop (an idle watchdog ends it if messages stop coming). Also
-//!    printed: `send_batch` with a consumer taking messages with `recv_many`, and the
-//!    receiver floor: the same consumer loops fed `(String, u64)` through a tokio channel
-//!    in chunks by one task, no node (what delivery through `register` costs by itself).
+//!    `b`, counted at `b`'s receiver (zero loss checked), with one `send().await` per
+//!    message and with `send_batch` (`NODE_BENCH_BATCH` messages per call, default 1024),
+//!    each into four kinds of receiver: `register` with a plain `recv().await` loop,
+//!    `register` with `recv_many` (`send_batch` only), `register_batched` (one `Batch`
+//!    of decoded messages per frame, the consumer counts them) and `register_frames`
+//!    (one undecoded `Frame` per frame, the consumer walks its messages). An idle
+//!    watchdog ends a consumer if messages stop coming. Two raw baselines write the same
+//!    pre-encoded per-message frames (the node's own bytes for one message,
+//!    `node::wire_format`, behind a 4-byte length) over loopback TCP to a reader that
+//!    only counts length prefixes: **buffered** (through a 64 KiB `BufWriter`: few, large
+//!    writes; the strict baseline, the one the ratio has always been taken against) and
+//!    **one write per frame** (one `write_all` per frame on the `TcpStream`: the issue's
+//!    literal "raw pre-encoded length-prefixed TCP writes"). Ratios are printed against
+//!    both, labelled. Also printed: the receiver floor, the `register` consumer loops fed
+//!    `(String, u64)` through a tokio channel in chunks by one task, no node (what
+//!    delivery through `register` costs by itself). `NODE_BENCH_PART2_ONLY=1` runs only
+//!    this part.
 //! 3. **request/reply round trip**: sequential 64-byte `request`s against a raw TCP
 //!    64-byte ping-pong.
 //!
@@ -37,6 +46,7 @@ use std::time::{Duration, Instant};
 use foundation_distributed::channel::{
     ChannelSettings, ChannelSpec, Priority, Urgency, COORDINATION,
 };
+use foundation_distributed::node::wire_format::{batch_body, send_batch_frame};
 use foundation_distributed::node::{Node, NodeSettings, SendOptions};
 use foundation_distributed::transport::{
     ClusterSecret, Security, TcpTransport, Transport, TransportSettings,
@@ -291,7 +301,7 @@ async fn count_with<T: Send + 'static>(
     use std::sync::atomic::{AtomicUsize, Ordering};
     let progress = Arc::new(AtomicUsize::new(0));
     let seen = progress.clone();
-    let mut consumer = tokio::spawn(async move {
+    let consumer = tokio::spawn(async move {
         let mut got = 0;
         let mut buf = Vec::with_capacity(1024);
         while got < n {
@@ -313,6 +323,16 @@ async fn count_with<T: Send + 'static>(
         }
         got
     });
+    watchdog(consumer, progress)
+}
+
+/// Gives `consumer` (which publishes how many messages it has counted in `progress`) up
+/// to 10 s without progress; returns how many it counted.
+fn watchdog(
+    mut consumer: tokio::task::JoinHandle<usize>,
+    progress: Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<usize> {
+    use std::sync::atomic::Ordering;
     tokio::spawn(async move {
         let (mut last, mut idle) = (0, 0);
         loop {
@@ -331,12 +351,77 @@ async fn count_with<T: Send + 'static>(
     })
 }
 
+/// How part 2's node consumer takes its messages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Consumer {
+    /// `register`, one `recv().await` per message.
+    Recv,
+    /// `register`, `recv_many` of up to 1024.
+    RecvMany,
+    /// `register_batched`: one `recv().await` per frame, counting its decoded messages.
+    Batched,
+    /// `register_frames`: one `recv().await` per frame, walking its undecoded messages
+    /// (as the raw baseline's reader walks length prefixes).
+    Frames,
+}
+
+/// Counts `n` messages from `b`'s receiver `name` registered as `how` (nothing else per
+/// message); gives up when nothing arrives for 10 s. Returns how many arrived.
+async fn count_on(b: &Node, name: &str, n: usize, how: Consumer) -> tokio::task::JoinHandle<usize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    match how {
+        Consumer::Recv => count_with(b.register::<u64>(name), n, false).await,
+        Consumer::RecvMany => count_with(b.register::<u64>(name), n, true).await,
+        Consumer::Batched => {
+            let mut inbox = b.register_batched::<u64>(name);
+            let progress = Arc::new(AtomicUsize::new(0));
+            let seen = progress.clone();
+            let consumer = tokio::spawn(async move {
+                let mut got = 0;
+                while got < n {
+                    match inbox.recv().await {
+                        Some(batch) => got += batch.messages.len(),
+                        None => break,
+                    }
+                    seen.store(got, Ordering::Relaxed);
+                }
+                got
+            });
+            watchdog(consumer, progress)
+        }
+        Consumer::Frames => {
+            let mut inbox = b.register_frames(name);
+            let progress = Arc::new(AtomicUsize::new(0));
+            let seen = progress.clone();
+            let consumer = tokio::spawn(async move {
+                let mut got = 0;
+                while got < n {
+                    match inbox.recv().await {
+                        Some(frame) => got += frame.messages().count(),
+                        None => break,
+                    }
+                    seen.store(got, Ordering::Relaxed);
+                }
+                got
+            });
+            watchdog(consumer, progress)
+        }
+    }
+}
+
 /// Part 2 through the node: msg/s until the receiver has counted them all; `batch` > 0
 /// sends with `send_batch` of that many messages per call; `many`: the consumer takes
-/// them with `recv_many`.
-async fn node_small(n: usize, batch: usize, many: bool) -> (f64, usize) {
+/// them as `how` says.
+async fn node_small(n: usize, batch: usize, how: Consumer) -> (f64, usize) {
+    let (rate, got, _) = node_small_frames(n, batch, how).await;
+    (rate, got)
+}
+
+/// [`node_small`], also returning how many frames `a` wrote on `messages` for them
+/// (write-combining appends many `send`s to one frame while the connection is busy).
+async fn node_small_frames(n: usize, batch: usize, how: Consumer) -> (f64, usize, u64) {
     let (a, b) = pair(NodeSettings::default()).await;
-    let consumer = count_with(b.register::<u64>("small"), n, many).await;
+    let consumer = count_on(&b, "small", n, how).await;
     let t = Instant::now();
     if batch == 0 {
         for i in 0..n {
@@ -364,9 +449,16 @@ async fn node_small(n: usize, batch: usize, many: bool) -> (f64, usize) {
     }
     let got = consumer.await.expect("consumer");
     let secs = t.elapsed().as_secs_f64();
+    let frames = a
+        .peer_stats()
+        .iter()
+        .flat_map(|p| p.channels.iter())
+        .filter(|c| c.channel == foundation_distributed::node::MESSAGES)
+        .map(|c| c.sent_frames)
+        .sum();
     a.shutdown().await;
     b.shutdown().await;
-    (n as f64 / secs, got)
+    (n as f64 / secs, got, frames)
 }
 
 /// Part 2's floor of delivery at the receiver: `n` `(String, u64)` handed to the same
@@ -404,67 +496,46 @@ async fn mpsc_floor(n: usize, many: bool) -> f64 {
 /// messages the sender's queue appends to a waiting frame add only their length and
 /// body.)
 fn small_frame() -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    #[allow(dead_code)]
-    enum Wire {
-        Gossip,
-        Heartbeat,
-        Topology,
-        Send,
-        Request,
-        Reply,
-        Broadcast,
-        Acked,
-        Ack,
-        Cancel,
-        SendBatch {
-            to_node: String,
-            to_name: String,
-            from: String,
-        },
-    }
-    let w = Wire::SendBatch {
-        to_node: "b".into(),
-        to_name: "small".into(),
-        from: "a".into(),
-    };
-    let mut payload = rmp_serde::to_vec(&w).expect("wire");
-    let body = rmp_serde::to_vec(&123_456u64).expect("body");
-    payload.extend((body.len() as u32).to_be_bytes());
-    payload.extend(body);
+    let body = batch_body(&[123_456u64]).expect("body");
+    let payload = send_batch_frame("b", "small", "a", &body);
     let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(&payload);
     frame
 }
 
-/// Part 2 baseline: raw length-prefixed TCP writes of pre-encoded frames.
+/// The raw baselines' reader: accepts one connection and counts length-prefixed frames
+/// (nothing else per frame) until `n` or the end of the stream.
+async fn count_frames(listener: TcpListener, n: usize) -> usize {
+    let (mut s, _) = listener.accept().await.expect("accept");
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut have, mut got) = (0usize, 0usize);
+    while got < n {
+        let r = s.read(&mut buf[have..]).await.expect("read");
+        if r == 0 {
+            break;
+        }
+        have += r;
+        let mut at = 0;
+        while have - at >= 4 {
+            let len = u32::from_be_bytes(buf[at..at + 4].try_into().expect("4")) as usize;
+            if have - at < 4 + len {
+                break;
+            }
+            at += 4 + len;
+            got += 1;
+        }
+        buf.copy_within(at..have, 0);
+        have -= at;
+    }
+    got
+}
+
+/// Part 2's strict baseline: raw length-prefixed TCP writes of pre-encoded frames through
+/// a 64 KiB `BufWriter` (few, large `write` calls).
 async fn raw_small(n: usize) -> f64 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let reader = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.expect("accept");
-        let mut buf = vec![0u8; 256 * 1024];
-        let (mut have, mut got) = (0usize, 0usize);
-        while got < n {
-            let r = s.read(&mut buf[have..]).await.expect("read");
-            if r == 0 {
-                break;
-            }
-            have += r;
-            let mut at = 0;
-            while have - at >= 4 {
-                let len = u32::from_be_bytes(buf[at..at + 4].try_into().expect("4")) as usize;
-                if have - at < 4 + len {
-                    break;
-                }
-                at += 4 + len;
-                got += 1;
-            }
-            buf.copy_within(at..have, 0);
-            have -= at;
-        }
-        got
-    });
+    let reader = tokio::spawn(count_frames(listener, n));
     let frame = small_frame();
     let s = TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).expect("nodelay");
@@ -474,6 +545,26 @@ async fn raw_small(n: usize) -> f64 {
         w.write_all(&frame).await.expect("write");
     }
     w.flush().await.expect("flush");
+    let got = reader.await.expect("reader");
+    assert_eq!(got, n);
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Part 2's second baseline, the literal one: the same pre-encoded frames written
+/// with one `write_all` per frame on the `TcpStream` (no `BufWriter`: one `write` call
+/// per frame), the same counting reader.
+async fn raw_small_unbuffered(n: usize) -> f64 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let reader = tokio::spawn(count_frames(listener, n));
+    let frame = small_frame();
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let t = Instant::now();
+    for _ in 0..n {
+        s.write_all(&frame).await.expect("write");
+    }
+    s.flush().await.expect("flush");
     let got = reader.await.expect("reader");
     assert_eq!(got, n);
     n as f64 / t.elapsed().as_secs_f64()
@@ -531,6 +622,70 @@ async fn raw_rtt(n: usize) -> (Duration, Duration, Duration) {
     (mean, percentile(&v, 0.5), percentile(&v, 0.99))
 }
 
+/// Part 2 (small messages), printed.
+fn part2(rt: &tokio::runtime::Runtime, small: usize) {
+    let batch = env("NODE_BENCH_BATCH", 1024);
+    println!(
+        "\n2. small messages a -> b, {small} x 8-byte payload, counted at the receiver; load {}",
+        load()
+    );
+    let (rate, got, sframes) = rt.block_on(node_small_frames(small, 0, Consumer::Recv));
+    let (brate, bgot) = rt.block_on(node_small(small, batch, Consumer::Recv));
+    let (mrate, mgot) = rt.block_on(node_small(small, batch, Consumer::RecvMany));
+    let x = rt.block_on(node_small_frames(small, 0, Consumer::Batched));
+    let xb = rt.block_on(node_small_frames(small, batch, Consumer::Batched));
+    let f = rt.block_on(node_small_frames(small, 0, Consumer::Frames));
+    let fb = rt.block_on(node_small_frames(small, batch, Consumer::Frames));
+    let raw = rt.block_on(raw_small(small));
+    let raw1 = rt.block_on(raw_small_unbuffered(small));
+    let floor = rt.block_on(mpsc_floor(small, false));
+    let mfloor = rt.block_on(mpsc_floor(small, true));
+    println!(
+        "   node send().await: {:.0} msg/s, delivered {got}/{small} ({} lost); node send_batch({batch}): {:.0} msg/s, delivered {bgot}/{small} ({} lost); raw pre-encoded TCP frames ({} bytes each): {:.0} msg/s; ratio send {:.3}, send_batch {:.3}",
+        rate,
+        small - got,
+        brate,
+        small - bgot,
+        small_frame().len(),
+        raw,
+        rate / raw,
+        brate / raw
+    );
+    println!(
+        "   node send_batch({batch}) with a recv_many consumer: {:.0} msg/s, delivered {mgot}/{small} ({} lost); ratio to raw {:.3}",
+        mrate,
+        small - mgot,
+        mrate / raw
+    );
+    println!(
+        "   receiver floor (the same consumer loop fed (String, u64) through a tokio channel in chunks, no node): recv {:.0} msg/s, recv_many {:.0} msg/s; node send {:.2}x, send_batch {:.2}x, send_batch + recv_many {:.2}x of it",
+        floor,
+        mfloor,
+        rate / floor,
+        brate / floor,
+        mrate / mfloor
+    );
+    println!(
+        "   raw baselines, same frames: buffered (BufWriter 64 KiB; the strict one) {raw:.0} msg/s; one write_all per frame on the TcpStream (the issue's literal one) {raw1:.0} msg/s"
+    );
+    println!(
+        "   node send().await -> register wrote {sframes} frames for {small} messages (write-combining: the busier the connection, the fewer)"
+    );
+    for (what, (r, g, frames)) in [
+        ("send().await    -> register_batched", x),
+        ("send_batch      -> register_batched", xb),
+        ("send().await    -> register_frames ", f),
+        ("send_batch      -> register_frames ", fb),
+    ] {
+        println!(
+            "   node {what}: {r:>11.0} msg/s, delivered {g}/{small} ({} lost) in {frames} frames; ratio to raw buffered (strict) {:.3}, to raw one write per frame (literal) {:.3}",
+            small - g,
+            r / raw,
+            r / raw1
+        );
+    }
+}
+
 fn main() {
     let mib = env("NODE_BENCH_MIB", 256);
     let runs = env("NODE_BENCH_RUNS", 10);
@@ -546,6 +701,11 @@ fn main() {
         builder.global_queue_interval(n);
     }
     let rt = builder.build().expect("runtime");
+    if env("NODE_BENCH_PART2_ONLY", 0) == 1 {
+        part2(&rt, small);
+        println!("   load at the end {}", load());
+        return;
+    }
 
     println!(
         "1. urgent request p99 while {mib} MiB go a -> b in 64 KiB sends (request every 1 ms); priority thread {} (nice {:?}); load {}",
@@ -614,42 +774,7 @@ fn main() {
     if env("NODE_BENCH_PART1_ONLY", 0) == 1 {
         return;
     }
-    let batch = env("NODE_BENCH_BATCH", 1024);
-    println!(
-        "\n2. small messages a -> b, {small} x 8-byte payload, counted at the receiver; load {}",
-        load()
-    );
-    let (rate, got) = rt.block_on(node_small(small, 0, false));
-    let (brate, bgot) = rt.block_on(node_small(small, batch, false));
-    let (mrate, mgot) = rt.block_on(node_small(small, batch, true));
-    let raw = rt.block_on(raw_small(small));
-    let floor = rt.block_on(mpsc_floor(small, false));
-    let mfloor = rt.block_on(mpsc_floor(small, true));
-    println!(
-        "   node send().await: {:.0} msg/s, delivered {got}/{small} ({} lost); node send_batch({batch}): {:.0} msg/s, delivered {bgot}/{small} ({} lost); raw pre-encoded TCP frames ({} bytes each): {:.0} msg/s; ratio send {:.3}, send_batch {:.3}",
-        rate,
-        small - got,
-        brate,
-        small - bgot,
-        small_frame().len(),
-        raw,
-        rate / raw,
-        brate / raw
-    );
-    println!(
-        "   node send_batch({batch}) with a recv_many consumer: {:.0} msg/s, delivered {mgot}/{small} ({} lost); ratio to raw {:.3}",
-        mrate,
-        small - mgot,
-        mrate / raw
-    );
-    println!(
-        "   receiver floor (the same consumer loop fed (String, u64) through a tokio channel in chunks, no node): recv {:.0} msg/s, recv_many {:.0} msg/s; node send {:.2}x, send_batch {:.2}x, send_batch + recv_many {:.2}x of it",
-        floor,
-        mfloor,
-        rate / floor,
-        brate / floor,
-        mrate / mfloor
-    );
+    part2(&rt, small);
 
     println!(
         "\n3. request/reply round trip, 64-byte payload, sequential; load {}",

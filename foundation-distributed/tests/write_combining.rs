@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use foundation_distributed::channel::Channels;
+use foundation_distributed::node::wire_format::{batch_body, send_batch_frame};
 use foundation_distributed::node::{default_channels, Node, NodeSettings, SendOptions, MESSAGES};
 use foundation_distributed::transport::{MemoryNetwork, MemoryTransport, Transport};
-use serde::Serialize;
 
 mod common;
 
@@ -158,43 +158,12 @@ async fn appended_sends_wait_for_room_instead_of_dropping() {
     b.shutdown().await;
 }
 
-/// A node message as the node encodes it (positional MessagePack enum), for forging.
-#[derive(Serialize)]
-#[allow(dead_code)]
-enum MirrorWire {
-    Gossip,
-    Heartbeat,
-    Topology,
-    Send,
-    Request,
-    Reply,
-    Broadcast,
-    Acked,
-    Ack,
-    Cancel,
-    SendBatch {
-        to_node: String,
-        to_name: String,
-        from: String,
-    },
-}
-
 fn batch_frame(from: &str, body: &[u8]) -> Bytes {
-    let w = MirrorWire::SendBatch {
-        to_node: "a".into(),
-        to_name: "inbox".into(),
-        from: from.into(),
-    };
-    let mut v = rmp_serde::to_vec(&w).unwrap();
-    v.extend_from_slice(body);
-    Bytes::from(v)
+    send_batch_frame("a", "inbox", from, body)
 }
 
 fn message(v: &str) -> Vec<u8> {
-    let m = rmp_serde::to_vec(&v.to_string()).unwrap();
-    let mut out = (m.len() as u32).to_be_bytes().to_vec();
-    out.extend(m);
-    out
+    batch_body(&[v]).unwrap()
 }
 
 /// Batch frames whose body does not hold whole length-prefixed messages deliver nothing

@@ -44,6 +44,11 @@
 //!   connection fails (counted in `foundation_channel_dropped_total{reason="connection_failed"}`)
 //!   or when it is relayed through a node whose queue to the next hop is full
 //!   (`foundation_node_dropped_total{reason="relay_failed"}`).
+//! * Receivers: [`register`](Node::register) hands over one `(String, T)` per message;
+//!   [`register_batched`](Node::register_batched) one [`Batch`] (shared sender name,
+//!   decoded messages) per received frame and [`register_frames`](Node::register_frames)
+//!   one undecoded [`Frame`] per received frame, with the same order, backpressure and
+//!   counting (bounded in messages).
 //! * [`try_send`](Node::try_send) is the lossy variant: it never waits and returns
 //!   [`Error::Full`] / [`Error::NotConnected`] (counted) instead.
 //! * [`send_acked`](Node::send_acked) survives lost messages and reconnects: it is
@@ -65,6 +70,13 @@ mod table;
 mod wire;
 
 pub use switch::{SwitchError, SwitchRecord, SwitchSettings, TopologyState};
+
+/// The node's wire layout of application batches (what [`Node::send`] and
+/// [`Node::send_batch`] write), for tests that forge frames and for benchmarks that
+/// measure raw baselines on the node's exact bytes. Applications do not need it.
+pub mod wire_format {
+    pub use super::wire::{batch_body, send_batch_frame};
+}
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +104,7 @@ use crate::transport::Transport;
 use foundation_beam::core::telemetry::TaskGuard;
 
 use delivery::{AckedStreams, Attempt, Outcome, Slot};
+pub use delivery::{Batch, BatchReceiver, Frame, FrameMessages, FrameReceiver};
 use link::{LinkContext, Links};
 pub use peer_stats::PeerStats;
 use request::Requests;
@@ -620,7 +633,9 @@ impl Node {
     /// server of that name). Its queue holds `receiver_capacity` messages; when full,
     /// senders are slowed down (see the [module docs](self)), nothing is dropped.
     /// Messages that do not decode as `T` are dropped and counted
-    /// (`foundation_node_dropped_total{reason="undecodable"}`).
+    /// (`foundation_node_dropped_total{reason="undecodable"}`). For many small messages,
+    /// [`register_batched`](Self::register_batched) hands them over a frame at a time
+    /// (no `String` and no queue slot per message).
     pub fn register<T: DeserializeOwned + Send + 'static>(
         &self,
         name: &str,
@@ -630,6 +645,68 @@ impl Node {
             .slots
             .write()
             .insert(name.to_string(), delivery::receiver(tx));
+        rx
+    }
+
+    /// Registers a receiver of `T` messages under `name` (replacing any receiver or
+    /// server of that name) that hands them over a frame at a time: one [`Batch`] (the
+    /// sender, shared, and the frame's messages, decoded, in order) per received frame,
+    /// instead of one `(String, T)` per message as [`register`](Self::register) does. Many
+    /// small messages then cost one queue hand-over, one wake-up and one sender name per
+    /// frame. Everything else is as for `register`: messages from [`send`](Self::send)
+    /// (those appended to one waiting frame come as one batch), [`send_batch`](Self::send_batch),
+    /// [`send_acked`](Self::send_acked) (one batch per message), relays; in order per
+    /// (sender, key); a full receiver slows the senders down (end-to-end backpressure on
+    /// data channels, nothing dropped); messages that do not decode as `T` are left out
+    /// of their batch and counted (`foundation_node_dropped_total{reason="undecodable"}`).
+    ///
+    /// The bound is `receiver_capacity` **messages** (see [`BatchReceiver`] for the one
+    /// exception: a frame holding more is handed over whole once the receiver is empty).
+    ///
+    /// ```no_run
+    /// # async fn demo(node: foundation_distributed::node::Node) {
+    /// let mut inbox = node.register_batched::<u64>("counts");
+    /// let mut total = 0u64;
+    /// while let Some(batch) = inbox.recv().await {
+    ///     for v in &batch.messages {
+    ///         total += v;
+    ///     }
+    ///     println!("{} messages from {}", batch.messages.len(), batch.from);
+    /// }
+    /// # }
+    /// ```
+    pub fn register_batched<T: DeserializeOwned + Send + 'static>(
+        &self,
+        name: &str,
+    ) -> BatchReceiver<T> {
+        let (slot, rx) = delivery::batched(self.inner.settings.receiver_capacity.max(1));
+        self.inner.slots.write().insert(name.to_string(), slot);
+        rx
+    }
+
+    /// Like [`register_batched`](Self::register_batched), but hands each frame over
+    /// undecoded: a [`Frame`] is the frame's received bytes (not copied) with an iterator
+    /// over each message's bytes (the MessagePack encoding of the value the sender gave
+    /// `send` or `send_batch`), for consumers that decode themselves, lazily, or not at
+    /// all (a relay, a counter). The node checks a frame's layout (whole length-prefixed
+    /// messages, else the frame is dropped and counted as `undecodable`) but not the
+    /// messages: undecodable ones are the consumer's to count. Bound and backpressure as
+    /// for `register_batched`.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: foundation_distributed::node::Node) {
+    /// let mut frames = node.register_frames("counts");
+    /// while let Some(frame) = frames.recv().await {
+    ///     for body in frame.messages() {
+    ///         let v: u64 = rmp_serde::from_slice(body).expect("a u64");
+    ///         # let _ = v;
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn register_frames(&self, name: &str) -> FrameReceiver {
+        let (slot, rx) = delivery::frames(self.inner.settings.receiver_capacity.max(1));
+        self.inner.slots.write().insert(name.to_string(), slot);
         rx
     }
 
@@ -1580,7 +1657,13 @@ impl Inner {
                     self.meters.dropped("no_receiver").increment(n as u64);
                     return None;
                 };
-                let wait = many(&from, body, may_wait)?;
+                // The sender's name: the connection's own (shared, no copy) unless relayed.
+                let from: Arc<str> = if from == *msg.peer {
+                    msg.peer.clone()
+                } else {
+                    from.into()
+                };
+                let wait = many(&from, body, n, may_wait)?;
                 return Some(Box::pin(async move {
                     wait.await;
                     Outcome::Delivered

@@ -367,6 +367,44 @@ pub(crate) fn encode_batches<T: Serialize>(
     Ok((frames, header, largest))
 }
 
+/// The bytes of one application batch message as a node writes it in one channel frame
+/// (before the channel's key and the transport's envelope): the MessagePack header of a
+/// batch for receiver `to_name` on node `to_node` from node `from`, then `body` as
+/// given. `body` should be the batch layout [`batch_body`] makes (each message a 4-byte
+/// big-endian length and that many bytes); it is not checked, so that tests can forge
+/// malformed frames (the receiving node refuses those whole, counted as
+/// `foundation_node_dropped_total{reason="undecodable"}`).
+///
+/// ```
+/// use foundation_distributed::node::wire_format::{batch_body, send_batch_frame};
+/// let body = batch_body(&[1u64, 2, 3]).unwrap();
+/// let frame = send_batch_frame("b", "inbox", "a", &body);
+/// assert!(frame.ends_with(&body));
+/// ```
+pub fn send_batch_frame(to_node: &str, to_name: &str, from: &str, body: &[u8]) -> Bytes {
+    let mut v = Vec::with_capacity(32 + to_node.len() + to_name.len() + from.len() + body.len());
+    batch_header(&mut v, to_node, to_name, from);
+    v.extend_from_slice(body);
+    Bytes::from(v)
+}
+
+/// The body of a batch holding `msgs`, each encoded as the node encodes an application
+/// message (MessagePack, as `rmp_serde` does) and prefixed with its length (4 bytes, big
+/// endian), in order; see [`send_batch_frame`].
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) when a message does not
+/// serialize (or is over 4 GiB).
+pub fn batch_body<T: Serialize>(msgs: &[T]) -> crate::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    for m in msgs {
+        push_message(&mut v, m)
+            .map_err(|e| crate::Error::InvalidArgument(format!("cannot encode message: {e}")))?;
+    }
+    Ok(v)
+}
+
 /// The number of messages in a [`Wire::SendBatch`] body; `None` unless it holds one or
 /// more length-prefixed messages and nothing else.
 pub(crate) fn batch_count(body: &[u8]) -> Option<usize> {
@@ -519,6 +557,17 @@ mod tests {
         // Another destination has another header.
         let (other, _) = encode_one("b", "other", "a", &1u64).unwrap();
         assert_ne!(first[..header], other[..header]);
+    }
+
+    #[test]
+    fn the_public_encoder_makes_the_frames_the_node_sends() {
+        let msgs = [1u64, 300, u64::MAX];
+        let (frames, _, _) = encode_batches("b", "inbox", "a", &msgs).unwrap();
+        let body = batch_body(&msgs).unwrap();
+        assert_eq!(frames, [send_batch_frame("b", "inbox", "a", &body)]);
+        let (one, _) = encode_one("b", "inbox", "a", &7u64).unwrap();
+        let body = batch_body(&[7u64]).unwrap();
+        assert_eq!(one, send_batch_frame("b", "inbox", "a", &body));
     }
 
     #[test]
