@@ -31,8 +31,13 @@
 //!
 //!    `NODE_BENCH_ONE_RUNS` sets the one-connection runs (default: as many as node runs;
 //!    3 was the count before D421). `NODE_BENCH_TRACE=1` adds under each run its minor
-//!    page faults, the CPU waits, a latency histogram and its four slowest requests with
-//!    when they started (ms since the bulk began).
+//!    page faults, the CPU waits, a latency histogram, how many requests took ≥ 0.3 ms
+//!    and how many of those had the process's threads waiting for a CPU for at least half
+//!    of their round trip (read from `/proc` before and after every request, which costs
+//!    a few µs per request: trace runs only), and its four slowest requests with when they
+//!    started (ms since the bulk began) and that CPU wait. `NODE_BENCH_BULK_PARALLELISM=n`
+//!    opens n `bulk_data` connections in the node layout (default table: 2 since D422,
+//!    5 before) for an A/B with the same binary.
 //! 2. **small messages**: `NODE_BENCH_SMALL` (default 1,000,000) 8-byte messages `a` →
 //!    `b`, counted at `b`'s receiver (zero loss checked), once with one `send().await`
 //!    per message and once with `send_batch` (`NODE_BENCH_BATCH` messages per call,
@@ -147,7 +152,20 @@ impl<'de> serde::Deserialize<'de> for Blob {
 /// `NODE_BENCH_PRIORITY_THREAD` is set (`1` on, `0` off).
 fn node_settings() -> NodeSettings {
     let d = NodeSettings::default();
+    let mut channels = d.channels.clone();
+    // `NODE_BENCH_BULK_PARALLELISM=n`: `bulk_data` on n connections (default table: 5).
+    if let Some(n) = std::env::var("NODE_BENCH_BULK_PARALLELISM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        for spec in &mut channels.channels {
+            if spec.name == foundation_distributed::channel::BULK_DATA {
+                spec.parallelism = n;
+            }
+        }
+    }
     NodeSettings {
+        channels,
         priority_thread: priority_thread(),
         // `NODE_BENCH_NICE=none` leaves the thread's priority alone; a number sets it.
         priority_thread_nice: match std::env::var("NODE_BENCH_NICE").as_deref() {
@@ -203,13 +221,24 @@ enum Requester {
     Task,
 }
 
-/// One run of part 1: (seconds, request latencies sorted, and each request's (start since
-/// the bulk began, latency) in the order made).
+/// One request of part 1.
+struct Sample {
+    /// When it was made, since the bulk transfer began.
+    at: Duration,
+    /// Its round trip.
+    latency: Duration,
+    /// How long this process's threads together waited for a CPU meanwhile (only with
+    /// `NODE_BENCH_TRACE=1`, else zero).
+    cpu_wait: Duration,
+}
+
+/// One run of part 1: (seconds, request latencies sorted, and each request in the order
+/// made).
 async fn urgent_during_bulk(
     settings: NodeSettings,
     mib: usize,
     requester: Requester,
-) -> (f64, Vec<Duration>, Vec<(Duration, Duration)>) {
+) -> (f64, Vec<Duration>, Vec<Sample>) {
     let (a, b) = pair(settings).await;
     b.serve("ping", |_from, x: u64| async move { x });
     let mut inbox = b.register::<Blob>("bulk");
@@ -262,14 +291,28 @@ async fn urgent_during_bulk(
         async move {
             let mut samples = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_millis(1));
+            // `NODE_BENCH_TRACE=1`: how long this process's threads waited for a CPU
+            // during each request (two readings of /proc per request: trace runs only).
+            let per_request = env("NODE_BENCH_TRACE", 0) == 1;
+            let waited = || {
+                per_request
+                    .then(process_run_queue_wait)
+                    .unwrap_or(Duration::ZERO)
+            };
             while !consumer.is_finished() {
                 tick.tick().await;
+                let w = waited();
                 let t = Instant::now();
                 let _: u64 = a
                     .request("b", "ping", &1u64, Duration::from_secs(10))
                     .await
                     .expect("ping");
-                samples.push((t.duration_since(started), t.elapsed()));
+                let latency = t.elapsed();
+                samples.push(Sample {
+                    at: t.duration_since(started),
+                    latency,
+                    cpu_wait: waited().saturating_sub(w),
+                });
             }
             samples
         }
@@ -295,7 +338,7 @@ async fn urgent_during_bulk(
     }
     a.shutdown().await;
     b.shutdown().await;
-    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.1).collect();
+    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
     latencies.sort();
     (secs, latencies, samples)
 }
@@ -353,24 +396,45 @@ fn run_queue_wait_since(
     (workers as f64 / 1e6, main as f64 / 1e6, other as f64 / 1e6)
 }
 
+/// How long all threads of this process have waited for a CPU so far (the sum of the
+/// second fields of `/proc/self/task/*/schedstat`).
+fn process_run_queue_wait() -> Duration {
+    Duration::from_nanos(run_queue_waits().values().map(|(_, w)| w).sum())
+}
+
 /// `NODE_BENCH_TRACE=1`: one run's latencies as a histogram, and its slowest requests
 /// with when they started (ms since the bulk began) and their place in the run.
-fn trace(samples: &[(Duration, Duration)], faults: u64, waited: (f64, f64, f64)) {
+/// Returns (requests ≥ 0.3 ms, those of them with the process's threads waiting for a
+/// CPU for at least half of their round trip).
+fn trace(samples: &[Sample], faults: u64, waited: (f64, f64, f64)) -> (usize, usize) {
     const EDGES: [f64; 7] = [0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0];
     let mut counts = [0usize; EDGES.len() + 1];
-    for (_, l) in samples {
-        let l = ms(*l);
+    for s in samples {
+        let l = ms(s.latency);
         counts[EDGES.iter().position(|e| l < *e).unwrap_or(EDGES.len())] += 1;
     }
-    let mut by_latency: Vec<(usize, &(Duration, Duration))> = samples.iter().enumerate().collect();
-    by_latency.sort_by_key(|(_, s)| std::cmp::Reverse(s.1));
+    let mut by_latency: Vec<(usize, &Sample)> = samples.iter().enumerate().collect();
+    by_latency.sort_by_key(|(_, s)| std::cmp::Reverse(s.latency));
     let slowest: Vec<String> = by_latency
         .iter()
         .take(4)
-        .map(|(i, (at, l))| format!("#{} at {:.1} ms: {:.3} ms", i + 1, ms(*at), ms(*l)))
+        .map(|(i, s)| {
+            format!(
+                "#{} at {:.1} ms: {:.3} ms (cpu wait {:.3} ms)",
+                i + 1,
+                ms(s.at),
+                ms(s.latency),
+                ms(s.cpu_wait)
+            )
+        })
         .collect();
+    let slow: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.latency >= Duration::from_micros(300))
+        .collect();
+    let starved = slow.iter().filter(|s| s.cpu_wait * 2 >= s.latency).count();
     println!(
-        "      {faults} minor page faults; waited for a CPU: workers {:.1} ms, main thread {:.1} ms, other threads {:.1} ms; histogram ms <0.1:{} <0.2:{} <0.3:{} <0.5:{} <1:{} <2:{} <5:{} >=5:{}; slowest {}",
+        "      {faults} minor page faults; waited for a CPU: workers {:.1} ms, main thread {:.1} ms, other threads {:.1} ms; histogram ms <0.1:{} <0.2:{} <0.3:{} <0.5:{} <1:{} <2:{} <5:{} >=5:{}; requests >= 0.3 ms: {}, of which {} with the process's threads waiting for a CPU for at least half of it; slowest {}",
         waited.0,
         waited.1,
         waited.2,
@@ -382,8 +446,11 @@ fn trace(samples: &[(Duration, Duration)], faults: u64, waited: (f64, f64, f64))
         counts[5],
         counts[6],
         counts[7],
+        slow.len(),
+        starved,
         slowest.join(", ")
     );
+    (slow.len(), starved)
 }
 
 /// Counts `n` messages from `inbox` as a user's loop would (`recv().await`, or
@@ -703,22 +770,27 @@ fn main() {
                 format!("{:.1}/{:.1}", waited.0, waited.1),
                 load()
             );
-            if trace_on {
-                trace(&samples, faults, waited);
-            }
-            p99
+            let slow = if trace_on {
+                trace(&samples, faults, waited)
+            } else {
+                (0, 0)
+            };
+            (p99, slow)
         };
     let one_runs = env("NODE_BENCH_ONE_RUNS", runs).max(1);
     for requester in [Requester::Main, Requester::Task] {
         // Interleaved: node run i, then one-connection run i, so that each pair shares
         // the same seconds of the machine.
         let (mut node_p99, mut one_p99) = (Vec::new(), Vec::new());
+        let mut node_slow = (0, 0);
         for i in 0..runs.max(one_runs) {
             if i < runs {
-                node_p99.push(run_once("node channels", node_settings, requester, i));
+                let (p99, slow) = run_once("node channels", node_settings, requester, i);
+                node_p99.push(p99);
+                node_slow = (node_slow.0 + slow.0, node_slow.1 + slow.1);
             }
             if i < one_runs {
-                one_p99.push(run_once("one connection", one_connection, requester, i));
+                one_p99.push(run_once("one connection", one_connection, requester, i).0);
             }
         }
         let mut paired: Vec<f64> = node_p99
@@ -753,6 +825,14 @@ fn main() {
             ms(median(&one_p99)),
             median(&one_p99).as_secs_f64() / median(&node_p99).as_secs_f64().max(1e-9)
         );
+        if trace_on {
+            println!(
+                "   {place}: node requests >= 0.3 ms: {}, of which {} with the process's threads waiting for a CPU for at least half of it, {} without",
+                node_slow.0,
+                node_slow.1,
+                node_slow.0 - node_slow.1
+            );
+        }
         if !paired.is_empty() {
             println!(
                 "   {place}: paired runs (one-connection p99 / node p99 of the same iteration), {} pairs: min {:.1}x, median {:.1}x",
