@@ -6,7 +6,7 @@
 //! urgent message every millisecond carrying its send time; `b` records the one-way
 //! latency (both nodes share one clock). Two layouts, the same traffic and queue sizes:
 //!
-//! * `channels`: bulk on `bulk_data` (5 connections), urgent on `coordination`
+//! * `channels`: bulk on `bulk_data` (2 connections since D422), urgent on `coordination`
 //!   (3 connections, high priority);
 //! * `one connection`: a single channel of parallelism 1 carries both, so each urgent
 //!   message waits behind the bulk messages queued before it.

@@ -4,13 +4,40 @@
 //! 1. **urgent request p99 during a bulk transfer**: while node `a` sends
 //!    `NODE_BENCH_MIB` MiB (default 256) to `b` in 64 KiB `send`s, it makes a `request`
 //!    to `b` every millisecond; p99 of the round trips, per run, for the node's default
-//!    channels and for the same nodes with every channel folded onto one connection.
-//!    Each layout is measured twice: with the requester on the bench's main thread
-//!    (inside `block_on`, as the issue's figures were taken) and with the requester in
-//!    a task spawned on the runtime's workers (where an application's code usually runs,
-//!    sharing the workers with the bulk transfer). `NODE_BENCH_PRIORITY_THREAD=1` turns
+//!    channels and for the same nodes with every channel folded onto one connection
+//!    (the baseline). Each run starts a fresh pair of nodes. Each layout is measured
+//!    twice: with the requester on the bench's main thread (inside `block_on`, as the
+//!    issue's figures were taken) and with the requester in a task spawned on the
+//!    runtime's workers (where an application's code usually runs, sharing the workers
+//!    with the bulk transfer). A run lasts about 0.1–0.5 s, so it makes about 100–500
+//!    requests and its p99 is its second- to fifth-slowest request. The two layouts
+//!    alternate (node run 1, one-connection run 1, node run 2, ...), so each pair of
+//!    runs shares the same seconds of the machine. `NODE_BENCH_PRIORITY_THREAD=1` turns
 //!    the nodes' priority thread (`NodeSettings::priority_thread`, D380, off by default:
 //!    D366) on, `=0` off, for an A/B comparison with the same binary.
+//!
+//!    Per run: seconds, requests, p50/p99/max, and **cpu wait w/m**: how long the
+//!    runtime's two workers together (w) and the bench's main thread (m) were runnable
+//!    but waiting for a CPU during the run, in ms (`/proc/self/task/*/schedstat`). The
+//!    bulk transfer keeps both workers busy on this 2-core machine, so any other busy
+//!    process takes a CPU away from a worker, and the requests queued on that worker
+//!    wait for it: runs whose workers waited tens of ms are the slow runs (D420).
+//!    After each layout's runs, four lines:
+//!    * `p99 <= 5 ms in k/n runs`, then the **conservative ratio**: the best (lowest)
+//!      one-connection run's p99 over the worst (highest) node run's p99;
+//!    * the **median-of-runs ratio**: median one-connection p99 over median node p99;
+//!    * the **paired ratio**: for each iteration i, one-connection run i's p99 over node
+//!      run i's p99 (the two runs next to each other in time); min and median of those.
+//!
+//!    `NODE_BENCH_ONE_RUNS` sets the one-connection runs (default: as many as node runs;
+//!    3 was the count before D421). `NODE_BENCH_TRACE=1` adds under each run its minor
+//!    page faults, the CPU waits, a latency histogram, how many requests took ≥ 0.3 ms
+//!    and how many of those had the process's threads waiting for a CPU for at least half
+//!    of their round trip (read from `/proc` before and after every request, which costs
+//!    a few µs per request: trace runs only), and its four slowest requests with when they
+//!    started (ms since the bulk began) and that CPU wait. `NODE_BENCH_BULK_PARALLELISM=n`
+//!    opens n `bulk_data` connections in the node layout (default table: 2 since D422,
+//!    5 before) for an A/B with the same binary.
 //! 2. **small messages**: `NODE_BENCH_SMALL` (default 1,000,000) 8-byte messages `a` →
 //!    `b`, counted at `b`'s receiver (zero loss checked), with one `send().await` per
 //!    message and with `send_batch` (`NODE_BENCH_BATCH` messages per call, default 1024),
@@ -137,7 +164,21 @@ impl<'de> serde::Deserialize<'de> for Blob {
 /// `NODE_BENCH_PRIORITY_THREAD` is set (`1` on, `0` off).
 fn node_settings() -> NodeSettings {
     let d = NodeSettings::default();
+    let mut channels = d.channels.clone();
+    // `NODE_BENCH_BULK_PARALLELISM=n`: `bulk_data` on n connections (default table: 2 since
+    // D422, 5 before).
+    if let Some(n) = std::env::var("NODE_BENCH_BULK_PARALLELISM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        for spec in &mut channels.channels {
+            if spec.name == foundation_distributed::channel::BULK_DATA {
+                spec.parallelism = n;
+            }
+        }
+    }
     NodeSettings {
+        channels,
         priority_thread: priority_thread(),
         // `NODE_BENCH_NICE=none` leaves the thread's priority alone; a number sets it.
         priority_thread_nice: match std::env::var("NODE_BENCH_NICE").as_deref() {
@@ -193,12 +234,24 @@ enum Requester {
     Task,
 }
 
-/// One run of part 1: (seconds, request latencies).
+/// One request of part 1.
+struct Sample {
+    /// When it was made, since the bulk transfer began.
+    at: Duration,
+    /// Its round trip.
+    latency: Duration,
+    /// How long this process's threads together waited for a CPU meanwhile (only with
+    /// `NODE_BENCH_TRACE=1`, else zero).
+    cpu_wait: Duration,
+}
+
+/// One run of part 1: (seconds, request latencies sorted, and each request in the order
+/// made).
 async fn urgent_during_bulk(
     settings: NodeSettings,
     mib: usize,
     requester: Requester,
-) -> (f64, Vec<Duration>) {
+) -> (f64, Vec<Duration>, Vec<Sample>) {
     let (a, b) = pair(settings).await;
     b.serve("ping", |_from, x: u64| async move { x });
     let mut inbox = b.register::<Blob>("bulk");
@@ -251,21 +304,35 @@ async fn urgent_during_bulk(
     let requests = {
         let a = a.clone();
         async move {
-            let mut latencies = Vec::new();
+            let mut samples = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_millis(1));
+            // `NODE_BENCH_TRACE=1`: how long this process's threads waited for a CPU
+            // during each request (two readings of /proc per request: trace runs only).
+            let per_request = env("NODE_BENCH_TRACE", 0) == 1;
+            let waited = || {
+                per_request
+                    .then(process_run_queue_wait)
+                    .unwrap_or(Duration::ZERO)
+            };
             while !consumer.is_finished() {
                 tick.tick().await;
+                let w = waited();
                 let t = Instant::now();
                 let _: u64 = a
                     .request("b", "ping", &1u64, Duration::from_secs(10))
                     .await
                     .expect("ping");
-                latencies.push(t.elapsed());
+                let latency = t.elapsed();
+                samples.push(Sample {
+                    at: t.duration_since(started),
+                    latency,
+                    cpu_wait: waited().saturating_sub(w),
+                });
             }
-            latencies
+            samples
         }
     };
-    let mut latencies = match requester {
+    let samples = match requester {
         Requester::Main => requests.await,
         Requester::Task => tokio::spawn(requests).await.expect("requester task"),
     };
@@ -286,8 +353,119 @@ async fn urgent_during_bulk(
     }
     a.shutdown().await;
     b.shutdown().await;
+    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
     latencies.sort();
-    (secs, latencies)
+    (secs, latencies, samples)
+}
+
+/// Minor page faults of this process so far (`/proc/self/stat` field 10; 0 if unreadable).
+fn minor_faults() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) start at state.
+            let rest = &s[s.rfind(')')? + 2..];
+            rest.split_whitespace().nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Per thread of this process (by thread id): its name and the nanoseconds it has spent
+/// runnable but waiting for a CPU (`/proc/self/task/*/schedstat`, second field).
+fn run_queue_waits() -> std::collections::HashMap<String, (String, u64)> {
+    let mut waits = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return waits;
+    };
+    for t in tasks.flatten() {
+        let path = t.path();
+        let wait = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse().ok());
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if let Some(w) = wait {
+            let id = t.file_name().to_string_lossy().into_owned();
+            waits.insert(id, (name.trim().to_string(), w));
+        }
+    }
+    waits
+}
+
+/// How long (ms) the runtime's workers, the bench's main thread (thread id `main_thread`)
+/// and the other threads of this process waited for a CPU since `before`.
+fn run_queue_wait_since(
+    before: &std::collections::HashMap<String, (String, u64)>,
+    main_thread: &str,
+) -> (f64, f64, f64) {
+    let (mut workers, mut main, mut other) = (0u64, 0u64, 0u64);
+    for (id, (name, w)) in run_queue_waits() {
+        let d = w - before.get(&id).map_or(0, |b| b.1.min(w));
+        if id == main_thread {
+            main += d;
+        } else if name.starts_with("tokio-r") {
+            workers += d;
+        } else {
+            other += d;
+        }
+    }
+    (workers as f64 / 1e6, main as f64 / 1e6, other as f64 / 1e6)
+}
+
+/// How long all threads of this process have waited for a CPU so far (the sum of the
+/// second fields of `/proc/self/task/*/schedstat`).
+fn process_run_queue_wait() -> Duration {
+    Duration::from_nanos(run_queue_waits().values().map(|(_, w)| w).sum())
+}
+
+/// `NODE_BENCH_TRACE=1`: one run's latencies as a histogram, and its slowest requests
+/// with when they started (ms since the bulk began) and their place in the run.
+/// Returns (requests ≥ 0.3 ms, those of them with the process's threads waiting for a
+/// CPU for at least half of their round trip).
+fn trace(samples: &[Sample], faults: u64, waited: (f64, f64, f64)) -> (usize, usize) {
+    const EDGES: [f64; 7] = [0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0];
+    let mut counts = [0usize; EDGES.len() + 1];
+    for s in samples {
+        let l = ms(s.latency);
+        counts[EDGES.iter().position(|e| l < *e).unwrap_or(EDGES.len())] += 1;
+    }
+    let mut by_latency: Vec<(usize, &Sample)> = samples.iter().enumerate().collect();
+    by_latency.sort_by_key(|(_, s)| std::cmp::Reverse(s.latency));
+    let slowest: Vec<String> = by_latency
+        .iter()
+        .take(4)
+        .map(|(i, s)| {
+            format!(
+                "#{} at {:.1} ms: {:.3} ms (cpu wait {:.3} ms)",
+                i + 1,
+                ms(s.at),
+                ms(s.latency),
+                ms(s.cpu_wait)
+            )
+        })
+        .collect();
+    let slow: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.latency >= Duration::from_micros(300))
+        .collect();
+    let starved = slow.iter().filter(|s| s.cpu_wait * 2 >= s.latency).count();
+    println!(
+        "      {faults} minor page faults; waited for a CPU: workers {:.1} ms, main thread {:.1} ms, other threads {:.1} ms; histogram ms <0.1:{} <0.2:{} <0.3:{} <0.5:{} <1:{} <2:{} <5:{} >=5:{}; requests >= 0.3 ms: {}, of which {} with the process's threads waiting for a CPU for at least half of it; slowest {}",
+        waited.0,
+        waited.1,
+        waited.2,
+        counts[0],
+        counts[1],
+        counts[2],
+        counts[3],
+        counts[4],
+        counts[5],
+        counts[6],
+        counts[7],
+        slow.len(),
+        starved,
+        slowest.join(", ")
+    );
+    (slow.len(), starved)
 }
 
 /// Counts `n` messages from `inbox` as a user's loop would (`recv().await`, or
@@ -706,6 +884,11 @@ fn main() {
         println!("   load at the end {}", load());
         return;
     }
+    // This thread's id (`<pid>/task/<tid>`): the requester's thread in the `main` runs.
+    let main_thread = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+        .unwrap_or_default();
 
     println!(
         "1. urgent request p99 while {mib} MiB go a -> b in 64 KiB sends (request every 1 ms); priority thread {} (nice {:?}); load {}",
@@ -714,17 +897,30 @@ fn main() {
         load()
     );
     println!(
-        "{:<16} {:<9} {:>4} {:>7} {:>8} {:>9} {:>9} {:>9} {:>6}",
-        "layout", "requester", "run", "secs", "requests", "p50 ms", "p99 ms", "max ms", "load"
+        "{:<16} {:<9} {:>4} {:>7} {:>8} {:>9} {:>9} {:>9} {:>14} {:>6}",
+        "layout",
+        "requester",
+        "run",
+        "secs",
+        "requests",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "cpu wait w/m",
+        "load"
     );
-    let part1 = |layout: &str, settings: fn() -> NodeSettings, requester: Requester, n: usize| {
-        let mut p99s = Vec::new();
-        for run in 0..n {
-            let (secs, l) = rt.block_on(urgent_during_bulk(settings(), mib, requester));
+    let trace_on = env("NODE_BENCH_TRACE", 0) == 1;
+    // One run of one layout: prints its row (and its trace), returns its p99.
+    let run_once =
+        |layout: &str, settings: fn() -> NodeSettings, requester: Requester, run: usize| {
+            let faults = minor_faults();
+            let waits = run_queue_waits();
+            let (secs, l, samples) = rt.block_on(urgent_during_bulk(settings(), mib, requester));
+            let faults = minor_faults().saturating_sub(faults);
+            let waited = run_queue_wait_since(&waits, &main_thread);
             let p99 = percentile(&l, 0.99);
-            p99s.push(p99);
             println!(
-                "{:<16} {:<9} {:>4} {:>7.2} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>6}",
+                "{:<16} {:<9} {:>4} {:>7.2} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>14} {:>6}",
                 layout,
                 match requester {
                     Requester::Main => "main",
@@ -736,16 +932,40 @@ fn main() {
                 ms(percentile(&l, 0.5)),
                 ms(p99),
                 ms(*l.last().unwrap_or(&Duration::ZERO)),
+                format!("{:.1}/{:.1}", waited.0, waited.1),
                 load()
             );
-        }
-        p99s.sort();
-        p99s
-    };
-    let one_runs = runs.clamp(1, 3);
+            let slow = if trace_on {
+                trace(&samples, faults, waited)
+            } else {
+                (0, 0)
+            };
+            (p99, slow)
+        };
+    let one_runs = env("NODE_BENCH_ONE_RUNS", runs).max(1);
     for requester in [Requester::Main, Requester::Task] {
-        let node_p99 = part1("node channels", node_settings, requester, runs);
-        let one_p99 = part1("one connection", one_connection, requester, one_runs);
+        // Interleaved: node run i, then one-connection run i, so that each pair shares
+        // the same seconds of the machine.
+        let (mut node_p99, mut one_p99) = (Vec::new(), Vec::new());
+        let mut node_slow = (0, 0);
+        for i in 0..runs.max(one_runs) {
+            if i < runs {
+                let (p99, slow) = run_once("node channels", node_settings, requester, i);
+                node_p99.push(p99);
+                node_slow = (node_slow.0 + slow.0, node_slow.1 + slow.1);
+            }
+            if i < one_runs {
+                one_p99.push(run_once("one connection", one_connection, requester, i).0);
+            }
+        }
+        let mut paired: Vec<f64> = node_p99
+            .iter()
+            .zip(&one_p99)
+            .map(|(n, o)| o.as_secs_f64() / n.as_secs_f64().max(1e-9))
+            .collect();
+        paired.sort_by(f64::total_cmp);
+        node_p99.sort();
+        one_p99.sort();
         let within = node_p99
             .iter()
             .filter(|d| **d <= Duration::from_millis(5))
@@ -758,9 +978,10 @@ fn main() {
             Requester::Task => "requester in a spawned task",
         };
         println!(
-            "   {place}: p99 <= 5 ms in {within}/{runs} runs; worst node p99 {:.3} ms vs best one-connection p99 {:.3} ms: {:.1}x",
+            "   {place}: p99 <= 5 ms in {within}/{runs} runs; worst node p99 {:.3} ms vs best one-connection p99 {:.3} ms ({} runs): {:.1}x",
             ms(worst),
             ms(best_one),
+            one_p99.len(),
             best_one.as_secs_f64() / worst.as_secs_f64().max(1e-9)
         );
         println!(
@@ -769,6 +990,22 @@ fn main() {
             ms(median(&one_p99)),
             median(&one_p99).as_secs_f64() / median(&node_p99).as_secs_f64().max(1e-9)
         );
+        if trace_on {
+            println!(
+                "   {place}: node requests >= 0.3 ms: {}, of which {} with the process's threads waiting for a CPU for at least half of it, {} without",
+                node_slow.0,
+                node_slow.1,
+                node_slow.0 - node_slow.1
+            );
+        }
+        if !paired.is_empty() {
+            println!(
+                "   {place}: paired runs (one-connection p99 / node p99 of the same iteration), {} pairs: min {:.1}x, median {:.1}x",
+                paired.len(),
+                paired[0],
+                paired[paired.len() / 2]
+            );
+        }
     }
 
     if env("NODE_BENCH_PART1_ONLY", 0) == 1 {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use foundation_distributed::channel::{
     route, ChannelSettings, ChannelSpec, Channels, Inbound, Inbox, MessageMeta, Priority,
-    RouteOptions, TrySendError, Urgency, BULK_DATA, COORDINATION, GOSSIP,
+    RouteOptions, TrySendError, Urgency, BULK_DATA, COORDINATION, DEFAULT_BULK_PARALLELISM, GOSSIP,
 };
 use foundation_distributed::interpose::{Fault, Interposer, Rule};
 use foundation_distributed::transport::{MemoryNetwork, MemoryTransport, TcpTransport, Transport};
@@ -265,6 +265,31 @@ async fn unkeyed_messages_go_round_robin_and_keyed_ones_stick() {
         .map(|k| coordination.connection_for(Some(k)))
         .collect();
     assert_eq!(used.len(), 3);
+}
+
+/// D422: the default table opens `DEFAULT_BULK_PARALLELISM` (2) `bulk_data` connections
+/// per peer, not 5: each is a sender task and a reader task that stay runnable through a
+/// bulk transfer, and urgent tasks wait behind them in tokio's first-in-first-out queues.
+#[tokio::test(start_paused = true)]
+async fn default_bulk_channel_opens_two_connections() {
+    // More bulk connections lengthen the urgent tail (D422): measure before raising it.
+    const { assert!(DEFAULT_BULK_PARALLELISM <= 2) };
+    let (channels, mut inbox) = link(Kind::Memory, ChannelSettings::default()).await;
+    let bulk = channels.sender(BULK_DATA).unwrap();
+    for key in 0..50u64 {
+        bulk.send(Some(key), Bytes::from(vec![1u8; 1024]))
+            .await
+            .unwrap();
+    }
+    let mut used = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let m = recv(&mut inbox).await;
+        assert_eq!(&*m.channel, BULK_DATA);
+        used.insert(m.connection);
+    }
+    // Every connection opened was used by some key, and no more were opened.
+    assert_eq!(used.len(), usize::from(DEFAULT_BULK_PARALLELISM));
+    assert!(used.iter().all(|c| *c < DEFAULT_BULK_PARALLELISM));
 }
 
 /// Settings with one channel `state` of one connection whose receiver can be stalled:
@@ -688,7 +713,7 @@ async fn stalled_bulk_traffic_does_not_block_coordination() {
     let bulk = channels.sender(BULK_DATA).unwrap();
     let big = Bytes::from(vec![0u8; 2 * 1024 * 1024]);
     // Three 2 MiB messages per bulk connection: more than the inbox and the streams hold.
-    for _ in 0..15 {
+    for _ in 0..3 * DEFAULT_BULK_PARALLELISM {
         bulk.send(None, big.clone()).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -575,7 +575,7 @@ pub const A12: Assumption = Assumption {
     id: "A12-partisan-overhead-small",
     claim: "the Partisan-style layer is not more than 1.1x slower than a plain single-connection mesh for small messages",
     source: src!("Principle 2 (validate_partisan_performance: partisan_time > distributed_erlang_time * 1.1 is a warning)"),
-    method: "64-byte Node::send messages between two loopback-TCP nodes, default channels (coordination x3, gossip, bulk_data x5) vs the same node with one channel of one connection; raw TCP with the same framing reported beside",
+    method: "64-byte Node::send messages between two loopback-TCP nodes, default channels (coordination x3, urgent x2, messages x2, gossip, bulk_data x2 since D422, x5 when first measured) vs the same node with one channel of one connection; raw TCP with the same framing reported beside",
     threshold: "median of 3 paired time ratios channels/single-connection <= 1.1 (20,000 messages each)",
     expected: Verdict::Confirmed,
     note: "inconclusive on the shared 2-core machine it was first measured on (load average 12 to 17): eight release runs gave ratios of 3.52, 0.99, 2.32, 1.76, 0.71, 0.44, 0.82 and 1.47 (from the fifth on, paired runs); the design's verdict is kept as expected. Whatever the ratio, the node path costs 300 to 2,300x raw TCP framing per small message (the largest gap of the report)",

@@ -4,7 +4,7 @@
 //! A [`ChannelSpec`] names a channel and gives its [`Priority`], its `parallelism` (how
 //! many connections per peer it opens) and whether it is `monotonic`. The defaults
 //! ([`ChannelSettings::default`]) are `coordination` (high, 3 connections), `gossip`
-//! (low, 1) and `bulk_data` (medium, 5).
+//! (low, 1) and `bulk_data` (medium, [`DEFAULT_BULK_PARALLELISM`]).
 //!
 //! * [`Channels`] is the sending side towards one peer: it opens every channel's
 //!   connections through an `Arc<dyn Transport>` (connection index `0..parallelism`) and
@@ -168,6 +168,20 @@ fn default_queue_bytes() -> u32 {
 /// Default outbound queue bound per connection in payload bytes: 4 MiB.
 pub const DEFAULT_QUEUE_BYTES: u32 = 4 << 20;
 
+/// Connections per peer of the default table's `bulk_data` channel: 2 (5 before D422).
+///
+/// Why not more: every connection has a sender task on one side and a reader task on the
+/// other, and tokio runs woken tasks first in, first out. During a bulk transfer each of
+/// them is runnable nearly all the time, each poll moving a 64 KiB frame (tens of µs of
+/// sealing or opening and copying), so an urgent connection's reader or writer that wakes
+/// up waits behind the bulk tasks queued on its worker. With 5 connections that queue
+/// made the sub-millisecond part of the urgent tail (bench part 1, D422); 2 keep some
+/// isolation between keys (a stalled key holds one connection of two) and measured the
+/// same bulk throughput on this 2-core machine. Deployments that move bulk data over
+/// lossy or long links, where parallel TCP streams help, raise `parallelism` in their
+/// channel table.
+pub const DEFAULT_BULK_PARALLELISM: u16 = 2;
+
 fn default_parallelism() -> u16 {
     1
 }
@@ -268,7 +282,7 @@ impl Default for ChannelSettings {
             channels: vec![
                 ChannelSpec::new(COORDINATION, Priority::High, 3),
                 ChannelSpec::new(GOSSIP, Priority::Low, 1),
-                ChannelSpec::new(BULK_DATA, Priority::Medium, 5),
+                ChannelSpec::new(BULK_DATA, Priority::Medium, DEFAULT_BULK_PARALLELISM),
             ],
             inbox_capacity: 4096,
             route: RouteOptions::default(),

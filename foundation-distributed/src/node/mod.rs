@@ -177,7 +177,7 @@ pub const URGENT_CHANNEL: &str = "urgent";
 /// The node's default channel table: `coordination` (node traffic, requests and replies;
 /// high, 3 connections), `urgent` (urgent application messages; high, 2), `messages`
 /// (application messages; medium, 2), `gossip` (background; low, 1) and `bulk_data`
-/// (large payloads; medium, 5, 64 messages of queue per connection). Every outbound
+/// (large payloads; medium, 2, 64 messages of queue per connection). Every outbound
 /// queue is also bounded in payload bytes (`queue_bytes`, 4 MiB per connection), so a
 /// peer holds at most a few MiB per connection whatever the message size. Inbound
 /// messages are handled on the reading task (no inbound queue; `inbox_capacity` is
