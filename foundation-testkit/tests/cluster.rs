@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use foundation_distributed::channel::ChannelSettings;
 use foundation_distributed::node::{MembershipEvent, SendOptions};
 use foundation_testkit::cluster::{Cluster, ClusterSpec, Net};
 use tokio::sync::mpsc;
@@ -50,17 +51,28 @@ async fn counts_connections_per_node() {
         .await
         .unwrap();
     cluster.converge(Duration::from_secs(20)).await.unwrap();
-    // Default channels: 3 + 1 + 5 connections per link, one link each way once the
-    // second node answered the first's hello.
+    // Default channels: one connection per unit of each channel's parallelism on each
+    // link (3 + 1 + 2 since D422), one link each way once the second node answered the
+    // first's hello.
+    let per_link: usize = ChannelSettings::default()
+        .channels
+        .iter()
+        .map(|c| usize::from(c.parallelism))
+        .sum();
+    assert_eq!(
+        per_link, 6,
+        "the default table changed: update this comment"
+    );
+    let expected = 2 * per_link;
     for _ in 0..200 {
-        if cluster.connections_total() >= 18 {
+        if cluster.connections_total() >= expected {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(cluster.connections_total(), 18);
-    assert_eq!(cluster.connections_of("n0"), 18);
-    assert_eq!(cluster.connections_of("n1"), 18);
+    assert_eq!(cluster.connections_total(), expected);
+    assert_eq!(cluster.connections_of("n0"), expected);
+    assert_eq!(cluster.connections_of("n1"), expected);
     assert_eq!(cluster.connections_of("nobody"), 0);
     cluster.shutdown().await;
 }
