@@ -7,9 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use foundation_distributed::node::{
-    default_channels, BatchReceiver, NodeSettings, SendOptions, MESSAGES,
-};
+use foundation_distributed::node::{BatchReceiver, NodeSettings, SendOptions};
 use foundation_distributed::transport::MemoryNetwork;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use serde::Serialize;
@@ -128,17 +126,7 @@ async fn every_message_once_in_order_per_sender_and_key_from_several_senders() {
 #[tokio::test(start_paused = true)]
 async fn a_stalled_consumer_holds_the_sender_back_within_its_bound() {
     let net = MemoryNetwork::new();
-    let mut channels = default_channels();
-    for spec in &mut channels.channels {
-        if spec.name == MESSAGES {
-            spec.queue_capacity = 4;
-        }
-    }
-    let s = NodeSettings {
-        channels,
-        receiver_capacity: 4,
-        ..NodeSettings::default()
-    };
+    let s = common::tight(4, 4);
     let (a, b) = joined_with(&net, s).await;
     let mut inbox = b.register_batched::<u64>("stalled");
     const N: u64 = 200_000;
@@ -339,17 +327,7 @@ async fn relayed_and_acknowledged_messages_and_replacement() {
 #[tokio::test(start_paused = true)]
 async fn a_stalled_frame_consumer_holds_the_sender_back() {
     let net = MemoryNetwork::new();
-    let mut channels = default_channels();
-    for spec in &mut channels.channels {
-        if spec.name == MESSAGES {
-            spec.queue_capacity = 4;
-        }
-    }
-    let s = NodeSettings {
-        channels,
-        receiver_capacity: 4,
-        ..NodeSettings::default()
-    };
+    let s = common::tight(4, 4);
     let (a, b) = joined_with(&net, s).await;
     let mut frames = b.register_frames("stalled");
     const N: u64 = 100_000;

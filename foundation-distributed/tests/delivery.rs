@@ -319,16 +319,33 @@ fn delayed(from: &str, channel: &str, by: Duration) -> Arc<Interposer> {
     faults
 }
 
+/// A receiver of numbered messages of any size.
+type Numbered = tokio::sync::mpsc::Receiver<(String, (u64, Vec<u8>))>;
+
+/// `a` and `b` joined, everything `a` sends on `channel` delayed 300 ms; `b`'s receiver
+/// `r`.
+async fn delayed_pair(channel: &str) -> (Node, Node, Numbered) {
+    let net = MemoryNetwork::new();
+    let faults = delayed("a", channel, Duration::from_millis(300));
+    let (a, b) = common::joined(&net, Some(faults)).await;
+    let inbox = b.register::<(u64, Vec<u8>)>("r");
+    (a, b, inbox)
+}
+
 /// Message `n`, small or (`big`) 4 KiB: over the 1 KiB bulk threshold.
 fn sized(n: u64, big: bool) -> (u64, Vec<u8>) {
     (n, vec![7; if big { 4096 } else { 8 }])
 }
 
+fn keyed(key: u64, urgency: Urgency) -> SendOptions {
+    SendOptions {
+        urgency,
+        key: Some(key),
+    }
+}
+
 /// Receives `n` messages from `inbox`; returns their numbers in arrival order.
-async fn arrival_order(
-    inbox: &mut tokio::sync::mpsc::Receiver<(String, (u64, Vec<u8>))>,
-    n: usize,
-) -> Vec<u64> {
+async fn arrival_order(inbox: &mut Numbered, n: usize) -> Vec<u64> {
     let mut seen = Vec::new();
     while seen.len() < n {
         let (_, (i, _)) = tokio::time::timeout(Duration::from_secs(30), inbox.recv())
@@ -338,6 +355,11 @@ async fn arrival_order(
         seen.push(i);
     }
     seen
+}
+
+/// 1..=n.
+fn in_order(n: u64) -> Vec<u64> {
+    (1..=n).collect()
 }
 
 /// `from` sends 1..=12 to `to`'s receiver `r` with `opts`, every third message 4 KiB.
@@ -354,42 +376,22 @@ async fn send_mixed(from: &Node, to: &str, opts: SendOptions) {
 /// them).
 #[tokio::test(start_paused = true)]
 async fn a_keyed_stream_keeps_its_order_across_the_bulk_threshold() {
-    let net = MemoryNetwork::new();
-    let faults = delayed("a", "bulk_data", Duration::from_millis(300));
-    let (a, b) = common::joined(&net, Some(faults)).await;
-    let mut inbox = b.register::<(u64, Vec<u8>)>("r");
-    let keyed = SendOptions {
-        key: Some(9),
-        ..SendOptions::default()
-    };
-    send_mixed(&a, "b", keyed).await;
-    assert_eq!(
-        arrival_order(&mut inbox, 12).await,
-        (1..=12).collect::<Vec<_>>()
-    );
+    let (a, _b, mut inbox) = delayed_pair("bulk_data").await;
+    send_mixed(&a, "b", keyed(9, Urgency::Normal)).await;
+    assert_eq!(arrival_order(&mut inbox, 12).await, in_order(12));
 }
 
 /// `Urgency::Bulk` puts a keyed stream on `bulk_data` whatever its sizes, in order: with
 /// `messages` delayed, nothing of it goes there.
 #[tokio::test(start_paused = true)]
 async fn a_keyed_bulk_stream_stays_on_bulk_data_in_order() {
-    let net = MemoryNetwork::new();
-    let faults = delayed("a", "messages", Duration::from_millis(300));
-    let (a, b) = common::joined(&net, Some(faults)).await;
-    let mut inbox = b.register::<(u64, Vec<u8>)>("r");
-    let bulk = SendOptions {
-        urgency: Urgency::Bulk,
-        key: Some(3),
-    };
-    send_mixed(&a, "b", bulk).await;
+    let (a, _b, mut inbox) = delayed_pair("messages").await;
+    send_mixed(&a, "b", keyed(3, Urgency::Bulk)).await;
     // One normal message after the stream, on the delayed `messages`: it comes last.
     a.send("b", "r", &sized(13, false), SendOptions::default())
         .await
         .unwrap();
-    assert_eq!(
-        arrival_order(&mut inbox, 13).await,
-        (1..=13).collect::<Vec<_>>()
-    );
+    assert_eq!(arrival_order(&mut inbox, 13).await, in_order(13));
 }
 
 /// What `from`'s link to `to` has sent on `channel` so far.
@@ -409,26 +411,12 @@ async fn a_relayed_keyed_stream_keeps_its_order_across_the_bulk_threshold() {
     let faults = delayed("s1", "bulk_data", Duration::from_millis(300));
     let (s1, c1, c2) = common::client_server(Some(faults)).await;
     let mut inbox = c2.register::<(u64, Vec<u8>)>("r");
-    let keyed = SendOptions {
-        key: Some(4),
-        ..SendOptions::default()
-    };
-    send_mixed(&c1, "c2", keyed).await;
-    assert_eq!(
-        arrival_order(&mut inbox, 12).await,
-        (1..=12).collect::<Vec<_>>()
-    );
+    send_mixed(&c1, "c2", keyed(4, Urgency::Normal)).await;
+    assert_eq!(arrival_order(&mut inbox, 12).await, in_order(12));
     assert_eq!(sent_on(&s1, "c2", "bulk_data"), 0);
 
-    let bulk = SendOptions {
-        urgency: Urgency::Bulk,
-        key: Some(4),
-    };
-    send_mixed(&c1, "c2", bulk).await;
-    assert_eq!(
-        arrival_order(&mut inbox, 12).await,
-        (1..=12).collect::<Vec<_>>()
-    );
+    send_mixed(&c1, "c2", keyed(4, Urgency::Bulk)).await;
+    assert_eq!(arrival_order(&mut inbox, 12).await, in_order(12));
     // On `bulk_data` from `s1` too (as one or more frames: `c1` packs a keyed stream into
     // waiting frames, and a relay passes frames on whole).
     assert!(sent_on(&s1, "c2", "bulk_data") > 0);
@@ -438,10 +426,7 @@ async fn a_relayed_keyed_stream_keeps_its_order_across_the_bulk_threshold() {
 /// here), so a small one sent after it arrives first.
 #[tokio::test(start_paused = true)]
 async fn an_unkeyed_large_message_still_goes_on_bulk_data() {
-    let net = MemoryNetwork::new();
-    let faults = delayed("a", "bulk_data", Duration::from_millis(300));
-    let (a, b) = common::joined(&net, Some(faults)).await;
-    let mut inbox = b.register::<(u64, Vec<u8>)>("r");
+    let (a, _b, mut inbox) = delayed_pair("bulk_data").await;
     let unkeyed = SendOptions::default();
     a.send("b", "r", &sized(1, true), unkeyed).await.unwrap();
     a.send("b", "r", &sized(2, false), unkeyed).await.unwrap();

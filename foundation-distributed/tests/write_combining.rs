@@ -114,17 +114,7 @@ async fn appended_sends_arrive_once_in_order_per_sender_and_key() {
 #[tokio::test(start_paused = true)]
 async fn appended_sends_wait_for_room_instead_of_dropping() {
     let net = MemoryNetwork::new();
-    let mut channels = default_channels();
-    for spec in &mut channels.channels {
-        if spec.name == MESSAGES {
-            spec.queue_capacity = 4;
-        }
-    }
-    let s = NodeSettings {
-        channels,
-        receiver_capacity: 2,
-        ..NodeSettings::default()
-    };
+    let s = common::tight(4, 2);
     let (a, b) = pair(&net, s).await;
     let mut inbox = b.register::<u64>("stalled");
     // More than the buffers between the two queues hold (the in-memory stream's 256 KiB,

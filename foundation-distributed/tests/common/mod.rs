@@ -58,6 +58,23 @@ pub async fn start_with(net: &MemoryNetwork, name: &str, s: NodeSettings) -> Nod
     Node::start(t, name, s).await.unwrap()
 }
 
+/// Node settings whose `messages` channel queues at most `queue` messages per connection
+/// and whose receivers hold `receiver` messages: a stalled consumer fills both soon, so
+/// senders must wait (backpressure tests).
+pub fn tight(queue: usize, receiver: usize) -> NodeSettings {
+    let mut channels = foundation_distributed::node::default_channels();
+    for spec in &mut channels.channels {
+        if spec.name == foundation_distributed::node::MESSAGES {
+            spec.queue_capacity = queue;
+        }
+    }
+    NodeSettings {
+        channels,
+        receiver_capacity: receiver,
+        ..NodeSettings::default()
+    }
+}
+
 /// Two nodes `a` and `b` on `net` with settings `s`, joined (each sees both up).
 pub async fn joined_with(net: &MemoryNetwork, s: NodeSettings) -> (Node, Node) {
     let a = start_with(net, "a", s.clone()).await;
