@@ -708,44 +708,34 @@ async fn count_frames(listener: TcpListener, n: usize) -> usize {
     got
 }
 
-/// Part 2's strict baseline: raw length-prefixed TCP writes of pre-encoded frames through
-/// a 64 KiB `BufWriter` (few, large `write` calls).
-async fn raw_small(n: usize) -> f64 {
+/// Part 2's raw baselines: the same pre-encoded length-prefixed frames written over
+/// loopback TCP to a reader counting them. `buffered`: through a 64 KiB `BufWriter` (few,
+/// large `write` calls; the strict baseline); otherwise one `write_all` per frame on the
+/// `TcpStream` (one `write` call per frame; the literal baseline).
+async fn raw_small(n: usize, buffered: bool) -> f64 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let reader = tokio::spawn(count_frames(listener, n));
     let frame = small_frame();
     let s = TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).expect("nodelay");
-    let mut w = BufWriter::with_capacity(64 * 1024, s);
     let t = Instant::now();
-    for _ in 0..n {
-        w.write_all(&frame).await.expect("write");
+    if buffered {
+        write_frames(BufWriter::with_capacity(64 * 1024, s), &frame, n).await;
+    } else {
+        write_frames(s, &frame, n).await;
     }
-    w.flush().await.expect("flush");
     let got = reader.await.expect("reader");
     assert_eq!(got, n);
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Part 2's second baseline, the literal one: the same pre-encoded frames written
-/// with one `write_all` per frame on the `TcpStream` (no `BufWriter`: one `write` call
-/// per frame), the same counting reader.
-async fn raw_small_unbuffered(n: usize) -> f64 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let reader = tokio::spawn(count_frames(listener, n));
-    let frame = small_frame();
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.set_nodelay(true).expect("nodelay");
-    let t = Instant::now();
+/// Writes `frame` `n` times to `w`, then flushes.
+async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(mut w: W, frame: &[u8], n: usize) {
     for _ in 0..n {
-        s.write_all(&frame).await.expect("write");
+        w.write_all(frame).await.expect("write");
     }
-    s.flush().await.expect("flush");
-    let got = reader.await.expect("reader");
-    assert_eq!(got, n);
-    n as f64 / t.elapsed().as_secs_f64()
+    w.flush().await.expect("flush");
 }
 
 /// Part 3 through the node: mean, p50 and p99 of sequential 64-byte requests.
@@ -814,8 +804,8 @@ fn part2(rt: &tokio::runtime::Runtime, small: usize) {
     let xb = rt.block_on(node_small_frames(small, batch, Consumer::Batched));
     let f = rt.block_on(node_small_frames(small, 0, Consumer::Frames));
     let fb = rt.block_on(node_small_frames(small, batch, Consumer::Frames));
-    let raw = rt.block_on(raw_small(small));
-    let raw1 = rt.block_on(raw_small_unbuffered(small));
+    let raw = rt.block_on(raw_small(small, true));
+    let raw1 = rt.block_on(raw_small(small, false));
     let floor = rt.block_on(mpsc_floor(small, false));
     let mfloor = rt.block_on(mpsc_floor(small, true));
     println!(
