@@ -42,6 +42,10 @@ pub(crate) struct LinkContext {
     /// The node's priority thread's runtime, if it has one: high-priority channels'
     /// sender tasks run there (D380).
     pub priority: Option<tokio::runtime::Handle>,
+    /// The node's route epoch (D440): bumped after every change of what decides where a
+    /// message to a peer goes (links, their channels, members down, refusals, the
+    /// topology), so the per-thread route cache of `send` knows its entries are stale.
+    pub route_epoch: Arc<AtomicU64>,
 }
 
 /// One peer's link.
@@ -233,6 +237,16 @@ impl Links {
             .saturating_sub(link.used.load(Ordering::Relaxed))
     }
 
+    /// The node's route epoch (see [`LinkContext::route_epoch`]).
+    pub fn route_epoch(&self) -> &AtomicU64 {
+        &self.ctx.route_epoch
+    }
+
+    /// Marks the routes as changed (see [`LinkContext::route_epoch`]).
+    pub fn routes_changed(&self) {
+        self.ctx.route_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub fn get(&self, peer: &str) -> Option<Arc<Link>> {
         self.map.lock().get(peer).cloned()
     }
@@ -258,6 +272,8 @@ impl Links {
         *link.task.lock() = Some(task);
         map.insert(peer.to_string(), link.clone());
         metrics::gauge!("foundation_node_links").set(map.len() as f64);
+        drop(map);
+        self.routes_changed();
         link
     }
 
@@ -286,6 +302,8 @@ impl Links {
         *link.task.lock() = Some(task);
         map.insert(peer, link.clone());
         metrics::gauge!("foundation_node_links").set(map.len() as f64);
+        drop(map);
+        self.routes_changed();
         link
     }
 
@@ -295,6 +313,7 @@ impl Links {
         if let Some(l) = link {
             drop(l.stop());
         }
+        self.routes_changed();
         metrics::gauge!("foundation_node_links").set(self.map.lock().len() as f64);
     }
 
@@ -305,6 +324,7 @@ impl Links {
     pub fn retire(&self, peer: &str) -> Option<Arc<Channels>> {
         let link = self.map.lock().remove(peer);
         let channels = link.and_then(|l| l.stop());
+        self.routes_changed();
         metrics::gauge!("foundation_node_links").set(self.map.lock().len() as f64);
         channels
     }
@@ -323,6 +343,7 @@ impl Links {
     /// tasks to wait for.
     pub fn stop_all(&self) -> (Vec<Arc<Channels>>, Vec<JoinHandle<()>>) {
         let links: Vec<Arc<Link>> = self.map.lock().drain().map(|(_, l)| l).collect();
+        self.routes_changed();
         let mut channels = Vec::new();
         let mut tasks = Vec::new();
         for l in links {
@@ -382,6 +403,7 @@ async fn run(link: Arc<Link>, ctx: Arc<LinkContext>, mut first: Option<Channels>
                 let c = Arc::new(c);
                 (ctx.on_up)(&link.peer, &c);
                 link.up.send_replace(Some(c.clone()));
+                ctx.route_epoch.fetch_add(1, Ordering::AcqRel);
                 link.flush();
                 metrics::counter!("foundation_node_link_events_total", "event" => "up")
                     .increment(1);
@@ -391,6 +413,7 @@ async fn run(link: Arc<Link>, ctx: Arc<LinkContext>, mut first: Option<Channels>
                     _ = c.ended() => {}
                 }
                 link.up.send_replace(None);
+                ctx.route_epoch.fetch_add(1, Ordering::AcqRel);
                 metrics::counter!("foundation_node_link_events_total", "event" => "down")
                     .increment(1);
                 tracing::debug!(peer = %link.peer, "link down; reconnecting");

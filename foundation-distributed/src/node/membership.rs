@@ -439,6 +439,7 @@ impl Inner {
                 ViewEvent::Alive(n) => {
                     self.rewatch(&n);
                     let since = self.down.lock().remove(&n);
+                    self.links.routes_changed();
                     if let Some(since) = since {
                         metrics::histogram!("foundation_node_partition_recovery_seconds")
                             .record(since.elapsed().as_secs_f64());
@@ -460,6 +461,7 @@ impl Inner {
                         }
                         std::collections::hash_map::Entry::Occupied(_) => false,
                     };
+                    self.links.routes_changed();
                     if newly {
                         self.topology.lock().update(Change::Down(n.clone()));
                         tracing::warn!(node = %n, "member down");
@@ -556,6 +558,7 @@ impl Inner {
         self.overlay.touched.lock().remove(n);
         self.detector.lock().remove(&n.to_string());
         self.down.lock().remove(n);
+        self.links.routes_changed();
         self.topology.lock().update(Change::Left(n.to_string()));
         if let Some(o) = self.acked.out.lock().remove(n) {
             // Wakes `send_acked` calls waiting for room towards a member that is gone.

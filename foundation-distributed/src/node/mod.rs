@@ -65,6 +65,7 @@ mod link;
 mod membership;
 mod peer_stats;
 mod request;
+mod route;
 mod switch;
 mod table;
 mod wire;
@@ -340,7 +341,11 @@ pub(crate) struct Inner {
     /// Members declared down, and since when (for the recovery-time histogram).
     down: Mutex<HashMap<String, Instant>>,
     detector: Mutex<FailureDetector<String>>,
-    topology: Mutex<Topology>,
+    topology: route::TopologyCell,
+    /// This node's id in the per-thread route caches (D440).
+    id: u64,
+    /// Whether `send` uses the route cache (`FOUNDATION_NODE_ROUTE_CACHE`, D440).
+    route_cache: bool,
     slots: RwLock<HashMap<String, Slot>>,
     requests: Requests,
     broadcasts: broadcast::Broadcasts,
@@ -442,6 +447,8 @@ impl Node {
             status: Status::Alive,
         };
         let cancel = CancellationToken::new();
+        let route_cache = route::route_cache_enabled()?;
+        let route_epoch = Arc::new(AtomicU64::new(0));
         let priority = if settings.priority_thread && crate::channel::priority_thread_wanted() {
             Some(crate::channel::PriorityThread::shared(
                 settings.priority_thread_nice,
@@ -480,6 +487,7 @@ impl Node {
                     }
                 }),
                 priority: priority.as_ref().map(|p| p.handle().clone()),
+                route_epoch: route_epoch.clone(),
             };
             Inner {
                 name: name.to_string(),
@@ -489,12 +497,17 @@ impl Node {
                 view: Mutex::new(View::new(me, settings.view.clone())),
                 down: Mutex::new(HashMap::new()),
                 detector: Mutex::new(FailureDetector::new(settings.detector.clone())),
-                topology: Mutex::new(Topology::with_tick(
-                    settings.topology,
-                    name,
-                    &[Member::new(name, settings.role)],
-                    settings.heartbeat,
-                )),
+                topology: route::TopologyCell::new(
+                    Topology::with_tick(
+                        settings.topology,
+                        name,
+                        &[Member::new(name, settings.role)],
+                        settings.heartbeat,
+                    ),
+                    route_epoch,
+                ),
+                id: route::next_node_id(),
+                route_cache,
                 slots: RwLock::new(HashMap::new()),
                 requests: Requests::new(settings.max_concurrent_requests),
                 broadcasts: broadcast::Broadcasts::new(),
@@ -1337,6 +1350,12 @@ impl Inner {
 
     /// The next hop towards `to`.
     fn hop(&self, to: &str) -> Result<String> {
+        self.hop_route(to).map(|(hop, _)| hop)
+    }
+
+    /// The next hop towards `to`, and whether it may be cached (not a transient direct
+    /// hop, whose permission depends on the view: D440).
+    fn hop_route(&self, to: &str) -> Result<(String, bool)> {
         if to == self.name {
             return Err(Error::InvalidArgument("sending to this node itself".into()));
         }
@@ -1349,16 +1368,16 @@ impl Inner {
         if let Some(e) = self.refused(to) {
             return Err(e);
         }
-        let hop = self.topology.lock().next_hop(to);
-        let hop = match hop {
-            Some(h) => h,
+        let hop = self.topology.read().next_hop(to);
+        let (hop, cacheable) = match hop {
+            Some(h) => (h, true),
             // Not reachable through the overlay (a topology without relaying, a
             // partially switched cluster): a transient direct connection.
-            None => self.direct_hop(to)?,
+            None => (self.direct_hop(to)?, false),
         };
         match self.refused(&hop) {
             Some(e) => Err(e),
-            None => Ok(hop),
+            None => Ok((hop, cacheable)),
         }
     }
 
@@ -1398,12 +1417,22 @@ impl Inner {
         size: usize,
         header: usize,
     ) -> Result<()> {
-        let hop = self.hop(to)?;
-        let link = self.link_or_start(&hop).ok_or_else(|| Error::UnknownNode {
-            node: to.to_string(),
-        })?;
-        self.links.used(&link);
-        let ch = link.ready(self.settings.link_wait).await?;
+        let ch = if let Some((link, ch)) = self.cached_route(to) {
+            self.links.used(&link);
+            ch
+        } else {
+            let epoch = self.route_epoch();
+            let (hop, cacheable) = self.hop_route(to)?;
+            let link = self.link_or_start(&hop).ok_or_else(|| Error::UnknownNode {
+                node: to.to_string(),
+            })?;
+            self.links.used(&link);
+            let ch = link.ready(self.settings.link_wait).await?;
+            if cacheable {
+                self.remember_route(to, epoch, &link, &ch);
+            }
+            ch
+        };
         if control {
             return ch.send(COORDINATION, opts.key, payload).await;
         }
@@ -1475,10 +1504,20 @@ impl Inner {
         header: usize,
         opts: SendOptions,
     ) -> Option<bool> {
-        let hop = self.hop(to).ok()?;
-        let link = self.links.get(&hop)?;
-        self.links.used(&link);
-        let channels = link.current()?;
+        let channels = if let Some((link, channels)) = self.cached_route(to) {
+            self.links.used(&link);
+            channels
+        } else {
+            let epoch = self.route_epoch();
+            let (hop, cacheable) = self.hop_route(to).ok()?;
+            let link = self.links.get(&hop)?;
+            self.links.used(&link);
+            let channels = link.current()?;
+            if cacheable {
+                self.remember_route(to, epoch, &link, &channels);
+            }
+            channels
+        };
         let channel = self.channel_for(opts, payload.len() - header);
         channels.append_now(channel, opts.key, payload, header)
     }

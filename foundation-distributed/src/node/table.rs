@@ -121,11 +121,13 @@ impl Inner {
         let ours = self.table_summary();
         if theirs.is_empty() || theirs == ours {
             if self.switch.refused.accept(peer) {
+                self.links.routes_changed();
                 tracing::info!(peer, "peer's channel table agrees again; traffic accepted");
             }
             return false;
         }
         let newly = self.switch.refused.refuse(peer, theirs);
+        self.links.routes_changed();
         if newly {
             metrics::counter!("foundation_node_channel_table_mismatches_total").increment(1);
             tracing::error!(
@@ -147,7 +149,9 @@ impl Inner {
     /// Forgets what was checked of `peer` (it left or was removed).
     pub(super) fn forget_table(&self, peer: &str) {
         self.switch.refused.checked.lock().remove(peer);
-        self.switch.refused.accept(peer);
+        if self.switch.refused.accept(peer) {
+            self.links.routes_changed();
+        }
     }
 
     /// The error for traffic to or through `node`, if it is refused.

@@ -1,0 +1,194 @@
+//! The route cache of `send` (D440): where a message to a node goes (the next hop's link
+//! and its live channels), remembered per thread for as long as nothing that decides the
+//! route changes.
+//!
+//! Routing a message the slow way takes the `down` map's lock, the refusals, the
+//! topology's lock (and a `String` for the hop), the link table's lock and the link's
+//! watch: per message, most of `send().await`'s cost while the queue takes it (D415).
+//! Every change of routing state bumps one counter, the node's *route epoch*, after the
+//! change: a member declared down or up again, a refusal made or lifted, any mutable
+//! access to the topology (a round, a protocol message, a switch), a link made, replaced,
+//! removed or retired, a link's channels up or down, shutdown. An entry is used only
+//! while the epoch is the one read *before* it was looked up, so a route is never used
+//! after a change that happened before the send began; a send racing a change behaves as
+//! if it came just before it. Entries hold weak references (a cache never keeps a link
+//! or its connections alive), and channels that have ended fall back to the slow path.
+//! Transient direct hops (a destination outside the overlay) are never cached: whether
+//! one is allowed depends on the view, which is not part of the epoch.
+//!
+//! `FOUNDATION_NODE_ROUTE_CACHE=0` (read once when a node starts) turns the cache off
+//! for that node, to compare the two paths in one binary (the node bench's A/B).
+
+use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, MutexGuard};
+
+use super::link::Link;
+use super::Inner;
+use crate::channel::Channels;
+use crate::error::{Error, Result};
+use crate::topology::Topology;
+
+/// The environment variable that turns the route cache off (`0`) or on (`1`, the default).
+pub(crate) const ROUTE_CACHE_ENV: &str = "FOUNDATION_NODE_ROUTE_CACHE";
+
+/// Entries a thread keeps (over all nodes of the process); the oldest is replaced.
+const ROUTES_PER_THREAD: usize = 8;
+
+/// Whether the route cache is on, from [`ROUTE_CACHE_ENV`]; a value other than `0` or
+/// `1` is an error.
+pub(crate) fn route_cache_enabled() -> Result<bool> {
+    match std::env::var(ROUTE_CACHE_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(true),
+        Ok(v) if v == "1" => Ok(true),
+        Ok(v) if v == "0" => Ok(false),
+        Ok(v) => Err(Error::InvalidArgument(format!(
+            "{ROUTE_CACHE_ENV} must be 0 or 1, not {v:?}"
+        ))),
+        Err(std::env::VarError::NotUnicode(v)) => Err(Error::InvalidArgument(format!(
+            "{ROUTE_CACHE_ENV} must be 0 or 1, not {v:?}"
+        ))),
+    }
+}
+
+/// Node ids for cache entries (a node's address could be reused by a later node).
+static NEXT_NODE_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh id for a node's cache entries.
+pub(crate) fn next_node_id() -> u64 {
+    NEXT_NODE_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+struct Entry {
+    node: u64,
+    epoch: u64,
+    to: String,
+    link: Weak<Link>,
+    channels: Weak<Channels>,
+}
+
+thread_local! {
+    static ROUTES: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The node's topology: [`lock`](Self::lock) is for any access that may change it and
+/// bumps the route epoch when released; [`read`](Self::read) is for the router's
+/// read-only look-ups.
+pub(crate) struct TopologyCell {
+    topology: Mutex<Topology>,
+    epoch: Arc<AtomicU64>,
+}
+
+impl TopologyCell {
+    pub fn new(topology: Topology, epoch: Arc<AtomicU64>) -> Self {
+        TopologyCell {
+            topology: Mutex::new(topology),
+            epoch,
+        }
+    }
+
+    /// The topology, for an access that may change it (the route epoch is bumped when
+    /// the guard is dropped).
+    pub fn lock(&self) -> TopologyGuard<'_> {
+        TopologyGuard {
+            guard: self.topology.lock(),
+            epoch: &self.epoch,
+        }
+    }
+
+    /// The topology, for a read-only look-up (no bump).
+    pub fn read(&self) -> MutexGuard<'_, Topology> {
+        self.topology.lock()
+    }
+}
+
+/// A [`TopologyCell::lock`] guard.
+pub(crate) struct TopologyGuard<'a> {
+    guard: MutexGuard<'a, Topology>,
+    epoch: &'a AtomicU64,
+}
+
+impl Deref for TopologyGuard<'_> {
+    type Target = Topology;
+    fn deref(&self) -> &Topology {
+        &self.guard
+    }
+}
+
+impl DerefMut for TopologyGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Topology {
+        &mut self.guard
+    }
+}
+
+impl Drop for TopologyGuard<'_> {
+    fn drop(&mut self) {
+        // After every change made under the guard (the lock is released just after).
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl Inner {
+    /// The route epoch, read before a slow look-up whose result may be cached.
+    pub(super) fn route_epoch(&self) -> u64 {
+        self.links.route_epoch().load(Ordering::Acquire)
+    }
+
+    /// The cached next hop's link and live channels towards `to`, if cached under the
+    /// current route epoch.
+    pub(super) fn cached_route(&self, to: &str) -> Option<(Arc<Link>, Arc<Channels>)> {
+        if !self.route_cache {
+            return None;
+        }
+        let epoch = self.route_epoch();
+        ROUTES.with(|routes| {
+            let routes = routes.try_borrow().ok()?;
+            let e = routes.iter().find(|e| e.node == self.id && e.to == to)?;
+            if e.epoch != epoch {
+                return None;
+            }
+            let channels = e.channels.upgrade()?;
+            if channels.is_ended() {
+                return None;
+            }
+            Some((e.link.upgrade()?, channels))
+        })
+    }
+
+    /// Caches `link` and `channels` as the route to `to`, found by a slow look-up that
+    /// began under route epoch `epoch`.
+    pub(super) fn remember_route(
+        &self,
+        to: &str,
+        epoch: u64,
+        link: &Arc<Link>,
+        channels: &Arc<Channels>,
+    ) {
+        if !self.route_cache {
+            return;
+        }
+        ROUTES.with(|routes| {
+            let Ok(mut routes) = routes.try_borrow_mut() else {
+                return;
+            };
+            let entry = Entry {
+                node: self.id,
+                epoch,
+                to: to.to_string(),
+                link: Arc::downgrade(link),
+                channels: Arc::downgrade(channels),
+            };
+            if let Some(i) = routes.iter().position(|e| e.node == self.id && e.to == to) {
+                routes[i] = entry;
+                return;
+            }
+            if routes.len() >= ROUTES_PER_THREAD {
+                routes.remove(0);
+            }
+            routes.push(entry);
+        });
+    }
+}
