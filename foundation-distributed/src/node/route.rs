@@ -74,9 +74,9 @@ thread_local! {
     static ROUTES: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The node's topology: [`lock`](Self::lock) is for any access that may change it and
-/// bumps the route epoch when released; [`read`](Self::read) is for the router's
-/// read-only look-ups.
+/// The node's topology: [`lock`](Self::lock) is for any access, and bumps the route
+/// epoch when released if the topology was borrowed mutably through it (an `&mut self`
+/// method, an assignment); [`read`](Self::read) is for the router's read-only look-ups.
 pub(crate) struct TopologyCell {
     topology: Mutex<Topology>,
     epoch: Arc<AtomicU64>,
@@ -90,12 +90,13 @@ impl TopologyCell {
         }
     }
 
-    /// The topology, for an access that may change it (the route epoch is bumped when
-    /// the guard is dropped).
+    /// The topology, for any access (the route epoch is bumped when the guard is
+    /// dropped if it was borrowed mutably).
     pub fn lock(&self) -> TopologyGuard<'_> {
         TopologyGuard {
             guard: self.topology.lock(),
             epoch: &self.epoch,
+            mutated: false,
         }
     }
 
@@ -109,6 +110,8 @@ impl TopologyCell {
 pub(crate) struct TopologyGuard<'a> {
     guard: MutexGuard<'a, Topology>,
     epoch: &'a AtomicU64,
+    /// Whether the topology was borrowed mutably through this guard.
+    mutated: bool,
 }
 
 impl Deref for TopologyGuard<'_> {
@@ -120,6 +123,7 @@ impl Deref for TopologyGuard<'_> {
 
 impl DerefMut for TopologyGuard<'_> {
     fn deref_mut(&mut self) -> &mut Topology {
+        self.mutated = true;
         &mut self.guard
     }
 }
@@ -127,7 +131,9 @@ impl DerefMut for TopologyGuard<'_> {
 impl Drop for TopologyGuard<'_> {
     fn drop(&mut self) {
         // After every change made under the guard (the lock is released just after).
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if self.mutated {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 
