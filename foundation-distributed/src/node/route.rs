@@ -198,3 +198,105 @@ impl Inner {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Invalidations a public test cannot isolate (each is followed at once by a send,
+    //! with no membership round, which would bump the epoch anyway, in between).
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::node::{Node, NodeSettings, SendOptions};
+    use crate::transport::{
+        ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
+    };
+
+    const KEYED: SendOptions = SendOptions {
+        key: Some(1),
+        urgency: crate::channel::Urgency::Normal,
+    };
+
+    async fn pair() -> (Node, Node) {
+        let net = MemoryNetwork::new();
+        let secret = ClusterSecret::generate();
+        let node = |name: &'static str| {
+            let t = MemoryTransport::new(
+                &net,
+                TransportSettings {
+                    cluster: "route-cache".into(),
+                    node: name.into(),
+                    security: Security::Secret(secret.clone()),
+                    ..TransportSettings::default()
+                },
+            )
+            .unwrap();
+            let t: Arc<dyn Transport> = Arc::new(t);
+            let s = NodeSettings {
+                listen: format!("mem://{name}"),
+                ..NodeSettings::default()
+            };
+            Node::start(t, name, s)
+        };
+        let (a, b) = (node("a").await.unwrap(), node("b").await.unwrap());
+        b.join(&[a.addr()]).await.unwrap();
+        for _ in 0..400 {
+            if a.members().iter().filter(|m| m.up).count() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(a.members().iter().filter(|m| m.up).count(), 2);
+        (a, b)
+    }
+
+    /// A refusal made after the route was cached applies to the next send; lifting it
+    /// lets the next send through. Fails with the bumps in `check_table` removed.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_invalidates_a_cached_route() {
+        let (a, b) = pair().await;
+        let mut inbox = b.register::<u64>("inbox");
+        a.send("b", "inbox", &1u64, KEYED).await.unwrap();
+        assert!(a.inner.cached_route("b").is_some(), "cached");
+        assert!(a.inner.check_table("b", "messages=other"));
+        let e = a.send("b", "inbox", &2u64, KEYED).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::ChannelTableMismatch { node, .. } if node == "b"),
+            "{e}"
+        );
+        assert!(!a.inner.check_table("b", ""));
+        a.send("b", "inbox", &3u64, KEYED).await.unwrap();
+        assert_eq!(inbox.recv().await.unwrap(), ("a".to_string(), 1));
+        assert_eq!(inbox.recv().await.unwrap(), ("a".to_string(), 3));
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+
+    /// A link retired (its channels still alive, draining, not ended) is not used from
+    /// the cache: the next send looks the route up again, which makes a new link. Fails
+    /// with the bump in `Links::retire` removed (the send then goes on the retired
+    /// channels and no new link is made).
+    #[tokio::test(start_paused = true)]
+    async fn a_retired_link_invalidates_a_cached_route() {
+        let (a, b) = pair().await;
+        let mut inbox = b.register::<u64>("inbox");
+        a.send("b", "inbox", &1u64, KEYED).await.unwrap();
+        let (_, cached) = a.inner.cached_route("b").expect("cached");
+        let retired = a.inner.links.retire("b").expect("the link was up");
+        assert!(Arc::ptr_eq(&cached, &retired) && !retired.is_ended());
+        drop(cached);
+        a.send("b", "inbox", &2u64, KEYED).await.unwrap();
+        let link = a
+            .inner
+            .links
+            .get("b")
+            .expect("a new link, made by the look-up");
+        let now = link.current().expect("up");
+        assert!(!Arc::ptr_eq(&now, &retired), "the new link's channels");
+        assert_eq!(inbox.recv().await.unwrap(), ("a".to_string(), 1));
+        assert_eq!(inbox.recv().await.unwrap(), ("a".to_string(), 2));
+        drop(retired);
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+}
