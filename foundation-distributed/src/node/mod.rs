@@ -759,6 +759,13 @@ impl Node {
     /// receiver with the same key are appended to its frame (write-combining, up to
     /// 64 KiB a frame): many small `send`s behind a busy connection cost one frame, one
     /// record and one dispatch at the receiver, and nothing waits for a batch to fill.
+    ///
+    /// The route to `node` (next hop, its link and live connections) is looked up once
+    /// and then remembered by the calling thread until anything that decides it changes
+    /// (a member down or up, a refusal, the topology, a link made, remade or retired,
+    /// shutdown): errors, relays and order are those of a fresh look-up (D440).
+    /// `FOUNDATION_NODE_ROUTE_CACHE=0` in the environment when the node starts turns
+    /// this off (`1`, the default, on; any other value fails the start).
     pub async fn send<T: Serialize + ?Sized>(
         &self,
         node: &str,
