@@ -60,11 +60,17 @@ pub(crate) struct Link {
     /// it comes up. At most [`BACKLOG`].
     backlog: Mutex<VecDeque<(String, Option<u64>, Bytes)>>,
     /// The [`Links`] round in which application traffic last went on this link (see
-    /// [`Links::used`]); the round it was made in, until then.
-    used: AtomicU64,
+    /// [`Links::used`]); the round it was made in, until then. Shared with `send`'s
+    /// route cache (D440), which stamps it without holding the link.
+    used: Arc<AtomicU64>,
 }
 
 impl Link {
+    /// The link's last-used stamp (see [`Links::used`]), for `send`'s route cache.
+    pub fn used_stamp(&self) -> &Arc<AtomicU64> {
+        &self.used
+    }
+
     /// The live channels, if the link is up.
     pub fn current(&self) -> Option<Arc<Channels>> {
         self.up.borrow().as_ref().filter(|c| !c.is_ended()).cloned()
@@ -218,9 +224,15 @@ impl Links {
     /// current).
     #[inline]
     pub fn used(&self, link: &Link) {
+        self.used_stamp(&link.used);
+    }
+
+    /// [`used`](Self::used) on a link's stamp ([`Link::used_stamp`]).
+    #[inline]
+    pub fn used_stamp(&self, stamp: &AtomicU64) {
         let round = self.round.load(Ordering::Relaxed);
-        if link.used.load(Ordering::Relaxed) != round {
-            link.used.store(round, Ordering::Relaxed);
+        if stamp.load(Ordering::Relaxed) != round {
+            stamp.store(round, Ordering::Relaxed);
         }
     }
 
@@ -266,7 +278,7 @@ impl Links {
             cancel: self.cancel.child_token(),
             task: Mutex::new(None),
             backlog: Mutex::new(VecDeque::new()),
-            used: AtomicU64::new(self.round.load(Ordering::Relaxed)),
+            used: Arc::new(AtomicU64::new(self.round.load(Ordering::Relaxed))),
         });
         let task = tokio::spawn(run(link.clone(), self.ctx.clone(), None));
         *link.task.lock() = Some(task);
@@ -296,7 +308,7 @@ impl Links {
             cancel: self.cancel.child_token(),
             task: Mutex::new(None),
             backlog: Mutex::new(VecDeque::new()),
-            used: AtomicU64::new(self.round.load(Ordering::Relaxed)),
+            used: Arc::new(AtomicU64::new(self.round.load(Ordering::Relaxed))),
         });
         let task = tokio::spawn(run(link.clone(), self.ctx.clone(), Some(channels)));
         *link.task.lock() = Some(task);

@@ -1424,8 +1424,7 @@ impl Inner {
         size: usize,
         header: usize,
     ) -> Result<()> {
-        let ch = if let Some((link, ch)) = self.cached_route(to) {
-            self.links.used(&link);
+        let ch = if let Some(ch) = self.cached_route(to) {
             ch
         } else {
             let epoch = self.route_epoch();
@@ -1511,8 +1510,7 @@ impl Inner {
         header: usize,
         opts: SendOptions,
     ) -> Option<bool> {
-        let channels = if let Some((link, channels)) = self.cached_route(to) {
-            self.links.used(&link);
+        let channels = if let Some(channels) = self.cached_route(to) {
             channels
         } else {
             let epoch = self.route_epoch();

@@ -11,8 +11,9 @@
 //! removed or retired, a link's channels up or down, shutdown. An entry is used only
 //! while the epoch is the one read *before* it was looked up, so a route is never used
 //! after a change that happened before the send began; a send racing a change behaves as
-//! if it came just before it. Entries hold weak references (a cache never keeps a link
-//! or its connections alive), and channels that have ended fall back to the slow path.
+//! if it came just before it. Entries hold a weak reference to the channels (a cache never
+//! keeps a link's connections alive) and the link's last-used stamp (D430; stamped on
+//! every send, cached or not), and channels that have ended fall back to the slow path.
 //! Transient direct hops (a destination outside the overlay) are never cached: whether
 //! one is allowed depends on the view, which is not part of the epoch.
 //!
@@ -66,7 +67,8 @@ struct Entry {
     node: u64,
     epoch: u64,
     to: String,
-    link: Weak<Link>,
+    /// The hop's link's last-used stamp (D430), stamped on every cached send.
+    used: Arc<AtomicU64>,
     channels: Weak<Channels>,
 }
 
@@ -143,9 +145,9 @@ impl Inner {
         self.links.route_epoch().load(Ordering::Acquire)
     }
 
-    /// The cached next hop's link and live channels towards `to`, if cached under the
-    /// current route epoch.
-    pub(super) fn cached_route(&self, to: &str) -> Option<(Arc<Link>, Arc<Channels>)> {
+    /// The cached next hop's live channels towards `to`, if cached under the current
+    /// route epoch; the hop's link is stamped as used (`Links::used`, D430).
+    pub(super) fn cached_route(&self, to: &str) -> Option<Arc<Channels>> {
         if !self.route_cache {
             return None;
         }
@@ -160,7 +162,8 @@ impl Inner {
             if channels.is_ended() {
                 return None;
             }
-            Some((e.link.upgrade()?, channels))
+            self.links.used_stamp(&e.used);
+            Some(channels)
         })
     }
 
@@ -184,7 +187,7 @@ impl Inner {
                 node: self.id,
                 epoch,
                 to: to.to_string(),
-                link: Arc::downgrade(link),
+                used: link.used_stamp().clone(),
                 channels: Arc::downgrade(channels),
             };
             if let Some(i) = routes.iter().position(|e| e.node == self.id && e.to == to) {
@@ -281,7 +284,7 @@ mod tests {
         let (a, b) = pair().await;
         let mut inbox = b.register::<u64>("inbox");
         a.send("b", "inbox", &1u64, KEYED).await.unwrap();
-        let (_, cached) = a.inner.cached_route("b").expect("cached");
+        let cached = a.inner.cached_route("b").expect("cached");
         let retired = a.inner.links.retire("b").expect("the link was up");
         assert!(Arc::ptr_eq(&cached, &retired) && !retired.is_ended());
         drop(cached);
