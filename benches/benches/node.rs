@@ -70,9 +70,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use foundation_distributed::channel::{
-    ChannelSettings, ChannelSpec, Priority, Urgency, COORDINATION,
-};
+use foundation_distributed::channel::{ChannelSettings, Urgency};
 use foundation_distributed::node::wire_format::{batch_body, send_batch_frame};
 use foundation_distributed::node::{Node, NodeSettings, SendOptions};
 use foundation_distributed::transport::{
@@ -196,15 +194,7 @@ fn priority_thread() -> bool {
 }
 
 fn one_connection() -> NodeSettings {
-    let mut channels = ChannelSettings {
-        channels: vec![ChannelSpec::new(COORDINATION, Priority::High, 1)],
-        ..ChannelSettings::default()
-    };
-    let r = &mut channels.route;
-    r.urgent_channel = COORDINATION.into();
-    r.bulk_channel = COORDINATION.into();
-    r.background_channel = COORDINATION.into();
-    r.default_channel = COORDINATION.into();
+    let channels = ChannelSettings::single_connection();
     NodeSettings {
         channels,
         // Bulk messages arrive on `coordination`, where the node never waits for a

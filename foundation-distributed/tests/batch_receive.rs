@@ -366,19 +366,11 @@ async fn a_stalled_frame_consumer_holds_the_sender_back() {
 /// everything sent.
 #[tokio::test(start_paused = true)]
 async fn on_coordination_a_full_batched_receiver_drops_and_counts() {
-    use foundation_distributed::channel::{ChannelSettings, ChannelSpec, Priority, COORDINATION};
+    use foundation_distributed::channel::ChannelSettings;
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _local = metrics::set_default_local_recorder(&recorder);
-    let mut channels = ChannelSettings {
-        channels: vec![ChannelSpec::new(COORDINATION, Priority::High, 1)],
-        ..ChannelSettings::default()
-    };
-    let r = &mut channels.route;
-    r.urgent_channel = COORDINATION.into();
-    r.bulk_channel = COORDINATION.into();
-    r.background_channel = COORDINATION.into();
-    r.default_channel = COORDINATION.into();
+    let channels = ChannelSettings::single_connection();
     let s = NodeSettings {
         channels,
         receiver_capacity: 10,

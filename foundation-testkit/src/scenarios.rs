@@ -11,9 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use foundation_distributed::channel::{
-    ChannelSettings, ChannelSpec, Priority, RouteOptions, Urgency, COORDINATION,
-};
+use foundation_distributed::channel::{ChannelSettings, Urgency};
 use foundation_distributed::node::SendOptions;
 use foundation_distributed::topology::TopologyKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
@@ -31,17 +29,7 @@ pub const URGENT: SendOptions = SendOptions {
 /// A channel table with one channel (`coordination`) of one connection, every route
 /// pointing at it: a plain single-connection link, the baseline of channel separation.
 pub fn single_connection_channels() -> ChannelSettings {
-    ChannelSettings {
-        channels: vec![ChannelSpec::new(COORDINATION, Priority::High, 1)],
-        route: RouteOptions {
-            bulk_channel: COORDINATION.into(),
-            background_channel: COORDINATION.into(),
-            urgent_channel: COORDINATION.into(),
-            default_channel: COORDINATION.into(),
-            ..RouteOptions::default()
-        },
-        ..ChannelSettings::default()
-    }
+    ChannelSettings::single_connection()
 }
 
 /// Nanoseconds since a process-wide origin: a timestamp both ends of an in-process link

@@ -291,6 +291,23 @@ impl Default for ChannelSettings {
 }
 
 impl ChannelSettings {
+    /// One channel (`coordination`) of one connection, every route pointing at it: a
+    /// plain single-connection link, the baseline that channel separation is measured
+    /// against (benches, tests).
+    pub fn single_connection() -> Self {
+        ChannelSettings {
+            channels: vec![ChannelSpec::new(COORDINATION, Priority::High, 1)],
+            route: RouteOptions {
+                bulk_channel: COORDINATION.into(),
+                background_channel: COORDINATION.into(),
+                urgent_channel: COORDINATION.into(),
+                default_channel: COORDINATION.into(),
+                ..RouteOptions::default()
+            },
+            ..ChannelSettings::default()
+        }
+    }
+
     /// Adds a channel.
     pub fn with(mut self, spec: ChannelSpec) -> Self {
         self.channels.push(spec);
