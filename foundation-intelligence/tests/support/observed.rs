@@ -11,10 +11,8 @@ use foundation_intelligence::beam::ecosystem::{Ecosystem, EcosystemSpec, Workers
 use foundation_intelligence::beam::{Context, Process};
 use foundation_intelligence::distributed::interpose::Interposer;
 use foundation_intelligence::distributed::node::{Node, NodeSettings};
-use foundation_intelligence::distributed::topology::{Role, TopologyKind};
-use foundation_intelligence::distributed::transport::{
-    ClusterSecret, MemoryNetwork, MemoryTransport, Security, Transport, TransportSettings,
-};
+use foundation_intelligence::distributed::topology::Role;
+use foundation_intelligence::distributed::transport::{ClusterSecret, MemoryNetwork};
 use serde_json::Value;
 
 /// What a worker is asked to do.
@@ -54,26 +52,12 @@ pub async fn member(
     secret: &ClusterSecret,
     interposer: Option<Arc<Interposer>>,
 ) -> Member {
-    let settings = TransportSettings {
-        cluster: cluster.into(),
-        node: name.into(),
-        security: Security::Secret(secret.clone()),
-        ..TransportSettings::default()
+    let settings = NodeSettings {
+        role: Role::Peer,
+        interposer,
+        ..NodeSettings::default()
     };
-    let t: Arc<dyn Transport> = Arc::new(MemoryTransport::new(net, settings).unwrap());
-    let node = Node::start(
-        t,
-        name,
-        NodeSettings {
-            listen: format!("mem://{name}"),
-            role: Role::Peer,
-            topology: TopologyKind::FullMesh,
-            interposer,
-            ..NodeSettings::default()
-        },
-    )
-    .await
-    .unwrap();
+    let node = super::mem_node::start(net, cluster, name, secret, settings).await;
     let eco = Arc::new(
         Ecosystem::start(
             EcosystemSpec::new(format!("work.{name}")).workers(Workers::Fixed(2)),
