@@ -13,20 +13,19 @@ use foundation_distributed::transport::{
     TransportSettings,
 };
 
+mod common;
+
+use common::{eventually, up};
+
 fn settings(node: &str, security: Security) -> TransportSettings {
     TransportSettings {
-        cluster: "test".into(),
-        node: node.into(),
         security,
-        ..TransportSettings::default()
+        ..common::settings_in("test", node)
     }
 }
 
 fn secret() -> Security {
-    Security::Secret(
-        ClusterSecret::from_hex("9f1c2e4b7a6d8053c1e2f4a9b8d7c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f")
-            .unwrap(),
-    )
+    Security::Secret(ClusterSecret::from_hex(common::SECRET).unwrap())
 }
 
 fn tcp(node: &str, security: Security) -> Arc<dyn Transport> {
@@ -52,10 +51,10 @@ async fn pair(
     listen: [&str; 2],
     priority_thread: bool,
 ) -> (Node, Node) {
-    let (na, nb) = start_pair(a, b, listen, priority_thread, ["pa", "pb"]).await;
-    (na, nb)
+    start_pair(a, b, listen, priority_thread, ["pa", "pb"]).await
 }
 
+/// Nodes `names` on transports `a` and `b` (named alike), `b` joined to `a`, both up.
 async fn start_pair(
     a: Arc<dyn Transport>,
     b: Arc<dyn Transport>,
@@ -71,14 +70,10 @@ async fn start_pair(
     let na = Node::start(a, names[0], s(listen[0])).await.unwrap();
     let nb = Node::start(b, names[1], s(listen[1])).await.unwrap();
     nb.join(&[na.addr()]).await.unwrap();
-    for _ in 0..400 {
-        if na.members().iter().filter(|m| m.up).count() == 2
-            && nb.members().iter().filter(|m| m.up).count() == 2
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    eventually("both up on both", || {
+        up(&na).len() == 2 && up(&nb).len() == 2
+    })
+    .await;
     (na, nb)
 }
 
